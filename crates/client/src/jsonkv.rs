@@ -1,0 +1,1 @@
+//! jsonkv client.

@@ -1,0 +1,1 @@
+//! jsonkv codec: see `../shared/protocols/jsonkv.md`.

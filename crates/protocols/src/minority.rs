@@ -1,0 +1,1 @@
+//! minority codec: see `../shared/protocols/minority.md`.

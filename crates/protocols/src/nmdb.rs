@@ -1,0 +1,1 @@
+//! nmdb codec: see `../shared/protocols/nmdb.md`.

@@ -1,0 +1,1 @@
+//! opencluster codec: see `../shared/protocols/opencluster.md`.

@@ -1,0 +1,1 @@
+//! smalld codec: see `../shared/protocols/smalld.md`.
