@@ -1,1 +1,33 @@
-//! polykv engine.
+//! polykv's engine: keyspaces of typed entries over a bounded cache and a durable ordered store.
+//!
+//! - Every mutation is a [`Command`] applied by one deterministic `apply` (see [`command`]).
+//! - Writes choose their [`Durability`]: Memory, Async or Sync (group-committed).
+//! - Reads come from the cache or the store and say which ([`Source`]).
+//! - Changes are published to watchers in version order ([`watch`]).
+//!
+//! The engine knows nothing of wire protocols.
+
+pub mod cache;
+pub mod clock;
+pub mod command;
+mod engine;
+pub mod error;
+pub mod locks;
+mod persist;
+pub mod store;
+pub mod value;
+pub mod watch;
+
+/// Index of a keyspace in the engine's keyspace table.
+pub type KeyspaceId = u32;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use command::{Command, Condition, Outcome, Proposal};
+pub use engine::{
+    valid_keyspace_name, Durability, Engine, EngineConfig, EngineStats, KeyspaceStats, Pending,
+    Read, Source,
+};
+pub use error::{Error, Result, StoreError};
+pub use locks::LockOutcome;
+pub use value::{Entry, Value};
+pub use watch::{Change, Event, Selector, Subscription};

@@ -1,0 +1,114 @@
+//! The store on fjall: one fjall keyspace per space, one database per data directory.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use parking_lot::RwLock;
+
+use super::{BatchOp, PersistMode, SpaceId, Store};
+use crate::error::StoreError;
+
+pub struct FjallStore {
+    db: Database,
+    spaces: RwLock<Vec<(String, Keyspace)>>,
+}
+
+fn io(e: fjall::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl FjallStore {
+    /// Opens or creates the database in `path`, replaying its journal.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Each batch is pushed to the OS buffers as it commits (fjall's default), so a write is
+        // safe from a process crash as soon as it is applied; fdatasync is the persister's job.
+        let db = Database::builder(path).open().map_err(io)?;
+        Ok(FjallStore {
+            db,
+            spaces: RwLock::new(Vec::new()),
+        })
+    }
+
+    fn space(&self, space: SpaceId) -> Result<Keyspace, StoreError> {
+        self.spaces
+            .read()
+            .get(space as usize)
+            .map(|(_, ks)| ks.clone())
+            .ok_or_else(|| StoreError::Io(format!("unknown space {space}")))
+    }
+}
+
+impl Store for FjallStore {
+    fn open_space(&self, name: &str) -> Result<SpaceId, StoreError> {
+        let mut spaces = self.spaces.write();
+        if let Some(id) = spaces.iter().position(|(n, _)| n == name) {
+            return Ok(id as SpaceId);
+        }
+        if name.is_empty() || name.len() > 200 {
+            return Err(StoreError::Io(format!("invalid space name {name:?}")));
+        }
+        let keyspace = self
+            .db
+            .keyspace(name, KeyspaceCreateOptions::default)
+            .map_err(io)?;
+        spaces.push((name.to_string(), keyspace));
+        Ok((spaces.len() - 1) as SpaceId)
+    }
+
+    fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        let value = self.space(space)?.get(key).map_err(io)?;
+        Ok(value.map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    fn write_batch(&self, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+        let spaces = self.spaces.read();
+        let handle = |space: SpaceId| {
+            spaces
+                .get(space as usize)
+                .map(|(_, ks)| ks)
+                .ok_or_else(|| StoreError::Io(format!("unknown space {space}")))
+        };
+        let mut batch = self.db.batch();
+        for op in ops {
+            match op {
+                BatchOp::Put { space, key, value } => {
+                    batch.insert(handle(space)?, key.as_ref(), value.as_ref())
+                }
+                BatchOp::Delete { space, key } => batch.remove(handle(space)?, key.as_ref()),
+            }
+        }
+        batch.commit().map_err(io)
+    }
+
+    fn range(
+        &self,
+        space: SpaceId,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, StoreError> {
+        let keyspace = self.space(space)?;
+        let mut out = Vec::new();
+        for guard in keyspace.range::<&[u8], _>((start, end)).take(limit) {
+            let (k, v) = guard.into_inner().map_err(io)?;
+            out.push((Bytes::copy_from_slice(&k), Bytes::copy_from_slice(&v)));
+        }
+        Ok(out)
+    }
+
+    fn persist(&self, mode: PersistMode) -> Result<(), StoreError> {
+        let mode = match mode {
+            PersistMode::Buffer => fjall::PersistMode::Buffer,
+            PersistMode::SyncData => fjall::PersistMode::SyncData,
+        };
+        self.db.persist(mode).map_err(io)
+    }
+
+    fn approximate_len(&self, space: SpaceId) -> u64 {
+        self.space(space)
+            .map(|ks| ks.approximate_len() as u64)
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,140 @@
+//! The durable ordered store under the engine, behind a narrow trait.
+//!
+//! Implementations: [`FjallStore`] (the real one), [`MemoryStore`] (a model for tests) and
+//! [`FaultyStore`] (a wrapper that fails or freezes the Nth write or sync).
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use crate::error::StoreError;
+
+mod fault;
+mod fjall_store;
+mod memory;
+
+pub use fault::{FaultPlan, FaultyStore};
+pub use fjall_store::FjallStore;
+pub use memory::MemoryStore;
+
+/// A named partition of the store (a keyspace, the metadata, the expiry index).
+pub type SpaceId = u32;
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    Put {
+        space: SpaceId,
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        space: SpaceId,
+        key: Bytes,
+    },
+}
+
+/// How far [`Store::persist`] pushes written data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistMode {
+    /// Into the operating system's buffers: survives a process crash.
+    Buffer,
+    /// Onto stable storage (fdatasync): survives a power loss.
+    SyncData,
+}
+
+/// The operations the engine needs from a store. Writes are atomic per batch and visible to
+/// reads at once; durability comes from [`Store::persist`].
+pub trait Store: Send + Sync + 'static {
+    /// Opens (creating if needed) the space with this name.
+    fn open_space(&self, name: &str) -> Result<SpaceId, StoreError>;
+    fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Bytes>, StoreError>;
+    /// Applies every op of the batch atomically.
+    fn write_batch(&self, ops: Vec<BatchOp>) -> Result<(), StoreError>;
+    /// Up to `limit` pairs with keys in the range, in ascending unsigned byte order.
+    fn range(
+        &self,
+        space: SpaceId,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, StoreError>;
+    fn persist(&self, mode: PersistMode) -> Result<(), StoreError>;
+    /// Approximate number of keys in the space (for statistics).
+    fn approximate_len(&self, space: SpaceId) -> u64;
+
+    fn put(&self, space: SpaceId, key: Bytes, value: Bytes) -> Result<(), StoreError> {
+        self.write_batch(vec![BatchOp::Put { space, key, value }])
+    }
+    fn delete(&self, space: SpaceId, key: Bytes) -> Result<(), StoreError> {
+        self.write_batch(vec![BatchOp::Delete { space, key }])
+    }
+}
+
+/// The smallest key strictly greater than every key that starts with `prefix`, if any.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_last_byte_that_can_be() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    fn exercise(store: &dyn Store) {
+        let a = store.open_space("a").unwrap();
+        let b = store.open_space("b").unwrap();
+        assert_eq!(store.open_space("a").unwrap(), a);
+        store
+            .write_batch(vec![
+                BatchOp::Put { space: a, key: "k2".into(), value: "2".into() },
+                BatchOp::Put { space: a, key: "k1".into(), value: "1".into() },
+                BatchOp::Put { space: b, key: "k1".into(), value: "b".into() },
+            ])
+            .unwrap();
+        assert_eq!(store.get(a, b"k1").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(store.get(b, b"k1").unwrap().as_deref(), Some(&b"b"[..]));
+        let all = store.range(a, Bound::Unbounded, Bound::Unbounded, 10).unwrap();
+        let keys: Vec<_> = all.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, vec![Bytes::from("k1"), Bytes::from("k2")]);
+        let after = store
+            .range(a, Bound::Excluded(b"k1"), Bound::Unbounded, 10)
+            .unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(store.range(a, Bound::Unbounded, Bound::Unbounded, 1).unwrap().len(), 1);
+        store.delete(a, "k1".into()).unwrap();
+        assert_eq!(store.get(a, b"k1").unwrap(), None);
+        store.persist(PersistMode::SyncData).unwrap();
+    }
+
+    #[test]
+    fn memory_store_behaves() {
+        exercise(&MemoryStore::new());
+    }
+
+    #[test]
+    fn fjall_store_behaves_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallStore::open(dir.path()).unwrap();
+            exercise(&store);
+        }
+        let store = FjallStore::open(dir.path()).unwrap();
+        let a = store.open_space("a").unwrap();
+        assert_eq!(store.get(a, b"k2").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+}
