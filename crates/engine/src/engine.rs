@@ -365,16 +365,20 @@ impl Engine {
         let counters = &info.counters;
         counters.gets.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        if let Some(item) = self.inner.cache.get(ks, key) {
-            if item.entry.is_expired(now) {
+        match self.inner.cache.get(ks, key) {
+            Some(item) if !item.entry.is_expired(now) => {
+                counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(Read {
+                    entry: item.entry,
+                    source: Source::Cache,
+                }));
+            }
+            Some(item) if item.durable => {
                 counters.misses.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
-            counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(Read {
-                entry: item.entry,
-                source: Source::Cache,
-            }));
+            // An expired memory-only entry no longer hides what the store holds.
+            _ => {}
         }
         let epoch = self.inner.cache.epoch(ks, key);
         let Some(raw) = self.inner.store.get(info.space, key)? else {
@@ -935,9 +939,9 @@ impl Engine {
         }
         // Wait for any apply in progress to finish before the final sync.
         drop(self.inner.writer.lock());
-        if let Some(reaper) = self.inner.reaper.lock().take() {
-            let _ = reaper.join();
-        }
+        // The reaper holds only a weak reference and stops at its next tick; not joined, so
+        // closing never waits for its sleep.
+        drop(self.inner.reaper.lock().take());
         self.inner.persister.stop();
         self.inner.hub.close_all();
     }
