@@ -1,1 +1,52 @@
-fn main() {}
+//! The `polykv` binary: parses arguments and calls into the crates.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use polykv_server::cli::ConfigArgs;
+
+#[derive(Parser)]
+#[command(name = "polykv", version, about = "One durable server for five legacy key-value wire protocols")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the server (every enabled protocol on its port; data in ./polykv-data by default).
+    Serve(#[command(flatten)] ConfigArgs),
+    /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
+    Config(#[command(flatten)] ConfigArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("polykv: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Commands::Config(args) => {
+            let config = args.load()?;
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Commands::Serve(args) => {
+            let config = args.load()?;
+            polykv_server::logging::init(&config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("polykv-worker")
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(polykv_server::run(config))?;
+            Ok(())
+        }
+    }
+}

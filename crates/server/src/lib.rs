@@ -1,1 +1,35 @@
-//! polykv server.
+//! The polykv daemon: configuration, listeners, sessions, protocol services, admin HTTP,
+//! metrics, logging and shutdown.
+//!
+//! Layout: `config` and `cli` (settings), `session` (the TCP/UDP frameworks every protocol
+//! uses), `services/` (one module per protocol: its requests mapped onto the engine), `admin`
+//! and `metrics` (the control plane), `server` (start-up and shutdown).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+pub mod services;
+pub mod session;
+
+pub use server::{run, ServerError};
+
+/// A switch the protocols, SIGUSR1 and the admin API share (nmdb's read-only mode).
+#[derive(Debug, Default)]
+pub struct ReadOnly(AtomicBool);
+
+impl ReadOnly {
+    pub fn new(on: bool) -> Self {
+        ReadOnly(AtomicBool::new(on))
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
+}

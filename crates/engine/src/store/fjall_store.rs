@@ -1,18 +1,23 @@
 //! The store on fjall: one fjall keyspace per space, one database per data directory.
 
 use std::ops::Bound;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::{BatchOp, PersistMode, SpaceId, Store};
 use crate::error::StoreError;
 
 pub struct FjallStore {
     db: Database,
+    dir: PathBuf,
     spaces: RwLock<Vec<(String, Keyspace)>>,
+    /// Our own handle on the active journal file, for syncing it without holding fjall's
+    /// journal lock (see `persist`).
+    journal: Mutex<Option<(PathBuf, File)>>,
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -27,8 +32,26 @@ impl FjallStore {
         let db = Database::builder(path).open().map_err(io)?;
         Ok(FjallStore {
             db,
+            dir: path.to_path_buf(),
             spaces: RwLock::new(Vec::new()),
+            journal: Mutex::new(None),
         })
+    }
+
+    /// The active journal: the `N.jnl` file with the highest N.
+    fn newest_journal(&self) -> Result<PathBuf, StoreError> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| StoreError::Io(format!("list {}: {e}", self.dir.display())))?;
+        entries
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let name = entry.file_name();
+                let id: u64 = name.to_str()?.strip_suffix(".jnl")?.parse().ok()?;
+                Some((id, entry.path()))
+            })
+            .max_by_key(|(id, _)| *id)
+            .map(|(_, path)| path)
+            .ok_or_else(|| StoreError::Io(format!("no journal in {}", self.dir.display())))
     }
 
     fn space(&self, space: SpaceId) -> Result<Keyspace, StoreError> {
@@ -98,12 +121,30 @@ impl Store for FjallStore {
         Ok(out)
     }
 
+    /// `SyncData` flushes fjall's journal buffer (under its journal lock, which is quick) and then
+    /// fdatasyncs the active journal file through our own file handle, outside that lock. fjall
+    /// holds its journal lock for the whole fsync in `Database::persist(SyncData)`, which would
+    /// stop every writer for the length of each group commit; this way writes keep flowing into
+    /// the next batch while the current one syncs. A journal sealed by rotation was synced by
+    /// fjall before the new one was created, so syncing the newest file covers everything.
     fn persist(&self, mode: PersistMode) -> Result<(), StoreError> {
-        let mode = match mode {
-            PersistMode::Buffer => fjall::PersistMode::Buffer,
-            PersistMode::SyncData => fjall::PersistMode::SyncData,
-        };
-        self.db.persist(mode).map_err(io)
+        self.db.persist(fjall::PersistMode::Buffer).map_err(io)?;
+        if mode == PersistMode::Buffer {
+            return Ok(());
+        }
+        let newest = self.newest_journal()?;
+        let mut cached = self.journal.lock();
+        if cached.as_ref().is_none_or(|(path, _)| *path != newest) {
+            let file = File::open(&newest)
+                .map_err(|e| StoreError::Io(format!("open journal {}: {e}", newest.display())))?;
+            *cached = Some((newest, file));
+        }
+        match cached.as_ref() {
+            Some((path, file)) => file
+                .sync_data()
+                .map_err(|e| StoreError::Io(format!("fdatasync {}: {e}", path.display()))),
+            None => Err(StoreError::Io("no journal file".into())),
+        }
     }
 
     fn approximate_len(&self, space: SpaceId) -> u64 {

@@ -1,0 +1,130 @@
+//! The admin HTTP listener: `/health`, Prometheus `/metrics`, and the read-only switch.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use polykv_engine::Engine;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::ReadOnly;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub engine: Engine,
+    pub prometheus: Option<PrometheusHandle>,
+    pub read_only: Arc<ReadOnly>,
+    pub started: std::time::Instant,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/read-only", get(read_only_get).post(read_only_set))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn health(State(state): State<AdminState>) -> Response {
+    let stats = state.engine.stats();
+    match stats.poisoned {
+        None => Json(serde_json::json!({
+            "status": "ok",
+            "uptime_seconds": state.started.elapsed().as_secs(),
+            "read_only": state.read_only.get(),
+        }))
+        .into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "poisoned", "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let mut text = state
+        .prometheus
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    render_engine(&state.engine, &mut text);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// Engine figures, read at scrape time.
+fn render_engine(engine: &Engine, out: &mut String) {
+    let s = engine.stats();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    metric("polykv_cache_entries", "gauge", "Entries in the cache", s.cache.entries as f64);
+    metric("polykv_cache_bytes", "gauge", "Bytes held by the cache", s.cache.bytes as f64);
+    metric("polykv_cache_budget_bytes", "gauge", "Byte budget of the cache", s.cache.budget as f64);
+    metric("polykv_cache_hits_total", "counter", "Cache lookups that hit", s.cache.hits as f64);
+    metric("polykv_cache_misses_total", "counter", "Cache lookups that missed", s.cache.misses as f64);
+    metric("polykv_cache_evictions_total", "counter", "Entries evicted from the cache", s.cache.evictions as f64);
+    metric("polykv_engine_applied_writes_total", "counter", "Store-writing commands applied", s.applied_writes as f64);
+    metric("polykv_journal_syncs_total", "counter", "Group-commit fdatasyncs", s.syncs as f64);
+    metric("polykv_journal_synced_writes_total", "counter", "Writes covered by group commits", s.synced_writes as f64);
+    metric("polykv_journal_sync_seconds_total", "counter", "Time spent in fdatasync", s.sync_seconds_total);
+    metric("polykv_journal_sync_batch_max", "gauge", "Largest group-commit batch", s.max_sync_batch as f64);
+    metric("polykv_watch_subscribers", "gauge", "Watch subscriptions", s.watch.subscribers as f64);
+    metric("polykv_watch_queued_events", "gauge", "Events queued for watchers", s.watch.queued_events as f64);
+    metric("polykv_locks_held", "gauge", "Named locks held", s.locks as f64);
+    metric("polykv_store_poisoned", "gauge", "1 after a failed write or sync", f64::from(u8::from(s.poisoned.is_some())));
+    let _ = writeln!(out, "# HELP polykv_keyspace_keys Approximate keys per keyspace\n# TYPE polykv_keyspace_keys gauge");
+    for ks in &s.keyspaces {
+        let _ = writeln!(out, "polykv_keyspace_keys{{keyspace=\"{}\"}} {}", ks.name, ks.keys);
+    }
+}
+
+#[derive(Deserialize)]
+struct ReadOnlyQuery {
+    on: Option<bool>,
+}
+
+async fn read_only_get(State(state): State<AdminState>) -> Response {
+    Json(serde_json::json!({ "read_only": state.read_only.get() })).into_response()
+}
+
+async fn read_only_set(State(state): State<AdminState>, Query(query): Query<ReadOnlyQuery>) -> Response {
+    let Some(on) = query.on else {
+        return json_error(StatusCode::BAD_REQUEST, "give ?on=true or ?on=false");
+    };
+    state.read_only.set(on);
+    tracing::info!(read_only = on, "read-only mode changed through the admin API");
+    Json(serde_json::json!({ "read_only": on })).into_response()
+}

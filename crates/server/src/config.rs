@@ -1,0 +1,464 @@
+//! Configuration: one TOML file, every field also settable by a CLI flag and an environment
+//! variable. Precedence: flag > environment > file > default.
+//!
+//! Flags and variables are derived from the field paths, so no field can be forgotten:
+//! `nmdb.port` is `--nmdb-port` and `POLYKV_NMDB_PORT`; `data_dir` is `--data-dir` and
+//! `POLYKV_DATA_DIR`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for {field} (from {origin}): expected {expected}")]
+    Value {
+        field: String,
+        value: String,
+        origin: String,
+        expected: &'static str,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the store, the journal and the lock file.
+    pub data_dir: PathBuf,
+    /// Address every listener binds to unless it sets its own.
+    pub bind: String,
+    /// Most client connections open at once, over all protocols.
+    pub max_connections: u32,
+    /// Seconds to finish in-flight requests on SIGTERM/SIGINT before closing connections.
+    pub shutdown_timeout_secs: u64,
+    pub log: LogConfig,
+    pub engine: EngineSection,
+    pub admin: AdminConfig,
+    pub nmdb: NmdbConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./polykv-data"),
+            bind: "127.0.0.1".into(),
+            max_connections: 10_000,
+            shutdown_timeout_secs: 10,
+            log: LogConfig::default(),
+            engine: EngineSection::default(),
+            admin: AdminConfig::default(),
+            nmdb: NmdbConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter in `tracing` syntax: `info`, `debug`, `polykv_server=debug,info`.
+    pub level: String,
+    /// `text` (human-readable) or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    pub cache_bytes: u64,
+    pub sync_interval_ms: u64,
+    pub reaper_interval_ms: u64,
+    pub watch_queue: u64,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = polykv_engine::EngineConfig::default();
+        EngineSection {
+            cache_bytes: d.cache_bytes as u64,
+            sync_interval_ms: d.sync_interval.as_millis() as u64,
+            reaper_interval_ms: d.reaper_interval.as_millis() as u64,
+            watch_queue: d.watch_queue as u64,
+        }
+    }
+}
+
+impl EngineSection {
+    pub fn to_engine_config(&self) -> polykv_engine::EngineConfig {
+        polykv_engine::EngineConfig {
+            cache_bytes: self.cache_bytes as usize,
+            sync_interval: std::time::Duration::from_millis(self.sync_interval_ms.max(1)),
+            reaper_interval: std::time::Duration::from_millis(self.reaper_interval_ms.max(10)),
+            watch_queue: self.watch_queue.max(1) as usize,
+            ..polykv_engine::EngineConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Listen address; empty = `bind`.
+    pub addr: String,
+    pub port: u16,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            addr: String::new(),
+            port: 26080,
+        }
+    }
+}
+
+/// Settings every TCP protocol has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NmdbConfig {
+    pub enabled: bool,
+    /// Listen address; empty = `bind`.
+    pub addr: String,
+    pub port: u16,
+    pub udp_enabled: bool,
+    pub udp_port: u16,
+    pub keyspace: String,
+    /// Refuse SET, DEL, CAS and INCR (ERR_RO) from the start.
+    pub read_only: bool,
+    /// Close a connection that sends no complete frame for this long; 0 = never.
+    pub idle_timeout_secs: u64,
+    /// Close a connection that leaves a frame half-sent for this long; 0 = never.
+    pub partial_frame_timeout_secs: u64,
+    /// Unsent reply bytes per connection before the server stops reading its requests.
+    pub max_output_bytes: u64,
+}
+
+impl Default for NmdbConfig {
+    fn default() -> Self {
+        NmdbConfig {
+            enabled: true,
+            addr: String::new(),
+            port: 26010,
+            udp_enabled: true,
+            udp_port: 26010,
+            keyspace: "nmdb".into(),
+            read_only: false,
+            idle_timeout_secs: 0,
+            partial_frame_timeout_secs: 60,
+            max_output_bytes: 4 << 20,
+        }
+    }
+}
+
+/// One line of documentation per field, used for `--help` and checked against the docs.
+pub const FIELD_DOCS: &[(&str, &str)] = &[
+    ("data_dir", "Directory of the store, the journal and the lock file"),
+    ("bind", "Address every listener binds to unless it sets its own"),
+    ("max_connections", "Most client connections open at once, over all protocols"),
+    ("shutdown_timeout_secs", "Seconds to finish in-flight requests on SIGTERM/SIGINT"),
+    ("log.level", "Log filter: error, warn, info, debug, trace, or tracing directives"),
+    ("log.format", "Log format: text or json"),
+    ("engine.cache_bytes", "Byte budget of the in-memory cache (0 = no cache)"),
+    ("engine.sync_interval_ms", "Longest delay before an Async write is synced to disk"),
+    ("engine.reaper_interval_ms", "How often expired entries and locks are reclaimed"),
+    ("engine.watch_queue", "Events queued per watcher before coalescing to the latest per key"),
+    ("admin.enabled", "Serve the admin HTTP API (health, metrics)"),
+    ("admin.addr", "Admin listen address (empty = bind)"),
+    ("admin.port", "Admin HTTP port"),
+    ("nmdb.enabled", "Serve nmdb over TCP"),
+    ("nmdb.addr", "nmdb listen address, TCP and UDP (empty = bind)"),
+    ("nmdb.port", "nmdb TCP port"),
+    ("nmdb.udp_enabled", "Serve nmdb over UDP"),
+    ("nmdb.udp_port", "nmdb UDP port"),
+    ("nmdb.keyspace", "Engine keyspace nmdb reads and writes"),
+    ("nmdb.read_only", "Start in read-only mode (SET, DEL, CAS, INCR refused)"),
+    ("nmdb.idle_timeout_secs", "Close connections idle this long (0 = never)"),
+    ("nmdb.partial_frame_timeout_secs", "Close connections that leave a frame half-sent this long (0 = never)"),
+    ("nmdb.max_output_bytes", "Unsent reply bytes per connection before reading pauses"),
+];
+
+/// One configuration field, as a path into the TOML tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// Dotted path, e.g. `nmdb.port`.
+    pub path: String,
+    /// CLI flag without dashes, e.g. `nmdb-port`.
+    pub flag: String,
+    /// Environment variable, e.g. `POLYKV_NMDB_PORT`.
+    pub env: String,
+    pub default: toml::Value,
+    pub doc: &'static str,
+}
+
+/// Every leaf field of the configuration, in declaration order.
+pub fn fields() -> Vec<Field> {
+    let defaults = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
+    let mut out = Vec::new();
+    collect_leaves(&defaults, "", &mut out);
+    out
+}
+
+fn collect_leaves(value: &toml::Value, prefix: &str, out: &mut Vec<Field>) {
+    let toml::Value::Table(table) = value else {
+        return;
+    };
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if value.is_table() {
+            collect_leaves(value, &path, out);
+            continue;
+        }
+        let flag = path.replace(['.', '_'], "-");
+        let env = format!("POLYKV_{}", path.replace('.', "_").to_uppercase());
+        let doc = FIELD_DOCS
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or("", |(_, d)| d);
+        out.push(Field {
+            path,
+            flag,
+            env,
+            default: value.clone(),
+            doc,
+        });
+    }
+}
+
+/// Where an override came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Flag,
+    Env,
+}
+
+/// A value given by flag or environment for one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub path: String,
+    pub value: String,
+    pub origin: Origin,
+}
+
+impl Config {
+    /// Builds the effective configuration: defaults, then the file, then the overrides (which
+    /// the caller has already resolved as flag-over-environment).
+    pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let mut tree = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let from_file: toml::Value =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            // Deserializing the file alone rejects unknown fields with their names.
+            Config::deserialize(from_file.clone()).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            merge(&mut tree, from_file);
+        }
+        let fields = fields();
+        for o in overrides {
+            let field = fields
+                .iter()
+                .find(|f| f.path == o.path)
+                .ok_or_else(|| ConfigError::Invalid(format!("unknown field {}", o.path)))?;
+            let value = parse_like(&field.default, &o.value).map_err(|expected| {
+                ConfigError::Value {
+                    field: match o.origin {
+                        Origin::Flag => format!("--{}", field.flag),
+                        Origin::Env => field.env.clone(),
+                    },
+                    value: o.value.clone(),
+                    origin: match o.origin {
+                        Origin::Flag => "command line".into(),
+                        Origin::Env => "environment".into(),
+                    },
+                    expected,
+                }
+            })?;
+            set_path(&mut tree, &o.path, value);
+        }
+        let config = Config::deserialize(tree).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log.format must be text or json, not {:?}",
+                self.log.format
+            )));
+        }
+        if !polykv_engine::valid_keyspace_name(&self.nmdb.keyspace) {
+            return Err(ConfigError::Invalid(format!(
+                "nmdb.keyspace {:?}: names are 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.nmdb.keyspace
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (what `polykv config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The address a listener binds to: its own if set, else the global `bind`.
+    pub fn listen_addr(&self, own: &str, port: u16) -> String {
+        let host = if own.is_empty() { &self.bind } else { own };
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+}
+
+fn parse_like(default: &toml::Value, raw: &str) -> Result<toml::Value, &'static str> {
+    match default {
+        toml::Value::Boolean(_) => match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            _ => Err("true or false"),
+        },
+        toml::Value::Integer(_) => raw
+            .trim()
+            .replace('_', "")
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| "an integer"),
+        _ => Ok(toml::Value::String(raw.to_string())),
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(base), toml::Value::Table(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(slot) if slot.is_table() && value.is_table() => merge(slot, value),
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+fn set_path(tree: &mut toml::Value, path: &str, value: toml::Value) {
+    let mut node = tree;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let toml::Value::Table(table) = node else { return };
+        if parts.peek().is_none() {
+            table.insert(part.to_string(), value);
+            return;
+        }
+        node = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_has_a_doc_flag_and_env() {
+        let fields = fields();
+        assert!(fields.len() >= 20);
+        for f in &fields {
+            assert!(!f.doc.is_empty(), "{} has no entry in FIELD_DOCS", f.path);
+        }
+        let port = fields.iter().find(|f| f.path == "nmdb.port").unwrap();
+        assert_eq!((port.flag.as_str(), port.env.as_str()), ("nmdb-port", "POLYKV_NMDB_PORT"));
+        let dir = fields.iter().find(|f| f.path == "data_dir").unwrap();
+        assert_eq!((dir.flag.as_str(), dir.env.as_str()), ("data-dir", "POLYKV_DATA_DIR"));
+        assert_eq!(FIELD_DOCS.len(), fields.len(), "no stale docs");
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polykv.toml");
+        std::fs::write(&path, "bind = \"0.0.0.0\"\n[nmdb]\nport = 1\nkeyspace = \"shared\"\n").unwrap();
+        let config = Config::load(
+            Some(&path),
+            &[Override { path: "nmdb.port".into(), value: "2".into(), origin: Origin::Env }],
+        )
+        .unwrap();
+        assert_eq!(config.bind, "0.0.0.0");
+        assert_eq!(config.nmdb.port, 2);
+        assert_eq!(config.nmdb.keyspace, "shared");
+        assert_eq!(config.nmdb.udp_port, 26010, "defaults fill the rest");
+    }
+
+    #[test]
+    fn clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[nmdb]\nprot = 1\n").unwrap();
+        let err = Config::load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+        let err = Config::load(None, &[Override { path: "nmdb.port".into(), value: "x".into(), origin: Origin::Flag }])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--nmdb-port") && err.contains("integer"), "{err}");
+        let err = Config::load(None, &[Override { path: "nmdb.port".into(), value: "70000".into(), origin: Origin::Flag }]);
+        assert!(err.is_err());
+        let err = Config::load(Some(Path::new("/nonexistent/polykv.toml")), &[]).unwrap_err();
+        assert!(err.to_string().contains("cannot read"));
+    }
+
+    #[test]
+    fn printed_config_reloads_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, Config::default().to_toml()).unwrap();
+        assert_eq!(Config::load(Some(&path), &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let c = Config::default();
+        assert_eq!(c.listen_addr("", 1), "127.0.0.1:1");
+        assert_eq!(c.listen_addr("::1", 1), "[::1]:1");
+    }
+}

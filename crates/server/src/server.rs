@@ -1,0 +1,192 @@
+//! Start-up and shutdown of the daemon.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use polykv_engine::Engine;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::session::ListenerContext;
+use crate::{services, ReadOnly};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {path} is in use by another polykv server{holder} (lock file {lock})")]
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error("cannot open the store in {path}: {source}")]
+    Engine {
+        path: PathBuf,
+        source: polykv_engine::Error,
+    },
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything a protocol needs to start its listeners.
+pub struct Runtime {
+    pub config: Config,
+    pub engine: Engine,
+    pub context: ListenerContext,
+    pub read_only: Arc<ReadOnly>,
+    pub tasks: JoinSet<()>,
+}
+
+impl Runtime {
+    pub async fn bind_tcp(&self, what: &'static str, addr: String) -> Result<TcpListener, ServerError> {
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Bind { what, addr: addr.clone(), source })?;
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+        tracing::info!(listener = what, addr = %local, "listening");
+        Ok(listener)
+    }
+
+    pub async fn bind_udp(&self, what: &'static str, addr: String) -> Result<UdpSocket, ServerError> {
+        let socket = UdpSocket::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Bind { what, addr: addr.clone(), source })?;
+        let local = socket.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+        tracing::info!(listener = what, addr = %local, "listening");
+        Ok(socket)
+    }
+}
+
+/// Holds the data directory's lock for the life of the server.
+struct DirLock {
+    _file: File,
+}
+
+fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir { path: dir.to_path_buf(), source })?;
+    let lock = dir.join("polykv.lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|source| ServerError::DataDir { path: lock.clone(), source })?;
+    if file.try_lock().is_err() {
+        let holder = std::fs::read_to_string(&lock)
+            .ok()
+            .map(|pid| pid.trim().to_string())
+            .filter(|pid| !pid.is_empty())
+            .map_or_else(String::new, |pid| format!(" (pid {pid})"));
+        return Err(ServerError::Locked { path: dir.to_path_buf(), lock, holder });
+    }
+    let _ = file.set_len(0);
+    let _ = write!(file, "{}", std::process::id());
+    Ok(DirLock { _file: file })
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let store_dir = config.data_dir.join("store");
+    let engine = Engine::open_dir(&store_dir, config.engine.to_engine_config())
+        .map_err(|source| ServerError::Engine { path: store_dir.clone(), source })?;
+    tracing::info!(data_dir = %config.data_dir.display(), "store opened");
+    let prometheus = crate::metrics::install();
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let read_only = Arc::new(ReadOnly::new(config.nmdb.read_only));
+    let mut runtime = Runtime {
+        context: ListenerContext {
+            connections: Arc::new(Semaphore::new(config.max_connections as usize)),
+            shutdown: shutdown_rx.clone(),
+        },
+        engine: engine.clone(),
+        read_only: read_only.clone(),
+        tasks: JoinSet::new(),
+        config: config.clone(),
+    };
+
+    let started = Instant::now();
+    let result = start_listeners(&mut runtime, prometheus, started).await;
+    if let Err(e) = result {
+        let _ = shutdown_tx.send(true);
+        engine.close();
+        return Err(e);
+    }
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| ServerError::Other(format!("cannot watch SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| ServerError::Other(format!("cannot watch SIGINT: {e}")))?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| ServerError::Other(format!("cannot watch SIGUSR1: {e}")))?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "polykv ready");
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = usr1.recv() => {
+                read_only.set(true);
+                tracing::warn!("SIGUSR1: nmdb is now read-only (turn it off with the admin API)");
+            }
+        }
+    }
+
+    let _ = shutdown_tx.send(true);
+    let limit = Duration::from_secs(config.shutdown_timeout_secs);
+    let tasks = &mut runtime.tasks;
+    if tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(seconds = limit.as_secs(), "sessions still busy at the shutdown deadline; closing them");
+        runtime.tasks.abort_all();
+    }
+    let syncing = engine.sync().await;
+    engine.close();
+    match syncing {
+        Ok(()) => tracing::info!("store synced; bye"),
+        Err(e) => tracing::error!(error = %e, "final sync failed"),
+    }
+    Ok(())
+}
+
+async fn start_listeners(
+    runtime: &mut Runtime,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    started: Instant,
+) -> Result<(), ServerError> {
+    let config = runtime.config.clone();
+    // Bind everything before serving anything, so a taken port fails the start cleanly.
+    let admin = if config.admin.enabled {
+        let addr = config.listen_addr(&config.admin.addr, config.admin.port);
+        Some(runtime.bind_tcp("admin http", addr).await?)
+    } else {
+        None
+    };
+    services::start_all(runtime).await?;
+    if let Some(listener) = admin {
+        let state = AdminState {
+            engine: runtime.engine.clone(),
+            prometheus,
+            read_only: runtime.read_only.clone(),
+            started,
+        };
+        runtime
+            .tasks
+            .spawn(admin::serve(listener, state, runtime.context.shutdown.clone()));
+    }
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! The shared session framework: every protocol is a codec plus a [`Service`].
+//!
+//! A TCP session reads into a buffer, decodes every complete frame, executes them in order,
+//! composes all replies into one buffer and writes once. Writes that must be durable before
+//! they are acknowledged are applied at once and awaited together at the end of the batch, so
+//! pipelined Sync writes share one group commit. Limits: frame sizes are the codec's (checked
+//! before allocating), an idle timeout, a partial-frame timeout, and an output cap: once a
+//! batch's replies pass it, they are written out before more frames are decoded, so a client
+//! that does not read stops being read (back-pressure).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use polykv_engine::Pending;
+use polykv_protocols::{Decoded, Reject, ServerCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::metrics::ProtocolMetrics;
+
+/// A reply that may have to wait for durability.
+pub enum Deferred<R> {
+    Ready(R),
+    /// Send `ok` once the write is durable, `err` if it cannot be made durable.
+    AfterSync { pending: Pending, ok: R, err: R },
+}
+
+/// What a service answers to one request.
+pub struct Reply<R> {
+    pub response: Option<Deferred<R>>,
+    /// Close the connection after sending the response.
+    pub close: bool,
+}
+
+impl<R> Reply<R> {
+    pub fn send(response: R) -> Self {
+        Reply {
+            response: Some(Deferred::Ready(response)),
+            close: false,
+        }
+    }
+
+    pub fn send_then_close(response: R) -> Self {
+        Reply {
+            response: Some(Deferred::Ready(response)),
+            close: true,
+        }
+    }
+
+    pub fn after_sync(pending: Pending, ok: R, err: R) -> Self {
+        let response = if pending.needs_sync() {
+            Deferred::AfterSync { pending, ok, err }
+        } else {
+            Deferred::Ready(ok)
+        };
+        Reply {
+            response: Some(response),
+            close: false,
+        }
+    }
+
+    pub fn nothing() -> Self {
+        Reply {
+            response: None,
+            close: false,
+        }
+    }
+}
+
+/// One protocol's behaviour, per connection (TCP) or per socket (UDP).
+pub trait Service: Send + 'static {
+    type Request: Send;
+    type Response: Send;
+
+    /// Operation name for metrics (a fixed, small set per protocol).
+    fn op_name(request: &Self::Request) -> &'static str;
+
+    /// Whether a response reports an error (for the error counter).
+    fn is_error(_response: &Self::Response) -> bool {
+        false
+    }
+
+    fn call(&mut self, request: Self::Request) -> impl Future<Output = Reply<Self::Response>> + Send;
+
+    /// A message the server sends unasked (watch pushes). Never resolves by default.
+    fn push(&mut self) -> impl Future<Output = Option<Self::Response>> + Send {
+        std::future::pending()
+    }
+
+    /// The codec rejected the input (the connection closes, or the datagram is dropped).
+    fn rejected(&mut self, _reject: &Reject) {}
+
+    /// The connection is closing: release what it held.
+    fn closed(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub idle_timeout: Option<Duration>,
+    pub partial_frame_timeout: Option<Duration>,
+    pub max_output_bytes: usize,
+}
+
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
+impl SessionLimits {
+    pub fn from_secs(idle: u64, partial: u64, max_output_bytes: u64) -> Self {
+        SessionLimits {
+            idle_timeout: secs(idle),
+            partial_frame_timeout: secs(partial),
+            max_output_bytes: max_output_bytes.max(1024) as usize,
+        }
+    }
+}
+
+/// Things every listener shares.
+#[derive(Clone)]
+pub struct ListenerContext {
+    pub connections: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Accepts connections until shutdown; each gets a session with its own service.
+pub async fn serve_tcp<C, S, F>(
+    listener: TcpListener,
+    codec: Arc<C>,
+    new_service: F,
+    limits: SessionLimits,
+    metrics: Arc<ProtocolMetrics>,
+    mut context: ListenerContext,
+) where
+    C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
+    S: Service,
+    F: Fn() -> S + Send + 'static,
+{
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(protocol = metrics.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = context.connections.clone().try_acquire_owned() else {
+                    metrics.rejected.increment(1);
+                    tracing::warn!(protocol = metrics.name, %peer, "connection limit reached; closing new connection");
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let session = Session {
+                    stream,
+                    codec: codec.clone(),
+                    service: new_service(),
+                    limits,
+                    metrics: metrics.clone(),
+                    shutdown: context.shutdown.clone(),
+                    _permit: permit,
+                };
+                sessions.spawn(session.run());
+                while sessions.try_join_next().is_some() {}
+            }
+            _ = context.shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    // Sessions finish the batch they are executing and close; the caller bounds the wait.
+    while sessions.join_next().await.is_some() {}
+}
+
+struct Session<C, S> {
+    stream: TcpStream,
+    codec: Arc<C>,
+    service: S,
+    limits: SessionLimits,
+    metrics: Arc<ProtocolMetrics>,
+    shutdown: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    Push(Option<()>),
+    Timeout(&'static str),
+    Shutdown,
+}
+
+impl<C, S> Session<C, S>
+where
+    C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
+    S: Service,
+{
+    async fn run(mut self) {
+        self.metrics.connection_opened();
+        let reason = self.serve().await;
+        self.service.closed().await;
+        self.metrics.connection_closed();
+        tracing::debug!(protocol = self.metrics.name, reason, "connection closed");
+    }
+
+    async fn serve(&mut self) -> &'static str {
+        let mut input = BytesMut::with_capacity(16 * 1024);
+        let mut output = BytesMut::with_capacity(16 * 1024);
+        let mut last_frame = Instant::now();
+        let mut partial_since: Option<Instant> = None;
+        if *self.shutdown.borrow() {
+            return "shutting down";
+        }
+        loop {
+            let deadline = self.deadline(last_frame, partial_since);
+            let wake = {
+                let read = self.stream.read_buf(&mut input);
+                let push = self.service.push();
+                let sleep = async {
+                    match deadline {
+                        Some((at, why)) => {
+                            tokio::time::sleep_until(at.into()).await;
+                            why
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    read = read => Wake::Read(read),
+                    pushed = push => Wake::Push(pushed.map(|response| {
+                        self.codec.encode_response(&response, &mut output);
+                    })),
+                    why = sleep => Wake::Timeout(why),
+                    _ = self.shutdown.changed() => Wake::Shutdown,
+                }
+            };
+            match wake {
+                Wake::Read(Ok(0)) => {
+                    return if input.is_empty() { "client closed" } else { "client closed mid-frame" };
+                }
+                Wake::Read(Ok(_)) => {}
+                Wake::Read(Err(_)) => return "read error",
+                Wake::Push(Some(())) => {
+                    if self.stream.write_all(&output).await.is_err() {
+                        return "write error";
+                    }
+                    output.clear();
+                    continue;
+                }
+                Wake::Push(None) => return "subscription ended",
+                Wake::Timeout(why) => return why,
+                Wake::Shutdown => return "shutting down",
+            }
+            // Decode and execute every complete frame; write whenever the output cap is passed.
+            loop {
+                let (frames, close) = match self.execute_batch(&mut input, &mut output).await {
+                    Ok(result) => result,
+                    Err(reject) => {
+                        self.service.rejected(&reject);
+                        self.metrics.rejected_frames.increment(1);
+                        let _ = self.stream.write_all(&output).await;
+                        return reject.reason;
+                    }
+                };
+                if frames > 0 {
+                    last_frame = Instant::now();
+                }
+                if !output.is_empty() {
+                    if self.stream.write_all(&output).await.is_err() {
+                        return "write error";
+                    }
+                    output.clear();
+                }
+                if close {
+                    return "closed by protocol";
+                }
+                if frames == 0 {
+                    break;
+                }
+            }
+            partial_since = match (input.is_empty(), partial_since) {
+                (true, _) => None,
+                (false, Some(since)) => Some(since),
+                (false, None) => Some(Instant::now()),
+            };
+            if input.capacity() - input.len() < 4096 {
+                input.reserve(16 * 1024);
+            }
+        }
+    }
+
+    fn deadline(&self, last_frame: Instant, partial_since: Option<Instant>) -> Option<(Instant, &'static str)> {
+        let idle = self
+            .limits
+            .idle_timeout
+            .map(|t| (last_frame + t, "idle timeout"));
+        let partial = partial_since
+            .zip(self.limits.partial_frame_timeout)
+            .map(|(since, t)| (since + t, "partial frame timeout"));
+        match (idle, partial) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Executes complete frames until the input runs out or the output passes its cap. Returns
+    /// how many frames were executed and whether the connection must close.
+    async fn execute_batch(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Result<(usize, bool), Reject> {
+        let mut frames = 0;
+        let mut deferred = Vec::new();
+        let mut close = false;
+        while output.len() < self.limits.max_output_bytes && !close {
+            let (request, used) = match self.codec.decode_request(input)? {
+                Decoded::Frame(request, used) => (request, used),
+                Decoded::Incomplete => break,
+            };
+            input.advance(used);
+            frames += 1;
+            let op = S::op_name(&request);
+            let started = Instant::now();
+            let reply = self.service.call(request).await;
+            close = reply.close;
+            match reply.response {
+                Some(Deferred::Ready(response)) => {
+                    self.metrics.record(op, S::is_error(&response), started.elapsed());
+                    // Replies must stay in order: anything deferred is resolved first.
+                    resolve(&mut deferred, &*self.codec, output, &self.metrics).await;
+                    self.codec.encode_response(&response, output);
+                }
+                Some(Deferred::AfterSync { pending, ok, err }) => deferred.push((op, started, pending, ok, err)),
+                None => resolve(&mut deferred, &*self.codec, output, &self.metrics).await,
+            }
+        }
+        resolve(&mut deferred, &*self.codec, output, &self.metrics).await;
+        Ok((frames, close))
+    }
+}
+
+/// Waits for deferred writes in order (the first wait usually covers them all: one group
+/// commit) and encodes their replies.
+async fn resolve<C: ServerCodec, R>(
+    deferred: &mut Vec<(&'static str, Instant, Pending, R, R)>,
+    codec: &C,
+    output: &mut BytesMut,
+    metrics: &ProtocolMetrics,
+) where
+    C: ServerCodec<Response = R>,
+{
+    for (op, started, pending, ok, err) in deferred.drain(..) {
+        let (response, failed) = match pending.durable().await {
+            Ok(_) => (ok, false),
+            Err(e) => {
+                tracing::error!(protocol = metrics.name, op, error = %e, "durable write failed");
+                (err, true)
+            }
+        };
+        metrics.record(op, failed, started.elapsed());
+        codec.encode_response(&response, output);
+    }
+}
+
+/// Serves one datagram socket: one datagram in, at most one out.
+pub async fn serve_udp<C, S>(
+    socket: UdpSocket,
+    codec: Arc<C>,
+    mut service: S,
+    metrics: Arc<ProtocolMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
+    S: Service,
+{
+    let mut buf = vec![0u8; 65_536];
+    let mut output = BytesMut::with_capacity(65_536);
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buf) => received,
+            _ = shutdown.changed() => return,
+        };
+        let (len, peer) = match received {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(protocol = metrics.name, error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        let datagram = &buf[..len];
+        let request = match codec.decode_request(datagram) {
+            Ok(Decoded::Frame(request, _)) => request,
+            Ok(Decoded::Incomplete) | Err(_) => {
+                let reject = Reject::new("malformed datagram");
+                service.rejected(&reject);
+                metrics.rejected_frames.increment(1);
+                continue;
+            }
+        };
+        let op = S::op_name(&request);
+        let started = Instant::now();
+        let reply = service.call(request).await;
+        let response = match reply.response {
+            None => continue,
+            Some(Deferred::Ready(response)) => response,
+            Some(Deferred::AfterSync { pending, ok, err }) => match pending.durable().await {
+                Ok(_) => ok,
+                Err(_) => err,
+            },
+        };
+        metrics.record(op, S::is_error(&response), started.elapsed());
+        output.clear();
+        codec.encode_response(&response, &mut output);
+        if let Err(e) = socket.send_to(&output, peer).await {
+            tracing::debug!(protocol = metrics.name, %peer, error = %e, "udp send failed");
+        }
+    }
+}
