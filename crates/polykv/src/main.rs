@@ -16,7 +16,13 @@ enum Commands {
     /// Run the server (every enabled protocol on its port; data in ./polykv-data by default).
     Serve(#[command(flatten)] ConfigArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
-    Config(#[command(flatten)] ConfigArgs),
+    Config {
+        /// Print the reference of every setting (Markdown) instead.
+        #[arg(long)]
+        reference: bool,
+        #[command(flatten)]
+        args: ConfigArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,7 +38,11 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Commands::Config(args) => {
+        Commands::Config { reference: true, .. } => {
+            print!("{}", polykv_server::config::reference_markdown());
+            Ok(())
+        }
+        Commands::Config { args, .. } => {
             let config = args.load()?;
             print!("{}", config.to_toml());
             Ok(())

@@ -248,6 +248,25 @@ fn collect_leaves(value: &toml::Value, prefix: &str, out: &mut Vec<Field>) {
     }
 }
 
+/// The configuration reference as a Markdown table (kept in `docs/configuration.md`).
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "| Setting (TOML path) | Default | Flag | Environment | Meaning |\n|---|---|---|---|---|\n",
+    );
+    for f in fields() {
+        let default = match &f.default {
+            toml::Value::String(s) if s.is_empty() => "(empty)".to_string(),
+            toml::Value::String(s) => format!("`{s}`"),
+            other => format!("`{other}`"),
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | `--{}` | `{}` | {} |\n",
+            f.path, default, f.flag, f.env, f.doc
+        ));
+    }
+    out
+}
+
 /// Where an override came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -453,6 +472,16 @@ mod tests {
         let path = dir.path().join("p.toml");
         std::fs::write(&path, Config::default().to_toml()).unwrap();
         assert_eq!(Config::load(Some(&path), &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn docs_hold_the_current_reference() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md"))
+            .expect("docs/configuration.md");
+        assert!(
+            docs.contains(&reference_markdown()),
+            "docs/configuration.md is stale: paste the output of `polykv config --reference`"
+        );
     }
 
     #[test]
