@@ -120,6 +120,9 @@ pub struct AdminConfig {
     /// Listen address; empty = `bind`.
     pub addr: String,
     pub port: u16,
+    /// Bearer token for the admin API. Required when set, and always off loopback (then
+    /// generated into `DATA_DIR/admin.token` if empty).
+    pub token: String,
 }
 
 impl Default for AdminConfig {
@@ -128,6 +131,7 @@ impl Default for AdminConfig {
             enabled: true,
             addr: String::new(),
             port: 26080,
+            token: String::new(),
         }
     }
 }
@@ -185,6 +189,7 @@ pub const FIELD_DOCS: &[(&str, &str)] = &[
     ("admin.enabled", "Serve the admin HTTP API (health, metrics)"),
     ("admin.addr", "Admin listen address (empty = bind)"),
     ("admin.port", "Admin HTTP port"),
+    ("admin.token", "Bearer token for the admin API (required off loopback; generated if empty)"),
     ("nmdb.enabled", "Serve nmdb over TCP"),
     ("nmdb.addr", "nmdb listen address, TCP and UDP (empty = bind)"),
     ("nmdb.port", "nmdb TCP port"),

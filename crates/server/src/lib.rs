@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod secret;
 pub mod server;
 pub mod services;
 pub mod session;

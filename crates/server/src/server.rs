@@ -178,7 +178,9 @@ async fn start_listeners(
     };
     services::start_all(runtime).await?;
     if let Some(listener) = admin {
+        let token = admin_token(&config, &listener)?;
         let state = AdminState {
+            token,
             engine: runtime.engine.clone(),
             prometheus,
             read_only: runtime.read_only.clone(),
@@ -189,4 +191,23 @@ async fn start_listeners(
             .spawn(admin::serve(listener, state, runtime.context.shutdown.clone()));
     }
     Ok(())
+}
+
+/// The admin token: the configured one; or, off loopback, the one kept in the data directory.
+fn admin_token(config: &Config, listener: &TcpListener) -> Result<Option<Arc<str>>, ServerError> {
+    if !config.admin.token.is_empty() {
+        return Ok(Some(Arc::from(config.admin.token.as_str())));
+    }
+    let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+    if loopback {
+        return Ok(None);
+    }
+    let path = config.data_dir.join("admin.token");
+    let (token, created) = crate::secret::load_or_create(&path, 24)
+        .map_err(|e| ServerError::Other(format!("cannot create the admin token file {}: {e}", path.display())))?;
+    if created {
+        tracing::warn!(file = %path.display(), "admin listener is not on loopback: generated a bearer token");
+    }
+    tracing::info!(file = %path.display(), "admin API requires Authorization: Bearer <token from this file>");
+    Ok(Some(Arc::from(token.as_str())))
 }

@@ -1,10 +1,18 @@
-//! The admin HTTP listener: `/health`, Prometheus `/metrics`, and the read-only switch.
+//! The admin HTTP listener: `/health`, Prometheus `/metrics`, the JSON API (`api`) and the
+//! web console.
+//!
+//! When the listener is not on a loopback address, every call but `/health` needs
+//! `Authorization: Bearer TOKEN` (the token is `admin.token`, or generated at first start and
+//! kept in `DATA_DIR/admin.token`, mode 0600).
+
+mod api;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -22,15 +30,48 @@ pub struct AdminState {
     pub prometheus: Option<PrometheusHandle>,
     pub read_only: Arc<ReadOnly>,
     pub started: std::time::Instant,
+    /// The bearer token every call (but `/health`) must carry; `None` = no token needed.
+    pub token: Option<Arc<str>>,
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/health", get(health))
+    let api = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/read-only", get(read_only_get).post(read_only_set))
+        .route("/api/stats", get(api::stats))
+        .route("/api/keyspaces", get(api::list_keyspaces))
+        .route("/api/keyspaces/{ks}/keys", get(api::list_keys))
+        .route(
+            "/api/keyspaces/{ks}/keys/{*key}",
+            get(api::get_key).put(api::put_key).delete(api::delete_key),
+        )
+        .route("/api/keyspaces/{ks}/watch", get(api::watch))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
         .with_state(state)
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| crate::secret::constant_time_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({ "error": "this admin listener needs Authorization: Bearer TOKEN (see admin.token)" })),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
@@ -45,7 +86,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
-fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
