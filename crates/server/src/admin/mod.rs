@@ -49,6 +49,7 @@ pub fn router(state: AdminState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .route("/", get(console))
         .route("/health", get(health))
         .merge(api)
         .with_state(state)
@@ -88,6 +89,16 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
 
 pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// The web console: one self-contained page, compiled into the binary. It holds no data; its
+/// calls to the API carry the token.
+async fn console() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("console.html"),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
