@@ -1,0 +1,164 @@
+//! The wire protocols the load generator speaks: GET and SET requests and their replies.
+
+/// How the load generator talks to one kind of server.
+pub trait LoadProtocol: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn encode_get(&self, key: &[u8], out: &mut Vec<u8>);
+    /// `sync`: ask for a durable write where the protocol can say so (nmdb's SYNC flag).
+    fn encode_set(&self, key: &[u8], value: &[u8], sync: bool, out: &mut Vec<u8>);
+    /// Parses the reply at the start of `buf`: `Ok(None)` when incomplete, else the bytes it
+    /// used and whether it reports success (a GET miss is a success).
+    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String>;
+}
+
+/// Which protocol, by name on the command line.
+pub fn by_name(name: &str) -> Option<Box<dyn LoadProtocol>> {
+    match name {
+        "memcached" => Some(Box::new(Memcached)),
+        "redis" | "resp" => Some(Box::new(Resp)),
+        _ => None,
+    }
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| p + from)
+}
+
+/// memcached's text protocol.
+pub struct Memcached;
+
+impl LoadProtocol for Memcached {
+    fn name(&self) -> &'static str {
+        "memcached"
+    }
+
+    fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(b"get ");
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"set ");
+        out.extend_from_slice(key);
+        out.extend_from_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+        let Some(end) = find_crlf(buf, 0) else {
+            return Ok(None);
+        };
+        let line = &buf[..end];
+        if line == b"END" || line == b"STORED" {
+            return Ok(Some((end + 2, true)));
+        }
+        if let Some(rest) = line.strip_prefix(b"VALUE ") {
+            // VALUE <key> <flags> <bytes>\r\n<data>\r\nEND\r\n
+            let text = std::str::from_utf8(rest).map_err(|_| "bad VALUE line".to_string())?;
+            let bytes: usize = text
+                .split_whitespace()
+                .nth(2)
+                .and_then(|b| b.parse().ok())
+                .ok_or_else(|| format!("bad VALUE line {text:?}"))?;
+            let total = end + 2 + bytes + 2 + 5;
+            if buf.len() < total {
+                return Ok(None);
+            }
+            if &buf[total - 5..total] != b"END\r\n" {
+                return Err("VALUE without END".into());
+            }
+            return Ok(Some((total, true)));
+        }
+        if line.starts_with(b"ERROR") || line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR") || line == b"NOT_STORED" {
+            return Ok(Some((end + 2, false)));
+        }
+        Err(format!("unexpected memcached reply {:?}", String::from_utf8_lossy(line)))
+    }
+}
+
+/// Redis's RESP2.
+pub struct Resp;
+
+fn bulk(out: &mut Vec<u8>, item: &[u8]) {
+    out.extend_from_slice(format!("${}\r\n", item.len()).as_bytes());
+    out.extend_from_slice(item);
+    out.extend_from_slice(b"\r\n");
+}
+
+impl LoadProtocol for Resp {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(b"*2\r\n");
+        bulk(out, b"GET");
+        bulk(out, key);
+    }
+
+    fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"*3\r\n");
+        bulk(out, b"SET");
+        bulk(out, key);
+        bulk(out, value);
+    }
+
+    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+        let Some(end) = find_crlf(buf, 0) else {
+            return Ok(None);
+        };
+        match buf.first() {
+            Some(b'+') | Some(b':') => Ok(Some((end + 2, true))),
+            Some(b'-') => Ok(Some((end + 2, false))),
+            Some(b'$') => {
+                let len: i64 = std::str::from_utf8(&buf[1..end])
+                    .ok()
+                    .and_then(|l| l.parse().ok())
+                    .ok_or("bad bulk length")?;
+                if len < 0 {
+                    return Ok(Some((end + 2, true)));
+                }
+                let total = end + 2 + len as usize + 2;
+                Ok((buf.len() >= total).then_some((total, true)))
+            }
+            _ => Err(format!("unexpected RESP reply {:?}", String::from_utf8_lossy(&buf[..end]))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memcached_encoding_and_replies() {
+        let mut out = Vec::new();
+        Memcached.encode_set(b"k", b"vv", false, &mut out);
+        Memcached.encode_get(b"k", &mut out);
+        assert_eq!(out, b"set k 0 0 2\r\nvv\r\nget k\r\n");
+        assert_eq!(Memcached.parse_reply(b"STORED\r\n").unwrap(), Some((8, true)));
+        assert_eq!(Memcached.parse_reply(b"END\r\n").unwrap(), Some((5, true)));
+        let hit = b"VALUE k 0 2\r\nvv\r\nEND\r\n";
+        assert_eq!(Memcached.parse_reply(hit).unwrap(), Some((hit.len(), true)));
+        assert_eq!(Memcached.parse_reply(&hit[..hit.len() - 1]).unwrap(), None);
+        assert_eq!(Memcached.parse_reply(b"SERVER_ERROR out of memory\r\n").unwrap(), Some((28, false)));
+        assert!(Memcached.parse_reply(b"WHAT\r\n").is_err());
+    }
+
+    #[test]
+    fn resp_encoding_and_replies() {
+        let mut out = Vec::new();
+        Resp.encode_set(b"k", b"v", false, &mut out);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
+        assert_eq!(Resp.parse_reply(b"+OK\r\n").unwrap(), Some((5, true)));
+        assert_eq!(Resp.parse_reply(b"$-1\r\n").unwrap(), Some((5, true)));
+        assert_eq!(Resp.parse_reply(b"$2\r\nvv\r\n").unwrap(), Some((8, true)));
+        assert_eq!(Resp.parse_reply(b"$2\r\nvv").unwrap(), None);
+        assert_eq!(Resp.parse_reply(b"-ERR x\r\n").unwrap(), Some((8, false)));
+    }
+}
