@@ -70,9 +70,11 @@ impl Driver {
                      "--no-first-run", "--disable-background-networking", "--disable-component-update",
                      "--disable-sync", "--window-size=1280,800", format!("--user-data-dir={}", profile.path().display())]
         }}}});
+        // Built before the session exists, so a failure below still stops chromedriver.
+        let mut driver = Driver { port, session: String::new(), child, _profile: profile };
         let created = request(port, "POST", "/session", Some(&caps));
-        let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();
-        Driver { port, session, child, _profile: profile }
+        driver.session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();
+        driver
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -115,7 +117,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = request(self.port, "DELETE", &format!("/session/{}", self.session), None);
+        if !self.session.is_empty() {
+            let _ = request(self.port, "DELETE", &format!("/session/{}", self.session), None);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
