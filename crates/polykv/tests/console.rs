@@ -21,20 +21,27 @@ struct Driver {
 }
 
 fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    try_request(port, method, path, body).unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+}
+
+/// One WebDriver call; never panics (it also runs from `Drop`).
+fn try_request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to chromedriver");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .map_err(|e| e.to_string())?;
     // Read the head, then exactly Content-Length bytes (chromedriver may keep the connection).
     let mut raw = Vec::new();
     let mut byte = [0u8; 1];
     while !raw.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).unwrap(), 1, "chromedriver closed early");
+        if stream.read(&mut byte).map_err(|e| e.to_string())? != 1 {
+            return Err("chromedriver closed the connection early".into());
+        }
         raw.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
@@ -44,9 +51,8 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     let mut payload = vec![0u8; length];
-    stream.read_exact(&mut payload).unwrap();
-    let payload = String::from_utf8_lossy(&payload);
-    serde_json::from_str(&payload).unwrap_or_else(|e| panic!("bad WebDriver reply {payload:?}: {e}"))
+    stream.read_exact(&mut payload).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&payload).map_err(|e| format!("bad reply {:?}: {e}", String::from_utf8_lossy(&payload)))
 }
 
 impl Driver {
@@ -118,7 +124,7 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let _ = request(self.port, "DELETE", &format!("/session/{}", self.session), None);
+            let _ = try_request(self.port, "DELETE", &format!("/session/{}", self.session), None);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
