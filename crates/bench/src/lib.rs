@@ -219,8 +219,12 @@ async fn connection(
     while !shared.stop.load(Ordering::Relaxed) {
         let mut batch = config.depth as u64;
         if let (Some(budget), true) = (&shared.budget, shared.measuring.load(Ordering::Relaxed)) {
-            let left = budget.fetch_sub(batch.min(budget.load(Ordering::Relaxed)), Ordering::SeqCst);
-            batch = batch.min(left);
+            // Take up to a batch from the shared budget, never below zero.
+            let want = batch;
+            let before = budget
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| Some(left - left.min(want)))
+                .unwrap_or(0);
+            batch = want.min(before);
             if batch == 0 {
                 break;
             }

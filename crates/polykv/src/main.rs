@@ -1,5 +1,7 @@
 //! The `polykv` binary: parses arguments and calls into the crates.
 
+mod bench;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use polykv_server::cli::ConfigArgs;
@@ -15,6 +17,8 @@ struct Cli {
 enum Commands {
     /// Run the server (every enabled protocol on its port; data in ./polykv-data by default).
     Serve(#[command(flatten)] ConfigArgs),
+    /// Load generator: the same load against one or more servers, with a ratio table.
+    Bench(bench::BenchArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config {
         /// Print the reference of every setting (Markdown) instead.
@@ -38,6 +42,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Commands::Bench(args) => bench::bench(args),
         Commands::Config { reference: true, .. } => {
             print!("{}", polykv_server::config::reference_markdown());
             Ok(())
