@@ -161,6 +161,16 @@ struct WriterState {
 /// without a metadata write per mutation.
 const VERSION_BLOCK: u64 = 1 << 16;
 
+/// Longest key the engine accepts: the store's limit less the expiry index's 12-byte prefix.
+pub const MAX_KEY_LEN: usize = crate::store::MAX_KEY_LEN - 12;
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::Invalid("key longer than 65 522 bytes"));
+    }
+    Ok(())
+}
+
 /// Longest scan page read from the store at a time.
 const SCAN_PAGE: usize = 256;
 
@@ -361,6 +371,7 @@ impl Engine {
     /// The current entry of a key: from the cache if it is there, else from the store (which
     /// then fills the cache).
     pub fn get(&self, ks: KeyspaceId, key: &[u8]) -> Result<Option<Read>> {
+        check_key(key)?;
         let info = self.info(ks)?;
         let counters = &info.counters;
         counters.gets.fetch_add(1, Ordering::Relaxed);
@@ -657,6 +668,11 @@ impl Engine {
     ) -> Result<(Outcome, Option<u64>)> {
         let at = proposal.at_ms;
         let wait = |seq: u64| (durability == Durability::Sync).then_some(seq);
+        // Refuse what the store cannot hold before touching it: a store error poisons.
+        match &proposal.command {
+            Command::Put { key, .. } | Command::Delete { key, .. } | Command::Incr { key, .. } | Command::Expire { key, .. } => check_key(key)?,
+            _ => {}
+        }
         match proposal.command {
             Command::CreateKeyspace { name } => {
                 if let Some(id) = self.inner.names.read().get(&name) {

@@ -245,3 +245,21 @@ fn data_dir_is_locked_by_fjall_or_reopened_cleanly() {
     drop(store);
     assert!(FjallStore::open(dir.path()).is_ok());
 }
+
+#[tokio::test]
+async fn empty_and_overlong_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let ks = engine.keyspace("k").unwrap();
+    engine.set(ks, Bytes::new(), bytes("empty key"), Durability::Sync).await.unwrap();
+    assert_eq!(engine.first(ks).unwrap().unwrap().0, Bytes::new());
+    let longest = Bytes::from(vec![7u8; polykv_engine::MAX_KEY_LEN]);
+    engine.set(ks, longest.clone(), bytes("v"), Durability::Sync).await.unwrap();
+    let too_long = Bytes::from(vec![7u8; polykv_engine::MAX_KEY_LEN + 1]);
+    let err = engine.set(ks, too_long.clone(), bytes("v"), Durability::Sync).await.unwrap_err();
+    assert!(matches!(err, polykv_engine::Error::Invalid(_)), "{err}");
+    assert!(engine.get(ks, &too_long).is_err());
+    // A refused key does not poison the store.
+    engine.set(ks, "after", bytes("v"), Durability::Sync).await.unwrap();
+    assert!(engine.stats().poisoned.is_none());
+}

@@ -24,6 +24,23 @@ fn io(e: fjall::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// Every key is stored behind this byte: fjall (lsm-tree) refuses empty keys with a panic, and
+/// the protocols allow them. The prefix keeps the byte order of keys.
+const KEY_TAG: u8 = b'k';
+
+/// Longest key the store accepts (fjall's limit is 65 535 bytes, one of which is the tag).
+pub const MAX_KEY_LEN: usize = 65_534;
+
+fn tagged(key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(StoreError::Io(format!("key of {} bytes is longer than {MAX_KEY_LEN}", key.len())));
+    }
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(KEY_TAG);
+    out.extend_from_slice(key);
+    Ok(out)
+}
+
 impl FjallStore {
     /// Opens or creates the database in `path`, replaying its journal.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -81,7 +98,7 @@ impl Store for FjallStore {
     }
 
     fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        let value = self.space(space)?.get(key).map_err(io)?;
+        let value = self.space(space)?.get(tagged(key)?).map_err(io)?;
         Ok(value.map(|v| Bytes::copy_from_slice(&v)))
     }
 
@@ -97,9 +114,9 @@ impl Store for FjallStore {
         for op in ops {
             match op {
                 BatchOp::Put { space, key, value } => {
-                    batch.insert(handle(space)?, key.as_ref(), value.as_ref())
+                    batch.insert(handle(space)?, tagged(&key)?, value.as_ref())
                 }
-                BatchOp::Delete { space, key } => batch.remove(handle(space)?, key.as_ref()),
+                BatchOp::Delete { space, key } => batch.remove(handle(space)?, tagged(&key)?),
             }
         }
         batch.commit().map_err(io)
@@ -113,10 +130,20 @@ impl Store for FjallStore {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, StoreError> {
         let keyspace = self.space(space)?;
+        let bound = |b: Bound<&[u8]>, unbounded: Bound<Vec<u8>>| -> Result<Bound<Vec<u8>>, StoreError> {
+            Ok(match b {
+                Bound::Included(k) => Bound::Included(tagged(k)?),
+                Bound::Excluded(k) => Bound::Excluded(tagged(k)?),
+                Bound::Unbounded => unbounded,
+            })
+        };
+        let start = bound(start, Bound::Included(vec![KEY_TAG]))?;
+        let end = bound(end, Bound::Excluded(vec![KEY_TAG + 1]))?;
         let mut out = Vec::new();
-        for guard in keyspace.range::<&[u8], _>((start, end)).take(limit) {
+        for guard in keyspace.range::<Vec<u8>, _>((start, end)).take(limit) {
             let (k, v) = guard.into_inner().map_err(io)?;
-            out.push((Bytes::copy_from_slice(&k), Bytes::copy_from_slice(&v)));
+            let key = k.get(1..).unwrap_or_default();
+            out.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(&v)));
         }
         Ok(out)
     }

@@ -14,7 +14,7 @@ mod fjall_store;
 mod memory;
 
 pub use fault::{FaultPlan, FaultyStore};
-pub use fjall_store::FjallStore;
+pub use fjall_store::{FjallStore, MAX_KEY_LEN};
 pub use memory::MemoryStore;
 
 /// A named partition of the store (a keyspace, the metadata, the expiry index).
@@ -118,12 +118,30 @@ mod tests {
         assert_eq!(store.range(a, Bound::Unbounded, Bound::Unbounded, 1).unwrap().len(), 1);
         store.delete(a, "k1".into()).unwrap();
         assert_eq!(store.get(a, b"k1").unwrap(), None);
+        // Empty keys are keys like any other.
+        store.put(a, Bytes::new(), "empty".into()).unwrap();
+        assert_eq!(store.get(a, b"").unwrap().as_deref(), Some(&b"empty"[..]));
+        let first = store.range(a, Bound::Unbounded, Bound::Unbounded, 1).unwrap();
+        assert_eq!(first[0].0, Bytes::new());
         store.persist(PersistMode::SyncData).unwrap();
     }
 
     #[test]
     fn memory_store_behaves() {
         exercise(&MemoryStore::new());
+    }
+
+    #[test]
+    fn fjall_store_refuses_overlong_keys_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        let a = store.open_space("a").unwrap();
+        let longest = Bytes::from(vec![1u8; MAX_KEY_LEN]);
+        store.put(a, longest.clone(), "v".into()).unwrap();
+        assert!(store.get(a, &longest).unwrap().is_some());
+        let too_long = Bytes::from(vec![1u8; MAX_KEY_LEN + 1]);
+        assert!(store.put(a, too_long.clone(), "v".into()).is_err());
+        assert!(store.get(a, &too_long).is_err());
     }
 
     #[test]
