@@ -1,10 +1,12 @@
 //! Protocol services: each maps one protocol's requests onto engine operations. A protocol's
 //! quirks (reply codes, flags, value formats) live in its module and nowhere else.
 
+pub mod nmdb;
+
 use crate::server::{Runtime, ServerError};
 
 /// Starts the listeners of every enabled protocol.
 pub async fn start_all(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let _ = runtime;
+    nmdb::start(runtime).await?;
     Ok(())
 }
