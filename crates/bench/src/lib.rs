@@ -22,7 +22,10 @@ use workload::{key_bytes, KeyPicker, Workload};
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("connection to {addr} failed: {message}")]
     Connection { addr: String, message: String },
     #[error("invalid settings: {0}")]
@@ -110,12 +113,20 @@ struct ConnResult {
 }
 
 /// Runs the load against one server and reports.
-pub async fn run(protocol: Arc<dyn LoadProtocol>, target: &str, config: RunConfig) -> Result<Report, BenchError> {
+pub async fn run(
+    protocol: Arc<dyn LoadProtocol>,
+    target: &str,
+    config: RunConfig,
+) -> Result<Report, BenchError> {
     if config.connections == 0 || config.depth == 0 {
-        return Err(BenchError::Invalid("connections and depth must be at least 1".into()));
+        return Err(BenchError::Invalid(
+            "connections and depth must be at least 1".into(),
+        ));
     }
     if config.duration.is_none() && config.requests.is_none() {
-        return Err(BenchError::Invalid("give a duration or a request count".into()));
+        return Err(BenchError::Invalid(
+            "give a duration or a request count".into(),
+        ));
     }
     if config.preload {
         preload(protocol.clone(), &config).await?;
@@ -126,15 +137,29 @@ pub async fn run(protocol: Arc<dyn LoadProtocol>, target: &str, config: RunConfi
         budget: config.requests.map(AtomicU64::new),
         done: AtomicU64::new(0),
     });
-    let picker = Arc::new(KeyPicker::new(config.workload.keys, config.workload.distribution));
+    let picker = Arc::new(KeyPicker::new(
+        config.workload.keys,
+        config.workload.distribution,
+    ));
     let config = Arc::new(config);
     let mut tasks = Vec::new();
     for id in 0..config.connections {
-        let stream = TcpStream::connect(&config.addr)
-            .await
-            .map_err(|source| BenchError::Connect { addr: config.addr.clone(), source })?;
+        let stream =
+            TcpStream::connect(&config.addr)
+                .await
+                .map_err(|source| BenchError::Connect {
+                    addr: config.addr.clone(),
+                    source,
+                })?;
         let _ = stream.set_nodelay(true);
-        tasks.push(tokio::spawn(connection(id, stream, protocol.clone(), config.clone(), picker.clone(), shared.clone())));
+        tasks.push(tokio::spawn(connection(
+            id,
+            stream,
+            protocol.clone(),
+            config.clone(),
+            picker.clone(),
+            shared.clone(),
+        )));
     }
     if !config.warmup.is_zero() {
         tokio::time::sleep(config.warmup).await;
@@ -143,7 +168,11 @@ pub async fn run(protocol: Arc<dyn LoadProtocol>, target: &str, config: RunConfi
     let started = Instant::now();
     let progress = config.progress && std::io::stderr().is_terminal();
     let bar = progress.then(|| {
-        let bar = indicatif::ProgressBar::new(config.duration.map_or_else(|| config.requests.unwrap_or(0), |d| d.as_secs()));
+        let bar = indicatif::ProgressBar::new(
+            config
+                .duration
+                .map_or_else(|| config.requests.unwrap_or(0), |d| d.as_secs()),
+        );
         bar.set_style(
             indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -155,8 +184,15 @@ pub async fn run(protocol: Arc<dyn LoadProtocol>, target: &str, config: RunConfi
         let done = shared.done.load(Ordering::Relaxed);
         let elapsed = started.elapsed();
         if let Some(bar) = &bar {
-            bar.set_message(format!("{target}: {:.0} ops/s", done as f64 / elapsed.as_secs_f64().max(0.001)));
-            bar.set_position(if config.duration.is_some() { elapsed.as_secs() } else { done });
+            bar.set_message(format!(
+                "{target}: {:.0} ops/s",
+                done as f64 / elapsed.as_secs_f64().max(0.001)
+            ));
+            bar.set_position(if config.duration.is_some() {
+                elapsed.as_secs()
+            } else {
+                done
+            });
         }
         let time_up = config.duration.is_some_and(|d| elapsed >= d);
         let budget_spent = config.requests.is_some_and(|r| done >= r);
@@ -173,9 +209,10 @@ pub async fn run(protocol: Arc<dyn LoadProtocol>, target: &str, config: RunConfi
     let mut histogram = new_histogram();
     let (mut requests, mut errors) = (0, 0);
     for task in tasks {
-        let result = task
-            .await
-            .map_err(|e| BenchError::Connection { addr: config.addr.clone(), message: e.to_string() })??;
+        let result = task.await.map_err(|e| BenchError::Connection {
+            addr: config.addr.clone(),
+            message: e.to_string(),
+        })??;
         let _ = histogram.add(&result.histogram);
         requests += result.requests;
         errors += result.errors;
@@ -203,7 +240,10 @@ async fn connection(
     picker: Arc<KeyPicker>,
     shared: Arc<Shared>,
 ) -> Result<ConnResult, BenchError> {
-    let fail = |message: String| BenchError::Connection { addr: config.addr.clone(), message };
+    let fail = |message: String| BenchError::Connection {
+        addr: config.addr.clone(),
+        message,
+    };
     let mut rng = workload::rng(config.seed.wrapping_add(id as u64 * 7919));
     let value = vec![b'v'; config.workload.value_size];
     let mut key = Vec::new();
@@ -212,9 +252,11 @@ async fn connection(
     let mut histogram = new_histogram();
     let (mut requests, mut errors) = (0u64, 0u64);
     // Each connection's share of the rate, as a pause between batches.
-    let batch_interval = config
-        .rate
-        .map(|rate| Duration::from_secs_f64(config.depth as f64 * config.connections as f64 / rate.max(1) as f64));
+    let batch_interval = config.rate.map(|rate| {
+        Duration::from_secs_f64(
+            config.depth as f64 * config.connections as f64 / rate.max(1) as f64,
+        )
+    });
     let mut next_batch = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut batch = config.depth as u64;
@@ -222,7 +264,9 @@ async fn connection(
             // Take up to a batch from the shared budget, never below zero.
             let want = batch;
             let before = budget
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| Some(left - left.min(want)))
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    Some(left - left.min(want))
+                })
                 .unwrap_or(0);
             batch = want.min(before);
             if batch == 0 {
@@ -244,7 +288,10 @@ async fn connection(
         }
         let measuring = shared.measuring.load(Ordering::Relaxed);
         let sent = Instant::now();
-        stream.write_all(&out).await.map_err(|e| fail(e.to_string()))?;
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let mut replies = 0;
         let mut parsed = 0;
         while replies < batch {
@@ -264,7 +311,10 @@ async fn connection(
                     if input.capacity() - input.len() < 16 * 1024 {
                         input.reserve(64 * 1024);
                     }
-                    let read = stream.read_buf(&mut input).await.map_err(|e| fail(e.to_string()))?;
+                    let read = stream
+                        .read_buf(&mut input)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
                     if read == 0 {
                         return Err(fail("the server closed the connection".into()));
                     }
@@ -276,7 +326,11 @@ async fn connection(
             shared.done.fetch_add(batch, Ordering::Relaxed);
         }
     }
-    Ok(ConnResult { histogram, requests, errors })
+    Ok(ConnResult {
+        histogram,
+        requests,
+        errors,
+    })
 }
 
 /// SETs every key once, over up to 8 connections with depth 32.
@@ -288,10 +342,17 @@ async fn preload(protocol: Arc<dyn LoadProtocol>, config: &RunConfig) -> Result<
         let addr = config.addr.clone();
         let workload = config.workload.clone();
         tasks.push(tokio::spawn(async move {
-            let fail = |message: String| BenchError::Connection { addr: addr.clone(), message };
-            let mut stream = TcpStream::connect(&addr)
-                .await
-                .map_err(|source| BenchError::Connect { addr: addr.clone(), source })?;
+            let fail = |message: String| BenchError::Connection {
+                addr: addr.clone(),
+                message,
+            };
+            let mut stream =
+                TcpStream::connect(&addr)
+                    .await
+                    .map_err(|source| BenchError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    })?;
             let value = vec![b'v'; workload.value_size];
             let (mut key, mut out, mut input) = (Vec::new(), Vec::new(), Vec::new());
             let mut index = c;
@@ -304,7 +365,10 @@ async fn preload(protocol: Arc<dyn LoadProtocol>, config: &RunConfig) -> Result<
                     index += connections;
                     batch += 1;
                 }
-                stream.write_all(&out).await.map_err(|e| fail(e.to_string()))?;
+                stream
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
                 let mut replies = 0;
                 while replies < batch {
                     match protocol.parse_reply(&input).map_err(&fail)? {
@@ -314,7 +378,10 @@ async fn preload(protocol: Arc<dyn LoadProtocol>, config: &RunConfig) -> Result<
                         }
                         None => {
                             let mut chunk = [0u8; 16 * 1024];
-                            let read = stream.read(&mut chunk).await.map_err(|e| fail(e.to_string()))?;
+                            let read = stream
+                                .read(&mut chunk)
+                                .await
+                                .map_err(|e| fail(e.to_string()))?;
                             if read == 0 {
                                 return Err(fail("closed during preload".into()));
                             }
@@ -327,8 +394,10 @@ async fn preload(protocol: Arc<dyn LoadProtocol>, config: &RunConfig) -> Result<
         }));
     }
     for task in tasks {
-        task.await
-            .map_err(|e| BenchError::Connection { addr: config.addr.clone(), message: e.to_string() })??;
+        task.await.map_err(|e| BenchError::Connection {
+            addr: config.addr.clone(),
+            message: e.to_string(),
+        })??;
     }
     Ok(())
 }
@@ -395,7 +464,13 @@ mod tests {
             latency_us: Latency::default(),
         };
         let table = ratio_table(&[report("polykv", 200.0), report("memcached", 100.0)]);
-        assert!(table.contains("| polykv | 50 | 1 | 90 | 200 | 1.00 |"), "{table}");
-        assert!(table.contains("| memcached | 50 | 1 | 90 | 100 | 0.50 |"), "{table}");
+        assert!(
+            table.contains("| polykv | 50 | 1 | 90 | 200 | 1.00 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| memcached | 50 | 1 | 90 | 100 | 0.50 |"),
+            "{table}"
+        );
     }
 }

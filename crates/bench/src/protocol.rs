@@ -74,10 +74,17 @@ impl LoadProtocol for Memcached {
             }
             return Ok(Some((total, true)));
         }
-        if line.starts_with(b"ERROR") || line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR") || line == b"NOT_STORED" {
+        if line.starts_with(b"ERROR")
+            || line.starts_with(b"CLIENT_ERROR")
+            || line.starts_with(b"SERVER_ERROR")
+            || line == b"NOT_STORED"
+        {
             return Ok(Some((end + 2, false)));
         }
-        Err(format!("unexpected memcached reply {:?}", String::from_utf8_lossy(line)))
+        Err(format!(
+            "unexpected memcached reply {:?}",
+            String::from_utf8_lossy(line)
+        ))
     }
 }
 
@@ -126,7 +133,10 @@ impl LoadProtocol for Resp {
                 let total = end + 2 + len as usize + 2;
                 Ok((buf.len() >= total).then_some((total, true)))
             }
-            _ => Err(format!("unexpected RESP reply {:?}", String::from_utf8_lossy(&buf[..end]))),
+            _ => Err(format!(
+                "unexpected RESP reply {:?}",
+                String::from_utf8_lossy(&buf[..end])
+            )),
         }
     }
 }
@@ -141,12 +151,20 @@ mod tests {
         Memcached.encode_set(b"k", b"vv", false, &mut out);
         Memcached.encode_get(b"k", &mut out);
         assert_eq!(out, b"set k 0 0 2\r\nvv\r\nget k\r\n");
-        assert_eq!(Memcached.parse_reply(b"STORED\r\n").unwrap(), Some((8, true)));
+        assert_eq!(
+            Memcached.parse_reply(b"STORED\r\n").unwrap(),
+            Some((8, true))
+        );
         assert_eq!(Memcached.parse_reply(b"END\r\n").unwrap(), Some((5, true)));
         let hit = b"VALUE k 0 2\r\nvv\r\nEND\r\n";
         assert_eq!(Memcached.parse_reply(hit).unwrap(), Some((hit.len(), true)));
         assert_eq!(Memcached.parse_reply(&hit[..hit.len() - 1]).unwrap(), None);
-        assert_eq!(Memcached.parse_reply(b"SERVER_ERROR out of memory\r\n").unwrap(), Some((28, false)));
+        assert_eq!(
+            Memcached
+                .parse_reply(b"SERVER_ERROR out of memory\r\n")
+                .unwrap(),
+            Some((28, false))
+        );
         assert!(Memcached.parse_reply(b"WHAT\r\n").is_err());
     }
 

@@ -19,7 +19,9 @@ impl std::str::FromStr for Distribution {
             "zipf" => Ok(Distribution::Zipf(0.99)),
             other => match other.strip_prefix("zipf:").map(str::parse::<f64>) {
                 Some(Ok(exp)) if exp > 0.0 && exp.is_finite() => Ok(Distribution::Zipf(exp)),
-                _ => Err(format!("unknown distribution {other:?}: use uniform, zipf or zipf:EXPONENT")),
+                _ => Err(format!(
+                    "unknown distribution {other:?}: use uniform, zipf or zipf:EXPONENT"
+                )),
             },
         }
     }
@@ -137,7 +139,10 @@ mod tests {
         assert_eq!(out, b"0000000000000042");
         key_bytes(42, 24, &mut out);
         assert_eq!(out, b"key:0000000000000042....");
-        assert_eq!("zipf:1.2".parse::<Distribution>().unwrap(), Distribution::Zipf(1.2));
+        assert_eq!(
+            "zipf:1.2".parse::<Distribution>().unwrap(),
+            Distribution::Zipf(1.2)
+        );
         assert!("zipf:-1".parse::<Distribution>().is_err());
     }
 }

@@ -9,7 +9,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use polykv_engine::{Durability, Engine, EngineConfig, Value};
 
 fn keys(n: usize) -> Vec<Bytes> {
-    (0..n).map(|i| Bytes::from(format!("key:{i:012}"))).collect()
+    (0..n)
+        .map(|i| Bytes::from(format!("key:{i:012}")))
+        .collect()
 }
 
 fn bench_get_and_set(c: &mut Criterion) {
@@ -18,9 +20,12 @@ fn bench_get_and_set(c: &mut Criterion) {
     let ks = engine.keyspace("bench").unwrap();
     let keys = keys(10_000);
     let value = Value::Bytes(Bytes::from(vec![b'x'; 100]));
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     for key in &keys {
-        rt.block_on(engine.set(ks, key.clone(), value.clone(), Durability::Async)).unwrap();
+        rt.block_on(engine.set(ks, key.clone(), value.clone(), Durability::Async))
+            .unwrap();
     }
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(1));
@@ -31,12 +36,18 @@ fn bench_get_and_set(c: &mut Criterion) {
             engine.get(ks, &keys[i]).unwrap()
         })
     });
-    for (name, durability) in [("set_memory", Durability::Memory), ("set_async", Durability::Async)] {
+    for (name, durability) in [
+        ("set_memory", Durability::Memory),
+        ("set_async", Durability::Async),
+    ] {
         group.bench_function(name, |b| {
             b.iter(|| {
                 i = (i + 1) % keys.len();
                 let pending = engine
-                    .submit(polykv_engine::Command::put(ks, keys[i].clone(), value.clone()), durability)
+                    .submit(
+                        polykv_engine::Command::put(ks, keys[i].clone(), value.clone()),
+                        durability,
+                    )
                     .unwrap();
                 assert!(!pending.needs_sync());
             })
@@ -48,7 +59,10 @@ fn bench_get_and_set(c: &mut Criterion) {
 
 /// Sync writes from `writers` concurrent tasks; returns the time for `per_writer` writes each.
 fn sync_writers(engine: &Engine, ks: u32, writers: usize, per_writer: u64) -> Duration {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     let value = Value::Bytes(Bytes::from(vec![b'x'; 100]));
     rt.block_on(async {
         let started = Instant::now();
@@ -59,7 +73,10 @@ fn sync_writers(engine: &Engine, ks: u32, writers: usize, per_writer: u64) -> Du
                 tokio::spawn(async move {
                     for i in 0..per_writer {
                         let key = Bytes::from(format!("w{w}:{}", i % 1000));
-                        engine.set(ks, key, value.clone(), Durability::Sync).await.unwrap();
+                        engine
+                            .set(ks, key, value.clone(), Durability::Sync)
+                            .await
+                            .unwrap();
                     }
                 })
             })
@@ -80,9 +97,11 @@ fn bench_sync(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for writers in [1usize, 16, 64] {
         group.throughput(Throughput::Elements(writers as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(writers), &writers, |b, &writers| {
-            b.iter_custom(|iters| sync_writers(&engine, ks, writers, iters))
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(writers),
+            &writers,
+            |b, &writers| b.iter_custom(|iters| sync_writers(&engine, ks, writers, iters)),
+        );
     }
     group.finish();
     engine.close();

@@ -15,8 +15,18 @@ async fn main() {
     let ks = engine.keyspace("crash").expect("keyspace");
     if mode == "verify" {
         // Print the state of every writer's key: "key value version".
-        for (key, entry) in engine.scan(ks, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, 1000).expect("scan") {
-            let Value::I64(v) = entry.value else { panic!("bad value type") };
+        for (key, entry) in engine
+            .scan(
+                ks,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                1000,
+            )
+            .expect("scan")
+        {
+            let Value::I64(v) = entry.value else {
+                panic!("bad value type")
+            };
             println!("{} {} {}", String::from_utf8_lossy(&key), v, entry.version);
         }
         engine.close();
@@ -28,7 +38,15 @@ async fn main() {
             tokio::spawn(async move {
                 let key = format!("w{w:02}");
                 for i in 1.. {
-                    match engine.set(ks, key.clone().into_bytes(), Value::I64(i), Durability::Sync).await {
+                    match engine
+                        .set(
+                            ks,
+                            key.clone().into_bytes(),
+                            Value::I64(i),
+                            Durability::Sync,
+                        )
+                        .await
+                    {
                         Ok(Outcome::Written { version }) => {
                             let mut out = std::io::stdout().lock();
                             let _ = writeln!(out, "{key} {i} {version}");

@@ -23,7 +23,10 @@ async fn main() {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     let key = Bytes::from(format!("w{w}:{}", n % 1000));
-                    engine.set(ks, key, value.clone(), Durability::Sync).await.expect("write");
+                    engine
+                        .set(ks, key, value.clone(), Durability::Sync)
+                        .await
+                        .expect("write");
                     n += 1;
                 }
                 n

@@ -185,7 +185,13 @@ impl Cache {
         Some(slot.item)
     }
 
-    fn insert_locked(&self, shard: &mut Shard, ks: KeyspaceId, key: Bytes, item: CachedItem) -> bool {
+    fn insert_locked(
+        &self,
+        shard: &mut Shard,
+        ks: KeyspaceId,
+        key: Bytes,
+        item: CachedItem,
+    ) -> bool {
         let size = item.entry.footprint(key.len());
         Self::remove_locked(shard, ks, &key);
         if size > self.shard_budget {
@@ -288,7 +294,10 @@ mod tests {
         assert!(cache.remove(1, b"a").is_some());
         assert!(cache.get(1, b"a").is_none());
         let stats = cache.stats();
-        assert_eq!((stats.hits, stats.misses, stats.entries, stats.bytes), (1, 3, 0, 0));
+        assert_eq!(
+            (stats.hits, stats.misses, stats.entries, stats.bytes),
+            (1, 3, 0, 0)
+        );
     }
 
     #[test]

@@ -132,22 +132,35 @@ impl Proposal {
 pub enum Outcome {
     KeyspaceCreated(KeyspaceId),
     /// A put (or incr) took effect at this version.
-    Written { version: u64 },
+    Written {
+        version: u64,
+    },
     /// The key was deleted; the deletion has this version.
-    Deleted { version: u64 },
+    Deleted {
+        version: u64,
+    },
     /// The key does not exist (delete of an absent key, conditional write on an absent key,
     /// incr of an absent key).
     NotFound,
     /// The condition did not hold; `current` is the state that was found.
-    Mismatch { current: Option<Entry> },
-    Incremented { value: i64, version: u64 },
+    Mismatch {
+        current: Option<Entry>,
+    },
+    Incremented {
+        value: i64,
+        version: u64,
+    },
     /// Incr on a value that is not an integer.
     WrongType,
     /// Durability Memory, and the entry is larger than the cache can ever hold.
     TooLarge,
-    Expired { removed: bool },
+    Expired {
+        removed: bool,
+    },
     Lock(LockOutcome),
-    Unlocked { released: bool },
+    Unlocked {
+        released: bool,
+    },
     LocksReleased(usize),
 }
 

@@ -277,7 +277,10 @@ impl Engine {
         let mut versions = Vec::new();
         for (expected, (id, name)) in found.into_iter().enumerate() {
             if id as usize != expected {
-                return Err(crate::StoreError::Corrupt(format!("keyspace table has a gap at {name}")).into());
+                return Err(crate::StoreError::Corrupt(format!(
+                    "keyspace table has a gap at {name}"
+                ))
+                .into());
             }
             let space = store.open_space(&format!("data.{name}"))?;
             let reserved = store
@@ -334,9 +337,14 @@ impl Engine {
             return Ok(*id);
         }
         if !valid_keyspace_name(name) {
-            return Err(Error::Invalid("keyspace names are 1-64 characters of A-Z a-z 0-9 _ . -"));
+            return Err(Error::Invalid(
+                "keyspace names are 1-64 characters of A-Z a-z 0-9 _ . -",
+            ));
         }
-        match self.apply(Command::CreateKeyspace { name: name.into() }, Durability::Sync)? {
+        match self.apply(
+            Command::CreateKeyspace { name: name.into() },
+            Durability::Sync,
+        )? {
             (Outcome::KeyspaceCreated(id), _) => Ok(id),
             _ => Err(Error::Invalid("keyspace creation failed")),
         }
@@ -440,10 +448,12 @@ impl Engine {
                 Some(last) => Bound::Excluded(last.as_ref()),
                 None => start,
             };
-            let page = self
-                .inner
-                .store
-                .range(info.space, from, end, SCAN_PAGE.min(limit - out.len() + 16))?;
+            let page = self.inner.store.range(
+                info.space,
+                from,
+                end,
+                SCAN_PAGE.min(limit - out.len() + 16),
+            )?;
             let exhausted = page.is_empty();
             for (key, raw) in page {
                 let entry = Entry::decode(&raw)?;
@@ -461,9 +471,7 @@ impl Engine {
 
     /// The smallest live key.
     pub fn first(&self, ks: KeyspaceId) -> Result<Option<(Bytes, Entry)>> {
-        Ok(self
-            .scan(ks, Bound::Unbounded, Bound::Unbounded, 1)?
-            .pop())
+        Ok(self.scan(ks, Bound::Unbounded, Bound::Unbounded, 1)?.pop())
     }
 
     /// The smallest live key strictly greater than `key` (which need not exist).
@@ -557,7 +565,8 @@ impl Engine {
             label: None,
             condition,
         };
-        let (outcome, wait_for) = self.apply_locked(&mut writer, Proposal { at_ms: at, command }, durability)?;
+        let (outcome, wait_for) =
+            self.apply_locked(&mut writer, Proposal { at_ms: at, command }, durability)?;
         Ok((
             current,
             Some(Pending {
@@ -570,7 +579,12 @@ impl Engine {
 
     /// Subscribes to one key and returns its current entry, both at one consistent point: every
     /// change after the returned state is delivered.
-    pub fn watch_key(&self, ks: KeyspaceId, key: Bytes, capacity: Option<usize>) -> Result<(Subscription, Option<Entry>)> {
+    pub fn watch_key(
+        &self,
+        ks: KeyspaceId,
+        key: Bytes,
+        capacity: Option<usize>,
+    ) -> Result<(Subscription, Option<Entry>)> {
         let info = self.info(ks)?;
         let _writer = self.inner.writer.lock();
         let current = self.current(&info, ks, &key, Durability::Async, self.now_ms())?;
@@ -591,7 +605,10 @@ impl Engine {
         let _writer = self.inner.writer.lock();
         let snapshot = self.prefix(ks, &prefix, None, snapshot_limit)?;
         let capacity = capacity.unwrap_or(self.inner.config.watch_queue);
-        let subscription = self.inner.hub.subscribe(ks, Selector::Prefix(prefix), capacity);
+        let subscription = self
+            .inner
+            .hub
+            .subscribe(ks, Selector::Prefix(prefix), capacity);
         Ok((subscription, snapshot))
     }
 
@@ -634,7 +651,12 @@ impl Engine {
         Ok(entry.filter(|e| !e.is_expired(at)))
     }
 
-    fn next_version(&self, writer: &mut WriterState, ks: KeyspaceId, ops: &mut Vec<BatchOp>) -> u64 {
+    fn next_version(
+        &self,
+        writer: &mut WriterState,
+        ks: KeyspaceId,
+        ops: &mut Vec<BatchOp>,
+    ) -> u64 {
         let slot = &mut writer.versions[ks as usize];
         slot.0 += 1;
         if slot.0 > slot.1 {
@@ -670,7 +692,10 @@ impl Engine {
         let wait = |seq: u64| (durability == Durability::Sync).then_some(seq);
         // Refuse what the store cannot hold before touching it: a store error poisons.
         match &proposal.command {
-            Command::Put { key, .. } | Command::Delete { key, .. } | Command::Incr { key, .. } | Command::Expire { key, .. } => check_key(key)?,
+            Command::Put { key, .. }
+            | Command::Delete { key, .. }
+            | Command::Incr { key, .. }
+            | Command::Expire { key, .. } => check_key(key)?,
             _ => {}
         }
         match proposal.command {
@@ -893,7 +918,11 @@ impl Engine {
 
     /// Live locks held by `holder`.
     pub fn locks_held_by(&self, holder: u64) -> usize {
-        self.inner.writer.lock().locks.held_by(holder, self.now_ms())
+        self.inner
+            .writer
+            .lock()
+            .locks
+            .held_by(holder, self.now_ms())
     }
 
     /// Waits until every write applied so far is on stable storage.
@@ -1006,7 +1035,9 @@ fn start_reaper(inner: Weak<Inner>, interval: Duration) -> Option<JoinHandle<()>
                     _ => return,
                 }
             }
-            let Some(strong) = inner.upgrade() else { return };
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
             let engine = Engine { inner: strong };
             if let Err(e) = reap(&engine.inner, &engine) {
                 tracing::warn!(error = %e, "expiry reaper pass failed");
@@ -1021,9 +1052,12 @@ fn reap(inner: &Inner, engine: &Engine) -> Result<usize> {
     let end = (now + 1).to_be_bytes();
     let mut removed = 0;
     loop {
-        let due = inner
-            .store
-            .range(inner.expiry, Bound::Unbounded, Bound::Excluded(&end), SCAN_PAGE)?;
+        let due = inner.store.range(
+            inner.expiry,
+            Bound::Unbounded,
+            Bound::Excluded(&end),
+            SCAN_PAGE,
+        )?;
         if due.is_empty() {
             break;
         }

@@ -19,7 +19,9 @@ pub enum Error {
     /// A write or sync failed earlier; no later write is accepted until restart (the fsyncgate
     /// rule: after a failed fsync the kernel may have dropped dirty pages, so nothing written
     /// since can be trusted to be durable).
-    #[error("the store is poisoned after an earlier write or sync failure ({0}); restart the server")]
+    #[error(
+        "the store is poisoned after an earlier write or sync failure ({0}); restart the server"
+    )]
     Poisoned(String),
     #[error("unknown keyspace id {0}")]
     UnknownKeyspace(u32),

@@ -35,7 +35,13 @@ impl LockTable {
             .filter(|held| held.deadline.is_none_or(|d| d > now))
     }
 
-    pub fn acquire(&mut self, name: Bytes, holder: u64, deadline: Option<u64>, now: u64) -> LockOutcome {
+    pub fn acquire(
+        &mut self,
+        name: Bytes,
+        holder: u64,
+        deadline: Option<u64>,
+        now: u64,
+    ) -> LockOutcome {
         match self.live(&name, now) {
             Some(held) if held.holder != holder => LockOutcome::Busy {
                 holder: held.holder,
@@ -102,11 +108,28 @@ mod tests {
     fn one_holder_at_a_time_until_release_or_deadline() {
         let mut t = LockTable::default();
         let name = Bytes::from("l");
-        assert_eq!(t.acquire(name.clone(), 1, Some(100), 0), LockOutcome::Acquired);
-        assert_eq!(t.acquire(name.clone(), 2, None, 50), LockOutcome::Busy { holder: 1 });
-        assert_eq!(t.acquire(name.clone(), 1, Some(200), 60), LockOutcome::Acquired, "re-lock resets deadline");
-        assert_eq!(t.acquire(name.clone(), 2, None, 150), LockOutcome::Busy { holder: 1 });
-        assert_eq!(t.acquire(name.clone(), 2, None, 200), LockOutcome::Acquired, "deadline passed");
+        assert_eq!(
+            t.acquire(name.clone(), 1, Some(100), 0),
+            LockOutcome::Acquired
+        );
+        assert_eq!(
+            t.acquire(name.clone(), 2, None, 50),
+            LockOutcome::Busy { holder: 1 }
+        );
+        assert_eq!(
+            t.acquire(name.clone(), 1, Some(200), 60),
+            LockOutcome::Acquired,
+            "re-lock resets deadline"
+        );
+        assert_eq!(
+            t.acquire(name.clone(), 2, None, 150),
+            LockOutcome::Busy { holder: 1 }
+        );
+        assert_eq!(
+            t.acquire(name.clone(), 2, None, 200),
+            LockOutcome::Acquired,
+            "deadline passed"
+        );
         assert!(!t.release(b"l", 1, 200));
         assert!(t.release(b"l", 2, 200));
         assert!(!t.release(b"l", 2, 200));

@@ -113,7 +113,9 @@ impl Persister {
             .spawn(move || worker.run())
             .ok();
         if thread.is_none() {
-            shared.poison.set("cannot start the persister thread".into());
+            shared
+                .poison
+                .set("cannot start the persister thread".into());
         }
         Persister {
             shared,

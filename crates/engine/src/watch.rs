@@ -79,7 +79,9 @@ impl Subscriber {
         if queue.coalesced.is_empty() && queue.events.len() < self.capacity {
             queue.events.push_back(event.clone());
         } else {
-            queue.coalesced_order.insert(event.version, event.key.clone());
+            queue
+                .coalesced_order
+                .insert(event.version, event.key.clone());
             if let Some(older) = queue.coalesced.insert(event.key.clone(), event.clone()) {
                 queue.coalesced_order.remove(&older.version);
                 self.coalesced_events.fetch_add(1, Ordering::Relaxed);
@@ -343,7 +345,10 @@ mod tests {
         }
         // The first two went through the queue, then one latest event per key.
         assert_eq!(seen.len(), 5, "{seen:?}");
-        assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "versions increase: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0].1 < w[1].1),
+            "versions increase: {seen:?}"
+        );
         let last: Vec<_> = seen[2..].iter().map(|(_, v)| *v).collect();
         assert_eq!(last, vec![298, 299, 300]);
         assert_eq!(sub.coalesced(), 300 - 5);

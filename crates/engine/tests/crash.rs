@@ -12,12 +12,24 @@ type State = HashMap<String, (i64, u64)>;
 
 fn parse_line(line: &str) -> Option<(String, i64, u64)> {
     let mut parts = line.split_whitespace();
-    Some((parts.next()?.to_string(), parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    Some((
+        parts.next()?.to_string(),
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    ))
 }
 
 fn verify(exe: &str, dir: &std::path::Path) -> State {
-    let out = Command::new(exe).arg(dir).arg("verify").output().expect("run verify");
-    assert!(out.status.success(), "verify failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(exe)
+        .arg(dir)
+        .arg("verify")
+        .output()
+        .expect("run verify");
+    assert!(
+        out.status.success(),
+        "verify failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(parse_line)
@@ -28,10 +40,17 @@ fn verify(exe: &str, dir: &std::path::Path) -> State {
 #[test]
 #[ignore = "slow: run by scripts/crash-engine.sh"]
 fn sigkill_never_loses_an_acknowledged_sync_write() {
-    let exe = std::env::var("CRASH_WRITER").expect("CRASH_WRITER = path of the crash_writer example");
-    let cycles: u32 = std::env::var("CRASH_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(20);
+    let exe =
+        std::env::var("CRASH_WRITER").expect("CRASH_WRITER = path of the crash_writer example");
+    let cycles: u32 = std::env::var("CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
-    let mut seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let mut seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
     let mut acked: State = HashMap::new();
     let mut max_version = 0u64;
     let mut total_acked = 0u64;
@@ -50,7 +69,11 @@ fn sigkill_never_loses_an_acknowledged_sync_write() {
         let run_for = Duration::from_millis(100 + seed % 700);
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).filter_map(|l| parse_line(&l)).collect::<Vec<_>>()
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| parse_line(&l))
+                .collect::<Vec<_>>()
         });
         std::thread::sleep(run_for);
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -62,12 +85,24 @@ fn sigkill_never_loses_an_acknowledged_sync_write() {
         }
         let state = verify(&exe, dir.path());
         for (key, (value, version)) in &acked {
-            let (found_value, found_version) = state.get(key).copied().unwrap_or_else(|| panic!("cycle {cycle}: {key} lost"));
-            assert!(found_value >= *value, "cycle {cycle}: {key} went back from {value} to {found_value}");
-            assert!(found_version >= *version, "cycle {cycle}: {key} version went back");
+            let (found_value, found_version) = state
+                .get(key)
+                .copied()
+                .unwrap_or_else(|| panic!("cycle {cycle}: {key} lost"));
+            assert!(
+                found_value >= *value,
+                "cycle {cycle}: {key} went back from {value} to {found_value}"
+            );
+            assert!(
+                found_version >= *version,
+                "cycle {cycle}: {key} version went back"
+            );
         }
         let newest = state.values().map(|(_, v)| *v).max().unwrap_or(0);
-        assert!(newest >= max_version, "versions went backwards across a restart");
+        assert!(
+            newest >= max_version,
+            "versions went backwards across a restart"
+        );
         max_version = newest;
         // Start the next cycle's expectations from what survived (later writes may have landed).
         acked = state;

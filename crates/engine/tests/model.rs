@@ -7,19 +7,44 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use polykv_engine::store::{MemoryStore, Store};
-use polykv_engine::{Command, Condition, Durability, Engine, EngineConfig, ManualClock, Outcome, Value};
+use polykv_engine::{
+    Command, Condition, Durability, Engine, EngineConfig, ManualClock, Outcome, Value,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { key: u8, value: u8, ttl: Option<u8>, memory: bool },
-    Delete { key: u8 },
-    Cas { key: u8, expected: u8, new: u8 },
-    Incr { key: u8, delta: i8 },
-    PutInt { key: u8, value: i8 },
-    Get { key: u8 },
-    Next { after: Option<u8> },
-    Advance { ms: u8 },
+    Put {
+        key: u8,
+        value: u8,
+        ttl: Option<u8>,
+        memory: bool,
+    },
+    Delete {
+        key: u8,
+    },
+    Cas {
+        key: u8,
+        expected: u8,
+        new: u8,
+    },
+    Incr {
+        key: u8,
+        delta: i8,
+    },
+    PutInt {
+        key: u8,
+        value: i8,
+    },
+    Get {
+        key: u8,
+    },
+    Next {
+        after: Option<u8>,
+    },
+    Advance {
+        ms: u8,
+    },
     Reap,
     Restart,
 }
@@ -54,8 +79,9 @@ struct Model {
 }
 
 impl Model {
-    fn live<'a>(map: &'a BTreeMap<u8, ModelEntry>, key: u8, now: u64) -> Option<&'a ModelEntry> {
-        map.get(&key).filter(|e| e.expires_at.is_none_or(|at| at > now))
+    fn live(map: &BTreeMap<u8, ModelEntry>, key: u8, now: u64) -> Option<&ModelEntry> {
+        map.get(&key)
+            .filter(|e| e.expires_at.is_none_or(|at| at > now))
     }
 }
 
@@ -64,7 +90,10 @@ fn val(v: u8) -> Value {
 }
 
 fn run(ops: Vec<Op>) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let clock = Arc::new(ManualClock::new(10_000));

@@ -69,14 +69,22 @@ fn parse_target(text: &str) -> anyhow::Result<(String, String, String)> {
     let Some((proto, addr)) = rest.split_once('@') else {
         bail!("target {text:?}: expected PROTOCOL@HOST:PORT, e.g. redis@127.0.0.1:6379");
     };
-    Ok((label.unwrap_or_else(|| proto.to_string()), proto.to_string(), addr.to_string()))
+    Ok((
+        label.unwrap_or_else(|| proto.to_string()),
+        proto.to_string(),
+        addr.to_string(),
+    ))
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.get_ratio) {
         bail!("--get-ratio must be between 0 and 1");
     }
-    let targets = args.targets.iter().map(|t| parse_target(t)).collect::<anyhow::Result<Vec<_>>>()?;
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| parse_target(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -99,7 +107,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 distribution: args.distribution,
                 sync_writes: args.sync,
             },
-            duration: args.requests.is_none().then(|| Duration::from_secs_f64(args.duration)),
+            duration: args
+                .requests
+                .is_none()
+                .then(|| Duration::from_secs_f64(args.duration)),
             requests: args.requests,
             warmup: Duration::from_secs_f64(args.warmup),
             preload: args.preload,
@@ -111,7 +122,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .block_on(run(Arc::from(protocol), &label, config))
             .with_context(|| format!("benchmark of {label} failed"))?;
         if !args.json {
-            eprintln!("{label}: {:.0} ops/s, p99 {:.1} µs, {} errors", report.ops_per_sec, report.latency_us.p99, report.errors);
+            eprintln!(
+                "{label}: {:.0} ops/s, p99 {:.1} µs, {} errors",
+                report.ops_per_sec, report.latency_us.p99, report.errors
+            );
         }
         reports.push(report);
     }

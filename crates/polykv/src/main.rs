@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use polykv_server::cli::ConfigArgs;
 
 #[derive(Parser)]
-#[command(name = "polykv", version, about = "One durable server for five legacy key-value wire protocols")]
+#[command(
+    name = "polykv",
+    version,
+    about = "One durable server for five legacy key-value wire protocols"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -43,7 +47,9 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Bench(args) => bench::bench(args),
-        Commands::Config { reference: true, .. } => {
+        Commands::Config {
+            reference: true, ..
+        } => {
             print!("{}", polykv_server::config::reference_markdown());
             Ok(())
         }

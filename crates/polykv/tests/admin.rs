@@ -12,32 +12,85 @@ use common::{http, Options, Server};
 fn put_get_list_delete_and_errors() {
     let server = Server::start();
     let port = server.admin_port;
-    let (status, body) = http(port, "PUT", "/api/keyspaces/cfg/keys/app/name", r#"{"value":"polykv"}"#).unwrap();
+    let (status, body) = http(
+        port,
+        "PUT",
+        "/api/keyspaces/cfg/keys/app/name",
+        r#"{"value":"polykv"}"#,
+    )
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"version\""));
     let (status, body) = http(port, "GET", "/api/keyspaces/cfg/keys/app/name", "").unwrap();
     assert_eq!(status, 200);
-    assert!(body.contains("\"value\":\"polykv\"") && body.contains("\"type\":\"bytes\"") && body.contains("\"value_hex\":\"706f6c796b76\""), "{body}");
-    let (status, _) = http(port, "PUT", "/api/keyspaces/cfg/keys/n", r#"{"type":"i64","value":-5,"durability":"async"}"#).unwrap();
+    assert!(
+        body.contains("\"value\":\"polykv\"")
+            && body.contains("\"type\":\"bytes\"")
+            && body.contains("\"value_hex\":\"706f6c796b76\""),
+        "{body}"
+    );
+    let (status, _) = http(
+        port,
+        "PUT",
+        "/api/keyspaces/cfg/keys/n",
+        r#"{"type":"i64","value":-5,"durability":"async"}"#,
+    )
+    .unwrap();
     assert_eq!(status, 200);
     let (_, body) = http(port, "GET", "/api/keyspaces/cfg/keys/n", "").unwrap();
-    assert!(body.contains("\"value\":-5") && body.contains("\"type\":\"i64\""), "{body}");
-    let (status, _) = http(port, "PUT", "/api/keyspaces/cfg/keys/00ff?encoding=hex", r#"{"value_hex":"0001"}"#).unwrap();
+    assert!(
+        body.contains("\"value\":-5") && body.contains("\"type\":\"i64\""),
+        "{body}"
+    );
+    let (status, _) = http(
+        port,
+        "PUT",
+        "/api/keyspaces/cfg/keys/00ff?encoding=hex",
+        r#"{"value_hex":"0001"}"#,
+    )
+    .unwrap();
     assert_eq!(status, 200);
     let (_, body) = http(port, "GET", "/api/keyspaces/cfg/keys/00ff?encoding=hex", "").unwrap();
-    assert!(body.contains("\"key_hex\":\"00ff\"") && !body.contains("\"key\":"), "{body}");
+    assert!(
+        body.contains("\"key_hex\":\"00ff\"") && !body.contains("\"key\":"),
+        "{body}"
+    );
 
     // Keyspaces and pagination.
     let (_, body) = http(port, "GET", "/api/keyspaces", "").unwrap();
     assert!(body.contains("\"name\":\"cfg\""), "{body}");
     for i in 0..5 {
-        http(port, "PUT", &format!("/api/keyspaces/cfg/keys/page/{i}"), r#"{"value":"x"}"#).unwrap();
+        http(
+            port,
+            "PUT",
+            &format!("/api/keyspaces/cfg/keys/page/{i}"),
+            r#"{"value":"x"}"#,
+        )
+        .unwrap();
     }
-    let (_, body) = http(port, "GET", "/api/keyspaces/cfg/keys?prefix=page/&limit=3", "").unwrap();
-    assert!(body.contains("page/0") && body.contains("page/2") && !body.contains("page/3"), "{body}");
+    let (_, body) = http(
+        port,
+        "GET",
+        "/api/keyspaces/cfg/keys?prefix=page/&limit=3",
+        "",
+    )
+    .unwrap();
+    assert!(
+        body.contains("page/0") && body.contains("page/2") && !body.contains("page/3"),
+        "{body}"
+    );
     assert!(body.contains("\"next\":{\"after\":\"page/2\"}"), "{body}");
-    let (_, body) = http(port, "GET", "/api/keyspaces/cfg/keys?prefix=page/&after=page/2&limit=3", "").unwrap();
-    assert!(body.contains("page/3") && body.contains("page/4") && body.contains("\"next\":null"), "{body}");
+    let (_, body) = http(
+        port,
+        "GET",
+        "/api/keyspaces/cfg/keys?prefix=page/&after=page/2&limit=3",
+        "",
+    )
+    .unwrap();
+    assert!(
+        body.contains("page/3") && body.contains("page/4") && body.contains("\"next\":null"),
+        "{body}"
+    );
 
     // Delete.
     let (status, body) = http(port, "DELETE", "/api/keyspaces/cfg/keys/app/name", "").unwrap();
@@ -53,10 +106,30 @@ fn put_get_list_delete_and_errors() {
         ("GET", "/api/keyspaces/nope/keys/k", "", 404),
         ("GET", "/api/keyspaces/cfg/keys/zz?encoding=hex", "", 400),
         ("GET", "/api/keyspaces/cfg/keys/k?encoding=base64", "", 400),
-        ("PUT", "/api/keyspaces/cfg/keys/k", r#"{"type":"i32","value":"x"}"#, 400),
-        ("PUT", "/api/keyspaces/cfg/keys/k", r#"{"type":"float","value":1}"#, 400),
-        ("PUT", "/api/keyspaces/cfg/keys/k", r#"{"value":"x","durability":"maybe"}"#, 400),
-        ("PUT", "/api/keyspaces/bad%20name/keys/k", r#"{"value":"x"}"#, 400),
+        (
+            "PUT",
+            "/api/keyspaces/cfg/keys/k",
+            r#"{"type":"i32","value":"x"}"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/api/keyspaces/cfg/keys/k",
+            r#"{"type":"float","value":1}"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/api/keyspaces/cfg/keys/k",
+            r#"{"value":"x","durability":"maybe"}"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/api/keyspaces/bad%20name/keys/k",
+            r#"{"value":"x"}"#,
+            400,
+        ),
         ("POST", "/api/read-only", "", 400),
     ] {
         let (status, text) = http(port, method, path, body).unwrap();
@@ -70,7 +143,10 @@ fn stats_and_read_only_switch() {
     let server = Server::start();
     let port = server.admin_port;
     let (_, body) = http(port, "GET", "/api/stats", "").unwrap();
-    assert!(body.contains("\"cache\"") && body.contains("\"read_only\":false"), "{body}");
+    assert!(
+        body.contains("\"cache\"") && body.contains("\"read_only\":false"),
+        "{body}"
+    );
     let (status, body) = http(port, "POST", "/api/read-only?on=true", "").unwrap();
     assert_eq!((status, body.contains("true")), (200, true));
     let (_, body) = http(port, "GET", "/api/read-only", "").unwrap();
@@ -95,8 +171,14 @@ fn watch_streams_changes_as_server_sent_events() {
     let server = Server::start();
     let port = server.admin_port;
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET /api/keyspaces/feed/watch?prefix=a/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/keyspaces/feed/watch?prefix=a/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     // Wait for the subscription to exist before writing.
@@ -107,8 +189,20 @@ fn watch_streams_changes_as_server_sent_events() {
             break;
         }
     }
-    http(port, "PUT", "/api/keyspaces/feed/keys/b/ignored", r#"{"value":"0"}"#).unwrap();
-    http(port, "PUT", "/api/keyspaces/feed/keys/a/1", r#"{"value":"one"}"#).unwrap();
+    http(
+        port,
+        "PUT",
+        "/api/keyspaces/feed/keys/b/ignored",
+        r#"{"value":"0"}"#,
+    )
+    .unwrap();
+    http(
+        port,
+        "PUT",
+        "/api/keyspaces/feed/keys/a/1",
+        r#"{"value":"one"}"#,
+    )
+    .unwrap();
     http(port, "DELETE", "/api/keyspaces/feed/keys/a/1", "").unwrap();
     let mut data = Vec::new();
     while data.len() < 2 {
@@ -120,13 +214,24 @@ fn watch_streams_changes_as_server_sent_events() {
             }
         }
     }
-    assert!(data[0].contains("\"op\":\"set\"") && data[0].contains("\"key\":\"a/1\"") && data[0].contains("\"value\":\"one\""), "{data:?}");
-    assert!(data[1].contains("\"op\":\"delete\"") && data[1].contains("\"key\":\"a/1\""), "{data:?}");
+    assert!(
+        data[0].contains("\"op\":\"set\"")
+            && data[0].contains("\"key\":\"a/1\"")
+            && data[0].contains("\"value\":\"one\""),
+        "{data:?}"
+    );
+    assert!(
+        data[1].contains("\"op\":\"delete\"") && data[1].contains("\"key\":\"a/1\""),
+        "{data:?}"
+    );
 }
 
 #[test]
 fn configured_token_is_required() {
-    let server = Server::start_with(Options { args: vec!["--admin-token".into(), "s3cret".into()], ..Options::default() });
+    let server = Server::start_with(Options {
+        args: vec!["--admin-token".into(), "s3cret".into()],
+        ..Options::default()
+    });
     let port = server.admin_port;
     let (status, _) = http(port, "GET", "/health", "").unwrap();
     assert_eq!(status, 200, "health needs no token");

@@ -21,14 +21,17 @@ struct Driver {
 }
 
 fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
-    try_request(port, method, path, body).unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    try_request(port, method, path, body)
+        .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
 }
 
 /// One WebDriver call; never panics (it also runs from `Drop`).
 fn try_request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -52,7 +55,8 @@ fn try_request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Res
         .unwrap_or(0);
     let mut payload = vec![0u8; length];
     stream.read_exact(&mut payload).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&payload).map_err(|e| format!("bad reply {:?}: {e}", String::from_utf8_lossy(&payload)))
+    serde_json::from_slice(&payload)
+        .map_err(|e| format!("bad reply {:?}: {e}", String::from_utf8_lossy(&payload)))
 }
 
 impl Driver {
@@ -77,29 +81,55 @@ impl Driver {
                      "--disable-sync", "--window-size=1280,800", format!("--user-data-dir={}", profile.path().display())]
         }}}});
         // Built before the session exists, so a failure below still stops chromedriver.
-        let mut driver = Driver { port, session: String::new(), child, _profile: profile };
+        let mut driver = Driver {
+            port,
+            session: String::new(),
+            child,
+            _profile: profile,
+        };
         let created = request(port, "POST", "/session", Some(&caps));
-        driver.session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();
+        driver.session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_string();
         driver
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        request(self.port, method, &format!("/session/{}{path}", self.session), body.as_ref())["value"].clone()
+        request(
+            self.port,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body.as_ref(),
+        )["value"]
+            .clone()
     }
 
     /// Waits for an element matching `css` (optionally whose text contains `text`); returns its id.
     fn wait_for(&self, css: &str, text: Option<&str>) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let found = self.call("POST", "/elements", Some(json!({ "using": "css selector", "value": css })));
+            let found = self.call(
+                "POST",
+                "/elements",
+                Some(json!({ "using": "css selector", "value": css })),
+            );
             for element in found.as_array().into_iter().flatten() {
-                let id = element.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap_or_default().to_string();
+                let id = element
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let shown = self.call("GET", &format!("/element/{id}/text"), None);
                 if text.is_none_or(|t| shown.as_str().unwrap_or_default().contains(t)) {
                     return id;
                 }
             }
-            assert!(Instant::now() < deadline, "no element {css} with text {text:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no element {css} with text {text:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -110,7 +140,11 @@ impl Driver {
 
     fn type_into(&self, id: &str, text: &str) {
         self.call("POST", &format!("/element/{id}/clear"), Some(json!({})));
-        self.call("POST", &format!("/element/{id}/value"), Some(json!({ "text": text })));
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        );
     }
 
     fn screenshot(&self, path: &std::path::Path) {
@@ -124,7 +158,12 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let _ = try_request(self.port, "DELETE", &format!("/session/{}", self.session), None);
+            let _ = try_request(
+                self.port,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                None,
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -144,7 +183,10 @@ fn base64_decode(text: &str) -> Vec<u8> {
     sextets
         .chunks(4)
         .flat_map(|c| {
-            let n = c.iter().enumerate().fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
+            let n = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
             let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
             bytes.into_iter().take(c.len().saturating_sub(1))
         })
@@ -155,11 +197,21 @@ fn base64_decode(text: &str) -> Vec<u8> {
 fn console_edits_a_key_and_shows_live_changes() {
     let server = Server::start();
     let port = server.admin_port;
-    let (status, _) = http(port, "PUT", "/api/keyspaces/console/keys/greeting", r#"{"value":"hello"}"#).unwrap();
+    let (status, _) = http(
+        port,
+        "PUT",
+        "/api/keyspaces/console/keys/greeting",
+        r#"{"value":"hello"}"#,
+    )
+    .unwrap();
     assert_eq!(status, 200);
 
     let driver = Driver::start();
-    driver.call("POST", "/url", Some(json!({ "url": format!("http://127.0.0.1:{port}/") })));
+    driver.call(
+        "POST",
+        "/url",
+        Some(json!({ "url": format!("http://127.0.0.1:{port}/") })),
+    );
     let keyspace = driver.wait_for("#keyspaces li", Some("console"));
     driver.click(&keyspace);
     let key = driver.wait_for("#keys li", Some("greeting"));
@@ -172,13 +224,23 @@ fn console_edits_a_key_and_shows_live_changes() {
 
     // The edit reached the engine: read it from outside the browser.
     let (_, body) = http(port, "GET", "/api/keyspaces/console/keys/greeting", "").unwrap();
-    assert!(body.contains("\"value\":\"edited in the browser\""), "{body}");
+    assert!(
+        body.contains("\"value\":\"edited in the browser\""),
+        "{body}"
+    );
 
     // A write from outside shows up in the live feed.
-    let (status, _) = http(port, "PUT", "/api/keyspaces/console/keys/from-outside", r#"{"value":"42"}"#).unwrap();
+    let (status, _) = http(
+        port,
+        "PUT",
+        "/api/keyspaces/console/keys/from-outside",
+        r#"{"value":"42"}"#,
+    )
+    .unwrap();
     assert_eq!(status, 200);
     driver.wait_for("#feed li", Some("from-outside = 42"));
 
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshot.png");
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/console-screenshot.png");
     driver.screenshot(&shot);
 }

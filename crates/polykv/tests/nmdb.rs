@@ -16,7 +16,9 @@ use tokio::net::TcpStream;
 const T: Duration = Duration::from_secs(10);
 
 async fn tcp(server: &Server) -> NmdbClient {
-    NmdbClient::connect_tcp(&server.nmdb_addr(), T).await.unwrap()
+    NmdbClient::connect_tcp(&server.nmdb_addr(), T)
+        .await
+        .unwrap()
 }
 
 fn stat(stats: &[u64; 23], name: &str) -> u64 {
@@ -33,12 +35,22 @@ async fn semantics_table() {
     let mut c = tcp(&server).await;
     // SET then GET: the cache answers (CACHE_HIT, kept from nmdb).
     c.set(b"k", b"v", Mode::Normal).await.unwrap();
-    assert_eq!(c.get(b"k", Mode::Normal).await.unwrap().unwrap().1, Source::Cache);
+    assert_eq!(
+        c.get(b"k", Mode::Normal).await.unwrap().unwrap().1,
+        Source::Cache
+    );
     assert_eq!(c.get(b"missing", Mode::Normal).await.unwrap(), None);
     // CACHE_ONLY data lives only in the cache.
     c.set(b"mem", b"m", Mode::CacheOnly).await.unwrap();
-    assert_eq!(c.get(b"mem", Mode::CacheOnly).await.unwrap(), Some((bytes::Bytes::from("m"), Source::Cache)));
-    assert_eq!(c.get(b"nope", Mode::CacheOnly).await.unwrap(), None, "CACHE_MISS");
+    assert_eq!(
+        c.get(b"mem", Mode::CacheOnly).await.unwrap(),
+        Some((bytes::Bytes::from("m"), Source::Cache))
+    );
+    assert_eq!(
+        c.get(b"nope", Mode::CacheOnly).await.unwrap(),
+        None,
+        "CACHE_MISS"
+    );
     // DEL rows: async OK even if absent; SYNC NOTIN if absent; CACHE_ONLY NOTIN if not cached.
     assert!(c.del(b"absent", Mode::Normal).await.unwrap());
     assert!(!c.del(b"absent", Mode::Sync).await.unwrap());
@@ -47,12 +59,27 @@ async fn semantics_table() {
     assert!(c.del(b"d", Mode::Sync).await.unwrap());
     assert!(c.del(b"mem", Mode::CacheOnly).await.unwrap());
     // CAS rows.
-    assert_eq!(c.cas(b"nokey", b"a", b"b", Mode::Normal).await.unwrap(), CasOutcome::NotFound);
+    assert_eq!(
+        c.cas(b"nokey", b"a", b"b", Mode::Normal).await.unwrap(),
+        CasOutcome::NotFound
+    );
     c.set(b"c", b"a", Mode::Normal).await.unwrap();
-    assert_eq!(c.cas(b"c", b"x", b"b", Mode::Normal).await.unwrap(), CasOutcome::Mismatch);
-    assert_eq!(c.cas(b"c", b"a", b"b", Mode::Normal).await.unwrap(), CasOutcome::Swapped);
-    assert_eq!(c.get(b"c", Mode::Normal).await.unwrap().unwrap().0.as_ref(), b"b");
-    assert_eq!(c.cas(b"cc", b"a", b"b", Mode::CacheOnly).await.unwrap(), CasOutcome::NotFound);
+    assert_eq!(
+        c.cas(b"c", b"x", b"b", Mode::Normal).await.unwrap(),
+        CasOutcome::Mismatch
+    );
+    assert_eq!(
+        c.cas(b"c", b"a", b"b", Mode::Normal).await.unwrap(),
+        CasOutcome::Swapped
+    );
+    assert_eq!(
+        c.get(b"c", Mode::Normal).await.unwrap().unwrap().0.as_ref(),
+        b"b"
+    );
+    assert_eq!(
+        c.cas(b"cc", b"a", b"b", Mode::CacheOnly).await.unwrap(),
+        CasOutcome::NotFound
+    );
     // INCR rows, and the exact stored format (vector 5).
     assert_eq!(c.incr(b"n", 1, Mode::Normal).await.unwrap(), None);
     c.set(b"n", b"5\0", Mode::Normal).await.unwrap();
@@ -61,19 +88,34 @@ async fn semantics_table() {
     let (value, _) = c.get(b"n", Mode::Normal).await.unwrap().unwrap();
     assert_eq!(value.as_ref(), format!("{:>23}\0", 12).as_bytes());
     c.set(b"text", b"abc", Mode::Normal).await.unwrap();
-    assert!(is_server_error(c.incr(b"text", 1, Mode::Normal).await, "NOMATCH"));
+    assert!(is_server_error(
+        c.incr(b"text", 1, Mode::Normal).await,
+        "NOMATCH"
+    ));
 
     // After a restart the cache is empty: the first GET comes from the store (OK), the next
     // from the cache; CACHE_ONLY data is gone.
     c.set(b"durable", b"yes", Mode::Sync).await.unwrap();
     c.set(b"gone", b"x", Mode::CacheOnly).await.unwrap();
     assert_eq!(server.terminate(), Some(0));
-    let server = Server::start_with(Options { data_dir: Some(server.data_dir.clone()), ..Options::default() });
+    let server = Server::start_with(Options {
+        data_dir: Some(server.data_dir.clone()),
+        ..Options::default()
+    });
     let mut c = tcp(&server).await;
-    assert_eq!(c.get(b"durable", Mode::Normal).await.unwrap().unwrap().1, Source::Store);
-    assert_eq!(c.get(b"durable", Mode::Normal).await.unwrap().unwrap().1, Source::Cache);
+    assert_eq!(
+        c.get(b"durable", Mode::Normal).await.unwrap().unwrap().1,
+        Source::Store
+    );
+    assert_eq!(
+        c.get(b"durable", Mode::Normal).await.unwrap().unwrap().1,
+        Source::Cache
+    );
     assert_eq!(c.get(b"gone", Mode::CacheOnly).await.unwrap(), None);
-    assert_eq!(c.get(b"c", Mode::Normal).await.unwrap().unwrap().0.as_ref(), b"b");
+    assert_eq!(
+        c.get(b"c", Mode::Normal).await.unwrap().unwrap().0.as_ref(),
+        b"b"
+    );
 }
 
 #[tokio::test]
@@ -91,13 +133,31 @@ async fn stats_count_for_real() {
     conn.queue_raw(&[0, 0, 0, 0x0c, 0x10, 0, 0, 9, 0x01, 0x99, 0, 0]); // unknown code
     conn.queue_raw(&[0, 0, 0, 0x09, 0x10, 0, 0, 10, 0]); // broken (F = 9)
     conn.flush().await.unwrap();
-    assert_eq!(conn.receive().await.unwrap().body, ReplyBody::Error(error::UNKREQ));
-    assert_eq!(conn.receive().await.unwrap().body, ReplyBody::Error(error::BROKEN));
+    assert_eq!(
+        conn.receive().await.unwrap().body,
+        ReplyBody::Error(error::UNKREQ)
+    );
+    assert_eq!(
+        conn.receive().await.unwrap().body,
+        ReplyBody::Error(error::BROKEN)
+    );
     let s = c.stats().await.unwrap();
     for (name, want) in [
-        ("db_set", 1), ("cache_set", 1), ("db_get", 2), ("cache_get", 1), ("cache_hits", 1), ("db_misses", 1),
-        ("cache_misses", 1), ("db_firstkey", 1), ("db_nextkey", 1), ("net_unk_req", 1), ("net_broken_req", 1),
-        ("msg_tcp", 10), ("msg_udp", 0), ("db_hits", 0), ("net_version_mismatch", 0),
+        ("db_set", 1),
+        ("cache_set", 1),
+        ("db_get", 2),
+        ("cache_get", 1),
+        ("cache_hits", 1),
+        ("db_misses", 1),
+        ("cache_misses", 1),
+        ("db_firstkey", 1),
+        ("db_nextkey", 1),
+        ("net_unk_req", 1),
+        ("net_broken_req", 1),
+        ("msg_tcp", 10),
+        ("msg_udp", 0),
+        ("db_hits", 0),
+        ("net_version_mismatch", 0),
     ] {
         assert_eq!(stat(&s, name), want, "{name}");
     }
@@ -105,13 +165,28 @@ async fn stats_count_for_real() {
 
 #[tokio::test]
 async fn read_only_mode() {
-    let server = Server::start_with(Options { args: vec!["--nmdb-read-only".into(), "true".into()], ..Options::default() });
+    let server = Server::start_with(Options {
+        args: vec!["--nmdb-read-only".into(), "true".into()],
+        ..Options::default()
+    });
     let mut c = tcp(&server).await;
-    assert!(is_server_error(c.set(b"k", b"v", Mode::Normal).await, "ERR_RO"));
-    assert!(is_server_error(c.set(b"k", b"v", Mode::CacheOnly).await, "ERR_RO"));
+    assert!(is_server_error(
+        c.set(b"k", b"v", Mode::Normal).await,
+        "ERR_RO"
+    ));
+    assert!(is_server_error(
+        c.set(b"k", b"v", Mode::CacheOnly).await,
+        "ERR_RO"
+    ));
     assert!(is_server_error(c.del(b"k", Mode::Sync).await, "ERR_RO"));
-    assert!(is_server_error(c.cas(b"k", b"a", b"b", Mode::Normal).await, "ERR_RO"));
-    assert!(is_server_error(c.incr(b"k", 1, Mode::Normal).await, "ERR_RO"));
+    assert!(is_server_error(
+        c.cas(b"k", b"a", b"b", Mode::Normal).await,
+        "ERR_RO"
+    ));
+    assert!(is_server_error(
+        c.incr(b"k", 1, Mode::Normal).await,
+        "ERR_RO"
+    ));
     assert_eq!(c.get(b"k", Mode::Normal).await.unwrap(), None, "reads work");
     let (status, _) = http(server.admin_port, "POST", "/api/read-only?on=false", "").unwrap();
     assert_eq!(status, 200);
@@ -132,11 +207,15 @@ async fn read_only_mode() {
 async fn iteration_in_key_order() {
     let server = Server::start();
     let mut c = tcp(&server).await;
-    let mut keys: Vec<Vec<u8>> = (0..1000u32).map(|i| format!("key{:05}", (i * 7919) % 1000).into_bytes()).collect();
+    let mut keys: Vec<Vec<u8>> = (0..1000u32)
+        .map(|i| format!("key{:05}", (i * 7919) % 1000).into_bytes())
+        .collect();
     for key in &keys {
         c.set(key, b"v", Mode::Normal).await.unwrap();
     }
-    c.set(b"only-in-cache", b"v", Mode::CacheOnly).await.unwrap();
+    c.set(b"only-in-cache", b"v", Mode::CacheOnly)
+        .await
+        .unwrap();
     keys.sort();
     let mut walked = Vec::new();
     let mut cursor = c.first_key().await.unwrap();
@@ -145,7 +224,11 @@ async fn iteration_in_key_order() {
         walked.push(key.to_vec());
     }
     assert_eq!(walked, keys);
-    assert_eq!(c.next_key(b"key00499x").await.unwrap().unwrap().as_ref(), b"key00500", "absent key");
+    assert_eq!(
+        c.next_key(b"key00499x").await.unwrap().unwrap().as_ref(),
+        b"key00500",
+        "absent key"
+    );
 }
 
 #[tokio::test]
@@ -155,8 +238,21 @@ async fn hundreds_of_pipelined_frames_answered_in_order() {
     let conn = c.tcp().unwrap();
     for i in 0..300u32 {
         let key = bytes::Bytes::from(format!("p{i}"));
-        conn.queue(&Request::Set { id: i * 2 + 1, mode: if i % 10 == 0 { Mode::Sync } else { Mode::Normal }, key: key.clone(), value: key.clone() });
-        conn.queue(&Request::Get { id: i * 2 + 2, mode: Mode::Normal, key });
+        conn.queue(&Request::Set {
+            id: i * 2 + 1,
+            mode: if i % 10 == 0 {
+                Mode::Sync
+            } else {
+                Mode::Normal
+            },
+            key: key.clone(),
+            value: key.clone(),
+        });
+        conn.queue(&Request::Get {
+            id: i * 2 + 2,
+            mode: Mode::Normal,
+            key,
+        });
     }
     conn.flush().await.unwrap();
     for i in 0..300u32 {
@@ -174,25 +270,46 @@ async fn values_up_to_the_size_limit() {
     let mut c = tcp(&server).await;
     let value = vec![0x5a; 65_513];
     c.set(b"abc", &value, Mode::Sync).await.unwrap();
-    assert_eq!(c.get(b"abc", Mode::Normal).await.unwrap().unwrap().0.len(), 65_513);
+    assert_eq!(
+        c.get(b"abc", Mode::Normal).await.unwrap().unwrap().0.len(),
+        65_513
+    );
     // Over UDP the same reply does not fit: ERR_SEND.
-    let mut u = NmdbClient::connect_udp(&server.nmdb_addr(), Duration::from_secs(2), 2).await.unwrap();
-    assert!(is_server_error(u.get(b"abc", Mode::Normal).await, "ERR_SEND"));
+    let mut u = NmdbClient::connect_udp(&server.nmdb_addr(), Duration::from_secs(2), 2)
+        .await
+        .unwrap();
+    assert!(is_server_error(
+        u.get(b"abc", Mode::Normal).await,
+        "ERR_SEND"
+    ));
 }
 
 #[tokio::test]
 async fn udp_requests_and_dropped_datagrams() {
     let server = Server::start();
-    let mut u = NmdbClient::connect_udp(&server.nmdb_addr(), Duration::from_secs(2), 2).await.unwrap();
+    let mut u = NmdbClient::connect_udp(&server.nmdb_addr(), Duration::from_secs(2), 2)
+        .await
+        .unwrap();
     u.set(b"u", b"dp", Mode::Sync).await.unwrap();
-    assert_eq!(u.get(b"u", Mode::Normal).await.unwrap().unwrap().0.as_ref(), b"dp");
-    assert_eq!(u.incr(b"u", 1, Mode::Normal).await.ok(), None, "not a number");
+    assert_eq!(
+        u.get(b"u", Mode::Normal).await.unwrap().unwrap().0.as_ref(),
+        b"dp"
+    );
+    assert_eq!(
+        u.incr(b"u", 1, Mode::Normal).await.ok(),
+        None,
+        "not a number"
+    );
     // A 7-byte datagram gets no reply and counts as broken.
     let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     raw.connect(server.nmdb_addr()).await.unwrap();
     raw.send(&[0x10, 0, 0, 1, 1, 6, 0]).await.unwrap();
     let mut buf = [0u8; 64];
-    assert!(tokio::time::timeout(Duration::from_millis(300), raw.recv(&mut buf)).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), raw.recv(&mut buf))
+            .await
+            .is_err()
+    );
     let s = u.stats().await.unwrap();
     assert_eq!(stat(&s, "net_broken_req"), 1);
     assert!(stat(&s, "msg_udp") >= 4);
@@ -217,8 +334,14 @@ async fn raw_tcp(server: &Server, bytes: &[u8]) -> (Vec<u8>, bool) {
 async fn malformed_tcp_input() {
     let server = Server::start();
     // N1: F = 8 and F > 65 536: closed, no reply.
-    assert_eq!(raw_tcp(&server, &[0, 0, 0, 8, 0x10, 0, 0, 1]).await, (vec![], true));
-    assert_eq!(raw_tcp(&server, &[0, 1, 0, 1, 0x10, 0, 0, 1]).await, (vec![], true));
+    assert_eq!(
+        raw_tcp(&server, &[0, 0, 0, 8, 0x10, 0, 0, 1]).await,
+        (vec![], true)
+    );
+    assert_eq!(
+        raw_tcp(&server, &[0, 1, 0, 1, 0x10, 0, 0, 1]).await,
+        (vec![], true)
+    );
     // N2: F = 10: ERR_BROKEN, connection kept.
     let (got, closed) = raw_tcp(&server, &[0, 0, 0, 10, 0x10, 0, 0, 7, 1, 1]).await;
     assert_eq!(got, [0, 0, 0, 0x10, 0, 0, 0, 7, 0, 0, 8, 0, 0, 0, 1, 3]);
@@ -236,9 +359,16 @@ async fn malformed_tcp_input() {
 #[tokio::test]
 async fn connection_limit_idle_and_partial_frame_timeouts() {
     let server = Server::start_with(Options {
-        args: ["--max-connections", "2", "--nmdb-idle-timeout-secs", "1", "--nmdb-partial-frame-timeout-secs", "1"]
-            .map(String::from)
-            .to_vec(),
+        args: [
+            "--max-connections",
+            "2",
+            "--nmdb-idle-timeout-secs",
+            "1",
+            "--nmdb-partial-frame-timeout-secs",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Options::default()
     });
     let mut first = tcp(&server).await;
@@ -246,11 +376,19 @@ async fn connection_limit_idle_and_partial_frame_timeouts() {
     first.set(b"a", b"1", Mode::Normal).await.unwrap();
     second.set(b"b", b"1", Mode::Normal).await.unwrap();
     // A third connection is closed at once.
-    let mut third = NmdbClient::connect_tcp(&server.nmdb_addr(), T).await.unwrap();
-    assert!(matches!(third.get(b"a", Mode::Normal).await, Err(ClientError::Closed | ClientError::Io(_))));
+    let mut third = NmdbClient::connect_tcp(&server.nmdb_addr(), T)
+        .await
+        .unwrap();
+    assert!(matches!(
+        third.get(b"a", Mode::Normal).await,
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
     // Idle connections are closed after the idle timeout, which frees their slots.
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert!(first.get(b"a", Mode::Normal).await.is_err(), "idle connection closed");
+    assert!(
+        first.get(b"a", Mode::Normal).await.is_err(),
+        "idle connection closed"
+    );
     let mut fresh = tcp(&server).await;
     fresh.get(b"a", Mode::Normal).await.unwrap();
     // A half-sent frame is closed after the partial-frame timeout.
@@ -273,7 +411,9 @@ async fn sigterm_under_load_loses_no_acknowledged_write() {
             let addr = addr.clone();
             tokio::spawn(async move {
                 let mut acked = Vec::new();
-                let Ok(mut c) = NmdbClient::connect_tcp(&addr, T).await else { return acked };
+                let Ok(mut c) = NmdbClient::connect_tcp(&addr, T).await else {
+                    return acked;
+                };
                 for i in 0.. {
                     let key = format!("w{w}-{i}");
                     let mode = if i % 2 == 0 { Mode::Sync } else { Mode::Normal };
@@ -293,11 +433,18 @@ async fn sigterm_under_load_loses_no_acknowledged_write() {
         acked.extend(w.await.unwrap());
     }
     assert!(acked.len() > 100, "load was running: {}", acked.len());
-    let server = Server::start_with(Options { data_dir: Some(server.data_dir.clone()), ..Options::default() });
+    let server = Server::start_with(Options {
+        data_dir: Some(server.data_dir.clone()),
+        ..Options::default()
+    });
     let mut c = tcp(&server).await;
     for key in &acked {
         let got = c.get(key.as_bytes(), Mode::Normal).await.unwrap();
-        assert_eq!(got.map(|(v, _)| v.to_vec()), Some(key.as_bytes().to_vec()), "acknowledged {key} lost");
+        assert_eq!(
+            got.map(|(v, _)| v.to_vec()),
+            Some(key.as_bytes().to_vec()),
+            "acknowledged {key} lost"
+        );
     }
 }
 
@@ -305,6 +452,9 @@ async fn sigterm_under_load_loses_no_acknowledged_write() {
 fn client_codec_encodes_what_libnmdb_sends() {
     // libnmdb always uses id 1: the first word of every request is 10 00 00 01.
     let mut out = BytesMut::new();
-    NmdbClientCodec { transport: Transport::Udp }.encode_request(&Request::Stats { id: 1 }, &mut out);
+    NmdbClientCodec {
+        transport: Transport::Udp,
+    }
+    .encode_request(&Request::Stats { id: 1 }, &mut out);
     assert_eq!(out.as_ref(), [0x10, 0, 0, 1, 1, 6, 0, 0]);
 }

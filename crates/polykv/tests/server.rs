@@ -15,7 +15,11 @@ fn health_and_metrics_answer() {
     assert!(body.contains("\"status\":\"ok\""), "{body}");
     let (status, body) = http(server.admin_port, "GET", "/metrics", "").unwrap();
     assert_eq!(status, 200);
-    for name in ["polykv_cache_bytes", "polykv_journal_syncs_total", "polykv_keyspace_keys"] {
+    for name in [
+        "polykv_cache_bytes",
+        "polykv_journal_syncs_total",
+        "polykv_keyspace_keys",
+    ] {
         assert!(body.contains(name), "{name} missing from /metrics");
     }
     let (status, body) = http(server.admin_port, "GET", "/nope", "").unwrap();
@@ -27,22 +31,45 @@ fn health_and_metrics_answer() {
 fn configuration_precedence_flag_env_file_default() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("polykv.toml");
-    std::fs::write(&file, "max_connections = 11\nshutdown_timeout_secs = 12\n[nmdb]\nport = 13\nudp_port = 14\n").unwrap();
+    std::fs::write(
+        &file,
+        "max_connections = 11\nshutdown_timeout_secs = 12\n[nmdb]\nport = 13\nudp_port = 14\n",
+    )
+    .unwrap();
     let file = file.to_str().unwrap();
     let (code, out, err) = run_cli(
         &["config", "--config", file, "--nmdb-port", "1000"],
-        &[("POLYKV_NMDB_PORT", "2000"), ("POLYKV_NMDB_UDP_PORT", "3000"), ("POLYKV_MAX_CONNECTIONS", "4000")],
+        &[
+            ("POLYKV_NMDB_PORT", "2000"),
+            ("POLYKV_NMDB_UDP_PORT", "3000"),
+            ("POLYKV_MAX_CONNECTIONS", "4000"),
+        ],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("port = 1000"), "flag beats env and file:\n{out}");
+    assert!(
+        out.contains("port = 1000"),
+        "flag beats env and file:\n{out}"
+    );
     assert!(out.contains("udp_port = 3000"), "env beats file:\n{out}");
-    assert!(out.contains("max_connections = 4000"), "env beats file:\n{out}");
-    assert!(out.contains("shutdown_timeout_secs = 12"), "file beats default:\n{out}");
-    assert!(out.contains("reaper_interval_ms = 1000"), "defaults fill the rest:\n{out}");
+    assert!(
+        out.contains("max_connections = 4000"),
+        "env beats file:\n{out}"
+    );
+    assert!(
+        out.contains("shutdown_timeout_secs = 12"),
+        "file beats default:\n{out}"
+    );
+    assert!(
+        out.contains("reaper_interval_ms = 1000"),
+        "defaults fill the rest:\n{out}"
+    );
 
     let (code, _, err) = run_cli(&["config", "--nmdb-port", "nope"], &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("--nmdb-port") && err.contains("integer"), "{err}");
+    assert!(
+        err.contains("--nmdb-port") && err.contains("integer"),
+        "{err}"
+    );
     let (code, _, err) = run_cli(&["config"], &[("POLYKV_NMDB_READ_ONLY", "maybe")]);
     assert_eq!(code, 1);
     assert!(err.contains("POLYKV_NMDB_READ_ONLY"), "{err}");
@@ -69,7 +96,10 @@ fn taken_port_is_refused_clearly() {
     let mut child = common::spawn(&dir.path().join("d"), port, free_port(), &[], &[], &log);
     assert_eq!(child.wait().unwrap().code(), Some(1));
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -77,10 +107,22 @@ fn sigterm_and_sigint_exit_zero_and_release_the_lock() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let mut server = Server::start();
         server.signal(signal);
-        assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0), "{}", server.log_text());
-        assert!(server.log_text().contains("store synced"), "{}", server.log_text());
+        assert_eq!(
+            server.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "{}",
+            server.log_text()
+        );
+        assert!(
+            server.log_text().contains("store synced"),
+            "{}",
+            server.log_text()
+        );
         // The lock is released: the same directory serves again.
-        let again = Server::start_with(Options { data_dir: Some(server.data_dir.clone()), ..Options::default() });
+        let again = Server::start_with(Options {
+            data_dir: Some(server.data_dir.clone()),
+            ..Options::default()
+        });
         drop(again);
     }
 }

@@ -102,20 +102,58 @@ impl Mode {
 /// A request, or a malformed one that is answered with an error reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Get { id: u32, mode: Mode, key: Bytes },
-    Set { id: u32, mode: Mode, key: Bytes, value: Bytes },
-    Del { id: u32, mode: Mode, key: Bytes },
-    Cas { id: u32, mode: Mode, key: Bytes, old: Bytes, new: Bytes },
-    Incr { id: u32, mode: Mode, key: Bytes, delta: i64 },
-    Stats { id: u32 },
-    FirstKey { id: u32 },
-    NextKey { id: u32, key: Bytes },
+    Get {
+        id: u32,
+        mode: Mode,
+        key: Bytes,
+    },
+    Set {
+        id: u32,
+        mode: Mode,
+        key: Bytes,
+        value: Bytes,
+    },
+    Del {
+        id: u32,
+        mode: Mode,
+        key: Bytes,
+    },
+    Cas {
+        id: u32,
+        mode: Mode,
+        key: Bytes,
+        old: Bytes,
+        new: Bytes,
+    },
+    Incr {
+        id: u32,
+        mode: Mode,
+        key: Bytes,
+        delta: i64,
+    },
+    Stats {
+        id: u32,
+    },
+    FirstKey {
+        id: u32,
+    },
+    NextKey {
+        id: u32,
+        key: Bytes,
+    },
     /// Version nibble ≠ 1: ERR_VER (and, over TCP, close).
-    BadVersion { id: u32 },
+    BadVersion {
+        id: u32,
+    },
     /// Unknown request code: ERR_UNKREQ.
-    Unknown { id: u32, code: u16 },
+    Unknown {
+        id: u32,
+        code: u16,
+    },
     /// Failed size checks or a truncated message: ERR_BROKEN.
-    Broken { id: u32 },
+    Broken {
+        id: u32,
+    },
 }
 
 impl Request {
@@ -199,7 +237,9 @@ pub fn parse_message(msg: &[u8]) -> Request {
     let psize = payload.len() as u64;
     let size = |at: usize| be_u32(payload, at).map(u64::from);
     // Every size check in 64 bits, so no sum can overflow; `take` then slices what was checked.
-    let take = |from: u64, len: u64| Bytes::copy_from_slice(&payload[from as usize..(from + len) as usize]);
+    let take = |from: u64, len: u64| {
+        Bytes::copy_from_slice(&payload[from as usize..(from + len) as usize])
+    };
     let broken = Request::Broken { id };
     match request_code {
         code::GET | code::DEL | code::NEXTKEY => {
@@ -215,15 +255,33 @@ pub fn parse_message(msg: &[u8]) -> Request {
             }
         }
         code::SET => {
-            let (Some(ksize), Some(vsize)) = (size(0), size(4)) else { return broken };
-            if ksize > MAX_SIZE || vsize > MAX_SIZE || ksize + vsize > MAX_SIZE || psize < 8 + ksize + vsize {
+            let (Some(ksize), Some(vsize)) = (size(0), size(4)) else {
+                return broken;
+            };
+            if ksize > MAX_SIZE
+                || vsize > MAX_SIZE
+                || ksize + vsize > MAX_SIZE
+                || psize < 8 + ksize + vsize
+            {
                 return broken;
             }
-            Request::Set { id, mode, key: take(8, ksize), value: take(8 + ksize, vsize) }
+            Request::Set {
+                id,
+                mode,
+                key: take(8, ksize),
+                value: take(8 + ksize, vsize),
+            }
         }
         code::CAS => {
-            let (Some(ksize), Some(osize), Some(nsize)) = (size(0), size(4), size(8)) else { return broken };
-            if ksize > MAX_SIZE || osize > MAX_SIZE || nsize > MAX_SIZE || ksize + osize + nsize > MAX_SIZE || psize < 12 + ksize + osize + nsize {
+            let (Some(ksize), Some(osize), Some(nsize)) = (size(0), size(4), size(8)) else {
+                return broken;
+            };
+            if ksize > MAX_SIZE
+                || osize > MAX_SIZE
+                || nsize > MAX_SIZE
+                || ksize + osize + nsize > MAX_SIZE
+                || psize < 12 + ksize + osize + nsize
+            {
                 return broken;
             }
             Request::Cas {
@@ -241,7 +299,12 @@ pub fn parse_message(msg: &[u8]) -> Request {
             }
             let mut delta = [0u8; 8];
             delta.copy_from_slice(&payload[(4 + ksize) as usize..(12 + ksize) as usize]);
-            Request::Incr { id, mode, key: take(4, ksize), delta: i64::from_be_bytes(delta) }
+            Request::Incr {
+                id,
+                mode,
+                key: take(4, ksize),
+                delta: i64::from_be_bytes(delta),
+            }
         }
         code::STATS => Request::Stats { id },
         code::FIRSTKEY => Request::FirstKey { id },
@@ -258,7 +321,11 @@ pub fn compose_request(request: &Request, out: &mut BytesMut) {
     };
     match request {
         Request::Get { id, mode, key } | Request::Del { id, mode, key } => {
-            let c = if matches!(request, Request::Get { .. }) { code::GET } else { code::DEL };
+            let c = if matches!(request, Request::Get { .. }) {
+                code::GET
+            } else {
+                code::DEL
+            };
             head(out, *id, c, mode.flags());
             out.put_u32(key.len() as u32);
             out.put_slice(key);
@@ -268,14 +335,25 @@ pub fn compose_request(request: &Request, out: &mut BytesMut) {
             out.put_u32(key.len() as u32);
             out.put_slice(key);
         }
-        Request::Set { id, mode, key, value } => {
+        Request::Set {
+            id,
+            mode,
+            key,
+            value,
+        } => {
             head(out, *id, code::SET, mode.flags());
             out.put_u32(key.len() as u32);
             out.put_u32(value.len() as u32);
             out.put_slice(key);
             out.put_slice(value);
         }
-        Request::Cas { id, mode, key, old, new } => {
+        Request::Cas {
+            id,
+            mode,
+            key,
+            old,
+            new,
+        } => {
             head(out, *id, code::CAS, mode.flags());
             out.put_u32(key.len() as u32);
             out.put_u32(old.len() as u32);
@@ -284,7 +362,12 @@ pub fn compose_request(request: &Request, out: &mut BytesMut) {
             out.put_slice(old);
             out.put_slice(new);
         }
-        Request::Incr { id, mode, key, delta } => {
+        Request::Incr {
+            id,
+            mode,
+            key,
+            delta,
+        } => {
             head(out, *id, code::INCR, mode.flags());
             out.put_u32(key.len() as u32);
             out.put_slice(key);
@@ -323,7 +406,11 @@ pub fn compose_reply(reply: &Reply, max_message: usize, out: &mut BytesMut) {
             out.put_u32(*code);
         }
         ReplyBody::CacheHit(v) | ReplyBody::Value(v) => {
-            out.put_u32(if matches!(body, ReplyBody::CacheHit(_)) { reply::CACHE_HIT } else { reply::OK });
+            out.put_u32(if matches!(body, ReplyBody::CacheHit(_)) {
+                reply::CACHE_HIT
+            } else {
+                reply::OK
+            });
             out.put_u32(v.len() as u32);
             out.put_slice(v);
         }
@@ -344,10 +431,16 @@ pub fn parse_reply(msg: &[u8]) -> Result<Reply, Reject> {
         (reply::OK | reply::CACHE_HIT, len) if len >= 12 => {
             let n = be_u32(msg, 8).unwrap_or(0) as usize;
             if n != len - 12 {
-                return Err(Reject::new("nmdb reply length disagrees with its payload size"));
+                return Err(Reject::new(
+                    "nmdb reply length disagrees with its payload size",
+                ));
             }
             let value = Bytes::copy_from_slice(&msg[12..]);
-            if reply_code == reply::OK { ReplyBody::Value(value) } else { ReplyBody::CacheHit(value) }
+            if reply_code == reply::OK {
+                ReplyBody::Value(value)
+            } else {
+                ReplyBody::CacheHit(value)
+            }
         }
         _ => return Err(Reject::new("unknown nmdb reply shape")),
     };
@@ -451,7 +544,9 @@ impl ClientCodec for NmdbClientCodec {
     fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Reply>, Reject> {
         match self.transport {
             Transport::Tcp => {
-                let Some(frame_len) = be_u32(buf, 0) else { return Ok(Decoded::Incomplete) };
+                let Some(frame_len) = be_u32(buf, 0) else {
+                    return Ok(Decoded::Incomplete);
+                };
                 let frame_len = frame_len as usize;
                 if !(12..=MAX_TCP_FRAME).contains(&frame_len) {
                     return Err(Reject::new("nmdb TCP reply frame length out of range"));
@@ -553,7 +648,11 @@ pub fn fuzz_server(data: &[u8]) {
             let mut encoded = BytesMut::new();
             client.encode_request(&request, &mut encoded);
             let again = server.decode_request(&encoded);
-            assert_eq!(again, Ok(Decoded::Frame(request, encoded.len())), "request round trip");
+            assert_eq!(
+                again,
+                Ok(Decoded::Frame(request, encoded.len())),
+                "request round trip"
+            );
             rest = &rest[used.min(rest.len())..];
             if transport != Transport::Tcp || rest.is_empty() {
                 break;
@@ -570,7 +669,11 @@ pub fn fuzz_client(data: &[u8]) {
         if let Ok(Decoded::Frame(reply, _)) = client.decode_response(data) {
             let mut encoded = BytesMut::new();
             server.encode_response(&reply, &mut encoded);
-            assert_eq!(client.decode_response(&encoded), Ok(Decoded::Frame(reply, encoded.len())), "reply round trip");
+            assert_eq!(
+                client.decode_response(&encoded),
+                Ok(Decoded::Frame(reply, encoded.len())),
+                "reply round trip"
+            );
         }
     }
 }

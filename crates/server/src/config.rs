@@ -176,30 +176,78 @@ impl Default for NmdbConfig {
 
 /// One line of documentation per field, used for `--help` and checked against the docs.
 pub const FIELD_DOCS: &[(&str, &str)] = &[
-    ("data_dir", "Directory of the store, the journal and the lock file"),
-    ("bind", "Address every listener binds to unless it sets its own"),
-    ("max_connections", "Most client connections open at once, over all protocols"),
-    ("shutdown_timeout_secs", "Seconds to finish in-flight requests on SIGTERM/SIGINT"),
-    ("log.level", "Log filter: error, warn, info, debug, trace, or tracing directives"),
+    (
+        "data_dir",
+        "Directory of the store, the journal and the lock file",
+    ),
+    (
+        "bind",
+        "Address every listener binds to unless it sets its own",
+    ),
+    (
+        "max_connections",
+        "Most client connections open at once, over all protocols",
+    ),
+    (
+        "shutdown_timeout_secs",
+        "Seconds to finish in-flight requests on SIGTERM/SIGINT",
+    ),
+    (
+        "log.level",
+        "Log filter: error, warn, info, debug, trace, or tracing directives",
+    ),
     ("log.format", "Log format: text or json"),
-    ("engine.cache_bytes", "Byte budget of the in-memory cache (0 = no cache)"),
-    ("engine.sync_interval_ms", "Longest delay before an Async write is synced to disk"),
-    ("engine.reaper_interval_ms", "How often expired entries and locks are reclaimed"),
-    ("engine.watch_queue", "Events queued per watcher before coalescing to the latest per key"),
-    ("admin.enabled", "Serve the admin HTTP API (health, metrics)"),
+    (
+        "engine.cache_bytes",
+        "Byte budget of the in-memory cache (0 = no cache)",
+    ),
+    (
+        "engine.sync_interval_ms",
+        "Longest delay before an Async write is synced to disk",
+    ),
+    (
+        "engine.reaper_interval_ms",
+        "How often expired entries and locks are reclaimed",
+    ),
+    (
+        "engine.watch_queue",
+        "Events queued per watcher before coalescing to the latest per key",
+    ),
+    (
+        "admin.enabled",
+        "Serve the admin HTTP API (health, metrics)",
+    ),
     ("admin.addr", "Admin listen address (empty = bind)"),
     ("admin.port", "Admin HTTP port"),
-    ("admin.token", "Bearer token for the admin API (required off loopback; generated if empty)"),
+    (
+        "admin.token",
+        "Bearer token for the admin API (required off loopback; generated if empty)",
+    ),
     ("nmdb.enabled", "Serve nmdb over TCP"),
-    ("nmdb.addr", "nmdb listen address, TCP and UDP (empty = bind)"),
+    (
+        "nmdb.addr",
+        "nmdb listen address, TCP and UDP (empty = bind)",
+    ),
     ("nmdb.port", "nmdb TCP port"),
     ("nmdb.udp_enabled", "Serve nmdb over UDP"),
     ("nmdb.udp_port", "nmdb UDP port"),
     ("nmdb.keyspace", "Engine keyspace nmdb reads and writes"),
-    ("nmdb.read_only", "Start in read-only mode (SET, DEL, CAS, INCR refused)"),
-    ("nmdb.idle_timeout_secs", "Close connections idle this long (0 = never)"),
-    ("nmdb.partial_frame_timeout_secs", "Close connections that leave a frame half-sent this long (0 = never)"),
-    ("nmdb.max_output_bytes", "Unsent reply bytes per connection before reading pauses"),
+    (
+        "nmdb.read_only",
+        "Start in read-only mode (SET, DEL, CAS, INCR refused)",
+    ),
+    (
+        "nmdb.idle_timeout_secs",
+        "Close connections idle this long (0 = never)",
+    ),
+    (
+        "nmdb.partial_frame_timeout_secs",
+        "Close connections that leave a frame half-sent this long (0 = never)",
+    ),
+    (
+        "nmdb.max_output_bytes",
+        "Unsent reply bytes per connection before reading pauses",
+    ),
 ];
 
 /// One configuration field, as a path into the TOML tree.
@@ -217,7 +265,8 @@ pub struct Field {
 
 /// Every leaf field of the configuration, in declaration order.
 pub fn fields() -> Vec<Field> {
-    let defaults = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
+    let defaults =
+        toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
     let mut out = Vec::new();
     collect_leaves(&defaults, "", &mut out);
     out
@@ -298,11 +347,10 @@ impl Config {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let from_file: toml::Value =
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
+            let from_file: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
             // Deserializing the file alone rejects unknown fields with their names.
             Config::deserialize(from_file.clone()).map_err(|e| ConfigError::Parse {
                 path: path.to_path_buf(),
@@ -316,8 +364,8 @@ impl Config {
                 .iter()
                 .find(|f| f.path == o.path)
                 .ok_or_else(|| ConfigError::Invalid(format!("unknown field {}", o.path)))?;
-            let value = parse_like(&field.default, &o.value).map_err(|expected| {
-                ConfigError::Value {
+            let value =
+                parse_like(&field.default, &o.value).map_err(|expected| ConfigError::Value {
                     field: match o.origin {
                         Origin::Flag => format!("--{}", field.flag),
                         Origin::Env => field.env.clone(),
@@ -328,8 +376,7 @@ impl Config {
                         Origin::Env => "environment".into(),
                     },
                     expected,
-                }
-            })?;
+                })?;
             set_path(&mut tree, &o.path, value);
         }
         let config = Config::deserialize(tree).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -351,7 +398,9 @@ impl Config {
             )));
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -409,7 +458,9 @@ fn set_path(tree: &mut toml::Value, path: &str, value: toml::Value) {
     let mut node = tree;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
-        let toml::Value::Table(table) = node else { return };
+        let toml::Value::Table(table) = node else {
+            return;
+        };
         if parts.peek().is_none() {
             table.insert(part.to_string(), value);
             return;
@@ -432,9 +483,15 @@ mod tests {
             assert!(!f.doc.is_empty(), "{} has no entry in FIELD_DOCS", f.path);
         }
         let port = fields.iter().find(|f| f.path == "nmdb.port").unwrap();
-        assert_eq!((port.flag.as_str(), port.env.as_str()), ("nmdb-port", "POLYKV_NMDB_PORT"));
+        assert_eq!(
+            (port.flag.as_str(), port.env.as_str()),
+            ("nmdb-port", "POLYKV_NMDB_PORT")
+        );
         let dir = fields.iter().find(|f| f.path == "data_dir").unwrap();
-        assert_eq!((dir.flag.as_str(), dir.env.as_str()), ("data-dir", "POLYKV_DATA_DIR"));
+        assert_eq!(
+            (dir.flag.as_str(), dir.env.as_str()),
+            ("data-dir", "POLYKV_DATA_DIR")
+        );
         assert_eq!(FIELD_DOCS.len(), fields.len(), "no stale docs");
     }
 
@@ -442,10 +499,18 @@ mod tests {
     fn file_then_overrides() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("polykv.toml");
-        std::fs::write(&path, "bind = \"0.0.0.0\"\n[nmdb]\nport = 1\nkeyspace = \"shared\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "bind = \"0.0.0.0\"\n[nmdb]\nport = 1\nkeyspace = \"shared\"\n",
+        )
+        .unwrap();
         let config = Config::load(
             Some(&path),
-            &[Override { path: "nmdb.port".into(), value: "2".into(), origin: Origin::Env }],
+            &[Override {
+                path: "nmdb.port".into(),
+                value: "2".into(),
+                origin: Origin::Env,
+            }],
         )
         .unwrap();
         assert_eq!(config.bind, "0.0.0.0");
@@ -461,11 +526,28 @@ mod tests {
         std::fs::write(&path, "[nmdb]\nprot = 1\n").unwrap();
         let err = Config::load(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("prot"), "{err}");
-        let err = Config::load(None, &[Override { path: "nmdb.port".into(), value: "x".into(), origin: Origin::Flag }])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--nmdb-port") && err.contains("integer"), "{err}");
-        let err = Config::load(None, &[Override { path: "nmdb.port".into(), value: "70000".into(), origin: Origin::Flag }]);
+        let err = Config::load(
+            None,
+            &[Override {
+                path: "nmdb.port".into(),
+                value: "x".into(),
+                origin: Origin::Flag,
+            }],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--nmdb-port") && err.contains("integer"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            &[Override {
+                path: "nmdb.port".into(),
+                value: "70000".into(),
+                origin: Origin::Flag,
+            }],
+        );
         assert!(err.is_err());
         let err = Config::load(Some(Path::new("/nonexistent/polykv.toml")), &[]).unwrap_err();
         assert!(err.to_string().contains("cannot read"));
@@ -481,8 +563,11 @@ mod tests {
 
     #[test]
     fn docs_hold_the_current_reference() {
-        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md"))
-            .expect("docs/configuration.md");
+        let docs = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ))
+        .expect("docs/configuration.md");
         assert!(
             docs.contains(&reference_markdown()),
             "docs/configuration.md is stale: paste the output of `polykv config --reference`"

@@ -55,19 +55,35 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub async fn bind_tcp(&self, what: &'static str, addr: String) -> Result<TcpListener, ServerError> {
+    pub async fn bind_tcp(
+        &self,
+        what: &'static str,
+        addr: String,
+    ) -> Result<TcpListener, ServerError> {
         let listener = TcpListener::bind(&addr)
             .await
-            .map_err(|source| ServerError::Bind { what, addr: addr.clone(), source })?;
+            .map_err(|source| ServerError::Bind {
+                what,
+                addr: addr.clone(),
+                source,
+            })?;
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
         tracing::info!(listener = what, addr = %local, "listening");
         Ok(listener)
     }
 
-    pub async fn bind_udp(&self, what: &'static str, addr: String) -> Result<UdpSocket, ServerError> {
+    pub async fn bind_udp(
+        &self,
+        what: &'static str,
+        addr: String,
+    ) -> Result<UdpSocket, ServerError> {
         let socket = UdpSocket::bind(&addr)
             .await
-            .map_err(|source| ServerError::Bind { what, addr: addr.clone(), source })?;
+            .map_err(|source| ServerError::Bind {
+                what,
+                addr: addr.clone(),
+                source,
+            })?;
         let local = socket.local_addr().map(|a| a.to_string()).unwrap_or(addr);
         tracing::info!(listener = what, addr = %local, "listening");
         Ok(socket)
@@ -80,7 +96,10 @@ struct DirLock {
 }
 
 fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let lock = dir.join("polykv.lock");
     let mut file = OpenOptions::new()
         .read(true)
@@ -88,14 +107,21 @@ fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
         .create(true)
         .truncate(false)
         .open(&lock)
-        .map_err(|source| ServerError::DataDir { path: lock.clone(), source })?;
+        .map_err(|source| ServerError::DataDir {
+            path: lock.clone(),
+            source,
+        })?;
     if file.try_lock().is_err() {
         let holder = std::fs::read_to_string(&lock)
             .ok()
             .map(|pid| pid.trim().to_string())
             .filter(|pid| !pid.is_empty())
             .map_or_else(String::new, |pid| format!(" (pid {pid})"));
-        return Err(ServerError::Locked { path: dir.to_path_buf(), lock, holder });
+        return Err(ServerError::Locked {
+            path: dir.to_path_buf(),
+            lock,
+            holder,
+        });
     }
     let _ = file.set_len(0);
     let _ = write!(file, "{}", std::process::id());
@@ -106,8 +132,13 @@ fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let store_dir = config.data_dir.join("store");
-    let engine = Engine::open_dir(&store_dir, config.engine.to_engine_config())
-        .map_err(|source| ServerError::Engine { path: store_dir.clone(), source })?;
+    let engine =
+        Engine::open_dir(&store_dir, config.engine.to_engine_config()).map_err(|source| {
+            ServerError::Engine {
+                path: store_dir.clone(),
+                source,
+            }
+        })?;
     tracing::info!(data_dir = %config.data_dir.display(), "store opened");
     let prometheus = crate::metrics::install();
 
@@ -132,9 +163,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         return Err(e);
     }
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| ServerError::Other(format!("cannot watch SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| ServerError::Other(format!("cannot watch SIGINT: {e}")))?;
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| ServerError::Other(format!("cannot watch SIGUSR1: {e}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| ServerError::Other(format!("cannot watch SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| ServerError::Other(format!("cannot watch SIGINT: {e}")))?;
+    let mut usr1 = signal(SignalKind::user_defined1())
+        .map_err(|e| ServerError::Other(format!("cannot watch SIGUSR1: {e}")))?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "polykv ready");
     loop {
         tokio::select! {
@@ -150,8 +184,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let _ = shutdown_tx.send(true);
     let limit = Duration::from_secs(config.shutdown_timeout_secs);
     let tasks = &mut runtime.tasks;
-    if tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-        tracing::warn!(seconds = limit.as_secs(), "sessions still busy at the shutdown deadline; closing them");
+    if tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            seconds = limit.as_secs(),
+            "sessions still busy at the shutdown deadline; closing them"
+        );
         runtime.tasks.abort_all();
     }
     let syncing = engine.sync().await;
@@ -186,9 +226,11 @@ async fn start_listeners(
             read_only: runtime.read_only.clone(),
             started,
         };
-        runtime
-            .tasks
-            .spawn(admin::serve(listener, state, runtime.context.shutdown.clone()));
+        runtime.tasks.spawn(admin::serve(
+            listener,
+            state,
+            runtime.context.shutdown.clone(),
+        ));
     }
     Ok(())
 }
@@ -198,13 +240,20 @@ fn admin_token(config: &Config, listener: &TcpListener) -> Result<Option<Arc<str
     if !config.admin.token.is_empty() {
         return Ok(Some(Arc::from(config.admin.token.as_str())));
     }
-    let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+    let loopback = listener
+        .local_addr()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
     if loopback {
         return Ok(None);
     }
     let path = config.data_dir.join("admin.token");
-    let (token, created) = crate::secret::load_or_create(&path, 24)
-        .map_err(|e| ServerError::Other(format!("cannot create the admin token file {}: {e}", path.display())))?;
+    let (token, created) = crate::secret::load_or_create(&path, 24).map_err(|e| {
+        ServerError::Other(format!(
+            "cannot create the admin token file {}: {e}",
+            path.display()
+        ))
+    })?;
     if created {
         tracing::warn!(file = %path.display(), "admin listener is not on loopback: generated a bearer token");
     }

@@ -26,7 +26,11 @@ use crate::metrics::ProtocolMetrics;
 pub enum Deferred<R> {
     Ready(R),
     /// Send `ok` once the write is durable, `err` if it cannot be made durable.
-    AfterSync { pending: Pending, ok: R, err: R },
+    AfterSync {
+        pending: Pending,
+        ok: R,
+        err: R,
+    },
 }
 
 /// What a service answers to one request.
@@ -84,7 +88,10 @@ pub trait Service: Send + 'static {
         false
     }
 
-    fn call(&mut self, request: Self::Request) -> impl Future<Output = Reply<Self::Response>> + Send;
+    fn call(
+        &mut self,
+        request: Self::Request,
+    ) -> impl Future<Output = Reply<Self::Response>> + Send;
 
     /// A message the server sends unasked (watch pushes). Never resolves by default.
     fn push(&mut self) -> impl Future<Output = Option<Self::Response>> + Send {
@@ -245,7 +252,11 @@ where
             };
             match wake {
                 Wake::Read(Ok(0)) => {
-                    return if input.is_empty() { "client closed" } else { "client closed mid-frame" };
+                    return if input.is_empty() {
+                        "client closed"
+                    } else {
+                        "client closed mid-frame"
+                    };
                 }
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(_)) => return "read error",
@@ -298,7 +309,11 @@ where
         }
     }
 
-    fn deadline(&self, last_frame: Instant, partial_since: Option<Instant>) -> Option<(Instant, &'static str)> {
+    fn deadline(
+        &self,
+        last_frame: Instant,
+        partial_since: Option<Instant>,
+    ) -> Option<(Instant, &'static str)> {
         let idle = self
             .limits
             .idle_timeout
@@ -314,7 +329,11 @@ where
 
     /// Executes complete frames until the input runs out or the output passes its cap. Returns
     /// how many frames were executed and whether the connection must close.
-    async fn execute_batch(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Result<(usize, bool), Reject> {
+    async fn execute_batch(
+        &mut self,
+        input: &mut BytesMut,
+        output: &mut BytesMut,
+    ) -> Result<(usize, bool), Reject> {
         let mut frames = 0;
         let mut deferred = Vec::new();
         let mut close = false;
@@ -331,12 +350,15 @@ where
             close = reply.close;
             match reply.response {
                 Some(Deferred::Ready(response)) => {
-                    self.metrics.record(op, S::is_error(&response), started.elapsed());
+                    self.metrics
+                        .record(op, S::is_error(&response), started.elapsed());
                     // Replies must stay in order: anything deferred is resolved first.
                     resolve(&mut deferred, &*self.codec, output, &self.metrics).await;
                     self.codec.encode_response(&response, output);
                 }
-                Some(Deferred::AfterSync { pending, ok, err }) => deferred.push((op, started, pending, ok, err)),
+                Some(Deferred::AfterSync { pending, ok, err }) => {
+                    deferred.push((op, started, pending, ok, err))
+                }
                 None => resolve(&mut deferred, &*self.codec, output, &self.metrics).await,
             }
         }
@@ -347,7 +369,7 @@ where
 
 /// Waits for deferred writes in order (the first wait usually covers them all: one group
 /// commit) and encodes their replies.
-async fn resolve<C: ServerCodec, R>(
+async fn resolve<C, R>(
     deferred: &mut Vec<(&'static str, Instant, Pending, R, R)>,
     codec: &C,
     output: &mut BytesMut,

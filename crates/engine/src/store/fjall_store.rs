@@ -1,7 +1,7 @@
 //! The store on fjall: one fjall keyspace per space, one database per data directory.
 
-use std::ops::Bound;
 use std::fs::File;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -33,7 +33,10 @@ pub const MAX_KEY_LEN: usize = 65_534;
 
 fn tagged(key: &[u8]) -> Result<Vec<u8>, StoreError> {
     if key.len() > MAX_KEY_LEN {
-        return Err(StoreError::Io(format!("key of {} bytes is longer than {MAX_KEY_LEN}", key.len())));
+        return Err(StoreError::Io(format!(
+            "key of {} bytes is longer than {MAX_KEY_LEN}",
+            key.len()
+        )));
     }
     let mut out = Vec::with_capacity(key.len() + 1);
     out.push(KEY_TAG);
@@ -130,13 +133,14 @@ impl Store for FjallStore {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, StoreError> {
         let keyspace = self.space(space)?;
-        let bound = |b: Bound<&[u8]>, unbounded: Bound<Vec<u8>>| -> Result<Bound<Vec<u8>>, StoreError> {
-            Ok(match b {
-                Bound::Included(k) => Bound::Included(tagged(k)?),
-                Bound::Excluded(k) => Bound::Excluded(tagged(k)?),
-                Bound::Unbounded => unbounded,
-            })
-        };
+        let bound =
+            |b: Bound<&[u8]>, unbounded: Bound<Vec<u8>>| -> Result<Bound<Vec<u8>>, StoreError> {
+                Ok(match b {
+                    Bound::Included(k) => Bound::Included(tagged(k)?),
+                    Bound::Excluded(k) => Bound::Excluded(tagged(k)?),
+                    Bound::Unbounded => unbounded,
+                })
+            };
         let start = bound(start, Bound::Included(vec![KEY_TAG]))?;
         let end = bound(end, Bound::Excluded(vec![KEY_TAG + 1]))?;
         let mut out = Vec::new();

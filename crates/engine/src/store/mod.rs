@@ -101,27 +101,49 @@ mod tests {
         assert_eq!(store.open_space("a").unwrap(), a);
         store
             .write_batch(vec![
-                BatchOp::Put { space: a, key: "k2".into(), value: "2".into() },
-                BatchOp::Put { space: a, key: "k1".into(), value: "1".into() },
-                BatchOp::Put { space: b, key: "k1".into(), value: "b".into() },
+                BatchOp::Put {
+                    space: a,
+                    key: "k2".into(),
+                    value: "2".into(),
+                },
+                BatchOp::Put {
+                    space: a,
+                    key: "k1".into(),
+                    value: "1".into(),
+                },
+                BatchOp::Put {
+                    space: b,
+                    key: "k1".into(),
+                    value: "b".into(),
+                },
             ])
             .unwrap();
         assert_eq!(store.get(a, b"k1").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(store.get(b, b"k1").unwrap().as_deref(), Some(&b"b"[..]));
-        let all = store.range(a, Bound::Unbounded, Bound::Unbounded, 10).unwrap();
+        let all = store
+            .range(a, Bound::Unbounded, Bound::Unbounded, 10)
+            .unwrap();
         let keys: Vec<_> = all.iter().map(|(k, _)| k.clone()).collect();
         assert_eq!(keys, vec![Bytes::from("k1"), Bytes::from("k2")]);
         let after = store
             .range(a, Bound::Excluded(b"k1"), Bound::Unbounded, 10)
             .unwrap();
         assert_eq!(after.len(), 1);
-        assert_eq!(store.range(a, Bound::Unbounded, Bound::Unbounded, 1).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .range(a, Bound::Unbounded, Bound::Unbounded, 1)
+                .unwrap()
+                .len(),
+            1
+        );
         store.delete(a, "k1".into()).unwrap();
         assert_eq!(store.get(a, b"k1").unwrap(), None);
         // Empty keys are keys like any other.
         store.put(a, Bytes::new(), "empty".into()).unwrap();
         assert_eq!(store.get(a, b"").unwrap().as_deref(), Some(&b"empty"[..]));
-        let first = store.range(a, Bound::Unbounded, Bound::Unbounded, 1).unwrap();
+        let first = store
+            .range(a, Bound::Unbounded, Bound::Unbounded, 1)
+            .unwrap();
         assert_eq!(first[0].0, Bytes::new());
         store.persist(PersistMode::SyncData).unwrap();
     }

@@ -13,7 +13,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_polykv");
 /// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again at
 /// once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running server, killed on drop.
@@ -26,16 +30,11 @@ pub struct Server {
     _dir: Option<tempfile::TempDir>,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub data_dir: Option<PathBuf>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options { args: Vec::new(), env: Vec::new(), data_dir: None }
-    }
 }
 
 impl Server {
@@ -55,8 +54,22 @@ impl Server {
         let admin_port = free_port();
         let nmdb_port = free_port();
         let log = data_dir.with_extension(format!("log{admin_port}"));
-        let child = spawn(&data_dir, admin_port, nmdb_port, &options.args, &options.env, &log);
-        let server = Server { child: Some(child), data_dir, admin_port, nmdb_port, log, _dir: dir };
+        let child = spawn(
+            &data_dir,
+            admin_port,
+            nmdb_port,
+            &options.args,
+            &options.env,
+            &log,
+        );
+        let server = Server {
+            child: Some(child),
+            data_dir,
+            admin_port,
+            nmdb_port,
+            log,
+            _dir: dir,
+        };
         server.wait_ready();
         server
     }
@@ -121,7 +134,14 @@ impl Drop for Server {
     }
 }
 
-pub fn spawn(data_dir: &Path, admin_port: u16, nmdb_port: u16, args: &[String], env: &[(String, String)], log: &Path) -> Child {
+pub fn spawn(
+    data_dir: &Path,
+    admin_port: u16,
+    nmdb_port: u16,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Child {
     let log_file = std::fs::File::create(log).unwrap();
     let mut command = Command::new(BIN);
     command
@@ -161,7 +181,10 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 

@@ -14,11 +14,30 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
-use polykv_engine::{Change, Command, Condition, Durability, Engine, Entry, KeyspaceId, Outcome, Value};
+use polykv_engine::{
+    Change, Command, Condition, Durability, Engine, Entry, KeyspaceId, Outcome, Value,
+};
 use serde::Deserialize;
 use serde_json::{json, Value as Json_};
 
 use super::{json_error, AdminState};
+
+/// An API error: a status and a message, answered as `{"error": message}`.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError(status, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_error(self.0, self.1)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
 
 const MAX_PAGE: usize = 1000;
 
@@ -27,7 +46,7 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -41,35 +60,37 @@ pub struct KeyQuery {
     encoding: Option<String>,
 }
 
-fn decode_key(raw: &str, encoding: Option<&str>) -> Result<Bytes, Response> {
+fn decode_key(raw: &str, encoding: Option<&str>) -> Result<Bytes, ApiError> {
     match encoding {
         None | Some("utf8") => Ok(Bytes::copy_from_slice(raw.as_bytes())),
         Some("hex") => unhex(raw)
             .map(Bytes::from)
-            .ok_or_else(|| json_error(StatusCode::BAD_REQUEST, "the key is not valid hex")),
-        Some(other) => Err(json_error(
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "the key is not valid hex")),
+        Some(other) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("unknown encoding {other:?}: use utf8 or hex"),
         )),
     }
 }
 
-fn keyspace_id(engine: &Engine, name: &str) -> Result<KeyspaceId, Response> {
+fn keyspace_id(engine: &Engine, name: &str) -> Result<KeyspaceId, ApiError> {
     engine
         .keyspaces()
         .into_iter()
         .find(|(_, n)| n == name)
         .map(|(id, _)| id)
-        .ok_or_else(|| json_error(StatusCode::NOT_FOUND, format!("no keyspace named {name:?}")))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no keyspace named {name:?}")))
 }
 
-fn engine_error(e: polykv_engine::Error) -> Response {
+fn engine_error(e: polykv_engine::Error) -> ApiError {
     let status = match e {
-        polykv_engine::Error::Poisoned(_) | polykv_engine::Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        polykv_engine::Error::Poisoned(_) | polykv_engine::Error::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         polykv_engine::Error::Invalid(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    json_error(status, e.to_string())
+    ApiError::new(status, e.to_string())
 }
 
 fn key_json(key: &[u8], out: &mut serde_json::Map<String, Json_>) {
@@ -130,12 +151,20 @@ pub struct ListQuery {
     encoding: Option<String>,
 }
 
-pub async fn list_keys(State(state): State<AdminState>, Path(ks): Path<String>, Query(q): Query<ListQuery>) -> Response {
-    let result = (|| {
+pub async fn list_keys(
+    State(state): State<AdminState>,
+    Path(ks): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    {
         let id = keyspace_id(&state.engine, &ks)?;
         let encoding = q.encoding.as_deref();
         let prefix = decode_key(q.prefix.as_deref().unwrap_or(""), encoding)?;
-        let after = q.after.as_deref().map(|a| decode_key(a, encoding)).transpose()?;
+        let after = q
+            .after
+            .as_deref()
+            .map(|a| decode_key(a, encoding))
+            .transpose()?;
         let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
         // One extra tells whether there is a next page.
         let mut items = state
@@ -144,31 +173,31 @@ pub async fn list_keys(State(state): State<AdminState>, Path(ks): Path<String>, 
             .map_err(engine_error)?;
         let more = items.len() > limit;
         items.truncate(limit);
-        let next = if more { items.last().map(|(k, _)| k.clone()) } else { None };
+        let next = if more {
+            items.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
         let next = next.map(|k| match std::str::from_utf8(&k) {
             Ok(text) if encoding != Some("hex") => json!({ "after": text }),
             _ => json!({ "after": hex(&k), "encoding": "hex" }),
         });
         let items: Vec<_> = items.iter().map(|(k, e)| entry_json(k, e)).collect();
-        Ok::<_, Response>(Json(json!({ "keyspace": ks, "items": items, "next": next })).into_response())
-    })();
-    result.unwrap_or_else(|e| e)
+        Ok(Json(json!({ "keyspace": ks, "items": items, "next": next })).into_response())
+    }
 }
 
 pub async fn get_key(
     State(state): State<AdminState>,
     Path((ks, key)): Path<(String, String)>,
     Query(q): Query<KeyQuery>,
-) -> Response {
-    let result = (|| {
-        let id = keyspace_id(&state.engine, &ks)?;
-        let key = decode_key(&key, q.encoding.as_deref())?;
-        match state.engine.get(id, &key).map_err(engine_error)? {
-            Some(read) => Ok(Json(entry_json(&key, &read.entry)).into_response()),
-            None => Err(json_error(StatusCode::NOT_FOUND, "no such key")),
-        }
-    })();
-    result.unwrap_or_else(|e| e)
+) -> ApiResult {
+    let id = keyspace_id(&state.engine, &ks)?;
+    let key = decode_key(&key, q.encoding.as_deref())?;
+    match state.engine.get(id, &key).map_err(engine_error)? {
+        Some(read) => Ok(Json(entry_json(&key, &read.entry)).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "no such key")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -184,25 +213,39 @@ pub struct PutBody {
 fn parse_value(body: &PutBody) -> Result<Value, String> {
     let kind = body.kind.as_deref().unwrap_or("bytes");
     match (kind, &body.value, &body.value_hex) {
-        ("bytes", _, Some(h)) => unhex(h).map(|v| Value::Bytes(v.into())).ok_or_else(|| "value_hex is not valid hex".into()),
-        ("bytes", Some(Json_::String(s)), None) => Ok(Value::Bytes(Bytes::copy_from_slice(s.as_bytes()))),
+        ("bytes", _, Some(h)) => unhex(h)
+            .map(|v| Value::Bytes(v.into()))
+            .ok_or_else(|| "value_hex is not valid hex".into()),
+        ("bytes", Some(Json_::String(s)), None) => {
+            Ok(Value::Bytes(Bytes::copy_from_slice(s.as_bytes())))
+        }
         ("string", Some(Json_::String(s)), None) => Ok(Value::Str(s.as_str().into())),
         ("i32", Some(v), None) => v
             .as_i64()
             .and_then(|n| i32::try_from(n).ok())
             .map(Value::I32)
             .ok_or_else(|| "value must be an integer that fits in 32 bits".into()),
-        ("i64", Some(v), None) => v.as_i64().map(Value::I64).ok_or_else(|| "value must be a 64-bit integer".into()),
-        ("bytes" | "string" | "i32" | "i64", _, _) => Err(format!("give \"value\" (or \"value_hex\" for bytes) for type {kind}")),
-        _ => Err(format!("unknown type {kind:?}: use bytes, string, i32 or i64")),
+        ("i64", Some(v), None) => v
+            .as_i64()
+            .map(Value::I64)
+            .ok_or_else(|| "value must be a 64-bit integer".into()),
+        ("bytes" | "string" | "i32" | "i64", _, _) => Err(format!(
+            "give \"value\" (or \"value_hex\" for bytes) for type {kind}"
+        )),
+        _ => Err(format!(
+            "unknown type {kind:?}: use bytes, string, i32 or i64"
+        )),
     }
 }
 
-fn parse_durability(name: Option<&str>) -> Result<Durability, Response> {
+fn parse_durability(name: Option<&str>) -> Result<Durability, ApiError> {
     match name.unwrap_or("sync") {
         "sync" => Ok(Durability::Sync),
         "async" => Ok(Durability::Async),
-        other => Err(json_error(StatusCode::BAD_REQUEST, format!("unknown durability {other:?}: use sync or async"))),
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown durability {other:?}: use sync or async"),
+        )),
     }
 }
 
@@ -211,30 +254,49 @@ pub async fn put_key(
     Path((ks, key)): Path<(String, String)>,
     Query(q): Query<KeyQuery>,
     body: Option<Json<PutBody>>,
-) -> Response {
+) -> ApiResult {
     let Some(Json(body)) = body else {
-        return json_error(StatusCode::BAD_REQUEST, "the body must be JSON: {\"value\": ..., \"type\": ...}");
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON: {\"value\": ..., \"type\": ...}",
+        ));
     };
-    let prepared = (|| {
+    let (id, key, value, durability, expires_at) = {
         if !polykv_engine::valid_keyspace_name(&ks) {
-            return Err(json_error(StatusCode::BAD_REQUEST, "keyspace names are 1-64 characters of A-Z a-z 0-9 _ . -"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "keyspace names are 1-64 characters of A-Z a-z 0-9 _ . -",
+            ));
         }
         let id = state.engine.keyspace(&ks).map_err(engine_error)?;
         let key = decode_key(&key, q.encoding.as_deref())?;
-        let value = parse_value(&body).map_err(|m| json_error(StatusCode::BAD_REQUEST, m))?;
+        let value = parse_value(&body).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
         let durability = parse_durability(body.durability.as_deref())?;
-        let expires_at = body.ttl_ms.map(|ttl| state.engine.now_ms().saturating_add(ttl));
-        Ok((id, key, value, durability, expires_at))
-    })();
-    let (id, key, value, durability, expires_at) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e,
+        let expires_at = body
+            .ttl_ms
+            .map(|ttl| state.engine.now_ms().saturating_add(ttl));
+        (id, key, value, durability, expires_at)
     };
-    let command = Command::Put { ks: id, key: key.clone(), value, expires_at, owner: None, label: None, condition: Condition::Always };
-    match state.engine.execute(command, durability).await {
-        Ok(Outcome::Written { version }) => Json(json!({ "version": version })).into_response(),
-        Ok(other) => json_error(StatusCode::CONFLICT, format!("not written: {other:?}")),
-        Err(e) => engine_error(e),
+    let command = Command::Put {
+        ks: id,
+        key: key.clone(),
+        value,
+        expires_at,
+        owner: None,
+        label: None,
+        condition: Condition::Always,
+    };
+    match state
+        .engine
+        .execute(command, durability)
+        .await
+        .map_err(engine_error)?
+    {
+        Outcome::Written { version } => Ok(Json(json!({ "version": version })).into_response()),
+        other => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("not written: {other:?}"),
+        )),
     }
 }
 
@@ -242,16 +304,19 @@ pub async fn delete_key(
     State(state): State<AdminState>,
     Path((ks, key)): Path<(String, String)>,
     Query(q): Query<KeyQuery>,
-) -> Response {
-    let prepared = keyspace_id(&state.engine, &ks).and_then(|id| Ok((id, decode_key(&key, q.encoding.as_deref())?)));
-    let (id, key) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    match state.engine.delete(id, key, Durability::Sync).await {
-        Ok(Outcome::Deleted { version }) => Json(json!({ "deleted": true, "version": version })).into_response(),
-        Ok(_) => json_error(StatusCode::NOT_FOUND, "no such key"),
-        Err(e) => engine_error(e),
+) -> ApiResult {
+    let id = keyspace_id(&state.engine, &ks)?;
+    let key = decode_key(&key, q.encoding.as_deref())?;
+    match state
+        .engine
+        .delete(id, key, Durability::Sync)
+        .await
+        .map_err(engine_error)?
+    {
+        Outcome::Deleted { version } => {
+            Ok(Json(json!({ "deleted": true, "version": version })).into_response())
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such key")),
     }
 }
 
@@ -263,31 +328,51 @@ pub struct WatchQuery {
 }
 
 /// `GET /api/keyspaces/{ks}/watch?prefix=P` (or `?key=K`): Server-Sent Events, one `change`
-/// event per committed set or delete, in version order. The first event, `snapshot`, carries the
-/// version the stream starts after.
-pub async fn watch(State(state): State<AdminState>, Path(ks): Path<String>, Query(q): Query<WatchQuery>) -> Response {
-    let subscribed = (|| {
+/// event per committed set or delete, in version order. The first event, `subscribed`, says the
+/// subscription is in place: every change after it is delivered.
+pub async fn watch(
+    State(state): State<AdminState>,
+    Path(ks): Path<String>,
+    Query(q): Query<WatchQuery>,
+) -> ApiResult {
+    let subscription = {
         if !polykv_engine::valid_keyspace_name(&ks) {
-            return Err(json_error(StatusCode::BAD_REQUEST, "invalid keyspace name"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid keyspace name",
+            ));
         }
         let id = state.engine.keyspace(&ks).map_err(engine_error)?;
         let encoding = q.encoding.as_deref();
         let subscription = match (&q.key, &q.prefix) {
-            (Some(key), None) => state.engine.watch_key(id, decode_key(key, encoding)?, None).map_err(engine_error)?.0,
+            (Some(key), None) => {
+                state
+                    .engine
+                    .watch_key(id, decode_key(key, encoding)?, None)
+                    .map_err(engine_error)?
+                    .0
+            }
             (None, prefix) => {
                 let prefix = decode_key(prefix.as_deref().unwrap_or(""), encoding)?;
-                state.engine.watch_prefix(id, prefix, None, 0).map_err(engine_error)?.0
+                state
+                    .engine
+                    .watch_prefix(id, prefix, None, 0)
+                    .map_err(engine_error)?
+                    .0
             }
-            (Some(_), Some(_)) => return Err(json_error(StatusCode::BAD_REQUEST, "give key or prefix, not both")),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "give key or prefix, not both",
+                ))
+            }
         };
-        Ok(subscription)
-    })();
-    let subscription = match subscribed {
-        Ok(s) => s,
-        Err(e) => return e,
+        subscription
     };
     let keyspace = ks.clone();
-    let first = SseEvent::default().event("subscribed").data(json!({ "keyspace": ks }).to_string());
+    let first = SseEvent::default()
+        .event("subscribed")
+        .data(json!({ "keyspace": ks }).to_string());
     let changes = stream::unfold(subscription, move |subscription| {
         let keyspace = keyspace.clone();
         async move {
@@ -310,15 +395,21 @@ pub async fn watch(State(state): State<AdminState>, Path(ks): Path<String>, Quer
                     Json_::Object(map)
                 }
             };
-            let sse = SseEvent::default().event("change").id(event.version.to_string()).data(data.to_string());
+            let sse = SseEvent::default()
+                .event("change")
+                .id(event.version.to_string())
+                .data(data.to_string());
             Some((Ok::<_, Infallible>(sse), subscription))
         }
     });
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
-        Box::pin(futures_util::StreamExt::chain(stream::once(async { Ok(first) }), changes));
-    Sse::new(events)
+        Box::pin(futures_util::StreamExt::chain(
+            stream::once(async { Ok(first) }),
+            changes,
+        ));
+    Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+        .into_response())
 }
 
 pub async fn stats(State(state): State<AdminState>) -> Response {

@@ -62,7 +62,8 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| crate::secret::constant_time_eq(g.as_bytes(), token.as_bytes()));
+        let ok =
+            given.is_some_and(|g| crate::secret::constant_time_eq(g.as_bytes(), token.as_bytes()));
         if !ok {
             return (
                 StatusCode::UNAUTHORIZED,
@@ -130,7 +131,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .unwrap_or_default();
     render_engine(&state.engine, &mut text);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()
@@ -140,26 +144,108 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 fn render_engine(engine: &Engine, out: &mut String) {
     let s = engine.stats();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
-    metric("polykv_cache_entries", "gauge", "Entries in the cache", s.cache.entries as f64);
-    metric("polykv_cache_bytes", "gauge", "Bytes held by the cache", s.cache.bytes as f64);
-    metric("polykv_cache_budget_bytes", "gauge", "Byte budget of the cache", s.cache.budget as f64);
-    metric("polykv_cache_hits_total", "counter", "Cache lookups that hit", s.cache.hits as f64);
-    metric("polykv_cache_misses_total", "counter", "Cache lookups that missed", s.cache.misses as f64);
-    metric("polykv_cache_evictions_total", "counter", "Entries evicted from the cache", s.cache.evictions as f64);
-    metric("polykv_engine_applied_writes_total", "counter", "Store-writing commands applied", s.applied_writes as f64);
-    metric("polykv_journal_syncs_total", "counter", "Group-commit fdatasyncs", s.syncs as f64);
-    metric("polykv_journal_synced_writes_total", "counter", "Writes covered by group commits", s.synced_writes as f64);
-    metric("polykv_journal_sync_seconds_total", "counter", "Time spent in fdatasync", s.sync_seconds_total);
-    metric("polykv_journal_sync_batch_max", "gauge", "Largest group-commit batch", s.max_sync_batch as f64);
-    metric("polykv_watch_subscribers", "gauge", "Watch subscriptions", s.watch.subscribers as f64);
-    metric("polykv_watch_queued_events", "gauge", "Events queued for watchers", s.watch.queued_events as f64);
-    metric("polykv_locks_held", "gauge", "Named locks held", s.locks as f64);
-    metric("polykv_store_poisoned", "gauge", "1 after a failed write or sync", f64::from(u8::from(s.poisoned.is_some())));
+    metric(
+        "polykv_cache_entries",
+        "gauge",
+        "Entries in the cache",
+        s.cache.entries as f64,
+    );
+    metric(
+        "polykv_cache_bytes",
+        "gauge",
+        "Bytes held by the cache",
+        s.cache.bytes as f64,
+    );
+    metric(
+        "polykv_cache_budget_bytes",
+        "gauge",
+        "Byte budget of the cache",
+        s.cache.budget as f64,
+    );
+    metric(
+        "polykv_cache_hits_total",
+        "counter",
+        "Cache lookups that hit",
+        s.cache.hits as f64,
+    );
+    metric(
+        "polykv_cache_misses_total",
+        "counter",
+        "Cache lookups that missed",
+        s.cache.misses as f64,
+    );
+    metric(
+        "polykv_cache_evictions_total",
+        "counter",
+        "Entries evicted from the cache",
+        s.cache.evictions as f64,
+    );
+    metric(
+        "polykv_engine_applied_writes_total",
+        "counter",
+        "Store-writing commands applied",
+        s.applied_writes as f64,
+    );
+    metric(
+        "polykv_journal_syncs_total",
+        "counter",
+        "Group-commit fdatasyncs",
+        s.syncs as f64,
+    );
+    metric(
+        "polykv_journal_synced_writes_total",
+        "counter",
+        "Writes covered by group commits",
+        s.synced_writes as f64,
+    );
+    metric(
+        "polykv_journal_sync_seconds_total",
+        "counter",
+        "Time spent in fdatasync",
+        s.sync_seconds_total,
+    );
+    metric(
+        "polykv_journal_sync_batch_max",
+        "gauge",
+        "Largest group-commit batch",
+        s.max_sync_batch as f64,
+    );
+    metric(
+        "polykv_watch_subscribers",
+        "gauge",
+        "Watch subscriptions",
+        s.watch.subscribers as f64,
+    );
+    metric(
+        "polykv_watch_queued_events",
+        "gauge",
+        "Events queued for watchers",
+        s.watch.queued_events as f64,
+    );
+    metric(
+        "polykv_locks_held",
+        "gauge",
+        "Named locks held",
+        s.locks as f64,
+    );
+    metric(
+        "polykv_store_poisoned",
+        "gauge",
+        "1 after a failed write or sync",
+        f64::from(u8::from(s.poisoned.is_some())),
+    );
     let _ = writeln!(out, "# HELP polykv_keyspace_keys Approximate keys per keyspace\n# TYPE polykv_keyspace_keys gauge");
     for ks in &s.keyspaces {
-        let _ = writeln!(out, "polykv_keyspace_keys{{keyspace=\"{}\"}} {}", ks.name, ks.keys);
+        let _ = writeln!(
+            out,
+            "polykv_keyspace_keys{{keyspace=\"{}\"}} {}",
+            ks.name, ks.keys
+        );
     }
 }
 
@@ -172,11 +258,17 @@ async fn read_only_get(State(state): State<AdminState>) -> Response {
     Json(serde_json::json!({ "read_only": state.read_only.get() })).into_response()
 }
 
-async fn read_only_set(State(state): State<AdminState>, Query(query): Query<ReadOnlyQuery>) -> Response {
+async fn read_only_set(
+    State(state): State<AdminState>,
+    Query(query): Query<ReadOnlyQuery>,
+) -> Response {
     let Some(on) = query.on else {
         return json_error(StatusCode::BAD_REQUEST, "give ?on=true or ?on=false");
     };
     state.read_only.set(on);
-    tracing::info!(read_only = on, "read-only mode changed through the admin API");
+    tracing::info!(
+        read_only = on,
+        "read-only mode changed through the admin API"
+    );
     Json(serde_json::json!({ "read_only": on })).into_response()
 }

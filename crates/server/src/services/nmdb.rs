@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use polykv_engine::{Command, Condition, Durability, Engine, KeyspaceId, Outcome, Source, Value};
-use polykv_protocols::nmdb::{error, incr_value, Mode, NmdbServerCodec, Reply, ReplyBody, Request, Transport, STATS_COUNTERS};
+use polykv_protocols::nmdb::{
+    error, incr_value, Mode, NmdbServerCodec, Reply, ReplyBody, Request, Transport, STATS_COUNTERS,
+};
 use polykv_protocols::Reject;
 
 use crate::metrics::ProtocolMetrics;
@@ -43,7 +45,17 @@ mod stat {
 }
 
 /// Operation names for metrics.
-const OPS: &[&str] = &["get", "set", "del", "cas", "incr", "stats", "firstkey", "nextkey", "malformed"];
+const OPS: &[&str] = &[
+    "get",
+    "set",
+    "del",
+    "cas",
+    "incr",
+    "stats",
+    "firstkey",
+    "nextkey",
+    "malformed",
+];
 
 /// What every nmdb connection and socket shares.
 pub struct NmdbShared {
@@ -55,7 +67,12 @@ pub struct NmdbShared {
 
 impl NmdbShared {
     pub fn new(engine: Engine, keyspace: KeyspaceId, read_only: Arc<ReadOnly>) -> Self {
-        NmdbShared { engine, keyspace, read_only, counters: std::array::from_fn(|_| AtomicU64::new(0)) }
+        NmdbShared {
+            engine,
+            keyspace,
+            read_only,
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 
     fn count(&self, index: usize) {
@@ -130,14 +147,26 @@ impl NmdbService {
 
     fn set(&self, id: u32, mode: Mode, key: Bytes, value: Bytes) -> SessionReply<Reply> {
         let s = &self.shared;
-        s.count(if mode == Mode::CacheOnly { stat::CACHE_SET } else { stat::DB_SET });
+        s.count(if mode == Mode::CacheOnly {
+            stat::CACHE_SET
+        } else {
+            stat::DB_SET
+        });
         let command = Command::put(s.keyspace, key, Value::Bytes(value));
         match s.engine.submit(command, Self::durability(mode)) {
-            Ok(pending) if pending.outcome == Outcome::TooLarge => Self::reply(id, ReplyBody::Error(error::MEM)),
+            Ok(pending) if pending.outcome == Outcome::TooLarge => {
+                Self::reply(id, ReplyBody::Error(error::MEM))
+            }
             Ok(pending) => SessionReply::after_sync(
                 pending,
-                Reply { id, body: ReplyBody::Ok },
-                Reply { id, body: ReplyBody::Error(error::DB) },
+                Reply {
+                    id,
+                    body: ReplyBody::Ok,
+                },
+                Reply {
+                    id,
+                    body: ReplyBody::Error(error::DB),
+                },
             ),
             Err(e) => Self::engine_error(id, e),
         }
@@ -145,22 +174,48 @@ impl NmdbService {
 
     fn del(&self, id: u32, mode: Mode, key: Bytes) -> SessionReply<Reply> {
         let s = &self.shared;
-        s.count(if mode == Mode::CacheOnly { stat::CACHE_DEL } else { stat::DB_DEL });
-        let pending = match s.engine.submit(Command::delete(s.keyspace, key), Self::durability(mode)) {
+        s.count(if mode == Mode::CacheOnly {
+            stat::CACHE_DEL
+        } else {
+            stat::DB_DEL
+        });
+        let pending = match s
+            .engine
+            .submit(Command::delete(s.keyspace, key), Self::durability(mode))
+        {
             Ok(pending) => pending,
             Err(e) => return Self::engine_error(id, e),
         };
         // An asynchronous DEL answers OK even for an absent key (as nmdb did).
         let existed = matches!(pending.outcome, Outcome::Deleted { .. });
-        let ok = if existed || mode == Mode::Normal { ReplyBody::Ok } else { ReplyBody::NotIn };
-        SessionReply::after_sync(pending, Reply { id, body: ok }, Reply { id, body: ReplyBody::Error(error::DB) })
+        let ok = if existed || mode == Mode::Normal {
+            ReplyBody::Ok
+        } else {
+            ReplyBody::NotIn
+        };
+        SessionReply::after_sync(
+            pending,
+            Reply { id, body: ok },
+            Reply {
+                id,
+                body: ReplyBody::Error(error::DB),
+            },
+        )
     }
 
     fn cas(&self, id: u32, mode: Mode, key: Bytes, old: Bytes, new: Bytes) -> SessionReply<Reply> {
         let s = &self.shared;
-        s.count(if mode == Mode::CacheOnly { stat::CACHE_CAS } else { stat::DB_CAS });
+        s.count(if mode == Mode::CacheOnly {
+            stat::CACHE_CAS
+        } else {
+            stat::DB_CAS
+        });
         // CAS uses CACHE_ONLY only; SYNC is ignored, so a normal CAS is Async.
-        let durability = if mode == Mode::CacheOnly { Durability::Memory } else { Durability::Async };
+        let durability = if mode == Mode::CacheOnly {
+            Durability::Memory
+        } else {
+            Durability::Async
+        };
         let command = Command::Put {
             ks: s.keyspace,
             key,
@@ -186,24 +241,36 @@ impl NmdbService {
 
     fn incr(&self, id: u32, mode: Mode, key: Bytes, delta: i64) -> SessionReply<Reply> {
         let s = &self.shared;
-        s.count(if mode == Mode::CacheOnly { stat::CACHE_INCR } else { stat::DB_INCR });
-        let durability = if mode == Mode::CacheOnly { Durability::Memory } else { Durability::Async };
-        let mut result = ReplyBody::NotIn;
-        let updated = s.engine.submit_update(s.keyspace, key, durability, |current| {
-            let current = current?;
-            match incr_value(&current.value.to_bytes(), delta) {
-                Some((stored, value)) => {
-                    result = ReplyBody::incr(value);
-                    Some(Value::Bytes(stored.into()))
-                }
-                None => {
-                    result = ReplyBody::NoMatch;
-                    None
-                }
-            }
+        s.count(if mode == Mode::CacheOnly {
+            stat::CACHE_INCR
+        } else {
+            stat::DB_INCR
         });
+        let durability = if mode == Mode::CacheOnly {
+            Durability::Memory
+        } else {
+            Durability::Async
+        };
+        let mut result = ReplyBody::NotIn;
+        let updated = s
+            .engine
+            .submit_update(s.keyspace, key, durability, |current| {
+                let current = current?;
+                match incr_value(&current.value.to_bytes(), delta) {
+                    Some((stored, value)) => {
+                        result = ReplyBody::incr(value);
+                        Some(Value::Bytes(stored.into()))
+                    }
+                    None => {
+                        result = ReplyBody::NoMatch;
+                        None
+                    }
+                }
+            });
         match updated {
-            Ok((_, Some(pending))) if pending.outcome == Outcome::TooLarge => Self::reply(id, ReplyBody::Error(error::MEM)),
+            Ok((_, Some(pending))) if pending.outcome == Outcome::TooLarge => {
+                Self::reply(id, ReplyBody::Error(error::MEM))
+            }
             Ok(_) => Self::reply(id, result),
             Err(e) => Self::engine_error(id, e),
         }
@@ -237,7 +304,9 @@ impl Service for NmdbService {
             Request::Stats { .. } => "stats",
             Request::FirstKey { .. } => "firstkey",
             Request::NextKey { .. } => "nextkey",
-            Request::BadVersion { .. } | Request::Unknown { .. } | Request::Broken { .. } => "malformed",
+            Request::BadVersion { .. } | Request::Unknown { .. } | Request::Broken { .. } => {
+                "malformed"
+            }
         }
     }
 
@@ -252,16 +321,35 @@ impl Service for NmdbService {
             Transport::Udp => stat::MSG_UDP,
             Transport::Sctp => stat::MSG_SCTP,
         });
-        let mutation = matches!(request, Request::Set { .. } | Request::Del { .. } | Request::Cas { .. } | Request::Incr { .. });
+        let mutation = matches!(
+            request,
+            Request::Set { .. } | Request::Del { .. } | Request::Cas { .. } | Request::Incr { .. }
+        );
         if mutation && s.read_only.get() {
             return Self::reply(request.id(), ReplyBody::Error(error::RO));
         }
         match request {
             Request::Get { id, mode, key } => self.get(id, mode, key),
-            Request::Set { id, mode, key, value } => self.set(id, mode, key, value),
+            Request::Set {
+                id,
+                mode,
+                key,
+                value,
+            } => self.set(id, mode, key, value),
             Request::Del { id, mode, key } => self.del(id, mode, key),
-            Request::Cas { id, mode, key, old, new } => self.cas(id, mode, key, old, new),
-            Request::Incr { id, mode, key, delta } => self.incr(id, mode, key, delta),
+            Request::Cas {
+                id,
+                mode,
+                key,
+                old,
+                new,
+            } => self.cas(id, mode, key, old, new),
+            Request::Incr {
+                id,
+                mode,
+                key,
+                delta,
+            } => self.incr(id, mode, key, delta),
             Request::Stats { id } => Self::reply(id, ReplyBody::stats(&s.snapshot())),
             Request::FirstKey { id } => {
                 s.count(stat::DB_FIRSTKEY);
@@ -273,7 +361,10 @@ impl Service for NmdbService {
             }
             Request::BadVersion { id } => {
                 s.count(stat::NET_VERSION_MISMATCH);
-                let reply = Reply { id, body: ReplyBody::Error(error::VER) };
+                let reply = Reply {
+                    id,
+                    body: ReplyBody::Error(error::VER),
+                };
                 // Over TCP nmdb closes the connection after ERR_VER.
                 match self.transport {
                     Transport::Tcp => SessionReply::send_then_close(reply),
@@ -305,19 +396,33 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
     if !config.enabled && !config.udp_enabled {
         return Ok(());
     }
-    let keyspace = runtime
-        .engine
-        .keyspace(&config.keyspace)
-        .map_err(|e| ServerError::Other(format!("cannot open keyspace {}: {e}", config.keyspace)))?;
-    let shared = Arc::new(NmdbShared::new(runtime.engine.clone(), keyspace, runtime.read_only.clone()));
+    let keyspace = runtime.engine.keyspace(&config.keyspace).map_err(|e| {
+        ServerError::Other(format!("cannot open keyspace {}: {e}", config.keyspace))
+    })?;
+    let shared = Arc::new(NmdbShared::new(
+        runtime.engine.clone(),
+        keyspace,
+        runtime.read_only.clone(),
+    ));
     let metrics = Arc::new(ProtocolMetrics::new("nmdb", OPS));
     if config.enabled {
-        let listener = runtime.bind_tcp("nmdb tcp", runtime.config.listen_addr(&config.addr, config.port)).await?;
-        let limits = SessionLimits::from_secs(config.idle_timeout_secs, config.partial_frame_timeout_secs, config.max_output_bytes);
+        let listener = runtime
+            .bind_tcp(
+                "nmdb tcp",
+                runtime.config.listen_addr(&config.addr, config.port),
+            )
+            .await?;
+        let limits = SessionLimits::from_secs(
+            config.idle_timeout_secs,
+            config.partial_frame_timeout_secs,
+            config.max_output_bytes,
+        );
         let shared = shared.clone();
         runtime.tasks.spawn(serve_tcp(
             listener,
-            Arc::new(NmdbServerCodec { transport: Transport::Tcp }),
+            Arc::new(NmdbServerCodec {
+                transport: Transport::Tcp,
+            }),
             move || NmdbService::new(shared.clone(), Transport::Tcp),
             limits,
             metrics.clone(),
@@ -325,10 +430,17 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
         ));
     }
     if config.udp_enabled {
-        let socket = runtime.bind_udp("nmdb udp", runtime.config.listen_addr(&config.addr, config.udp_port)).await?;
+        let socket = runtime
+            .bind_udp(
+                "nmdb udp",
+                runtime.config.listen_addr(&config.addr, config.udp_port),
+            )
+            .await?;
         runtime.tasks.spawn(serve_udp(
             socket,
-            Arc::new(NmdbServerCodec { transport: Transport::Udp }),
+            Arc::new(NmdbServerCodec {
+                transport: Transport::Udp,
+            }),
             NmdbService::new(shared, Transport::Udp),
             metrics,
             runtime.context.shutdown.clone(),
