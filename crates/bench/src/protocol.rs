@@ -1,5 +1,8 @@
 //! The wire protocols the load generator speaks: GET and SET requests and their replies.
 
+use bytes::{Bytes, BytesMut};
+use polykv_protocols::{nmdb, ClientCodec, Decoded};
+
 /// How the load generator talks to one kind of server.
 pub trait LoadProtocol: Send + Sync + 'static {
     fn name(&self) -> &'static str;
@@ -16,6 +19,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn LoadProtocol>> {
     match name {
         "memcached" => Some(Box::new(Memcached)),
         "redis" | "resp" => Some(Box::new(Resp)),
+        "nmdb" => Some(Box::new(Nmdb)),
         _ => None,
     }
 }
@@ -86,6 +90,62 @@ impl LoadProtocol for Memcached {
             String::from_utf8_lossy(line)
         ))
     }
+}
+
+/// nmdb over TCP, as libnmdb sends it (request id 1).
+pub struct Nmdb;
+
+impl LoadProtocol for Nmdb {
+    fn name(&self) -> &'static str {
+        "nmdb"
+    }
+
+    fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
+        let request = nmdb::Request::Get {
+            id: 1,
+            mode: nmdb::Mode::Normal,
+            key: Bytes::copy_from_slice(key),
+        };
+        encode_nmdb(&request, out);
+    }
+
+    fn encode_set(&self, key: &[u8], value: &[u8], sync: bool, out: &mut Vec<u8>) {
+        let mode = if sync {
+            nmdb::Mode::Sync
+        } else {
+            nmdb::Mode::Normal
+        };
+        let request = nmdb::Request::Set {
+            id: 1,
+            mode,
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+        };
+        encode_nmdb(&request, out);
+    }
+
+    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+        let codec = nmdb::NmdbClientCodec {
+            transport: nmdb::Transport::Tcp,
+        };
+        match codec.decode_response(buf) {
+            Ok(Decoded::Frame(reply, used)) => Ok(Some((
+                used,
+                !matches!(reply.body, nmdb::ReplyBody::Error(_)),
+            ))),
+            Ok(Decoded::Incomplete) => Ok(None),
+            Err(reject) => Err(reject.reason.to_string()),
+        }
+    }
+}
+
+fn encode_nmdb(request: &nmdb::Request, out: &mut Vec<u8>) {
+    let mut buf = BytesMut::new();
+    nmdb::NmdbClientCodec {
+        transport: nmdb::Transport::Tcp,
+    }
+    .encode_request(request, &mut buf);
+    out.extend_from_slice(&buf);
 }
 
 /// Redis's RESP2.

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Side-by-side throughput of polykv (nmdb protocol), memcached and Redis under the same load.
+#
+#   scripts/bench-compare.sh [SECONDS_PER_RUN]     (default 5)
+#
+# Installs memcached and redis-server from Debian if missing, starts all three on free loopback
+# ports pinned to CPU 0, runs the load generator pinned to CPU 1, prints one ratio table per
+# scenario (ratios relative to polykv), and stops every process it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN="${1:-5}"
+
+need=()
+command -v memcached >/dev/null || need+=(memcached)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  systemctl stop memcached redis-server >/dev/null 2>&1 || true
+fi
+cargo build --release -q -p polykv
+BIN="$PWD/target/release/polykv"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SERVER_CPU=0
+CLIENT_CPU=1
+[ "$(nproc)" -ge 2 ] || CLIENT_CPU=0
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+NMDB_PORT=$(free_port); ADMIN_PORT=$(free_port); MC_PORT=$(free_port); REDIS_PORT=$(free_port)
+taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --nmdb-port "$NMDB_PORT" --nmdb-udp-enabled false \
+  --admin-port "$ADMIN_PORT" --log-level warn 2>"$WORK/polykv.log" & PIDS+=($!)
+taskset -c $SERVER_CPU memcached -p "$MC_PORT" -U 0 -l 127.0.0.1 -t 1 -m 1024 -u root & PIDS+=($!)
+taskset -c $SERVER_CPU redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --logfile "$WORK/redis.log" & PIDS+=($!)
+for port in "$NMDB_PORT" "$MC_PORT" "$REDIS_PORT"; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+
+echo "# polykv vs memcached vs Redis — $(date -u +%Y-%m-%d), $(nproc) cores, servers on CPU $SERVER_CPU, load on CPU $CLIENT_CPU"
+echo "memcached $(memcached -V | cut -d' ' -f2), $(redis-server --version | cut -d' ' -f3), polykv $("$BIN" --version | cut -d' ' -f2)"
+COMMON=(--connections 50 --keys 100000 --key-size 16 --value-size 100 --duration "$SECONDS_PER_RUN" --warmup 1)
+run() {
+  local title=$1; shift
+  echo
+  echo "## $title"
+  echo
+  echo "\`polykv bench ${COMMON[*]} $*\`"
+  echo
+  taskset -c $CLIENT_CPU "$BIN" bench "${COMMON[@]}" "$@" 2>/dev/null
+}
+TARGETS=(--target "polykv=nmdb@127.0.0.1:$NMDB_PORT" --target "memcached=memcached@127.0.0.1:$MC_PORT" --target "redis=redis@127.0.0.1:$REDIS_PORT")
+for depth in 1 16; do
+  run "GET only, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 1 --preload
+  run "SET only, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 0
+  run "90% GET / 10% SET, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 0.9
+  run "polykv SET with SYNC (durable, group commit), depth $depth" --target "polykv-sync=nmdb@127.0.0.1:$NMDB_PORT" --depth $depth --get-ratio 0 --sync
+done
