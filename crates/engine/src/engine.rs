@@ -732,9 +732,12 @@ impl Engine {
                 condition,
             } => {
                 let info = self.info(ks)?;
-                let current = self.current(&info, ks, &key, durability, at)?;
-                if let Some(failed) = check(&condition, current) {
-                    return Ok((failed, None));
+                // An unconditional put does not need the current state (a store read saved).
+                if condition != Condition::Always {
+                    let current = self.current(&info, ks, &key, durability, at)?;
+                    if let Some(failed) = check(&condition, current) {
+                        return Ok((failed, None));
+                    }
                 }
                 let mut ops = Vec::with_capacity(2);
                 let version = self.next_version(writer, ks, &mut ops);

@@ -202,6 +202,9 @@ impl Shared {
                 c.sync_nanos
                     .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 c.max_batch.fetch_max(batch, Ordering::Relaxed);
+                metrics::histogram!("polykv_journal_sync_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("polykv_journal_sync_batch_size").record(batch as f64);
                 self.synced.send_modify(|s| s.upto = target);
                 true
             }

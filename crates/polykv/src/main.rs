@@ -1,6 +1,7 @@
 //! The `polykv` binary: parses arguments and calls into the crates.
 
 mod bench;
+mod verbs;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ struct Cli {
 enum Commands {
     /// Run the server (every enabled protocol on its port; data in ./polykv-data by default).
     Serve(#[command(flatten)] ConfigArgs),
+    #[command(flatten)]
+    Client(verbs::Verb),
     /// Load generator: the same load against one or more servers, with a ratio table.
     Bench(bench::BenchArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Bench(args) => bench::bench(args),
+        Commands::Client(verb) => verbs::run(verb),
         Commands::Config {
             reference: true, ..
         } => {

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, http, Server};
+use polykv_client::nmdb::{Mode, NmdbClient};
 use serde_json::{json, Value};
 
 struct Driver {
@@ -193,18 +194,14 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn console_edits_a_key_and_shows_live_changes() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_edits_a_key_and_shows_live_changes() {
     let server = Server::start();
     let port = server.admin_port;
-    let (status, _) = http(
-        port,
-        "PUT",
-        "/api/keyspaces/console/keys/greeting",
-        r#"{"value":"hello"}"#,
-    )
-    .unwrap();
-    assert_eq!(status, 200);
+    let mut nmdb = NmdbClient::connect_tcp(&server.nmdb_addr(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    nmdb.set(b"greeting", b"hello", Mode::Sync).await.unwrap();
 
     let driver = Driver::start();
     driver.call(
@@ -212,7 +209,7 @@ fn console_edits_a_key_and_shows_live_changes() {
         "/url",
         Some(json!({ "url": format!("http://127.0.0.1:{port}/") })),
     );
-    let keyspace = driver.wait_for("#keyspaces li", Some("console"));
+    let keyspace = driver.wait_for("#keyspaces li", Some("nmdb"));
     driver.click(&keyspace);
     let key = driver.wait_for("#keys li", Some("greeting"));
     driver.click(&key);
@@ -222,23 +219,15 @@ fn console_edits_a_key_and_shows_live_changes() {
     driver.click(&save);
     driver.wait_for("#status-msg", Some("saved greeting"));
 
-    // The edit reached the engine: read it from outside the browser.
-    let (_, body) = http(port, "GET", "/api/keyspaces/console/keys/greeting", "").unwrap();
-    assert!(
-        body.contains("\"value\":\"edited in the browser\""),
-        "{body}"
-    );
+    // The edit reached the engine: read it with an nmdb client.
+    let (value, _) = nmdb.get(b"greeting", Mode::Normal).await.unwrap().unwrap();
+    assert_eq!(value.as_ref(), b"edited in the browser");
 
-    // A write from outside shows up in the live feed.
-    let (status, _) = http(
-        port,
-        "PUT",
-        "/api/keyspaces/console/keys/from-outside",
-        r#"{"value":"42"}"#,
-    )
-    .unwrap();
+    // A write made through nmdb shows up in the console's live feed.
+    nmdb.set(b"from-nmdb", b"42", Mode::Normal).await.unwrap();
+    driver.wait_for("#feed li", Some("from-nmdb = 42"));
+    let (status, _) = http(port, "GET", "/health", "").unwrap();
     assert_eq!(status, 200);
-    driver.wait_for("#feed li", Some("from-outside = 42"));
 
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/console-screenshot.png");

@@ -351,7 +351,10 @@ async fn malformed_tcp_input() {
     assert_eq!(got, [0, 0, 0, 0x10, 0, 0, 0, 1, 0, 0, 8, 0, 0, 0, 1, 1]);
     assert!(closed);
     // N10: EOF mid-frame is just a close; the server keeps serving others.
-    assert_eq!(raw_tcp(&server, &[0, 0, 0, 0x20, 0x10]).await.0, vec![]);
+    assert_eq!(
+        raw_tcp(&server, &[0, 0, 0, 0x20, 0x10]).await.0,
+        Vec::<u8>::new()
+    );
     let mut c = tcp(&server).await;
     c.set(b"still", b"ok", Mode::Normal).await.unwrap();
 }
@@ -457,4 +460,95 @@ fn client_codec_encodes_what_libnmdb_sends() {
     }
     .encode_request(&Request::Stats { id: 1 }, &mut out);
     assert_eq!(out.as_ref(), [0x10, 0, 0, 1, 1, 6, 0, 0]);
+}
+
+#[test]
+fn client_verbs_on_the_command_line() {
+    let server = Server::start();
+    let addr = server.nmdb_addr();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--addr", &addr]);
+        common::run_cli(&all, &[])
+    };
+    assert_eq!(cli(&["set", "greeting", "hello", "--sync"]).1.trim(), "OK");
+    assert_eq!(cli(&["get", "greeting"]).1.trim(), "hello");
+    let (code, out, _) = cli(&["get", "greeting", "--json"]);
+    assert_eq!(code, 0);
+    let parsed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(parsed["value"], "hello");
+    assert_eq!(parsed["source"], "cache");
+    assert_eq!(
+        cli(&["cas", "greeting", "hello", "bye"]).1.trim(),
+        "swapped"
+    );
+    assert_eq!(cli(&["set", "n", "5", "--nul"]).0, 0);
+    assert_eq!(cli(&["incr", "n", "10"]).1.trim(), "15");
+    assert_eq!(cli(&["incr", "n", "-20"]).1.trim(), "-5");
+    cli(&["del", "n"]);
+    assert_eq!(cli(&["keys"]).1.trim(), "greeting");
+    let (code, out, _) = cli(&["get", "missing"]);
+    assert_eq!((code, out.trim()), (1, "(not found)"));
+    let (_, out, _) = cli(&["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(stats["db_set"].as_u64().unwrap() >= 2, "{stats}");
+    assert_eq!(cli(&["del", "greeting"]).1.trim(), "deleted");
+
+    // Clear errors.
+    let (code, _, err) = cli(&["watch", "k"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nmdb has no watch"), "{err}");
+    let (code, _, err) = common::run_cli(&["get", "k", "--proto", "smalld"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("does not serve the smalld protocol yet"),
+        "{err}"
+    );
+    let port = common::free_port();
+    let (code, _, err) = common::run_cli(
+        &[
+            "get",
+            "k",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--timeout",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach an nmdb server"), "{err}");
+}
+
+#[tokio::test]
+async fn load_generator_drives_polykv_over_nmdb() {
+    let server = Server::start();
+    let config = polykv_bench::RunConfig {
+        addr: server.nmdb_addr(),
+        connections: 4,
+        depth: 8,
+        workload: polykv_bench::workload::Workload {
+            keys: 200,
+            key_size: 16,
+            value_size: 100,
+            get_ratio: 0.5,
+            distribution: polykv_bench::workload::Distribution::Zipf(0.99),
+            sync_writes: true,
+        },
+        duration: None,
+        requests: Some(4000),
+        warmup: Duration::ZERO,
+        preload: true,
+        rate: None,
+        seed: 7,
+        progress: false,
+    };
+    let report = polykv_bench::run(
+        std::sync::Arc::new(polykv_bench::protocol::Nmdb),
+        "polykv",
+        config,
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.requests, report.errors), (4000, 0));
 }

@@ -3,15 +3,16 @@
 //!
 //! Names (all prefixed `polykv_`): `connections_active`, `connections_total`,
 //! `connections_rejected_total`, `rejected_frames_total` (by `protocol`); `requests_total`,
-//! `request_errors_total`, `request_duration_seconds` (by `protocol` and `op`); engine gauges
-//! rendered at scrape time (see `admin.rs`).
+//! `request_errors_total`, `request_duration_seconds` (by `protocol` and `op`);
+//! `journal_sync_duration_seconds` and `journal_sync_batch_size` (histograms, recorded by the
+//! engine's persister); engine gauges rendered at scrape time (see `admin/mod.rs`).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -23,8 +24,16 @@ pub fn install() -> Option<PrometheusHandle> {
                 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ];
+            let batch_buckets = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("polykv_journal_sync_batch_size".into()),
+                    &batch_buckets,
+                )
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();
