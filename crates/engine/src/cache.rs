@@ -65,7 +65,7 @@ struct Slot {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<CacheKey, usize, foldhash::fast::FixedState>,
+    map: HashMap<CacheKey, usize, foldhash::quality::FixedState>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     hand: usize,
@@ -98,7 +98,7 @@ pub struct Cache {
     shards: Box<[Mutex<Shard>]>,
     shard_budget: usize,
     budget: usize,
-    hasher: foldhash::fast::FixedState,
+    hasher: foldhash::quality::FixedState,
     counters: CacheCounters,
 }
 
@@ -110,7 +110,7 @@ impl Cache {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             shard_budget: budget / shards,
             budget,
-            hasher: foldhash::fast::FixedState::with_seed(0x706f_6c79_6b76),
+            hasher: foldhash::quality::FixedState::with_seed(0x706f_6c79_6b76),
             counters: CacheCounters::default(),
         }
     }
