@@ -237,13 +237,17 @@ async fn start_listeners(
 
 /// The admin token: the configured one; or, off loopback, the one kept in the data directory.
 fn admin_token(config: &Config, listener: &TcpListener) -> Result<Option<Arc<str>>, ServerError> {
-    if !config.admin.token.is_empty() {
-        return Ok(Some(Arc::from(config.admin.token.as_str())));
-    }
     let loopback = listener
         .local_addr()
         .map(|a| a.ip().is_loopback())
         .unwrap_or(false);
+    resolve_admin_token(config, loopback)
+}
+
+fn resolve_admin_token(config: &Config, loopback: bool) -> Result<Option<Arc<str>>, ServerError> {
+    if !config.admin.token.is_empty() {
+        return Ok(Some(Arc::from(config.admin.token.as_str())));
+    }
     if loopback {
         return Ok(None);
     }
@@ -259,4 +263,41 @@ fn admin_token(config: &Config, listener: &TcpListener) -> Result<Option<Arc<str
     }
     tracing::info!(file = %path.display(), "admin API requires Authorization: Bearer <token from this file>");
     Ok(Some(Arc::from(token.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn admin_token_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        assert_eq!(
+            resolve_admin_token(&config, true).unwrap(),
+            None,
+            "loopback: optional"
+        );
+        let generated = resolve_admin_token(&config, false).unwrap().unwrap();
+        assert_eq!(generated.len(), 48);
+        let path = dir.path().join("admin.token");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            resolve_admin_token(&config, false).unwrap().unwrap(),
+            generated,
+            "kept across restarts"
+        );
+        config.admin.token = "configured".into();
+        assert_eq!(
+            resolve_admin_token(&config, true).unwrap().as_deref(),
+            Some("configured")
+        );
+    }
 }
