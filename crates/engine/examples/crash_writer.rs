@@ -1,5 +1,7 @@
 //! Child process for the crash test (`tests/crash.rs`): concurrent Sync writers that print each
-//! acknowledged write, until killed. `crash_writer DIR write` or `crash_writer DIR verify`.
+//! acknowledged write, until killed. `crash_writer DIR write|write-async|verify`: `write` uses
+//! Sync writes, `write-async` Async ones (acknowledged once in the OS buffers: they must survive
+//! the process being killed too).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -32,6 +34,11 @@ async fn main() {
         engine.close();
         return;
     }
+    let durability = if mode == "write-async" {
+        Durability::Async
+    } else {
+        Durability::Sync
+    };
     let tasks: Vec<_> = (0..32)
         .map(|w| {
             let engine = engine.clone();
@@ -43,7 +50,7 @@ async fn main() {
                             ks,
                             key.clone().into_bytes(),
                             Value::I64(i),
-                            Durability::Sync,
+                            durability,
                         )
                         .await
                     {

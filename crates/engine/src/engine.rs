@@ -78,22 +78,32 @@ pub struct Read {
 #[must_use = "a write is acknowledged only once durable() has returned"]
 pub struct Pending {
     pub outcome: Outcome,
-    wait_for: Option<u64>,
+    /// The write's number in the journal, if it wrote to the store.
+    seq: Option<u64>,
+    durability: Durability,
     engine: Engine,
 }
 
 impl Pending {
-    /// Waits until the write is as durable as requested and returns its outcome.
+    /// Waits until the write is as durable as requested and returns its outcome: for Async,
+    /// until the journal is in the OS buffers; for Sync, until it is on stable storage.
     pub async fn durable(self) -> Result<Outcome> {
-        if let Some(seq) = self.wait_for {
-            self.engine.inner.persister.wait_synced(seq).await?;
+        match (self.seq, self.durability) {
+            (Some(seq), Durability::Sync) => self.engine.inner.persister.wait_synced(seq).await?,
+            (Some(seq), Durability::Async) => self.engine.flush_upto(seq).await?,
+            _ => {}
         }
         Ok(self.outcome)
     }
 
     /// Whether awaiting [`Pending::durable`] will wait for a sync.
     pub fn needs_sync(&self) -> bool {
-        self.wait_for.is_some()
+        self.seq.is_some() && self.durability == Durability::Sync
+    }
+
+    /// Whether awaiting [`Pending::durable`] has anything to do (a flush or a sync).
+    pub fn needs_wait(&self) -> bool {
+        self.seq.is_some() && self.durability != Durability::Memory
     }
 }
 
@@ -184,6 +194,9 @@ struct Inner {
     names: RwLock<HashMap<String, KeyspaceId>>,
     writer: Mutex<WriterState>,
     applied: Arc<AtomicU64>,
+    /// Highest journal number known to be in the OS buffers.
+    flushed: AtomicU64,
+    flush_lock: Mutex<()>,
     persister: Persister,
     poison: Arc<Poison>,
     meta: SpaceId,
@@ -317,6 +330,8 @@ impl Engine {
                 seq: 0,
             }),
             applied,
+            flushed: AtomicU64::new(0),
+            flush_lock: Mutex::new(()),
             persister,
             poison,
             meta,
@@ -502,10 +517,11 @@ impl Engine {
 
     /// Applies a command now and returns its outcome together with what is left to wait for.
     pub fn submit(&self, command: Command, durability: Durability) -> Result<Pending> {
-        let (outcome, wait_for) = self.apply(command, durability)?;
+        let (outcome, seq) = self.apply(command, durability)?;
         Ok(Pending {
             outcome,
-            wait_for,
+            seq,
+            durability,
             engine: self.clone(),
         })
     }
@@ -565,13 +581,14 @@ impl Engine {
             label: None,
             condition,
         };
-        let (outcome, wait_for) =
+        let (outcome, seq) =
             self.apply_locked(&mut writer, Proposal { at_ms: at, command }, durability)?;
         Ok((
             current,
             Some(Pending {
                 outcome,
-                wait_for,
+                seq,
+                durability,
                 engine: self.clone(),
             }),
         ))
@@ -689,7 +706,8 @@ impl Engine {
         durability: Durability,
     ) -> Result<(Outcome, Option<u64>)> {
         let at = proposal.at_ms;
-        let wait = |seq: u64| (durability == Durability::Sync).then_some(seq);
+        // The journal number a caller waits on: Async waits for the OS buffers, Sync for the disk.
+        let wait = |seq: u64| (durability != Durability::Memory).then_some(seq);
         // Refuse what the store cannot hold before touching it: a store error poisons.
         match &proposal.command {
             Command::Put { key, .. }
@@ -926,6 +944,30 @@ impl Engine {
             .lock()
             .locks
             .held_by(holder, self.now_ms())
+    }
+
+    /// Makes sure journal write `seq` is in the OS buffers. Callers first yield once, so that
+    /// other sessions that are ready run and add their writes: one flush then covers them all
+    /// (group flush, the OS-buffer twin of group commit).
+    async fn flush_upto(&self, seq: u64) -> Result<()> {
+        if self.inner.flushed.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        tokio::task::yield_now().await;
+        if self.inner.flushed.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let _one_at_a_time = self.inner.flush_lock.lock();
+        if self.inner.flushed.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let target = self.inner.applied.load(Ordering::SeqCst);
+        if let Err(e) = self.inner.store.persist(crate::store::PersistMode::Buffer) {
+            self.inner.poison.set(format!("journal write failed: {e}"));
+            return Err(e.into());
+        }
+        self.inner.flushed.fetch_max(target, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Waits until every write applied so far is on stable storage.

@@ -55,8 +55,10 @@ impl<R> Reply<R> {
         }
     }
 
+    /// Sends `ok` once the write is as durable as it asked (in the OS buffers for Async, on
+    /// disk for Sync), `err` if it cannot be made so.
     pub fn after_sync(pending: Pending, ok: R, err: R) -> Self {
-        let response = if pending.needs_sync() {
+        let response = if pending.needs_wait() {
             Deferred::AfterSync { pending, ok, err }
         } else {
             Deferred::Ready(ok)

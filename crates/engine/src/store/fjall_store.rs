@@ -47,9 +47,13 @@ fn tagged(key: &[u8]) -> Result<Vec<u8>, StoreError> {
 impl FjallStore {
     /// Opens or creates the database in `path`, replaying its journal.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        // Each batch is pushed to the OS buffers as it commits (fjall's default), so a write is
-        // safe from a process crash as soon as it is applied; fdatasync is the persister's job.
-        let db = Database::builder(path).open().map_err(io)?;
+        // Batches stay in fjall's journal buffer until `persist`: the engine flushes them to the
+        // OS once for a whole group of writes (see `Engine::flush_upto`) instead of one write
+        // system call per batch; fdatasync is the persister's job.
+        let db = Database::builder(path)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(io)?;
         Ok(FjallStore {
             db,
             dir: path.to_path_buf(),

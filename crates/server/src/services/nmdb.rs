@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use polykv_engine::{Command, Condition, Durability, Engine, KeyspaceId, Outcome, Source, Value};
+use polykv_engine::{
+    Command, Condition, Durability, Engine, KeyspaceId, Outcome, Pending, Source, Value,
+};
 use polykv_protocols::nmdb::{
     error, incr_value, Mode, NmdbServerCodec, Reply, ReplyBody, Request, Transport, STATS_COUNTERS,
 };
@@ -97,6 +99,18 @@ impl NmdbService {
 
     fn reply(id: u32, body: ReplyBody) -> SessionReply<Reply> {
         SessionReply::send(Reply { id, body })
+    }
+
+    /// `body` once the write is as durable as it asked, ERR_DB if it cannot be.
+    fn after_write(id: u32, pending: Pending, body: ReplyBody) -> SessionReply<Reply> {
+        SessionReply::after_sync(
+            pending,
+            Reply { id, body },
+            Reply {
+                id,
+                body: ReplyBody::Error(error::DB),
+            },
+        )
     }
 
     fn engine_error(id: u32, e: polykv_engine::Error) -> SessionReply<Reply> {
@@ -233,7 +247,7 @@ impl NmdbService {
                     Outcome::TooLarge => ReplyBody::Error(error::MEM),
                     _ => ReplyBody::NoMatch,
                 };
-                Self::reply(id, body)
+                Self::after_write(id, pending, body)
             }
             Err(e) => Self::engine_error(id, e),
         }
@@ -271,7 +285,8 @@ impl NmdbService {
             Ok((_, Some(pending))) if pending.outcome == Outcome::TooLarge => {
                 Self::reply(id, ReplyBody::Error(error::MEM))
             }
-            Ok(_) => Self::reply(id, result),
+            Ok((_, Some(pending))) => Self::after_write(id, pending, result),
+            Ok((_, None)) => Self::reply(id, result),
             Err(e) => Self::engine_error(id, e),
         }
     }
