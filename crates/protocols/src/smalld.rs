@@ -1,1 +1,390 @@
-//! smalld codec: see `../shared/protocols/smalld.md`.
+//! smalld codec: see `shared/protocols/smalld.md`.
+//!
+//! One request per connection: an 8-byte header (`u32 secret key, u16 type, 2 bytes padding`)
+//! and a body whose layout depends on the type; one reply (`u8 code, 3 bytes padding`, then for
+//! successful get/digest/run `u16 N` and N bytes).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::{be_u16, be_u32, Decoded};
+
+/// Longest value (set, digest) and longest reply value.
+pub const MAX_VALUE: usize = 100;
+/// Longest request: a set with a 100-byte value.
+pub const MAX_REQUEST: usize = 26 + MAX_VALUE;
+pub const HEADER_LEN: usize = 8;
+
+pub mod kind {
+    pub const SET: u16 = 0;
+    pub const GET: u16 = 1;
+    pub const DIGEST: u16 = 2;
+    pub const RUN: u16 = 3;
+}
+
+/// The 8-byte header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub key: u32,
+    pub kind: u16,
+}
+
+pub fn parse_header(buf: &[u8]) -> Option<Header> {
+    Some(Header { key: be_u32(buf, 0)?, kind: be_u16(buf, 4)? })
+}
+
+/// A request body, or the reason it is answered with a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Set { name: Bytes, value: Bytes },
+    Get { name: Bytes },
+    Digest { value: Bytes },
+    Run { program: Bytes },
+    /// S3, S5, S6, S7: answered with a failure reply. `detail` is what the log prints.
+    Invalid { kind: u16, detail: Bytes },
+}
+
+/// The name before the first `00` of a field, if it has one and it is not empty.
+fn field_name(field: &[u8], max_len: usize) -> Option<Bytes> {
+    let end = field.iter().position(|b| *b == 0)?;
+    (end >= 1 && end <= max_len).then(|| Bytes::copy_from_slice(&field[..end]))
+}
+
+/// Decodes the request after a header whose key was already checked. `buf` starts with the
+/// header. Decides S6 (value too long) from the length field, before the value arrives.
+pub fn decode_request(buf: &[u8]) -> Decoded<Request> {
+    let (Some(header), Some(body)) = (parse_header(buf), buf.get(HEADER_LEN..)) else {
+        return Decoded::Incomplete;
+    };
+    let invalid = |detail: &[u8], used: usize| Decoded::Frame(Request::Invalid { kind: header.kind, detail: Bytes::copy_from_slice(detail) }, used);
+    match header.kind {
+        kind::SET => {
+            let Some(len) = be_u16(body, 16).map(usize::from) else { return Decoded::Incomplete };
+            let name_field = &body[..16];
+            if len > MAX_VALUE {
+                return invalid(name_field, HEADER_LEN + 18);
+            }
+            let Some(value) = body.get(18..18 + len) else { return Decoded::Incomplete };
+            let used = HEADER_LEN + 18 + len;
+            match field_name(name_field, 15) {
+                Some(name) => Decoded::Frame(Request::Set { name, value: Bytes::copy_from_slice(value) }, used),
+                None => invalid(name_field, used),
+            }
+        }
+        kind::GET => {
+            let Some(name_field) = body.get(..16) else { return Decoded::Incomplete };
+            match field_name(name_field, 15) {
+                Some(name) => Decoded::Frame(Request::Get { name }, HEADER_LEN + 16),
+                None => invalid(name_field, HEADER_LEN + 16),
+            }
+        }
+        kind::DIGEST => {
+            let Some(len) = be_u16(body, 0).map(usize::from) else { return Decoded::Incomplete };
+            if len > MAX_VALUE {
+                return invalid(b"", HEADER_LEN + 2);
+            }
+            let Some(value) = body.get(2..2 + len) else { return Decoded::Incomplete };
+            Decoded::Frame(Request::Digest { value: Bytes::copy_from_slice(value) }, HEADER_LEN + 2 + len)
+        }
+        kind::RUN => {
+            let Some(field) = body.get(..8) else { return Decoded::Incomplete };
+            match field_name(field, 7) {
+                Some(program) => Decoded::Frame(Request::Run { program }, HEADER_LEN + 8),
+                None => invalid(field, HEADER_LEN + 8),
+            }
+        }
+        _ => invalid(b"", HEADER_LEN),
+    }
+}
+
+/// Encodes a request as a conforming client sends it (name fields padded with zeros).
+pub fn encode_request(key: u32, request: &Request, out: &mut BytesMut) {
+    let field = |out: &mut BytesMut, text: &[u8], width: usize| {
+        let n = text.len().min(width);
+        out.put_slice(&text[..n]);
+        out.put_bytes(0, width - n);
+    };
+    let kind = match request {
+        Request::Set { .. } => kind::SET,
+        Request::Get { .. } => kind::GET,
+        Request::Digest { .. } => kind::DIGEST,
+        Request::Run { .. } => kind::RUN,
+        Request::Invalid { kind, .. } => *kind,
+    };
+    out.put_u32(key);
+    out.put_u16(kind);
+    out.put_u16(0);
+    match request {
+        Request::Set { name, value } => {
+            field(out, name, 16);
+            out.put_u16(value.len() as u16);
+            out.put_slice(value);
+        }
+        Request::Get { name } => field(out, name, 16),
+        Request::Digest { value } => {
+            out.put_u16(value.len() as u16);
+            out.put_slice(value);
+        }
+        Request::Run { program } => field(out, program, 8),
+        Request::Invalid { detail, .. } => out.put_slice(detail),
+    }
+}
+
+/// A reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Success without a value (set).
+    Ok,
+    /// Success with a value (get, digest, run).
+    Value(Bytes),
+    Failure,
+}
+
+pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
+    match reply {
+        Reply::Ok => out.put_slice(&[0, 0, 0, 0]),
+        Reply::Value(value) => {
+            let value = &value[..value.len().min(MAX_VALUE)];
+            out.put_slice(&[0, 0, 0, 0]);
+            out.put_u16(value.len() as u16);
+            out.put_slice(value);
+        }
+        Reply::Failure => out.put_slice(&[0xff, 0, 0, 0]),
+    }
+}
+
+/// Decodes a whole reply (the client reads until EOF). `expects_value`: get, digest and run
+/// successes carry a value; set does not.
+pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
+    match buf.first()? {
+        0xff => Some(Reply::Failure),
+        0 if !expects_value => (buf.len() >= 4).then_some(Reply::Ok),
+        0 => {
+            let n = usize::from(be_u16(buf, 4)?);
+            buf.get(6..6 + n).map(|v| Reply::Value(Bytes::copy_from_slice(v)))
+        }
+        _ => None,
+    }
+}
+
+/// The digest reply value (§4.3): SHA-256 of the value up to its first `00` plus a newline, as
+/// 64 hex digits, then `"  -\n"` and a `00` (69 bytes).
+pub fn digest(value: &[u8]) -> Bytes {
+    let text = &value[..value.iter().position(|b| *b == 0).unwrap_or(value.len())];
+    let mut hasher = Sha256::new();
+    hasher.update(text);
+    hasher.update(b"\n");
+    let mut out = String::with_capacity(69);
+    for byte in hasher.finalize() {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out.push_str("  -\n\0");
+    Bytes::from(out)
+}
+
+/// Printable form for the request log: up to the first `00`, bytes outside 0x20–0x7e as `\xNN`.
+pub fn log_text(bytes: &[u8]) -> String {
+    let text = &bytes[..bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len())];
+    escape(text)
+}
+
+/// Every byte outside 0x20–0x7e as `\xNN` (for fields that could not be decoded).
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for b in bytes {
+        if (0x20..=0x7e).contains(b) {
+            out.push(char::from(*b));
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The request-log name of a type.
+pub fn kind_name(kind: u16) -> String {
+    match kind {
+        kind::SET => "set".into(),
+        kind::GET => "get".into(),
+        kind::DIGEST => "digest".into(),
+        kind::RUN => "run".into(),
+        other => format!("unknown ({other})"),
+    }
+}
+
+/// The request-log block (§6) for a request whose key was right.
+pub fn log_block(key: u32, kind: u16, detail: &str, success: bool) -> String {
+    format!(
+        "Secret key = {key}\nRequest type = {}\nDetail = {detail}\nCompletion = {}\n{}\n",
+        kind_name(kind),
+        if success { "success" } else { "failure" },
+        "-".repeat(26)
+    )
+}
+
+/// The request-log block for a wrong key: the key line and the separator.
+pub fn log_wrong_key(key: u32) -> String {
+    format!("Secret key = {key}\n{}\n", "-".repeat(26))
+}
+
+/// The Detail of a request (§6).
+pub fn detail(request: &Request) -> String {
+    match request {
+        Request::Set { name, value } => format!("{}: {}", log_text(name), log_text(value)),
+        Request::Get { name } => log_text(name),
+        Request::Digest { value } => log_text(value),
+        Request::Run { program } => log_text(program),
+        Request::Invalid { kind, detail } if *kind <= kind::RUN => escape(detail),
+        Request::Invalid { .. } => String::new(),
+    }
+}
+
+/// Fuzz body: decode arbitrary bytes as a request; re-encode what decoded and check it decodes
+/// to the same request.
+pub fn fuzz_server(data: &[u8]) {
+    if let Decoded::Frame(request, used) = decode_request(data) {
+        assert!(used <= data.len() && used <= MAX_REQUEST);
+        let _ = detail(&request);
+        if !matches!(request, Request::Invalid { .. }) {
+            let key = parse_header(data).map_or(0, |h| h.key);
+            let mut out = BytesMut::new();
+            encode_request(key, &request, &mut out);
+            assert_eq!(decode_request(&out), Decoded::Frame(request, out.len()));
+        }
+    }
+}
+
+/// Fuzz body: decode arbitrary bytes as a reply and check the round trip.
+pub fn fuzz_client(data: &[u8]) {
+    for expects_value in [false, true] {
+        if let Some(reply) = decode_reply(data, expects_value) {
+            let mut out = BytesMut::new();
+            encode_reply(&reply, &mut out);
+            assert_eq!(decode_reply(&out, expects_value), Some(reply));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(text: &str) -> Vec<u8> {
+        text.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+    }
+
+    const ALFRED: &str = "41 6c 66 72 65 64 20 45 2e 20 4e 65 77 6d 61 6e 00";
+
+    #[test]
+    fn vector_1_set_with_garbage_after_the_name() {
+        let bytes = hex(&format!("00 00 10 92 00 00 00 00  6e 61 6d 65 00 aa bb cc dd ee ff 11 22 33 44 55  00 11  {ALFRED}"));
+        assert_eq!(bytes.len(), 43);
+        assert_eq!(parse_header(&bytes), Some(Header { key: 4242, kind: 0 }));
+        let Decoded::Frame(request, used) = decode_request(&bytes) else { panic!() };
+        assert_eq!(used, 43);
+        assert_eq!(request, Request::Set { name: "name".into(), value: Bytes::from(b"Alfred E. Newman\0".to_vec()) });
+        for cut in 0..43 {
+            assert_eq!(decode_request(&bytes[..cut]), Decoded::Incomplete, "cut {cut}");
+        }
+        assert_eq!(log_block(4242, 0, &detail(&request), true), "Secret key = 4242\nRequest type = set\nDetail = name: Alfred E. Newman\nCompletion = success\n--------------------------\n");
+        let mut out = BytesMut::new();
+        encode_reply(&Reply::Ok, &mut out);
+        assert_eq!(out.as_ref(), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn vectors_2_and_3_get() {
+        let bytes = hex("00 00 10 92 00 01 00 00  6e 61 6d 65 00 ?? ?? ?? ?? ?? ?? ?? ?? ?? ?? ??".replace("??", "7f").as_str());
+        assert_eq!(decode_request(&bytes), Decoded::Frame(Request::Get { name: "name".into() }, 24));
+        let mut out = BytesMut::new();
+        encode_reply(&Reply::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())), &mut out);
+        assert_eq!(out.to_vec(), hex(&format!("00 00 00 00 00 11 {ALFRED}")));
+        out.clear();
+        encode_reply(&Reply::Failure, &mut out);
+        assert_eq!(out.as_ref(), [0xff, 0, 0, 0]);
+    }
+
+    #[test]
+    fn vector_4_digest() {
+        let bytes = hex(&format!("00 00 10 92 00 02 00 00  00 11 {ALFRED}"));
+        let Decoded::Frame(Request::Digest { value }, 27) = decode_request(&bytes) else { panic!() };
+        let d = digest(&value);
+        assert_eq!(d.len(), 69);
+        assert_eq!(&d[..], b"a7b47dc97e99389e3b09850c3a8843e28f8c29a8ee78b3ce6aee19ba5daf1a05  -\n\0");
+        let mut out = BytesMut::new();
+        encode_reply(&Reply::Value(d), &mut out);
+        assert_eq!(out.len(), 75);
+        assert_eq!(&out[..6], [0, 0, 0, 0, 0, 0x45]);
+    }
+
+    #[test]
+    fn vectors_5_and_6_run_fields() {
+        let run = hex("00 00 10 92 00 03 00 00 68 6f 73 74 73 00 00 00");
+        assert_eq!(decode_request(&run), Decoded::Frame(Request::Run { program: "hosts".into() }, 16));
+        let mut out = BytesMut::new();
+        encode_request(4242, &Request::Run { program: "hosts".into() }, &mut out);
+        assert_eq!(out.to_vec(), run);
+        let no_nul = hex("00 00 10 92 00 03 00 00 68 6f 73 74 73 78 78 78");
+        assert!(matches!(decode_request(&no_nul), Decoded::Frame(Request::Invalid { kind: 3, .. }, 16)));
+    }
+
+    #[test]
+    fn malformed_requests() {
+        // S3: unknown type, decided from the header.
+        let unknown = hex("00 00 10 92 00 07 00 00");
+        assert_eq!(decode_request(&unknown), Decoded::Frame(Request::Invalid { kind: 7, detail: Bytes::new() }, 8));
+        assert_eq!(log_block(1, 7, "", false), "Secret key = 1\nRequest type = unknown (7)\nDetail = \nCompletion = failure\n--------------------------\n");
+        // S5: empty name; no 00 in the name field.
+        let empty = hex("00 00 10 92 00 01 00 00  00 61 62 63 00 00 00 00 00 00 00 00 00 00 00 00");
+        assert!(matches!(decode_request(&empty), Decoded::Frame(Request::Invalid { kind: 1, .. }, 24)));
+        let full = [&hex("00 00 10 92 00 01 00 00")[..], &[b'a'; 16]].concat();
+        assert!(matches!(decode_request(&full), Decoded::Frame(Request::Invalid { kind: 1, .. }, 24)));
+        // S6: value length over 100, decided before the value arrives.
+        let long = [&hex("00 00 10 92 00 00 00 00")[..], b"n\0..............", &[0, 101]].concat();
+        assert!(matches!(decode_request(&long), Decoded::Frame(Request::Invalid { kind: 0, .. }, 26)));
+        assert!(matches!(decode_request(&hex("00 00 10 92 00 02 00 00 ff ff")), Decoded::Frame(Request::Invalid { kind: 2, .. }, 10)));
+        // The longest valid set.
+        let max = [&hex("00 00 10 92 00 00 00 00")[..], b"n\0..............", &[0, 100], &[7u8; 100]].concat();
+        assert_eq!(max.len(), MAX_REQUEST);
+        assert!(matches!(decode_request(&max), Decoded::Frame(Request::Set { .. }, MAX_REQUEST)));
+    }
+
+    #[test]
+    fn log_escaping() {
+        assert_eq!(log_text(b"a\tb\x7f\0hidden"), "a\\x09b\\x7f");
+        assert_eq!(escape(b"x\0y"), "x\\x00y");
+        assert_eq!(log_wrong_key(4243), "Secret key = 4243\n--------------------------\n");
+    }
+
+    #[test]
+    fn replies_decode() {
+        assert_eq!(decode_reply(&[0, 0, 0, 0], false), Some(Reply::Ok));
+        assert_eq!(decode_reply(&[0xff, 0, 0, 0], true), Some(Reply::Failure));
+        assert_eq!(decode_reply(&[0, 0, 0, 0, 0, 2, b'h', b'i'], true), Some(Reply::Value("hi".into())));
+        assert_eq!(decode_reply(&[0, 0, 0, 0, 0, 3, b'h'], true), None);
+        assert_eq!(decode_reply(&[], true), None);
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(name in "[a-zA-Z0-9 ]{1,15}", value in proptest::collection::vec(any::<u8>(), 0..=100), key in any::<u32>()) {
+            for request in [
+                Request::Set { name: name.clone().into(), value: value.clone().into() },
+                Request::Get { name: name.clone().into() },
+                Request::Digest { value: value.clone().into() },
+                Request::Run { program: name.chars().take(7).collect::<String>().into() },
+            ] {
+                let mut out = BytesMut::new();
+                encode_request(key, &request, &mut out);
+                prop_assert_eq!(decode_request(&out), Decoded::Frame(request, out.len()));
+            }
+        }
+
+        #[test]
+        fn fuzz_bodies_never_panic(data in proptest::collection::vec(any::<u8>(), 0..160)) {
+            fuzz_server(&data);
+            fuzz_client(&data);
+        }
+    }
+}
