@@ -46,12 +46,7 @@ async fn main() {
                 let key = format!("w{w:02}");
                 for i in 1.. {
                     match engine
-                        .set(
-                            ks,
-                            key.clone().into_bytes(),
-                            Value::I64(i),
-                            durability,
-                        )
+                        .set(ks, key.clone().into_bytes(), Value::I64(i), durability)
                         .await
                     {
                         Ok(Outcome::Written { version }) => {

@@ -30,18 +30,33 @@ pub struct Header {
 }
 
 pub fn parse_header(buf: &[u8]) -> Option<Header> {
-    Some(Header { key: be_u32(buf, 0)?, kind: be_u16(buf, 4)? })
+    Some(Header {
+        key: be_u32(buf, 0)?,
+        kind: be_u16(buf, 4)?,
+    })
 }
 
 /// A request body, or the reason it is answered with a failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Set { name: Bytes, value: Bytes },
-    Get { name: Bytes },
-    Digest { value: Bytes },
-    Run { program: Bytes },
+    Set {
+        name: Bytes,
+        value: Bytes,
+    },
+    Get {
+        name: Bytes,
+    },
+    Digest {
+        value: Bytes,
+    },
+    Run {
+        program: Bytes,
+    },
     /// S3, S5, S6, S7: answered with a failure reply. `detail` is what the log prints.
-    Invalid { kind: u16, detail: Bytes },
+    Invalid {
+        kind: u16,
+        detail: Bytes,
+    },
 }
 
 /// The name before the first `00` of a field, if it has one and it is not empty.
@@ -56,38 +71,69 @@ pub fn decode_request(buf: &[u8]) -> Decoded<Request> {
     let (Some(header), Some(body)) = (parse_header(buf), buf.get(HEADER_LEN..)) else {
         return Decoded::Incomplete;
     };
-    let invalid = |detail: &[u8], used: usize| Decoded::Frame(Request::Invalid { kind: header.kind, detail: Bytes::copy_from_slice(detail) }, used);
+    let invalid = |detail: &[u8], used: usize| {
+        Decoded::Frame(
+            Request::Invalid {
+                kind: header.kind,
+                detail: Bytes::copy_from_slice(detail),
+            },
+            used,
+        )
+    };
     match header.kind {
         kind::SET => {
-            let Some(len) = be_u16(body, 16).map(usize::from) else { return Decoded::Incomplete };
+            let Some(len) = be_u16(body, 16).map(usize::from) else {
+                return Decoded::Incomplete;
+            };
             let name_field = &body[..16];
             if len > MAX_VALUE {
                 return invalid(name_field, HEADER_LEN + 18);
             }
-            let Some(value) = body.get(18..18 + len) else { return Decoded::Incomplete };
+            let Some(value) = body.get(18..18 + len) else {
+                return Decoded::Incomplete;
+            };
             let used = HEADER_LEN + 18 + len;
             match field_name(name_field, 15) {
-                Some(name) => Decoded::Frame(Request::Set { name, value: Bytes::copy_from_slice(value) }, used),
+                Some(name) => Decoded::Frame(
+                    Request::Set {
+                        name,
+                        value: Bytes::copy_from_slice(value),
+                    },
+                    used,
+                ),
                 None => invalid(name_field, used),
             }
         }
         kind::GET => {
-            let Some(name_field) = body.get(..16) else { return Decoded::Incomplete };
+            let Some(name_field) = body.get(..16) else {
+                return Decoded::Incomplete;
+            };
             match field_name(name_field, 15) {
                 Some(name) => Decoded::Frame(Request::Get { name }, HEADER_LEN + 16),
                 None => invalid(name_field, HEADER_LEN + 16),
             }
         }
         kind::DIGEST => {
-            let Some(len) = be_u16(body, 0).map(usize::from) else { return Decoded::Incomplete };
+            let Some(len) = be_u16(body, 0).map(usize::from) else {
+                return Decoded::Incomplete;
+            };
             if len > MAX_VALUE {
                 return invalid(b"", HEADER_LEN + 2);
             }
-            let Some(value) = body.get(2..2 + len) else { return Decoded::Incomplete };
-            Decoded::Frame(Request::Digest { value: Bytes::copy_from_slice(value) }, HEADER_LEN + 2 + len)
+            let Some(value) = body.get(2..2 + len) else {
+                return Decoded::Incomplete;
+            };
+            Decoded::Frame(
+                Request::Digest {
+                    value: Bytes::copy_from_slice(value),
+                },
+                HEADER_LEN + 2 + len,
+            )
         }
         kind::RUN => {
-            let Some(field) = body.get(..8) else { return Decoded::Incomplete };
+            let Some(field) = body.get(..8) else {
+                return Decoded::Incomplete;
+            };
             match field_name(field, 7) {
                 Some(program) => Decoded::Frame(Request::Run { program }, HEADER_LEN + 8),
                 None => invalid(field, HEADER_LEN + 8),
@@ -161,7 +207,8 @@ pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
         0 if !expects_value => (buf.len() >= 4).then_some(Reply::Ok),
         0 => {
             let n = usize::from(be_u16(buf, 4)?);
-            buf.get(6..6 + n).map(|v| Reply::Value(Bytes::copy_from_slice(v)))
+            buf.get(6..6 + n)
+                .map(|v| Reply::Value(Bytes::copy_from_slice(v)))
         }
         _ => None,
     }
@@ -271,7 +318,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn hex(text: &str) -> Vec<u8> {
-        text.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+        text.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
     }
 
     const ALFRED: &str = "41 6c 66 72 65 64 20 45 2e 20 4e 65 77 6d 61 6e 00";
@@ -281,11 +330,23 @@ mod tests {
         let bytes = hex(&format!("00 00 10 92 00 00 00 00  6e 61 6d 65 00 aa bb cc dd ee ff 11 22 33 44 55  00 11  {ALFRED}"));
         assert_eq!(bytes.len(), 43);
         assert_eq!(parse_header(&bytes), Some(Header { key: 4242, kind: 0 }));
-        let Decoded::Frame(request, used) = decode_request(&bytes) else { panic!() };
+        let Decoded::Frame(request, used) = decode_request(&bytes) else {
+            panic!()
+        };
         assert_eq!(used, 43);
-        assert_eq!(request, Request::Set { name: "name".into(), value: Bytes::from(b"Alfred E. Newman\0".to_vec()) });
+        assert_eq!(
+            request,
+            Request::Set {
+                name: "name".into(),
+                value: Bytes::from(b"Alfred E. Newman\0".to_vec())
+            }
+        );
         for cut in 0..43 {
-            assert_eq!(decode_request(&bytes[..cut]), Decoded::Incomplete, "cut {cut}");
+            assert_eq!(
+                decode_request(&bytes[..cut]),
+                Decoded::Incomplete,
+                "cut {cut}"
+            );
         }
         assert_eq!(log_block(4242, 0, &detail(&request), true), "Secret key = 4242\nRequest type = set\nDetail = name: Alfred E. Newman\nCompletion = success\n--------------------------\n");
         let mut out = BytesMut::new();
@@ -295,10 +356,25 @@ mod tests {
 
     #[test]
     fn vectors_2_and_3_get() {
-        let bytes = hex("00 00 10 92 00 01 00 00  6e 61 6d 65 00 ?? ?? ?? ?? ?? ?? ?? ?? ?? ?? ??".replace("??", "7f").as_str());
-        assert_eq!(decode_request(&bytes), Decoded::Frame(Request::Get { name: "name".into() }, 24));
+        let bytes = hex(
+            "00 00 10 92 00 01 00 00  6e 61 6d 65 00 ?? ?? ?? ?? ?? ?? ?? ?? ?? ?? ??"
+                .replace("??", "7f")
+                .as_str(),
+        );
+        assert_eq!(
+            decode_request(&bytes),
+            Decoded::Frame(
+                Request::Get {
+                    name: "name".into()
+                },
+                24
+            )
+        );
         let mut out = BytesMut::new();
-        encode_reply(&Reply::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())), &mut out);
+        encode_reply(
+            &Reply::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
+            &mut out,
+        );
         assert_eq!(out.to_vec(), hex(&format!("00 00 00 00 00 11 {ALFRED}")));
         out.clear();
         encode_reply(&Reply::Failure, &mut out);
@@ -308,10 +384,15 @@ mod tests {
     #[test]
     fn vector_4_digest() {
         let bytes = hex(&format!("00 00 10 92 00 02 00 00  00 11 {ALFRED}"));
-        let Decoded::Frame(Request::Digest { value }, 27) = decode_request(&bytes) else { panic!() };
+        let Decoded::Frame(Request::Digest { value }, 27) = decode_request(&bytes) else {
+            panic!()
+        };
         let d = digest(&value);
         assert_eq!(d.len(), 69);
-        assert_eq!(&d[..], b"a7b47dc97e99389e3b09850c3a8843e28f8c29a8ee78b3ce6aee19ba5daf1a05  -\n\0");
+        assert_eq!(
+            &d[..],
+            b"a7b47dc97e99389e3b09850c3a8843e28f8c29a8ee78b3ce6aee19ba5daf1a05  -\n\0"
+        );
         let mut out = BytesMut::new();
         encode_reply(&Reply::Value(d), &mut out);
         assert_eq!(out.len(), 75);
@@ -321,47 +402,105 @@ mod tests {
     #[test]
     fn vectors_5_and_6_run_fields() {
         let run = hex("00 00 10 92 00 03 00 00 68 6f 73 74 73 00 00 00");
-        assert_eq!(decode_request(&run), Decoded::Frame(Request::Run { program: "hosts".into() }, 16));
+        assert_eq!(
+            decode_request(&run),
+            Decoded::Frame(
+                Request::Run {
+                    program: "hosts".into()
+                },
+                16
+            )
+        );
         let mut out = BytesMut::new();
-        encode_request(4242, &Request::Run { program: "hosts".into() }, &mut out);
+        encode_request(
+            4242,
+            &Request::Run {
+                program: "hosts".into(),
+            },
+            &mut out,
+        );
         assert_eq!(out.to_vec(), run);
         let no_nul = hex("00 00 10 92 00 03 00 00 68 6f 73 74 73 78 78 78");
-        assert!(matches!(decode_request(&no_nul), Decoded::Frame(Request::Invalid { kind: 3, .. }, 16)));
+        assert!(matches!(
+            decode_request(&no_nul),
+            Decoded::Frame(Request::Invalid { kind: 3, .. }, 16)
+        ));
     }
 
     #[test]
     fn malformed_requests() {
         // S3: unknown type, decided from the header.
         let unknown = hex("00 00 10 92 00 07 00 00");
-        assert_eq!(decode_request(&unknown), Decoded::Frame(Request::Invalid { kind: 7, detail: Bytes::new() }, 8));
+        assert_eq!(
+            decode_request(&unknown),
+            Decoded::Frame(
+                Request::Invalid {
+                    kind: 7,
+                    detail: Bytes::new()
+                },
+                8
+            )
+        );
         assert_eq!(log_block(1, 7, "", false), "Secret key = 1\nRequest type = unknown (7)\nDetail = \nCompletion = failure\n--------------------------\n");
         // S5: empty name; no 00 in the name field.
         let empty = hex("00 00 10 92 00 01 00 00  00 61 62 63 00 00 00 00 00 00 00 00 00 00 00 00");
-        assert!(matches!(decode_request(&empty), Decoded::Frame(Request::Invalid { kind: 1, .. }, 24)));
+        assert!(matches!(
+            decode_request(&empty),
+            Decoded::Frame(Request::Invalid { kind: 1, .. }, 24)
+        ));
         let full = [&hex("00 00 10 92 00 01 00 00")[..], &[b'a'; 16]].concat();
-        assert!(matches!(decode_request(&full), Decoded::Frame(Request::Invalid { kind: 1, .. }, 24)));
+        assert!(matches!(
+            decode_request(&full),
+            Decoded::Frame(Request::Invalid { kind: 1, .. }, 24)
+        ));
         // S6: value length over 100, decided before the value arrives.
-        let long = [&hex("00 00 10 92 00 00 00 00")[..], b"n\0..............", &[0, 101]].concat();
-        assert!(matches!(decode_request(&long), Decoded::Frame(Request::Invalid { kind: 0, .. }, 26)));
-        assert!(matches!(decode_request(&hex("00 00 10 92 00 02 00 00 ff ff")), Decoded::Frame(Request::Invalid { kind: 2, .. }, 10)));
+        let long = [
+            &hex("00 00 10 92 00 00 00 00")[..],
+            b"n\0..............",
+            &[0, 101],
+        ]
+        .concat();
+        assert!(matches!(
+            decode_request(&long),
+            Decoded::Frame(Request::Invalid { kind: 0, .. }, 26)
+        ));
+        assert!(matches!(
+            decode_request(&hex("00 00 10 92 00 02 00 00 ff ff")),
+            Decoded::Frame(Request::Invalid { kind: 2, .. }, 10)
+        ));
         // The longest valid set.
-        let max = [&hex("00 00 10 92 00 00 00 00")[..], b"n\0..............", &[0, 100], &[7u8; 100]].concat();
+        let max = [
+            &hex("00 00 10 92 00 00 00 00")[..],
+            b"n\0..............",
+            &[0, 100],
+            &[7u8; 100],
+        ]
+        .concat();
         assert_eq!(max.len(), MAX_REQUEST);
-        assert!(matches!(decode_request(&max), Decoded::Frame(Request::Set { .. }, MAX_REQUEST)));
+        assert!(matches!(
+            decode_request(&max),
+            Decoded::Frame(Request::Set { .. }, MAX_REQUEST)
+        ));
     }
 
     #[test]
     fn log_escaping() {
         assert_eq!(log_text(b"a\tb\x7f\0hidden"), "a\\x09b\\x7f");
         assert_eq!(escape(b"x\0y"), "x\\x00y");
-        assert_eq!(log_wrong_key(4243), "Secret key = 4243\n--------------------------\n");
+        assert_eq!(
+            log_wrong_key(4243),
+            "Secret key = 4243\n--------------------------\n"
+        );
     }
 
     #[test]
     fn replies_decode() {
         assert_eq!(decode_reply(&[0, 0, 0, 0], false), Some(Reply::Ok));
         assert_eq!(decode_reply(&[0xff, 0, 0, 0], true), Some(Reply::Failure));
-        assert_eq!(decode_reply(&[0, 0, 0, 0, 0, 2, b'h', b'i'], true), Some(Reply::Value("hi".into())));
+        assert_eq!(
+            decode_reply(&[0, 0, 0, 0, 0, 2, b'h', b'i'], true),
+            Some(Reply::Value("hi".into()))
+        );
         assert_eq!(decode_reply(&[0, 0, 0, 0, 0, 3, b'h'], true), None);
         assert_eq!(decode_reply(&[], true), None);
     }

@@ -45,6 +45,7 @@ pub struct Config {
     pub engine: EngineSection,
     pub admin: AdminConfig,
     pub nmdb: NmdbConfig,
+    pub smalld: SmalldConfig,
 }
 
 impl Default for Config {
@@ -58,6 +59,7 @@ impl Default for Config {
             engine: EngineSection::default(),
             admin: AdminConfig::default(),
             nmdb: NmdbConfig::default(),
+            smalld: SmalldConfig::default(),
         }
     }
 }
@@ -174,6 +176,46 @@ impl Default for NmdbConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmalldConfig {
+    pub enabled: bool,
+    /// Listen address; empty = `bind`.
+    pub addr: String,
+    pub port: u16,
+    pub keyspace: String,
+    /// The secret key (an unsigned 32-bit number); empty = generated at first start and kept in
+    /// `DATA_DIR/smalld.key`.
+    pub secret_key: String,
+    pub request_timeout_secs: u64,
+    pub run_enabled: bool,
+    pub run_timeout_ms: u64,
+    /// How long to read and discard input after the reply before closing.
+    pub drain_ms: u64,
+    /// Most names that can be stored (0 = unlimited).
+    pub max_names: u64,
+    /// Where the request log goes: `stdout`, `stderr` or `off`.
+    pub request_log: String,
+}
+
+impl Default for SmalldConfig {
+    fn default() -> Self {
+        SmalldConfig {
+            enabled: true,
+            addr: String::new(),
+            port: 4121,
+            keyspace: "smalld".into(),
+            secret_key: String::new(),
+            request_timeout_secs: 5,
+            run_enabled: true,
+            run_timeout_ms: 2000,
+            drain_ms: 1000,
+            max_names: 0,
+            request_log: "stdout".into(),
+        }
+    }
+}
+
 /// One line of documentation per field, used for `--help` and checked against the docs.
 pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
@@ -247,6 +289,38 @@ pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
         "nmdb.max_output_bytes",
         "Unsent reply bytes per connection before reading pauses",
+    ),
+    ("smalld.enabled", "Serve smalld over TCP"),
+    ("smalld.addr", "smalld listen address (empty = bind)"),
+    ("smalld.port", "smalld TCP port"),
+    ("smalld.keyspace", "Engine keyspace smalld reads and writes"),
+    (
+        "smalld.secret_key",
+        "Secret key, 0 to 4294967295 (empty = generated into DATA_DIR/smalld.key)",
+    ),
+    (
+        "smalld.request_timeout_secs",
+        "Close a connection whose request is not complete after this long",
+    ),
+    (
+        "smalld.run_enabled",
+        "Allow the run request (inet, hosts, service)",
+    ),
+    (
+        "smalld.run_timeout_ms",
+        "Time limit of a run request's program",
+    ),
+    (
+        "smalld.drain_ms",
+        "Read and discard input this long after the reply before closing",
+    ),
+    (
+        "smalld.max_names",
+        "Most names that can be stored (0 = unlimited)",
+    ),
+    (
+        "smalld.request_log",
+        "Where the request log goes: stdout, stderr or off",
     ),
 ];
 
@@ -395,6 +469,29 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "nmdb.keyspace {:?}: names are 1-64 characters of A-Z a-z 0-9 _ . -",
                 self.nmdb.keyspace
+            )));
+        }
+        if !polykv_engine::valid_keyspace_name(&self.smalld.keyspace) {
+            return Err(ConfigError::Invalid(format!(
+                "smalld.keyspace {:?}: names are 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.smalld.keyspace
+            )));
+        }
+        if !self.smalld.secret_key.is_empty()
+            && self.smalld.secret_key.trim().parse::<u32>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "smalld.secret_key {:?}: expected a number from 0 to 4294967295",
+                self.smalld.secret_key
+            )));
+        }
+        if !matches!(
+            self.smalld.request_log.as_str(),
+            "stdout" | "stderr" | "off"
+        ) {
+            return Err(ConfigError::Invalid(format!(
+                "smalld.request_log must be stdout, stderr or off, not {:?}",
+                self.smalld.request_log
             )));
         }
         if self.max_connections == 0 {

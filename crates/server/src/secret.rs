@@ -32,15 +32,20 @@ pub fn load_or_create(path: &Path, bytes: usize) -> std::io::Result<(String, boo
         Err(e) => return Err(e),
     }
     let secret = random_hex(bytes)?;
+    write_private(path, &format!("{secret}\n"))?;
+    Ok((secret, true))
+}
+
+/// Writes `contents` to a file only its owner can read (mode 0600), synced to disk.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    writeln!(file, "{secret}")?;
-    file.sync_all()?;
-    Ok((secret, true))
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
 }
 
 #[cfg(test)]

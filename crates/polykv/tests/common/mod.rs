@@ -26,6 +26,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub admin_port: u16,
     pub nmdb_port: u16,
+    pub smalld_port: u16,
     pub log: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -53,20 +54,17 @@ impl Server {
         };
         let admin_port = free_port();
         let nmdb_port = free_port();
+        let smalld_port = free_port();
         let log = data_dir.with_extension(format!("log{admin_port}"));
-        let child = spawn(
-            &data_dir,
-            admin_port,
-            nmdb_port,
-            &options.args,
-            &options.env,
-            &log,
-        );
+        let mut args = vec!["--smalld-port".to_string(), smalld_port.to_string()];
+        args.extend(options.args.iter().cloned());
+        let child = spawn(&data_dir, admin_port, nmdb_port, &args, &options.env, &log);
         let server = Server {
             child: Some(child),
             data_dir,
             admin_port,
             nmdb_port,
+            smalld_port,
             log,
             _dir: dir,
         };
@@ -88,6 +86,10 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn smalld_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.smalld_port)
     }
 
     pub fn nmdb_addr(&self) -> String {

@@ -2,11 +2,13 @@
 //! quirks (reply codes, flags, value formats) live in its module and nowhere else.
 
 pub mod nmdb;
+pub mod smalld;
 
 use crate::server::{Runtime, ServerError};
 
 /// Starts the listeners of every enabled protocol.
 pub async fn start_all(runtime: &mut Runtime) -> Result<(), ServerError> {
     nmdb::start(runtime).await?;
+    smalld::start(runtime).await?;
     Ok(())
 }

@@ -1,0 +1,348 @@
+//! smalld: one request per connection, guarded by a secret key (smalld.md).
+//!
+//! Its life cycle does not fit the pipelined session framework (check the key from the header
+//! before reading on, one reply, half-close, drain), so it has a small connection handler of its
+//! own, under the same connection limit and shutdown signal.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use polykv_engine::{Durability, Engine, KeyspaceId, Outcome, Value};
+use polykv_protocols::smalld::{self, Reply, Request, HEADER_LEN, MAX_REQUEST, MAX_VALUE};
+use polykv_protocols::Decoded;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::config::SmalldConfig;
+use crate::metrics::ProtocolMetrics;
+use crate::server::{Runtime, ServerError};
+use crate::session::ListenerContext;
+
+const OPS: &[&str] = &["set", "get", "digest", "run", "malformed"];
+
+pub struct Smalld {
+    engine: Engine,
+    keyspace: KeyspaceId,
+    key: u32,
+    config: SmalldConfig,
+    metrics: ProtocolMetrics,
+}
+
+/// The secret key: configured, or generated once and kept in `dir/smalld.key` (mode 0600).
+pub fn secret_key(config: &SmalldConfig, dir: &Path) -> Result<u32, ServerError> {
+    if !config.secret_key.is_empty() {
+        return config.secret_key.trim().parse().map_err(|_| {
+            ServerError::Other("smalld.secret_key is not a number from 0 to 4294967295".into())
+        });
+    }
+    let path = dir.join("smalld.key");
+    let existing = std::fs::read_to_string(&path).ok();
+    if let Some(text) = existing.as_deref().filter(|t| !t.trim().is_empty()) {
+        return text.trim().parse().map_err(|_| {
+            ServerError::Other(format!(
+                "{} does not hold a number from 0 to 4294967295",
+                path.display()
+            ))
+        });
+    }
+    let random = crate::secret::random_hex(4)
+        .map_err(|e| ServerError::Other(format!("cannot read random bytes: {e}")))?;
+    let key = u32::from_str_radix(&random, 16)
+        .map_err(|e| ServerError::Other(format!("random key: {e}")))?;
+    crate::secret::write_private(&path, &format!("{key}\n"))
+        .map_err(|e| ServerError::Other(format!("cannot write {}: {e}", path.display())))?;
+    tracing::warn!(secret_key = key, file = %path.display(), "smalld: generated a secret key; give it to the clients");
+    Ok(key)
+}
+
+impl Smalld {
+    fn log(&self, block: &str) {
+        let result = match self.config.request_log.as_str() {
+            "stdout" => std::io::stdout().lock().write_all(block.as_bytes()),
+            "stderr" => std::io::stderr().lock().write_all(block.as_bytes()),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "smalld request log write failed");
+        }
+    }
+
+    async fn execute(&self, request: &Request) -> Reply {
+        match request {
+            Request::Set { name, value } => self.set(name, value).await,
+            Request::Get { name } => match self.engine.get(self.keyspace, name) {
+                Ok(Some(read)) => {
+                    let value = read.entry.value.to_bytes();
+                    if value.len() > MAX_VALUE {
+                        Reply::Failure
+                    } else {
+                        Reply::Value(value)
+                    }
+                }
+                Ok(None) => Reply::Failure,
+                Err(e) => {
+                    tracing::warn!(error = %e, "smalld get failed");
+                    Reply::Failure
+                }
+            },
+            Request::Digest { value } => Reply::Value(smalld::digest(value)),
+            Request::Run { program } => self.run(program).await,
+            Request::Invalid { .. } => Reply::Failure,
+        }
+    }
+
+    async fn set(&self, name: &Bytes, value: &Bytes) -> Reply {
+        if self.config.max_names > 0 {
+            let exists = matches!(self.engine.get(self.keyspace, name), Ok(Some(_)));
+            let limit = self.config.max_names as usize;
+            let count = self
+                .engine
+                .scan(
+                    self.keyspace,
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Unbounded,
+                    limit,
+                )
+                .map_or(limit, |v| v.len());
+            if !exists && count >= limit {
+                return Reply::Failure;
+            }
+        }
+        match self
+            .engine
+            .set(
+                self.keyspace,
+                name.clone(),
+                Value::Bytes(value.clone()),
+                Durability::Sync,
+            )
+            .await
+        {
+            Ok(Outcome::Written { .. }) => Reply::Ok,
+            Ok(_) => Reply::Failure,
+            Err(e) => {
+                tracing::warn!(error = %e, "smalld set failed");
+                Reply::Failure
+            }
+        }
+    }
+
+    /// The three allowed programs, run without a shell, with a time limit and a 100-byte cap.
+    async fn run(&self, program: &[u8]) -> Reply {
+        if !self.config.run_enabled {
+            return Reply::Failure;
+        }
+        let limit = Duration::from_millis(self.config.run_timeout_ms.max(1));
+        let output = match program {
+            b"hosts" => read_file_prefix("/etc/hosts").await,
+            b"service" => read_file_prefix("/etc/services").await,
+            b"inet" => run_inet(limit).await,
+            _ => None,
+        };
+        output.map_or(Reply::Failure, |bytes| Reply::Value(bytes.into()))
+    }
+}
+
+async fn read_file_prefix(path: &str) -> Option<Vec<u8>> {
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    let mut out = Vec::with_capacity(MAX_VALUE);
+    let mut chunk = [0u8; MAX_VALUE];
+    while out.len() < MAX_VALUE {
+        let n = file.read(&mut chunk[..MAX_VALUE - out.len()]).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Some(out)
+}
+
+/// `/sbin/ifconfig -a`, or `ip address` from the first of /sbin, /usr/sbin, /bin, /usr/bin.
+async fn run_inet(limit: Duration) -> Option<Vec<u8>> {
+    let (program, args): (String, &[&str]) = if Path::new("/sbin/ifconfig").exists() {
+        ("/sbin/ifconfig".into(), &["-a"])
+    } else {
+        let ip = ["/sbin/ip", "/usr/sbin/ip", "/bin/ip", "/usr/bin/ip"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        (ip.into(), &["address"])
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let mut stdout = child.stdout.take()?;
+    let mut out = Vec::with_capacity(MAX_VALUE);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut chunk = [0u8; MAX_VALUE];
+    while out.len() < MAX_VALUE {
+        match tokio::time::timeout_at(deadline, stdout.read(&mut chunk[..MAX_VALUE - out.len()]))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    // Enough read (or time is up): stop the program and reap it.
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    Some(out)
+}
+
+/// Reads until `buf` holds `want` bytes, EOF, or the deadline. Returns false on EOF or timeout.
+async fn read_to(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    want: usize,
+    deadline: Instant,
+) -> bool {
+    while buf.len() < want {
+        let read = tokio::time::timeout_at(deadline.into(), stream.read_buf(buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
+    service.metrics.connection_opened();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(service.config.request_timeout_secs.max(1));
+    let mut buf = BytesMut::with_capacity(MAX_REQUEST);
+    // S1: the header must arrive in time.
+    if !read_to(&mut stream, &mut buf, HEADER_LEN, deadline).await {
+        tracing::debug!("smalld: connection closed before a whole header");
+        service.metrics.connection_closed();
+        return;
+    }
+    let Some(header) = smalld::parse_header(&buf) else {
+        return;
+    };
+    // S2: a wrong key is logged and answered with silence.
+    if !crate::secret::constant_time_eq(&header.key.to_be_bytes(), &service.key.to_be_bytes()) {
+        service.log(&smalld::log_wrong_key(header.key));
+        service.metrics.rejected_frames.increment(1);
+        service.metrics.connection_closed();
+        return;
+    }
+    // Read the body; the codec says when the request is complete (never more than 126 bytes).
+    let request = loop {
+        match smalld::decode_request(&buf) {
+            Decoded::Frame(request, _) => break Some(request),
+            Decoded::Incomplete if buf.len() >= MAX_REQUEST => break None,
+            Decoded::Incomplete => {
+                let want = buf.len() + 1;
+                if !read_to(&mut stream, &mut buf, want, deadline).await {
+                    break None;
+                }
+            }
+        }
+    };
+    let Some(request) = request else {
+        // S4: the header was valid but the request never completed.
+        let detail = smalld::escape(buf.get(HEADER_LEN..).unwrap_or_default());
+        service.log(&smalld::log_block(header.key, header.kind, &detail, false));
+        service.metrics.connection_closed();
+        return;
+    };
+    let reply = service.execute(&request).await;
+    let success = reply != Reply::Failure;
+    service.log(&smalld::log_block(
+        header.key,
+        header.kind,
+        &smalld::detail(&request),
+        success,
+    ));
+    let op = match &request {
+        Request::Set { .. } => "set",
+        Request::Get { .. } => "get",
+        Request::Digest { .. } => "digest",
+        Request::Run { .. } => "run",
+        Request::Invalid { .. } => "malformed",
+    };
+    service.metrics.record(op, !success, started.elapsed());
+    let mut out = BytesMut::new();
+    smalld::encode_reply(&reply, &mut out);
+    if stream.write_all(&out).await.is_ok() {
+        // Half-close, then drain what the client still sends, so that a reset does not
+        // destroy the reply.
+        let _ = stream.shutdown().await;
+        let drain_until = Instant::now() + Duration::from_millis(service.config.drain_ms);
+        let mut sink = [0u8; 4096];
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            match tokio::time::timeout_at(drain_until.into(), stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    }
+    service.metrics.connection_closed();
+}
+
+async fn serve(listener: TcpListener, service: Arc<Smalld>, mut context: ListenerContext) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(permit) = context.connections.clone().try_acquire_owned() else {
+                    service.metrics.rejected.increment(1);
+                    tracing::warn!(protocol = "smalld", %peer, "connection limit reached; closing new connection");
+                    continue;
+                };
+                let service = service.clone();
+                connections.spawn(async move {
+                    handle(service, stream).await;
+                    drop(permit);
+                });
+                while connections.try_join_next().is_some() {}
+            }
+            _ = context.shutdown.changed() => break,
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// Starts smalld's listener, as configured.
+pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
+    let config = runtime.config.smalld.clone();
+    if !config.enabled {
+        return Ok(());
+    }
+    let key = secret_key(&config, &runtime.config.data_dir)?;
+    let keyspace = runtime.engine.keyspace(&config.keyspace).map_err(|e| {
+        ServerError::Other(format!("cannot open keyspace {}: {e}", config.keyspace))
+    })?;
+    let listener = runtime
+        .bind_tcp(
+            "smalld tcp",
+            runtime.config.listen_addr(&config.addr, config.port),
+        )
+        .await?;
+    let service = Arc::new(Smalld {
+        engine: runtime.engine.clone(),
+        keyspace,
+        key,
+        config,
+        metrics: ProtocolMetrics::new("smalld", OPS),
+    });
+    runtime
+        .tasks
+        .spawn(serve(listener, service, runtime.context.clone()));
+    Ok(())
+}
