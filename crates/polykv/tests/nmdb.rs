@@ -498,10 +498,10 @@ fn client_verbs_on_the_command_line() {
     let (code, _, err) = cli(&["watch", "k"]);
     assert_eq!(code, 1);
     assert!(err.contains("nmdb has no watch"), "{err}");
-    let (code, _, err) = common::run_cli(&["get", "k", "--proto", "smalld"], &[]);
+    let (code, _, err) = common::run_cli(&["get", "k", "--proto", "jsonkv"], &[]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("does not serve the smalld protocol yet"),
+        err.contains("does not serve the jsonkv protocol yet"),
         "{err}"
     );
     let port = common::free_port();

@@ -271,3 +271,34 @@ async fn values_survive_restart_and_the_generated_key_is_private() {
         b"42"
     );
 }
+
+#[test]
+fn client_verbs_speak_smalld() {
+    let server = server();
+    let addr = server.smalld_addr();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--proto", "smalld", "--addr", &addr, "--secret-key", "4242"]);
+        common::run_cli(&all, &[])
+    };
+    assert_eq!(cli(&["set", "motd", "hello", "--nul"]).1.trim(), "OK");
+    assert_eq!(cli(&["get", "motd"]).1.trim(), "hello");
+    let (code, _, err) = cli(&["incr", "motd", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("smalld has no incr verb"), "{err}");
+    let (code, _, err) = common::run_cli(
+        &[
+            "get",
+            "motd",
+            "--proto",
+            "smalld",
+            "--addr",
+            &addr,
+            "--secret-key",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("secret key is wrong"), "{err}");
+}
