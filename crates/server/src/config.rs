@@ -46,6 +46,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub nmdb: NmdbConfig,
     pub smalld: SmalldConfig,
+    pub minority: MinorityConfig,
 }
 
 impl Default for Config {
@@ -60,6 +61,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             nmdb: NmdbConfig::default(),
             smalld: SmalldConfig::default(),
+            minority: MinorityConfig::default(),
         }
     }
 }
@@ -216,6 +218,43 @@ impl Default for SmalldConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinorityConfig {
+    pub enabled: bool,
+    /// Listen address; empty = `bind`.
+    pub addr: String,
+    pub port: u16,
+    pub keyspace: String,
+    pub max_body: u64,
+    pub idle_timeout_secs: u64,
+    pub partial_frame_timeout_secs: u64,
+    pub max_subscriptions: u64,
+    /// Pushes queued per subscription before they are coalesced to the latest per key.
+    pub push_queue: u64,
+    pub max_output_bytes: u64,
+    /// Acknowledge set/delete once applied (Async) instead of once on disk (Sync).
+    pub async_acks: bool,
+}
+
+impl Default for MinorityConfig {
+    fn default() -> Self {
+        MinorityConfig {
+            enabled: true,
+            addr: String::new(),
+            port: 8000,
+            keyspace: "minority".into(),
+            max_body: 1 << 20,
+            idle_timeout_secs: 90,
+            partial_frame_timeout_secs: 60,
+            max_subscriptions: 1024,
+            push_queue: 4096,
+            max_output_bytes: 4 << 20,
+            async_acks: false,
+        }
+    }
+}
+
 /// One line of documentation per field, used for `--help` and checked against the docs.
 pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
@@ -289,6 +328,41 @@ pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
         "nmdb.max_output_bytes",
         "Unsent reply bytes per connection before reading pauses",
+    ),
+    ("minority.enabled", "Serve minority over TCP"),
+    ("minority.addr", "minority listen address (empty = bind)"),
+    ("minority.port", "minority TCP port"),
+    (
+        "minority.keyspace",
+        "Engine keyspace minority reads and writes",
+    ),
+    (
+        "minority.max_body",
+        "Largest frame body in bytes (bigger: error reply, then close)",
+    ),
+    (
+        "minority.idle_timeout_secs",
+        "Close connections that send no frame this long (0 = never)",
+    ),
+    (
+        "minority.partial_frame_timeout_secs",
+        "Close connections that leave a frame half-sent this long (0 = never)",
+    ),
+    (
+        "minority.max_subscriptions",
+        "Notify subscriptions per connection",
+    ),
+    (
+        "minority.push_queue",
+        "Pushes queued per subscription before coalescing to the latest per key",
+    ),
+    (
+        "minority.max_output_bytes",
+        "Unsent reply bytes per connection before reading pauses",
+    ),
+    (
+        "minority.async_acks",
+        "Acknowledge set/delete once applied instead of once on disk",
     ),
     ("smalld.enabled", "Serve smalld over TCP"),
     ("smalld.addr", "smalld listen address (empty = bind)"),
@@ -469,6 +543,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "nmdb.keyspace {:?}: names are 1-64 characters of A-Z a-z 0-9 _ . -",
                 self.nmdb.keyspace
+            )));
+        }
+        if !polykv_engine::valid_keyspace_name(&self.minority.keyspace) {
+            return Err(ConfigError::Invalid(format!(
+                "minority.keyspace {:?}: names are 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.minority.keyspace
             )));
         }
         if !polykv_engine::valid_keyspace_name(&self.smalld.keyspace) {

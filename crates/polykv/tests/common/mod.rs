@@ -27,6 +27,7 @@ pub struct Server {
     pub admin_port: u16,
     pub nmdb_port: u16,
     pub smalld_port: u16,
+    pub minority_port: u16,
     pub log: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -55,8 +56,14 @@ impl Server {
         let admin_port = free_port();
         let nmdb_port = free_port();
         let smalld_port = free_port();
+        let minority_port = free_port();
         let log = data_dir.with_extension(format!("log{admin_port}"));
-        let mut args = vec!["--smalld-port".to_string(), smalld_port.to_string()];
+        let mut args = vec![
+            "--smalld-port".to_string(),
+            smalld_port.to_string(),
+            "--minority-port".to_string(),
+            minority_port.to_string(),
+        ];
         args.extend(options.args.iter().cloned());
         let child = spawn(&data_dir, admin_port, nmdb_port, &args, &options.env, &log);
         let server = Server {
@@ -65,6 +72,7 @@ impl Server {
             admin_port,
             nmdb_port,
             smalld_port,
+            minority_port,
             log,
             _dir: dir,
         };
@@ -86,6 +94,10 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn minority_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.minority_port)
     }
 
     pub fn smalld_addr(&self) -> String {

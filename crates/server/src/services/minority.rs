@@ -1,0 +1,363 @@
+//! minority on the engine: get/set/delete/version/heartbeat and notify subscriptions with
+//! pushes (minority.md).
+//!
+//! Each subscription is an engine watch. A small forwarding task per watch turns engine events
+//! into push frames and hands them to the connection through a bounded channel; while the
+//! connection does not read, the forwarder waits and the engine's queue coalesces to the latest
+//! event per key, so writers never wait and the final value always arrives.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use polykv_engine::{Change, Command, Durability, Engine, KeyspaceId, Outcome, Subscription};
+use polykv_protocols::minority::{
+    engine_key, op, split_key, status, MinorityServerCodec, Request, Response,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::MinorityConfig;
+use crate::metrics::ProtocolMetrics;
+use crate::server::{Runtime, ServerError};
+use crate::session::{serve_tcp, Reply, Service, SessionLimits};
+
+const OPS: &[&str] = &[
+    "get",
+    "set",
+    "notify",
+    "heartbeat",
+    "version",
+    "delete",
+    "malformed",
+];
+
+/// Most current entries a whole-dataId notify pushes as its snapshot.
+const SNAPSHOT_LIMIT: usize = 100_000;
+
+pub struct MinorityShared {
+    engine: Engine,
+    keyspace: KeyspaceId,
+    config: MinorityConfig,
+}
+
+/// One subscription: which keys, and the forwarders feeding it.
+struct Subscribed {
+    _forwarders: JoinSet<()>,
+}
+
+pub struct MinorityService {
+    shared: Arc<MinorityShared>,
+    /// (dataId, datanumId, whole dataId) → subscription; re-subscribing replaces.
+    subscriptions: HashMap<(Bytes, Bytes, bool), Subscribed>,
+    /// Snapshot pushes of whole-dataId subscriptions, sent before any change push.
+    snapshot: VecDeque<Response>,
+    pushes_tx: mpsc::Sender<Response>,
+    pushes_rx: mpsc::Receiver<Response>,
+}
+
+fn reply_to(
+    op: u8,
+    status: u16,
+    opaque: u32,
+    data_id: &Bytes,
+    datanum_id: &Bytes,
+    value: Bytes,
+) -> Response {
+    Response {
+        op,
+        status,
+        opaque,
+        data_id: data_id.clone(),
+        datanum_id: datanum_id.clone(),
+        value,
+    }
+}
+
+/// Turns engine events into pushes until the connection goes away.
+async fn forward(subscription: Subscription, opaque: u32, pushes: mpsc::Sender<Response>) {
+    while let Some(event) = subscription.recv().await {
+        let Some((data_id, datanum_id)) = split_key(&event.key) else {
+            continue;
+        };
+        let (status, value) = match event.change {
+            Change::Set(entry) => (status::OK, entry.value.to_bytes()),
+            Change::Deleted => (status::NOT_FOUND, Bytes::new()),
+        };
+        let push = Response {
+            op: op::NOTIFY,
+            status,
+            opaque,
+            data_id,
+            datanum_id,
+            value,
+        };
+        if pushes.send(push).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl MinorityService {
+    pub fn new(shared: Arc<MinorityShared>) -> Self {
+        let (pushes_tx, pushes_rx) = mpsc::channel(64);
+        MinorityService {
+            shared,
+            subscriptions: HashMap::new(),
+            snapshot: VecDeque::new(),
+            pushes_tx,
+            pushes_rx,
+        }
+    }
+
+    fn durability(&self) -> Durability {
+        if self.shared.config.async_acks {
+            Durability::Async
+        } else {
+            Durability::Sync
+        }
+    }
+
+    fn notify(&mut self, opaque: u32, data_id: Bytes, datanum_id: Bytes) -> Response {
+        let s = self.shared.clone();
+        let whole = datanum_id.is_empty();
+        let id = (data_id.clone(), datanum_id.clone(), whole);
+        if !self.subscriptions.contains_key(&id)
+            && self.subscriptions.len() as u64 >= s.config.max_subscriptions
+        {
+            return reply_to(
+                op::NOTIFY,
+                status::STORE_FAIL,
+                opaque,
+                &data_id,
+                &datanum_id,
+                Bytes::new(),
+            );
+        }
+        let capacity = Some(s.config.push_queue.max(1) as usize);
+        let mut forwarders = JoinSet::new();
+        let key = engine_key(&data_id, &datanum_id);
+        let current = match s.engine.watch_key(s.keyspace, key, capacity) {
+            Ok((subscription, current)) => {
+                forwarders.spawn(forward(subscription, opaque, self.pushes_tx.clone()));
+                current
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "minority notify failed");
+                return reply_to(
+                    op::NOTIFY,
+                    status::STORE_FAIL,
+                    opaque,
+                    &data_id,
+                    &datanum_id,
+                    Bytes::new(),
+                );
+            }
+        };
+        if whole {
+            // Every (dataId, x): the keys under dataId ‖ 00, with a snapshot of their values.
+            let mut prefix = data_id.to_vec();
+            prefix.push(0);
+            let prefix = Bytes::from(prefix);
+            match s
+                .engine
+                .watch_prefix(s.keyspace, prefix, capacity, SNAPSHOT_LIMIT)
+            {
+                Ok((subscription, snapshot)) => {
+                    forwarders.spawn(forward(subscription, opaque, self.pushes_tx.clone()));
+                    for (key, entry) in snapshot {
+                        if let Some((d, n)) = split_key(&key) {
+                            self.snapshot.push_back(Response {
+                                op: op::NOTIFY,
+                                status: status::OK,
+                                opaque,
+                                data_id: d,
+                                datanum_id: n,
+                                value: entry.value.to_bytes(),
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "minority notify failed");
+                    return reply_to(
+                        op::NOTIFY,
+                        status::STORE_FAIL,
+                        opaque,
+                        &data_id,
+                        &datanum_id,
+                        Bytes::new(),
+                    );
+                }
+            }
+        }
+        // Replacing drops the old forwarders (and with them the old engine watches).
+        self.subscriptions.insert(
+            id,
+            Subscribed {
+                _forwarders: forwarders,
+            },
+        );
+        let value = current.map(|e| e.value.to_bytes()).unwrap_or_default();
+        reply_to(op::NOTIFY, status::OK, opaque, &data_id, &datanum_id, value)
+    }
+}
+
+impl Service for MinorityService {
+    type Request = Request;
+    type Response = Response;
+
+    fn op_name(request: &Request) -> &'static str {
+        match request {
+            Request::Frame { op, .. } => match *op {
+                op::GET => "get",
+                op::SET => "set",
+                op::NOTIFY => "notify",
+                op::HEARTBEAT => "heartbeat",
+                op::VERSION => "version",
+                op::DELETE => "delete",
+                _ => "malformed",
+            },
+            Request::TooLarge { .. } | Request::Malformed { .. } => "malformed",
+        }
+    }
+
+    fn is_error(response: &Response) -> bool {
+        matches!(response.status, status::STORE_FAIL | status::INVALID)
+    }
+
+    async fn call(&mut self, request: Request) -> Reply<Response> {
+        let (op, opaque, data_id, datanum_id, value) = match request {
+            Request::TooLarge { op, opaque } => {
+                return Reply::send_then_close(Response::bare(op, status::INVALID, opaque))
+            }
+            Request::Malformed { op, opaque } => {
+                return Reply::send(Response::bare(op, status::INVALID, opaque))
+            }
+            Request::Frame {
+                op,
+                opaque,
+                data_id,
+                datanum_id,
+                value,
+            } => (op, opaque, data_id, datanum_id, value),
+        };
+        match op {
+            op::HEARTBEAT => return Reply::send(Response::bare(op, status::OK, opaque)),
+            op::VERSION => {
+                let version = Bytes::from(format!("polykv {}", env!("CARGO_PKG_VERSION")));
+                return Reply::send(Response {
+                    value: version,
+                    ..Response::bare(op, status::OK, opaque)
+                });
+            }
+            _ => {}
+        }
+        // M5, M6: a dataId is 1 byte or longer and has no 00.
+        if data_id.is_empty() || data_id.contains(&0) {
+            return Reply::send(reply_to(
+                op,
+                status::INVALID,
+                opaque,
+                &data_id,
+                &datanum_id,
+                Bytes::new(),
+            ));
+        }
+        let s = self.shared.clone();
+        let key = engine_key(&data_id, &datanum_id);
+        let answer =
+            |status: u16, value: Bytes| reply_to(op, status, opaque, &data_id, &datanum_id, value);
+        match op {
+            op::GET => match s.engine.get(s.keyspace, &key) {
+                Ok(Some(read)) => Reply::send(answer(status::OK, read.entry.value.to_bytes())),
+                Ok(None) => Reply::send(answer(status::NOT_FOUND, Bytes::new())),
+                Err(_) => Reply::send(answer(status::STORE_FAIL, Bytes::new())),
+            },
+            op::SET => match s.engine.submit(
+                Command::put(s.keyspace, key, polykv_engine::Value::Bytes(value)),
+                self.durability(),
+            ) {
+                Ok(pending) => Reply::after_sync(
+                    pending,
+                    answer(status::OK, Bytes::new()),
+                    answer(status::STORE_FAIL, Bytes::new()),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "minority set failed");
+                    Reply::send(answer(status::STORE_FAIL, Bytes::new()))
+                }
+            },
+            op::DELETE => match s
+                .engine
+                .submit(Command::delete(s.keyspace, key), self.durability())
+            {
+                Ok(pending) if pending.outcome == Outcome::NotFound => {
+                    Reply::send(answer(status::NOT_FOUND, Bytes::new()))
+                }
+                Ok(pending) => Reply::after_sync(
+                    pending,
+                    answer(status::OK, Bytes::new()),
+                    answer(status::STORE_FAIL, Bytes::new()),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "minority delete failed");
+                    Reply::send(answer(status::STORE_FAIL, Bytes::new()))
+                }
+            },
+            op::NOTIFY => Reply::send(self.notify(opaque, data_id.clone(), datanum_id.clone())),
+            _ => Reply::send(Response::bare(op, status::INVALID, opaque)),
+        }
+    }
+
+    async fn push(&mut self) -> Option<Response> {
+        if let Some(push) = self.snapshot.pop_front() {
+            return Some(push);
+        }
+        // Never ends: the service holds a sender itself.
+        self.pushes_rx.recv().await
+    }
+
+    async fn closed(&mut self) {
+        self.subscriptions.clear();
+    }
+}
+
+/// Starts minority's listener, as configured.
+pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
+    let config = runtime.config.minority.clone();
+    if !config.enabled {
+        return Ok(());
+    }
+    let keyspace = runtime.engine.keyspace(&config.keyspace).map_err(|e| {
+        ServerError::Other(format!("cannot open keyspace {}: {e}", config.keyspace))
+    })?;
+    let listener = runtime
+        .bind_tcp(
+            "minority tcp",
+            runtime.config.listen_addr(&config.addr, config.port),
+        )
+        .await?;
+    let limits = SessionLimits::from_secs(
+        config.idle_timeout_secs,
+        config.partial_frame_timeout_secs,
+        config.max_output_bytes,
+    );
+    let codec = Arc::new(MinorityServerCodec {
+        max_body: u32::try_from(config.max_body).unwrap_or(u32::MAX),
+    });
+    let shared = Arc::new(MinorityShared {
+        engine: runtime.engine.clone(),
+        keyspace,
+        config,
+    });
+    runtime.tasks.spawn(serve_tcp(
+        listener,
+        codec,
+        move || MinorityService::new(shared.clone()),
+        limits,
+        Arc::new(ProtocolMetrics::new("minority", OPS)),
+        runtime.context.clone(),
+    ));
+    Ok(())
+}
