@@ -127,6 +127,21 @@ impl Subscription {
         }
     }
 
+    /// Waits until an event may be queued (or the hub shut down); [`Subscription::try_recv`]
+    /// then takes it. May wake spuriously. Cancel-safe: a notification received by a dropped
+    /// waiter is kept for the next.
+    pub async fn changed(&self) {
+        if self.subscriber.pending() > 0 || self.subscriber.queue.lock().closed {
+            return;
+        }
+        self.subscriber.notify.notified().await;
+    }
+
+    /// Whether the hub has shut down (and nothing more will arrive).
+    pub fn is_closed(&self) -> bool {
+        self.subscriber.queue.lock().closed
+    }
+
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Event> {
         self.subscriber.pop()

@@ -1,21 +1,21 @@
 //! minority on the engine: get/set/delete/version/heartbeat and notify subscriptions with
 //! pushes (minority.md).
 //!
-//! Each subscription is an engine watch. A small forwarding task per watch turns engine events
-//! into push frames and hands them to the connection through a bounded channel; while the
-//! connection does not read, the forwarder waits and the engine's queue coalesces to the latest
-//! event per key, so writers never wait and the final value always arrives.
+//! Each subscription is one or two engine watches. The connection's push loop takes events from
+//! them only when it can write: while the client does not read, events stay in the engine's
+//! bounded queue, which coalesces to the latest event per key, so writers never wait and the
+//! final value always arrives.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use polykv_engine::{Change, Command, Durability, Engine, KeyspaceId, Outcome, Subscription};
+use polykv_engine::{
+    Change, Command, Durability, Engine, Event, KeyspaceId, Outcome, Subscription,
+};
 use polykv_protocols::minority::{
     engine_key, op, split_key, status, MinorityServerCodec, Request, Response,
 };
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use crate::config::MinorityConfig;
 use crate::metrics::ProtocolMetrics;
@@ -41,9 +41,10 @@ pub struct MinorityShared {
     config: MinorityConfig,
 }
 
-/// One subscription: which keys, and the forwarders feeding it.
+/// One subscription: its opaque and its engine watches.
 struct Subscribed {
-    _forwarders: JoinSet<()>,
+    opaque: u32,
+    watches: Vec<Subscription>,
 }
 
 pub struct MinorityService {
@@ -52,8 +53,6 @@ pub struct MinorityService {
     subscriptions: HashMap<(Bytes, Bytes, bool), Subscribed>,
     /// Snapshot pushes of whole-dataId subscriptions, sent before any change push.
     snapshot: VecDeque<Response>,
-    pushes_tx: mpsc::Sender<Response>,
-    pushes_rx: mpsc::Receiver<Response>,
 }
 
 fn reply_to(
@@ -74,39 +73,29 @@ fn reply_to(
     }
 }
 
-/// Turns engine events into pushes until the connection goes away.
-async fn forward(subscription: Subscription, opaque: u32, pushes: mpsc::Sender<Response>) {
-    while let Some(event) = subscription.recv().await {
-        let Some((data_id, datanum_id)) = split_key(&event.key) else {
-            continue;
-        };
-        let (status, value) = match event.change {
-            Change::Set(entry) => (status::OK, entry.value.to_bytes()),
-            Change::Deleted => (status::NOT_FOUND, Bytes::new()),
-        };
-        let push = Response {
-            op: op::NOTIFY,
-            status,
-            opaque,
-            data_id,
-            datanum_id,
-            value,
-        };
-        if pushes.send(push).await.is_err() {
-            return;
-        }
-    }
+/// The push frame of an engine event, if minority can express the key.
+fn push_of(event: Event, opaque: u32) -> Option<Response> {
+    let (data_id, datanum_id) = split_key(&event.key)?;
+    let (status, value) = match event.change {
+        Change::Set(entry) => (status::OK, entry.value.to_bytes()),
+        Change::Deleted => (status::NOT_FOUND, Bytes::new()),
+    };
+    Some(Response {
+        op: op::NOTIFY,
+        status,
+        opaque,
+        data_id,
+        datanum_id,
+        value,
+    })
 }
 
 impl MinorityService {
     pub fn new(shared: Arc<MinorityShared>) -> Self {
-        let (pushes_tx, pushes_rx) = mpsc::channel(64);
         MinorityService {
             shared,
             subscriptions: HashMap::new(),
             snapshot: VecDeque::new(),
-            pushes_tx,
-            pushes_rx,
         }
     }
 
@@ -135,11 +124,11 @@ impl MinorityService {
             );
         }
         let capacity = Some(s.config.push_queue.max(1) as usize);
-        let mut forwarders = JoinSet::new();
+        let mut watches = Vec::new();
         let key = engine_key(&data_id, &datanum_id);
         let current = match s.engine.watch_key(s.keyspace, key, capacity) {
             Ok((subscription, current)) => {
-                forwarders.spawn(forward(subscription, opaque, self.pushes_tx.clone()));
+                watches.push(subscription);
                 current
             }
             Err(e) => {
@@ -164,7 +153,7 @@ impl MinorityService {
                 .watch_prefix(s.keyspace, prefix, capacity, SNAPSHOT_LIMIT)
             {
                 Ok((subscription, snapshot)) => {
-                    forwarders.spawn(forward(subscription, opaque, self.pushes_tx.clone()));
+                    watches.push(subscription);
                     for (key, entry) in snapshot {
                         if let Some((d, n)) = split_key(&key) {
                             self.snapshot.push_back(Response {
@@ -191,13 +180,9 @@ impl MinorityService {
                 }
             }
         }
-        // Replacing drops the old forwarders (and with them the old engine watches).
-        self.subscriptions.insert(
-            id,
-            Subscribed {
-                _forwarders: forwarders,
-            },
-        );
+        // Replacing drops the old engine watches.
+        self.subscriptions
+            .insert(id, Subscribed { opaque, watches });
         let value = current.map(|e| e.value.to_bytes()).unwrap_or_default();
         reply_to(op::NOTIFY, status::OK, opaque, &data_id, &datanum_id, value)
     }
@@ -311,11 +296,32 @@ impl Service for MinorityService {
     }
 
     async fn push(&mut self) -> Option<Response> {
-        if let Some(push) = self.snapshot.pop_front() {
-            return Some(push);
+        loop {
+            if let Some(push) = self.snapshot.pop_front() {
+                return Some(push);
+            }
+            for subscribed in self.subscriptions.values() {
+                for watch in &subscribed.watches {
+                    while let Some(event) = watch.try_recv() {
+                        if let Some(push) = push_of(event, subscribed.opaque) {
+                            return Some(push);
+                        }
+                    }
+                }
+            }
+            let waits: Vec<_> = self
+                .subscriptions
+                .values()
+                .flat_map(|s| s.watches.iter())
+                .filter(|w| !w.is_closed())
+                .map(|w| Box::pin(w.changed()))
+                .collect();
+            if waits.is_empty() {
+                // No subscription (or the engine is shutting down): nothing will come.
+                return std::future::pending().await;
+            }
+            futures_util::future::select_all(waits).await;
         }
-        // Never ends: the service holds a sender itself.
-        self.pushes_rx.recv().await
     }
 
     async fn closed(&mut self) {

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# minority fan-out benchmark: 1 000 subscribers on one key (see crates/polykv/examples/minority_fanout.rs).
+#   scripts/bench-minority.sh [SUBSCRIBERS] [ROUNDS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n 65536 2>/dev/null || ulimit -n 4096
+cargo build --release -q -p polykv --bin polykv --example minority_fanout
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d); PORT=$(free_port)
+taskset -c 0 target/release/polykv serve --data-dir "$WORK/data" --minority-port "$PORT" --admin-port "$(free_port)" \
+  --nmdb-enabled false --nmdb-udp-enabled false --smalld-enabled false --log-level warn & PID=$!
+trap 'kill $PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+taskset -c 1 target/release/examples/minority_fanout "127.0.0.1:$PORT" "${1:-1000}" "${2:-200}" "${3:-5}"
