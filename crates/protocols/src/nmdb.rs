@@ -395,7 +395,8 @@ pub fn compose_reply(reply: &Reply, max_message: usize, out: &mut BytesMut) {
     } else {
         &reply.body
     };
-    out.put_u32(reply.id & 0x0FFF_FFFF);
+    // The id as given: the server only ever answers with a request's 28-bit id.
+    out.put_u32(reply.id);
     match body {
         ReplyBody::Ok => out.put_u32(reply::OK),
         ReplyBody::NotIn => out.put_u32(reply::NOTIN),

@@ -206,7 +206,11 @@ pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
         0xff => Some(Reply::Failure),
         0 if !expects_value => (buf.len() >= 4).then_some(Reply::Ok),
         0 => {
+            // A reply value is at most 100 bytes; anything longer is not a smalld reply.
             let n = usize::from(be_u16(buf, 4)?);
+            if n > MAX_VALUE {
+                return None;
+            }
             buf.get(6..6 + n)
                 .map(|v| Reply::Value(Bytes::copy_from_slice(v)))
         }
@@ -503,6 +507,15 @@ mod tests {
         );
         assert_eq!(decode_reply(&[0, 0, 0, 0, 0, 3, b'h'], true), None);
         assert_eq!(decode_reply(&[], true), None);
+    }
+
+    #[test]
+    fn fuzz_regression_reply_longer_than_100_bytes() {
+        // Found by scripts/fuzz.sh (smalld_client): N = 142 decoded, then re-encoded cut to 100.
+        let mut reply = vec![0, 0, 0, 0, 0, 0x8e];
+        reply.extend_from_slice(&[0x8e; 142]);
+        assert_eq!(decode_reply(&reply, true), None);
+        fuzz_client(&reply);
     }
 
     proptest! {

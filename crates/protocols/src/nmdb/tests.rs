@@ -606,3 +606,11 @@ proptest! {
         fuzz_server(&encode_request(UDP_CLIENT, &request));
     }
 }
+
+#[test]
+fn fuzz_regression_reply_id_with_high_bits() {
+    // Found by scripts/fuzz.sh (nmdb_client): a reply id with its top bits set was re-encoded
+    // masked to 28 bits.
+    fuzz_client(&hex("00 00 00 0c 32 00 00 0a 00 00 08 02"));
+    fuzz_client(&hex("32 00 00 0a 00 00 08 02"));
+}
