@@ -155,6 +155,19 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         config: config.clone(),
     };
 
+    if let Some(handle) = prometheus.clone() {
+        // The exporter keeps histogram samples until they are aggregated; without a scrape they
+        // would pile up, so aggregate them every few seconds.
+        let mut shutdown = shutdown_rx.clone();
+        runtime.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+    }
     let started = Instant::now();
     let result = start_listeners(&mut runtime, prometheus, started).await;
     if let Err(e) = result {

@@ -28,6 +28,9 @@ fn io(e: fjall::Error) -> StoreError {
 /// the protocols allow them. The prefix keeps the byte order of keys.
 const KEY_TAG: u8 = b'k';
 
+/// fjall's block cache.
+const BLOCK_CACHE_BYTES: u64 = 32 << 20;
+
 /// Longest key the store accepts (fjall's limit is 65 535 bytes, one of which is the tag).
 pub const MAX_KEY_LEN: usize = 65_534;
 
@@ -52,6 +55,8 @@ impl FjallStore {
         // system call per batch; fdatasync is the persister's job.
         let db = Database::builder(path)
             .manual_journal_persist(true)
+            // fjall's block cache (its default, made explicit: it is part of the memory budget).
+            .cache_size(BLOCK_CACHE_BYTES)
             .open()
             .map_err(io)?;
         Ok(FjallStore {
