@@ -108,6 +108,20 @@ impl Server {
         format!("127.0.0.1:{}", self.nmdb_port)
     }
 
+    /// Resident memory of the server process, in MiB.
+    pub fn rss_mib(&self) -> u64 {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb / 1024)
+    }
+
     pub fn signal(&self, signal: i32) {
         if let Some(child) = &self.child {
             unsafe { libc::kill(child.id() as i32, signal) };
