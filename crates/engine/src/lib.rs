@@ -12,6 +12,7 @@ pub mod clock;
 pub mod command;
 mod engine;
 pub mod error;
+pub mod fuzz;
 pub mod locks;
 mod persist;
 pub mod store;
