@@ -55,6 +55,13 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The id of a protocol's keyspace, creating it if needed.
+    pub fn keyspace(&self, name: &str) -> Result<polykv_engine::KeyspaceId, ServerError> {
+        self.engine
+            .keyspace(name)
+            .map_err(|e| ServerError::Other(format!("cannot open keyspace {name}: {e}")))
+    }
+
     pub async fn bind_tcp(
         &self,
         what: &'static str,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use polykv_engine::{
-    Change, Command, Durability, Engine, Event, KeyspaceId, Outcome, Subscription,
+    Change, Command, Durability, Engine, Entry, Event, KeyspaceId, Outcome, Subscription,
 };
 use polykv_protocols::minority::{
     engine_key, op, split_key, status, MinorityServerCodec, Request, Response,
@@ -108,83 +108,66 @@ impl MinorityService {
     }
 
     fn notify(&mut self, opaque: u32, data_id: Bytes, datanum_id: Bytes) -> Response {
-        let s = self.shared.clone();
-        let whole = datanum_id.is_empty();
-        let id = (data_id.clone(), datanum_id.clone(), whole);
+        let answer = |status: u16, value: Bytes| {
+            reply_to(op::NOTIFY, status, opaque, &data_id, &datanum_id, value)
+        };
+        let id = (data_id.clone(), datanum_id.clone(), datanum_id.is_empty());
         if !self.subscriptions.contains_key(&id)
-            && self.subscriptions.len() as u64 >= s.config.max_subscriptions
+            && self.subscriptions.len() as u64 >= self.shared.config.max_subscriptions
         {
-            return reply_to(
-                op::NOTIFY,
-                status::STORE_FAIL,
-                opaque,
-                &data_id,
-                &datanum_id,
-                Bytes::new(),
-            );
+            return answer(status::STORE_FAIL, Bytes::new());
         }
-        let capacity = Some(s.config.push_queue.max(1) as usize);
-        let mut watches = Vec::new();
-        let key = engine_key(&data_id, &datanum_id);
-        let current = match s.engine.watch_key(s.keyspace, key, capacity) {
-            Ok((subscription, current)) => {
-                watches.push(subscription);
-                current
+        match self.subscribe(opaque, &data_id, &datanum_id) {
+            Ok((watches, current)) => {
+                // Replacing drops the old engine watches.
+                self.subscriptions
+                    .insert(id, Subscribed { opaque, watches });
+                answer(
+                    status::OK,
+                    current.map(|e| e.value.to_bytes()).unwrap_or_default(),
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e, "minority notify failed");
-                return reply_to(
-                    op::NOTIFY,
-                    status::STORE_FAIL,
-                    opaque,
-                    &data_id,
-                    &datanum_id,
-                    Bytes::new(),
-                );
+                answer(status::STORE_FAIL, Bytes::new())
             }
-        };
-        if whole {
-            // Every (dataId, x): the keys under dataId ‖ 00, with a snapshot of their values.
+        }
+    }
+
+    /// The engine watches of a subscription and the key's current entry. A whole-dataId
+    /// subscription also watches every key under `dataId ‖ 00` and queues their snapshot.
+    fn subscribe(
+        &mut self,
+        opaque: u32,
+        data_id: &Bytes,
+        datanum_id: &Bytes,
+    ) -> polykv_engine::Result<(Vec<Subscription>, Option<Entry>)> {
+        let s = self.shared.clone();
+        let capacity = Some(s.config.push_queue.max(1) as usize);
+        let key = engine_key(data_id, datanum_id);
+        let (watch, current) = s.engine.watch_key(s.keyspace, key, capacity)?;
+        let mut watches = vec![watch];
+        if datanum_id.is_empty() {
             let mut prefix = data_id.to_vec();
             prefix.push(0);
-            let prefix = Bytes::from(prefix);
-            match s
-                .engine
-                .watch_prefix(s.keyspace, prefix, capacity, SNAPSHOT_LIMIT)
-            {
-                Ok((subscription, snapshot)) => {
-                    watches.push(subscription);
-                    for (key, entry) in snapshot {
-                        if let Some((d, n)) = split_key(&key) {
-                            self.snapshot.push_back(Response {
-                                op: op::NOTIFY,
-                                status: status::OK,
-                                opaque,
-                                data_id: d,
-                                datanum_id: n,
-                                value: entry.value.to_bytes(),
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "minority notify failed");
-                    return reply_to(
-                        op::NOTIFY,
-                        status::STORE_FAIL,
+            let (watch, snapshot) =
+                s.engine
+                    .watch_prefix(s.keyspace, Bytes::from(prefix), capacity, SNAPSHOT_LIMIT)?;
+            watches.push(watch);
+            for (key, entry) in snapshot {
+                if let Some((data_id, datanum_id)) = split_key(&key) {
+                    self.snapshot.push_back(Response {
+                        op: op::NOTIFY,
+                        status: status::OK,
                         opaque,
-                        &data_id,
-                        &datanum_id,
-                        Bytes::new(),
-                    );
+                        data_id,
+                        datanum_id,
+                        value: entry.value.to_bytes(),
+                    });
                 }
             }
         }
-        // Replacing drops the old engine watches.
-        self.subscriptions
-            .insert(id, Subscribed { opaque, watches });
-        let value = current.map(|e| e.value.to_bytes()).unwrap_or_default();
-        reply_to(op::NOTIFY, status::OK, opaque, &data_id, &datanum_id, value)
+        Ok((watches, current))
     }
 }
 
@@ -335,9 +318,7 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
     if !config.enabled {
         return Ok(());
     }
-    let keyspace = runtime.engine.keyspace(&config.keyspace).map_err(|e| {
-        ServerError::Other(format!("cannot open keyspace {}: {e}", config.keyspace))
-    })?;
+    let keyspace = runtime.keyspace(&config.keyspace)?;
     let listener = runtime
         .bind_tcp(
             "minority tcp",

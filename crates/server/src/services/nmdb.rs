@@ -411,9 +411,7 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
     if !config.enabled && !config.udp_enabled {
         return Ok(());
     }
-    let keyspace = runtime.engine.keyspace(&config.keyspace).map_err(|e| {
-        ServerError::Other(format!("cannot open keyspace {}: {e}", config.keyspace))
-    })?;
+    let keyspace = runtime.keyspace(&config.keyspace)?;
     let shared = Arc::new(NmdbShared::new(
         runtime.engine.clone(),
         keyspace,

@@ -325,9 +325,7 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
         return Ok(());
     }
     let key = secret_key(&config, &runtime.config.data_dir)?;
-    let keyspace = runtime.engine.keyspace(&config.keyspace).map_err(|e| {
-        ServerError::Other(format!("cannot open keyspace {}: {e}", config.keyspace))
-    })?;
+    let keyspace = runtime.keyspace(&config.keyspace)?;
     let listener = runtime
         .bind_tcp(
             "smalld tcp",
