@@ -8,7 +8,8 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use polykv_protocols::minority::{op, status, MinorityClientCodec, Request, Response};
+use polykv_protocols::minority::{op, MinorityClientCodec, Request};
+pub use polykv_protocols::minority::{status, Response};
 
 use crate::{ClientError, FramedConnection, Result};
 

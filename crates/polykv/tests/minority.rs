@@ -391,3 +391,33 @@ async fn changes_through_another_protocol_reach_subscribers_in_a_shared_keyspace
         b"via nmdb"
     );
 }
+
+#[test]
+fn client_verbs_speak_minority() {
+    let server = Server::start();
+    let addr = server.minority_addr();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--proto", "minority", "--addr", &addr]);
+        common::run_cli(&all, &[])
+    };
+    assert_eq!(cli(&["set", "app/db", "pg"]).1.trim(), "OK");
+    assert_eq!(cli(&["get", "app/db"]).1.trim(), "pg");
+    assert_eq!(cli(&["del", "app/db"]).1.trim(), "deleted");
+    assert_eq!(cli(&["get", "app/db"]).0, 1);
+    // watch prints the current value, then each change.
+    let mut watch = std::process::Command::new(common::BIN)
+        .args(["watch", "app", "--proto", "minority", "--addr", &addr])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "app = ");
+    assert_eq!(cli(&["set", "app/db", "mysql"]).1.trim(), "OK");
+    assert_eq!(lines.next().unwrap().unwrap(), "app/db = mysql");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let (code, _, err) = cli(&["incr", "k", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("minority has no incr verb"), "{err}");
+}
