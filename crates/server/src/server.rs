@@ -137,6 +137,14 @@ fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    // Signal handlers first: a SIGTERM that arrives while the listeners start must still shut
+    // down cleanly instead of killing the process.
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| ServerError::Other(format!("cannot watch SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| ServerError::Other(format!("cannot watch SIGINT: {e}")))?;
+    let mut usr1 = signal(SignalKind::user_defined1())
+        .map_err(|e| ServerError::Other(format!("cannot watch SIGUSR1: {e}")))?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let store_dir = config.data_dir.join("store");
     let engine =
@@ -183,12 +191,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         return Err(e);
     }
 
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGINT: {e}")))?;
-    let mut usr1 = signal(SignalKind::user_defined1())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGUSR1: {e}")))?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "polykv ready");
     loop {
         tokio::select! {
