@@ -53,43 +53,62 @@ impl Server {
                 (Some(dir), path)
             }
         };
-        let admin_port = free_port();
-        let nmdb_port = free_port();
-        let smalld_port = free_port();
-        let minority_port = free_port();
-        let log = data_dir.with_extension(format!("log{admin_port}"));
-        let mut args = vec![
-            "--smalld-port".to_string(),
-            smalld_port.to_string(),
-            "--minority-port".to_string(),
-            minority_port.to_string(),
-        ];
-        args.extend(options.args.iter().cloned());
-        let child = spawn(&data_dir, admin_port, nmdb_port, &args, &options.env, &log);
-        let server = Server {
-            child: Some(child),
-            data_dir,
-            admin_port,
-            nmdb_port,
-            smalld_port,
-            minority_port,
-            log,
-            _dir: dir,
-        };
-        server.wait_ready();
-        server
+        let mut dir = dir;
+        // A port picked free can be taken before the server binds it (by another test's outgoing
+        // connection, say): the server then exits at once with "cannot listen", and we try again
+        // with new ports.
+        for attempt in 0..5 {
+            let admin_port = free_port();
+            let nmdb_port = free_port();
+            let smalld_port = free_port();
+            let minority_port = free_port();
+            let log = data_dir.with_extension(format!("log{admin_port}"));
+            let mut args = vec![
+                "--smalld-port".to_string(),
+                smalld_port.to_string(),
+                "--minority-port".to_string(),
+                minority_port.to_string(),
+            ];
+            args.extend(options.args.iter().cloned());
+            let child = spawn(&data_dir, admin_port, nmdb_port, &args, &options.env, &log);
+            let mut server = Server {
+                child: Some(child),
+                data_dir: data_dir.clone(),
+                admin_port,
+                nmdb_port,
+                smalld_port,
+                minority_port,
+                log,
+                _dir: None,
+            };
+            match server.wait_ready() {
+                Ok(()) => {
+                    server._dir = dir.take();
+                    return server;
+                }
+                Err(log) if log.contains("cannot listen") && attempt < 4 => continue,
+                Err(log) => panic!("server did not become ready; log:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt panics or returns")
     }
 
-    /// Waits until the admin port answers /health.
-    pub fn wait_ready(&self) {
+    /// Waits until the admin port answers /health; the log if the server exited or timed out.
+    pub fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok((200, _)) = http(self.admin_port, "GET", "/health", "") {
-                return;
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.child = None;
+                    return Err(self.log_text());
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("server did not become ready; log:\n{}", self.log_text());
+        Err(self.log_text())
     }
 
     pub fn log_text(&self) -> String {
