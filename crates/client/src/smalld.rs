@@ -110,3 +110,131 @@ impl SmalldClient {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server for one connection: reads `want` bytes, answers `reply`, closes. Returns the
+    /// bytes it read.
+    async fn fake(want: usize, reply: Vec<u8>) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; want];
+            stream.read_exact(&mut request).await.unwrap();
+            stream.write_all(&reply).await.unwrap();
+            request
+        });
+        (addr, task)
+    }
+
+    const ALFRED: &[u8] = b"Alfred E. Newman\0";
+
+    fn client(addr: &str) -> SmalldClient {
+        SmalldClient::new(addr, 4242, Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn set_sends_vector_1_and_reads_the_bare_success() {
+        let (addr, server) = fake(43, vec![0, 0, 0, 0]).await;
+        assert!(client(&addr).set(b"name", ALFRED).await.unwrap());
+        let request = server.await.unwrap();
+        assert_eq!(request[..8], [0, 0, 0x10, 0x92, 0, 0, 0, 0]);
+        assert_eq!(&request[8..24], b"name\0\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(request[24..26], [0, 17]);
+        assert_eq!(&request[26..], ALFRED);
+    }
+
+    #[tokio::test]
+    async fn set_failure_is_false() {
+        let (addr, _server) = fake(26 + 1, vec![0xff, 0, 0, 0]).await;
+        assert!(!client(&addr).set(b"n", b"v").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn get_reads_the_value_or_the_failure() {
+        let mut reply = vec![0, 0, 0, 0, 0, 17];
+        reply.extend_from_slice(ALFRED);
+        let (addr, server) = fake(24, reply).await;
+        assert_eq!(
+            client(&addr).get(b"name").await.unwrap(),
+            Some(Bytes::from_static(ALFRED))
+        );
+        let request = server.await.unwrap();
+        assert_eq!(request[..8], [0, 0, 0x10, 0x92, 0, 1, 0, 0]);
+        assert_eq!(&request[8..13], b"name\0");
+
+        let (addr, _server) = fake(24, vec![0xff, 0, 0, 0]).await;
+        assert_eq!(client(&addr).get(b"nome").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn digest_sends_the_value_and_reads_69_bytes() {
+        let line = b"a7b47dc97e99389e3b09850c3a8843e28f8c29a8ee78b3ce6aee19ba5daf1a05  -\n\0";
+        let mut reply = vec![0, 0, 0, 0, 0, 69];
+        reply.extend_from_slice(line);
+        let (addr, server) = fake(27, reply).await;
+        assert_eq!(
+            client(&addr).digest(ALFRED).await.unwrap(),
+            Some(Bytes::from_static(line))
+        );
+        let request = server.await.unwrap();
+        assert_eq!(request[..10], [0, 0, 0x10, 0x92, 0, 2, 0, 0, 0, 17]);
+    }
+
+    #[tokio::test]
+    async fn run_sends_the_8_byte_field() {
+        let mut reply = vec![0, 0, 0, 0, 0, 5];
+        reply.extend_from_slice(b"127.0");
+        let (addr, server) = fake(16, reply).await;
+        assert_eq!(
+            client(&addr).run(b"hosts").await.unwrap(),
+            Some(Bytes::from_static(b"127.0"))
+        );
+        assert_eq!(
+            server.await.unwrap(),
+            [0, 0, 0x10, 0x92, 0, 3, 0, 0, b'h', b'o', b's', b't', b's', 0, 0, 0]
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_key_silence_and_bad_replies_are_errors() {
+        // The server closes without a byte (wrong key).
+        let (addr, _server) = fake(24, vec![]).await;
+        assert!(matches!(
+            client(&addr).get(b"name").await,
+            Err(ClientError::Closed)
+        ));
+        // A success claiming more bytes than were sent.
+        let (addr, _server) = fake(24, vec![0, 0, 0, 0, 0, 9, b'x']).await;
+        assert!(matches!(
+            client(&addr).get(b"name").await,
+            Err(ClientError::Protocol(_))
+        ));
+        // A success without a value for a get.
+        let (addr, _server) = fake(24, vec![0, 0, 0, 0]).await;
+        assert!(matches!(
+            client(&addr).get(b"name").await,
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let _server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(stream);
+        });
+        let client = SmalldClient::new(&addr, 1, Duration::from_millis(100));
+        assert!(matches!(
+            client.get(b"x").await,
+            Err(ClientError::Timeout(_))
+        ));
+    }
+}

@@ -7,7 +7,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use crate::{be_u16, be_u32, Decoded};
+use crate::{be_u16, be_u32, ClientCodec, Decoded, Reject, ServerCodec};
 
 /// Longest value (set, digest) and longest reply value.
 pub const MAX_VALUE: usize = 100;
@@ -200,11 +200,15 @@ pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
 }
 
 /// Decodes a whole reply (the client reads until EOF). `expects_value`: get, digest and run
-/// successes carry a value; set does not.
+/// successes carry a value; set does not. Bytes after the reply are ignored (some servers
+/// appended a length or a status word to failures).
 pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
+    if buf.len() < 4 {
+        return None;
+    }
     match buf.first()? {
         0xff => Some(Reply::Failure),
-        0 if !expects_value => (buf.len() >= 4).then_some(Reply::Ok),
+        0 if !expects_value => Some(Reply::Ok),
         0 => {
             // A reply value is at most 100 bytes; anything longer is not a smalld reply.
             let n = usize::from(be_u16(buf, 4)?);
@@ -215,6 +219,84 @@ pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
                 .map(|v| Reply::Value(Bytes::copy_from_slice(v)))
         }
         _ => None,
+    }
+}
+
+/// The server side as a [`ServerCodec`]. With `key = Some(k)` a header carrying another key
+/// is a [`Reject`] (S2: close without a reply; the caller logs [`log_wrong_key`] first); with
+/// `None` the key is not checked here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmalldServerCodec {
+    pub key: Option<u32>,
+}
+
+impl ServerCodec for SmalldServerCodec {
+    type Request = Request;
+    type Response = Reply;
+
+    fn decode_request(&self, buf: &[u8]) -> Result<Decoded<Request>, Reject> {
+        if let (Some(want), Some(header)) = (self.key, parse_header(buf)) {
+            if header.key != want {
+                return Err(Reject::new("smalld: wrong secret key"));
+            }
+        }
+        Ok(decode_request(buf))
+    }
+
+    fn encode_response(&self, reply: &Reply, out: &mut BytesMut) {
+        encode_reply(reply, out);
+    }
+}
+
+/// The client side as a [`ClientCodec`], for one request: whether a success carries a value
+/// depends on the request type, so a codec is made per request ([`Self::for_request`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmalldClientCodec {
+    pub key: u32,
+    /// Get, digest and run successes carry `u16 N` and a value; set successes do not.
+    pub expects_value: bool,
+}
+
+impl SmalldClientCodec {
+    pub fn for_request(key: u32, request: &Request) -> Self {
+        SmalldClientCodec {
+            key,
+            expects_value: !matches!(request, Request::Set { .. }),
+        }
+    }
+}
+
+impl ClientCodec for SmalldClientCodec {
+    type Request = Request;
+    type Response = Reply;
+
+    fn encode_request(&self, request: &Request, out: &mut BytesMut) {
+        encode_request(self.key, request, out);
+    }
+
+    fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Reply>, Reject> {
+        let (Some(&code), Some(_)) = (buf.first(), buf.get(..4)) else {
+            return Ok(Decoded::Incomplete);
+        };
+        match code {
+            0xff => Ok(Decoded::Frame(Reply::Failure, 4)),
+            0 if !self.expects_value => Ok(Decoded::Frame(Reply::Ok, 4)),
+            0 => {
+                let Some(n) = be_u16(buf, 4).map(usize::from) else {
+                    return Ok(Decoded::Incomplete);
+                };
+                if n > MAX_VALUE {
+                    return Err(Reject::new("smalld reply value over 100 bytes"));
+                }
+                Ok(match buf.get(6..6 + n) {
+                    Some(value) => {
+                        Decoded::Frame(Reply::Value(Bytes::copy_from_slice(value)), 6 + n)
+                    }
+                    None => Decoded::Incomplete,
+                })
+            }
+            _ => Err(Reject::new("smalld reply code neither 00 nor FF")),
+        }
     }
 }
 
@@ -312,6 +394,20 @@ pub fn fuzz_client(data: &[u8]) {
             let mut out = BytesMut::new();
             encode_reply(&reply, &mut out);
             assert_eq!(decode_reply(&out, expects_value), Some(reply));
+        }
+        let codec = SmalldClientCodec {
+            key: 0,
+            expects_value,
+        };
+        if let Ok(Decoded::Frame(reply, used)) = codec.decode_response(data) {
+            assert!(used <= data.len());
+            assert_eq!(decode_reply(data, expects_value), Some(reply.clone()));
+            let mut out = BytesMut::new();
+            SmalldServerCodec::default().encode_response(&reply, &mut out);
+            assert_eq!(
+                codec.decode_response(&out),
+                Ok(Decoded::Frame(reply, out.len()))
+            );
         }
     }
 }
@@ -518,6 +614,267 @@ mod tests {
         fuzz_client(&reply);
     }
 
+    /// Decodes a whole request with a codec holding the server key 4242.
+    fn server_decode(bytes: &[u8]) -> Result<Decoded<Request>, Reject> {
+        SmalldServerCodec { key: Some(4242) }.decode_request(bytes)
+    }
+
+    #[test]
+    fn vector_3_get_of_an_unset_name_is_a_failure_reply() {
+        let bytes = hex("00 00 10 92 00 01 00 00  6e 6f 6d 65 00 01 02 03 04 05 06 07 08 09 0a 0b");
+        assert_eq!(
+            server_decode(&bytes),
+            Ok(Decoded::Frame(
+                Request::Get {
+                    name: "nome".into()
+                },
+                24
+            ))
+        );
+        // Not found is decided by the service; the codec answers it with the 4-byte failure.
+        let mut out = BytesMut::new();
+        SmalldServerCodec::default().encode_response(&Reply::Failure, &mut out);
+        assert_eq!(out.as_ref(), [0xff, 0, 0, 0]);
+        assert_eq!(
+            log_block(4242, 1, &detail(&Request::Get { name: "nome".into() }), false),
+            "Secret key = 4242\nRequest type = get\nDetail = nome\nCompletion = failure\n--------------------------\n"
+        );
+    }
+
+    #[test]
+    fn vector_5_run_hosts_reply_has_no_terminator() {
+        // The value is the first N bytes of the output, sent as is (no 00 appended).
+        let output = b"127.0.0.1 localhost\n";
+        let mut out = BytesMut::new();
+        encode_reply(&Reply::Value(Bytes::from_static(output)), &mut out);
+        assert_eq!(&out[..6], [0, 0, 0, 0, 0, 20]);
+        assert_eq!(&out[6..], output);
+        // Longer output is cut to 100 bytes.
+        out.clear();
+        encode_reply(&Reply::Value(Bytes::from(vec![b'x'; 300])), &mut out);
+        assert_eq!(out.len(), 106);
+        assert_eq!(&out[4..6], [0, 100]);
+        assert_eq!(
+            log_block(4242, 3, &detail(&Request::Run { program: "hosts".into() }), true),
+            "Secret key = 4242\nRequest type = run\nDetail = hosts\nCompletion = success\n--------------------------\n"
+        );
+    }
+
+    #[test]
+    fn vector_6_run_of_an_unknown_program() {
+        let bytes = hex("00 00 10 92 00 03 00 00 69 6e 6f 74 00 00 00 00");
+        // A well-formed run: the service answers `inot` with the failure reply (S7).
+        assert_eq!(
+            server_decode(&bytes),
+            Ok(Decoded::Frame(
+                Request::Run {
+                    program: "inot".into()
+                },
+                16
+            ))
+        );
+    }
+
+    #[test]
+    fn vector_7_wrong_key_closes_without_reply() {
+        let bytes = hex("00 00 10 93 00 01 00 00");
+        assert_eq!(parse_header(&bytes), Some(Header { key: 4243, kind: 1 }));
+        // Decided from the header alone: nothing after it is read.
+        assert!(server_decode(&bytes).is_err());
+        assert!(server_decode(&[&bytes[..], b"name\0garbage.."].concat()).is_err());
+        // A codec without a key leaves the check to the caller.
+        assert_eq!(
+            SmalldServerCodec::default().decode_request(&bytes),
+            Ok(Decoded::Incomplete)
+        );
+    }
+
+    #[test]
+    fn s1_and_s4_incomplete_requests() {
+        let requests = [
+            hex(&format!("00 00 10 92 00 00 00 00  6e 61 6d 65 00 aa bb cc dd ee ff 11 22 33 44 55  00 11  {ALFRED}")),
+            hex("00 00 10 92 00 01 00 00  6e 61 6d 65 00 00 00 00 00 00 00 00 00 00 00 00"),
+            hex(&format!("00 00 10 92 00 02 00 00 00 11 {ALFRED}")),
+            hex("00 00 10 92 00 02 00 00 00 00"),
+            hex("00 00 10 92 00 03 00 00 68 6f 73 74 73 00 00 00"),
+            hex("00 00 10 92 00 09 00 00"),
+        ];
+        for bytes in &requests {
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    server_decode(&bytes[..cut]),
+                    Ok(Decoded::Incomplete),
+                    "{bytes:02x?} cut {cut}"
+                );
+            }
+            let Ok(Decoded::Frame(_, used)) = server_decode(bytes) else {
+                panic!("{bytes:02x?}")
+            };
+            assert_eq!(used, bytes.len());
+        }
+        // S4 log block: the bytes received after the header, escaped.
+        let partial = &requests[0][HEADER_LEN..16];
+        assert_eq!(
+            log_block(4242, 0, &escape(partial), false),
+            "Secret key = 4242\nRequest type = set\nDetail = name\\x00\\xaa\\xbb\\xcc\nCompletion = failure\n--------------------------\n"
+        );
+    }
+
+    #[test]
+    fn s5_detail_prints_the_undecodable_field_escaped() {
+        let no_nul = [&hex("00 00 10 92 00 01 00 00")[..], b"abcdefghijklmnop"].concat();
+        let Decoded::Frame(request, 24) = decode_request(&no_nul) else {
+            panic!()
+        };
+        assert_eq!(detail(&request), "abcdefghijklmnop");
+        let empty = hex("00 00 10 92 00 03 00 00 00 41 00 00 00 00 00 00");
+        let Decoded::Frame(request, 16) = decode_request(&empty) else {
+            panic!()
+        };
+        assert_eq!(
+            request,
+            Request::Invalid {
+                kind: 3,
+                detail: Bytes::from(hex("00 41 00 00 00 00 00 00"))
+            }
+        );
+        assert_eq!(detail(&request), "\\x00A\\x00\\x00\\x00\\x00\\x00\\x00");
+        // A 15-byte name is the longest; the set with a bad name still reads its value.
+        let max_name = [
+            &hex("00 00 10 92 00 00 00 00")[..],
+            b"abcdefghijklmno\0",
+            &[0, 1],
+            b"v",
+        ]
+        .concat();
+        assert_eq!(
+            decode_request(&max_name),
+            Decoded::Frame(
+                Request::Set {
+                    name: "abcdefghijklmno".into(),
+                    value: "v".into()
+                },
+                27
+            )
+        );
+        let empty_name = [
+            &hex("00 00 10 92 00 00 00 00")[..],
+            &[0u8; 16],
+            &[0, 1],
+            b"v",
+        ]
+        .concat();
+        assert!(matches!(
+            decode_request(&empty_name[..26]),
+            Decoded::Incomplete
+        ));
+        assert!(matches!(
+            decode_request(&empty_name),
+            Decoded::Frame(Request::Invalid { kind: 0, .. }, 27)
+        ));
+    }
+
+    #[test]
+    fn s10_bytes_after_the_request_are_not_consumed() {
+        let bytes = hex("00 00 10 92 00 03 00 00 68 6f 73 74 73 00 00 00 ff ff ff ff 00 00 10 92");
+        assert_eq!(
+            server_decode(&bytes),
+            Ok(Decoded::Frame(
+                Request::Run {
+                    program: "hosts".into()
+                },
+                16
+            ))
+        );
+    }
+
+    #[test]
+    fn log_details_of_every_type() {
+        let set = Request::Set {
+            name: "n".into(),
+            value: Bytes::from_static(b"caf\xc3\xa9\n\0tail"),
+        };
+        assert_eq!(detail(&set), "n: caf\\xc3\\xa9\\x0a");
+        let digest_request = Request::Digest {
+            value: Bytes::from_static(b"Alfred E. Newman\0"),
+        };
+        assert_eq!(
+            log_block(4242, 2, &detail(&digest_request), true),
+            "Secret key = 4242\nRequest type = digest\nDetail = Alfred E. Newman\nCompletion = success\n--------------------------\n"
+        );
+        assert_eq!(kind_name(65535), "unknown (65535)");
+        assert_eq!(
+            detail(&Request::Invalid {
+                kind: 9,
+                detail: Bytes::new()
+            }),
+            ""
+        );
+        // Wrong key: the key is printed unsigned.
+        assert_eq!(
+            log_wrong_key(u32::MAX),
+            "Secret key = 4294967295\n--------------------------\n"
+        );
+    }
+
+    #[test]
+    fn digest_of_other_values() {
+        // `echo | sha256sum` of the empty string, and a value without a 00 (all L bytes).
+        assert_eq!(
+            &digest(b"")[..],
+            b"01ba4719c80b6fe911b091a7c05124b64eeece964e09c058ef8f9805daca546b  -\n\0"
+        );
+        assert_eq!(digest(b"\0ignored"), digest(b""));
+        assert_eq!(
+            digest(b"Alfred E. Newman"),
+            digest(b"Alfred E. Newman\0junk")
+        );
+    }
+
+    #[test]
+    fn client_codec_frames_replies() {
+        let set = SmalldClientCodec::for_request(
+            7,
+            &Request::Set {
+                name: "a".into(),
+                value: Bytes::new(),
+            },
+        );
+        let get = SmalldClientCodec::for_request(7, &Request::Get { name: "a".into() });
+        assert!(!set.expects_value);
+        assert!(get.expects_value);
+        assert_eq!(
+            set.decode_response(&[0, 0, 0, 0]),
+            Ok(Decoded::Frame(Reply::Ok, 4))
+        );
+        assert_eq!(
+            get.decode_response(&[0xff, 0, 0, 0, 0, 0]),
+            Ok(Decoded::Frame(Reply::Failure, 4))
+        );
+        let reply = hex(&format!("00 00 00 00 00 11 {ALFRED}"));
+        for cut in 0..reply.len() {
+            assert_eq!(get.decode_response(&reply[..cut]), Ok(Decoded::Incomplete));
+        }
+        assert_eq!(
+            get.decode_response(&reply),
+            Ok(Decoded::Frame(
+                Reply::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
+                23
+            ))
+        );
+        assert!(get.decode_response(&[0, 0, 0, 0, 0, 101]).is_err());
+        assert!(get.decode_response(&[1, 0, 0, 0]).is_err());
+        let mut out = BytesMut::new();
+        get.encode_request(&Request::Get { name: "a".into() }, &mut out);
+        assert_eq!(
+            out.to_vec(),
+            hex("00 00 00 07 00 01 00 00 61 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00")
+        );
+        // decode_reply (read until EOF) needs a whole 4-byte code word.
+        assert_eq!(decode_reply(&[0xff], true), None);
+        assert_eq!(decode_reply(&[0, 0, 0], false), None);
+    }
+
     proptest! {
         #[test]
         fn requests_round_trip(name in "[a-zA-Z0-9 ]{1,15}", value in proptest::collection::vec(any::<u8>(), 0..=100), key in any::<u32>()) {
@@ -530,6 +887,22 @@ mod tests {
                 let mut out = BytesMut::new();
                 encode_request(key, &request, &mut out);
                 prop_assert_eq!(decode_request(&out), Decoded::Frame(request, out.len()));
+            }
+        }
+
+        #[test]
+        fn replies_round_trip(value in proptest::collection::vec(any::<u8>(), 0..=100)) {
+            for (reply, expects_value) in [
+                (Reply::Ok, false),
+                (Reply::Failure, false),
+                (Reply::Failure, true),
+                (Reply::Value(value.clone().into()), true),
+            ] {
+                let mut out = BytesMut::new();
+                SmalldServerCodec::default().encode_response(&reply, &mut out);
+                let codec = SmalldClientCodec { key: 1, expects_value };
+                prop_assert_eq!(codec.decode_response(&out), Ok(Decoded::Frame(reply.clone(), out.len())));
+                prop_assert_eq!(decode_reply(&out, expects_value), Some(reply));
             }
         }
 
