@@ -47,6 +47,7 @@ pub struct Config {
     pub nmdb: NmdbConfig,
     pub smalld: SmalldConfig,
     pub minority: MinorityConfig,
+    pub opencluster: OpenClusterConfig,
 }
 
 impl Default for Config {
@@ -62,6 +63,7 @@ impl Default for Config {
             nmdb: NmdbConfig::default(),
             smalld: SmalldConfig::default(),
             minority: MinorityConfig::default(),
+            opencluster: OpenClusterConfig::default(),
         }
     }
 }
@@ -255,6 +257,46 @@ impl Default for MinorityConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenClusterConfig {
+    pub enabled: bool,
+    /// Listen address; empty = `bind`.
+    pub addr: String,
+    pub port: u16,
+    pub keyspace: String,
+    /// Largest payload `L` in bytes (bigger: failinfo 3, then close).
+    pub max_payload: u64,
+    /// Close connections that send no complete message for this long; 0 = never.
+    pub idle_timeout_secs: u64,
+    pub partial_frame_timeout_secs: u64,
+    /// Locks one connection may hold at once.
+    pub max_locks: u64,
+    /// At shutdown, how long to wait for clients to ack the goodbye push.
+    pub goodbye_wait_ms: u64,
+    /// Bucket mask announced in hashmasks: 2^k - 1 with k <= 16.
+    pub mask: u32,
+    pub max_output_bytes: u64,
+}
+
+impl Default for OpenClusterConfig {
+    fn default() -> Self {
+        OpenClusterConfig {
+            enabled: true,
+            addr: String::new(),
+            port: 13600,
+            keyspace: "opencluster".into(),
+            max_payload: 1 << 20,
+            idle_timeout_secs: 60,
+            partial_frame_timeout_secs: 60,
+            max_locks: 1024,
+            goodbye_wait_ms: 2000,
+            mask: 0x0F,
+            max_output_bytes: 4 << 20,
+        }
+    }
+}
+
 /// One line of documentation per field, used for `--help` and checked against the docs.
 pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
@@ -363,6 +405,44 @@ pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
         "minority.async_acks",
         "Acknowledge set/delete once applied instead of once on disk",
+    ),
+    ("opencluster.enabled", "Serve OpenCluster over TCP"),
+    (
+        "opencluster.addr",
+        "OpenCluster listen address (empty = bind)",
+    ),
+    ("opencluster.port", "OpenCluster TCP port"),
+    (
+        "opencluster.keyspace",
+        "Engine keyspace OpenCluster reads and writes",
+    ),
+    (
+        "opencluster.max_payload",
+        "Largest message payload in bytes (bigger: failinfo 3, then close)",
+    ),
+    (
+        "opencluster.idle_timeout_secs",
+        "Close connections that send no message this long; their locks are released (0 = never)",
+    ),
+    (
+        "opencluster.partial_frame_timeout_secs",
+        "Close connections that leave a message half-sent this long (0 = never)",
+    ),
+    (
+        "opencluster.max_locks",
+        "Locks one connection may hold at once (more: failinfo 6)",
+    ),
+    (
+        "opencluster.goodbye_wait_ms",
+        "At shutdown, how long to wait for clients to ack the goodbye push",
+    ),
+    (
+        "opencluster.mask",
+        "Bucket mask announced in hashmasks: 2^k - 1, k <= 16 (default 15 = 16 buckets)",
+    ),
+    (
+        "opencluster.max_output_bytes",
+        "Unsent reply bytes per connection before reading pauses",
     ),
     ("smalld.enabled", "Serve smalld over TCP"),
     ("smalld.addr", "smalld listen address (empty = bind)"),
@@ -573,6 +653,25 @@ impl Config {
                 "smalld.request_log must be stdout, stderr or off, not {:?}",
                 self.smalld.request_log
             )));
+        }
+        if !polykv_engine::valid_keyspace_name(&self.opencluster.keyspace) {
+            return Err(ConfigError::Invalid(format!(
+                "opencluster.keyspace {:?}: names are 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.opencluster.keyspace
+            )));
+        }
+        if self.opencluster.mask > 0xFFFF
+            || (self.opencluster.mask & (self.opencluster.mask + 1)) != 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "opencluster.mask {}: expected 2^k - 1 with k from 0 to 16 (0, 1, 3, 7, 15, ..., 65535)",
+                self.opencluster.mask
+            )));
+        }
+        if self.opencluster.max_payload > u64::from(u32::MAX) {
+            return Err(ConfigError::Invalid(
+                "opencluster.max_payload must fit in 32 bits".into(),
+            ));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid(

@@ -36,6 +36,9 @@ pub enum Deferred<R> {
 /// What a service answers to one request.
 pub struct Reply<R> {
     pub response: Option<Deferred<R>>,
+    /// Messages sent right after the response, before the reply to any later request
+    /// (OpenCluster's hello pushes). TCP only.
+    pub then: Vec<R>,
     /// Close the connection after sending the response.
     pub close: bool,
 }
@@ -44,6 +47,16 @@ impl<R> Reply<R> {
     pub fn send(response: R) -> Self {
         Reply {
             response: Some(Deferred::Ready(response)),
+            then: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// Sends `response`, then `then`, before anything else.
+    pub fn send_with(response: R, then: Vec<R>) -> Self {
+        Reply {
+            response: Some(Deferred::Ready(response)),
+            then,
             close: false,
         }
     }
@@ -51,6 +64,7 @@ impl<R> Reply<R> {
     pub fn send_then_close(response: R) -> Self {
         Reply {
             response: Some(Deferred::Ready(response)),
+            then: Vec::new(),
             close: true,
         }
     }
@@ -65,6 +79,7 @@ impl<R> Reply<R> {
         };
         Reply {
             response: Some(response),
+            then: Vec::new(),
             close: false,
         }
     }
@@ -72,6 +87,7 @@ impl<R> Reply<R> {
     pub fn nothing() -> Self {
         Reply {
             response: None,
+            then: Vec::new(),
             close: false,
         }
     }
@@ -98,6 +114,18 @@ pub trait Service: Send + 'static {
     /// A message the server sends unasked (watch pushes). Never resolves by default.
     fn push(&mut self) -> impl Future<Output = Option<Self::Response>> + Send {
         std::future::pending()
+    }
+
+    /// A message to send when the server shuts down, and how long to wait for the client's
+    /// answer (a request for which [`Service::answers_farewell`] holds) or its close. Other
+    /// requests received meanwhile are discarded. `None` (the default): close at once.
+    fn farewell(&mut self) -> Option<(Self::Response, Duration)> {
+        None
+    }
+
+    /// Whether `request` answers the farewell message.
+    fn answers_farewell(_request: &Self::Request) -> bool {
+        true
     }
 
     /// The codec rejected the input (the connection closes, or the datagram is dropped).
@@ -271,7 +299,7 @@ where
                 }
                 Wake::Push(None) => return "subscription ended",
                 Wake::Timeout(why) => return why,
-                Wake::Shutdown => return "shutting down",
+                Wake::Shutdown => return self.farewell(input).await,
             }
             // Decode and execute every complete frame; write whenever the output cap is passed.
             loop {
@@ -309,6 +337,40 @@ where
                 input.reserve(16 * 1024);
             }
         }
+    }
+
+    /// Sends the service's farewell, if it has one, and waits (bounded) for its answer.
+    async fn farewell(&mut self, mut input: BytesMut) -> &'static str {
+        let Some((message, wait)) = self.service.farewell() else {
+            return "shutting down";
+        };
+        let mut output = BytesMut::new();
+        self.codec.encode_response(&message, &mut output);
+        if self.stream.write_all(&output).await.is_err() {
+            return "write error";
+        }
+        let answered = async {
+            loop {
+                loop {
+                    match self.codec.decode_request(&input) {
+                        Ok(Decoded::Frame(request, used)) => {
+                            input.advance(used);
+                            if S::answers_farewell(&request) {
+                                return;
+                            }
+                        }
+                        Ok(Decoded::Incomplete) => break,
+                        Err(_) => return,
+                    }
+                }
+                match self.stream.read_buf(&mut input).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, answered).await;
+        "shutting down"
     }
 
     fn deadline(
@@ -357,10 +419,18 @@ where
                     // Replies must stay in order: anything deferred is resolved first.
                     resolve(&mut deferred, &*self.codec, output, &self.metrics).await;
                     self.codec.encode_response(&response, output);
+                    for message in &reply.then {
+                        self.codec.encode_response(message, output);
+                    }
                 }
-                Some(Deferred::AfterSync { pending, ok, err }) => {
-                    deferred.push((op, started, pending, ok, err))
-                }
+                Some(Deferred::AfterSync { pending, ok, err }) => deferred.push(Waiting {
+                    op,
+                    started,
+                    pending,
+                    ok,
+                    err,
+                    then: reply.then,
+                }),
                 None => resolve(&mut deferred, &*self.codec, output, &self.metrics).await,
             }
         }
@@ -369,26 +439,40 @@ where
     }
 }
 
+/// A reply waiting for its write to become durable.
+struct Waiting<R> {
+    op: &'static str,
+    started: Instant,
+    pending: Pending,
+    ok: R,
+    err: R,
+    then: Vec<R>,
+}
+
 /// Waits for deferred writes in order (the first wait usually covers them all: one group
 /// commit) and encodes their replies.
 async fn resolve<C, R>(
-    deferred: &mut Vec<(&'static str, Instant, Pending, R, R)>,
+    deferred: &mut Vec<Waiting<R>>,
     codec: &C,
     output: &mut BytesMut,
     metrics: &ProtocolMetrics,
 ) where
     C: ServerCodec<Response = R>,
 {
-    for (op, started, pending, ok, err) in deferred.drain(..) {
-        let (response, failed) = match pending.durable().await {
-            Ok(_) => (ok, false),
+    for waiting in deferred.drain(..) {
+        let op = waiting.op;
+        let (response, failed) = match waiting.pending.durable().await {
+            Ok(_) => (waiting.ok, false),
             Err(e) => {
                 tracing::error!(protocol = metrics.name, op, error = %e, "durable write failed");
-                (err, true)
+                (waiting.err, true)
             }
         };
-        metrics.record(op, failed, started.elapsed());
+        metrics.record(op, failed, waiting.started.elapsed());
         codec.encode_response(&response, output);
+        for message in &waiting.then {
+            codec.encode_response(message, output);
+        }
     }
 }
 

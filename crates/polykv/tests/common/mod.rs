@@ -28,6 +28,7 @@ pub struct Server {
     pub nmdb_port: u16,
     pub smalld_port: u16,
     pub minority_port: u16,
+    pub opencluster_port: u16,
     pub log: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -62,12 +63,15 @@ impl Server {
             let nmdb_port = free_port();
             let smalld_port = free_port();
             let minority_port = free_port();
+            let opencluster_port = free_port();
             let log = data_dir.with_extension(format!("log{admin_port}"));
             let mut args = vec![
                 "--smalld-port".to_string(),
                 smalld_port.to_string(),
                 "--minority-port".to_string(),
                 minority_port.to_string(),
+                "--opencluster-port".to_string(),
+                opencluster_port.to_string(),
             ];
             args.extend(options.args.iter().cloned());
             let child = spawn(&data_dir, admin_port, nmdb_port, &args, &options.env, &log);
@@ -78,6 +82,7 @@ impl Server {
                 nmdb_port,
                 smalld_port,
                 minority_port,
+                opencluster_port,
                 log,
                 _dir: None,
             };
@@ -117,6 +122,10 @@ impl Server {
 
     pub fn minority_addr(&self) -> String {
         format!("127.0.0.1:{}", self.minority_port)
+    }
+
+    pub fn opencluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.opencluster_port)
     }
 
     pub fn smalld_addr(&self) -> String {

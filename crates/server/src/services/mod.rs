@@ -3,6 +3,7 @@
 
 pub mod minority;
 pub mod nmdb;
+pub mod opencluster;
 pub mod smalld;
 
 use crate::server::{Runtime, ServerError};
@@ -12,5 +13,6 @@ pub async fn start_all(runtime: &mut Runtime) -> Result<(), ServerError> {
     nmdb::start(runtime).await?;
     minority::start(runtime).await?;
     smalld::start(runtime).await?;
+    opencluster::start(runtime).await?;
     Ok(())
 }

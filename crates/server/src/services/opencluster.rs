@@ -1,0 +1,386 @@
+//! OpenCluster (V0) on one node: typed items, expiry, locks, hello pushes (opencluster.md).
+//!
+//! An item is the engine entry under `map hash ‖ key hash`; its name rides along as the
+//! entry's label. Locks are the engine's named locks with this connection as the holder, so
+//! closing the connection (goodbye, EOF, idle timeout) releases them. A single node is the
+//! primary of every bucket: tryelsewhere is never sent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use polykv_engine::{
+    Command, Condition, Durability, Engine, Entry, KeyspaceId, LockOutcome, Outcome,
+    Value as EngineValue,
+};
+use polykv_protocols::opencluster::{
+    cmd, failinfo, ItemId, OpenClusterServerCodec, Push, ReplyBody, Request, RequestBody, Response,
+    Value, ValueType,
+};
+
+use crate::config::OpenClusterConfig;
+use crate::metrics::ProtocolMetrics;
+use crate::server::{Runtime, ServerError};
+use crate::session::{serve_tcp, Reply, Service, SessionLimits};
+
+const OPS: &[&str] = &[
+    "hello",
+    "session",
+    "set",
+    "get",
+    "get_type",
+    "lock",
+    "unlock",
+    "loadlevel",
+    "ignored",
+    "invalid",
+];
+
+/// Lock holders are numbered per connection; the high bit keeps them apart from the holder
+/// numbers other protocols may use.
+const HOLDER_BASE: u64 = 1 << 63;
+
+pub struct OpenClusterShared {
+    engine: Engine,
+    keyspace: KeyspaceId,
+    config: OpenClusterConfig,
+    next_holder: AtomicU64,
+}
+
+pub struct OpenClusterService {
+    shared: Arc<OpenClusterShared>,
+    /// This connection's lock holder id.
+    holder: u64,
+    /// Whether this connection may hold locks (avoids a release on close when it never locked).
+    locked_once: bool,
+    /// User id of the next server push (§5.1: a per-connection counter from 0).
+    next_push: u32,
+}
+
+impl OpenClusterService {
+    pub fn new(shared: Arc<OpenClusterShared>) -> Self {
+        let holder = HOLDER_BASE | shared.next_holder.fetch_add(1, Ordering::Relaxed);
+        OpenClusterService {
+            shared,
+            holder,
+            locked_once: false,
+            next_push: 0,
+        }
+    }
+
+    fn push(&mut self, push: Push) -> Response {
+        let user_id = self.next_push;
+        self.next_push = self.next_push.wrapping_add(1);
+        Response::Push { user_id, push }
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    fn set(&self, request: &Request) -> Reply<Response> {
+        let RequestBody::Set {
+            item,
+            expires,
+            full_wait,
+            name,
+            value,
+        } = &request.body
+        else {
+            return Reply::send(request.reply(ReplyBody::failinfo(failinfo::MALFORMED)));
+        };
+        let expires_at = (*expires > 0)
+            .then(|| self.engine().now_ms() + u64::from(expires.unsigned_abs()) * 1000);
+        let value = match value {
+            Value::Int(v) => EngineValue::I32(*v),
+            Value::Long(v) => EngineValue::I64(*v),
+            Value::String(v) => EngineValue::Bytes(v.clone()),
+        };
+        let command = Command::Put {
+            ks: self.shared.keyspace,
+            key: Bytes::copy_from_slice(&item.engine_key()),
+            value,
+            expires_at,
+            owner: None,
+            label: Some(name.clone()),
+            condition: Condition::Always,
+        };
+        let durability = if *full_wait {
+            Durability::Sync
+        } else {
+            Durability::Async
+        };
+        let unavailable = request.reply(ReplyBody::failinfo(failinfo::UNAVAILABLE));
+        match self.engine().submit(command, durability) {
+            Ok(pending) => Reply::after_sync(pending, request.reply(ReplyBody::Ack), unavailable),
+            Err(e) => {
+                tracing::warn!(error = %e, "opencluster set failed");
+                Reply::send(unavailable)
+            }
+        }
+    }
+
+    /// The live item, or the reply that ends the request (fail when missing, failinfo 5 when
+    /// the engine cannot read).
+    fn read(&self, request: &Request, item: ItemId) -> Result<(ValueType, Entry), ReplyBody> {
+        match self.engine().get(self.shared.keyspace, &item.engine_key()) {
+            Ok(Some(read)) => Ok((type_of(&read.entry.value), read.entry)),
+            Ok(None) => Err(ReplyBody::Fail),
+            Err(e) => {
+                tracing::warn!(error = %e, command = request.body.command_id(), "opencluster read failed");
+                Err(ReplyBody::failinfo(failinfo::UNAVAILABLE))
+            }
+        }
+    }
+
+    fn get(&self, request: &Request, item: ItemId, kind: ValueType) -> ReplyBody {
+        let (stored, entry) = match self.read(request, item) {
+            Ok(found) => found,
+            Err(reply) => return reply,
+        };
+        if stored != kind {
+            return ReplyBody::failinfo(failinfo::WRONG_TYPE);
+        }
+        let value = match entry.value {
+            EngineValue::I32(v) => Value::Int(v),
+            EngineValue::I64(v) => Value::Long(v),
+            other => Value::String(other.to_bytes()),
+        };
+        ReplyBody::Data { item, value }
+    }
+
+    fn lock(&mut self, timeout: i32, name: &Bytes) -> ReplyBody {
+        let deadline = (timeout > 0)
+            .then(|| self.engine().now_ms() + u64::from(timeout.unsigned_abs()) * 1000);
+        self.locked_once = true;
+        let command = Command::Lock {
+            name: name.clone(),
+            holder: self.holder,
+            deadline,
+        };
+        match self.engine().submit(command, Durability::Memory) {
+            Ok(pending) => match pending.outcome {
+                Outcome::Lock(LockOutcome::Acquired) => {
+                    // Checked after acquiring, so re-locking a held lock at the limit works;
+                    // a new lock past the limit is given back at once.
+                    if self.engine().locks_held_by(self.holder) as u64
+                        > self.shared.config.max_locks
+                    {
+                        let _ = self.engine().submit(
+                            Command::Unlock {
+                                name: name.clone(),
+                                holder: self.holder,
+                            },
+                            Durability::Memory,
+                        );
+                        return ReplyBody::failinfo(failinfo::LIMIT_EXCEEDED);
+                    }
+                    ReplyBody::Ack
+                }
+                _ => ReplyBody::Fail,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "opencluster lock failed");
+                ReplyBody::failinfo(failinfo::UNAVAILABLE)
+            }
+        }
+    }
+
+    fn unlock(&self, name: &Bytes) -> ReplyBody {
+        let command = Command::Unlock {
+            name: name.clone(),
+            holder: self.holder,
+        };
+        match self.engine().submit(command, Durability::Memory) {
+            Ok(pending) => match pending.outcome {
+                Outcome::Unlocked { released: true } => ReplyBody::Ack,
+                _ => ReplyBody::Fail,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "opencluster unlock failed");
+                ReplyBody::failinfo(failinfo::UNAVAILABLE)
+            }
+        }
+    }
+
+    fn release_locks(&mut self) {
+        if !self.locked_once {
+            return;
+        }
+        self.locked_once = false;
+        let command = Command::ReleaseHolder {
+            holder: self.holder,
+        };
+        if let Err(e) = self.engine().submit(command, Durability::Memory) {
+            tracing::warn!(error = %e, "opencluster: releasing a connection's locks failed");
+        }
+    }
+}
+
+/// An engine value's OpenCluster type: untyped bytes from other protocols read as strings.
+fn type_of(value: &EngineValue) -> ValueType {
+    match value {
+        EngineValue::I32(_) => ValueType::Int,
+        EngineValue::I64(_) => ValueType::Long,
+        EngineValue::Bytes(_) | EngineValue::Str(_) => ValueType::String,
+    }
+}
+
+impl Service for OpenClusterService {
+    type Request = Request;
+    type Response = Response;
+
+    fn op_name(request: &Request) -> &'static str {
+        match request.body {
+            RequestBody::Hello => "hello",
+            RequestBody::Capabilities { .. }
+            | RequestBody::Goodbye
+            | RequestBody::Ping
+            | RequestBody::ShuttingDown => "session",
+            RequestBody::Set { .. } => "set",
+            RequestBody::Get { .. } => "get",
+            RequestBody::GetType { .. } => "get_type",
+            RequestBody::Lock { .. } => "lock",
+            RequestBody::Unlock { .. } => "unlock",
+            RequestBody::LoadLevel => "loadlevel",
+            RequestBody::ServerHello
+            | RequestBody::ServerList
+            | RequestBody::HashMasks
+            | RequestBody::HashMask
+            | RequestBody::NewServer
+            | RequestBody::Reply { .. } => "ignored",
+            RequestBody::Unknown { .. }
+            | RequestBody::Malformed { .. }
+            | RequestBody::InvalidArgument { .. }
+            | RequestBody::TooLarge { .. } => "invalid",
+        }
+    }
+
+    fn is_error(response: &Response) -> bool {
+        matches!(
+            response,
+            Response::Reply {
+                body: ReplyBody::FailInfo { .. } | ReplyBody::Unknown { .. },
+                ..
+            }
+        )
+    }
+
+    async fn call(&mut self, request: Request) -> Reply<Response> {
+        if let Some(error) = request.error_reply() {
+            return if request.closes_connection() {
+                Reply::send_then_close(error)
+            } else {
+                Reply::send(error)
+            };
+        }
+        let body = match &request.body {
+            // O3: replies (a client's ack of a push, say) are never answered.
+            RequestBody::Reply { .. } => return Reply::nothing(),
+            RequestBody::Hello => {
+                let pushes = vec![
+                    self.push(Push::ServerList {
+                        servers: Vec::new(),
+                    }),
+                    self.push(Push::all_buckets(self.shared.config.mask, 0)),
+                ];
+                return Reply::send_with(request.reply(ReplyBody::Ack), pushes);
+            }
+            RequestBody::Goodbye => {
+                self.release_locks();
+                return Reply::send_then_close(request.reply(ReplyBody::Ack));
+            }
+            RequestBody::Set { .. } => return self.set(&request),
+            RequestBody::Capabilities { command } => {
+                if cmd::is_accepted(*command) {
+                    ReplyBody::Ack
+                } else {
+                    ReplyBody::Fail
+                }
+            }
+            RequestBody::ShuttingDown
+            | RequestBody::Ping
+            | RequestBody::ServerHello
+            | RequestBody::ServerList
+            | RequestBody::HashMasks
+            | RequestBody::HashMask
+            | RequestBody::NewServer => ReplyBody::Ack,
+            RequestBody::LoadLevel => ReplyBody::LoadLevels {
+                primary: i32::try_from(u64::from(self.shared.config.mask) + 1).unwrap_or(i32::MAX),
+                backup: 0,
+                transferring: false,
+            },
+            RequestBody::Lock { timeout, name } => self.lock(*timeout, name),
+            RequestBody::Unlock { name } => self.unlock(name),
+            RequestBody::Get { item, kind } => self.get(&request, *item, *kind),
+            RequestBody::GetType { item } => match self.read(&request, *item) {
+                Ok((kind, _)) => ReplyBody::DataType { item: *item, kind },
+                Err(reply) => reply,
+            },
+            // Handled by error_reply above.
+            RequestBody::Unknown { .. }
+            | RequestBody::Malformed { .. }
+            | RequestBody::InvalidArgument { .. }
+            | RequestBody::TooLarge { .. } => ReplyBody::failinfo(failinfo::MALFORMED),
+        };
+        Reply::send(request.reply(body))
+    }
+
+    fn farewell(&mut self) -> Option<(Response, Duration)> {
+        let wait = Duration::from_millis(self.shared.config.goodbye_wait_ms);
+        Some((self.push(Push::Goodbye), wait))
+    }
+
+    fn answers_farewell(request: &Request) -> bool {
+        matches!(
+            request.body,
+            RequestBody::Reply {
+                repcmd: cmd::GOODBYE,
+                ..
+            }
+        )
+    }
+
+    async fn closed(&mut self) {
+        self.release_locks();
+    }
+}
+
+/// Starts OpenCluster's listener, as configured.
+pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
+    let config = runtime.config.opencluster.clone();
+    if !config.enabled {
+        return Ok(());
+    }
+    let keyspace = runtime.keyspace(&config.keyspace)?;
+    let listener = runtime
+        .bind_tcp(
+            "opencluster tcp",
+            runtime.config.listen_addr(&config.addr, config.port),
+        )
+        .await?;
+    let limits = SessionLimits::from_secs(
+        config.idle_timeout_secs,
+        config.partial_frame_timeout_secs,
+        config.max_output_bytes,
+    );
+    let codec = Arc::new(OpenClusterServerCodec {
+        max_payload: u32::try_from(config.max_payload).unwrap_or(u32::MAX),
+    });
+    let shared = Arc::new(OpenClusterShared {
+        engine: runtime.engine.clone(),
+        keyspace,
+        config,
+        next_holder: AtomicU64::new(1),
+    });
+    runtime.tasks.spawn(serve_tcp(
+        listener,
+        codec,
+        move || OpenClusterService::new(shared.clone()),
+        limits,
+        Arc::new(ProtocolMetrics::new("opencluster", OPS)),
+        runtime.context.clone(),
+    ));
+    Ok(())
+}
