@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side throughput of polykv (nmdb protocol), memcached and Redis under the same load.
+# Side-by-side throughput of polykv (nmdb and OpenCluster protocols), memcached and Redis under the
+# same load.
 #
 #   scripts/bench-compare.sh [SECONDS_PER_RUN]     (default 5)
 #
@@ -34,13 +35,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-NMDB_PORT=$(free_port); ADMIN_PORT=$(free_port); MC_PORT=$(free_port); REDIS_PORT=$(free_port)
+NMDB_PORT=$(free_port); OC_PORT=$(free_port); ADMIN_PORT=$(free_port); MC_PORT=$(free_port); REDIS_PORT=$(free_port)
 taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --nmdb-port "$NMDB_PORT" --nmdb-udp-enabled false --smalld-enabled false --minority-enabled false \
-  --admin-port "$ADMIN_PORT" --log-level warn 2>"$WORK/polykv.log" & PIDS+=($!)
+  --opencluster-port "$OC_PORT" --admin-port "$ADMIN_PORT" --log-level warn 2>"$WORK/polykv.log" & PIDS+=($!)
 taskset -c $SERVER_CPU memcached -p "$MC_PORT" -U 0 -l 127.0.0.1 -t 1 -m 1024 -u root & PIDS+=($!)
 taskset -c $SERVER_CPU redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --logfile "$WORK/redis.log" & PIDS+=($!)
-for port in "$NMDB_PORT" "$MC_PORT" "$REDIS_PORT"; do
+for port in "$NMDB_PORT" "$OC_PORT" "$MC_PORT" "$REDIS_PORT"; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -56,10 +57,11 @@ run() {
   echo
   taskset -c $CLIENT_CPU "$BIN" bench "${COMMON[@]}" "$@" 2>/dev/null
 }
-TARGETS=(--target "polykv=nmdb@127.0.0.1:$NMDB_PORT" --target "memcached=memcached@127.0.0.1:$MC_PORT" --target "redis=redis@127.0.0.1:$REDIS_PORT")
+TARGETS=(--target "polykv=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-oc=opencluster@127.0.0.1:$OC_PORT" --target "memcached=memcached@127.0.0.1:$MC_PORT" --target "redis=redis@127.0.0.1:$REDIS_PORT")
 for depth in 1 16; do
   run "GET only, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 1 --preload
   run "SET only, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 0
   run "90% GET / 10% SET, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 0.9
-  run "polykv SET with SYNC (durable, group commit), depth $depth" --target "polykv-sync=nmdb@127.0.0.1:$NMDB_PORT" --depth $depth --get-ratio 0 --sync
+  run "polykv SET with SYNC / full wait (durable, group commit), depth $depth" --target "polykv-sync=nmdb@127.0.0.1:$NMDB_PORT" \
+    --target "polykv-oc-sync=opencluster@127.0.0.1:$OC_PORT" --depth $depth --get-ratio 0 --sync
 done

@@ -1,7 +1,8 @@
 //! The wire protocols the load generator speaks: GET and SET requests and their replies.
 
 use bytes::{Bytes, BytesMut};
-use polykv_protocols::{nmdb, ClientCodec, Decoded};
+use polykv_protocols::opencluster::{self, ItemId, ReplyBody, RequestBody, Response};
+use polykv_protocols::{minority, nmdb, ClientCodec, Decoded};
 
 /// How the load generator talks to one kind of server.
 pub trait LoadProtocol: Send + Sync + 'static {
@@ -20,6 +21,8 @@ pub fn by_name(name: &str) -> Option<Box<dyn LoadProtocol>> {
         "memcached" => Some(Box::new(Memcached)),
         "redis" | "resp" => Some(Box::new(Resp)),
         "nmdb" => Some(Box::new(Nmdb)),
+        "opencluster" => Some(Box::new(OpenCluster)),
+        "minority" => Some(Box::new(Minority)),
         _ => None,
     }
 }
@@ -148,6 +151,108 @@ fn encode_nmdb(request: &nmdb::Request, out: &mut Vec<u8>) {
     out.extend_from_slice(&buf);
 }
 
+/// OpenCluster: get_string and set_string of the key as an item outside any map (no hello,
+/// so the server sends no pushes). `sync` sets full wait.
+pub struct OpenCluster;
+
+impl OpenCluster {
+    fn encode(body: RequestBody, out: &mut Vec<u8>) {
+        let mut buf = BytesMut::new();
+        opencluster::compose_request(&opencluster::Request { user_id: 1, body }, &mut buf);
+        out.extend_from_slice(&buf);
+    }
+}
+
+impl LoadProtocol for OpenCluster {
+    fn name(&self) -> &'static str {
+        "opencluster"
+    }
+
+    fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
+        let body = RequestBody::Get {
+            item: ItemId::named(None, key),
+            kind: opencluster::ValueType::String,
+        };
+        Self::encode(body, out);
+    }
+
+    fn encode_set(&self, key: &[u8], value: &[u8], sync: bool, out: &mut Vec<u8>) {
+        let body = RequestBody::Set {
+            item: ItemId::named(None, key),
+            expires: 0,
+            full_wait: sync,
+            name: Bytes::copy_from_slice(key),
+            value: opencluster::Value::String(Bytes::copy_from_slice(value)),
+        };
+        Self::encode(body, out);
+    }
+
+    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+        let codec = opencluster::OpenClusterClientCodec::default();
+        match codec.decode_response(buf) {
+            Ok(Decoded::Frame(Response::Reply { body, .. }, used)) => Ok(Some((
+                used,
+                matches!(
+                    body,
+                    ReplyBody::Ack | ReplyBody::Fail | ReplyBody::Data { .. }
+                ),
+            ))),
+            Ok(Decoded::Frame(Response::Push { push, .. }, _)) => {
+                Err(format!("unexpected push {push:?}"))
+            }
+            Ok(Decoded::Incomplete) => Ok(None),
+            Err(reject) => Err(reject.reason.to_string()),
+        }
+    }
+}
+
+/// minority: get and set of (key, empty datanumId). A set is acknowledged once on disk unless
+/// the server runs with `minority.async_acks`; `sync` changes nothing here.
+pub struct Minority;
+
+impl Minority {
+    fn encode(op: u8, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+        let request = minority::Request::Frame {
+            op,
+            opaque: 1,
+            data_id: Bytes::copy_from_slice(key),
+            datanum_id: Bytes::new(),
+            value: Bytes::copy_from_slice(value),
+        };
+        let mut buf = BytesMut::new();
+        minority::MinorityClientCodec::default().encode_request(&request, &mut buf);
+        out.extend_from_slice(&buf);
+    }
+}
+
+impl LoadProtocol for Minority {
+    fn name(&self) -> &'static str {
+        "minority"
+    }
+
+    fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
+        Self::encode(minority::op::GET, key, b"", out);
+    }
+
+    fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
+        Self::encode(minority::op::SET, key, value, out);
+    }
+
+    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+        match minority::MinorityClientCodec::default().decode_response(buf) {
+            Ok(Decoded::Frame(reply, used)) => Ok(Some((
+                used,
+                matches!(
+                    reply.status,
+                    minority::status::OK | minority::status::NOT_FOUND
+                ),
+            ))),
+            Ok(Decoded::Incomplete) => Ok(None),
+            Err(reject) => Err(reject.reason.to_string()),
+        }
+    }
+}
+
 /// Redis's RESP2.
 pub struct Resp;
 
@@ -238,5 +343,44 @@ mod tests {
         assert_eq!(Resp.parse_reply(b"$2\r\nvv\r\n").unwrap(), Some((8, true)));
         assert_eq!(Resp.parse_reply(b"$2\r\nvv").unwrap(), None);
         assert_eq!(Resp.parse_reply(b"-ERR x\r\n").unwrap(), Some((8, false)));
+    }
+
+    #[test]
+    fn opencluster_encoding_and_replies() {
+        let mut out = Vec::new();
+        OpenCluster.encode_set(b"something", b"-", true, &mut out);
+        // set_string, user id 1, L = 24 + 9 + 1, map 0, FNV-1a of the name, full wait 1.
+        assert_eq!(&out[..12], &[0x07, 0xe4, 0, 0, 0, 0, 0, 1, 0, 0, 0, 34]);
+        assert_eq!(&out[12..20], &[0, 0, 0, 0, 0x7e, 0x47, 0x59, 0x6b]);
+        assert_eq!(&out[24..28], &[0, 0, 0, 1]);
+        let mut get = Vec::new();
+        OpenCluster.encode_get(b"something", &mut get);
+        assert_eq!(&get[..4], &[0x08, 0x48, 0, 0]);
+        let ack = [0, 1, 0x07, 0xe4, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(OpenCluster.parse_reply(&ack).unwrap(), Some((12, true)));
+        assert_eq!(OpenCluster.parse_reply(&ack[..11]).unwrap(), None);
+        let fail = [0, 2, 0x08, 0x48, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(OpenCluster.parse_reply(&fail).unwrap(), Some((12, true)));
+        let mut failinfo = vec![0, 3, 0x08, 0x48, 0, 0, 0, 1, 0, 0, 0, 8];
+        failinfo.extend_from_slice(&[0, 0, 0, 5, 0, 0, 0, 0]);
+        assert_eq!(
+            OpenCluster.parse_reply(&failinfo).unwrap(),
+            Some((20, false))
+        );
+    }
+
+    #[test]
+    fn minority_encoding_and_replies() {
+        let mut out = Vec::new();
+        Minority.encode_set(b"test", b"hello", false, &mut out);
+        let mut want = vec![0x80, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1];
+        want.extend_from_slice(b"testhello");
+        assert_eq!(out, want);
+        let ok = [0x81, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(Minority.parse_reply(&ok).unwrap(), Some((16, true)));
+        assert_eq!(Minority.parse_reply(&ok[..15]).unwrap(), None);
+        let mut fail = ok;
+        fail[7] = 1;
+        assert_eq!(Minority.parse_reply(&fail).unwrap(), Some((16, false)));
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Options, Server};
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
+use polykv_client::opencluster::OpenClusterClient;
 use polykv_client::smalld::SmalldClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,6 +27,8 @@ fn hostile_server() -> Server {
             "--nmdb-partial-frame-timeout-secs",
             "2",
             "--minority-partial-frame-timeout-secs",
+            "2",
+            "--opencluster-partial-frame-timeout-secs",
             "2",
             "--engine-cache-bytes",
             "33554432",
@@ -59,6 +62,11 @@ async fn everyone_is_served(server: &Server) {
         .set(b"alive", b"yes")
         .await
         .unwrap());
+    let mut o = OpenClusterClient::connect(&server.opencluster_addr(), T)
+        .await
+        .unwrap();
+    o.set_int(b"alive", 1, 0, false).await.unwrap();
+    assert_eq!(o.get_int(b"alive").await.unwrap(), Some(1));
 }
 
 fn xorshift(seed: &mut u64) -> u64 {
@@ -76,6 +84,7 @@ async fn random_bytes_on_every_port() {
         server.nmdb_addr(),
         server.minority_addr(),
         server.smalld_addr(),
+        server.opencluster_addr(),
     ] {
         for _ in 0..30 {
             let len = (xorshift(&mut seed) % 300) as usize;
@@ -121,6 +130,10 @@ async fn one_byte_at_a_time_and_half_open_connections() {
         (server.nmdb_addr(), &[0u8, 0, 0, 0x20, 0x10][..]),
         (server.minority_addr(), &[0x80u8, 1, 0, 4][..]),
         (server.smalld_addr(), &[0u8, 0, 0, 7, 0, 1][..]),
+        (
+            server.opencluster_addr(),
+            &[0x08u8, 0x34, 0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 0][..],
+        ),
     ] {
         let mut s = TcpStream::connect(&addr).await.unwrap();
         s.write_all(partial).await.unwrap();
@@ -164,7 +177,7 @@ async fn a_thousand_idle_connections() {
         let addr = match i % 3 {
             0 => server.nmdb_addr(),
             1 => server.minority_addr(),
-            _ => server.nmdb_addr(),
+            _ => server.opencluster_addr(),
         };
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
@@ -220,6 +233,44 @@ async fn a_flood_of_maximum_size_frames() {
         m.get(b"big", b"v").await.unwrap().unwrap().len(),
         (1 << 20) - 4
     );
+    // OpenCluster: 2 connections pipelining 20 set_string each at the 1 MiB payload limit,
+    // and one header over it (failinfo 3, then close, payload never read).
+    for c in 0..2u8 {
+        let addr = server.opencluster_addr();
+        floods.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let value_len = (1u32 << 20) - 24 - 1;
+            let mut frame = vec![0x07u8, 0xe4, 0, 0, 0, 0, 0, 1];
+            frame.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, c, 0, 0, 0, 0, 0, 0, 0, 0]);
+            frame.extend_from_slice(&[0, 0, 0, 1, b'k']);
+            frame.extend_from_slice(&value_len.to_be_bytes());
+            frame.resize(12 + (1 << 20), c);
+            for _ in 0..20 {
+                s.write_all(&frame).await.unwrap();
+            }
+            let mut replies = vec![0u8; 20 * 12];
+            tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut replies))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                replies.chunks(12).all(|r| r[..4] == [0, 1, 0x07, 0xe4]),
+                "every set_string acked"
+            );
+        }));
+    }
+    let mut over = TcpStream::connect(server.opencluster_addr()).await.unwrap();
+    over.write_all(&[0x07, 0xe4, 0, 0, 0, 0, 0, 9, 0, 0x10, 0, 1])
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(T, over.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&reply[..4], &[0, 3, 0x07, 0xe4], "failinfo, then close");
+    assert_eq!(&reply[12..16], &[0, 0, 0, 3]);
     for flood in floods {
         flood.await.unwrap();
     }

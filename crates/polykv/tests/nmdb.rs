@@ -498,12 +498,9 @@ fn client_verbs_on_the_command_line() {
     let (code, _, err) = cli(&["watch", "k"]);
     assert_eq!(code, 1);
     assert!(err.contains("nmdb has no watch"), "{err}");
-    let (code, _, err) = common::run_cli(&["get", "k", "--proto", "jsonkv"], &[]);
+    let (code, _, err) = common::run_cli(&["incr", "k", "1", "--proto", "jsonkv"], &[]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("does not serve the jsonkv protocol yet"),
-        "{err}"
-    );
+    assert!(err.contains("jsonkv has no incr verb"), "{err}");
     let port = common::free_port();
     let (code, _, err) = common::run_cli(
         &[

@@ -485,3 +485,45 @@ async fn shutdown_pushes_goodbye_and_waits_for_the_ack() {
     assert!(closed_by_server(&mut silent, T).await);
     assert_eq!(server.wait_exit(T), Some(0));
 }
+
+#[test]
+fn client_verbs_speak_opencluster() {
+    let server = Server::start();
+    let addr = server.opencluster_addr();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--proto", "opencluster", "--addr", &addr]);
+        common::run_cli(&all, &[])
+    };
+    assert_eq!(
+        cli(&["set", "something", "45", "--type", "int"]).1.trim(),
+        "OK"
+    );
+    assert_eq!(cli(&["get", "something"]).1.trim(), "45 (int)");
+    assert_eq!(
+        cli(&["set", "clientname", "Bill Grady", "--sync"]).1.trim(),
+        "OK"
+    );
+    let (code, out, _) = cli(&["get", "clientname", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        r#"{"key":"clientname","type":"string","value":"Bill Grady"}"#
+    );
+    assert_eq!(cli(&["get", "missing"]).0, 1);
+    let (_, stats, _) = cli(&["stats"]);
+    assert!(stats.contains("primary buckets  16"), "{stats}");
+    let (code, _, err) = cli(&["set", "n", "x", "--type", "long"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--type long needs a 64-bit integer"), "{err}");
+    let (code, _, err) = cli(&["del", "something"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("OpenCluster has no del verb"), "{err}");
+    // --type belongs to OpenCluster.
+    let (code, _, err) = common::run_cli(&["set", "k", "1", "--type", "int"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--type and --expires are OpenCluster's"),
+        "{err}"
+    );
+}
