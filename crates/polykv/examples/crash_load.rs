@@ -1,9 +1,9 @@
-//! Load for scripts/crash-server.sh: writes through nmdb (SYNC and normal), minority and smalld,
-//! printing every acknowledged write as `PROTO KEY VALUE`, until the server dies; or verifies
-//! that every acknowledged write is still there.
+//! Load for scripts/crash-server.sh: writes through nmdb (SYNC and normal), minority, smalld and
+//! OpenCluster (full wait and not), printing every acknowledged write as `PROTO KEY VALUE`,
+//! until the server dies; or verifies that every acknowledged write is still there.
 //!
-//! `crash_load write NMDB MINORITY SMALLD SMALLD_KEY CYCLE`
-//! `crash_load verify NMDB MINORITY SMALLD SMALLD_KEY < acknowledged.txt`
+//! `crash_load write NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER CYCLE`
+//! `crash_load verify NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER < acknowledged.txt`
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
+use polykv_client::opencluster::OpenClusterClient;
 use polykv_client::smalld::SmalldClient;
 
 const T: Duration = Duration::from_secs(5);
@@ -24,13 +25,15 @@ fn ack(proto: &str, key: &str, value: u64) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [mode, nmdb, minority, smalld, key, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: crash_load write|verify NMDB MINORITY SMALLD SMALLD_KEY [CYCLE]");
+    let [mode, nmdb, minority, smalld, key, opencluster, rest @ ..] = args.as_slice() else {
+        eprintln!(
+            "usage: crash_load write|verify NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER [CYCLE]"
+        );
         std::process::exit(2);
     };
     let smalld_key: u32 = key.parse().expect("smalld key");
     if mode == "verify" {
-        std::process::exit(verify(nmdb, minority, smalld, smalld_key).await);
+        std::process::exit(verify(nmdb, minority, smalld, smalld_key, opencluster).await);
     }
     let base: u64 = rest.first().and_then(|c| c.parse().ok()).unwrap_or(0) * 1_000_000_000;
     let mut tasks = Vec::new();
@@ -73,6 +76,29 @@ async fn main() {
             }
         }));
     }
+    for t in 0..2i64 {
+        let addr = opencluster.clone();
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut c) = OpenClusterClient::connect(&addr, T).await else {
+                return;
+            };
+            let key = format!("o{t}");
+            for i in 1.. {
+                let value = base + i;
+                let full_wait = t == 0;
+                let Ok(stored) = i64::try_from(value) else {
+                    return;
+                };
+                if c.set_long(key.as_bytes(), stored, 0, full_wait)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                ack("opencluster", &key, value);
+            }
+        }));
+    }
     let addr = smalld.clone();
     tasks.push(tokio::spawn(async move {
         let c = SmalldClient::new(&addr, smalld_key, T);
@@ -89,7 +115,13 @@ async fn main() {
     }
 }
 
-async fn verify(nmdb: &str, minority: &str, smalld: &str, smalld_key: u32) -> i32 {
+async fn verify(
+    nmdb: &str,
+    minority: &str,
+    smalld: &str,
+    smalld_key: u32,
+    opencluster: &str,
+) -> i32 {
     let mut newest: HashMap<(String, String), u64> = HashMap::new();
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let mut parts = line.split_whitespace();
@@ -110,6 +142,9 @@ async fn verify(nmdb: &str, minority: &str, smalld: &str, smalld_key: u32) -> i3
         .await
         .expect("minority");
     let s = SmalldClient::new(smalld, smalld_key, T);
+    let mut o = OpenClusterClient::connect(opencluster, T)
+        .await
+        .expect("opencluster");
     let mut lost = 0;
     for ((proto, key), acked) in &newest {
         let stored = match proto.as_str() {
@@ -120,6 +155,12 @@ async fn verify(nmdb: &str, minority: &str, smalld: &str, smalld_key: u32) -> i3
                 .flatten()
                 .map(|(v, _)| v),
             "minority" => m.get(b"crash", key.as_bytes()).await.ok().flatten(),
+            "opencluster" => o
+                .get_long(key.as_bytes())
+                .await
+                .ok()
+                .flatten()
+                .map(|v| v.to_string().into()),
             _ => s.get(key.as_bytes()).await.ok().flatten(),
         };
         let stored: Option<u64> = stored.and_then(|v| String::from_utf8_lossy(&v).parse().ok());
