@@ -37,7 +37,7 @@ trap cleanup EXIT
 
 NMDB_PORT=$(free_port); OC_PORT=$(free_port); ADMIN_PORT=$(free_port); MC_PORT=$(free_port); REDIS_PORT=$(free_port)
 taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --nmdb-port "$NMDB_PORT" --nmdb-udp-enabled false --smalld-enabled false --minority-enabled false \
-  --opencluster-port "$OC_PORT" --admin-port "$ADMIN_PORT" --log-level warn 2>"$WORK/polykv.log" & PIDS+=($!)
+  --opencluster-port "$OC_PORT" --jsonkv-enabled false --jsonkv-udp-enabled false --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --admin-port "$ADMIN_PORT" --log-level warn 2>"$WORK/polykv.log" & PIDS+=($!)
 taskset -c $SERVER_CPU memcached -p "$MC_PORT" -U 0 -l 127.0.0.1 -t 1 -m 1024 -u root & PIDS+=($!)
 taskset -c $SERVER_CPU redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --logfile "$WORK/redis.log" & PIDS+=($!)

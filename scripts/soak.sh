@@ -3,7 +3,7 @@
 # server's memory and file descriptors stay flat.
 #   scripts/soak.sh [SECONDS]      (default 600)
 # Every 4 s a new `polykv bench` run opens 20 fresh nmdb connections (GET/SET mix over 50 000
-# keys, a new seed each time) and another 10 fresh OpenCluster and 10 minority connections, while
+# keys, a new seed each time) and another 10 fresh OpenCluster, 10 minority and 10 jsonkv connections, while
 # smalld clients connect, write, read and disconnect in a loop. RSS and open descriptors of the server are sampled every 10 s. The run fails if the server
 # dies, if RSS after the first minute grows by more than the cache budget plus fjall's write
 # buffers (128 MiB) and 64 MiB of slack, or if descriptors are not back to their level after the
@@ -15,10 +15,11 @@ cargo build --release -q -p polykv
 BIN="$PWD/target/release/polykv"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d)
-NMDB=$(free_port); SMALLD=$(free_port); MINORITY=$(free_port); OC=$(free_port); ADMIN=$(free_port)
+NMDB=$(free_port); SMALLD=$(free_port); MINORITY=$(free_port); OC=$(free_port); JK=$(free_port); ADMIN=$(free_port)
 CACHE=$((64 << 20))
 "$BIN" serve --data-dir "$WORK/data" --nmdb-port "$NMDB" --nmdb-udp-port "$NMDB" --smalld-port "$SMALLD" \
-  --minority-port "$MINORITY" --opencluster-port "$OC" --admin-port "$ADMIN" --smalld-secret-key 7 --smalld-request-log off \
+  --minority-port "$MINORITY" --opencluster-port "$OC" \
+  --jsonkv-port "$JK" --jsonkv-udp-port "$(free_port)" --jsonkv-rpc-port "$(free_port)" --jsonkv-agent-port "$(free_port)" --admin-port "$ADMIN" --smalld-secret-key 7 --smalld-request-log off \
   --engine-cache-bytes "$CACHE" --log-level warn 2>"$WORK/server.log" & PID=$!
 LOAD=()
 cleanup() { kill "${LOAD[@]}" 2>/dev/null || true; kill $PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -31,7 +32,8 @@ END=$((SECONDS + DURATION))
       --duration 4 --warmup 0 --seed "$RANDOM" --json >/dev/null 2>&1 || true
   done ) & LOAD+=($!)
 ( while [ $SECONDS -lt $END ]; do
-    "$BIN" bench --target "opencluster@127.0.0.1:$OC" --target "minority@127.0.0.1:$MINORITY" --connections 10 \
+    "$BIN" bench --target "opencluster@127.0.0.1:$OC" --target "minority@127.0.0.1:$MINORITY" \
+      --target "jsonkv@127.0.0.1:$JK" --connections 10 \
       --keys 50000 --get-ratio 0.7 --duration 2 --warmup 0 --seed "$RANDOM" --json >/dev/null 2>&1 || true
   done ) & LOAD+=($!)
 ( i=0; while [ $SECONDS -lt $END ]; do

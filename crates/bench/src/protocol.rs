@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 use polykv_protocols::opencluster::{self, ItemId, ReplyBody, RequestBody, Response};
-use polykv_protocols::{minority, nmdb, ClientCodec, Decoded};
+use polykv_protocols::{jsonkv, minority, nmdb, ClientCodec, Decoded};
 
 /// How the load generator talks to one kind of server.
 pub trait LoadProtocol: Send + Sync + 'static {
@@ -23,6 +23,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn LoadProtocol>> {
         "nmdb" => Some(Box::new(Nmdb)),
         "opencluster" => Some(Box::new(OpenCluster)),
         "minority" => Some(Box::new(Minority)),
+        "jsonkv" => Some(Box::new(Jsonkv)),
         _ => None,
     }
 }
@@ -253,6 +254,53 @@ impl LoadProtocol for Minority {
     }
 }
 
+/// jsonkv over TCP: one put or get object per frame (the workload's keys and values are ASCII).
+/// A put is acknowledged once on disk unless the server runs with `jsonkv.async_acks`.
+pub struct Jsonkv;
+
+impl Jsonkv {
+    fn encode(command: jsonkv::Command, out: &mut Vec<u8>) {
+        let request = jsonkv::RequestPayload::Single(jsonkv::Item::Command {
+            command,
+            id: jsonkv::Id::number(1),
+        });
+        let mut buf = BytesMut::new();
+        jsonkv::JsonkvClientCodec::default().encode_request(&request, &mut buf);
+        out.extend_from_slice(&buf);
+    }
+}
+
+impl LoadProtocol for Jsonkv {
+    fn name(&self) -> &'static str {
+        "jsonkv"
+    }
+
+    fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        Self::encode(jsonkv::Command::Get { key }, out);
+    }
+
+    fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        let value = String::from_utf8_lossy(value).into_owned();
+        Self::encode(jsonkv::Command::Put { key, value }, out);
+    }
+
+    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+        match jsonkv::JsonkvClientCodec::default().decode_response(buf) {
+            Ok(Decoded::Frame(jsonkv::ResponsePayload::Single(reply), used)) => Ok(Some((
+                used,
+                reply.is_success() || reply.code == jsonkv::Code::KeyNotFound.as_str(),
+            ))),
+            Ok(Decoded::Frame(jsonkv::ResponsePayload::Batch(_), _)) => {
+                Err("a batch reply to a single request".into())
+            }
+            Ok(Decoded::Incomplete) => Ok(None),
+            Err(reject) => Err(reject.reason.to_string()),
+        }
+    }
+}
+
 /// Redis's RESP2.
 pub struct Resp;
 
@@ -382,5 +430,33 @@ mod tests {
         let mut fail = ok;
         fail[7] = 1;
         assert_eq!(Minority.parse_reply(&fail).unwrap(), Some((16, false)));
+    }
+
+    #[test]
+    fn jsonkv_encoding_and_replies() {
+        let mut out = Vec::new();
+        Jsonkv.encode_get(b"k", &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains(r#""operate":"get""#), "{text}");
+        assert!(text.contains(r#""key":"k""#), "{text}");
+        let mut reply = BytesMut::new();
+        jsonkv::write_frame(
+            &mut reply,
+            br#"{"jsonkv":"1.0","result":{"value":"","code":"1000","message":"key does not exist."},"id":1}"#,
+        );
+        assert_eq!(
+            Jsonkv.parse_reply(&reply).unwrap(),
+            Some((reply.len(), true))
+        );
+        assert_eq!(Jsonkv.parse_reply(&reply[..reply.len() - 1]).unwrap(), None);
+        let mut error = BytesMut::new();
+        jsonkv::write_frame(
+            &mut error,
+            br#"{"jsonkv":"1.0","result":{"value":"","code":"1002","message":"invalid key"},"id":1}"#,
+        );
+        assert_eq!(
+            Jsonkv.parse_reply(&error).unwrap(),
+            Some((error.len(), false))
+        );
     }
 }

@@ -1,14 +1,16 @@
-//! Load for scripts/crash-server.sh: writes through nmdb (SYNC and normal), minority, smalld and
-//! OpenCluster (full wait and not), printing every acknowledged write as `PROTO KEY VALUE`,
-//! until the server dies; or verifies that every acknowledged write is still there.
+//! Load for scripts/crash-server.sh: writes through nmdb (SYNC and normal), minority, smalld,
+//! OpenCluster (full wait and not) and jsonkv, printing every acknowledged write as
+//! `PROTO KEY VALUE`, until the server dies; or verifies that every acknowledged write is still
+//! there.
 //!
-//! `crash_load write NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER CYCLE`
-//! `crash_load verify NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER < acknowledged.txt`
+//! `crash_load write NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER JSONKV CYCLE`
+//! `crash_load verify NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER JSONKV < acknowledged.txt`
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
+use polykv_client::jsonkv::JsonkvClient;
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
 use polykv_client::opencluster::OpenClusterClient;
@@ -25,15 +27,17 @@ fn ack(proto: &str, key: &str, value: u64) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [mode, nmdb, minority, smalld, key, opencluster, rest @ ..] = args.as_slice() else {
+    let [mode, nmdb, minority, smalld, key, opencluster, jsonkv, rest @ ..] = args.as_slice()
+    else {
         eprintln!(
-            "usage: crash_load write|verify NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER [CYCLE]"
+            "usage: crash_load write|verify NMDB MINORITY SMALLD SMALLD_KEY OPENCLUSTER JSONKV [CYCLE]"
         );
         std::process::exit(2);
     };
     let smalld_key: u32 = key.parse().expect("smalld key");
     if mode == "verify" {
-        std::process::exit(verify(nmdb, minority, smalld, smalld_key, opencluster).await);
+        let addrs = [nmdb, minority, smalld, opencluster, jsonkv].map(String::as_str);
+        std::process::exit(verify(addrs, smalld_key).await);
     }
     let base: u64 = rest.first().and_then(|c| c.parse().ok()).unwrap_or(0) * 1_000_000_000;
     let mut tasks = Vec::new();
@@ -99,6 +103,22 @@ async fn main() {
             }
         }));
     }
+    for t in 0..2u64 {
+        let addr = jsonkv.clone();
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut c) = JsonkvClient::connect(&addr, T).await else {
+                return;
+            };
+            let key = format!("j{t}");
+            for i in 1.. {
+                let value = base + i;
+                if c.put(&key, &value.to_string()).await.is_err() {
+                    return;
+                }
+                ack("jsonkv", &key, value);
+            }
+        }));
+    }
     let addr = smalld.clone();
     tasks.push(tokio::spawn(async move {
         let c = SmalldClient::new(&addr, smalld_key, T);
@@ -115,13 +135,8 @@ async fn main() {
     }
 }
 
-async fn verify(
-    nmdb: &str,
-    minority: &str,
-    smalld: &str,
-    smalld_key: u32,
-    opencluster: &str,
-) -> i32 {
+async fn verify(addrs: [&str; 5], smalld_key: u32) -> i32 {
+    let [nmdb, minority, smalld, opencluster, jsonkv] = addrs;
     let mut newest: HashMap<(String, String), u64> = HashMap::new();
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let mut parts = line.split_whitespace();
@@ -145,6 +160,7 @@ async fn verify(
     let mut o = OpenClusterClient::connect(opencluster, T)
         .await
         .expect("opencluster");
+    let mut j = JsonkvClient::connect(jsonkv, T).await.expect("jsonkv");
     let mut lost = 0;
     for ((proto, key), acked) in &newest {
         let stored = match proto.as_str() {
@@ -155,6 +171,7 @@ async fn verify(
                 .flatten()
                 .map(|(v, _)| v),
             "minority" => m.get(b"crash", key.as_bytes()).await.ok().flatten(),
+            "jsonkv" => j.get(key).await.ok().flatten().map(Into::into),
             "opencluster" => o
                 .get_long(key.as_bytes())
                 .await

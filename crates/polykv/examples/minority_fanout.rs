@@ -3,16 +3,126 @@
 //! set rate with the subscribers attached.
 //!
 //! `minority_fanout ADDR [SUBSCRIBERS] [ROUNDS] [SECONDS]` (defaults 1000, 200, 5).
+//!
+//! `minority_fanout redis ADDR [SUBSCRIBERS] [ROUNDS]`: the same fan-out measured with Redis
+//! PUBLISH to SUBSCRIBERS connections SUBSCRIBEd to one channel, as a baseline for what the
+//! machine's loopback allows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use polykv_client::minority::MinorityClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+fn report(what: &str, subscribers: usize, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "{what}: fan-out to {subscribers} subscribers, {} rounds: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        pick(0.50).as_secs_f64() * 1e3,
+        pick(0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+}
+
+fn resp(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len()).into_bytes();
+    for part in parts {
+        out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Redis pub/sub baseline: each subscriber reads messages `*3 $7 message $6 fanout $N ROUND`.
+async fn redis(addr: String, subscribers: usize, rounds: u32) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Instant)>();
+    let ready = Arc::new(tokio::sync::Barrier::new(subscribers + 1));
+    for _ in 0..subscribers {
+        let (addr, tx, ready) = (addr.clone(), tx.clone(), ready.clone());
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr)
+                .await
+                .expect("subscriber connects");
+            s.set_nodelay(true).expect("nodelay");
+            s.write_all(&resp(&[b"SUBSCRIBE", b"fanout"]))
+                .await
+                .expect("subscribe");
+            let mut reader = BufReader::new(s);
+            // The subscribe confirmation: *3 $9 subscribe $6 fanout :1 = 6 lines.
+            let mut line = Vec::new();
+            for _ in 0..6 {
+                read_line(&mut reader, &mut line).await;
+            }
+            ready.wait().await;
+            loop {
+                // *3, $7, message, $6, fanout, $N, payload
+                for _ in 0..6 {
+                    read_line(&mut reader, &mut line).await;
+                }
+                read_line(&mut reader, &mut line).await;
+                let round = String::from_utf8_lossy(&line)
+                    .trim()
+                    .parse()
+                    .unwrap_or(u32::MAX);
+                if tx.send((round, Instant::now())).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    ready.wait().await;
+    let mut publisher = TcpStream::connect(&addr).await.expect("publisher connects");
+    publisher.set_nodelay(true).expect("nodelay");
+    let mut latencies = Vec::new();
+    let mut reply = [0u8; 64];
+    for round in 0..rounds {
+        let sent = Instant::now();
+        publisher
+            .write_all(&resp(&[
+                b"PUBLISH",
+                b"fanout",
+                round.to_string().as_bytes(),
+            ]))
+            .await
+            .expect("publish");
+        let _ = publisher.read(&mut reply).await.expect("publish reply");
+        let mut last = sent;
+        let mut arrived = 0;
+        while arrived < subscribers {
+            let (r, at) = rx.recv().await.expect("messages");
+            if r == round {
+                arrived += 1;
+                last = last.max(at);
+            }
+        }
+        latencies.push(last - sent);
+    }
+    report("redis PUBLISH", subscribers, latencies);
+}
+
+async fn read_line(reader: &mut BufReader<TcpStream>, line: &mut Vec<u8>) {
+    use tokio::io::AsyncBufReadExt;
+    line.clear();
+    let n = reader.read_until(b'\n', line).await.expect("read");
+    assert!(n > 0, "redis closed the connection");
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("redis") {
+        args.next();
+        let addr = args.next().unwrap_or_else(|| "127.0.0.1:6379".into());
+        let subscribers = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+        let rounds = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+        redis(addr, subscribers, rounds).await;
+        return;
+    }
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:8000".into());
     let subscribers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let rounds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
@@ -62,14 +172,7 @@ async fn main() {
         }
         latencies.push(last - sent);
     }
-    latencies.sort();
-    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    println!(
-        "fan-out to {subscribers} subscribers, {rounds} rounds: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pick(0.50).as_secs_f64() * 1e3,
-        pick(0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
+    report("polykv minority set", subscribers, latencies);
 
     // Sustained sets to other keys of the same dataId family while the subscribers stay attached,
     // from 8 writers.

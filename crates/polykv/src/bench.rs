@@ -11,7 +11,7 @@ use polykv_bench::{protocol, ratio_table, run, RunConfig};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// A server to load, as `PROTOCOL@HOST:PORT` or `LABEL=PROTOCOL@HOST:PORT`; repeat it to
-    /// run several targets in turn under the same load. Protocols: nmdb, opencluster, minority, memcached,
+    /// run several targets in turn under the same load. Protocols: nmdb, opencluster, minority, jsonkv, memcached,
     /// redis (RESP).
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
@@ -94,7 +94,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for (label, proto, addr) in targets {
         let Some(protocol) = protocol::by_name(&proto) else {
-            bail!("unknown protocol {proto:?} in target {label}: use nmdb, opencluster, minority, memcached or redis");
+            bail!("unknown protocol {proto:?} in target {label}: use nmdb, opencluster, minority, jsonkv, memcached or redis");
         };
         let config = RunConfig {
             addr,

@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Options, Server};
+use polykv_client::jsonkv::JsonkvClient;
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
 use polykv_client::opencluster::OpenClusterClient;
@@ -29,6 +30,8 @@ fn hostile_server() -> Server {
             "--minority-partial-frame-timeout-secs",
             "2",
             "--opencluster-partial-frame-timeout-secs",
+            "2",
+            "--jsonkv-idle-timeout-secs",
             "2",
             "--engine-cache-bytes",
             "33554432",
@@ -67,6 +70,11 @@ async fn everyone_is_served(server: &Server) {
         .unwrap();
     o.set_int(b"alive", 1, 0, false).await.unwrap();
     assert_eq!(o.get_int(b"alive").await.unwrap(), Some(1));
+    let mut j = JsonkvClient::connect(&server.jsonkv_addr(), T)
+        .await
+        .unwrap();
+    j.put("alive", "yes").await.unwrap();
+    assert_eq!(j.get("alive").await.unwrap().as_deref(), Some("yes"));
 }
 
 fn xorshift(seed: &mut u64) -> u64 {
@@ -85,6 +93,9 @@ async fn random_bytes_on_every_port() {
         server.minority_addr(),
         server.smalld_addr(),
         server.opencluster_addr(),
+        server.jsonkv_addr(),
+        server.jsonkv_rpc_addr(),
+        server.agent_addr(),
     ] {
         for _ in 0..30 {
             let len = (xorshift(&mut seed) % 300) as usize;
@@ -96,12 +107,14 @@ async fn random_bytes_on_every_port() {
             let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut sink)).await;
         }
     }
-    // Random datagrams to nmdb's UDP port.
+    // Random datagrams to nmdb's and jsonkv's UDP ports.
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    for _ in 0..100 {
-        let len = (xorshift(&mut seed) % 100) as usize;
-        let bytes: Vec<u8> = (0..len).map(|_| xorshift(&mut seed) as u8).collect();
-        let _ = udp.send_to(&bytes, server.nmdb_addr()).await;
+    for target in [server.nmdb_addr(), server.jsonkv_udp_addr()] {
+        for _ in 0..100 {
+            let len = (xorshift(&mut seed) % 100) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| xorshift(&mut seed) as u8).collect();
+            let _ = udp.send_to(&bytes, &target).await;
+        }
     }
     everyone_is_served(&server).await;
 }
@@ -174,9 +187,10 @@ async fn a_thousand_idle_connections() {
     let count = (limit.rlim_cur as usize / 3).clamp(100, 1000);
     let mut idle = Vec::new();
     for i in 0..count {
-        let addr = match i % 3 {
+        let addr = match i % 4 {
             0 => server.nmdb_addr(),
             1 => server.minority_addr(),
+            2 => server.jsonkv_addr(),
             _ => server.opencluster_addr(),
         };
         idle.push(TcpStream::connect(addr).await.unwrap());
@@ -258,6 +272,44 @@ async fn a_flood_of_maximum_size_frames() {
                 replies.chunks(12).all(|r| r[..4] == [0, 1, 0x07, 0xe4]),
                 "every set_string acked"
             );
+        }));
+    }
+    // jsonkv: 2 connections pipelining 10 frames each of nearly the 1 MiB frame limit, every
+    // frame a batch of 15 puts of 65 000-byte values.
+    for c in 0..2u8 {
+        let addr = server.jsonkv_addr();
+        floods.push(tokio::spawn(async move {
+            use polykv_protocols::jsonkv::{Command, Id, Item, JsonkvClientCodec, RequestPayload};
+            use polykv_protocols::ClientCodec;
+            let items = (0..15)
+                .map(|i| Item::Command {
+                    command: Command::Put {
+                        key: format!("flood-{c}-{i}"),
+                        value: "x".repeat(65_000),
+                    },
+                    id: Id::number(i),
+                })
+                .collect();
+            let mut frame = bytes::BytesMut::new();
+            JsonkvClientCodec::default().encode_request(&RequestPayload::Batch(items), &mut frame);
+            assert!(frame.len() <= 1 << 20, "{} bytes", frame.len());
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            for _ in 0..10 {
+                s.write_all(&frame).await.unwrap();
+            }
+            // Read the 10 replies by their length fields.
+            for _ in 0..10 {
+                let mut header = [0u8; 16];
+                tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut header))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let len = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+                let mut body = vec![0u8; len as usize - 16];
+                s.read_exact(&mut body).await.unwrap();
+                let text = String::from_utf8(body).unwrap();
+                assert_eq!(text.matches(r#""code":"0""#).count(), 15, "{text}");
+            }
         }));
     }
     let mut over = TcpStream::connect(server.opencluster_addr()).await.unwrap();

@@ -187,13 +187,23 @@ async fn subscriptions_to_a_pair_and_to_a_whole_data_id() {
             .is_none(),
         "other keys are not pushed to a pair"
     );
+    // Three pushes are expected (each waited for as long as a loaded machine needs), then none.
     let mut seen = Vec::new();
-    while let Some(p) = whole.next_push(Duration::from_millis(300)).await.unwrap() {
+    for _ in 0..3 {
+        let p = whole.next_push(T).await.unwrap().unwrap();
         seen.push((
             String::from_utf8_lossy(&p.datanum_id).into_owned(),
             String::from_utf8_lossy(&p.value).into_owned(),
         ));
     }
+    assert!(
+        whole
+            .next_push(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_none(),
+        "only matching keys are pushed"
+    );
     assert_eq!(
         seen,
         vec![

@@ -48,6 +48,7 @@ pub struct Config {
     pub smalld: SmalldConfig,
     pub minority: MinorityConfig,
     pub opencluster: OpenClusterConfig,
+    pub jsonkv: JsonkvConfig,
 }
 
 impl Default for Config {
@@ -64,6 +65,7 @@ impl Default for Config {
             smalld: SmalldConfig::default(),
             minority: MinorityConfig::default(),
             opencluster: OpenClusterConfig::default(),
+            jsonkv: JsonkvConfig::default(),
         }
     }
 }
@@ -297,6 +299,95 @@ impl Default for OpenClusterConfig {
     }
 }
 
+/// jsonkv over TCP, UDP and JSON-RPC, and the jsonagent discovery service (jsonkv.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonkvConfig {
+    /// Serve jsonkv over TCP.
+    pub enabled: bool,
+    /// Listen address of all four endpoints; empty = `bind`.
+    pub addr: String,
+    pub port: u16,
+    pub udp_enabled: bool,
+    pub udp_port: u16,
+    pub rpc_enabled: bool,
+    pub rpc_port: u16,
+    pub agent_enabled: bool,
+    pub agent_port: u16,
+    pub keyspace: String,
+    /// Largest frame (header + JSON) over TCP and the agent, and largest HTTP body.
+    pub max_frame: u64,
+    pub max_key: u64,
+    pub max_value: u64,
+    pub max_depth: u64,
+    /// Bytes of values one batch may return; later gets in the batch answer 1024.
+    pub max_batch_response: u64,
+    /// Close TCP and HTTP connections that complete no request this long; 0 = never.
+    pub idle_timeout_secs: u64,
+    pub max_output_bytes: u64,
+    /// Acknowledge put/delete once applied (Async) instead of once on disk (Sync).
+    pub async_acks: bool,
+    /// Close agent connections (and drop their registration) after this long without a frame.
+    pub agent_idle_timeout_secs: u64,
+    pub agent_max_registrations: u64,
+    /// Address the agent lists for this node; empty = the local IP of the agent connection.
+    pub advertise_addr: String,
+}
+
+impl Default for JsonkvConfig {
+    fn default() -> Self {
+        JsonkvConfig {
+            enabled: true,
+            addr: String::new(),
+            port: 15001,
+            udp_enabled: true,
+            udp_port: 15002,
+            rpc_enabled: true,
+            rpc_port: 15003,
+            agent_enabled: true,
+            agent_port: 15000,
+            keyspace: "jsonkv".into(),
+            max_frame: 1 << 20,
+            max_key: 1024,
+            max_value: 65_536,
+            max_depth: 64,
+            max_batch_response: 64 << 20,
+            idle_timeout_secs: 60,
+            max_output_bytes: 4 << 20,
+            async_acks: false,
+            agent_idle_timeout_secs: 20,
+            agent_max_registrations: 1024,
+            advertise_addr: String::new(),
+        }
+    }
+}
+
+impl JsonkvConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !polykv_engine::valid_keyspace_name(&self.keyspace) {
+            return Err(format!(
+                "jsonkv.keyspace {:?}: names are 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.keyspace
+            ));
+        }
+        // The header's length is a u32 and must hold at least the header itself.
+        if self.max_frame < 16 || self.max_frame > u64::from(u32::MAX) {
+            return Err("jsonkv.max_frame must be from 16 to 4294967295".into());
+        }
+        if self.max_key == 0 || self.max_key > polykv_engine::MAX_KEY_LEN as u64 {
+            return Err(format!(
+                "jsonkv.max_key must be from 1 to {}",
+                polykv_engine::MAX_KEY_LEN
+            ));
+        }
+        // serde_json refuses deeper input on its own (at 128), which would read as malformed.
+        if !(1..=128).contains(&self.max_depth) {
+            return Err("jsonkv.max_depth must be from 1 to 128".into());
+        }
+        Ok(())
+    }
+}
+
 /// One line of documentation per field, used for `--help` and checked against the docs.
 pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
@@ -475,6 +566,69 @@ pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
         "smalld.request_log",
         "Where the request log goes: stdout, stderr or off",
+    ),
+    ("jsonkv.enabled", "Serve jsonkv over TCP"),
+    (
+        "jsonkv.addr",
+        "Listen address of jsonkv TCP, UDP, JSON-RPC and the agent (empty = bind)",
+    ),
+    ("jsonkv.port", "jsonkv TCP port"),
+    ("jsonkv.udp_enabled", "Serve jsonkv over UDP"),
+    ("jsonkv.udp_port", "jsonkv UDP port"),
+    ("jsonkv.rpc_enabled", "Serve JSON-RPC 2.0 over HTTP"),
+    ("jsonkv.rpc_port", "JSON-RPC HTTP port"),
+    (
+        "jsonkv.agent_enabled",
+        "Serve the jsonagent discovery service",
+    ),
+    ("jsonkv.agent_port", "jsonagent TCP port"),
+    (
+        "jsonkv.keyspace",
+        "Engine keyspace jsonkv TCP, UDP and JSON-RPC read and write",
+    ),
+    (
+        "jsonkv.max_frame",
+        "Largest frame (16-byte header + JSON) and largest HTTP body, in bytes",
+    ),
+    (
+        "jsonkv.max_key",
+        "Longest key in UTF-8 bytes (longer: 1002)",
+    ),
+    (
+        "jsonkv.max_value",
+        "Longest value in UTF-8 bytes (longer: 1001)",
+    ),
+    (
+        "jsonkv.max_depth",
+        "Deepest JSON nesting accepted, 1 to 128",
+    ),
+    (
+        "jsonkv.max_batch_response",
+        "Value bytes one batch may return; later gets in it answer 1024",
+    ),
+    (
+        "jsonkv.idle_timeout_secs",
+        "Close TCP and HTTP connections that complete no request this long (0 = never)",
+    ),
+    (
+        "jsonkv.max_output_bytes",
+        "Unsent reply bytes per TCP connection before reading pauses",
+    ),
+    (
+        "jsonkv.async_acks",
+        "Acknowledge put/delete once applied instead of once on disk",
+    ),
+    (
+        "jsonkv.agent_idle_timeout_secs",
+        "Close agent connections silent this long, dropping their registration (0 = never)",
+    ),
+    (
+        "jsonkv.agent_max_registrations",
+        "Most servers registered with the agent at once (more: 901)",
+    ),
+    (
+        "jsonkv.advertise_addr",
+        "Address the agent lists for this node (empty = local IP of the agent connection)",
     ),
 ];
 
@@ -673,6 +827,7 @@ impl Config {
                 "opencluster.max_payload must fit in 32 bits".into(),
             ));
         }
+        self.jsonkv.validate().map_err(ConfigError::Invalid)?;
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),

@@ -20,6 +20,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free UDP port on 127.0.0.1 (bound and released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A running server, killed on drop.
 pub struct Server {
     pub child: Option<Child>,
@@ -29,6 +38,10 @@ pub struct Server {
     pub smalld_port: u16,
     pub minority_port: u16,
     pub opencluster_port: u16,
+    pub jsonkv_port: u16,
+    pub jsonkv_udp_port: u16,
+    pub jsonkv_rpc_port: u16,
+    pub agent_port: u16,
     pub log: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -64,6 +77,10 @@ impl Server {
             let smalld_port = free_port();
             let minority_port = free_port();
             let opencluster_port = free_port();
+            let jsonkv_port = free_port();
+            let jsonkv_udp_port = free_udp_port();
+            let jsonkv_rpc_port = free_port();
+            let agent_port = free_port();
             let log = data_dir.with_extension(format!("log{admin_port}"));
             let mut args = vec![
                 "--smalld-port".to_string(),
@@ -72,6 +89,14 @@ impl Server {
                 minority_port.to_string(),
                 "--opencluster-port".to_string(),
                 opencluster_port.to_string(),
+                "--jsonkv-port".to_string(),
+                jsonkv_port.to_string(),
+                "--jsonkv-udp-port".to_string(),
+                jsonkv_udp_port.to_string(),
+                "--jsonkv-rpc-port".to_string(),
+                jsonkv_rpc_port.to_string(),
+                "--jsonkv-agent-port".to_string(),
+                agent_port.to_string(),
             ];
             args.extend(options.args.iter().cloned());
             let child = spawn(&data_dir, admin_port, nmdb_port, &args, &options.env, &log);
@@ -83,6 +108,10 @@ impl Server {
                 smalld_port,
                 minority_port,
                 opencluster_port,
+                jsonkv_port,
+                jsonkv_udp_port,
+                jsonkv_rpc_port,
+                agent_port,
                 log,
                 _dir: None,
             };
@@ -126,6 +155,22 @@ impl Server {
 
     pub fn opencluster_addr(&self) -> String {
         format!("127.0.0.1:{}", self.opencluster_port)
+    }
+
+    pub fn jsonkv_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.jsonkv_port)
+    }
+
+    pub fn jsonkv_udp_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.jsonkv_udp_port)
+    }
+
+    pub fn jsonkv_rpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.jsonkv_rpc_port)
+    }
+
+    pub fn agent_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.agent_port)
     }
 
     pub fn smalld_addr(&self) -> String {

@@ -1,0 +1,311 @@
+//! jsonkv put/get/delete on the engine (§4), shared by TCP, UDP and JSON-RPC, and the service
+//! that answers framed requests over TCP and UDP.
+
+use bytes::{Bytes, BytesMut};
+use polykv_engine::{
+    Command as EngineCommand, Durability, Engine, KeyspaceId, Outcome as EngineOutcome, Pending,
+    Value,
+};
+use polykv_protocols::jsonkv::{
+    Code, Command, Id, Item, JsonkvServerCodec, Operate, RequestPayload, Response, ResponsePayload,
+    NOT_UTF8_MESSAGE,
+};
+use polykv_protocols::{Decoded, Reject, ServerCodec};
+
+use crate::session::{Reply, Service};
+
+/// Operation names for metrics (TCP and UDP).
+pub const OPS: &[&str] = &["put", "get", "delete", "batch", "invalid", "malformed"];
+
+/// The message of a get refused because its batch already returns too many value bytes.
+pub const RESPONSE_TOO_LARGE: &str = "batch response too large";
+
+/// The result of one command, before it is written in a protocol's reply shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `value` is the stored value for a get, `None` otherwise.
+    Success {
+        op: Operate,
+        value: Option<String>,
+    },
+    Failure {
+        code: Code,
+        message: &'static str,
+    },
+}
+
+impl Outcome {
+    fn failure(code: Code) -> Outcome {
+        Outcome::Failure {
+            code,
+            message: code.message(),
+        }
+    }
+
+    /// The jsonkv response object (§3.2).
+    pub fn into_response(self, id: Id) -> Response {
+        match self {
+            Outcome::Success { op, value } => Response::success(op, value.unwrap_or_default(), id),
+            Outcome::Failure { code, message } => Response::error_with(code, message, id),
+        }
+    }
+}
+
+/// A command applied to the engine, and what is left before it may be acknowledged.
+pub enum Step {
+    Done(Outcome),
+    /// A write that is visible but must reach its durability before it is acknowledged.
+    Durable {
+        op: Operate,
+        pending: Pending,
+    },
+}
+
+impl Step {
+    /// Waits for durability, if needed; a write that cannot be made durable is 1024.
+    pub async fn finish(self) -> Outcome {
+        match self {
+            Step::Done(outcome) => outcome,
+            Step::Durable { op, pending } => match pending.durable().await {
+                Ok(_) => Outcome::Success { op, value: None },
+                Err(e) => {
+                    tracing::error!(error = %e, "jsonkv write could not be made durable");
+                    Outcome::failure(Code::Internal)
+                }
+            },
+        }
+    }
+}
+
+/// The jsonkv keyspace and how writes are acknowledged.
+pub struct KvStore {
+    engine: Engine,
+    keyspace: KeyspaceId,
+    durability: Durability,
+    /// Value bytes one request (single or batch) may return.
+    pub max_response: usize,
+}
+
+impl KvStore {
+    pub fn new(
+        engine: Engine,
+        keyspace: KeyspaceId,
+        durability: Durability,
+        max_response: usize,
+    ) -> Self {
+        KvStore {
+            engine,
+            keyspace,
+            durability,
+            max_response,
+        }
+    }
+
+    /// Applies one validated command now (§3.4 step 6). `budget` is what is left of the
+    /// request's value bytes; a get that would pass it answers 1024.
+    pub fn apply(&self, command: Command, budget: &mut usize) -> Step {
+        match command {
+            Command::Get { key } => Step::Done(self.get(&key, budget)),
+            Command::Put { key, value } => self.write(
+                Operate::Put,
+                EngineCommand::put(
+                    self.keyspace,
+                    Bytes::from(key.into_bytes()),
+                    Value::Bytes(Bytes::from(value.into_bytes())),
+                ),
+            ),
+            Command::Delete { key } => self.write(
+                Operate::Delete,
+                EngineCommand::delete(self.keyspace, Bytes::from(key.into_bytes())),
+            ),
+        }
+    }
+
+    fn get(&self, key: &str, budget: &mut usize) -> Outcome {
+        let read = match self.engine.get(self.keyspace, key.as_bytes()) {
+            Ok(Some(read)) => read,
+            Ok(None) => return Outcome::failure(Code::KeyNotFound),
+            Err(e) => {
+                tracing::warn!(error = %e, "jsonkv get failed in the engine");
+                return Outcome::failure(Code::Internal);
+            }
+        };
+        // A shared keyspace can hold bytes another protocol wrote; JSON strings cannot carry them.
+        let Ok(value) = String::from_utf8(read.entry.value.to_bytes().to_vec()) else {
+            return Outcome::Failure {
+                code: Code::Internal,
+                message: NOT_UTF8_MESSAGE,
+            };
+        };
+        let cost = escaped_len(&value);
+        if cost > *budget {
+            return Outcome::Failure {
+                code: Code::Internal,
+                message: RESPONSE_TOO_LARGE,
+            };
+        }
+        *budget -= cost;
+        Outcome::Success {
+            op: Operate::Get,
+            value: Some(value),
+        }
+    }
+
+    fn write(&self, op: Operate, command: EngineCommand) -> Step {
+        match self.engine.submit(command, self.durability) {
+            Ok(pending) if pending.outcome == EngineOutcome::NotFound => {
+                Step::Done(Outcome::failure(Code::KeyNotFound))
+            }
+            Ok(pending) => Step::Durable { op, pending },
+            Err(e) => {
+                tracing::warn!(error = %e, op = op.as_str(), "jsonkv write failed in the engine");
+                Step::Done(Outcome::failure(Code::Internal))
+            }
+        }
+    }
+}
+
+/// An upper bound of the size of `s` as a JSON string: control characters become up to six
+/// bytes, quotes and backslashes two.
+pub fn escaped_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            0..=0x1f => 6,
+            b'"' | b'\\' => 2,
+            _ => 1,
+        })
+        .sum::<usize>()
+        + 2
+}
+
+/// Whether a response code counts as an error in the metrics (a missing key does not).
+fn is_error_code(code: &str) -> bool {
+    !matches!(code, "0" | "1000")
+}
+
+/// One TCP connection's, or the UDP socket's, jsonkv service.
+pub struct JsonkvService {
+    store: std::sync::Arc<KvStore>,
+}
+
+impl JsonkvService {
+    pub fn new(store: std::sync::Arc<KvStore>) -> Self {
+        JsonkvService { store }
+    }
+}
+
+impl Service for JsonkvService {
+    type Request = RequestPayload;
+    type Response = ResponsePayload;
+
+    fn op_name(request: &RequestPayload) -> &'static str {
+        match request {
+            RequestPayload::Single(Item::Command { command, .. }) => command.operate().as_str(),
+            RequestPayload::Single(Item::Invalid { .. }) => "invalid",
+            RequestPayload::Batch(_) => "batch",
+            RequestPayload::Malformed => "malformed",
+        }
+    }
+
+    fn is_error(response: &ResponsePayload) -> bool {
+        match response {
+            ResponsePayload::Single(r) => is_error_code(&r.code),
+            ResponsePayload::Batch(rs) => rs.iter().any(|r| is_error_code(&r.code)),
+        }
+    }
+
+    async fn call(&mut self, request: RequestPayload) -> Reply<ResponsePayload> {
+        let mut budget = self.store.max_response;
+        match request {
+            RequestPayload::Malformed => {
+                Reply::send(ResponsePayload::Single(Response::malformed()))
+            }
+            RequestPayload::Single(Item::Invalid { code, id }) => {
+                Reply::send(ResponsePayload::Single(Response::error(code, id)))
+            }
+            RequestPayload::Single(Item::Command { command, id }) => {
+                match self.store.apply(command, &mut budget) {
+                    Step::Done(outcome) => {
+                        Reply::send(ResponsePayload::Single(outcome.into_response(id)))
+                    }
+                    // Deferred, so pipelined writes share one group commit.
+                    Step::Durable { op, pending } => Reply::after_sync(
+                        pending,
+                        ResponsePayload::Single(Response::success(op, String::new(), id.clone())),
+                        ResponsePayload::Single(Response::error(Code::Internal, id)),
+                    ),
+                }
+            }
+            RequestPayload::Batch(items) => {
+                // Every element is applied in order first; the waits then usually share one
+                // group commit, and the batch is answered once all its writes are durable.
+                let steps: Vec<(Step, Id)> = items
+                    .into_iter()
+                    .map(|item| match item {
+                        Item::Invalid { code, id } => (Step::Done(Outcome::failure(code)), id),
+                        Item::Command { command, id } => {
+                            (self.store.apply(command, &mut budget), id)
+                        }
+                    })
+                    .collect();
+                let mut responses = Vec::with_capacity(steps.len());
+                for (step, id) in steps {
+                    responses.push(step.finish().await.into_response(id));
+                }
+                Reply::send(ResponsePayload::Batch(responses))
+            }
+        }
+    }
+}
+
+/// jsonkv over UDP: a datagram whose `length` disagrees with its size is dropped (J2), and a
+/// reply too large for one datagram is replaced by the 1024 object of §2.2.
+pub struct UdpCodec(pub JsonkvServerCodec);
+
+impl ServerCodec for UdpCodec {
+    type Request = RequestPayload;
+    type Response = ResponsePayload;
+
+    fn decode_request(&self, buf: &[u8]) -> Result<Decoded<RequestPayload>, Reject> {
+        self.0
+            .decode_datagram(buf)
+            .map(|request| Decoded::Frame(request, buf.len()))
+            .ok_or(Reject::new(
+                "jsonkv datagram length disagrees with its size",
+            ))
+    }
+
+    fn encode_response(&self, response: &ResponsePayload, out: &mut BytesMut) {
+        self.0.encode_datagram_response(response, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_len_is_an_upper_bound() {
+        for s in ["", "abc", "a\"b\\c", "\u{1}\n\t", "é€😀"] {
+            let json = serde_json::to_string(s).unwrap();
+            assert!(escaped_len(s) >= json.len(), "{s:?}");
+        }
+        assert_eq!(escaped_len("abc"), 5);
+    }
+
+    #[test]
+    fn udp_codec_drops_wrong_lengths() {
+        let codec = UdpCodec(JsonkvServerCodec::default());
+        let json = br#"{"jsonkv":"1.0","operate":"get","key":"k"}"#;
+        let mut datagram = vec![0u8; 16];
+        datagram[8..12].copy_from_slice(&(16 + json.len() as u32).to_be_bytes());
+        datagram.extend_from_slice(json);
+        assert!(matches!(
+            codec.decode_request(&datagram),
+            Ok(Decoded::Frame(RequestPayload::Single(_), n)) if n == datagram.len()
+        ));
+        datagram.push(b' ');
+        assert!(codec.decode_request(&datagram).is_err());
+        assert!(codec.decode_request(&datagram[..10]).is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! jsonkv (jsonkv.md): one keyspace served over TCP (15001), UDP (15002) and JSON-RPC 2.0 over
+//! HTTP (15003), and the jsonagent discovery service (15000), which lists this node.
+//!
+//! `kv` maps put/get/delete onto the engine and answers framed requests (TCP and UDP), `rpc`
+//! is the HTTP listener, `agent` the registry and its connections.
+
+pub mod agent;
+pub mod kv;
+pub mod rpc;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use polykv_engine::Durability;
+use polykv_protocols::jsonkv::{AgentServerCodec, JsonkvServerCodec, Limits};
+
+use crate::metrics::ProtocolMetrics;
+use crate::server::{Runtime, ServerError};
+use crate::session::{serve_tcp, serve_udp, SessionLimits};
+use agent::{AgentContext, Ports, Registry};
+use kv::{JsonkvService, KvStore, UdpCodec};
+
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
+fn size(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Starts the enabled jsonkv endpoints and the agent. Everything is bound before anything is
+/// served, so a taken port fails the start cleanly.
+pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
+    let config = runtime.config.jsonkv.clone();
+    let serves_kv = config.enabled || config.udp_enabled || config.rpc_enabled;
+    if !serves_kv && !config.agent_enabled {
+        return Ok(());
+    }
+    let limits = Limits {
+        max_frame: size(config.max_frame),
+        max_key: size(config.max_key),
+        max_value: size(config.max_value),
+        max_depth: size(config.max_depth),
+    };
+    let addr = |port| runtime.config.listen_addr(&config.addr, port);
+    let tcp = match config.enabled {
+        true => Some(runtime.bind_tcp("jsonkv tcp", addr(config.port)).await?),
+        false => None,
+    };
+    let udp = match config.udp_enabled {
+        true => Some(
+            runtime
+                .bind_udp("jsonkv udp", addr(config.udp_port))
+                .await?,
+        ),
+        false => None,
+    };
+    let rpc = match config.rpc_enabled {
+        true => Some(
+            runtime
+                .bind_tcp("jsonkv json-rpc", addr(config.rpc_port))
+                .await?,
+        ),
+        false => None,
+    };
+    let agent = match config.agent_enabled {
+        true => Some(
+            runtime
+                .bind_tcp("jsonkv agent", addr(config.agent_port))
+                .await?,
+        ),
+        false => None,
+    };
+    // The agent lists the ports actually bound (a configured 0 picks one).
+    let local_ports = Ports {
+        tcp: tcp
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port()),
+        udp: udp
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .map(|a| a.port()),
+        rpc: rpc
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port()),
+    };
+
+    if serves_kv {
+        let keyspace = runtime.keyspace(&config.keyspace)?;
+        let durability = if config.async_acks {
+            Durability::Async
+        } else {
+            Durability::Sync
+        };
+        let store = Arc::new(KvStore::new(
+            runtime.engine.clone(),
+            keyspace,
+            durability,
+            size(config.max_batch_response),
+        ));
+        let codec = JsonkvServerCodec { limits };
+        let metrics = Arc::new(ProtocolMetrics::new("jsonkv", kv::OPS));
+        if let Some(listener) = tcp {
+            let idle = config.idle_timeout_secs;
+            // No complete frame for the idle timeout closes, half-sent or not (§2.1).
+            let session = SessionLimits::from_secs(idle, idle, config.max_output_bytes);
+            let store = store.clone();
+            runtime.tasks.spawn(serve_tcp(
+                listener,
+                Arc::new(codec),
+                move || JsonkvService::new(store.clone()),
+                session,
+                metrics.clone(),
+                runtime.context.clone(),
+            ));
+        }
+        if let Some(socket) = udp {
+            runtime.tasks.spawn(serve_udp(
+                socket,
+                Arc::new(UdpCodec(codec)),
+                JsonkvService::new(store.clone()),
+                metrics,
+                runtime.context.shutdown.clone(),
+            ));
+        }
+        if let Some(listener) = rpc {
+            runtime.tasks.spawn(rpc::serve(
+                listener,
+                store,
+                limits,
+                secs(config.idle_timeout_secs),
+                Arc::new(ProtocolMetrics::new("jsonrpc", rpc::OPS)),
+                runtime.context.clone(),
+            ));
+        }
+    }
+
+    if let Some(listener) = agent {
+        let advertise = Some(config.advertise_addr.clone()).filter(|a| !a.is_empty());
+        let context = Arc::new(AgentContext {
+            registry: Arc::new(Registry::new(
+                local_ports,
+                advertise,
+                size(config.agent_max_registrations),
+            )),
+            codec: AgentServerCodec {
+                max_frame: limits.max_frame,
+                max_depth: limits.max_depth,
+            },
+            idle_timeout: secs(config.agent_idle_timeout_secs),
+            metrics: Arc::new(ProtocolMetrics::new("jsonagent", agent::OPS)),
+        });
+        runtime
+            .tasks
+            .spawn(agent::serve(listener, context, runtime.context.clone()));
+    }
+    Ok(())
+}
