@@ -6,7 +6,9 @@
 #
 # Installs memcached and redis-server from Debian if missing, starts all three on free loopback
 # ports pinned to CPU 0, runs the load generator pinned to CPU 1, prints one ratio table per
-# scenario (ratios relative to polykv), and stops every process it started.
+# scenario (ratios relative to polykv), and stops every process it started. Scenarios: 100-byte
+# values; 50 connections at depth 1 and 16 (GET, SET, 90/10, durable SET); 1 connection at depth
+# 1 and 16 (GET, SET).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-5}"
@@ -47,7 +49,7 @@ done
 
 echo "# polykv vs memcached vs Redis — $(date -u +%Y-%m-%d), $(nproc) cores, servers on CPU $SERVER_CPU, load on CPU $CLIENT_CPU"
 echo "memcached $(memcached -V | cut -d' ' -f2), $(redis-server --version | cut -d' ' -f3), polykv $("$BIN" --version | cut -d' ' -f2)"
-COMMON=(--connections 50 --keys 100000 --key-size 16 --value-size 100 --duration "$SECONDS_PER_RUN" --warmup 1)
+COMMON=(--keys 100000 --key-size 16 --value-size 100 --duration "$SECONDS_PER_RUN" --warmup 1)
 run() {
   local title=$1; shift
   echo
@@ -59,9 +61,13 @@ run() {
 }
 TARGETS=(--target "polykv=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-oc=opencluster@127.0.0.1:$OC_PORT" --target "memcached=memcached@127.0.0.1:$MC_PORT" --target "redis=redis@127.0.0.1:$REDIS_PORT")
 for depth in 1 16; do
-  run "GET only, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 1 --preload
-  run "SET only, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 0
-  run "90% GET / 10% SET, depth $depth" "${TARGETS[@]}" --depth $depth --get-ratio 0.9
+  run "GET only, depth $depth" "${TARGETS[@]}" --connections 50 --depth $depth --get-ratio 1 --preload
+  run "SET only, depth $depth" "${TARGETS[@]}" --connections 50 --depth $depth --get-ratio 0
+  run "90% GET / 10% SET, depth $depth" "${TARGETS[@]}" --connections 50 --depth $depth --get-ratio 0.9
   run "polykv SET with SYNC / full wait (durable, group commit), depth $depth" --target "polykv-sync=nmdb@127.0.0.1:$NMDB_PORT" \
-    --target "polykv-oc-sync=opencluster@127.0.0.1:$OC_PORT" --depth $depth --get-ratio 0 --sync
+    --target "polykv-oc-sync=opencluster@127.0.0.1:$OC_PORT" --connections 50 --depth $depth --get-ratio 0 --sync
+done
+for depth in 1 16; do
+  run "One connection: GET only, depth $depth" "${TARGETS[@]}" --connections 1 --depth $depth --get-ratio 1 --preload
+  run "One connection: SET only, depth $depth" "${TARGETS[@]}" --connections 1 --depth $depth --get-ratio 0
 done
