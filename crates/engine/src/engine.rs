@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub reaper_interval: Duration,
     /// Default queue length of a watch subscription before it coalesces.
     pub watch_queue: usize,
+    /// Memtable size of each store space before it is flushed (fjall's store; fixed when the
+    /// space is created). Memory: up to two memtables per space being written.
+    pub memtable_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +58,7 @@ impl Default for EngineConfig {
             sync_interval: Duration::from_millis(100),
             reaper_interval: Duration::from_secs(1),
             watch_queue: 1024,
+            memtable_bytes: crate::store::DEFAULT_MEMTABLE_BYTES,
         }
     }
 }
@@ -252,7 +256,7 @@ pub fn valid_keyspace_name(name: &str) -> bool {
 impl Engine {
     /// Opens the engine on a fjall store in `dir`.
     pub fn open_dir(dir: &Path, config: EngineConfig) -> Result<Engine> {
-        let store = FjallStore::open(dir)?;
+        let store = FjallStore::open_with(dir, config.memtable_bytes)?;
         Engine::open(Arc::new(store), config, Arc::new(SystemClock))
     }
 

@@ -95,6 +95,7 @@ pub struct EngineSection {
     pub sync_interval_ms: u64,
     pub reaper_interval_ms: u64,
     pub watch_queue: u64,
+    pub memtable_bytes: u64,
 }
 
 impl Default for EngineSection {
@@ -105,6 +106,7 @@ impl Default for EngineSection {
             sync_interval_ms: d.sync_interval.as_millis() as u64,
             reaper_interval_ms: d.reaper_interval.as_millis() as u64,
             watch_queue: d.watch_queue as u64,
+            memtable_bytes: d.memtable_bytes,
         }
     }
 }
@@ -116,6 +118,7 @@ impl EngineSection {
             sync_interval: std::time::Duration::from_millis(self.sync_interval_ms.max(1)),
             reaper_interval: std::time::Duration::from_millis(self.reaper_interval_ms.max(10)),
             watch_queue: self.watch_queue.max(1) as usize,
+            memtable_bytes: self.memtable_bytes,
             ..polykv_engine::EngineConfig::default()
         }
     }
@@ -426,6 +429,10 @@ pub const FIELD_DOCS: &[(&str, &str)] = &[
     (
         "engine.watch_queue",
         "Events queued per watcher before coalescing to the latest per key",
+    ),
+    (
+        "engine.memtable_bytes",
+        "Store memtable per keyspace, at least 1 MiB; up to two per busy keyspace in memory; fixed when a keyspace is created",
     ),
     (
         "admin.enabled",
@@ -828,6 +835,11 @@ impl Config {
             ));
         }
         self.jsonkv.validate().map_err(ConfigError::Invalid)?;
+        if self.engine.memtable_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "engine.memtable_bytes must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),
@@ -982,6 +994,24 @@ mod tests {
         assert!(err.is_err());
         let err = Config::load(Some(Path::new("/nonexistent/polykv.toml")), &[]).unwrap_err();
         assert!(err.to_string().contains("cannot read"));
+        for (path, value, message) in [
+            ("engine.memtable_bytes", "4096", "at least 1048576"),
+            ("opencluster.mask", "10", "2^k - 1"),
+            ("opencluster.mask", "131071", "2^k - 1"),
+            ("opencluster.keyspace", "a b", "opencluster.keyspace"),
+        ] {
+            let err = Config::load(
+                None,
+                &[Override {
+                    path: path.into(),
+                    value: value.into(),
+                    origin: Origin::Flag,
+                }],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(message), "{path}={value}: {err}");
+        }
     }
 
     #[test]

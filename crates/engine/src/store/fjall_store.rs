@@ -18,6 +18,8 @@ pub struct FjallStore {
     /// Our own handle on the active journal file, for syncing it without holding fjall's
     /// journal lock (see `persist`).
     journal: Mutex<Option<(PathBuf, File)>>,
+    /// Memtable size of spaces created from now on (fjall keeps it with each space).
+    memtable_bytes: u64,
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -30,6 +32,9 @@ const KEY_TAG: u8 = b'k';
 
 /// fjall's block cache.
 const BLOCK_CACHE_BYTES: u64 = 32 << 20;
+/// fjall's default memtable size per space. Smaller ones bound memory but flush more often,
+/// which on a busy single core showed as a 3–4× higher p99 for writes.
+pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 << 20;
 
 /// Longest key the store accepts (fjall's limit is 65 535 bytes, one of which is the tag).
 pub const MAX_KEY_LEN: usize = 65_534;
@@ -50,6 +55,11 @@ fn tagged(key: &[u8]) -> Result<Vec<u8>, StoreError> {
 impl FjallStore {
     /// Opens or creates the database in `path`, replaying its journal.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, DEFAULT_MEMTABLE_BYTES)
+    }
+
+    /// [`Self::open`], creating new spaces with memtables of `memtable_bytes` (at least 1 MiB).
+    pub fn open_with(path: &Path, memtable_bytes: u64) -> Result<Self, StoreError> {
         // Batches stay in fjall's journal buffer until `persist`: the engine flushes them to the
         // OS once for a whole group of writes (see `Engine::flush_upto`) instead of one write
         // system call per batch; fdatasync is the persister's job.
@@ -64,6 +74,7 @@ impl FjallStore {
             dir: path.to_path_buf(),
             spaces: RwLock::new(Vec::new()),
             journal: Mutex::new(None),
+            memtable_bytes: memtable_bytes.max(1 << 20),
         })
     }
 
@@ -103,7 +114,9 @@ impl Store for FjallStore {
         }
         let keyspace = self
             .db
-            .keyspace(name, KeyspaceCreateOptions::default)
+            .keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(self.memtable_bytes)
+            })
             .map_err(io)?;
         spaces.push((name.to_string(), keyspace));
         Ok((spaces.len() - 1) as SpaceId)

@@ -14,7 +14,7 @@ mod fjall_store;
 mod memory;
 
 pub use fault::{FaultPlan, FaultyStore};
-pub use fjall_store::{FjallStore, MAX_KEY_LEN};
+pub use fjall_store::{FjallStore, DEFAULT_MEMTABLE_BYTES, MAX_KEY_LEN};
 pub use memory::MemoryStore;
 
 /// A named partition of the store (a keyspace, the metadata, the expiry index).

@@ -41,6 +41,14 @@ const OPS: &[&str] = &[
 /// numbers other protocols may use.
 const HOLDER_BASE: u64 = 1 << 63;
 
+/// The fields of a set_* request besides the item.
+struct SetFields {
+    expires: i32,
+    full_wait: bool,
+    name: Bytes,
+    value: Value,
+}
+
 pub struct OpenClusterShared {
     engine: Engine,
     keyspace: KeyspaceId,
@@ -79,23 +87,20 @@ impl OpenClusterService {
         &self.shared.engine
     }
 
-    fn set(&self, request: &Request) -> Reply<Response> {
-        let RequestBody::Set {
-            item,
+    /// set_int / set_long / set_string: the item replaces any item of any type (§6.2).
+    fn set(&self, request: &Request, item: ItemId, set: SetFields) -> Reply<Response> {
+        let SetFields {
             expires,
             full_wait,
             name,
             value,
-        } = &request.body
-        else {
-            return Reply::send(request.reply(ReplyBody::failinfo(failinfo::MALFORMED)));
-        };
-        let expires_at = (*expires > 0)
+        } = set;
+        let expires_at = (expires > 0)
             .then(|| self.engine().now_ms() + u64::from(expires.unsigned_abs()) * 1000);
         let value = match value {
-            Value::Int(v) => EngineValue::I32(*v),
-            Value::Long(v) => EngineValue::I64(*v),
-            Value::String(v) => EngineValue::Bytes(v.clone()),
+            Value::Int(v) => EngineValue::I32(v),
+            Value::Long(v) => EngineValue::I64(v),
+            Value::String(v) => EngineValue::Bytes(v),
         };
         let command = Command::Put {
             ks: self.shared.keyspace,
@@ -103,10 +108,10 @@ impl OpenClusterService {
             value,
             expires_at,
             owner: None,
-            label: Some(name.clone()),
+            label: Some(name),
             condition: Condition::Always,
         };
-        let durability = if *full_wait {
+        let durability = if full_wait {
             Durability::Sync
         } else {
             Durability::Async
@@ -291,7 +296,21 @@ impl Service for OpenClusterService {
                 self.release_locks();
                 return Reply::send_then_close(request.reply(ReplyBody::Ack));
             }
-            RequestBody::Set { .. } => return self.set(&request),
+            RequestBody::Set {
+                item,
+                expires,
+                full_wait,
+                name,
+                value,
+            } => {
+                let fields = SetFields {
+                    expires: *expires,
+                    full_wait: *full_wait,
+                    name: name.clone(),
+                    value: value.clone(),
+                };
+                return self.set(&request, *item, fields);
+            }
             RequestBody::Capabilities { command } => {
                 if cmd::is_accepted(*command) {
                     ReplyBody::Ack
