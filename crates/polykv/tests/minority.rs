@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{http, Options, Server};
+use common::{exchange, hex, http, Options, Server};
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
 use polykv_protocols::minority::status;
@@ -18,28 +18,6 @@ async fn client(server: &Server) -> MinorityClient {
     MinorityClient::connect(&server.minority_addr(), T)
         .await
         .unwrap()
-}
-
-fn hex(text: &str) -> Vec<u8> {
-    text.replace('|', " ")
-        .split_whitespace()
-        .flat_map(|g| {
-            (0..g.len())
-                .step_by(2)
-                .map(move |i| u8::from_str_radix(&g[i..i + 2], 16).unwrap())
-        })
-        .collect()
-}
-
-async fn exchange(stream: &mut TcpStream, request: &str, want: &str) {
-    stream.write_all(&hex(request)).await.unwrap();
-    let want = hex(want);
-    let mut got = vec![0u8; want.len()];
-    tokio::time::timeout(T, stream.read_exact(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, want, "reply to {request}");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{Options, Server};
+use common::{exchange, hex, Options, Server};
 use polykv_client::opencluster::{failinfo, ItemId, OpenClusterClient, Value, ValueType};
 use polykv_protocols::opencluster::{cmd, compose_request, Request, RequestBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,17 +19,6 @@ async fn client(server: &Server) -> OpenClusterClient {
         .unwrap()
 }
 
-fn hex(text: &str) -> Vec<u8> {
-    text.replace('|', " ")
-        .split_whitespace()
-        .flat_map(|g| {
-            (0..g.len())
-                .step_by(2)
-                .map(move |i| u8::from_str_radix(&g[i..i + 2], 16).unwrap())
-        })
-        .collect()
-}
-
 async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
     let mut got = vec![0u8; len];
     tokio::time::timeout(T, stream.read_exact(&mut got))
@@ -37,13 +26,6 @@ async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
         .expect("reply in time")
         .expect("reply");
     got
-}
-
-async fn exchange(stream: &mut TcpStream, request: &str, want: &str) {
-    stream.write_all(&hex(request)).await.unwrap();
-    let want = hex(want);
-    let got = read_exactly(stream, want.len()).await;
-    assert_eq!(got, want, "reply to {request}");
 }
 
 /// Whether the server closed the connection within `wait` (EOF, nothing else read).

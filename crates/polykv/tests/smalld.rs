@@ -5,7 +5,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{Options, Server};
+use common::{hex, Options, Server};
 use polykv_client::smalld::SmalldClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,12 +21,6 @@ fn server() -> Server {
 
 fn client(server: &Server, key: u32) -> SmalldClient {
     SmalldClient::new(&server.smalld_addr(), key, Duration::from_secs(10))
-}
-
-fn hex(text: &str) -> Vec<u8> {
-    text.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect()
 }
 
 #[tokio::test]

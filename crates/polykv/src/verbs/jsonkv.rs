@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use polykv_client::jsonkv::JsonkvClient;
 use serde_json::json;
 
-use super::{print, Proto, Verb};
+use super::{not_found, print, Proto, Verb};
 
 pub async fn run(verb: Verb) -> anyhow::Result<()> {
     let target = verb.target();
@@ -34,14 +34,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
                 json!({ "key": key, "value": value }),
                 value.clone(),
             ),
-            None => {
-                print(
-                    json_mode,
-                    json!({ "key": key, "value": null }),
-                    "(not found)".into(),
-                );
-                std::process::exit(1);
-            }
+            None => not_found(json_mode, &key, "(not found)"),
         },
         Verb::Set { key, value, .. } => {
             client.put(&key, &value).await.with_context(context)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::{print, show_bytes, Proto, Verb};
+use super::{not_found, print, show_bytes, Proto, Verb};
 use polykv_client::minority::MinorityClient;
 
 /// minority keys are `DATAID` or `DATAID/DATANUMID` on the command line.
@@ -38,14 +38,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
                     json!({ "key": key, "value": show_bytes(&value) }),
                     show_bytes(&value),
                 ),
-                None => {
-                    print(
-                        json_mode,
-                        json!({ "key": key, "value": null }),
-                        "(not found)".into(),
-                    );
-                    std::process::exit(1);
-                }
+                None => not_found(json_mode, &key, "(not found)"),
             }
         }
         Verb::Set { key, value, .. } => {

@@ -178,6 +178,16 @@ fn show_bytes(bytes: &[u8]) -> String {
     }
 }
 
+/// Reports a missing key (`"value": null` in JSON) and exits with status 1, which scripts test.
+fn not_found(json_mode: bool, key: &str, text: &str) -> ! {
+    print(
+        json_mode,
+        serde_json::json!({ "key": key, "value": null }),
+        text.into(),
+    );
+    std::process::exit(1);
+}
+
 fn print(json_mode: bool, value: serde_json::Value, text: String) {
     if json_mode {
         println!("{value}");

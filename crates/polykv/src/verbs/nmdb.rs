@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::{print, show_bytes, Proto, Verb};
+use super::{not_found, print, show_bytes, Proto, Verb};
 use polykv_client::nmdb::{CasOutcome, Mode, NmdbClient, Source, STATS_NAMES};
 
 pub async fn run(verb: Verb) -> anyhow::Result<()> {
@@ -54,14 +54,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
                         show_bytes(&value),
                     );
                 }
-                None => {
-                    print(
-                        json_mode,
-                        json!({ "key": key, "value": null }),
-                        "(not found)".into(),
-                    );
-                    std::process::exit(1);
-                }
+                None => not_found(json_mode, &key, "(not found)"),
             }
         }
         Verb::Set {
@@ -103,14 +96,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
                 json!({ "key": key, "value": value }),
                 value.to_string(),
             ),
-            None => {
-                print(
-                    json_mode,
-                    json!({ "key": key, "value": null }),
-                    "(not found)".into(),
-                );
-                std::process::exit(1);
-            }
+            None => not_found(json_mode, &key, "(not found)"),
         },
         Verb::Cas { key, old, new, .. } => {
             let outcome = client

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use polykv_client::opencluster::{OpenClusterClient, Value, ValueType};
 use serde_json::json;
 
-use super::{print, show_bytes, Proto, ValueKind, Verb};
+use super::{not_found, print, show_bytes, Proto, ValueKind, Verb};
 
 fn type_name(kind: ValueType) -> &'static str {
     match kind {
@@ -45,12 +45,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
                 None => None,
             };
             let Some((kind, value)) = found else {
-                print(
-                    json_mode,
-                    json!({ "key": key, "value": null }),
-                    "(not found)".into(),
-                );
-                std::process::exit(1);
+                not_found(json_mode, &key, "(not found)")
             };
             let (shown, json_value) = match value {
                 Value::Int(v) => (v.to_string(), json!(v)),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::{print, show_bytes, Proto, Verb};
+use super::{not_found, print, show_bytes, Proto, Verb};
 use polykv_client::smalld::SmalldClient;
 
 pub async fn run(verb: Verb) -> anyhow::Result<()> {
@@ -39,14 +39,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
                 json!({ "key": name, "value": show_bytes(&value) }),
                 show_bytes(&value),
             ),
-            None => {
-                print(
-                    json_mode,
-                    json!({ "key": name, "value": null }),
-                    "(failure: not found)".into(),
-                );
-                std::process::exit(1);
-            }
+            None => not_found(json_mode, &name, "(failure: not found)"),
         },
         Verb::Set {
             key: name,

@@ -303,3 +303,29 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Bytes from hex text, in groups of any even length separated by spaces or `|` (the spec
+/// vectors' notation).
+pub fn hex(text: &str) -> Vec<u8> {
+    text.replace('|', " ")
+        .split_whitespace()
+        .flat_map(|g| {
+            (0..g.len())
+                .step_by(2)
+                .map(move |i| u8::from_str_radix(&g[i..i + 2], 16).unwrap())
+        })
+        .collect()
+}
+
+/// Sends `request` (hex) and checks that exactly `want` (hex) comes back within 10 s.
+pub async fn exchange(stream: &mut tokio::net::TcpStream, request: &str, want: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(&hex(request)).await.unwrap();
+    let want = hex(want);
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+        .await
+        .expect("reply in time")
+        .expect("reply");
+    assert_eq!(got, want, "reply to {request}");
+}
