@@ -257,26 +257,29 @@ where
         if *self.shutdown.borrow() {
             return "shutting down";
         }
+        // One timer for the connection, moved only when its deadline changes: a push does not
+        // change it, so a busy push stream does not re-register a timer per message.
+        let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut armed: Option<(Instant, &'static str)> = None;
         loop {
             let deadline = self.deadline(last_frame, partial_since);
+            if deadline != armed {
+                if let Some((at, _)) = deadline {
+                    timer.as_mut().reset(at.into());
+                }
+                armed = deadline;
+            }
             let wake = {
                 let read = self.stream.read_buf(&mut input);
                 let push = self.service.push();
-                let sleep = async {
-                    match deadline {
-                        Some((at, why)) => {
-                            tokio::time::sleep_until(at.into()).await;
-                            why
-                        }
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
                     read = read => Wake::Read(read),
                     pushed = push => Wake::Push(pushed.map(|response| {
                         self.codec.encode_response(&response, &mut output);
                     })),
-                    why = sleep => Wake::Timeout(why),
+                    _ = timer.as_mut(), if armed.is_some() => {
+                        Wake::Timeout(armed.map_or("timeout", |(_, why)| why))
+                    }
                     _ = self.shutdown.changed() => Wake::Shutdown,
                 }
             };

@@ -292,18 +292,25 @@ impl Service for MinorityService {
                     }
                 }
             }
-            let waits: Vec<_> = self
+            let mut open = self
                 .subscriptions
                 .values()
                 .flat_map(|s| s.watches.iter())
-                .filter(|w| !w.is_closed())
-                .map(|w| Box::pin(w.changed()))
-                .collect();
-            if waits.is_empty() {
+                .filter(|w| !w.is_closed());
+            match (open.next(), open.next()) {
                 // No subscription (or the engine is shutting down): nothing will come.
-                return std::future::pending().await;
+                (None, _) => return std::future::pending().await,
+                // The common case, one watch: wait on it without allocating.
+                (Some(only), None) => only.changed().await,
+                (Some(first), Some(second)) => {
+                    let waits: Vec<_> = [first, second]
+                        .into_iter()
+                        .chain(open)
+                        .map(|w| Box::pin(w.changed()))
+                        .collect();
+                    futures_util::future::select_all(waits).await;
+                }
             }
-            futures_util::future::select_all(waits).await;
         }
     }
 
