@@ -349,10 +349,12 @@ where
         };
         let mut output = BytesMut::new();
         self.codec.encode_response(&message, &mut output);
-        if self.stream.write_all(&output).await.is_err() {
-            return "write error";
-        }
+        // The write is inside the bounded wait too: a client that does not read cannot hold
+        // the shutdown.
         let answered = async {
+            if self.stream.write_all(&output).await.is_err() {
+                return;
+            }
             loop {
                 loop {
                     match self.codec.decode_request(&input) {
