@@ -20,7 +20,8 @@ use polykv_protocols::minority::{
 use crate::config::MinorityConfig;
 use crate::metrics::ProtocolMetrics;
 use crate::server::{Runtime, ServerError};
-use crate::session::{serve_tcp, Reply, Service, SessionLimits};
+use crate::services::{serve_tcp_listener, TcpAddr};
+use crate::session::{Reply, Service, SessionLimits};
 
 const OPS: &[&str] = &[
     "get",
@@ -326,32 +327,31 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
         return Ok(());
     }
     let keyspace = runtime.keyspace(&config.keyspace)?;
-    let listener = runtime
-        .bind_tcp(
-            "minority tcp",
-            runtime.config.listen_addr(&config.addr, config.port),
-        )
-        .await?;
     let limits = SessionLimits::from_secs(
         config.idle_timeout_secs,
         config.partial_frame_timeout_secs,
         config.max_output_bytes,
     );
-    let codec = Arc::new(MinorityServerCodec {
+    let codec = MinorityServerCodec {
         max_body: u32::try_from(config.max_body).unwrap_or(u32::MAX),
-    });
+    };
+    let at = TcpAddr {
+        addr: &config.addr,
+        port: config.port,
+    };
     let shared = Arc::new(MinorityShared {
         engine: runtime.engine.clone(),
         keyspace,
-        config,
+        config: config.clone(),
     });
-    runtime.tasks.spawn(serve_tcp(
-        listener,
+    serve_tcp_listener(
+        runtime,
+        "minority tcp",
+        at,
+        limits,
         codec,
         move || MinorityService::new(shared.clone()),
-        limits,
         Arc::new(ProtocolMetrics::new("minority", OPS)),
-        runtime.context.clone(),
-    ));
-    Ok(())
+    )
+    .await
 }

@@ -15,7 +15,8 @@ use polykv_protocols::Reject;
 
 use crate::metrics::ProtocolMetrics;
 use crate::server::{Runtime, ServerError};
-use crate::session::{serve_tcp, serve_udp, Reply as SessionReply, Service, SessionLimits};
+use crate::services::{serve_tcp_listener, TcpAddr};
+use crate::session::{serve_udp, Reply as SessionReply, Service, SessionLimits};
 use crate::ReadOnly;
 
 /// Indexes of the 23 STATS counters (§5.5), in wire order.
@@ -419,28 +420,28 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
     ));
     let metrics = Arc::new(ProtocolMetrics::new("nmdb", OPS));
     if config.enabled {
-        let listener = runtime
-            .bind_tcp(
-                "nmdb tcp",
-                runtime.config.listen_addr(&config.addr, config.port),
-            )
-            .await?;
         let limits = SessionLimits::from_secs(
             config.idle_timeout_secs,
             config.partial_frame_timeout_secs,
             config.max_output_bytes,
         );
+        let at = TcpAddr {
+            addr: &config.addr,
+            port: config.port,
+        };
         let shared = shared.clone();
-        runtime.tasks.spawn(serve_tcp(
-            listener,
-            Arc::new(NmdbServerCodec {
-                transport: Transport::Tcp,
-            }),
-            move || NmdbService::new(shared.clone(), Transport::Tcp),
+        serve_tcp_listener(
+            runtime,
+            "nmdb tcp",
+            at,
             limits,
+            NmdbServerCodec {
+                transport: Transport::Tcp,
+            },
+            move || NmdbService::new(shared.clone(), Transport::Tcp),
             metrics.clone(),
-            runtime.context.clone(),
-        ));
+        )
+        .await?;
     }
     if config.udp_enabled {
         let socket = runtime

@@ -22,7 +22,8 @@ use polykv_protocols::opencluster::{
 use crate::config::OpenClusterConfig;
 use crate::metrics::ProtocolMetrics;
 use crate::server::{Runtime, ServerError};
-use crate::session::{serve_tcp, Reply, Service, SessionLimits};
+use crate::services::{serve_tcp_listener, TcpAddr};
+use crate::session::{Reply, Service, SessionLimits};
 
 const OPS: &[&str] = &[
     "hello",
@@ -373,33 +374,32 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
         return Ok(());
     }
     let keyspace = runtime.keyspace(&config.keyspace)?;
-    let listener = runtime
-        .bind_tcp(
-            "opencluster tcp",
-            runtime.config.listen_addr(&config.addr, config.port),
-        )
-        .await?;
     let limits = SessionLimits::from_secs(
         config.idle_timeout_secs,
         config.partial_frame_timeout_secs,
         config.max_output_bytes,
     );
-    let codec = Arc::new(OpenClusterServerCodec {
+    let codec = OpenClusterServerCodec {
         max_payload: u32::try_from(config.max_payload).unwrap_or(u32::MAX),
-    });
+    };
+    let at = TcpAddr {
+        addr: &config.addr,
+        port: config.port,
+    };
     let shared = Arc::new(OpenClusterShared {
         engine: runtime.engine.clone(),
         keyspace,
-        config,
+        config: config.clone(),
         next_holder: AtomicU64::new(1),
     });
-    runtime.tasks.spawn(serve_tcp(
-        listener,
+    serve_tcp_listener(
+        runtime,
+        "opencluster tcp",
+        at,
+        limits,
         codec,
         move || OpenClusterService::new(shared.clone()),
-        limits,
         Arc::new(ProtocolMetrics::new("opencluster", OPS)),
-        runtime.context.clone(),
-    ));
-    Ok(())
+    )
+    .await
 }
