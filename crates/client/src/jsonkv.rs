@@ -126,28 +126,22 @@ fn put_command(key: &str, value: &str) -> Command {
     }
 }
 
-/// A jsonkv client over one persistent TCP connection (port 15001).
-pub struct JsonkvClient {
-    conn: FramedConnection<JsonkvClientCodec>,
-    ids: Ids,
+/// How a jsonkv client reaches the server: sends one payload and returns the reply that
+/// answers it (same shape, same ids).
+pub trait Exchange {
+    fn exchange(
+        &mut self,
+        request: &RequestPayload,
+    ) -> impl std::future::Future<Output = Result<ResponsePayload>> + Send;
 }
 
-impl JsonkvClient {
-    pub async fn connect(addr: &str, timeout: Duration) -> Result<Self> {
-        let conn = FramedConnection::connect(addr, JsonkvClientCodec::default(), timeout).await?;
-        Ok(JsonkvClient {
-            conn,
-            ids: Ids::default(),
-        })
-    }
+/// jsonkv over one persistent TCP connection (port 15001).
+pub struct TcpTransport {
+    conn: FramedConnection<JsonkvClientCodec>,
+}
 
-    /// The framed connection, for raw and pipelined requests.
-    pub fn connection(&mut self) -> &mut FramedConnection<JsonkvClientCodec> {
-        &mut self.conn
-    }
-
-    /// Sends one payload and reads its reply, checking that the reply echoes the ids.
-    pub async fn call(&mut self, request: &RequestPayload) -> Result<ResponsePayload> {
+impl Exchange for TcpTransport {
+    async fn exchange(&mut self, request: &RequestPayload) -> Result<ResponsePayload> {
         let response = self.conn.call(request).await?;
         if !answers(request, &response) {
             return Err(ClientError::Protocol(format!(
@@ -156,45 +150,73 @@ impl JsonkvClient {
         }
         Ok(response)
     }
-
-    async fn one(&mut self, command: Command) -> Result<Outcome> {
-        let request = self.ids.single(command.clone());
-        let response = only(self.call(&request).await?)?;
-        outcome(&command, &response)
-    }
-
-    pub async fn put(&mut self, key: &str, value: &str) -> Result<()> {
-        self.one(put_command(key, value)).await.map(|_| ())
-    }
-
-    /// The value, or `None` when the key does not exist (1000).
-    pub async fn get(&mut self, key: &str) -> Result<Option<String>> {
-        Ok(self.one(Command::Get { key: key.into() }).await?.value())
-    }
-
-    /// Whether the key existed.
-    pub async fn delete(&mut self, key: &str) -> Result<bool> {
-        Ok(self.one(Command::Delete { key: key.into() }).await?.done())
-    }
-
-    /// Sends the commands as one batch; the responses come in the same order.
-    pub async fn batch(&mut self, commands: &[Command]) -> Result<Vec<Response>> {
-        let request = self.ids.batch(commands);
-        all(self.call(&request).await?)
-    }
 }
 
-/// A jsonkv client over UDP (port 15002): one datagram per request, resent after `timeout`
-/// up to `attempts` times in all.
-pub struct JsonkvUdpClient {
+/// jsonkv over UDP (port 15002): one datagram per request, resent after `timeout` up to
+/// `attempts` times in all.
+pub struct UdpTransport {
     socket: UdpSocket,
     codec: JsonkvClientCodec,
     timeout: Duration,
     attempts: u32,
+}
+
+impl Exchange for UdpTransport {
+    /// Sends one payload until a datagram that answers it arrives. Datagrams whose length
+    /// disagrees with their header, that are not responses, or that answer other ids (late
+    /// replies to earlier requests) are ignored.
+    async fn exchange(&mut self, request: &RequestPayload) -> Result<ResponsePayload> {
+        let mut datagram = BytesMut::new();
+        self.codec.encode_request(request, &mut datagram);
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..self.attempts {
+            self.socket.send(&datagram).await?;
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            while let Ok(received) =
+                tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await
+            {
+                let n = received?;
+                if let Some(response) = buf.get(..n).and_then(|d| self.codec.decode_datagram(d)) {
+                    if answers(request, &response) {
+                        return Ok(response);
+                    }
+                }
+            }
+        }
+        Err(ClientError::Timeout(
+            self.timeout.saturating_mul(self.attempts),
+        ))
+    }
+}
+
+/// A jsonkv client over a transport: put, get, delete and batches, each with fresh ids.
+pub struct Jsonkv<T> {
+    transport: T,
     ids: Ids,
 }
 
-impl JsonkvUdpClient {
+/// A jsonkv client over one persistent TCP connection (port 15001).
+pub type JsonkvClient = Jsonkv<TcpTransport>;
+
+/// A jsonkv client over UDP (port 15002).
+pub type JsonkvUdpClient = Jsonkv<UdpTransport>;
+
+impl Jsonkv<TcpTransport> {
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<Self> {
+        let conn = FramedConnection::connect(addr, JsonkvClientCodec::default(), timeout).await?;
+        Ok(Jsonkv {
+            transport: TcpTransport { conn },
+            ids: Ids::default(),
+        })
+    }
+
+    /// The framed connection, for raw and pipelined requests.
+    pub fn connection(&mut self) -> &mut FramedConnection<JsonkvClientCodec> {
+        &mut self.transport.conn
+    }
+}
+
+impl Jsonkv<UdpTransport> {
     pub async fn connect(addr: &str, timeout: Duration, attempts: u32) -> Result<Self> {
         let target = tokio::net::lookup_host(addr)
             .await
@@ -220,39 +242,22 @@ impl JsonkvUdpClient {
                 addr: addr.into(),
                 source,
             })?;
-        Ok(JsonkvUdpClient {
-            socket,
-            codec: JsonkvClientCodec::default(),
-            timeout,
-            attempts: attempts.max(1),
+        Ok(Jsonkv {
+            transport: UdpTransport {
+                socket,
+                codec: JsonkvClientCodec::default(),
+                timeout,
+                attempts: attempts.max(1),
+            },
             ids: Ids::default(),
         })
     }
+}
 
-    /// Sends one payload until a datagram that answers it arrives. Datagrams whose length
-    /// disagrees with their header, that are not responses, or that answer other ids (late
-    /// replies to earlier requests) are ignored.
+impl<T: Exchange> Jsonkv<T> {
+    /// Sends one payload and reads its reply, checking that the reply echoes the ids.
     pub async fn call(&mut self, request: &RequestPayload) -> Result<ResponsePayload> {
-        let mut datagram = BytesMut::new();
-        self.codec.encode_request(request, &mut datagram);
-        let mut buf = vec![0u8; 65_536];
-        for _ in 0..self.attempts {
-            self.socket.send(&datagram).await?;
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            while let Ok(received) =
-                tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await
-            {
-                let n = received?;
-                if let Some(response) = buf.get(..n).and_then(|d| self.codec.decode_datagram(d)) {
-                    if answers(request, &response) {
-                        return Ok(response);
-                    }
-                }
-            }
-        }
-        Err(ClientError::Timeout(
-            self.timeout.saturating_mul(self.attempts),
-        ))
+        self.transport.exchange(request).await
     }
 
     async fn one(&mut self, command: Command) -> Result<Outcome> {
@@ -265,14 +270,17 @@ impl JsonkvUdpClient {
         self.one(put_command(key, value)).await.map(|_| ())
     }
 
+    /// The value, or `None` when the key does not exist (1000).
     pub async fn get(&mut self, key: &str) -> Result<Option<String>> {
         Ok(self.one(Command::Get { key: key.into() }).await?.value())
     }
 
+    /// Whether the key existed.
     pub async fn delete(&mut self, key: &str) -> Result<bool> {
         Ok(self.one(Command::Delete { key: key.into() }).await?.done())
     }
 
+    /// Sends the commands as one batch; the responses come in the same order.
     pub async fn batch(&mut self, commands: &[Command]) -> Result<Vec<Response>> {
         let request = self.ids.batch(commands);
         all(self.call(&request).await?)
