@@ -20,7 +20,8 @@ pub fn by_name(name: &str) -> Option<Box<dyn LoadProtocol>> {
     match name {
         "memcached" => Some(Box::new(Memcached)),
         "redis" | "resp" => Some(Box::new(Resp)),
-        "nmdb" => Some(Box::new(Nmdb)),
+        "nmdb" => Some(Box::new(Nmdb { cache_only: false })),
+        "nmdb-cache" => Some(Box::new(Nmdb { cache_only: true })),
         "opencluster" => Some(Box::new(OpenCluster)),
         "minority" => Some(Box::new(Minority)),
         "jsonkv" => Some(Box::new(Jsonkv)),
@@ -96,29 +97,42 @@ impl LoadProtocol for Memcached {
     }
 }
 
-/// nmdb over TCP, as libnmdb sends it (request id 1).
-pub struct Nmdb;
+/// nmdb over TCP, as libnmdb sends it (request id 1). `cache_only`: GET and SET with the
+/// CACHE_ONLY flag (`nmdb-cache`), nmdb's in-memory mode, the one comparable to memcached.
+pub struct Nmdb {
+    pub cache_only: bool,
+}
+
+impl Nmdb {
+    fn mode(&self) -> nmdb::Mode {
+        if self.cache_only {
+            nmdb::Mode::CacheOnly
+        } else {
+            nmdb::Mode::Normal
+        }
+    }
+}
 
 impl LoadProtocol for Nmdb {
     fn name(&self) -> &'static str {
-        "nmdb"
+        if self.cache_only {
+            "nmdb-cache"
+        } else {
+            "nmdb"
+        }
     }
 
     fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
         let request = nmdb::Request::Get {
             id: 1,
-            mode: nmdb::Mode::Normal,
+            mode: self.mode(),
             key: Bytes::copy_from_slice(key),
         };
         encode_nmdb(&request, out);
     }
 
     fn encode_set(&self, key: &[u8], value: &[u8], sync: bool, out: &mut Vec<u8>) {
-        let mode = if sync {
-            nmdb::Mode::Sync
-        } else {
-            nmdb::Mode::Normal
-        };
+        let mode = if sync { nmdb::Mode::Sync } else { self.mode() };
         let request = nmdb::Request::Set {
             id: 1,
             mode,

@@ -193,6 +193,19 @@ impl Cache {
         item: CachedItem,
     ) -> bool {
         let size = item.entry.footprint(key.len());
+        // Overwriting a cached key with something that fits without evicting: replace the item
+        // in its slot (one hash lookup; the key and the slot are reused).
+        if let Some(&index) = shard.map.get(&Probe { ks, key: &key }) {
+            let bytes = shard.bytes;
+            if let Some(slot) = shard.slots.get_mut(index).and_then(Option::as_mut) {
+                if bytes - slot.size + size <= self.shard_budget {
+                    shard.bytes = bytes - slot.size + size;
+                    slot.item = item;
+                    slot.size = size;
+                    return true;
+                }
+            }
+        }
         Self::remove_locked(shard, ks, &key);
         if size > self.shard_budget {
             return false;
@@ -322,6 +335,29 @@ mod tests {
         assert!(!cache.fits(2048));
         let none = Cache::new(0, 4);
         assert!(!none.insert(0, Bytes::from("k"), item(b"v")));
+    }
+
+    #[test]
+    fn overwrites_keep_the_byte_count_exact() {
+        let cache = Cache::new(4 * 200, 1);
+        cache.insert(0, Bytes::from("a"), item(&[0u8; 80]));
+        let one = cache.stats().bytes;
+        // Same size, smaller, larger: replaced in place, accounted exactly.
+        cache.insert(0, Bytes::from("a"), item(&[1u8; 80]));
+        assert_eq!(cache.stats().bytes, one);
+        cache.insert(0, Bytes::from("a"), item(&[2u8; 10]));
+        assert_eq!(cache.stats().bytes, one - 70);
+        cache.insert(0, Bytes::from("a"), item(&[3u8; 80]));
+        assert_eq!((cache.stats().bytes, cache.stats().entries), (one, 1));
+        assert_eq!(cache.peek(0, b"a"), Some(item(&[3u8; 80])));
+        // A growth that needs eviction still evicts others and keeps the new value.
+        for k in [b"b", b"c", b"d"] {
+            cache.insert(0, Bytes::copy_from_slice(k), item(&[0u8; 80]));
+        }
+        cache.insert(0, Bytes::from("a"), item(&[4u8; 250]));
+        assert_eq!(cache.peek(0, b"a"), Some(item(&[4u8; 250])));
+        assert!(cache.stats().bytes <= 800, "{:?}", cache.stats());
+        assert!(cache.stats().evictions > 0);
     }
 
     #[test]

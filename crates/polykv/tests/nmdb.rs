@@ -520,32 +520,35 @@ fn client_verbs_on_the_command_line() {
 #[tokio::test]
 async fn load_generator_drives_polykv_over_nmdb() {
     let server = Server::start();
-    let config = polykv_bench::RunConfig {
-        addr: server.nmdb_addr(),
-        connections: 4,
-        depth: 8,
-        workload: polykv_bench::workload::Workload {
-            keys: 200,
-            key_size: 16,
-            value_size: 100,
-            get_ratio: 0.5,
-            distribution: polykv_bench::workload::Distribution::Zipf(0.99),
-            sync_writes: true,
-        },
-        duration: None,
-        requests: Some(4000),
-        warmup: Duration::ZERO,
-        preload: true,
-        rate: None,
-        seed: 7,
-        progress: false,
-    };
-    let report = polykv_bench::run(
-        std::sync::Arc::new(polykv_bench::protocol::Nmdb),
-        "polykv",
-        config,
-    )
-    .await
-    .unwrap();
-    assert_eq!((report.requests, report.errors), (4000, 0));
+    // Normal (SYNC writes) and CACHE_ONLY (`nmdb-cache`): every reply parsed, none an error.
+    for cache_only in [false, true] {
+        let config = polykv_bench::RunConfig {
+            addr: server.nmdb_addr(),
+            connections: 4,
+            depth: 8,
+            workload: polykv_bench::workload::Workload {
+                keys: 200,
+                key_size: 16,
+                value_size: 100,
+                get_ratio: 0.5,
+                distribution: polykv_bench::workload::Distribution::Zipf(0.99),
+                sync_writes: !cache_only,
+            },
+            duration: None,
+            requests: Some(4000),
+            warmup: Duration::ZERO,
+            preload: true,
+            rate: None,
+            seed: 7,
+            progress: false,
+        };
+        let report = polykv_bench::run(
+            std::sync::Arc::new(polykv_bench::protocol::Nmdb { cache_only }),
+            "polykv",
+            config,
+        )
+        .await
+        .unwrap();
+        assert_eq!((report.requests, report.errors), (4000, 0), "{cache_only}");
+    }
 }
