@@ -8,7 +8,9 @@
 # ports pinned to CPU 0, runs the load generator pinned to CPU 1, prints one ratio table per
 # scenario (ratios relative to polykv), and stops every process it started. Scenarios: 100-byte
 # values; 50 connections at depth 1 and 16 (GET, SET, 90/10, durable SET); 1 connection at depth
-# 1 and 16 (GET, SET).
+# 1 and 16 (GET, SET). polykv is measured in three ways: nmdb normal requests (every SET written
+# through to the store), nmdb CACHE_ONLY requests (`polykv-cache`: in memory only, like memcached
+# and Redis without persistence), and OpenCluster (`polykv-oc`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-5}"
@@ -59,7 +61,7 @@ run() {
   echo
   taskset -c $CLIENT_CPU "$BIN" bench "${COMMON[@]}" "$@" 2>/dev/null
 }
-TARGETS=(--target "polykv=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-oc=opencluster@127.0.0.1:$OC_PORT" --target "memcached=memcached@127.0.0.1:$MC_PORT" --target "redis=redis@127.0.0.1:$REDIS_PORT")
+TARGETS=(--target "polykv=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-cache=nmdb-cache@127.0.0.1:$NMDB_PORT" --target "polykv-oc=opencluster@127.0.0.1:$OC_PORT" --target "memcached=memcached@127.0.0.1:$MC_PORT" --target "redis=redis@127.0.0.1:$REDIS_PORT")
 for depth in 1 16; do
   run "GET only, depth $depth" "${TARGETS[@]}" --connections 50 --depth $depth --get-ratio 1 --preload
   run "SET only, depth $depth" "${TARGETS[@]}" --connections 50 --depth $depth --get-ratio 0

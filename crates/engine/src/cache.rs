@@ -383,4 +383,77 @@ mod tests {
         cache.fill(0, Bytes::from("j"), item(b"fresh"), epoch);
         assert_eq!(cache.peek(0, b"j"), Some(item(b"fresh")));
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u8, u8, usize),
+        Remove(u8, u8),
+        Get(u8, u8),
+    }
+
+    /// Keys 0..40 in two keyspaces; the longer ones do not fit inline in a slot.
+    fn model_key(k: u8) -> Bytes {
+        Bytes::from(vec![k; (k as usize % 40) + 1])
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..2, 0u8..40, 0usize..300).prop_map(|(ks, k, n)| Op::Insert(ks, k, n)),
+            (0u8..2, 0u8..40).prop_map(|(ks, k)| Op::Remove(ks, k)),
+            (0u8..2, 0u8..40).prop_map(|(ks, k)| Op::Get(ks, k)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// With room for everything the cache is a map; with little room it may forget keys but
+        /// never returns a stale or foreign value and never exceeds its budget.
+        #[test]
+        fn behaves_like_a_map_that_may_forget(
+            ops in proptest::collection::vec(op(), 1..400),
+            small in proptest::bool::ANY,
+        ) {
+            let budget = if small { 2_000 } else { 1 << 20 };
+            let cache = Cache::new(budget, 2);
+            let mut model: std::collections::HashMap<(u32, Bytes), CachedItem> = Default::default();
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Insert(ks, k, n) => {
+                        let mut value = item(&vec![k; n]);
+                        value.entry.version = i as u64;
+                        let cached = cache.insert(ks as u32, model_key(k), value.clone());
+                        proptest::prop_assert!(cached || small);
+                        if cached {
+                            model.insert((ks as u32, model_key(k)), value);
+                        } else {
+                            model.remove(&(ks as u32, model_key(k)));
+                        }
+                    }
+                    Op::Remove(ks, k) => {
+                        let removed = cache.remove(ks as u32, &model_key(k));
+                        let expected = model.remove(&(ks as u32, model_key(k)));
+                        if small {
+                            proptest::prop_assert!(removed.is_none() || removed == expected);
+                        } else {
+                            proptest::prop_assert_eq!(removed, expected);
+                        }
+                    }
+                    Op::Get(ks, k) => {
+                        let got = cache.get(ks as u32, &model_key(k));
+                        let expected = model.get(&(ks as u32, model_key(k))).cloned();
+                        if small {
+                            proptest::prop_assert!(got.is_none() || got == expected);
+                        } else {
+                            proptest::prop_assert_eq!(got, expected);
+                        }
+                    }
+                }
+                let stats = cache.stats();
+                proptest::prop_assert!(stats.bytes <= budget as u64, "{:?}", stats);
+                if !small {
+                    proptest::prop_assert_eq!(stats.entries, model.len() as u64);
+                }
+            }
+        }
+    }
 }
