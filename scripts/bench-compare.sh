@@ -2,7 +2,7 @@
 # Side-by-side throughput of polykv (nmdb and OpenCluster protocols), memcached and Redis under the
 # same load.
 #
-#   scripts/bench-compare.sh [SECONDS_PER_RUN]     (default 5)
+#   scripts/bench-compare.sh [SECONDS_PER_RUN [ROUNDS]]     (defaults 3 and 3)
 #
 # Installs memcached and redis-server from Debian if missing, starts all three on free loopback
 # ports pinned to CPU 0, runs the load generator pinned to CPU 1, prints one ratio table per
@@ -10,10 +10,13 @@
 # values; 50 connections at depth 1 and 16 (GET, SET, 90/10, durable SET); 1 connection at depth
 # 1 and 16 (GET, SET). polykv is measured in three ways: nmdb normal requests (every SET written
 # through to the store), nmdb CACHE_ONLY requests (`polykv-cache`: in memory only, like memcached
-# and Redis without persistence), and OpenCluster (`polykv-oc`).
+# and Redis without persistence), and OpenCluster (`polykv-oc`). Every scenario runs ROUNDS rounds
+# of all its targets in turn (A B C, A B C, ...) and reports each target's median round: on a
+# shared machine a single run of one server can be off by tens of percent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_PER_RUN="${1:-5}"
+SECONDS_PER_RUN="${1:-3}"
+ROUNDS="${2:-3}"
 
 need=()
 command -v memcached >/dev/null || need+=(memcached)
@@ -51,7 +54,7 @@ done
 
 echo "# polykv vs memcached vs Redis — $(date -u +%Y-%m-%d), $(nproc) cores, servers on CPU $SERVER_CPU, load on CPU $CLIENT_CPU"
 echo "memcached $(memcached -V | cut -d' ' -f2), $(redis-server --version | cut -d' ' -f3), polykv $("$BIN" --version | cut -d' ' -f2)"
-COMMON=(--keys 100000 --key-size 16 --value-size 100 --duration "$SECONDS_PER_RUN" --warmup 1)
+COMMON=(--keys 100000 --key-size 16 --value-size 100 --duration "$SECONDS_PER_RUN" --warmup 1 --rounds "$ROUNDS")
 run() {
   local title=$1; shift
   echo

@@ -427,9 +427,75 @@ pub fn ratio_table(reports: &[Report]) -> String {
     out
 }
 
+/// The report of the round with the median throughput (the lower middle one for an even count).
+pub fn median_report(rounds: &[Report]) -> Option<Report> {
+    let mut sorted: Vec<&Report> = rounds.iter().collect();
+    sorted.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    sorted
+        .get((sorted.len().max(1) - 1) / 2)
+        .map(|r| (*r).clone())
+}
+
+/// Throughput of every round of every target, as a markdown table (`rounds[target][round]`).
+pub fn rounds_table(rounds: &[Vec<Report>]) -> String {
+    let count = rounds.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out = String::from("| target |");
+    for round in 1..=count {
+        out.push_str(&format!(" round {round} ops/s |"));
+    }
+    out.push_str(" median |\n|---|");
+    out.push_str(&"---|".repeat(count + 1));
+    out.push('\n');
+    for target in rounds {
+        let Some(median) = median_report(target) else {
+            continue;
+        };
+        out.push_str(&format!("| {} |", median.target));
+        for report in target {
+            out.push_str(&format!(" {:.0} |", report.ops_per_sec));
+        }
+        out.push_str(&" |".repeat(count - target.len()));
+        out.push_str(&format!(" {:.0} |\n", median.ops_per_sec));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(target: &str, ops_per_sec: f64) -> Report {
+        Report {
+            target: target.into(),
+            protocol: "nmdb".into(),
+            addr: "127.0.0.1:1".into(),
+            connections: 1,
+            depth: 1,
+            get_ratio: 1.0,
+            requests: 1,
+            errors: 0,
+            seconds: 1.0,
+            ops_per_sec,
+            latency_us: Latency::default(),
+        }
+    }
+
+    #[test]
+    fn median_of_rounds() {
+        let rounds = vec![report("a", 30.0), report("a", 10.0), report("a", 20.0)];
+        assert_eq!(median_report(&rounds).map(|r| r.ops_per_sec), Some(20.0));
+        let even = vec![report("a", 40.0), report("a", 10.0)];
+        assert_eq!(median_report(&even).map(|r| r.ops_per_sec), Some(10.0));
+        assert!(median_report(&[]).is_none());
+        let table = rounds_table(&[rounds, vec![report("b", 5.0)]]);
+        assert_eq!(
+            table,
+            "| target | round 1 ops/s | round 2 ops/s | round 3 ops/s | median |\n\
+             |---|---|---|---|---|\n\
+             | a | 30 | 10 | 20 | 20 |\n\
+             | b | 5 | | | 5 |\n"
+        );
+    }
 
     #[test]
     fn percentiles_of_a_known_distribution() {

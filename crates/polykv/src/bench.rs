@@ -6,13 +6,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use polykv_bench::workload::{Distribution, Workload};
-use polykv_bench::{protocol, ratio_table, run, RunConfig};
+use polykv_bench::{median_report, protocol, ratio_table, rounds_table, run, RunConfig};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// A server to load, as `PROTOCOL@HOST:PORT` or `LABEL=PROTOCOL@HOST:PORT`; repeat it to
-    /// run several targets in turn under the same load. Protocols: nmdb, opencluster, minority, jsonkv, memcached,
-    /// redis (RESP).
+    /// run several targets in turn under the same load. Protocols: nmdb, nmdb-cache (nmdb with
+    /// the CACHE_ONLY flag), opencluster, minority, jsonkv, memcached, redis (RESP).
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
     /// Concurrent connections.
@@ -57,7 +57,11 @@ pub struct BenchArgs {
     threads: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Print the results as JSON.
+    /// Run every target this many times, in turn (A B C A B C ...), and report the round with
+    /// the median throughput of each: on a shared machine one run can be off by tens of percent.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// Print the results as JSON (with several rounds, each target's median round).
     #[arg(long)]
     json: bool,
 }
@@ -91,49 +95,61 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let mut reports = Vec::new();
-    for (label, proto, addr) in targets {
-        let Some(protocol) = protocol::by_name(&proto) else {
-            bail!("unknown protocol {proto:?} in target {label}: use nmdb, opencluster, minority, jsonkv, memcached or redis");
-        };
-        let config = RunConfig {
-            addr,
-            connections: args.connections,
-            depth: args.depth,
-            workload: Workload {
-                keys: args.keys,
-                key_size: args.key_size,
-                value_size: args.value_size,
-                get_ratio: args.get_ratio,
-                distribution: args.distribution,
-                sync_writes: args.sync,
-            },
-            duration: args
-                .requests
-                .is_none()
-                .then(|| Duration::from_secs_f64(args.duration)),
-            requests: args.requests,
-            warmup: Duration::from_secs_f64(args.warmup),
-            preload: args.preload,
-            rate: args.rate,
-            seed: args.seed,
-            progress: !args.json,
-        };
-        let report = runtime
-            .block_on(run(Arc::from(protocol), &label, config))
-            .with_context(|| format!("benchmark of {label} failed"))?;
-        if !args.json {
-            eprintln!(
-                "{label}: {:.0} ops/s, p99 {:.1} µs, {} errors",
-                report.ops_per_sec, report.latency_us.p99, report.errors
-            );
+    let mut rounds: Vec<Vec<polykv_bench::Report>> = vec![Vec::new(); targets.len()];
+    for round in 1..=args.rounds {
+        for ((label, proto, addr), results) in targets.iter().zip(rounds.iter_mut()) {
+            let Some(protocol) = protocol::by_name(proto) else {
+                bail!("unknown protocol {proto:?} in target {label}: use nmdb, nmdb-cache, opencluster, minority, jsonkv, memcached or redis");
+            };
+            let config = RunConfig {
+                addr: addr.clone(),
+                connections: args.connections,
+                depth: args.depth,
+                workload: Workload {
+                    keys: args.keys,
+                    key_size: args.key_size,
+                    value_size: args.value_size,
+                    get_ratio: args.get_ratio,
+                    distribution: args.distribution,
+                    sync_writes: args.sync,
+                },
+                duration: args
+                    .requests
+                    .is_none()
+                    .then(|| Duration::from_secs_f64(args.duration)),
+                requests: args.requests,
+                warmup: Duration::from_secs_f64(args.warmup),
+                preload: args.preload,
+                rate: args.rate,
+                seed: args.seed,
+                progress: !args.json,
+            };
+            let report = runtime
+                .block_on(run(Arc::from(protocol), label, config))
+                .with_context(|| format!("benchmark of {label} failed"))?;
+            if !args.json {
+                let of = if args.rounds > 1 {
+                    format!(" (round {round} of {})", args.rounds)
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "{label}{of}: {:.0} ops/s, p99 {:.1} µs, {} errors",
+                    report.ops_per_sec, report.latency_us.p99, report.errors
+                );
+            }
+            results.push(report);
         }
-        reports.push(report);
     }
+    let reports: Vec<_> = rounds.iter().filter_map(|r| median_report(r)).collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         print!("{}", ratio_table(&reports));
+        if args.rounds > 1 {
+            println!();
+            print!("{}", rounds_table(&rounds));
+        }
     }
     Ok(())
 }

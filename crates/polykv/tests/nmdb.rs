@@ -552,3 +552,50 @@ async fn load_generator_drives_polykv_over_nmdb() {
         assert_eq!((report.requests, report.errors), (4000, 0), "{cache_only}");
     }
 }
+
+#[test]
+fn bench_verb_runs_rounds_and_reports_the_median() {
+    let server = Server::start();
+    let addr = server.nmdb_addr();
+    let normal = format!("polykv=nmdb@{addr}");
+    let cache = format!("cache=nmdb-cache@{addr}");
+    let (code, out, err) = common::run_cli(
+        &[
+            "bench",
+            "--target",
+            &normal,
+            "--target",
+            &cache,
+            "--connections",
+            "2",
+            "--depth",
+            "4",
+            "--keys",
+            "50",
+            "--requests",
+            "400",
+            "--warmup",
+            "0",
+            "--rounds",
+            "3",
+            "--get-ratio",
+            "0.5",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    // The ratio table (one row per target) and the rounds table (three rounds and a median).
+    assert!(out.contains("| polykv | 2 | 4 | 50 |"), "{out}");
+    assert!(out.contains("| cache | 2 | 4 | 50 |"), "{out}");
+    assert!(
+        out.contains("| target | round 1 ops/s | round 2 ops/s | round 3 ops/s | median |"),
+        "{out}"
+    );
+    assert_eq!(err.matches("(round 3 of 3)").count(), 2, "{err}");
+    let (code, _, err) = common::run_cli(&["bench", "--target", &normal, "--rounds", "0"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("rounds"), "{err}");
+    let (code, _, err) = common::run_cli(&["bench", "--target", &format!("nope@{addr}")], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nmdb-cache"), "{err}");
+}
