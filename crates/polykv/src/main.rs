@@ -7,6 +7,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use polykv_server::cli::ConfigArgs;
 
+/// mimalloc instead of glibc's malloc: in alternating A/B runs (docs/performance.md) the server
+/// answered 9–15 % more nmdb GETs and SETs at depth 1. `MIMALLOC_ALLOW_LARGE_OS_PAGES=1` in the
+/// environment also backs the heap with transparent huge pages (docs/operations.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "polykv",
