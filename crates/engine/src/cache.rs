@@ -391,7 +391,7 @@ mod tests {
         Get(u8, u8),
     }
 
-    /// Keys 0..40 in two keyspaces; the longer ones do not fit inline in a slot.
+    /// Keys of 1 to 40 bytes (used in two keyspaces).
     fn model_key(k: u8) -> Bytes {
         Bytes::from(vec![k; (k as usize % 40) + 1])
     }

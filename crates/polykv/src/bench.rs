@@ -85,11 +85,19 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.get_ratio) {
         bail!("--get-ratio must be between 0 and 1");
     }
-    let targets = args
-        .targets
-        .iter()
-        .map(|t| parse_target(t))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Every target is checked before the first one runs.
+    let mut targets = Vec::new();
+    for text in &args.targets {
+        let (label, proto, addr) = parse_target(text)?;
+        let Some(protocol) = protocol::by_name(&proto) else {
+            bail!("unknown protocol {proto:?} in target {label}: use nmdb, nmdb-cache, opencluster, minority, jsonkv, memcached or redis");
+        };
+        targets.push((
+            label,
+            Arc::<dyn protocol::LoadProtocol>::from(protocol),
+            addr,
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -97,10 +105,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let mut rounds: Vec<Vec<polykv_bench::Report>> = vec![Vec::new(); targets.len()];
     for round in 1..=args.rounds {
-        for ((label, proto, addr), results) in targets.iter().zip(rounds.iter_mut()) {
-            let Some(protocol) = protocol::by_name(proto) else {
-                bail!("unknown protocol {proto:?} in target {label}: use nmdb, nmdb-cache, opencluster, minority, jsonkv, memcached or redis");
-            };
+        for ((label, protocol, addr), results) in targets.iter().zip(rounds.iter_mut()) {
             let config = RunConfig {
                 addr: addr.clone(),
                 connections: args.connections,
@@ -125,7 +130,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 progress: !args.json,
             };
             let report = runtime
-                .block_on(run(Arc::from(protocol), label, config))
+                .block_on(run(protocol.clone(), label, config))
                 .with_context(|| format!("benchmark of {label} failed"))?;
             if !args.json {
                 let of = if args.rounds > 1 {

@@ -595,7 +595,10 @@ fn bench_verb_runs_rounds_and_reports_the_median() {
     let (code, _, err) = common::run_cli(&["bench", "--target", &normal, "--rounds", "0"], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("rounds"), "{err}");
-    let (code, _, err) = common::run_cli(&["bench", "--target", &format!("nope@{addr}")], &[]);
+    // A bad target is refused before any target runs.
+    let bad = format!("nope@{addr}");
+    let (code, _, err) = common::run_cli(&["bench", "--target", &normal, "--target", &bad], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("nmdb-cache"), "{err}");
+    assert!(!err.contains("ops/s"), "{err}");
 }
