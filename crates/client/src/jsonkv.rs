@@ -119,13 +119,6 @@ fn all(response: ResponsePayload) -> Result<Vec<Response>> {
     }
 }
 
-fn put_command(key: &str, value: &str) -> Command {
-    Command::Put {
-        key: key.into(),
-        value: value.into(),
-    }
-}
-
 /// How a jsonkv client reaches the server: sends one payload and returns the reply that
 /// answers it (same shape, same ids).
 pub trait Exchange {
@@ -267,17 +260,17 @@ impl<T: Exchange> Jsonkv<T> {
     }
 
     pub async fn put(&mut self, key: &str, value: &str) -> Result<()> {
-        self.one(put_command(key, value)).await.map(|_| ())
+        self.one(Command::put(key, value)).await.map(|_| ())
     }
 
     /// The value, or `None` when the key does not exist (1000).
     pub async fn get(&mut self, key: &str) -> Result<Option<String>> {
-        Ok(self.one(Command::Get { key: key.into() }).await?.value())
+        Ok(self.one(Command::get(key)).await?.value())
     }
 
     /// Whether the key existed.
     pub async fn delete(&mut self, key: &str) -> Result<bool> {
-        Ok(self.one(Command::Delete { key: key.into() }).await?.done())
+        Ok(self.one(Command::delete(key)).await?.done())
     }
 
     /// Sends the commands as one batch; the responses come in the same order.
@@ -591,11 +584,11 @@ impl JsonRpcClient {
     }
 
     pub async fn put(&mut self, key: &str, value: &str) -> Result<()> {
-        self.one(put_command(key, value)).await.map(|_| ())
+        self.one(Command::put(key, value)).await.map(|_| ())
     }
 
     pub async fn get(&mut self, key: &str) -> Result<Option<String>> {
-        match self.one(Command::Get { key: key.into() }).await? {
+        match self.one(Command::get(key)).await? {
             (0, Some(value)) => Ok(Some(value)),
             (0, None) => Err(bad("Get success without a value")),
             _ => Ok(None),
@@ -603,7 +596,7 @@ impl JsonRpcClient {
     }
 
     pub async fn delete(&mut self, key: &str) -> Result<bool> {
-        Ok(self.one(Command::Delete { key: key.into() }).await?.0 == 0)
+        Ok(self.one(Command::delete(key)).await?.0 == 0)
     }
 
     /// Sends the commands as one JSON-RPC batch; the responses are returned in request order

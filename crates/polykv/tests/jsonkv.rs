@@ -87,21 +87,6 @@ fn server_code(result: Result<impl std::fmt::Debug, ClientError>) -> String {
     }
 }
 
-fn put(key: &str, value: &str) -> Command {
-    Command::Put {
-        key: key.into(),
-        value: value.into(),
-    }
-}
-
-fn get(key: &str) -> Command {
-    Command::Get { key: key.into() }
-}
-
-fn del(key: &str) -> Command {
-    Command::Delete { key: key.into() }
-}
-
 /// jsonkv.md §11, vectors 1–6: exact request and reply JSON.
 const VECTORS: &[(&str, &str)] = &[
     (
@@ -573,7 +558,11 @@ async fn json_rpc_http_rules_and_limits() {
     // bound answers 1024 and the rest of the batch still runs.
     c.put("600", &"x".repeat(600)).await.unwrap();
     let codes: Vec<_> = c
-        .batch(&[get("600"), get("600"), put("after", "ok")])
+        .batch(&[
+            Command::get("600"),
+            Command::get("600"),
+            Command::put("after", "ok"),
+        ])
         .await
         .unwrap()
         .into_iter()
@@ -594,7 +583,7 @@ async fn json_rpc_http_rules_and_limits() {
         .await
         .unwrap();
     let codes: Vec<_> = tcp
-        .batch(&[get("600"), get("600")])
+        .batch(&[Command::get("600"), Command::get("600")])
         .await
         .unwrap()
         .into_iter()
@@ -611,18 +600,23 @@ async fn batches_of_a_thousand() {
         .await
         .unwrap();
     let puts: Vec<Command> = (0..1000)
-        .map(|i| put(&format!("t{i}"), &format!("v{i}")))
+        .map(|i| Command::put(format!("t{i}"), format!("v{i}")))
         .collect();
     let responses = tcp.batch(&puts).await.unwrap();
     assert_eq!(responses.len(), 1000);
     assert!(responses.iter().all(|r| r.is_success()));
-    let gets: Vec<Command> = (0..1000).map(|i| get(&format!("t{i}"))).collect();
+    let gets: Vec<Command> = (0..1000).map(|i| Command::get(format!("t{i}"))).collect();
     let responses = tcp.batch(&gets).await.unwrap();
     for (i, r) in responses.iter().enumerate() {
         assert_eq!(r.value, format!("v{i}"), "in request order");
     }
     // Elements run in order: a get after a delete in the same batch misses.
-    let mixed = [del("t0"), get("t0"), put("t0", "again"), get("t0")];
+    let mixed = [
+        Command::delete("t0"),
+        Command::get("t0"),
+        Command::put("t0", "again"),
+        Command::get("t0"),
+    ];
     let codes: Vec<_> = tcp
         .batch(&mixed)
         .await
@@ -642,11 +636,11 @@ async fn batches_of_a_thousand() {
 
     let mut rpc = JsonRpcClient::new(&server.jsonkv_rpc_addr(), T);
     let puts: Vec<Command> = (0..1000)
-        .map(|i| put(&format!("r{i}"), &format!("w{i}")))
+        .map(|i| Command::put(format!("r{i}"), format!("w{i}")))
         .collect();
     let responses = rpc.batch(&puts).await.unwrap();
     assert_eq!(responses.len(), 1000);
-    let gets: Vec<Command> = (0..1000).map(|i| get(&format!("r{i}"))).collect();
+    let gets: Vec<Command> = (0..1000).map(|i| Command::get(format!("r{i}"))).collect();
     for (i, r) in rpc.batch(&gets).await.unwrap().into_iter().enumerate() {
         match r.outcome {
             RpcOutcome::Result { code: 0, value, .. } => assert_eq!(value, Some(format!("w{i}"))),
@@ -658,7 +652,7 @@ async fn batches_of_a_thousand() {
         JsonkvUdpClient::connect(&server.jsonkv_udp_addr(), Duration::from_millis(500), 20)
             .await
             .unwrap();
-    let gets: Vec<Command> = (1..201).map(|i| get(&format!("t{i}"))).collect();
+    let gets: Vec<Command> = (1..201).map(|i| Command::get(format!("t{i}"))).collect();
     for (i, r) in udp.batch(&gets).await.unwrap().into_iter().enumerate() {
         assert_eq!(r.value, format!("v{}", i + 1));
     }
@@ -949,7 +943,7 @@ async fn writes_cross_transports_and_survive_a_kill() {
     tcp.put("from-tcp", "1").await.unwrap();
     udp.put("from-udp", "2").await.unwrap();
     rpc.put("from-rpc", "3").await.unwrap();
-    tcp.batch(&[put("batch-a", "4"), put("batch-b", "5")])
+    tcp.batch(&[Command::put("batch-a", "4"), Command::put("batch-b", "5")])
         .await
         .unwrap();
     tcp.put("deleted", "x").await.unwrap();
@@ -958,7 +952,7 @@ async fn writes_cross_transports_and_survive_a_kill() {
     let conn = tcp.connection();
     for i in 0..50 {
         conn.queue(&RequestPayload::Single(Item::Command {
-            command: put(&format!("p{i}"), &i.to_string()),
+            command: Command::put(format!("p{i}"), i.to_string()),
             id: Id::number(i),
         }));
     }

@@ -386,6 +386,21 @@ pub enum Command {
 }
 
 impl Command {
+    pub fn put(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    pub fn get(key: impl Into<String>) -> Self {
+        Command::Get { key: key.into() }
+    }
+
+    pub fn delete(key: impl Into<String>) -> Self {
+        Command::Delete { key: key.into() }
+    }
+
     pub fn operate(&self) -> Operate {
         match self {
             Command::Put { .. } => Operate::Put,

@@ -63,21 +63,6 @@ fn invalid(code: Code, id_json: &str) -> Item {
     }
 }
 
-fn put(key: &str, value: &str) -> Command {
-    Command::Put {
-        key: key.into(),
-        value: value.into(),
-    }
-}
-
-fn get(key: &str) -> Command {
-    Command::Get { key: key.into() }
-}
-
-fn del(key: &str) -> Command {
-    Command::Delete { key: key.into() }
-}
-
 fn single_code(json: &str) -> Code {
     match payload(json) {
         RequestPayload::Single(Item::Invalid { code, .. }) => code,
@@ -101,7 +86,7 @@ fn vector_1_seed_put_frame_verified() {
     let request = decode(&bytes);
     assert_eq!(
         request,
-        RequestPayload::Single(cmd(put("1", "999"), r#""1""#))
+        RequestPayload::Single(cmd(Command::put("1", "999"), r#""1""#))
     );
     // A conforming client sends exactly the seed's bytes.
     let mut out = BytesMut::new();
@@ -124,7 +109,7 @@ fn vector_2_get_with_empty_value_member() {
     assert_eq!(frame(json).len(), 78);
     assert_eq!(
         decode(&frame(json)),
-        RequestPayload::Single(cmd(get("1"), r#""2""#))
+        RequestPayload::Single(cmd(Command::get("1"), r#""2""#))
     );
     let reply = encode_response(&ResponsePayload::Single(Response::success(
         Operate::Get,
@@ -146,7 +131,7 @@ fn vector_3_upper_case_operate_numeric_id_not_found() {
     assert_eq!(frame(json).len(), 65);
     assert_eq!(
         decode(&frame(json)),
-        RequestPayload::Single(cmd(get("2"), "3"))
+        RequestPayload::Single(cmd(Command::get("2"), "3"))
     );
     let reply = encode_response(&ResponsePayload::Single(Response::error(
         Code::KeyNotFound,
@@ -168,7 +153,7 @@ fn vector_4_batch_with_a_wrong_version_element() {
     assert_eq!(
         decode(&frame(json)),
         RequestPayload::Batch(vec![
-            cmd(del("1"), r#""4""#),
+            cmd(Command::delete("1"), r#""4""#),
             invalid(Code::UnsupportedVersion, r#""5""#)
         ])
     );
@@ -241,7 +226,10 @@ fn vector_8_udp_length_disagrees_drops() {
     datagram[11] = 81;
     assert_eq!(
         SERVER.decode_datagram(&datagram),
-        Some(RequestPayload::Single(cmd(put("1", "999"), r#""1""#)))
+        Some(RequestPayload::Single(cmd(
+            Command::put("1", "999"),
+            r#""1""#
+        )))
     );
     // Shorter than a header, or exactly a header: a 16-byte datagram is a valid empty frame.
     assert_eq!(SERVER.decode_datagram(&datagram[..15]), None);
@@ -265,7 +253,7 @@ fn header_fields_other_than_length_are_ignored() {
     bytes[12..16].copy_from_slice(&[1, 2, 3, 4]);
     assert_eq!(
         decode(&bytes),
-        RequestPayload::Single(cmd(put("1", "999"), r#""1""#))
+        RequestPayload::Single(cmd(Command::put("1", "999"), r#""1""#))
     );
 }
 
@@ -312,9 +300,9 @@ fn pipelined_frames_in_one_buffer() {
     assert_eq!(
         seen,
         vec![
-            RequestPayload::Single(cmd(put("1", "999"), r#""1""#)),
+            RequestPayload::Single(cmd(Command::put("1", "999"), r#""1""#)),
             RequestPayload::Malformed,
-            RequestPayload::Single(cmd(del("x"), "[1,2]")),
+            RequestPayload::Single(cmd(Command::delete("x"), "[1,2]")),
         ]
     );
     assert_eq!(rest.len(), 20);
@@ -366,7 +354,7 @@ fn validation_order() {
             invalid(Code::Malformed, "null"),
             invalid(Code::Malformed, "null"),
             invalid(Code::Malformed, "null"),
-            cmd(get("k"), "null"),
+            cmd(Command::get("k"), "null"),
         ])
     );
     // 2. jsonkv missing → 1025 (even with a bad operate); not "1.0" → 800 (before operate).
@@ -416,7 +404,7 @@ fn validation_order() {
         payload(&format!(
             r#"{{"jsonkv":"1.0","operate":"get","key":"{max_key}"}}"#
         )),
-        RequestPayload::Single(cmd(get(&max_key), "null"))
+        RequestPayload::Single(cmd(Command::get(&max_key), "null"))
     );
     // Key length counts UTF-8 bytes.
     let long_utf8 = format!("{max_key}x");
@@ -447,12 +435,12 @@ fn validation_order() {
         payload(&format!(
             r#"{{"jsonkv":"1.0","operate":"put","key":"k","value":"{max_value}"}}"#
         )),
-        RequestPayload::Single(cmd(put("k", &max_value), "null"))
+        RequestPayload::Single(cmd(Command::put("k", &max_value), "null"))
     );
     // get and delete ignore `value` whatever it is.
     assert_eq!(
         payload(r#"{"jsonkv":"1.0","operate":"Delete","key":"k","value":[1],"extra":{}}"#),
-        RequestPayload::Single(cmd(del("k"), "null"))
+        RequestPayload::Single(cmd(Command::delete("k"), "null"))
     );
 }
 
@@ -541,7 +529,7 @@ fn whole_payload_malformed_cases() {
     // White space around the document is fine.
     assert_eq!(
         payload(" \n{\"jsonkv\" : \"1.0\" , \"operate\" : \"get\" , \"key\" : \"k\"}\r\n"),
-        RequestPayload::Single(cmd(get("k"), "null"))
+        RequestPayload::Single(cmd(Command::get("k"), "null"))
     );
     // A configurable depth.
     let shallow = Limits {
@@ -555,7 +543,7 @@ fn whole_payload_malformed_cases() {
     // An escaped member name is the same name.
     assert_eq!(
         payload(r#"{"\u006asonkv":"1.0","operate":"get","key":"k"}"#),
-        RequestPayload::Single(cmd(get("k"), "null"))
+        RequestPayload::Single(cmd(Command::get("k"), "null"))
     );
 }
 
@@ -691,7 +679,7 @@ fn vectors_9_to_12_json_rpc() {
     let v9 = r#"{"jsonrpc":"2.0","method":"Put","params":["tomato","999"],"id":1}"#;
     assert_eq!(
         rpc(v9),
-        rpc_call(Some("1"), RpcAction::Execute(put("tomato", "999")))
+        rpc_call(Some("1"), RpcAction::Execute(Command::put("tomato", "999")))
     );
     assert_eq!(
         encode_rpc_request(&rpc(v9), &limits()),
@@ -706,7 +694,7 @@ fn vectors_9_to_12_json_rpc() {
     let v10 = r#"{"jsonrpc":"2.0","method":"Get","params":["tomato"],"id":2}"#;
     assert_eq!(
         rpc(v10),
-        rpc_call(Some("2"), RpcAction::Execute(get("tomato")))
+        rpc_call(Some("2"), RpcAction::Execute(Command::get("tomato")))
     );
     assert_eq!(
         rpc_body(RpcResponse::success(
@@ -720,7 +708,7 @@ fn vectors_9_to_12_json_rpc() {
     let v11 = r#"{"jsonrpc":"2.0","method":"Get","params":["nope"],"id":3}"#;
     assert_eq!(
         rpc(v11),
-        rpc_call(Some("3"), RpcAction::Execute(get("nope")))
+        rpc_call(Some("3"), RpcAction::Execute(Command::get("nope")))
     );
     assert_eq!(
         rpc_body(RpcResponse::refused(Code::KeyNotFound, id("3"))),
@@ -860,7 +848,7 @@ fn json_rpc_notifications_and_batches() {
     // No id: a notification, executed but not answered; errors in it are not answered either.
     assert_eq!(
         rpc(r#"{"jsonrpc":"2.0","method":"Delete","params":["k"]}"#),
-        rpc_call(None, RpcAction::Execute(del("k")))
+        rpc_call(None, RpcAction::Execute(Command::delete("k")))
     );
     assert_eq!(
         rpc(r#"{"jsonrpc":"2.0","method":"Nope","params":["k"]}"#),
@@ -869,7 +857,7 @@ fn json_rpc_notifications_and_batches() {
     // An explicit null id is not a notification.
     assert_eq!(
         rpc(r#"{"jsonrpc":"2.0","method":"Get","params":["k"],"id":null}"#),
-        rpc_call(Some("null"), RpcAction::Execute(get("k")))
+        rpc_call(Some("null"), RpcAction::Execute(Command::get("k")))
     );
     let batch = rpc(
         r#"[{"jsonrpc":"2.0","method":"Put","params":["a","1"],"id":"1"},{"jsonrpc":"2.0","method":"Get","params":["a"]},1,{"jsonrpc":"2.0","method":"Get","params":["a"],"id":2.50}]"#,
@@ -879,11 +867,11 @@ fn json_rpc_notifications_and_batches() {
         RpcPayload::Batch(vec![
             RpcCall {
                 id: Some(id(r#""1""#)),
-                action: RpcAction::Execute(put("a", "1"))
+                action: RpcAction::Execute(Command::put("a", "1"))
             },
             RpcCall {
                 id: None,
-                action: RpcAction::Execute(get("a"))
+                action: RpcAction::Execute(Command::get("a"))
             },
             RpcCall {
                 id: Some(Id::null()),
@@ -891,7 +879,7 @@ fn json_rpc_notifications_and_batches() {
             },
             RpcCall {
                 id: Some(id("2.50")),
-                action: RpcAction::Execute(get("a"))
+                action: RpcAction::Execute(Command::get("a"))
             },
         ])
     );
@@ -1195,9 +1183,9 @@ fn rpc_id_strategy() -> impl Strategy<Value = Id> {
 
 fn item_strategy() -> impl Strategy<Value = Item> {
     let command = prop_oneof![
-        (key_strategy(), ".{0,30}").prop_map(|(k, v)| put(&k, &v)),
-        key_strategy().prop_map(|k| get(&k)),
-        key_strategy().prop_map(|k| del(&k)),
+        (key_strategy(), ".{0,30}").prop_map(|(k, v)| Command::put(&k, &v)),
+        key_strategy().prop_map(|k| Command::get(&k)),
+        key_strategy().prop_map(|k| Command::delete(&k)),
     ];
     let code = prop_oneof![
         Just(Code::Malformed),
