@@ -9,6 +9,7 @@
 //! that does not read stops being read (back-pressure).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,6 +167,61 @@ pub struct ListenerContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Accepts one connection under the connection limit. Accept errors (out of file descriptors and
+/// the like) back off instead of spinning; a connection over the limit is closed at once.
+pub async fn accept_limited(
+    listener: &TcpListener,
+    connections: &Arc<Semaphore>,
+    metrics: &ProtocolMetrics,
+) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(protocol = metrics.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics.rejected.increment(1);
+            tracing::warn!(protocol = metrics.name, %peer, "connection limit reached; closing new connection");
+            continue;
+        };
+        return (stream, peer, permit);
+    }
+}
+
+/// Accepts connections until shutdown and runs `handle` on each in a task of its own, holding
+/// its place under the connection limit; after shutdown, waits for every connection to finish
+/// (the caller bounds the wait).
+pub async fn serve_connections<H, Fut>(
+    listener: TcpListener,
+    metrics: &ProtocolMetrics,
+    mut context: ListenerContext,
+    mut handle: H,
+) where
+    H: FnMut(TcpStream, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            (stream, _peer, permit) = accept_limited(&listener, &context.connections, metrics) => {
+                let connection = handle(stream, context.shutdown.clone());
+                connections.spawn(async move {
+                    connection.await;
+                    drop(permit);
+                });
+                while connections.try_join_next().is_some() {}
+            }
+            _ = context.shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
 /// Accepts connections until shutdown; each gets a session with its own service.
 pub async fn serve_tcp<C, S, F>(
     listener: TcpListener,
@@ -173,50 +229,32 @@ pub async fn serve_tcp<C, S, F>(
     new_service: F,
     limits: SessionLimits,
     metrics: Arc<ProtocolMetrics>,
-    mut context: ListenerContext,
+    context: ListenerContext,
 ) where
     C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
     S: Service,
     F: Fn() -> S + Send + 'static,
 {
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(protocol = metrics.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = context.connections.clone().try_acquire_owned() else {
-                    metrics.rejected.increment(1);
-                    tracing::warn!(protocol = metrics.name, %peer, "connection limit reached; closing new connection");
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let session = Session {
-                    stream,
-                    codec: codec.clone(),
-                    service: new_service(),
-                    limits,
-                    metrics: metrics.clone(),
-                    shutdown: context.shutdown.clone(),
-                    _permit: permit,
-                };
-                sessions.spawn(session.run());
-                while sessions.try_join_next().is_some() {}
+    // Sessions finish the batch they are executing and close at shutdown.
+    let listener_metrics = metrics.clone();
+    serve_connections(
+        listener,
+        &listener_metrics,
+        context,
+        move |stream, shutdown| {
+            let _ = stream.set_nodelay(true);
+            Session {
+                stream,
+                codec: codec.clone(),
+                service: new_service(),
+                limits,
+                metrics: metrics.clone(),
+                shutdown,
             }
-            _ = context.shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    // Sessions finish the batch they are executing and close; the caller bounds the wait.
-    while sessions.join_next().await.is_some() {}
+            .run()
+        },
+    )
+    .await;
 }
 
 struct Session<C, S> {
@@ -226,7 +264,6 @@ struct Session<C, S> {
     limits: SessionLimits,
     metrics: Arc<ProtocolMetrics>,
     shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
 }
 
 enum Wake {

@@ -16,12 +16,11 @@ use polykv_protocols::smalld::{self, Reply, Request, HEADER_LEN, MAX_REQUEST, MA
 use polykv_protocols::Decoded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 
 use crate::config::SmalldConfig;
 use crate::metrics::ProtocolMetrics;
 use crate::server::{Runtime, ServerError};
-use crate::session::ListenerContext;
+use crate::session::{serve_connections, ListenerContext};
 
 const OPS: &[&str] = &["set", "get", "digest", "run", "malformed"];
 
@@ -291,31 +290,11 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
     service.metrics.connection_closed();
 }
 
-async fn serve(listener: TcpListener, service: Arc<Smalld>, mut context: ListenerContext) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let Ok(permit) = context.connections.clone().try_acquire_owned() else {
-                    service.metrics.rejected.increment(1);
-                    tracing::warn!(protocol = "smalld", %peer, "connection limit reached; closing new connection");
-                    continue;
-                };
-                let service = service.clone();
-                connections.spawn(async move {
-                    handle(service, stream).await;
-                    drop(permit);
-                });
-                while connections.try_join_next().is_some() {}
-            }
-            _ = context.shutdown.changed() => break,
-        }
-    }
-    while connections.join_next().await.is_some() {}
+async fn serve(listener: TcpListener, service: Arc<Smalld>, context: ListenerContext) {
+    serve_connections(listener, &service.metrics, context, |stream, _shutdown| {
+        handle(service.clone(), stream)
+    })
+    .await;
 }
 
 /// Starts smalld's listener, as configured.

@@ -19,10 +19,9 @@ use polykv_protocols::{Decoded, ServerCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::metrics::ProtocolMetrics;
-use crate::session::ListenerContext;
+use crate::session::{serve_connections, ListenerContext};
 
 /// Operation names for metrics.
 pub const OPS: &[&str] = &["register", "unregister", "getserverlist", "invalid"];
@@ -203,40 +202,18 @@ pub struct AgentContext {
 }
 
 /// Accepts agent connections until shutdown.
-pub async fn serve(listener: TcpListener, agent: Arc<AgentContext>, mut context: ListenerContext) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(protocol = agent.metrics.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = context.connections.clone().try_acquire_owned() else {
-                    agent.metrics.rejected.increment(1);
-                    tracing::warn!(protocol = agent.metrics.name, %peer, "connection limit reached; closing new connection");
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let (agent, shutdown) = (agent.clone(), context.shutdown.clone());
-                connections.spawn(async move {
-                    agent.metrics.connection_opened();
-                    let reason = run(stream, &agent, shutdown).await;
-                    agent.metrics.connection_closed();
-                    tracing::debug!(protocol = agent.metrics.name, reason, "connection closed");
-                    drop(permit);
-                });
-                while connections.try_join_next().is_some() {}
-            }
-            _ = context.shutdown.changed() => break,
+pub async fn serve(listener: TcpListener, agent: Arc<AgentContext>, context: ListenerContext) {
+    serve_connections(listener, &agent.metrics, context, |stream, shutdown| {
+        let _ = stream.set_nodelay(true);
+        let agent = agent.clone();
+        async move {
+            agent.metrics.connection_opened();
+            let reason = run(stream, &agent, shutdown).await;
+            agent.metrics.connection_closed();
+            tracing::debug!(protocol = agent.metrics.name, reason, "connection closed");
         }
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Serves one connection: every complete frame is answered in order, replies are written

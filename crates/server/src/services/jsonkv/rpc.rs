@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 
 use super::kv::{KvStore, Outcome};
 use crate::metrics::ProtocolMetrics;
-use crate::session::ListenerContext;
+use crate::session::{accept_limited, ListenerContext};
 
 /// Operation names for metrics: one per call of a body.
 pub const OPS: &[&str] = &["put", "get", "delete", "invalid", "malformed"];
@@ -208,28 +208,14 @@ impl axum::serve::Listener for LimitedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (GuardedStream, SocketAddr) {
-        loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(protocol = self.metrics.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                self.metrics.rejected.increment(1);
-                tracing::warn!(protocol = self.metrics.name, %peer, "connection limit reached; closing new connection");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            self.metrics.connection_opened();
-            return (
-                GuardedStream::new(stream, permit, self.metrics.clone(), self.idle_timeout),
-                peer,
-            );
-        }
+        let (stream, peer, permit) =
+            accept_limited(&self.listener, &self.connections, &self.metrics).await;
+        let _ = stream.set_nodelay(true);
+        self.metrics.connection_opened();
+        (
+            GuardedStream::new(stream, permit, self.metrics.clone(), self.idle_timeout),
+            peer,
+        )
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
