@@ -211,30 +211,7 @@ impl Jsonkv<TcpTransport> {
 
 impl Jsonkv<UdpTransport> {
     pub async fn connect(addr: &str, timeout: Duration, attempts: u32) -> Result<Self> {
-        let target = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.into(),
-                source,
-            })?
-            .next()
-            .ok_or_else(|| ClientError::Connect {
-                addr: addr.into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
-            })?;
-        let local = if target.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
-        let socket = UdpSocket::bind(local).await?;
-        socket
-            .connect(target)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.into(),
-                source,
-            })?;
+        let socket = crate::connect_udp(addr).await?;
         Ok(Jsonkv {
             transport: UdpTransport {
                 socket,
@@ -438,14 +415,7 @@ impl JsonRpcClient {
     }
 
     async fn connect(&mut self) -> Result<()> {
-        let stream =
-            TcpStream::connect(&self.addr)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    addr: self.addr.clone(),
-                    source,
-                })?;
-        stream.set_nodelay(true)?;
+        let stream = crate::connect_tcp(&self.addr).await?;
         self.stream = Some(stream);
         self.read_buf.clear();
         Ok(())

@@ -3,12 +3,13 @@
 //! Each protocol module has its own client type with one method per request. They share the
 //! framed connection and the error type defined here.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use polykv_protocols::{ClientCodec, Decoded};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
 pub mod jsonkv;
 pub mod minority;
@@ -38,6 +39,45 @@ pub enum ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// A TCP connection to `addr` ("host:port") with Nagle's algorithm off: requests go out whole.
+pub(crate) async fn connect_tcp(addr: &str) -> Result<TcpStream> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A UDP socket "connected" to `addr`, bound on every interface of the target's address family
+/// so that any server address works.
+pub(crate) async fn connect_udp(addr: &str) -> Result<UdpSocket> {
+    let connect_error = |source| ClientError::Connect {
+        addr: addr.to_string(),
+        source,
+    };
+    let target: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(connect_error)?
+        .next()
+        .ok_or_else(|| {
+            connect_error(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address",
+            ))
+        })?;
+    let local: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(target).await.map_err(connect_error)?;
+    Ok(socket)
+}
+
 /// A TCP connection that writes requests and reads whole responses with a [`ClientCodec`].
 pub struct FramedConnection<C: ClientCodec> {
     stream: TcpStream,
@@ -50,14 +90,9 @@ pub struct FramedConnection<C: ClientCodec> {
 impl<C: ClientCodec> FramedConnection<C> {
     /// Connects to `addr` ("host:port"). Every later read waits at most `timeout`.
     pub async fn connect(addr: &str, codec: C, timeout: Duration) -> Result<Self> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(timeout, connect_tcp(addr))
             .await
-            .map_err(|_| ClientError::Timeout(timeout))?
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        stream.set_nodelay(true)?;
+            .map_err(|_| ClientError::Timeout(timeout))??;
         Ok(Self::from_stream(stream, codec, timeout))
     }
 

@@ -9,7 +9,6 @@
 //! Unlike libnmdb (always id 1) the client numbers its requests, so a late UDP reply to an
 //! earlier request is recognised and skipped.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -93,28 +92,7 @@ impl NmdbClient {
     /// "Connects" a UDP socket to `addr`. GET, STATS and iteration are re-sent up to `retries`
     /// times when no reply comes within `timeout`; writes are sent once.
     pub async fn connect_udp(addr: &str, timeout: Duration, retries: u32) -> Result<Self> {
-        let connect_error = |source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        };
-        let target: SocketAddr = tokio::net::lookup_host(addr)
-            .await
-            .map_err(connect_error)?
-            .next()
-            .ok_or_else(|| {
-                connect_error(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no address",
-                ))
-            })?;
-        // Bind the family of the target, on every interface, so any server address works.
-        let local: SocketAddr = if target.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local).await?;
-        socket.connect(target).await.map_err(connect_error)?;
+        let socket = crate::connect_udp(addr).await?;
         Ok(NmdbClient {
             link: Link::Udp {
                 socket,
@@ -677,7 +655,7 @@ mod tests {
         (fake, c)
     }
 
-    async fn recv(fake: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    async fn recv(fake: &UdpSocket) -> (Vec<u8>, std::net::SocketAddr) {
         let mut buf = vec![0u8; 70_000];
         let (n, from) = tokio::time::timeout(T, fake.recv_from(&mut buf))
             .await

@@ -5,7 +5,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use polykv_protocols::smalld::{decode_reply, encode_request, Reply, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::{ClientError, Result};
 
@@ -28,13 +27,7 @@ impl SmalldClient {
     /// closed (for tests of malformed input).
     pub async fn raw(&self, bytes: &[u8]) -> Result<Vec<u8>> {
         let run = async {
-            let mut stream =
-                TcpStream::connect(&self.addr)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        addr: self.addr.clone(),
-                        source,
-                    })?;
+            let mut stream = crate::connect_tcp(&self.addr).await?;
             stream.write_all(bytes).await?;
             let mut reply = Vec::new();
             stream.read_to_end(&mut reply).await?;
