@@ -1,7 +1,9 @@
 //! The wire protocols the load generator speaks: GET and SET requests and their replies.
 
 use bytes::{Bytes, BytesMut};
-use polykv_protocols::opencluster::{self, ItemId, ReplyBody, RequestBody, Response};
+use polykv_protocols::opencluster::{
+    self, ItemId, OpenClusterClientCodec, ReplyBody, RequestBody, Response,
+};
 use polykv_protocols::{jsonkv, minority, nmdb, ClientCodec, Decoded};
 
 /// How the load generator talks to one kind of server.
@@ -34,6 +36,28 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
         .windows(2)
         .position(|w| w == b"\r\n")
         .map(|p| p + from)
+}
+
+/// Appends `request` as `codec` encodes it.
+fn encode_with<C: ClientCodec>(codec: C, request: &C::Request, out: &mut Vec<u8>) {
+    let mut buf = BytesMut::new();
+    codec.encode_request(request, &mut buf);
+    out.extend_from_slice(&buf);
+}
+
+/// Decodes the reply at the start of `buf` with `codec`: `Ok(None)` when incomplete, else the
+/// bytes it used and what `judge` says of it (whether it reports success, or why it cannot be a
+/// reply to the load's requests).
+fn decode_with<C: ClientCodec>(
+    codec: C,
+    buf: &[u8],
+    judge: impl FnOnce(C::Response) -> Result<bool, String>,
+) -> Result<Option<(usize, bool)>, String> {
+    match codec.decode_response(buf) {
+        Ok(Decoded::Frame(reply, used)) => Ok(Some((used, judge(reply)?))),
+        Ok(Decoded::Incomplete) => Ok(None),
+        Err(reject) => Err(reject.reason.to_string()),
+    }
 }
 
 /// memcached's text protocol.
@@ -143,27 +167,14 @@ impl LoadProtocol for Nmdb {
     }
 
     fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
-        let codec = nmdb::NmdbClientCodec {
-            transport: nmdb::Transport::Tcp,
-        };
-        match codec.decode_response(buf) {
-            Ok(Decoded::Frame(reply, used)) => Ok(Some((
-                used,
-                !matches!(reply.body, nmdb::ReplyBody::Error(_)),
-            ))),
-            Ok(Decoded::Incomplete) => Ok(None),
-            Err(reject) => Err(reject.reason.to_string()),
-        }
+        decode_with(nmdb::NmdbClientCodec::tcp(), buf, |reply| {
+            Ok(!matches!(reply.body, nmdb::ReplyBody::Error(_)))
+        })
     }
 }
 
 fn encode_nmdb(request: &nmdb::Request, out: &mut Vec<u8>) {
-    let mut buf = BytesMut::new();
-    nmdb::NmdbClientCodec {
-        transport: nmdb::Transport::Tcp,
-    }
-    .encode_request(request, &mut buf);
-    out.extend_from_slice(&buf);
+    encode_with(nmdb::NmdbClientCodec::tcp(), request, out);
 }
 
 /// OpenCluster: get_string and set_string of the key as an item outside any map (no hello,
@@ -172,9 +183,8 @@ pub struct OpenCluster;
 
 impl OpenCluster {
     fn encode(body: RequestBody, out: &mut Vec<u8>) {
-        let mut buf = BytesMut::new();
-        opencluster::compose_request(&opencluster::Request { user_id: 1, body }, &mut buf);
-        out.extend_from_slice(&buf);
+        let request = opencluster::Request { user_id: 1, body };
+        encode_with(OpenClusterClientCodec::default(), &request, out);
     }
 }
 
@@ -203,21 +213,17 @@ impl LoadProtocol for OpenCluster {
     }
 
     fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
-        let codec = opencluster::OpenClusterClientCodec::default();
-        match codec.decode_response(buf) {
-            Ok(Decoded::Frame(Response::Reply { body, .. }, used)) => Ok(Some((
-                used,
-                matches!(
+        decode_with(
+            OpenClusterClientCodec::default(),
+            buf,
+            |reply| match reply {
+                Response::Reply { body, .. } => Ok(matches!(
                     body,
                     ReplyBody::Ack | ReplyBody::Fail | ReplyBody::Data { .. }
-                ),
-            ))),
-            Ok(Decoded::Frame(Response::Push { push, .. }, _)) => {
-                Err(format!("unexpected push {push:?}"))
-            }
-            Ok(Decoded::Incomplete) => Ok(None),
-            Err(reject) => Err(reject.reason.to_string()),
-        }
+                )),
+                Response::Push { push, .. } => Err(format!("unexpected push {push:?}")),
+            },
+        )
     }
 }
 
@@ -234,9 +240,7 @@ impl Minority {
             datanum_id: Bytes::new(),
             value: Bytes::copy_from_slice(value),
         };
-        let mut buf = BytesMut::new();
-        minority::MinorityClientCodec::default().encode_request(&request, &mut buf);
-        out.extend_from_slice(&buf);
+        encode_with(minority::MinorityClientCodec::default(), &request, out);
     }
 }
 
@@ -254,17 +258,12 @@ impl LoadProtocol for Minority {
     }
 
     fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
-        match minority::MinorityClientCodec::default().decode_response(buf) {
-            Ok(Decoded::Frame(reply, used)) => Ok(Some((
-                used,
-                matches!(
-                    reply.status,
-                    minority::status::OK | minority::status::NOT_FOUND
-                ),
-            ))),
-            Ok(Decoded::Incomplete) => Ok(None),
-            Err(reject) => Err(reject.reason.to_string()),
-        }
+        decode_with(minority::MinorityClientCodec::default(), buf, |reply| {
+            Ok(matches!(
+                reply.status,
+                minority::status::OK | minority::status::NOT_FOUND
+            ))
+        })
     }
 }
 
@@ -278,9 +277,7 @@ impl Jsonkv {
             command,
             id: jsonkv::Id::number(1),
         });
-        let mut buf = BytesMut::new();
-        jsonkv::JsonkvClientCodec::default().encode_request(&request, &mut buf);
-        out.extend_from_slice(&buf);
+        encode_with(jsonkv::JsonkvClientCodec::default(), &request, out);
     }
 }
 
@@ -291,27 +288,28 @@ impl LoadProtocol for Jsonkv {
 
     fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
         let key = String::from_utf8_lossy(key).into_owned();
-        Self::encode(jsonkv::Command::Get { key }, out);
+        Self::encode(jsonkv::Command::get(key), out);
     }
 
     fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
         let key = String::from_utf8_lossy(key).into_owned();
         let value = String::from_utf8_lossy(value).into_owned();
-        Self::encode(jsonkv::Command::Put { key, value }, out);
+        Self::encode(jsonkv::Command::put(key, value), out);
     }
 
     fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
-        match jsonkv::JsonkvClientCodec::default().decode_response(buf) {
-            Ok(Decoded::Frame(jsonkv::ResponsePayload::Single(reply), used)) => Ok(Some((
-                used,
-                reply.is_success() || reply.code == jsonkv::Code::KeyNotFound.as_str(),
-            ))),
-            Ok(Decoded::Frame(jsonkv::ResponsePayload::Batch(_), _)) => {
-                Err("a batch reply to a single request".into())
-            }
-            Ok(Decoded::Incomplete) => Ok(None),
-            Err(reject) => Err(reject.reason.to_string()),
-        }
+        decode_with(
+            jsonkv::JsonkvClientCodec::default(),
+            buf,
+            |reply| match reply {
+                jsonkv::ResponsePayload::Single(reply) => {
+                    Ok(reply.is_success() || reply.code == jsonkv::Code::KeyNotFound.as_str())
+                }
+                jsonkv::ResponsePayload::Batch(_) => {
+                    Err("a batch reply to a single request".into())
+                }
+            },
+        )
     }
 }
 
