@@ -602,3 +602,44 @@ fn bench_verb_runs_rounds_and_reports_the_median() {
     assert!(err.contains("nmdb-cache"), "{err}");
     assert!(!err.contains("ops/s"), "{err}");
 }
+
+/// The load generator's other protocols against the real server: every reply parsed as a
+/// success (a GET miss counts as one), with sync writes where the protocol can ask.
+#[test]
+fn bench_verb_drives_every_polykv_protocol() {
+    let server = Server::start();
+    for (proto, addr) in [
+        ("opencluster", server.opencluster_addr()),
+        ("minority", server.minority_addr()),
+        ("jsonkv", server.jsonkv_addr()),
+        ("nmdb-cache", server.nmdb_addr()),
+    ] {
+        let target = format!("{proto}@{addr}");
+        let (code, out, err) = common::run_cli(
+            &[
+                "bench",
+                "--target",
+                &target,
+                "--connections",
+                "2",
+                "--depth",
+                "4",
+                "--keys",
+                "50",
+                "--requests",
+                "400",
+                "--warmup",
+                "0",
+                "--get-ratio",
+                "0.5",
+                "--sync",
+                "--json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{proto}: {err}");
+        let reports: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(reports[0]["requests"], 400, "{proto}: {out}");
+        assert_eq!(reports[0]["errors"], 0, "{proto}: {out}");
+    }
+}
