@@ -592,9 +592,31 @@ fn bench_verb_runs_rounds_and_reports_the_median() {
         "{out}"
     );
     assert_eq!(err.matches("(round 3 of 3)").count(), 2, "{err}");
-    let (code, _, err) = common::run_cli(&["bench", "--target", &normal, "--rounds", "0"], &[]);
-    assert_ne!(code, 0);
-    assert!(err.contains("rounds"), "{err}");
+    // Rounds: 1 to 100.
+    for refused in ["0", "101"] {
+        let (code, _, err) =
+            common::run_cli(&["bench", "--target", &normal, "--rounds", refused], &[]);
+        assert_ne!(code, 0);
+        assert!(err.contains("rounds"), "{err}");
+    }
+    let (code, out, err) = common::run_cli(
+        &[
+            "bench",
+            "--target",
+            &normal,
+            "--connections",
+            "1",
+            "--requests",
+            "1",
+            "--warmup",
+            "0",
+            "--rounds",
+            "100",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("round 100 ops/s |"), "{out}");
     // A bad target is refused before any target runs.
     let bad = format!("nope@{addr}");
     let (code, _, err) = common::run_cli(&["bench", "--target", &normal, "--target", &bad], &[]);
