@@ -553,36 +553,25 @@ async fn load_generator_drives_polykv_over_nmdb() {
     }
 }
 
+/// A small load for the bench verb: 2 connections at depth 4 over 50 keys, 400 requests, half
+/// GETs, no warm-up.
+const SMALL_LOAD: &str =
+    "--connections 2 --depth 4 --keys 50 --requests 400 --warmup 0 --get-ratio 0.5";
+
+/// Runs `polykv` with a command line of words separated by spaces.
+fn cli_line(line: &str) -> (i32, String, String) {
+    common::run_cli(&line.split_whitespace().collect::<Vec<_>>(), &[])
+}
+
 #[test]
 fn bench_verb_runs_rounds_and_reports_the_median() {
     let server = Server::start();
     let addr = server.nmdb_addr();
     let normal = format!("polykv=nmdb@{addr}");
     let cache = format!("cache=nmdb-cache@{addr}");
-    let (code, out, err) = common::run_cli(
-        &[
-            "bench",
-            "--target",
-            &normal,
-            "--target",
-            &cache,
-            "--connections",
-            "2",
-            "--depth",
-            "4",
-            "--keys",
-            "50",
-            "--requests",
-            "400",
-            "--warmup",
-            "0",
-            "--rounds",
-            "3",
-            "--get-ratio",
-            "0.5",
-        ],
-        &[],
-    );
+    let (code, out, err) = cli_line(&format!(
+        "bench --target {normal} --target {cache} {SMALL_LOAD} --rounds 3"
+    ));
     assert_eq!(code, 0, "{err}");
     // The ratio table (one row per target) and the rounds table (three rounds and a median).
     assert!(out.contains("| polykv | 2 | 4 | 50 |"), "{out}");
@@ -599,22 +588,9 @@ fn bench_verb_runs_rounds_and_reports_the_median() {
         assert_ne!(code, 0);
         assert!(err.contains("rounds"), "{err}");
     }
-    let (code, out, err) = common::run_cli(
-        &[
-            "bench",
-            "--target",
-            &normal,
-            "--connections",
-            "1",
-            "--requests",
-            "1",
-            "--warmup",
-            "0",
-            "--rounds",
-            "100",
-        ],
-        &[],
-    );
+    let (code, out, err) = cli_line(&format!(
+        "bench --target {normal} --connections 1 --requests 1 --warmup 0 --rounds 100"
+    ));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("round 100 ops/s |"), "{out}");
     // A bad target is refused before any target runs.
@@ -636,29 +612,9 @@ fn bench_verb_drives_every_polykv_protocol() {
         ("jsonkv", server.jsonkv_addr()),
         ("nmdb-cache", server.nmdb_addr()),
     ] {
-        let target = format!("{proto}@{addr}");
-        let (code, out, err) = common::run_cli(
-            &[
-                "bench",
-                "--target",
-                &target,
-                "--connections",
-                "2",
-                "--depth",
-                "4",
-                "--keys",
-                "50",
-                "--requests",
-                "400",
-                "--warmup",
-                "0",
-                "--get-ratio",
-                "0.5",
-                "--sync",
-                "--json",
-            ],
-            &[],
-        );
+        let (code, out, err) = cli_line(&format!(
+            "bench --target {proto}@{addr} {SMALL_LOAD} --sync --json"
+        ));
         assert_eq!(code, 0, "{proto}: {err}");
         let reports: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(reports[0]["requests"], 400, "{proto}: {out}");
