@@ -17,7 +17,7 @@ use crate::command::{Command, Condition, Outcome, Proposal};
 use crate::error::{Error, Result};
 use crate::locks::LockTable;
 use crate::persist::{Persister, Poison};
-use crate::store::{BatchOp, FjallStore, SpaceId, Store};
+use crate::store::{BatchOp, FjallStore, LogStore, LogStoreConfig, LogStoreStats, SpaceId, Store};
 use crate::value::{Entry, Value};
 use crate::watch::{Change, Event, Selector, Subscription, WatchHub, WatchStats};
 use crate::KeyspaceId;
@@ -46,8 +46,10 @@ pub struct EngineConfig {
     /// Default queue length of a watch subscription before it coalesces.
     pub watch_queue: usize,
     /// Memtable size of each store space before it is flushed (fjall's store; fixed when the
-    /// space is created). Memory: up to two memtables per space being written.
+    /// space is created). Only metadata passes through memtables since the log took over.
     pub memtable_bytes: u64,
+    /// The log and its checkpoints (stores opened with [`Engine::open_dir`]).
+    pub log: LogStoreConfig,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +61,7 @@ impl Default for EngineConfig {
             reaper_interval: Duration::from_secs(1),
             watch_queue: 1024,
             memtable_bytes: crate::store::DEFAULT_MEMTABLE_BYTES,
+            log: LogStoreConfig::default(),
         }
     }
 }
@@ -154,6 +157,8 @@ pub struct EngineStats {
     pub sync_seconds_total: f64,
     pub max_sync_batch: u64,
     pub poisoned: Option<String>,
+    /// The log and its checkpoints, when the engine runs on them.
+    pub log: Option<LogStoreStats>,
 }
 
 struct KeyspaceInfo {
@@ -190,6 +195,8 @@ const SCAN_PAGE: usize = 256;
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// The same store, when it is the log-first one (for its statistics).
+    log_store: Option<Arc<LogStore>>,
     cache: Cache,
     hub: WatchHub,
     clock: Arc<dyn Clock>,
@@ -254,15 +261,30 @@ pub fn valid_keyspace_name(name: &str) -> bool {
 }
 
 impl Engine {
-    /// Opens the engine on a fjall store in `dir`.
+    /// Opens the engine in `dir`: the log in `dir/log`, checkpointed into a fjall store in `dir`
+    /// (a directory written before the log existed opens as a store with an empty log).
     pub fn open_dir(dir: &Path, config: EngineConfig) -> Result<Engine> {
-        let store = FjallStore::open_with(dir, config.memtable_bytes)?;
-        Engine::open(Arc::new(store), config, Arc::new(SystemClock))
+        let checkpoints = FjallStore::open_with(dir, config.memtable_bytes)?;
+        let store = Arc::new(LogStore::open(
+            Arc::new(checkpoints),
+            &dir.join("log"),
+            config.log.clone(),
+        )?);
+        Engine::open_on(store.clone(), Some(store), config, Arc::new(SystemClock))
     }
 
     /// Opens the engine on any store: reads the keyspace table and version marks back.
     pub fn open(
         store: Arc<dyn Store>,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine> {
+        Engine::open_on(store, None, config, clock)
+    }
+
+    fn open_on(
+        store: Arc<dyn Store>,
+        log_store: Option<Arc<LogStore>>,
         config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine> {
@@ -341,6 +363,7 @@ impl Engine {
             meta,
             expiry,
             store,
+            log_store,
             config,
             closed: AtomicBool::new(false),
             reaper: Mutex::new(None),
@@ -1028,6 +1051,7 @@ impl Engine {
             sync_seconds_total: sync.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             max_sync_batch: sync.max_batch.load(Ordering::Relaxed),
             poisoned: self.inner.poison.reason(),
+            log: self.inner.log_store.as_ref().map(|store| store.stats()),
         }
     }
 
@@ -1042,6 +1066,9 @@ impl Engine {
         // closing never waits for its sleep.
         drop(self.inner.reaper.lock().take());
         self.inner.persister.stop();
+        if let Err(e) = self.inner.store.close() {
+            tracing::error!(error = %e, "closing the store failed");
+        }
         self.inner.hub.close_all();
     }
 }

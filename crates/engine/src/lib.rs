@@ -14,6 +14,7 @@ mod engine;
 pub mod error;
 pub mod fuzz;
 pub mod locks;
+pub mod log;
 mod persist;
 pub mod store;
 pub mod value;

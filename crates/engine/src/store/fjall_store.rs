@@ -147,6 +147,24 @@ impl Store for FjallStore {
         batch.commit().map_err(io)
     }
 
+    /// fjall's ingestion: the run is written straight into new tables (no memtable, no journal),
+    /// fsynced, and registered newer than everything before it.
+    fn ingest(
+        &self,
+        space: SpaceId,
+        entries: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+    ) -> Result<(), StoreError> {
+        let keyspace = self.space(space)?;
+        let mut ingestion = keyspace.start_ingestion().map_err(io)?;
+        for (key, value) in entries {
+            match value {
+                Some(value) => ingestion.write(tagged(key)?, value).map_err(io)?,
+                None => ingestion.write_tombstone(tagged(key)?).map_err(io)?,
+            }
+        }
+        ingestion.finish().map_err(io)
+    }
+
     fn range(
         &self,
         space: SpaceId,

@@ -11,10 +11,12 @@ use crate::error::StoreError;
 
 mod fault;
 mod fjall_store;
+mod log_store;
 mod memory;
 
 pub use fault::{FaultPlan, FaultyStore};
 pub use fjall_store::{FjallStore, DEFAULT_MEMTABLE_BYTES, MAX_KEY_LEN};
+pub use log_store::{LogStore, LogStoreConfig, LogStoreStats};
 pub use memory::MemoryStore;
 
 /// A named partition of the store (a keyspace, the metadata, the expiry index).
@@ -62,6 +64,35 @@ pub trait Store: Send + Sync + 'static {
     fn persist(&self, mode: PersistMode) -> Result<(), StoreError>;
     /// Approximate number of keys in the space (for statistics).
     fn approximate_len(&self, space: SpaceId) -> u64;
+
+    /// Writes a run of entries in strictly ascending key order (`None` deletes), durably once
+    /// `persist(SyncData)` returns. Stores that can write such a run straight into their tables
+    /// (fjall's ingestion) override this; the default is one batch.
+    fn ingest(
+        &self,
+        space: SpaceId,
+        entries: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+    ) -> Result<(), StoreError> {
+        let ops = entries
+            .map(|(key, value)| match value {
+                Some(value) => BatchOp::Put {
+                    space,
+                    key: Bytes::copy_from_slice(key),
+                    value: Bytes::copy_from_slice(value),
+                },
+                None => BatchOp::Delete {
+                    space,
+                    key: Bytes::copy_from_slice(key),
+                },
+            })
+            .collect();
+        self.write_batch(ops)
+    }
+
+    /// Stops background work and makes everything written durable. Later calls do nothing.
+    fn close(&self) -> Result<(), StoreError> {
+        self.persist(PersistMode::SyncData)
+    }
 
     fn put(&self, space: SpaceId, key: Bytes, value: Bytes) -> Result<(), StoreError> {
         self.write_batch(vec![BatchOp::Put { space, key, value }])

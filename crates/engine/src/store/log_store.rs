@@ -1,0 +1,922 @@
+//! The log-first store: every write batch goes to the engine's append-only log and an ordered
+//! in-memory overlay; a background checkpointer moves the overlay into the durable ordered store
+//! underneath (fjall) in large sorted runs, and then purges the log behind it.
+//!
+//! ```text
+//! write_batch ─▶ log buffer (one write(2) per group flush, fdatasync per group commit)
+//!             └▶ active overlay (BTreeMap per space) ──seal──▶ sealed overlays ──ingest──▶ inner store
+//! reads: active overlay, then sealed overlays (newest first), then the inner store
+//! ```
+//!
+//! The log carries the *effects* of each engine `apply` (the batch of puts and deletes it
+//! produced), not the commands: replaying an effect is idempotent, so a checkpoint need not be
+//! exact (replaying a record the store already holds rewrites the same value), and recovery is
+//! the inner store plus the log records above the checkpoint mark.
+//!
+//! Entries the store has not taken yet live in the overlay and are never evicted; the cache in
+//! front of the engine may evict them freely. When checkpoints fall behind, writers wait (a
+//! bounded backlog in bytes) rather than let memory grow.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::{BatchOp, PersistMode, SpaceId, Store};
+use crate::error::StoreError;
+use crate::log::{Log, MAX_PAYLOAD};
+
+/// Settings of the log and the checkpoints.
+#[derive(Debug, Clone)]
+pub struct LogStoreConfig {
+    /// A checkpoint starts when the overlay holds this many bytes.
+    pub checkpoint_bytes: usize,
+    /// ... or when this much time has passed with anything in it.
+    pub checkpoint_interval: Duration,
+    /// Writers wait while the overlay (written but not yet checkpointed) holds more than this.
+    pub max_backlog_bytes: usize,
+    /// Size at which a log segment is sealed.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogStoreConfig {
+    fn default() -> Self {
+        LogStoreConfig {
+            checkpoint_bytes: 32 << 20,
+            checkpoint_interval: Duration::from_secs(30),
+            max_backlog_bytes: 256 << 20,
+            segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// Counters of the log-first store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogStoreStats {
+    pub checkpoints: u64,
+    pub checkpoint_seconds_total: f64,
+    /// Bytes in the overlay: written, not yet in the store.
+    pub backlog_bytes: u64,
+    /// Writes that waited for a checkpoint because the backlog was full.
+    pub write_stalls: u64,
+    pub log_writes: u64,
+    pub log_bytes_written: u64,
+    pub log_syncs: u64,
+    pub log_disk_bytes: u64,
+    /// Sequence of the last record the store holds.
+    pub checkpoint_seq: u64,
+}
+
+/// Bytes an overlay entry is charged beyond its key and value (tree node, `Bytes` handles).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Record kinds in the log's payload.
+const RECORD_BATCH: u8 = 1;
+const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+/// The space in the inner store that holds the log's own metadata.
+const META_SPACE: &str = "polykv.log";
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const SPACE_PREFIX: &[u8] = b"space:";
+
+/// Writes that are not yet in the inner store, per space, in key order. `None` is a delete.
+#[derive(Default)]
+struct Memtable {
+    spaces: Vec<BTreeMap<Bytes, Option<Bytes>>>,
+    bytes: usize,
+    /// Sequence of the last log record applied to it.
+    last_seq: u64,
+}
+
+impl Memtable {
+    fn is_empty(&self) -> bool {
+        self.spaces.iter().all(BTreeMap::is_empty)
+    }
+
+    fn lookup(&self, space: SpaceId, key: &[u8]) -> Option<&Option<Bytes>> {
+        self.spaces.get(space as usize)?.get(key)
+    }
+
+    fn apply(&mut self, space: SpaceId, key: Bytes, value: Option<Bytes>) {
+        let index = space as usize;
+        if self.spaces.len() <= index {
+            self.spaces.resize_with(index + 1, BTreeMap::new);
+        }
+        let key_len = key.len();
+        let charge = |value: &Option<Bytes>| key_len + value.as_ref().map_or(0, Bytes::len);
+        let added = charge(&value) + ENTRY_OVERHEAD;
+        match self.spaces[index].insert(key, value) {
+            // `bytes` includes the replaced entry's charge, so this cannot underflow.
+            Some(old) => self.bytes = self.bytes + added - (charge(&old) + ENTRY_OVERHEAD),
+            None => self.bytes += added,
+        }
+    }
+
+    /// Up to `limit` entries of a space within the bounds, in key order.
+    fn take(
+        &self,
+        space: SpaceId,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Bytes, Option<Bytes>)> {
+        match self.spaces.get(space as usize) {
+            Some(map) if !empty_range(lower, upper) => map
+                .range::<[u8], _>((lower, upper))
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Whether the bounds select nothing (BTreeMap::range panics on such bounds).
+fn empty_range(lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l > u,
+        (Bound::Included(l), Bound::Excluded(u))
+        | (Bound::Excluded(l), Bound::Included(u))
+        | (Bound::Excluded(l), Bound::Excluded(u)) => l >= u,
+        _ => false,
+    }
+}
+
+#[derive(Default)]
+struct Overlay {
+    active: Memtable,
+    /// Sealed memtables waiting for (or in) a checkpoint, oldest first.
+    sealed: Vec<Arc<Memtable>>,
+}
+
+impl Overlay {
+    fn lookup(&self, space: SpaceId, key: &[u8]) -> Option<Option<Bytes>> {
+        if let Some(found) = self.active.lookup(space, key) {
+            return Some(found.clone());
+        }
+        self.sealed
+            .iter()
+            .rev()
+            .find_map(|m| m.lookup(space, key).cloned())
+    }
+}
+
+/// The mapping of this store's space ids (stable across restarts: they are written in the log)
+/// to the inner store's.
+#[derive(Default)]
+struct Spaces {
+    names: Vec<String>,
+    inner: Vec<SpaceId>,
+}
+
+#[derive(Default)]
+struct Control {
+    requested: bool,
+    stop: bool,
+}
+
+struct Shared {
+    inner: Arc<dyn Store>,
+    log: Log,
+    overlay: RwLock<Overlay>,
+    spaces: RwLock<Spaces>,
+    meta: SpaceId,
+    config: LogStoreConfig,
+    /// Overlay bytes, active and sealed (read without the overlay lock).
+    backlog: AtomicUsize,
+    control: Mutex<Control>,
+    wake: Condvar,
+    /// Signalled after each checkpoint, for writers waiting on a full backlog.
+    drained: Condvar,
+    drained_lock: Mutex<()>,
+    /// Held for the whole of a checkpoint: one at a time.
+    checkpointing: Mutex<()>,
+    /// Set when a checkpoint failed: later writes fail with it.
+    failed: Mutex<Option<String>>,
+    checkpoints: AtomicU64,
+    checkpoint_nanos: AtomicU64,
+    checkpoint_seq: AtomicU64,
+    write_stalls: AtomicU64,
+}
+
+/// A [`Store`] whose durability is its own log, over an inner store that receives checkpoints.
+pub struct LogStore {
+    shared: Arc<Shared>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn corrupt(why: &str) -> StoreError {
+    StoreError::Corrupt(why.to_string())
+}
+
+/// Appends the payload of one batch record.
+fn encode_batch(ops: &[(SpaceId, &Bytes, Option<&Bytes>)], out: &mut Vec<u8>) {
+    out.push(RECORD_BATCH);
+    out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+    for (space, key, value) in ops {
+        out.push(if value.is_some() { OP_PUT } else { OP_DELETE });
+        out.extend_from_slice(&space.to_le_bytes());
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        if let Some(value) = value {
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
+        }
+    }
+}
+
+/// A reader of a payload that fails, instead of panicking, on anything short or out of place.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.0.len() < n {
+            return Err(corrupt("batch record ends early"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.bytes(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let mut out = [0u8; 4];
+        out.copy_from_slice(self.bytes(4)?);
+        Ok(u32::from_le_bytes(out))
+    }
+}
+
+type DecodedOp = (SpaceId, Bytes, Option<Bytes>);
+
+/// Decodes a batch record's payload.
+fn decode_batch(payload: &[u8]) -> Result<Vec<DecodedOp>, StoreError> {
+    let mut reader = Reader(payload);
+    if reader.u8()? != RECORD_BATCH {
+        return Err(corrupt("unknown record kind"));
+    }
+    let count = reader.u32()? as usize;
+    // Each op takes at least 9 bytes: a count beyond that is damage, refused before allocating.
+    if count > payload.len() / 9 {
+        return Err(corrupt("batch record counts more ops than it holds"));
+    }
+    let mut ops = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tag = reader.u8()?;
+        let space = reader.u32()?;
+        let key_len = reader.u32()? as usize;
+        let key = Bytes::copy_from_slice(reader.bytes(key_len)?);
+        let value = match tag {
+            OP_PUT => {
+                let len = reader.u32()? as usize;
+                Some(Bytes::copy_from_slice(reader.bytes(len)?))
+            }
+            OP_DELETE => None,
+            _ => return Err(corrupt("unknown op in batch record")),
+        };
+        ops.push((space, key, value));
+    }
+    if !reader.0.is_empty() {
+        return Err(corrupt("batch record has trailing bytes"));
+    }
+    Ok(ops)
+}
+
+fn space_key(id: SpaceId) -> Bytes {
+    let mut key = SPACE_PREFIX.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key.into()
+}
+
+impl LogStore {
+    /// Opens the log in `log_dir` over `inner`: reads the checkpoint mark and the space table
+    /// from `inner`, replays the log above the mark into the overlay, and starts the
+    /// checkpointer.
+    pub fn open(
+        inner: Arc<dyn Store>,
+        log_dir: &Path,
+        config: LogStoreConfig,
+    ) -> Result<LogStore, StoreError> {
+        let meta = inner.open_space(META_SPACE)?;
+        let spaces = load_spaces(inner.as_ref(), meta)?;
+        let checkpoint = match inner.get(meta, CHECKPOINT_KEY)? {
+            Some(raw) => u64::from_be_bytes(
+                raw.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("checkpoint mark is not 8 bytes"))?,
+            ),
+            None => 0,
+        };
+        let known = spaces.names.len();
+        let mut active = Memtable::default();
+        let started = Instant::now();
+        let mut replayed = 0u64;
+        let log = Log::open(log_dir, config.segment_bytes, checkpoint, |_, payload| {
+            for (space, key, value) in decode_batch(payload)? {
+                if space as usize >= known {
+                    return Err(corrupt("batch record names an unknown space"));
+                }
+                active.apply(space, key, value);
+            }
+            replayed += 1;
+            Ok(())
+        })?;
+        active.last_seq = log.next_seq() - 1;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                checkpoint,
+                millis = started.elapsed().as_millis() as u64,
+                "replayed the log above the last checkpoint"
+            );
+        }
+        let backlog = active.bytes;
+        let shared = Arc::new(Shared {
+            inner,
+            log,
+            overlay: RwLock::new(Overlay {
+                active,
+                sealed: Vec::new(),
+            }),
+            spaces: RwLock::new(spaces),
+            meta,
+            config,
+            backlog: AtomicUsize::new(backlog),
+            control: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            drained: Condvar::new(),
+            drained_lock: Mutex::new(()),
+            checkpointing: Mutex::new(()),
+            failed: Mutex::new(None),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_nanos: AtomicU64::new(0),
+            checkpoint_seq: AtomicU64::new(checkpoint),
+            write_stalls: AtomicU64::new(0),
+        });
+        let worker = shared.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("polykv-checkpoint".into())
+            .spawn(move || worker.run_checkpointer())
+            .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(LogStore {
+            shared,
+            checkpointer: Mutex::new(Some(checkpointer)),
+        })
+    }
+
+    /// Runs a checkpoint now, of everything written so far (tests and shutdown).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.shared.checkpoint()
+    }
+
+    pub fn stats(&self) -> LogStoreStats {
+        let s = &self.shared;
+        let log = s.log.counters();
+        LogStoreStats {
+            checkpoints: s.checkpoints.load(Ordering::Relaxed),
+            checkpoint_seconds_total: s.checkpoint_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            backlog_bytes: s.backlog.load(Ordering::Relaxed) as u64,
+            write_stalls: s.write_stalls.load(Ordering::Relaxed),
+            log_writes: log.writes.load(Ordering::Relaxed),
+            log_bytes_written: log.bytes_written.load(Ordering::Relaxed),
+            log_syncs: log.syncs.load(Ordering::Relaxed),
+            log_disk_bytes: s.log.disk_bytes(),
+            checkpoint_seq: s.checkpoint_seq.load(Ordering::Relaxed),
+        }
+    }
+
+    fn stop(&self) -> Result<(), StoreError> {
+        let Some(thread) = self.checkpointer.lock().take() else {
+            return Ok(());
+        };
+        self.shared.control.lock().stop = true;
+        self.shared.wake.notify_one();
+        let _ = thread.join();
+        self.shared.check_failed()?;
+        self.shared.log.sync()
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!(error = %e, "closing the log failed");
+        }
+    }
+}
+
+fn load_spaces(inner: &dyn Store, meta: SpaceId) -> Result<Spaces, StoreError> {
+    let mut spaces = Spaces::default();
+    let end = crate::store::prefix_end(SPACE_PREFIX).unwrap_or_default();
+    let rows = inner.range(
+        meta,
+        Bound::Included(SPACE_PREFIX),
+        Bound::Excluded(&end),
+        usize::MAX,
+    )?;
+    for (index, (key, name)) in rows.into_iter().enumerate() {
+        let id = key
+            .get(SPACE_PREFIX.len()..)
+            .and_then(|raw| raw.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| corrupt("malformed space table entry"))?;
+        if id as usize != index {
+            return Err(corrupt("space table has a gap"));
+        }
+        let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("space name"))?;
+        spaces.inner.push(inner.open_space(&name)?);
+        spaces.names.push(name);
+    }
+    Ok(spaces)
+}
+
+impl Shared {
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match &*self.failed.lock() {
+            Some(reason) => Err(StoreError::Io(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn inner_space(&self, space: SpaceId) -> Result<SpaceId, StoreError> {
+        self.spaces
+            .read()
+            .inner
+            .get(space as usize)
+            .copied()
+            .ok_or_else(|| StoreError::Io(format!("unknown space {space}")))
+    }
+
+    /// Waits while the backlog is over its bound, so memory stays bounded when checkpoints
+    /// cannot keep up. The writer's client sees a slower reply, nothing else.
+    fn wait_for_room(&self) -> Result<(), StoreError> {
+        if self.backlog.load(Ordering::Relaxed) <= self.config.max_backlog_bytes {
+            return Ok(());
+        }
+        self.write_stalls.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("polykv_write_stalls_total").increment(1);
+        let mut guard = self.drained_lock.lock();
+        while self.backlog.load(Ordering::Relaxed) > self.config.max_backlog_bytes {
+            self.check_failed()?;
+            self.request_checkpoint();
+            self.drained.wait_for(&mut guard, Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn request_checkpoint(&self) {
+        let mut control = self.control.lock();
+        if !control.requested {
+            control.requested = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn run_checkpointer(&self) {
+        loop {
+            let stop = {
+                let mut control = self.control.lock();
+                if !control.requested && !control.stop {
+                    self.wake
+                        .wait_for(&mut control, self.config.checkpoint_interval);
+                }
+                control.requested = false;
+                control.stop
+            };
+            if let Err(e) = self.checkpoint() {
+                let reason = format!("checkpoint failed: {e}");
+                tracing::error!(%reason, "no further writes are accepted until restart");
+                self.failed.lock().get_or_insert(reason);
+                self.drained.notify_all();
+                return;
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Seals the active overlay and moves every sealed one into the inner store, oldest first.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.checkpointing.lock();
+        self.check_failed()?;
+        {
+            let mut overlay = self.overlay.write();
+            if !overlay.active.is_empty() {
+                let last_seq = overlay.active.last_seq;
+                let sealed = std::mem::take(&mut overlay.active);
+                overlay.active.last_seq = last_seq;
+                overlay.sealed.push(Arc::new(sealed));
+            }
+        }
+        loop {
+            let Some(memtable) = self.overlay.read().sealed.first().cloned() else {
+                return Ok(());
+            };
+            let started = Instant::now();
+            // Every record the checkpoint covers must be in the log on disk first: if the process
+            // dies half-way through the ingestion below, the log replays the whole batch again.
+            self.log.sync()?;
+            self.ingest(&memtable)?;
+            {
+                let mut overlay = self.overlay.write();
+                overlay.sealed.remove(0);
+            }
+            self.backlog.fetch_sub(memtable.bytes, Ordering::Relaxed);
+            self.drained.notify_all();
+            self.log.purge_upto(memtable.last_seq)?;
+            let elapsed = started.elapsed();
+            self.checkpoints.fetch_add(1, Ordering::Relaxed);
+            self.checkpoint_nanos
+                .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+            self.checkpoint_seq
+                .store(memtable.last_seq, Ordering::Relaxed);
+            metrics::counter!("polykv_checkpoints_total").increment(1);
+            metrics::histogram!("polykv_checkpoint_duration_seconds").record(elapsed.as_secs_f64());
+            tracing::debug!(
+                bytes = memtable.bytes,
+                upto = memtable.last_seq,
+                millis = elapsed.as_millis() as u64,
+                "checkpoint written"
+            );
+        }
+    }
+
+    /// Writes one sealed memtable into the inner store, then the checkpoint mark, durably.
+    fn ingest(&self, memtable: &Memtable) -> Result<(), StoreError> {
+        for (space, entries) in memtable.spaces.iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let inner = self.inner_space(space as SpaceId)?;
+            let mut sorted = entries
+                .iter()
+                .map(|(key, value)| (key.as_ref(), value.as_ref().map(Bytes::as_ref)));
+            self.inner.ingest(inner, &mut sorted)?;
+        }
+        self.inner.put(
+            self.meta,
+            Bytes::from_static(CHECKPOINT_KEY),
+            Bytes::copy_from_slice(&memtable.last_seq.to_be_bytes()),
+        )?;
+        self.inner.persist(PersistMode::SyncData)
+    }
+}
+
+impl Store for LogStore {
+    fn open_space(&self, name: &str) -> Result<SpaceId, StoreError> {
+        let s = &self.shared;
+        let mut spaces = s.spaces.write();
+        if let Some(id) = spaces.names.iter().position(|n| n == name) {
+            return Ok(id as SpaceId);
+        }
+        let inner = s.inner.open_space(name)?;
+        let id = spaces.names.len() as SpaceId;
+        // The space must be known before any log record names it: written through, durably.
+        s.inner.put(
+            s.meta,
+            space_key(id),
+            Bytes::copy_from_slice(name.as_bytes()),
+        )?;
+        s.inner.persist(PersistMode::SyncData)?;
+        spaces.names.push(name.to_string());
+        spaces.inner.push(inner);
+        Ok(id)
+    }
+
+    fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        let inner = self.shared.inner_space(space)?;
+        if let Some(found) = self.shared.overlay.read().lookup(space, key) {
+            return Ok(found);
+        }
+        self.shared.inner.get(inner, key)
+    }
+
+    fn write_batch(&self, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+        let s = &self.shared;
+        s.check_failed()?;
+        let known = s.spaces.read().names.len();
+        let mut size = 5;
+        let mut refs = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let (space, key, value) = match op {
+                BatchOp::Put { space, key, value } => (*space, key, Some(value)),
+                BatchOp::Delete { space, key } => (*space, key, None),
+            };
+            if space as usize >= known {
+                return Err(StoreError::Io(format!("unknown space {space}")));
+            }
+            size += 13 + key.len() + value.map_or(0, Bytes::len);
+            refs.push((space, key, value));
+        }
+        if size > MAX_PAYLOAD {
+            return Err(StoreError::Io(format!(
+                "write batch of {size} bytes is larger than the log's {MAX_PAYLOAD}-byte records"
+            )));
+        }
+        s.wait_for_room()?;
+        let before;
+        let after;
+        {
+            // The log append and the overlay change happen under one lock, so a sealed memtable
+            // holds exactly the records up to its `last_seq`.
+            let mut overlay = s.overlay.write();
+            let seq = s.log.append(|buf| encode_batch(&refs, buf));
+            before = overlay.active.bytes;
+            for op in ops {
+                match op {
+                    BatchOp::Put { space, key, value } => {
+                        overlay.active.apply(space, key, Some(value))
+                    }
+                    BatchOp::Delete { space, key } => overlay.active.apply(space, key, None),
+                }
+            }
+            overlay.active.last_seq = seq;
+            after = overlay.active.bytes;
+        }
+        if after >= before {
+            s.backlog.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            s.backlog.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        if after >= s.config.checkpoint_bytes && before < s.config.checkpoint_bytes {
+            s.request_checkpoint();
+        }
+        Ok(())
+    }
+
+    fn range(
+        &self,
+        space: SpaceId,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, StoreError> {
+        let s = &self.shared;
+        let inner = s.inner_space(space)?;
+        let mut out = Vec::new();
+        let mut lower: Bound<Bytes> = start.map(Bytes::copy_from_slice);
+        while out.len() < limit {
+            // Pages of every source; a source that filled its page may hold more beyond it, so
+            // the merged page is only complete up to the smallest last key of such sources.
+            let page = (limit - out.len()).saturating_add(16).min(4096);
+            let low = lower.as_ref().map(Bytes::as_ref);
+            if empty_range(low, end) {
+                break;
+            }
+            // The overlay first: a memtable checkpointed meanwhile is then in the inner store.
+            let layers: Vec<Vec<(Bytes, Option<Bytes>)>> = {
+                let overlay = s.overlay.read();
+                overlay
+                    .sealed
+                    .iter()
+                    .map(|m| m.take(space, low, end, page))
+                    .chain(std::iter::once(overlay.active.take(space, low, end, page)))
+                    .collect()
+            };
+            let base = s.inner.range(inner, low, end, page)?;
+            let mut horizon: Option<Bytes> = None;
+            let mut more = false;
+            let last_keys = layers
+                .iter()
+                .filter(|l| l.len() >= page)
+                .filter_map(|l| l.last().map(|(k, _)| k.clone()))
+                .chain(
+                    (base.len() >= page)
+                        .then(|| base.last().map(|(k, _)| k.clone()))
+                        .flatten(),
+                );
+            for key in last_keys {
+                more = true;
+                if horizon.as_ref().is_none_or(|h| key < *h) {
+                    horizon = Some(key);
+                }
+            }
+            let mut merged: BTreeMap<Bytes, Option<Bytes>> =
+                base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            for layer in layers {
+                merged.extend(layer);
+            }
+            for (key, value) in merged {
+                if horizon.as_ref().is_some_and(|h| key > *h) {
+                    break;
+                }
+                if let Some(value) = value {
+                    out.push((key, value));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match horizon {
+                Some(h) if more => lower = Bound::Excluded(h),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn persist(&self, mode: PersistMode) -> Result<(), StoreError> {
+        self.shared.check_failed()?;
+        match mode {
+            PersistMode::Buffer => self.shared.log.flush(),
+            PersistMode::SyncData => self.shared.log.sync(),
+        }
+    }
+
+    fn approximate_len(&self, space: SpaceId) -> u64 {
+        self.shared
+            .inner_space(space)
+            .map(|inner| self.shared.inner.approximate_len(inner))
+            .unwrap_or(0)
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        self.stop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn config() -> LogStoreConfig {
+        LogStoreConfig {
+            checkpoint_bytes: 4096,
+            checkpoint_interval: Duration::from_secs(3600),
+            max_backlog_bytes: 1 << 20,
+            segment_bytes: 8192,
+        }
+    }
+
+    fn put(space: SpaceId, key: &str, value: &str) -> BatchOp {
+        BatchOp::Put {
+            space,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    fn delete(space: SpaceId, key: &str) -> BatchOp {
+        BatchOp::Delete {
+            space,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+        }
+    }
+
+    fn all(store: &dyn Store, space: SpaceId) -> Vec<(Bytes, Bytes)> {
+        store
+            .range(space, Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .unwrap()
+    }
+
+    #[test]
+    fn batch_records_round_trip_and_damage_is_an_error() {
+        let key = Bytes::from_static(b"k");
+        let value = Bytes::from_static(b"value");
+        let mut out = Vec::new();
+        encode_batch(&[(3, &key, Some(&value)), (4, &key, None)], &mut out);
+        let ops = decode_batch(&out).unwrap();
+        assert_eq!(ops, vec![(3, key.clone(), Some(value)), (4, key, None)]);
+        for cut in 0..out.len() {
+            assert!(decode_batch(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = out.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_batch(&huge).is_err());
+    }
+
+    #[test]
+    fn reads_see_writes_before_and_after_checkpoints_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = LogStore::open(inner.clone(), dir.path(), config()).unwrap();
+        let a = store.open_space("a").unwrap();
+        store
+            .write_batch(vec![put(a, "k1", "1"), put(a, "k2", "2")])
+            .unwrap();
+        store.checkpoint().unwrap();
+        store
+            .write_batch(vec![delete(a, "k1"), put(a, "k3", "3")])
+            .unwrap();
+        assert_eq!(
+            store.get(a, b"k1").unwrap(),
+            None,
+            "a delete hides the store's copy"
+        );
+        assert_eq!(all(&store, a).len(), 2);
+        store.persist(PersistMode::Buffer).unwrap();
+        // Dropped without a checkpoint of the second batch, as after a crash: the log replays it.
+        std::mem::forget(store);
+        let store = LogStore::open(inner, dir.path(), config()).unwrap();
+        let a = store.open_space("a").unwrap();
+        let keys: Vec<Bytes> = all(&store, a).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![Bytes::from("k2"), Bytes::from("k3")]);
+    }
+
+    #[test]
+    fn space_ids_are_stable_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        {
+            let store = LogStore::open(inner.clone(), dir.path(), config()).unwrap();
+            let x = store.open_space("x").unwrap();
+            let y = store.open_space("y").unwrap();
+            store
+                .write_batch(vec![put(y, "k", "in y"), put(x, "k", "in x")])
+                .unwrap();
+            store.persist(PersistMode::Buffer).unwrap();
+            std::mem::forget(store);
+        }
+        let store = LogStore::open(inner, dir.path(), config()).unwrap();
+        // Opened in the other order this time.
+        let y = store.open_space("y").unwrap();
+        let x = store.open_space("x").unwrap();
+        assert_eq!(store.get(y, b"k").unwrap().as_deref(), Some(&b"in y"[..]));
+        assert_eq!(store.get(x, b"k").unwrap().as_deref(), Some(&b"in x"[..]));
+    }
+
+    #[test]
+    fn large_writes_checkpoint_by_themselves_and_purge_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = LogStore::open(inner.clone(), dir.path(), config()).unwrap();
+        let a = store.open_space("a").unwrap();
+        for i in 0..2000 {
+            store
+                .write_batch(vec![put(a, &format!("key{i:05}"), &"v".repeat(50))])
+                .unwrap();
+            store.persist(PersistMode::Buffer).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.stats().checkpoints == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        store.checkpoint().unwrap();
+        let stats = store.stats();
+        assert!(stats.checkpoints >= 2, "{stats:?}");
+        assert_eq!(stats.backlog_bytes, 0);
+        assert!(stats.log_disk_bytes < 3 * 8192, "log purged: {stats:?}");
+        let inner_a = inner.open_space("a").unwrap();
+        assert_eq!(all(inner.as_ref(), inner_a).len(), 2000);
+        assert_eq!(all(&store, a).len(), 2000);
+    }
+
+    #[test]
+    fn range_merges_overlay_and_store_with_every_page_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = LogStore::open(inner, dir.path(), config()).unwrap();
+        let a = store.open_space("a").unwrap();
+        let mut model = BTreeMap::new();
+        // Even keys checkpointed; then every third deleted and odd ones written, in the overlay.
+        for i in (0..200).step_by(2) {
+            store
+                .write_batch(vec![put(a, &format!("{i:03}"), "old")])
+                .unwrap();
+            model.insert(format!("{i:03}"), "old");
+        }
+        store.checkpoint().unwrap();
+        for i in 0..200 {
+            let key = format!("{i:03}");
+            if i % 3 == 0 {
+                store.write_batch(vec![delete(a, &key)]).unwrap();
+                model.remove(&key);
+            } else if i % 2 == 1 {
+                store.write_batch(vec![put(a, &key, "new")]).unwrap();
+                model.insert(key, "new");
+            }
+        }
+        let expected: Vec<(Bytes, Bytes)> = model
+            .iter()
+            .map(|(k, v)| (Bytes::from(k.clone()), Bytes::from(*v)))
+            .collect();
+        for limit in [1, 2, 7, 50, 500] {
+            let got = store
+                .range(a, Bound::Unbounded, Bound::Unbounded, limit)
+                .unwrap();
+            assert_eq!(got, expected[..limit.min(expected.len())].to_vec());
+        }
+        let got = store
+            .range(a, Bound::Excluded(b"050"), Bound::Included(b"100"), 1000)
+            .unwrap();
+        let want: Vec<_> = expected
+            .iter()
+            .filter(|(k, _)| k.as_ref() > b"050".as_ref() && k.as_ref() <= b"100".as_ref())
+            .cloned()
+            .collect();
+        assert_eq!(got, want);
+        assert!(store
+            .range(a, Bound::Excluded(b"5"), Bound::Excluded(b"5"), 10)
+            .unwrap()
+            .is_empty());
+    }
+}
