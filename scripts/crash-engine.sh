@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Engine crash test: SIGKILL a process doing concurrent Sync writes, restart, verify.
+# Engine crash test: SIGKILL a process doing concurrent Sync or Async writes (some while
+# checkpoints run constantly), restart, verify.
 # Usage: scripts/crash-engine.sh [CYCLES]   (default 30; about 1 s per cycle)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 //! Child process for the crash test (`tests/crash.rs`): concurrent Sync writers that print each
-//! acknowledged write, until killed. `crash_writer DIR write|write-async|verify`: `write` uses
-//! Sync writes, `write-async` Async ones (acknowledged once in the OS buffers: they must survive
-//! the process being killed too).
+//! acknowledged write, until killed. `crash_writer DIR write|write-async|write-checkpointing|verify`:
+//! `write` uses Sync writes, `write-async` Async ones (acknowledged once in the OS buffers: they
+//! must survive the process being killed too), `write-checkpointing` Async ones with a checkpoint
+//! every few milliseconds and tiny log segments, so kills land inside checkpoints and purges.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +14,12 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().expect("usage: crash_writer DIR write|verify"));
     let mode = args.next().unwrap_or_default();
-    let engine = Engine::open_dir(&dir, EngineConfig::default()).expect("open engine");
+    let mut config = EngineConfig::default();
+    if mode == "write-checkpointing" {
+        config.log.checkpoint_interval = std::time::Duration::from_millis(5);
+        config.log.segment_bytes = 16 << 10;
+    }
+    let engine = Engine::open_dir(&dir, config).expect("open engine");
     let ks = engine.keyspace("crash").expect("keyspace");
     if mode == "verify" {
         // Print the state of every writer's key: "key value version".
@@ -34,7 +40,7 @@ async fn main() {
         engine.close();
         return;
     }
-    let durability = if mode == "write-async" {
+    let durability = if mode == "write-async" || mode == "write-checkpointing" {
         Durability::Async
     } else {
         Durability::Sync

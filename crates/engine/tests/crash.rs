@@ -1,6 +1,7 @@
 //! Crash test (slow; run by `scripts/crash-engine.sh`, ignored by the default test run):
-//! a child process does concurrent Sync writes and is SIGKILLed at random moments; after each
-//! restart every acknowledged write must be there and versions must never go backwards.
+//! a child process does concurrent Sync or Async writes, some while checkpoints run constantly,
+//! and is SIGKILLed at random moments; after each restart every acknowledged write must be there
+//! and versions must never go backwards.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -56,13 +57,9 @@ fn sigkill_never_loses_an_acknowledged_write() {
     let mut total_acked = 0u64;
     let started = Instant::now();
     for cycle in 0..cycles {
-        // Odd cycles write at Async: acknowledged once in the OS buffers, which a killed
-        // process cannot lose either.
-        let mode = if cycle % 2 == 0 {
-            "write"
-        } else {
-            "write-async"
-        };
+        // Sync writes, then Async ones (acknowledged once in the OS buffers, which a killed
+        // process cannot lose either), then Async ones while checkpoints run all the time.
+        let mode = ["write", "write-async", "write-checkpointing"][cycle as usize % 3];
         let mut child = Command::new(&exe)
             .arg(dir.path())
             .arg(mode)
