@@ -3,6 +3,7 @@
 # same load.
 #
 #   scripts/bench-compare.sh [SECONDS_PER_RUN [ROUNDS]]     (defaults 3 and 3)
+#   ONLY='SET' scripts/bench-compare.sh 3 3                  (only scenarios whose title matches)
 #
 # Installs memcached and redis-server from Debian if missing, starts all three on free loopback
 # ports pinned to CPU 0, runs the load generator pinned to CPU 1, prints one ratio table per
@@ -13,6 +14,9 @@
 # and Redis without persistence), and OpenCluster (`polykv-oc`). Every scenario runs ROUNDS rounds
 # of all its targets in turn (A B C, A B C, ...) and reports each target's median round: on a
 # shared machine a single run of one server can be off by tens of percent.
+# Durable writes are compared with peers that make the same promise: `redis-aof` (appendonly,
+# appendfsync everysec: in the OS buffers at the reply, like polykv's normal writes) and
+# `redis-always` (appendfsync always: fsynced, like nmdb SYNC and OpenCluster full wait).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-3}"
@@ -43,12 +47,19 @@ cleanup() {
 trap cleanup EXIT
 
 NMDB_PORT=$(free_port); OC_PORT=$(free_port); ADMIN_PORT=$(free_port); MC_PORT=$(free_port); REDIS_PORT=$(free_port)
+AOF_PORT=$(free_port); ALWAYS_PORT=$(free_port)
+ONLY="${ONLY:-}"
 taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --nmdb-port "$NMDB_PORT" --nmdb-udp-enabled false --smalld-enabled false --minority-enabled false \
   --opencluster-port "$OC_PORT" --jsonkv-enabled false --jsonkv-udp-enabled false --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --admin-port "$ADMIN_PORT" --log-level warn 2>"$WORK/polykv.log" & PIDS+=($!)
 taskset -c $SERVER_CPU memcached -p "$MC_PORT" -U 0 -l 127.0.0.1 -t 1 -m 1024 -u root & PIDS+=($!)
 taskset -c $SERVER_CPU redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --logfile "$WORK/redis.log" & PIDS+=($!)
-for port in "$NMDB_PORT" "$OC_PORT" "$MC_PORT" "$REDIS_PORT"; do
+mkdir -p "$WORK/aof" "$WORK/always"
+taskset -c $SERVER_CPU redis-server --port "$AOF_PORT" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync everysec \
+  --dir "$WORK/aof" --logfile "$WORK/redis-aof.log" & PIDS+=($!)
+taskset -c $SERVER_CPU redis-server --port "$ALWAYS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync always \
+  --dir "$WORK/always" --logfile "$WORK/redis-always.log" & PIDS+=($!)
+for port in "$NMDB_PORT" "$OC_PORT" "$MC_PORT" "$REDIS_PORT" "$AOF_PORT" "$ALWAYS_PORT"; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -57,6 +68,7 @@ echo "memcached $(memcached -V | cut -d' ' -f2), $(redis-server --version | cut 
 COMMON=(--keys 100000 --key-size 16 --value-size 100 --duration "$SECONDS_PER_RUN" --warmup 1 --rounds "$ROUNDS")
 run() {
   local title=$1; shift
+  [[ -z "$ONLY" || "$title" =~ $ONLY ]] || return 0
   echo
   echo "## $title"
   echo
@@ -64,7 +76,7 @@ run() {
   echo
   taskset -c $CLIENT_CPU "$BIN" bench "${COMMON[@]}" "$@" 2>/dev/null
 }
-TARGETS=(--target "polykv=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-cache=nmdb-cache@127.0.0.1:$NMDB_PORT" --target "polykv-oc=opencluster@127.0.0.1:$OC_PORT" --target "memcached=memcached@127.0.0.1:$MC_PORT" --target "redis=redis@127.0.0.1:$REDIS_PORT")
+TARGETS=(--target "polykv=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-cache=nmdb-cache@127.0.0.1:$NMDB_PORT" --target "polykv-oc=opencluster@127.0.0.1:$OC_PORT" --target "memcached=memcached@127.0.0.1:$MC_PORT" --target "redis=redis@127.0.0.1:$REDIS_PORT" --target "redis-aof=redis@127.0.0.1:$AOF_PORT")
 for depth in 1 16; do
   run "GET only, depth $depth" "${TARGETS[@]}" --connections 50 --depth $depth --get-ratio 1 --preload
   run "SET only, depth $depth" "${TARGETS[@]}" --connections 50 --depth $depth --get-ratio 0
@@ -72,6 +84,9 @@ for depth in 1 16; do
   run "polykv SET with SYNC / full wait (durable, group commit), depth $depth" --target "polykv-sync=nmdb@127.0.0.1:$NMDB_PORT" \
     --target "polykv-oc-sync=opencluster@127.0.0.1:$OC_PORT" --connections 50 --depth $depth --get-ratio 0 --sync
 done
+run "Durable SET, 64 connections, depth 1 (polykv SYNC / full wait vs Redis appendfsync always)" \
+  --target "polykv-sync=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-oc-sync=opencluster@127.0.0.1:$OC_PORT" \
+  --target "redis-always=redis@127.0.0.1:$ALWAYS_PORT" --connections 64 --depth 1 --get-ratio 0 --sync
 for depth in 1 16; do
   run "One connection: GET only, depth $depth" "${TARGETS[@]}" --connections 1 --depth $depth --get-ratio 1 --preload
   run "One connection: SET only, depth $depth" "${TARGETS[@]}" --connections 1 --depth $depth --get-ratio 0

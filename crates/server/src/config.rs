@@ -96,6 +96,10 @@ pub struct EngineSection {
     pub reaper_interval_ms: u64,
     pub watch_queue: u64,
     pub memtable_bytes: u64,
+    pub checkpoint_bytes: u64,
+    pub checkpoint_interval_ms: u64,
+    pub max_backlog_bytes: u64,
+    pub log_segment_bytes: u64,
 }
 
 impl Default for EngineSection {
@@ -107,6 +111,10 @@ impl Default for EngineSection {
             reaper_interval_ms: d.reaper_interval.as_millis() as u64,
             watch_queue: d.watch_queue as u64,
             memtable_bytes: d.memtable_bytes,
+            checkpoint_bytes: d.log.checkpoint_bytes as u64,
+            checkpoint_interval_ms: d.log.checkpoint_interval.as_millis() as u64,
+            max_backlog_bytes: d.log.max_backlog_bytes as u64,
+            log_segment_bytes: d.log.segment_bytes,
         }
     }
 }
@@ -119,6 +127,14 @@ impl EngineSection {
             reaper_interval: std::time::Duration::from_millis(self.reaper_interval_ms.max(10)),
             watch_queue: self.watch_queue.max(1) as usize,
             memtable_bytes: self.memtable_bytes,
+            log: polykv_engine::store::LogStoreConfig {
+                checkpoint_bytes: self.checkpoint_bytes as usize,
+                checkpoint_interval: std::time::Duration::from_millis(
+                    self.checkpoint_interval_ms.max(10),
+                ),
+                max_backlog_bytes: self.max_backlog_bytes as usize,
+                segment_bytes: self.log_segment_bytes,
+            },
             ..polykv_engine::EngineConfig::default()
         }
     }
@@ -432,7 +448,23 @@ pub const FIELD_DOCS: &[(&str, &str)] = &[
     ),
     (
         "engine.memtable_bytes",
-        "Store memtable per keyspace, at least 1 MiB; up to two per busy keyspace in memory; fixed when a keyspace is created",
+        "Store memtable per keyspace, at least 1 MiB (only metadata passes through it since the log took over); fixed when a keyspace is created",
+    ),
+    (
+        "engine.checkpoint_bytes",
+        "Written data held in memory before a checkpoint moves it into the store, at least 1 MiB",
+    ),
+    (
+        "engine.checkpoint_interval_ms",
+        "Longest time between checkpoints while anything is waiting for one",
+    ),
+    (
+        "engine.max_backlog_bytes",
+        "Written data not yet checkpointed above which writers wait; at least twice checkpoint_bytes",
+    ),
+    (
+        "engine.log_segment_bytes",
+        "Size at which a log segment file is sealed and a new one started, at least 1 MiB",
     ),
     (
         "admin.enabled",
@@ -835,6 +867,21 @@ impl Config {
             ));
         }
         self.jsonkv.validate().map_err(ConfigError::Invalid)?;
+        if self.engine.checkpoint_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "engine.checkpoint_bytes must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        if self.engine.max_backlog_bytes < 2 * self.engine.checkpoint_bytes {
+            return Err(ConfigError::Invalid(
+                "engine.max_backlog_bytes must be at least twice engine.checkpoint_bytes".into(),
+            ));
+        }
+        if self.engine.log_segment_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "engine.log_segment_bytes must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
         if self.engine.memtable_bytes < 1 << 20 {
             return Err(ConfigError::Invalid(
                 "engine.memtable_bytes must be at least 1048576 (1 MiB)".into(),
