@@ -97,7 +97,10 @@ impl Pending {
     pub async fn durable(self) -> Result<Outcome> {
         match (self.seq, self.durability) {
             (Some(seq), Durability::Sync) => self.engine.inner.persister.wait_synced(seq).await?,
-            (Some(seq), Durability::Async) => self.engine.flush_upto(seq).await?,
+            // A Memory write has a number only when it reserved versions in the log.
+            (Some(seq), Durability::Async | Durability::Memory) => {
+                self.engine.flush_upto(seq).await?
+            }
             _ => {}
         }
         Ok(self.outcome)
@@ -110,7 +113,7 @@ impl Pending {
 
     /// Whether awaiting [`Pending::durable`] has anything to do (a flush or a sync).
     pub fn needs_wait(&self) -> bool {
-        self.seq.is_some() && self.durability != Durability::Memory
+        self.seq.is_some()
     }
 }
 
@@ -799,17 +802,22 @@ impl Engine {
                     label,
                 };
                 if durability == Durability::Memory {
-                    if !ops.is_empty() {
-                        self.commit(writer, ops)?;
-                    }
+                    // A new block of versions is reserved in the log; the write then waits for
+                    // the log like an Async one, so no version is ever handed out twice, even
+                    // across a crash.
+                    let reserved = if ops.is_empty() {
+                        None
+                    } else {
+                        Some(self.commit(writer, ops)?)
+                    };
                     let item = CachedItem {
                         entry,
                         durable: false,
                     };
                     if !self.inner.cache.insert(ks, key, item) {
-                        return Ok((Outcome::TooLarge, None));
+                        return Ok((Outcome::TooLarge, reserved));
                     }
-                    return Ok((Outcome::Written { version }, None));
+                    return Ok((Outcome::Written { version }, reserved));
                 }
                 ops.push(BatchOp::Put {
                     space: info.space,

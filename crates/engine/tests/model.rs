@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use polykv_engine::store::{MemoryStore, Store};
+use polykv_engine::store::{LogStore, LogStoreConfig, MemoryStore, Store};
 use polykv_engine::{
     Command, Condition, Durability, Engine, EngineConfig, ManualClock, Outcome, Value,
 };
@@ -47,6 +47,10 @@ enum Op {
     },
     Reap,
     Restart,
+    /// A crash: the log-first store stops where it is (no final checkpoint) and is reopened.
+    Crash,
+    /// A checkpoint of the log-first store, at this point.
+    Checkpoint,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -63,6 +67,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u8..40).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Reap),
         1 => Just(Op::Restart),
+        1 => Just(Op::Crash),
+        1 => Just(Op::Checkpoint),
     ]
 }
 
@@ -89,16 +95,66 @@ fn val(v: u8) -> Value {
     Value::Bytes(Bytes::from(vec![v % 4]))
 }
 
-fn run(ops: Vec<Op>) {
+/// The stack under test: the memory store alone, or the log-first store over it.
+struct Stack {
+    inner: Arc<dyn Store>,
+    log: Option<(tempfile::TempDir, Arc<LogStore>)>,
+}
+
+impl Stack {
+    fn new(with_log: bool) -> Stack {
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut stack = Stack { inner, log: None };
+        if with_log {
+            let dir = tempfile::tempdir().unwrap();
+            let log = stack.open_log(dir.path());
+            stack.log = Some((dir, log));
+        }
+        stack
+    }
+
+    fn open_log(&self, dir: &std::path::Path) -> Arc<LogStore> {
+        // Tiny checkpoints, so background ones land between the explicit ones too.
+        let config = LogStoreConfig {
+            checkpoint_bytes: 512,
+            max_backlog_bytes: 1 << 20,
+            segment_bytes: 4096,
+            ..LogStoreConfig::default()
+        };
+        Arc::new(LogStore::open(self.inner.clone(), dir, config).unwrap())
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        match &self.log {
+            Some((_, log)) => log.clone(),
+            None => self.inner.clone(),
+        }
+    }
+
+    /// After the engine is gone: a crash halts the log-first store first; either way it is
+    /// opened again from what it left on disk.
+    fn reopen(&mut self, crash: bool) {
+        if let Some((dir, log)) = self.log.take() {
+            if crash {
+                log.halt();
+            }
+            drop(log);
+            let log = self.open_log(dir.path());
+            self.log = Some((dir, log));
+        }
+    }
+}
+
+fn run(ops: Vec<Op>, with_log: bool) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut stack = Stack::new(with_log);
         let clock = Arc::new(ManualClock::new(10_000));
         let config = EngineConfig { reaper_interval: Duration::from_secs(3600), cache_bytes: 4096, cache_shards: 2, ..EngineConfig::default() };
-        let mut engine = Engine::open(store.clone(), config.clone(), clock.clone()).unwrap();
+        let mut engine = Engine::open(stack.store(), config.clone(), clock.clone()).unwrap();
         let mut ks = engine.keyspace("p").unwrap();
         let mut model = Model::default();
         let mut last_version = 0u64;
@@ -201,12 +257,27 @@ fn run(ops: Vec<Op>) {
                     engine.reap_expired().unwrap();
                     model.durable.retain(|_, e| e.expires_at.is_none_or(|at| at > now));
                 }
-                Op::Restart => {
-                    engine.close();
+                Op::Restart | Op::Crash => {
+                    let crash = matches!(op, Op::Crash);
+                    if !crash {
+                        engine.close();
+                    }
+                    if crash {
+                        // Halt the store before the engine's last sync can reach it.
+                        if let Some((_, log)) = &stack.log {
+                            log.halt();
+                        }
+                    }
                     drop(engine);
-                    engine = Engine::open(store.clone(), config.clone(), clock.clone()).unwrap();
+                    stack.reopen(crash);
+                    engine = Engine::open(stack.store(), config.clone(), clock.clone()).unwrap();
                     ks = engine.keyspace("p").unwrap();
                     model.memory.clear();
+                }
+                Op::Checkpoint => {
+                    if let Some((_, log)) = &stack.log {
+                        log.checkpoint().unwrap();
+                    }
                 }
             }
         }
@@ -228,6 +299,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
     #[test]
     fn engine_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops);
+        run(ops, false);
+    }
+
+    /// The same over the log-first store, with checkpoints and crashes at random points.
+    #[test]
+    fn log_first_engine_matches_model_across_checkpoints_and_crashes(ops in proptest::collection::vec(op(), 1..80)) {
+        run(ops, true);
     }
 }

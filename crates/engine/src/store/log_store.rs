@@ -180,6 +180,8 @@ struct Spaces {
 struct Control {
     requested: bool,
     stop: bool,
+    /// Stop without a final checkpoint (see [`LogStore::halt`]).
+    halt: bool,
 }
 
 struct Shared {
@@ -392,6 +394,18 @@ impl LogStore {
         }
     }
 
+    /// Stops as a crash would: no final checkpoint, nothing more written (buffered log records
+    /// are dropped), every later write refused. What is on disk is what a restart recovers.
+    /// Tests use it to restart from a crash without killing the process.
+    pub fn halt(&self) {
+        *self.shared.failed.lock() = Some("the store was halted".into());
+        self.shared.control.lock().halt = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.checkpointer.lock().take() {
+            let _ = thread.join();
+        }
+    }
+
     fn stop(&self) -> Result<(), StoreError> {
         let Some(thread) = self.checkpointer.lock().take() else {
             return Ok(());
@@ -483,11 +497,14 @@ impl Shared {
         loop {
             let stop = {
                 let mut control = self.control.lock();
-                if !control.requested && !control.stop {
+                if !control.requested && !control.stop && !control.halt {
                     self.wake
                         .wait_for(&mut control, self.config.checkpoint_interval);
                 }
                 control.requested = false;
+                if control.halt {
+                    return;
+                }
                 control.stop
             };
             if let Err(e) = self.checkpoint() {
