@@ -502,7 +502,7 @@ impl Engine {
                 info.space,
                 from,
                 end,
-                SCAN_PAGE.min(limit - out.len() + 16),
+                SCAN_PAGE.min((limit - out.len()).saturating_add(16)),
             )?;
             let exhausted = page.is_empty();
             for (key, raw) in page {

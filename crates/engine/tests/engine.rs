@@ -576,3 +576,64 @@ async fn empty_and_overlong_keys() {
         .unwrap();
     assert!(engine.stats().poisoned.is_none());
 }
+
+/// A dataset four times the cache budget, written through the log and checkpointed into fjall
+/// while it is written, reads back whole: by key, in key order, and again after a restart.
+#[tokio::test]
+async fn a_dataset_four_times_the_cache_reads_back_through_checkpoints_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        cache_bytes: 256 << 10,
+        log: polykv_engine::store::LogStoreConfig {
+            checkpoint_bytes: 64 << 10,
+            max_backlog_bytes: 256 << 10,
+            segment_bytes: 64 << 10,
+            ..Default::default()
+        },
+        ..EngineConfig::default()
+    };
+    let count = 4 * (256 << 10) / 100;
+    let value = |i: usize| Value::Bytes(format!("{i:0100}").into());
+    let key = |i: usize| format!("key{i:08}").into_bytes();
+    let engine = Engine::open_dir(dir.path(), config.clone()).unwrap();
+    let ks = engine.keyspace("big").unwrap();
+    for i in 0..count {
+        engine
+            .set(ks, key(i), value(i), Durability::Async)
+            .await
+            .unwrap();
+    }
+    let check = |engine: &Engine| {
+        for i in 0..count {
+            let read = engine
+                .get(ks, &key(i))
+                .unwrap()
+                .expect("every key reads back");
+            assert_eq!(read.entry.value, value(i));
+        }
+        let all = engine
+            .scan(
+                ks,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                usize::MAX,
+            )
+            .unwrap();
+        assert_eq!(all.len(), count);
+        assert!(
+            all.windows(2).all(|pair| pair[0].0 < pair[1].0),
+            "key order"
+        );
+    };
+    check(&engine);
+    let stats = engine.stats();
+    assert!(
+        stats.cache.evictions > 0,
+        "the cache was too small to hold it all"
+    );
+    assert!(stats.log.expect("log stats").checkpoints > 0);
+    engine.close();
+    drop(engine);
+    let engine = Engine::open_dir(dir.path(), config).unwrap();
+    check(&engine);
+}
