@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! write_batch ─▶ log buffer (one write(2) per group flush, fdatasync per group commit)
-//!             └▶ active overlay (BTreeMap per space) ──seal──▶ sealed overlays ──ingest──▶ inner store
-//! reads: active overlay, then sealed overlays (newest first), then the inner store
+//!             └▶ active memtable (hash map per space) ──seal──▶ frozen memtables (sorted once)
+//!                                                              ──merge, ingest──▶ inner store
+//! reads: active memtable, then frozen ones (newest first), then the inner store
 //! ```
 //!
 //! The log carries the *effects* of each engine `apply` (the batch of puts and deletes it
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use super::overlay::{empty_range, merge, Memtable, Overlay, Run};
 use super::{BatchOp, PersistMode, SpaceId, Store};
 use crate::error::StoreError;
 use crate::log::{Log, MAX_PAYLOAD};
@@ -73,8 +75,9 @@ pub struct LogStoreStats {
     pub checkpoint_seq: u64,
 }
 
-/// Bytes an overlay entry is charged beyond its key and value (tree node, `Bytes` handles).
-const ENTRY_OVERHEAD: usize = 64;
+/// A scan sorts the active memtable's entries of a space in place up to this many; above it, it
+/// seals the memtable first.
+const SORT_IN_PLACE: usize = 4096;
 
 /// Record kinds in the log's payload.
 const RECORD_BATCH: u8 = 1;
@@ -85,88 +88,6 @@ const OP_DELETE: u8 = 2;
 const META_SPACE: &str = "polykv.log";
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 const SPACE_PREFIX: &[u8] = b"space:";
-
-/// Writes that are not yet in the inner store, per space, in key order. `None` is a delete.
-#[derive(Default)]
-struct Memtable {
-    spaces: Vec<BTreeMap<Bytes, Option<Bytes>>>,
-    bytes: usize,
-    /// Sequence of the last log record applied to it.
-    last_seq: u64,
-}
-
-impl Memtable {
-    fn is_empty(&self) -> bool {
-        self.spaces.iter().all(BTreeMap::is_empty)
-    }
-
-    fn lookup(&self, space: SpaceId, key: &[u8]) -> Option<&Option<Bytes>> {
-        self.spaces.get(space as usize)?.get(key)
-    }
-
-    fn apply(&mut self, space: SpaceId, key: Bytes, value: Option<Bytes>) {
-        let index = space as usize;
-        if self.spaces.len() <= index {
-            self.spaces.resize_with(index + 1, BTreeMap::new);
-        }
-        let key_len = key.len();
-        let charge = |value: &Option<Bytes>| key_len + value.as_ref().map_or(0, Bytes::len);
-        let added = charge(&value) + ENTRY_OVERHEAD;
-        match self.spaces[index].insert(key, value) {
-            // `bytes` includes the replaced entry's charge, so this cannot underflow.
-            Some(old) => self.bytes = self.bytes + added - (charge(&old) + ENTRY_OVERHEAD),
-            None => self.bytes += added,
-        }
-    }
-
-    /// Up to `limit` entries of a space within the bounds, in key order.
-    fn take(
-        &self,
-        space: SpaceId,
-        lower: Bound<&[u8]>,
-        upper: Bound<&[u8]>,
-        limit: usize,
-    ) -> Vec<(Bytes, Option<Bytes>)> {
-        match self.spaces.get(space as usize) {
-            Some(map) if !empty_range(lower, upper) => map
-                .range::<[u8], _>((lower, upper))
-                .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// Whether the bounds select nothing (BTreeMap::range panics on such bounds).
-fn empty_range(lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> bool {
-    match (lower, upper) {
-        (Bound::Included(l), Bound::Included(u)) => l > u,
-        (Bound::Included(l), Bound::Excluded(u))
-        | (Bound::Excluded(l), Bound::Included(u))
-        | (Bound::Excluded(l), Bound::Excluded(u)) => l >= u,
-        _ => false,
-    }
-}
-
-#[derive(Default)]
-struct Overlay {
-    active: Memtable,
-    /// Sealed memtables waiting for (or in) a checkpoint, oldest first.
-    sealed: Vec<Arc<Memtable>>,
-}
-
-impl Overlay {
-    fn lookup(&self, space: SpaceId, key: &[u8]) -> Option<Option<Bytes>> {
-        if let Some(found) = self.active.lookup(space, key) {
-            return Some(found.clone());
-        }
-        self.sealed
-            .iter()
-            .rev()
-            .find_map(|m| m.lookup(space, key).cloned())
-    }
-}
 
 /// The mapping of this store's space ids (stable across restarts: they are written in the log)
 /// to the inner store's.
@@ -218,11 +139,19 @@ fn corrupt(why: &str) -> StoreError {
     StoreError::Corrupt(why.to_string())
 }
 
+fn op_parts(op: &BatchOp) -> (SpaceId, &Bytes, Option<&Bytes>) {
+    match op {
+        BatchOp::Put { space, key, value } => (*space, key, Some(value)),
+        BatchOp::Delete { space, key } => (*space, key, None),
+    }
+}
+
 /// Appends the payload of one batch record.
-fn encode_batch(ops: &[(SpaceId, &Bytes, Option<&Bytes>)], out: &mut Vec<u8>) {
+fn encode_batch(ops: &[BatchOp], out: &mut Vec<u8>) {
     out.push(RECORD_BATCH);
     out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
-    for (space, key, value) in ops {
+    for op in ops {
+        let (space, key, value) = op_parts(op);
         out.push(if value.is_some() { OP_PUT } else { OP_DELETE });
         out.extend_from_slice(&space.to_le_bytes());
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -520,60 +449,54 @@ impl Shared {
         }
     }
 
-    /// Seals the active overlay and moves every sealed one into the inner store, oldest first.
+    /// Seals the active memtable and moves every sealed one into the inner store in one
+    /// ingestion per space (merged, newest entry of each key winning).
     fn checkpoint(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.checkpointing.lock();
         self.check_failed()?;
-        {
+        let batch = {
             let mut overlay = self.overlay.write();
-            if !overlay.active.is_empty() {
-                let last_seq = overlay.active.last_seq;
-                let sealed = std::mem::take(&mut overlay.active);
-                overlay.active.last_seq = last_seq;
-                overlay.sealed.push(Arc::new(sealed));
-            }
-        }
-        loop {
-            let Some(memtable) = self.overlay.read().sealed.first().cloned() else {
-                return Ok(());
-            };
-            let started = Instant::now();
-            // Every record the checkpoint covers must be in the log on disk first: if the process
-            // dies half-way through the ingestion below, the log replays the whole batch again.
-            self.log.sync()?;
-            self.ingest(&memtable)?;
-            {
-                let mut overlay = self.overlay.write();
-                overlay.sealed.remove(0);
-            }
-            self.backlog.fetch_sub(memtable.bytes, Ordering::Relaxed);
-            self.drained.notify_all();
-            self.log.purge_upto(memtable.last_seq)?;
-            let elapsed = started.elapsed();
-            self.checkpoints.fetch_add(1, Ordering::Relaxed);
-            self.checkpoint_nanos
-                .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-            self.checkpoint_seq
-                .store(memtable.last_seq, Ordering::Relaxed);
-            metrics::counter!("polykv_checkpoints_total").increment(1);
-            metrics::histogram!("polykv_checkpoint_duration_seconds").record(elapsed.as_secs_f64());
-            tracing::debug!(
-                bytes = memtable.bytes,
-                upto = memtable.last_seq,
-                millis = elapsed.as_millis() as u64,
-                "checkpoint written"
-            );
-        }
+            overlay.seal();
+            overlay.sealed.clone()
+        };
+        let Some(newest) = batch.last() else {
+            return Ok(());
+        };
+        let last_seq = newest.last_seq();
+        let bytes: usize = batch.iter().map(|f| f.bytes()).sum();
+        let started = Instant::now();
+        // Every record the checkpoint covers must be in the log on disk first: if the process
+        // dies half-way through the ingestion below, the log replays the whole batch again.
+        self.log.sync()?;
+        self.ingest(&merge(&batch), last_seq)?;
+        self.overlay.write().sealed.drain(..batch.len());
+        self.backlog.fetch_sub(bytes, Ordering::Relaxed);
+        self.drained.notify_all();
+        self.log.purge_upto(last_seq)?;
+        let elapsed = started.elapsed();
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.checkpoint_seq.store(last_seq, Ordering::Relaxed);
+        metrics::counter!("polykv_checkpoints_total").increment(1);
+        metrics::histogram!("polykv_checkpoint_duration_seconds").record(elapsed.as_secs_f64());
+        tracing::debug!(
+            bytes,
+            upto = last_seq,
+            millis = elapsed.as_millis() as u64,
+            "checkpoint written"
+        );
+        Ok(())
     }
 
-    /// Writes one sealed memtable into the inner store, then the checkpoint mark, durably.
-    fn ingest(&self, memtable: &Memtable) -> Result<(), StoreError> {
-        for (space, entries) in memtable.spaces.iter().enumerate() {
-            if entries.is_empty() {
+    /// Writes sorted runs into the inner store, then the checkpoint mark, durably.
+    fn ingest(&self, runs: &[Run], last_seq: u64) -> Result<(), StoreError> {
+        for (space, run) in runs.iter().enumerate() {
+            if run.is_empty() {
                 continue;
             }
             let inner = self.inner_space(space as SpaceId)?;
-            let mut sorted = entries
+            let mut sorted = run
                 .iter()
                 .map(|(key, value)| (key.as_ref(), value.as_ref().map(Bytes::as_ref)));
             self.inner.ingest(inner, &mut sorted)?;
@@ -581,7 +504,7 @@ impl Shared {
         self.inner.put(
             self.meta,
             Bytes::from_static(CHECKPOINT_KEY),
-            Bytes::copy_from_slice(&memtable.last_seq.to_be_bytes()),
+            Bytes::copy_from_slice(&last_seq.to_be_bytes()),
         )?;
         self.inner.persist(PersistMode::SyncData)
     }
@@ -621,17 +544,12 @@ impl Store for LogStore {
         s.check_failed()?;
         let known = s.spaces.read().names.len();
         let mut size = 5;
-        let mut refs = Vec::with_capacity(ops.len());
         for op in &ops {
-            let (space, key, value) = match op {
-                BatchOp::Put { space, key, value } => (*space, key, Some(value)),
-                BatchOp::Delete { space, key } => (*space, key, None),
-            };
+            let (space, key, value) = op_parts(op);
             if space as usize >= known {
                 return Err(StoreError::Io(format!("unknown space {space}")));
             }
             size += 13 + key.len() + value.map_or(0, Bytes::len);
-            refs.push((space, key, value));
         }
         if size > MAX_PAYLOAD {
             return Err(StoreError::Io(format!(
@@ -645,7 +563,7 @@ impl Store for LogStore {
             // The log append and the overlay change happen under one lock, so a sealed memtable
             // holds exactly the records up to its `last_seq`.
             let mut overlay = s.overlay.write();
-            let seq = s.log.append(|buf| encode_batch(&refs, buf));
+            let seq = s.log.append(|buf| encode_batch(&ops, buf));
             before = overlay.active.bytes;
             for op in ops {
                 match op {
@@ -689,15 +607,23 @@ impl Store for LogStore {
                 break;
             }
             // The overlay first: a memtable checkpointed meanwhile is then in the inner store.
-            let layers: Vec<Vec<(Bytes, Option<Bytes>)>> = {
+            // A large active memtable is sealed first, so its order is computed once (outside
+            // the lock) and shared with later scans and the checkpoint.
+            if s.overlay.read().active.len_of(space) > SORT_IN_PLACE {
+                s.overlay.write().seal();
+            }
+            let (frozen, active) = {
                 let overlay = s.overlay.read();
-                overlay
-                    .sealed
-                    .iter()
-                    .map(|m| m.take(space, low, end, page))
-                    .chain(std::iter::once(overlay.active.take(space, low, end, page)))
-                    .collect()
+                (
+                    overlay.sealed.clone(),
+                    overlay.active.take_sorted(space, low, end, page),
+                )
             };
+            let layers: Vec<Run> = frozen
+                .iter()
+                .map(|m| m.take(space, low, end, page))
+                .chain(std::iter::once(active))
+                .collect();
             let base = s.inner.range(inner, low, end, page)?;
             let mut horizon: Option<Bytes> = None;
             let mut more = false;
@@ -800,7 +726,18 @@ mod tests {
         let key = Bytes::from_static(b"k");
         let value = Bytes::from_static(b"value");
         let mut out = Vec::new();
-        encode_batch(&[(3, &key, Some(&value)), (4, &key, None)], &mut out);
+        let ops = [
+            BatchOp::Put {
+                space: 3,
+                key: key.clone(),
+                value: value.clone(),
+            },
+            BatchOp::Delete {
+                space: 4,
+                key: key.clone(),
+            },
+        ];
+        encode_batch(&ops, &mut out);
         let ops = decode_batch(&out).unwrap();
         assert_eq!(ops, vec![(3, key.clone(), Some(value)), (4, key, None)]);
         for cut in 0..out.len() {

@@ -13,6 +13,7 @@ mod fault;
 mod fjall_store;
 mod log_store;
 mod memory;
+mod overlay;
 
 pub use fault::{FaultPlan, FaultyStore};
 pub use fjall_store::{FjallStore, DEFAULT_MEMTABLE_BYTES, MAX_KEY_LEN};
