@@ -433,7 +433,9 @@ fn replay_segment(
 mod tests {
     use super::*;
 
-    fn collect(dir: &Path, after: u64) -> Result<(Log, Vec<(u64, Vec<u8>)>), StoreError> {
+    type Replayed = Vec<(u64, Vec<u8>)>;
+
+    fn collect(dir: &Path, after: u64) -> Result<(Log, Replayed), StoreError> {
         let mut seen = Vec::new();
         let log = Log::open(dir, 4096, after, |seq, payload| {
             seen.push((seq, payload.to_vec()));
