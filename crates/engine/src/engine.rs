@@ -454,7 +454,7 @@ impl Engine {
             counters.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
-        let entry = Entry::decode(&raw)?;
+        let entry = Entry::decode_shared(&raw)?;
         if self.expired(&entry) {
             counters.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
@@ -819,10 +819,14 @@ impl Engine {
                     }
                     return Ok((Outcome::Written { version }, reserved));
                 }
+                // One compact copy of the key and one encoding, shared by the cache and the
+                // log's overlay: neither holds on to the buffer the request arrived in.
+                let key = Bytes::copy_from_slice(&key);
+                let mut entry = entry;
                 ops.push(BatchOp::Put {
                     space: info.space,
                     key: key.clone(),
-                    value: entry.encode(),
+                    value: entry.encode_shared(),
                 });
                 if let Some(at) = expires_at {
                     ops.push(BatchOp::Put {

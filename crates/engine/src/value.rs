@@ -129,6 +129,27 @@ impl Entry {
         out.freeze()
     }
 
+    /// Encodes the entry and points its byte value at the encoding, so the entry and its
+    /// encoding share one allocation (the cache holds the one, the log's overlay the other)
+    /// and the value no longer holds on to the buffer it arrived in.
+    pub fn encode_shared(&mut self) -> Bytes {
+        let encoded = self.encode();
+        if let Value::Bytes(value) = &mut self.value {
+            // The value is the encoding's tail.
+            *value = encoded.slice(encoded.len() - value.len()..);
+        }
+        encoded
+    }
+
+    /// [`Entry::decode`] whose byte value is a slice of `raw` instead of a copy.
+    pub fn decode_shared(raw: &Bytes) -> Result<Entry, StoreError> {
+        let mut entry = Entry::decode(raw.as_ref())?;
+        if let Value::Bytes(value) = &mut entry.value {
+            *value = raw.slice(raw.len() - value.len()..);
+        }
+        Ok(entry)
+    }
+
     /// Decodes an entry written by [`Entry::encode`].
     pub fn decode(raw: &[u8]) -> Result<Entry, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("entry: {what}"));
