@@ -480,6 +480,9 @@ impl Shared {
         self.checkpoint_seq.store(last_seq, Ordering::Relaxed);
         metrics::counter!("polykv_checkpoints_total").increment(1);
         metrics::histogram!("polykv_checkpoint_duration_seconds").record(elapsed.as_secs_f64());
+        metrics::gauge!("polykv_checkpoint_backlog_bytes")
+            .set(self.backlog.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("polykv_log_disk_bytes").set(self.log.disk_bytes() as f64);
         tracing::debug!(
             bytes,
             upto = last_seq,
