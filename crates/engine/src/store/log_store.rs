@@ -355,6 +355,21 @@ impl Drop for LogStore {
     }
 }
 
+/// Checkpoints are background work: on a machine whose cores are all busy serving requests, the
+/// scheduler should give the request path most of the time and the checkpoint the rest (nice
+/// 10: about a tenth of a contended core). Best effort: a failure only leaves the priority as is.
+fn lower_thread_priority() {
+    // SAFETY: plain system calls on the calling thread with no pointers; their results are only
+    // checked.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+    };
+    if result != 0 {
+        tracing::debug!("could not lower the checkpoint thread's priority");
+    }
+}
+
 fn load_spaces(inner: &dyn Store, meta: SpaceId) -> Result<Spaces, StoreError> {
     let mut spaces = Spaces::default();
     let end = crate::store::prefix_end(SPACE_PREFIX).unwrap_or_default();
@@ -423,6 +438,7 @@ impl Shared {
     }
 
     fn run_checkpointer(&self) {
+        lower_thread_priority();
         loop {
             let stop = {
                 let mut control = self.control.lock();
