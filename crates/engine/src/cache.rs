@@ -3,12 +3,16 @@
 //! Every entry it holds is either in the store already (`durable`), or was written with
 //! durability Memory and lives only here. Both kinds may be evicted: a durable entry can be read
 //! back from the store, and Memory data is a cache by definition (nmdb CACHE_ONLY).
+//!
+//! An entry is kept in its stored encoding (the same bytes the log's memtable holds, shared)
+//! and decoded on the way out, which costs a few nanoseconds and keeps a slot at about 80 bytes
+//! where a decoded entry took twice that; the hash table holds only slot numbers.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use crate::value::Entry;
@@ -22,25 +26,9 @@ pub struct CachedItem {
     pub durable: bool,
 }
 
-#[derive(Clone, PartialEq, Eq)]
-struct CacheKey {
-    ks: KeyspaceId,
-    key: Bytes,
-}
-
 struct Probe<'a> {
     ks: KeyspaceId,
     key: &'a [u8],
-}
-
-impl Hash for CacheKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        Probe {
-            ks: self.ks,
-            key: &self.key,
-        }
-        .hash(state)
-    }
 }
 
 impl Hash for Probe<'_> {
@@ -50,29 +38,61 @@ impl Hash for Probe<'_> {
     }
 }
 
-impl Equivalent<CacheKey> for Probe<'_> {
-    fn equivalent(&self, key: &CacheKey) -> bool {
-        self.ks == key.ks && self.key == key.key.as_ref()
-    }
-}
-
 struct Slot {
-    key: CacheKey,
-    item: CachedItem,
-    size: usize,
+    key: Bytes,
+    /// The entry as [`Entry::encode`] wrote it.
+    encoded: Bytes,
+    ks: KeyspaceId,
+    /// Bytes charged to the budget.
+    size: u32,
+    durable: bool,
     referenced: bool,
 }
 
+impl Slot {
+    fn item(&self) -> Option<CachedItem> {
+        // The cache encoded it itself; a failure would be a bug, and is treated as a miss.
+        let entry = Entry::decode_shared(&self.encoded).ok()?;
+        Some(CachedItem {
+            entry,
+            durable: self.durable,
+        })
+    }
+}
+
+/// Bytes a slot costs beyond its key and encoding: the slot itself, its table entry and the two
+/// allocations' headers.
+const SLOT_OVERHEAD: usize = 112;
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<CacheKey, usize, foldhash::quality::FixedState>,
+    /// Slot numbers, hashed by (keyspace, key).
+    table: HashTable<u32>,
     slots: Vec<Option<Slot>>,
-    free: Vec<usize>,
+    free: Vec<u32>,
     hand: usize,
     bytes: usize,
     /// Bumped by every write to this shard, so a reader that filled the cache from the store can
     /// tell whether a write raced with it (and must not cache what it read).
     epoch: u64,
+}
+
+impl Shard {
+    fn find(&self, hash: u64, ks: KeyspaceId, key: &[u8]) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&index| {
+                slots
+                    .get(index as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.ks == ks && s.key.as_ref() == key)
+            })
+            .copied()
+    }
+
+    fn slot_mut(&mut self, index: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(index as usize)?.as_mut()
+    }
 }
 
 /// Counters of the cache.
@@ -115,21 +135,23 @@ impl Cache {
         }
     }
 
-    fn shard(&self, ks: KeyspaceId, key: &[u8]) -> &Mutex<Shard> {
-        let hash = self.hasher.hash_one(Probe { ks, key });
-        // The high bits pick the shard; hashbrown uses the low ones inside it.
-        let index = ((hash >> 40) as usize) % self.shards.len();
-        &self.shards[index]
+    fn hash(&self, ks: KeyspaceId, key: &[u8]) -> u64 {
+        self.hasher.hash_one(Probe { ks, key })
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        // The high bits pick the shard; the table uses the low ones inside it.
+        &self.shards[((hash >> 40) as usize) % self.shards.len()]
     }
 
     /// Looks a key up, marking it recently used.
     pub fn get(&self, ks: KeyspaceId, key: &[u8]) -> Option<CachedItem> {
-        let mut shard = self.shard(ks, key).lock();
-        let found = shard.map.get(&Probe { ks, key }).copied();
-        let item = found.and_then(|index| {
-            let slot = shard.slots.get_mut(index)?.as_mut()?;
+        let hash = self.hash(ks, key);
+        let mut shard = self.shard(hash).lock();
+        let item = shard.find(hash, ks, key).and_then(|index| {
+            let slot = shard.slot_mut(index)?;
             slot.referenced = true;
-            Some(slot.item.clone())
+            slot.item()
         });
         drop(shard);
         let counter = if item.is_some() {
@@ -144,91 +166,133 @@ impl Cache {
     /// Like [`Cache::get`] but counts nothing and does not touch the CLOCK bit (for writers that
     /// read the current state).
     pub fn peek(&self, ks: KeyspaceId, key: &[u8]) -> Option<CachedItem> {
-        let shard = self.shard(ks, key).lock();
-        let index = *shard.map.get(&Probe { ks, key })?;
-        shard.slots.get(index)?.as_ref().map(|s| s.item.clone())
+        let hash = self.hash(ks, key);
+        let shard = self.shard(hash).lock();
+        let index = shard.find(hash, ks, key)?;
+        shard.slots.get(index as usize)?.as_ref()?.item()
     }
 
     /// Inserts or replaces. Returns false when the item alone exceeds a shard's budget (it is
     /// then not cached, and any older item for the key is removed).
     pub fn insert(&self, ks: KeyspaceId, key: Bytes, item: CachedItem) -> bool {
-        let mut shard = self.shard(ks, &key).lock();
-        shard.epoch += 1;
-        self.insert_locked(&mut shard, ks, key, item)
+        self.insert_encoded(ks, key, item.entry.encode(), item.durable)
     }
 
-    /// Inserts what a reader found in the store, unless a write touched the shard since the
-    /// reader took `epoch` (then the read may be stale and is not cached).
-    pub fn fill(&self, ks: KeyspaceId, key: Bytes, item: CachedItem, epoch: u64) {
-        let mut shard = self.shard(ks, &key).lock();
+    /// [`Cache::insert`] of an entry already encoded (by [`Entry::encode`]).
+    pub fn insert_encoded(
+        &self,
+        ks: KeyspaceId,
+        key: Bytes,
+        encoded: Bytes,
+        durable: bool,
+    ) -> bool {
+        let hash = self.hash(ks, &key);
+        let mut shard = self.shard(hash).lock();
+        shard.epoch += 1;
+        self.insert_locked(&mut shard, hash, ks, key, encoded, durable)
+    }
+
+    /// Inserts what a reader found in the store (its raw encoding), unless a write touched the
+    /// shard since the reader took `epoch` (then the read may be stale and is not cached).
+    pub fn fill(&self, ks: KeyspaceId, key: Bytes, encoded: Bytes, epoch: u64) {
+        let hash = self.hash(ks, &key);
+        let mut shard = self.shard(hash).lock();
         if shard.epoch == epoch {
-            self.insert_locked(&mut shard, ks, key, item);
+            self.insert_locked(&mut shard, hash, ks, key, encoded, true);
         }
     }
 
     /// The write epoch of the key's shard, to pass to [`Cache::fill`].
     pub fn epoch(&self, ks: KeyspaceId, key: &[u8]) -> u64 {
-        self.shard(ks, key).lock().epoch
+        self.shard(self.hash(ks, key)).lock().epoch
     }
 
     pub fn remove(&self, ks: KeyspaceId, key: &[u8]) -> Option<CachedItem> {
-        let mut shard = self.shard(ks, key).lock();
+        let hash = self.hash(ks, key);
+        let mut shard = self.shard(hash).lock();
         shard.epoch += 1;
-        Self::remove_locked(&mut shard, ks, key)
+        Self::remove_locked(&mut shard, hash, ks, key).and_then(|slot| slot.item())
     }
 
-    fn remove_locked(shard: &mut Shard, ks: KeyspaceId, key: &[u8]) -> Option<CachedItem> {
-        let index = shard.map.remove(&Probe { ks, key })?;
-        let slot = shard.slots.get_mut(index)?.take()?;
-        shard.bytes -= slot.size;
+    fn remove_locked(shard: &mut Shard, hash: u64, ks: KeyspaceId, key: &[u8]) -> Option<Slot> {
+        let Shard { table, slots, .. } = shard;
+        let found = table
+            .find_entry(hash, |&index| {
+                slots
+                    .get(index as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.ks == ks && s.key.as_ref() == key)
+            })
+            .ok()?;
+        let (index, _) = found.remove();
+        let slot = slots.get_mut(index as usize)?.take()?;
+        shard.bytes -= slot.size as usize;
         shard.free.push(index);
-        Some(slot.item)
+        Some(slot)
     }
 
     fn insert_locked(
         &self,
         shard: &mut Shard,
+        hash: u64,
         ks: KeyspaceId,
         key: Bytes,
-        item: CachedItem,
+        encoded: Bytes,
+        durable: bool,
     ) -> bool {
-        let size = item.entry.footprint(key.len());
-        // Overwriting a cached key with something that fits without evicting: replace the item
+        let size = SLOT_OVERHEAD + key.len() + encoded.len();
+        // Overwriting a cached key with something that fits without evicting: replace the entry
         // in its slot (one hash lookup; the key and the slot are reused).
-        if let Some(&index) = shard.map.get(&Probe { ks, key: &key }) {
+        if let Some(index) = shard.find(hash, ks, &key) {
             let bytes = shard.bytes;
-            if let Some(slot) = shard.slots.get_mut(index).and_then(Option::as_mut) {
-                if bytes - slot.size + size <= self.shard_budget {
-                    shard.bytes = bytes - slot.size + size;
-                    slot.item = item;
-                    slot.size = size;
+            let budget = self.shard_budget;
+            if let Some(slot) = shard.slot_mut(index) {
+                let new_total = bytes - slot.size as usize + size;
+                if new_total <= budget {
+                    slot.encoded = encoded;
+                    slot.size = size as u32;
+                    slot.durable = durable;
+                    shard.bytes = new_total;
                     return true;
                 }
             }
         }
-        Self::remove_locked(shard, ks, &key);
-        if size > self.shard_budget {
+        Self::remove_locked(shard, hash, ks, &key);
+        if size > self.shard_budget || size > u32::MAX as usize {
             return false;
         }
         self.evict_for(shard, size);
         let slot = Slot {
-            key: CacheKey { ks, key },
-            item,
-            size,
+            key,
+            encoded,
+            ks,
+            size: size as u32,
+            durable,
             referenced: false,
         };
-        let cache_key = slot.key.clone();
         let index = match shard.free.pop() {
             Some(index) => {
-                shard.slots[index] = Some(slot);
+                shard.slots[index as usize] = Some(slot);
                 index
             }
             None => {
                 shard.slots.push(Some(slot));
-                shard.slots.len() - 1
+                (shard.slots.len() - 1) as u32
             }
         };
-        shard.map.insert(cache_key, index);
+        let Shard { table, slots, .. } = shard;
+        let hasher = &self.hasher;
+        table.insert_unique(hash, index, |&i| {
+            slots
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| {
+                    hasher.hash_one(Probe {
+                        ks: s.ks,
+                        key: &s.key,
+                    })
+                })
+        });
         shard.bytes += size;
         true
     }
@@ -243,15 +307,16 @@ impl Cache {
             }
             let hand = shard.hand % shard.slots.len();
             shard.hand = hand + 1;
-            let victim = match &mut shard.slots[hand] {
+            let (ks, key) = match &mut shard.slots[hand] {
                 None => continue,
                 Some(slot) if slot.referenced => {
                     slot.referenced = false;
                     continue;
                 }
-                Some(slot) => slot.key.clone(),
+                Some(slot) => (slot.ks, slot.key.clone()),
             };
-            Self::remove_locked(shard, victim.ks, &victim.key);
+            let hash = self.hash(ks, &key);
+            Self::remove_locked(shard, hash, ks, &key);
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -260,7 +325,7 @@ impl Cache {
         let (mut entries, mut bytes) = (0u64, 0u64);
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            entries += shard.map.len() as u64;
+            entries += shard.table.len() as u64;
             bytes += shard.bytes as u64;
         }
         CacheStats {
@@ -273,9 +338,9 @@ impl Cache {
         }
     }
 
-    /// Whether an item of this size could ever be cached.
+    /// Whether an entry of this encoded size could ever be cached.
     pub fn fits(&self, size: usize) -> bool {
-        size <= self.shard_budget
+        SLOT_OVERHEAD + size <= self.shard_budget
     }
 }
 
@@ -377,10 +442,10 @@ mod tests {
         let cache = Cache::new(1 << 20, 1);
         let epoch = cache.epoch(0, b"k");
         cache.insert(0, Bytes::from("k"), item(b"new"));
-        cache.fill(0, Bytes::from("k"), item(b"stale"), epoch);
+        cache.fill(0, Bytes::from("k"), item(b"stale").entry.encode(), epoch);
         assert_eq!(cache.peek(0, b"k"), Some(item(b"new")));
         let epoch = cache.epoch(0, b"j");
-        cache.fill(0, Bytes::from("j"), item(b"fresh"), epoch);
+        cache.fill(0, Bytes::from("j"), item(b"fresh").entry.encode(), epoch);
         assert_eq!(cache.peek(0, b"j"), Some(item(b"fresh")));
     }
 

@@ -460,15 +460,9 @@ impl Engine {
             return Ok(None);
         }
         counters.store_hits.fetch_add(1, Ordering::Relaxed);
-        self.inner.cache.fill(
-            ks,
-            Bytes::copy_from_slice(key),
-            CachedItem {
-                entry: entry.clone(),
-                durable: true,
-            },
-            epoch,
-        );
+        self.inner
+            .cache
+            .fill(ks, Bytes::copy_from_slice(key), raw, epoch);
         Ok(Some(Read {
             entry,
             source: Source::Store,
@@ -823,10 +817,11 @@ impl Engine {
                 // log's overlay: neither holds on to the buffer the request arrived in.
                 let key = Bytes::copy_from_slice(&key);
                 let mut entry = entry;
+                let encoded = entry.encode_shared();
                 ops.push(BatchOp::Put {
                     space: info.space,
                     key: key.clone(),
-                    value: entry.encode_shared(),
+                    value: encoded.clone(),
                 });
                 if let Some(at) = expires_at {
                     ops.push(BatchOp::Put {
@@ -837,14 +832,9 @@ impl Engine {
                 }
                 let seq = self.commit(writer, ops)?;
                 info.counters.writes.fetch_add(1, Ordering::Relaxed);
-                self.inner.cache.insert(
-                    ks,
-                    key.clone(),
-                    CachedItem {
-                        entry: entry.clone(),
-                        durable: true,
-                    },
-                );
+                self.inner
+                    .cache
+                    .insert_encoded(ks, key.clone(), encoded, true);
                 self.inner.hub.publish(Event {
                     keyspace: ks,
                     key,
