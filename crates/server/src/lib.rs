@@ -3,7 +3,8 @@
 //!
 //! Layout: `config` and `cli` (settings), `session` (the TCP/UDP frameworks every protocol
 //! uses), `services/` (one module per protocol: its requests mapped onto the engine), `admin`
-//! and `metrics` (the control plane), `server` (start-up and shutdown).
+//! and `metrics` (the control plane), `runtime` (what the services start on: binding, the
+//! engine, the task set, the start-up error), `server` (start-up and shutdown).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,12 +13,14 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod services;
 pub mod session;
 
-pub use server::{run, ServerError};
+pub use runtime::ServerError;
+pub use server::run;
 
 /// A switch the protocols, SIGUSR1 and the admin API share (nmdb's read-only mode).
 #[derive(Debug, Default)]

@@ -2,100 +2,21 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use polykv_engine::Engine;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::runtime::{Runtime, ServerError};
 use crate::session::ListenerContext;
 use crate::{services, ReadOnly};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("data directory {path} is in use by another polykv server{holder} (lock file {lock})")]
-    Locked {
-        path: PathBuf,
-        lock: PathBuf,
-        holder: String,
-    },
-    #[error("cannot open the store in {path}: {source}")]
-    Engine {
-        path: PathBuf,
-        source: polykv_engine::Error,
-    },
-    #[error("cannot listen on {addr} for {what}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Other(String),
-}
-
-/// Everything a protocol needs to start its listeners.
-pub struct Runtime {
-    pub config: Config,
-    pub engine: Engine,
-    pub context: ListenerContext,
-    pub read_only: Arc<ReadOnly>,
-    pub tasks: JoinSet<()>,
-}
-
-impl Runtime {
-    /// The id of a protocol's keyspace, creating it if needed.
-    pub fn keyspace(&self, name: &str) -> Result<polykv_engine::KeyspaceId, ServerError> {
-        self.engine
-            .keyspace(name)
-            .map_err(|e| ServerError::Other(format!("cannot open keyspace {name}: {e}")))
-    }
-
-    pub async fn bind_tcp(
-        &self,
-        what: &'static str,
-        addr: String,
-    ) -> Result<TcpListener, ServerError> {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                what,
-                addr: addr.clone(),
-                source,
-            })?;
-        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-        tracing::info!(listener = what, addr = %local, "listening");
-        Ok(listener)
-    }
-
-    pub async fn bind_udp(
-        &self,
-        what: &'static str,
-        addr: String,
-    ) -> Result<UdpSocket, ServerError> {
-        let socket = UdpSocket::bind(&addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                what,
-                addr: addr.clone(),
-                source,
-            })?;
-        let local = socket.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-        tracing::info!(listener = what, addr = %local, "listening");
-        Ok(socket)
-    }
-}
 
 /// Holds the data directory's lock for the life of the server.
 struct DirLock {

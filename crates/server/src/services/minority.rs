@@ -19,8 +19,7 @@ use polykv_protocols::minority::{
 
 use crate::config::MinorityConfig;
 use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
-use crate::services::{serve_tcp_listener, TcpAddr};
+use crate::runtime::{Runtime, ServerError};
 use crate::session::{Reply, Service, SessionLimits};
 
 const OPS: &[&str] = &[
@@ -335,23 +334,20 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
     let codec = MinorityServerCodec {
         max_body: u32::try_from(config.max_body).unwrap_or(u32::MAX),
     };
-    let at = TcpAddr {
-        addr: &config.addr,
-        port: config.port,
-    };
+    let addr = runtime.listen_addr(&config.addr, config.port);
     let shared = Arc::new(MinorityShared {
         engine: runtime.engine.clone(),
         keyspace,
         config: config.clone(),
     });
-    serve_tcp_listener(
-        runtime,
-        "minority tcp",
-        at,
-        limits,
-        codec,
-        move || MinorityService::new(shared.clone()),
-        Arc::new(ProtocolMetrics::new("minority", OPS)),
-    )
-    .await
+    runtime
+        .serve_tcp(
+            "minority tcp",
+            addr,
+            limits,
+            codec,
+            move || MinorityService::new(shared.clone()),
+            Arc::new(ProtocolMetrics::new("minority", OPS)),
+        )
+        .await
 }

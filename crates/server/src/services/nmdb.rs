@@ -14,8 +14,7 @@ use polykv_protocols::nmdb::{
 use polykv_protocols::Reject;
 
 use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
-use crate::services::{serve_tcp_listener, TcpAddr};
+use crate::runtime::{Runtime, ServerError};
 use crate::session::{serve_udp, Reply as SessionReply, Service, SessionLimits};
 use crate::ReadOnly;
 
@@ -425,23 +424,20 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
             config.partial_frame_timeout_secs,
             config.max_output_bytes,
         );
-        let at = TcpAddr {
-            addr: &config.addr,
-            port: config.port,
-        };
+        let addr = runtime.listen_addr(&config.addr, config.port);
         let shared = shared.clone();
-        serve_tcp_listener(
-            runtime,
-            "nmdb tcp",
-            at,
-            limits,
-            NmdbServerCodec {
-                transport: Transport::Tcp,
-            },
-            move || NmdbService::new(shared.clone(), Transport::Tcp),
-            metrics.clone(),
-        )
-        .await?;
+        runtime
+            .serve_tcp(
+                "nmdb tcp",
+                addr,
+                limits,
+                NmdbServerCodec {
+                    transport: Transport::Tcp,
+                },
+                move || NmdbService::new(shared.clone(), Transport::Tcp),
+                metrics.clone(),
+            )
+            .await?;
     }
     if config.udp_enabled {
         let socket = runtime

@@ -21,8 +21,7 @@ use polykv_protocols::opencluster::{
 
 use crate::config::OpenClusterConfig;
 use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
-use crate::services::{serve_tcp_listener, TcpAddr};
+use crate::runtime::{Runtime, ServerError};
 use crate::session::{Reply, Service, SessionLimits};
 
 const OPS: &[&str] = &[
@@ -382,24 +381,21 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
     let codec = OpenClusterServerCodec {
         max_payload: u32::try_from(config.max_payload).unwrap_or(u32::MAX),
     };
-    let at = TcpAddr {
-        addr: &config.addr,
-        port: config.port,
-    };
+    let addr = runtime.listen_addr(&config.addr, config.port);
     let shared = Arc::new(OpenClusterShared {
         engine: runtime.engine.clone(),
         keyspace,
         config: config.clone(),
         next_holder: AtomicU64::new(1),
     });
-    serve_tcp_listener(
-        runtime,
-        "opencluster tcp",
-        at,
-        limits,
-        codec,
-        move || OpenClusterService::new(shared.clone()),
-        Arc::new(ProtocolMetrics::new("opencluster", OPS)),
-    )
-    .await
+    runtime
+        .serve_tcp(
+            "opencluster tcp",
+            addr,
+            limits,
+            codec,
+            move || OpenClusterService::new(shared.clone()),
+            Arc::new(ProtocolMetrics::new("opencluster", OPS)),
+        )
+        .await
 }

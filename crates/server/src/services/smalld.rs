@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::SmalldConfig;
 use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
+use crate::runtime::{Runtime, ServerError};
 use crate::session::{serve_connections, ListenerContext};
 
 const OPS: &[&str] = &["set", "get", "digest", "run", "malformed"];

@@ -15,7 +15,7 @@ use polykv_engine::Durability;
 use polykv_protocols::jsonkv::{AgentServerCodec, JsonkvServerCodec, Limits};
 
 use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
+use crate::runtime::{Runtime, ServerError};
 use crate::session::{serve_tcp, serve_udp, SessionLimits};
 use agent::{AgentContext, Ports, Registry};
 use kv::{JsonkvService, KvStore, UdpCodec};
