@@ -1,10 +1,12 @@
 //! The polykv daemon: configuration, listeners, sessions, protocol services, admin HTTP,
 //! metrics, logging and shutdown.
 //!
-//! Layout: `config` and `cli` (settings), `session` (the TCP/UDP frameworks every protocol
-//! uses), `services/` (one module per protocol: its requests mapped onto the engine), `admin`
-//! and `metrics` (the control plane), `runtime` (what the services start on: binding, the
-//! engine, the task set, the start-up error), `server` (start-up and shutdown).
+//! Layout: `config` and `cli` (settings: the daemon's own, the listener settings every protocol
+//! shares, the reference generated from the settings' doc comments), `session` (the TCP/UDP
+//! frameworks every protocol uses), `runtime` (what the protocols start on: binding, the engine,
+//! the task set, the start-up error), `services/` (one wing per protocol: its service, its
+//! configuration section and its start-up, and the one list of protocols), `admin` and `metrics`
+//! (the control plane), `server` (start-up and shutdown).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let prometheus = crate::metrics::install();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let read_only = Arc::new(ReadOnly::new(config.nmdb.read_only));
+    let read_only = Arc::new(ReadOnly::new(config.protocols.nmdb.read_only));
     let mut runtime = Runtime {
         context: ListenerContext {
             connections: Arc::new(Semaphore::new(config.max_connections as usize)),

@@ -13,16 +13,12 @@ use bytes::Bytes;
 use polykv_engine::{
     Change, Command, Durability, Engine, Entry, Event, KeyspaceId, Outcome, Subscription,
 };
-use polykv_protocols::minority::{
-    engine_key, op, split_key, status, MinorityServerCodec, Request, Response,
-};
+use polykv_protocols::minority::{engine_key, op, split_key, status, Request, Response};
 
-use crate::config::MinorityConfig;
-use crate::metrics::ProtocolMetrics;
-use crate::runtime::{Runtime, ServerError};
-use crate::session::{Reply, Service, SessionLimits};
+use super::MinorityConfig;
+use crate::session::{Reply, Service};
 
-const OPS: &[&str] = &[
+pub(super) const OPS: &[&str] = &[
     "get",
     "set",
     "notify",
@@ -36,9 +32,9 @@ const OPS: &[&str] = &[
 const SNAPSHOT_LIMIT: usize = 100_000;
 
 pub struct MinorityShared {
-    engine: Engine,
-    keyspace: KeyspaceId,
-    config: MinorityConfig,
+    pub(super) engine: Engine,
+    pub(super) keyspace: KeyspaceId,
+    pub(super) config: MinorityConfig,
 }
 
 /// One subscription: its opaque and its engine watches.
@@ -317,37 +313,4 @@ impl Service for MinorityService {
     async fn closed(&mut self) {
         self.subscriptions.clear();
     }
-}
-
-/// Starts minority's listener, as configured.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.minority.clone();
-    if !config.enabled {
-        return Ok(());
-    }
-    let keyspace = runtime.keyspace(&config.keyspace)?;
-    let limits = SessionLimits::from_secs(
-        config.idle_timeout_secs,
-        config.partial_frame_timeout_secs,
-        config.max_output_bytes,
-    );
-    let codec = MinorityServerCodec {
-        max_body: u32::try_from(config.max_body).unwrap_or(u32::MAX),
-    };
-    let addr = runtime.listen_addr(&config.addr, config.port);
-    let shared = Arc::new(MinorityShared {
-        engine: runtime.engine.clone(),
-        keyspace,
-        config: config.clone(),
-    });
-    runtime
-        .serve_tcp(
-            "minority tcp",
-            addr,
-            limits,
-            codec,
-            move || MinorityService::new(shared.clone()),
-            Arc::new(ProtocolMetrics::new("minority", OPS)),
-        )
-        .await
 }

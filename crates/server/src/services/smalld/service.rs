@@ -17,19 +17,19 @@ use polykv_protocols::Decoded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::SmalldConfig;
+use super::SmalldConfig;
 use crate::metrics::ProtocolMetrics;
-use crate::runtime::{Runtime, ServerError};
+use crate::runtime::ServerError;
 use crate::session::{serve_connections, ListenerContext};
 
-const OPS: &[&str] = &["set", "get", "digest", "run", "malformed"];
+pub(super) const OPS: &[&str] = &["set", "get", "digest", "run", "malformed"];
 
 pub struct Smalld {
-    engine: Engine,
-    keyspace: KeyspaceId,
-    key: u32,
-    config: SmalldConfig,
-    metrics: ProtocolMetrics,
+    pub(super) engine: Engine,
+    pub(super) keyspace: KeyspaceId,
+    pub(super) key: u32,
+    pub(super) config: SmalldConfig,
+    pub(super) metrics: ProtocolMetrics,
 }
 
 /// The secret key: configured, or generated once and kept in `dir/smalld.key` (mode 0600).
@@ -290,36 +290,9 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
     service.metrics.connection_closed();
 }
 
-async fn serve(listener: TcpListener, service: Arc<Smalld>, context: ListenerContext) {
+pub(super) async fn serve(listener: TcpListener, service: Arc<Smalld>, context: ListenerContext) {
     serve_connections(listener, &service.metrics, context, |stream, _shutdown| {
         handle(service.clone(), stream)
     })
     .await;
-}
-
-/// Starts smalld's listener, as configured.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.smalld.clone();
-    if !config.enabled {
-        return Ok(());
-    }
-    let key = secret_key(&config, &runtime.config.data_dir)?;
-    let keyspace = runtime.keyspace(&config.keyspace)?;
-    let listener = runtime
-        .bind_tcp(
-            "smalld tcp",
-            runtime.config.listen_addr(&config.addr, config.port),
-        )
-        .await?;
-    let service = Arc::new(Smalld {
-        engine: runtime.engine.clone(),
-        keyspace,
-        key,
-        config,
-        metrics: ProtocolMetrics::new("smalld", OPS),
-    });
-    runtime
-        .tasks
-        .spawn(serve(listener, service, runtime.context.clone()));
-    Ok(())
 }

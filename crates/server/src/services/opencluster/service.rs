@@ -15,16 +15,13 @@ use polykv_engine::{
     Value as EngineValue,
 };
 use polykv_protocols::opencluster::{
-    cmd, failinfo, ItemId, OpenClusterServerCodec, Push, ReplyBody, Request, RequestBody, Response,
-    Value, ValueType,
+    cmd, failinfo, ItemId, Push, ReplyBody, Request, RequestBody, Response, Value, ValueType,
 };
 
-use crate::config::OpenClusterConfig;
-use crate::metrics::ProtocolMetrics;
-use crate::runtime::{Runtime, ServerError};
-use crate::session::{Reply, Service, SessionLimits};
+use super::OpenClusterConfig;
+use crate::session::{Reply, Service};
 
-const OPS: &[&str] = &[
+pub(super) const OPS: &[&str] = &[
     "hello",
     "session",
     "set",
@@ -50,10 +47,10 @@ struct SetFields {
 }
 
 pub struct OpenClusterShared {
-    engine: Engine,
-    keyspace: KeyspaceId,
-    config: OpenClusterConfig,
-    next_holder: AtomicU64,
+    pub(super) engine: Engine,
+    pub(super) keyspace: KeyspaceId,
+    pub(super) config: OpenClusterConfig,
+    pub(super) next_holder: AtomicU64,
 }
 
 pub struct OpenClusterService {
@@ -364,38 +361,4 @@ impl Service for OpenClusterService {
     async fn closed(&mut self) {
         self.release_locks();
     }
-}
-
-/// Starts OpenCluster's listener, as configured.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.opencluster.clone();
-    if !config.enabled {
-        return Ok(());
-    }
-    let keyspace = runtime.keyspace(&config.keyspace)?;
-    let limits = SessionLimits::from_secs(
-        config.idle_timeout_secs,
-        config.partial_frame_timeout_secs,
-        config.max_output_bytes,
-    );
-    let codec = OpenClusterServerCodec {
-        max_payload: u32::try_from(config.max_payload).unwrap_or(u32::MAX),
-    };
-    let addr = runtime.listen_addr(&config.addr, config.port);
-    let shared = Arc::new(OpenClusterShared {
-        engine: runtime.engine.clone(),
-        keyspace,
-        config: config.clone(),
-        next_holder: AtomicU64::new(1),
-    });
-    runtime
-        .serve_tcp(
-            "opencluster tcp",
-            addr,
-            limits,
-            codec,
-            move || OpenClusterService::new(shared.clone()),
-            Arc::new(ProtocolMetrics::new("opencluster", OPS)),
-        )
-        .await
 }

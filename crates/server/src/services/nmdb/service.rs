@@ -9,13 +9,11 @@ use polykv_engine::{
     Command, Condition, Durability, Engine, KeyspaceId, Outcome, Pending, Source, Value,
 };
 use polykv_protocols::nmdb::{
-    error, incr_value, Mode, NmdbServerCodec, Reply, ReplyBody, Request, Transport, STATS_COUNTERS,
+    error, incr_value, Mode, Reply, ReplyBody, Request, Transport, STATS_COUNTERS,
 };
 use polykv_protocols::Reject;
 
-use crate::metrics::ProtocolMetrics;
-use crate::runtime::{Runtime, ServerError};
-use crate::session::{serve_udp, Reply as SessionReply, Service, SessionLimits};
+use crate::session::{Reply as SessionReply, Service};
 use crate::ReadOnly;
 
 /// Indexes of the 23 STATS counters (§5.5), in wire order.
@@ -47,7 +45,7 @@ mod stat {
 }
 
 /// Operation names for metrics.
-const OPS: &[&str] = &[
+pub(super) const OPS: &[&str] = &[
     "get",
     "set",
     "del",
@@ -403,58 +401,4 @@ impl Service for NmdbService {
             self.shared.count(stat::NET_BROKEN_REQ);
         }
     }
-}
-
-/// Starts nmdb's TCP and UDP listeners, as configured.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.nmdb.clone();
-    if !config.enabled && !config.udp_enabled {
-        return Ok(());
-    }
-    let keyspace = runtime.keyspace(&config.keyspace)?;
-    let shared = Arc::new(NmdbShared::new(
-        runtime.engine.clone(),
-        keyspace,
-        runtime.read_only.clone(),
-    ));
-    let metrics = Arc::new(ProtocolMetrics::new("nmdb", OPS));
-    if config.enabled {
-        let limits = SessionLimits::from_secs(
-            config.idle_timeout_secs,
-            config.partial_frame_timeout_secs,
-            config.max_output_bytes,
-        );
-        let addr = runtime.listen_addr(&config.addr, config.port);
-        let shared = shared.clone();
-        runtime
-            .serve_tcp(
-                "nmdb tcp",
-                addr,
-                limits,
-                NmdbServerCodec {
-                    transport: Transport::Tcp,
-                },
-                move || NmdbService::new(shared.clone(), Transport::Tcp),
-                metrics.clone(),
-            )
-            .await?;
-    }
-    if config.udp_enabled {
-        let socket = runtime
-            .bind_udp(
-                "nmdb udp",
-                runtime.config.listen_addr(&config.addr, config.udp_port),
-            )
-            .await?;
-        runtime.tasks.spawn(serve_udp(
-            socket,
-            Arc::new(NmdbServerCodec {
-                transport: Transport::Udp,
-            }),
-            NmdbService::new(shared, Transport::Udp),
-            metrics,
-            runtime.context.shutdown.clone(),
-        ));
-    }
-    Ok(())
 }

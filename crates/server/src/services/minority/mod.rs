@@ -1,0 +1,57 @@
+//! The minority wing: its service (`service`), its configuration (`config`) and its start-up.
+
+mod config;
+pub mod service;
+
+use std::sync::Arc;
+
+use polykv_protocols::minority::MinorityServerCodec;
+
+pub use config::MinorityConfig;
+pub use service::{MinorityService, MinorityShared};
+
+use crate::config::Listener;
+use crate::metrics::ProtocolMetrics;
+use crate::runtime::{Runtime, ServerError};
+use crate::services::Protocol;
+
+/// minority, for the protocol list.
+pub struct Wing;
+
+impl Protocol for Wing {
+    const NAME: &'static str = "minority";
+    const TITLE: &'static str = "minority";
+    type Config = MinorityConfig;
+
+    fn listener(config: &MinorityConfig) -> &Listener {
+        &config.listener
+    }
+
+    /// Starts minority's listener, as configured.
+    async fn start(runtime: &mut Runtime, config: &MinorityConfig) -> Result<(), ServerError> {
+        let listener = &config.listener;
+        if !listener.enabled {
+            return Ok(());
+        }
+        let keyspace = runtime.keyspace(&listener.keyspace)?;
+        let codec = MinorityServerCodec {
+            max_body: u32::try_from(config.max_body).unwrap_or(u32::MAX),
+        };
+        let addr = runtime.listen_addr(&listener.addr, listener.port);
+        let shared = Arc::new(MinorityShared {
+            engine: runtime.engine.clone(),
+            keyspace,
+            config: config.clone(),
+        });
+        runtime
+            .serve_tcp(
+                "minority tcp",
+                addr,
+                config.session.limits(),
+                codec,
+                move || MinorityService::new(shared.clone()),
+                Arc::new(ProtocolMetrics::new("minority", service::OPS)),
+            )
+            .await
+    }
+}
