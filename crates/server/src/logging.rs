@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, LogFormat};
 
 /// The filter of the default level: polykv's own crates (`polykv`, `polykv_server`,
 /// `polykv_engine`, ...: one prefix covers them all) at INFO, dependencies at WARN, so start-up
@@ -31,7 +31,7 @@ pub fn init(config: &LogConfig) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless: the first subscriber stays.
-    let _ = if config.format == "json" {
+    let _ = if config.format == LogFormat::Json {
         builder.json().try_init()
     } else {
         builder.try_init()

@@ -73,7 +73,17 @@ crate::settings! {
         /// Log format: text or json
         ///
         /// `text` is human-readable.
-        pub format: String = "text".into(),
+        pub format: LogFormat = LogFormat::Text,
+    }
+}
+
+crate::choice! {
+    /// How log lines are written.
+    pub enum LogFormat ("log.format") {
+        /// Human-readable.
+        Text = "text",
+        /// One JSON object a line.
+        Json = "json",
     }
 }
 
@@ -276,12 +286,6 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid(format!(
-                "log.format must be text or json, not {:?}",
-                self.log.format
-            )));
-        }
         self.protocols.validate().map_err(ConfigError::Invalid)?;
         if self.engine.memtable_bytes < 1 << 20 {
             return Err(ConfigError::Invalid(
@@ -577,6 +581,14 @@ mod tests {
             (
                 "[nmdb]\nport = 70000\n",
                 "invalid value: integer `70000`, expected u16\nin `nmdb.port`\n",
+            ),
+            (
+                "[log]\nformat = \"xml\"\n",
+                "log.format must be text or json, not \"xml\"\nin `log.format`\n",
+            ),
+            (
+                "[smalld]\nrequest_log = \"file\"\n",
+                "smalld.request_log must be stdout, stderr or off, not \"file\"\nin `smalld.request_log`\n",
             ),
             (
                 "[engine]\ncache_bytes = \"x\"\n",

@@ -157,6 +157,69 @@ macro_rules! settings {
     };
 }
 
+/// `a`, `a or b`, `a, b or c`: the choices of a setting, for its error message.
+pub fn one_of(choices: &[&str]) -> String {
+    match choices.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// Declares an enum-like setting: each variant with its text in the configuration,
+/// `Variant = "text",`. `path` names the setting in the error for any other text.
+#[macro_export]
+macro_rules! choice {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($path:literal) {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+        }
+
+        impl $name {
+            /// Its text in the configuration.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )*
+                }
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                match text.as_str() {
+                    $( $text => Ok($name::$variant), )*
+                    _ => Err(<D::Error as serde::de::Error>::custom(format!(
+                        "{} must be {}, not {:?}",
+                        $path,
+                        $crate::config::settings::one_of(&[$($text),*]),
+                        text
+                    ))),
+                }
+            }
+        }
+
+        impl $crate::config::Settings for $name {
+            fn document(path: &str, title: &str, doc: &[&str], out: &mut Vec<(String, String)>) {
+                out.push((path.to_string(), $crate::config::settings::summary(doc, title)));
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +238,10 @@ mod tests {
         assert_eq!(join("nmdb", "port"), "nmdb.port");
         assert_eq!(parent("nmdb.listener"), "nmdb");
         assert_eq!(parent("protocols"), "");
+        assert_eq!(one_of(&["text", "json"]), "text or json");
+        assert_eq!(
+            one_of(&["stdout", "stderr", "off"]),
+            "stdout, stderr or off"
+        );
     }
 }

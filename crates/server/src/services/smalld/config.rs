@@ -27,7 +27,16 @@ crate::settings! {
         /// Most names that can be stored (0 = unlimited)
         pub max_names: u64 = 0,
         /// Where the request log goes: stdout, stderr or off
-        pub request_log: String = "stdout".into(),
+        pub request_log: RequestLog = RequestLog::Stdout,
+    }
+}
+
+crate::choice! {
+    /// Where smalld's request log goes.
+    pub enum RequestLog ("smalld.request_log") {
+        Stdout = "stdout",
+        Stderr = "stderr",
+        Off = "off",
     }
 }
 
@@ -37,12 +46,6 @@ impl SmalldConfig {
             return Err(format!(
                 "smalld.secret_key {:?}: expected a number from 0 to 4294967295",
                 self.secret_key
-            ));
-        }
-        if !matches!(self.request_log.as_str(), "stdout" | "stderr" | "off") {
-            return Err(format!(
-                "smalld.request_log must be stdout, stderr or off, not {:?}",
-                self.request_log
             ));
         }
         Ok(())

@@ -5,7 +5,7 @@ pub mod service;
 
 use std::sync::Arc;
 
-pub use config::SmalldConfig;
+pub use config::{RequestLog, SmalldConfig};
 pub use service::{secret_key, Smalld};
 
 use crate::config::Listener;

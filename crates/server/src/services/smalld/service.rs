@@ -17,7 +17,7 @@ use polykv_protocols::Decoded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::SmalldConfig;
+use super::{RequestLog, SmalldConfig};
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::ServerError;
 use crate::session::{serve_connections, ListenerContext};
@@ -61,10 +61,10 @@ pub fn secret_key(config: &SmalldConfig, dir: &Path) -> Result<u32, ServerError>
 
 impl Smalld {
     fn log(&self, block: &str) {
-        let result = match self.config.request_log.as_str() {
-            "stdout" => std::io::stdout().lock().write_all(block.as_bytes()),
-            "stderr" => std::io::stderr().lock().write_all(block.as_bytes()),
-            _ => Ok(()),
+        let result = match self.config.request_log {
+            RequestLog::Stdout => std::io::stdout().lock().write_all(block.as_bytes()),
+            RequestLog::Stderr => std::io::stderr().lock().write_all(block.as_bytes()),
+            RequestLog::Off => Ok(()),
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "smalld request log write failed");
