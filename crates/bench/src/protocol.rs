@@ -232,7 +232,7 @@ impl LoadProtocol for OpenCluster {
 pub struct Minority;
 
 impl Minority {
-    fn encode(op: u8, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    fn encode(op: minority::Op, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
         let request = minority::Request::Frame {
             op,
             opaque: 1,
@@ -250,11 +250,11 @@ impl LoadProtocol for Minority {
     }
 
     fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
-        Self::encode(minority::op::GET, key, b"", out);
+        Self::encode(minority::Op::Get, key, b"", out);
     }
 
     fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
-        Self::encode(minority::op::SET, key, value, out);
+        Self::encode(minority::Op::Set, key, value, out);
     }
 
     fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {

@@ -1,6 +1,8 @@
-//! The minority wing: its service (`service`), its configuration (`config`) and its start-up.
+//! The minority wing: its service (`service`), the engine keys of its ids (`keys`), its
+//! configuration (`config`) and its start-up.
 
 mod config;
+pub mod keys;
 pub mod service;
 
 use std::sync::Arc;
