@@ -301,6 +301,7 @@ impl ClientCodec for MinorityClientCodec {
 }
 
 /// Fuzz body: requests decode, re-encode and decode to the same request.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_server(data: &[u8]) {
     let server = MinorityServerCodec { max_body: 4096 };
     let client = MinorityClientCodec::default();
@@ -319,6 +320,7 @@ pub fn fuzz_server(data: &[u8]) {
 }
 
 /// Fuzz body: responses decode, re-encode and decode to the same response.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_client(data: &[u8]) {
     let server = MinorityServerCodec::default();
     let client = MinorityClientCodec { max_body: 4096 };

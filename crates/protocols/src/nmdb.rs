@@ -908,6 +908,7 @@ pub fn server_index(key: &[u8], servers: usize) -> Option<usize> {
 
 /// Fuzz body: decode arbitrary bytes as requests over every transport; every decoded request
 /// must encode and decode back to itself.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_server(data: &[u8]) {
     for transport in [Transport::Tcp, Transport::Udp, Transport::Sctp] {
         let server = NmdbServerCodec::new(transport);
@@ -935,6 +936,7 @@ pub fn fuzz_server(data: &[u8]) {
 }
 
 /// Fuzz body: decode arbitrary bytes as replies; every decoded reply must round-trip.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_client(data: &[u8]) {
     for transport in [Transport::Tcp, Transport::Udp, Transport::Sctp] {
         let server = NmdbServerCodec::new(transport);

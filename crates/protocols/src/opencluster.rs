@@ -1083,6 +1083,7 @@ impl ClientCodec for OpenClusterClientCodec {
 
 /// Fuzz body: decode arbitrary bytes as client messages; every decoded message must encode and
 /// decode back to itself.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_server(data: &[u8]) {
     for max_payload in [DEFAULT_MAX_PAYLOAD, 16] {
         let server = OpenClusterServerCodec { max_payload };
@@ -1107,6 +1108,7 @@ pub fn fuzz_server(data: &[u8]) {
 }
 
 /// Fuzz body: decode arbitrary bytes as server messages; every decoded message must round-trip.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_client(data: &[u8]) {
     for max_payload in [DEFAULT_MAX_PAYLOAD, 16] {
         let server = OpenClusterServerCodec { max_payload };

@@ -374,6 +374,7 @@ pub fn detail(request: &Request) -> String {
 
 /// Fuzz body: decode arbitrary bytes as a request; re-encode what decoded and check it decodes
 /// to the same request.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_server(data: &[u8]) {
     if let Decoded::Frame(request, used) = decode_request(data) {
         assert!(used <= data.len() && used <= MAX_REQUEST);
@@ -388,6 +389,7 @@ pub fn fuzz_server(data: &[u8]) {
 }
 
 /// Fuzz body: decode arbitrary bytes as a reply and check the round trip.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_client(data: &[u8]) {
     for expects_value in [false, true] {
         if let Some(reply) = decode_reply(data, expects_value) {

@@ -60,6 +60,7 @@ impl Default for Limits {
 
 mod agent;
 mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
 mod fuzz;
 mod json;
 mod kv;
@@ -67,6 +68,7 @@ mod rpc;
 
 pub use agent::*;
 pub use frame::*;
+#[cfg(any(test, feature = "fuzzing"))]
 pub use fuzz::*;
 pub use json::Id;
 use json::*;
