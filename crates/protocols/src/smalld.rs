@@ -223,7 +223,7 @@ pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
 }
 
 /// The server side as a [`ServerCodec`]. With `key = Some(k)` a header carrying another key
-/// is a [`Reject`] (S2: close without a reply; the caller logs [`log_wrong_key`] first); with
+/// is a [`Reject`] (S2: close without a reply; the server logs the wrong key first); with
 /// `None` the key is not checked here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SmalldServerCodec {
@@ -315,70 +315,12 @@ pub fn digest(value: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Printable form for the request log: up to the first `00`, bytes outside 0x20–0x7e as `\xNN`.
-pub fn log_text(bytes: &[u8]) -> String {
-    let text = &bytes[..bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len())];
-    escape(text)
-}
-
-/// Every byte outside 0x20–0x7e as `\xNN` (for fields that could not be decoded).
-pub fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for b in bytes {
-        if (0x20..=0x7e).contains(b) {
-            out.push(char::from(*b));
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
-/// The request-log name of a type.
-pub fn kind_name(kind: u16) -> String {
-    match kind {
-        kind::SET => "set".into(),
-        kind::GET => "get".into(),
-        kind::DIGEST => "digest".into(),
-        kind::RUN => "run".into(),
-        other => format!("unknown ({other})"),
-    }
-}
-
-/// The request-log block (§6) for a request whose key was right.
-pub fn log_block(key: u32, kind: u16, detail: &str, success: bool) -> String {
-    format!(
-        "Secret key = {key}\nRequest type = {}\nDetail = {detail}\nCompletion = {}\n{}\n",
-        kind_name(kind),
-        if success { "success" } else { "failure" },
-        "-".repeat(26)
-    )
-}
-
-/// The request-log block for a wrong key: the key line and the separator.
-pub fn log_wrong_key(key: u32) -> String {
-    format!("Secret key = {key}\n{}\n", "-".repeat(26))
-}
-
-/// The Detail of a request (§6).
-pub fn detail(request: &Request) -> String {
-    match request {
-        Request::Set { name, value } => format!("{}: {}", log_text(name), log_text(value)),
-        Request::Get { name } => log_text(name),
-        Request::Digest { value } => log_text(value),
-        Request::Run { program } => log_text(program),
-        Request::Invalid { kind, detail } if *kind <= kind::RUN => escape(detail),
-        Request::Invalid { .. } => String::new(),
-    }
-}
-
 /// Fuzz body: decode arbitrary bytes as a request; re-encode what decoded and check it decodes
 /// to the same request.
 #[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_server(data: &[u8]) {
     if let Decoded::Frame(request, used) = decode_request(data) {
         assert!(used <= data.len() && used <= MAX_REQUEST);
-        let _ = detail(&request);
         if !matches!(request, Request::Invalid { .. }) {
             let key = parse_header(data).map_or(0, |h| h.key);
             let mut out = BytesMut::new();
@@ -450,7 +392,6 @@ mod tests {
                 "cut {cut}"
             );
         }
-        assert_eq!(log_block(4242, 0, &detail(&request), true), "Secret key = 4242\nRequest type = set\nDetail = name: Alfred E. Newman\nCompletion = success\n--------------------------\n");
         let mut out = BytesMut::new();
         encode_reply(&Reply::Ok, &mut out);
         assert_eq!(out.as_ref(), [0, 0, 0, 0]);
@@ -543,7 +484,6 @@ mod tests {
                 8
             )
         );
-        assert_eq!(log_block(1, 7, "", false), "Secret key = 1\nRequest type = unknown (7)\nDetail = \nCompletion = failure\n--------------------------\n");
         // S5: empty name; no 00 in the name field.
         let empty = hex("00 00 10 92 00 01 00 00  00 61 62 63 00 00 00 00 00 00 00 00 00 00 00 00");
         assert!(matches!(
@@ -583,16 +523,6 @@ mod tests {
             decode_request(&max),
             Decoded::Frame(Request::Set { .. }, MAX_REQUEST)
         ));
-    }
-
-    #[test]
-    fn log_escaping() {
-        assert_eq!(log_text(b"a\tb\x7f\0hidden"), "a\\x09b\\x7f");
-        assert_eq!(escape(b"x\0y"), "x\\x00y");
-        assert_eq!(
-            log_wrong_key(4243),
-            "Secret key = 4243\n--------------------------\n"
-        );
     }
 
     #[test]
@@ -637,10 +567,6 @@ mod tests {
         let mut out = BytesMut::new();
         SmalldServerCodec::default().encode_response(&Reply::Failure, &mut out);
         assert_eq!(out.as_ref(), [0xff, 0, 0, 0]);
-        assert_eq!(
-            log_block(4242, 1, &detail(&Request::Get { name: "nome".into() }), false),
-            "Secret key = 4242\nRequest type = get\nDetail = nome\nCompletion = failure\n--------------------------\n"
-        );
     }
 
     #[test]
@@ -656,10 +582,6 @@ mod tests {
         encode_reply(&Reply::Value(Bytes::from(vec![b'x'; 300])), &mut out);
         assert_eq!(out.len(), 106);
         assert_eq!(&out[4..6], [0, 100]);
-        assert_eq!(
-            log_block(4242, 3, &detail(&Request::Run { program: "hosts".into() }), true),
-            "Secret key = 4242\nRequest type = run\nDetail = hosts\nCompletion = success\n--------------------------\n"
-        );
     }
 
     #[test]
@@ -714,21 +636,14 @@ mod tests {
             };
             assert_eq!(used, bytes.len());
         }
-        // S4 log block: the bytes received after the header, escaped.
-        let partial = &requests[0][HEADER_LEN..16];
-        assert_eq!(
-            log_block(4242, 0, &escape(partial), false),
-            "Secret key = 4242\nRequest type = set\nDetail = name\\x00\\xaa\\xbb\\xcc\nCompletion = failure\n--------------------------\n"
-        );
     }
 
     #[test]
-    fn s5_detail_prints_the_undecodable_field_escaped() {
+    fn s5_undecodable_fields_decode_as_invalid() {
         let no_nul = [&hex("00 00 10 92 00 01 00 00")[..], b"abcdefghijklmnop"].concat();
-        let Decoded::Frame(request, 24) = decode_request(&no_nul) else {
+        let Decoded::Frame(_, 24) = decode_request(&no_nul) else {
             panic!()
         };
-        assert_eq!(detail(&request), "abcdefghijklmnop");
         let empty = hex("00 00 10 92 00 03 00 00 00 41 00 00 00 00 00 00");
         let Decoded::Frame(request, 16) = decode_request(&empty) else {
             panic!()
@@ -740,7 +655,6 @@ mod tests {
                 detail: Bytes::from(hex("00 41 00 00 00 00 00 00"))
             }
         );
-        assert_eq!(detail(&request), "\\x00A\\x00\\x00\\x00\\x00\\x00\\x00");
         // A 15-byte name is the longest; the set with a bad name still reads its value.
         let max_name = [
             &hex("00 00 10 92 00 00 00 00")[..],
@@ -787,35 +701,6 @@ mod tests {
                 },
                 16
             ))
-        );
-    }
-
-    #[test]
-    fn log_details_of_every_type() {
-        let set = Request::Set {
-            name: "n".into(),
-            value: Bytes::from_static(b"caf\xc3\xa9\n\0tail"),
-        };
-        assert_eq!(detail(&set), "n: caf\\xc3\\xa9\\x0a");
-        let digest_request = Request::Digest {
-            value: Bytes::from_static(b"Alfred E. Newman\0"),
-        };
-        assert_eq!(
-            log_block(4242, 2, &detail(&digest_request), true),
-            "Secret key = 4242\nRequest type = digest\nDetail = Alfred E. Newman\nCompletion = success\n--------------------------\n"
-        );
-        assert_eq!(kind_name(65535), "unknown (65535)");
-        assert_eq!(
-            detail(&Request::Invalid {
-                kind: 9,
-                detail: Bytes::new()
-            }),
-            ""
-        );
-        // Wrong key: the key is printed unsigned.
-        assert_eq!(
-            log_wrong_key(u32::MAX),
-            "Secret key = 4294967295\n--------------------------\n"
         );
     }
 

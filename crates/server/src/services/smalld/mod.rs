@@ -1,6 +1,8 @@
-//! The smalld wing: its service (`service`), its configuration (`config`) and its start-up.
+//! The smalld wing: its service (`service`), its request log (`log`), its configuration
+//! (`config`) and its start-up.
 
 mod config;
+pub mod log;
 pub mod service;
 
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use polykv_protocols::Decoded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{RequestLog, SmalldConfig};
+use super::{log, RequestLog, SmalldConfig};
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::ServerError;
 use crate::session::{serve_connections, ListenerContext};
@@ -230,7 +230,7 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
     };
     // S2: a wrong key is logged and answered with silence.
     if !crate::secret::constant_time_eq(&header.key.to_be_bytes(), &service.key.to_be_bytes()) {
-        service.log(&smalld::log_wrong_key(header.key));
+        service.log(&log::log_wrong_key(header.key));
         service.metrics.rejected_frames.increment(1);
         service.metrics.connection_closed();
         return;
@@ -250,17 +250,17 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
     };
     let Some(request) = request else {
         // S4: the header was valid but the request never completed.
-        let detail = smalld::escape(buf.get(HEADER_LEN..).unwrap_or_default());
-        service.log(&smalld::log_block(header.key, header.kind, &detail, false));
+        let detail = log::escape(buf.get(HEADER_LEN..).unwrap_or_default());
+        service.log(&log::log_block(header.key, header.kind, &detail, false));
         service.metrics.connection_closed();
         return;
     };
     let reply = service.execute(&request).await;
     let success = reply != Reply::Failure;
-    service.log(&smalld::log_block(
+    service.log(&log::log_block(
         header.key,
         header.kind,
-        &smalld::detail(&request),
+        &log::detail(&request),
         success,
     ));
     let op = match &request {
