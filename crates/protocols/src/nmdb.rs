@@ -497,7 +497,7 @@ fn parse_incr(payload: &[u8]) -> Option<(Bytes, i64)> {
 ///
 /// A message shorter than the 8-byte header (a TCP frame of 9–11 bytes) is [`Request::Broken`]
 /// with the id of its first 4 bytes (0 if even those are missing).
-pub fn parse_message(msg: &[u8]) -> Request {
+pub fn decode_message(msg: &[u8]) -> Request {
     let word = be_u32(msg, 0).unwrap_or(0);
     let id = word & ID_MASK;
     let broken = Request::Broken { id };
@@ -543,11 +543,11 @@ pub fn parse_message(msg: &[u8]) -> Request {
 
 /// Decodes one UDP or SCTP datagram: `None` = drop it (shorter than 8 bytes, §3.2).
 pub fn decode_datagram(datagram: &[u8]) -> Option<Request> {
-    (datagram.len() >= MIN_DATAGRAM).then(|| parse_message(datagram))
+    (datagram.len() >= MIN_DATAGRAM).then(|| decode_message(datagram))
 }
 
 /// Appends a request message (no TCP prefix).
-pub fn compose_request(request: &Request, out: &mut BytesMut) {
+pub fn encode_request(request: &Request, out: &mut BytesMut) {
     let head = |out: &mut BytesMut, id: u32, request_code: u16, bits: u16| {
         out.put_u32((VERSION << 28) | (id & ID_MASK));
         out.put_u16(request_code);
@@ -623,7 +623,7 @@ pub fn compose_request(request: &Request, out: &mut BytesMut) {
 
 /// Appends a reply message (no TCP prefix). A reply longer than `max_message` becomes
 /// REP_ERR ERR_SEND, 12 bytes (the transport cannot carry it, §3).
-pub fn compose_reply(reply: &Reply, max_message: usize, out: &mut BytesMut) {
+pub fn encode_reply(reply: &Reply, max_message: usize, out: &mut BytesMut) {
     let body = if reply.body.message_len() > max_message {
         &ReplyBody::Error(error::SEND)
     } else {
@@ -644,7 +644,7 @@ pub fn compose_reply(reply: &Reply, max_message: usize, out: &mut BytesMut) {
 
 /// Parses one bare reply message (the whole of `msg`). The shape follows from the code and the
 /// length: 8 bytes = mini, REP_ERR = 12 bytes, OK/CACHE_HIT with 12 + n bytes = long.
-pub fn parse_reply(msg: &[u8]) -> Result<Reply, Reject> {
+pub fn decode_reply(msg: &[u8]) -> Result<Reply, Reject> {
     let (Some(id), Some(reply_code)) = (be_u32(msg, 0), be_u32(msg, 4)) else {
         return Err(Reject::new("nmdb reply shorter than 8 bytes"));
     };
@@ -759,7 +759,7 @@ impl ServerCodec for NmdbServerCodec {
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<Request>, Reject> {
         match self.transport {
             Transport::Tcp => Ok(match tcp_frame(buf, 9)? {
-                Some((msg, used)) => Decoded::Frame(parse_message(msg), used),
+                Some((msg, used)) => Decoded::Frame(decode_message(msg), used),
                 None => Decoded::Incomplete,
             }),
             Transport::Udp | Transport::Sctp => match decode_datagram(buf) {
@@ -772,8 +772,8 @@ impl ServerCodec for NmdbServerCodec {
     fn encode_response(&self, reply: &Reply, out: &mut BytesMut) {
         let max = self.transport.max_message();
         match self.transport {
-            Transport::Tcp => prefixed(out, |out| compose_reply(reply, max, out)),
-            Transport::Udp | Transport::Sctp => compose_reply(reply, max, out),
+            Transport::Tcp => prefixed(out, |out| encode_reply(reply, max, out)),
+            Transport::Udp | Transport::Sctp => encode_reply(reply, max, out),
         }
     }
 }
@@ -808,8 +808,8 @@ impl ClientCodec for NmdbClientCodec {
 
     fn encode_request(&self, request: &Request, out: &mut BytesMut) {
         match self.transport {
-            Transport::Tcp => prefixed(out, |out| compose_request(request, out)),
-            Transport::Udp | Transport::Sctp => compose_request(request, out),
+            Transport::Tcp => prefixed(out, |out| encode_request(request, out)),
+            Transport::Udp | Transport::Sctp => encode_request(request, out),
         }
     }
 
@@ -818,10 +818,10 @@ impl ClientCodec for NmdbClientCodec {
     fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Reply>, Reject> {
         match self.transport {
             Transport::Tcp => match tcp_frame(buf, 12)? {
-                Some((msg, used)) => Ok(Decoded::Frame(parse_reply(msg)?, used)),
+                Some((msg, used)) => Ok(Decoded::Frame(decode_reply(msg)?, used)),
                 None => Ok(Decoded::Incomplete),
             },
-            Transport::Udp | Transport::Sctp => Ok(Decoded::Frame(parse_reply(buf)?, buf.len())),
+            Transport::Udp | Transport::Sctp => Ok(Decoded::Frame(decode_reply(buf)?, buf.len())),
         }
     }
 }

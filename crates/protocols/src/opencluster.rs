@@ -610,7 +610,7 @@ impl<'a> Fields<'a> {
 }
 
 /// Parses the payload of a command (repcmd = 0) received by the server.
-pub fn parse_command(id: u16, payload: &[u8]) -> RequestBody {
+pub fn decode_command(id: u16, payload: &[u8]) -> RequestBody {
     let malformed = RequestBody::Malformed { command: id };
     let invalid = RequestBody::InvalidArgument { command: id };
     let mut f = Fields::new(payload);
@@ -704,7 +704,7 @@ pub fn parse_command(id: u16, payload: &[u8]) -> RequestBody {
 }
 
 /// Appends a client message.
-pub fn compose_request(request: &Request, out: &mut BytesMut) {
+pub fn encode_request(request: &Request, out: &mut BytesMut) {
     let user = request.user_id;
     let id = request.body.command_id();
     match &request.body {
@@ -798,7 +798,7 @@ fn put_set(
 }
 
 /// Appends a server message.
-pub fn compose_response(response: &Response, out: &mut BytesMut) {
+pub fn encode_response(response: &Response, out: &mut BytesMut) {
     match response {
         Response::Reply {
             repcmd,
@@ -1006,7 +1006,7 @@ impl ServerCodec for OpenClusterServerCodec {
                 repcmd: header.repcmd,
             }
         } else {
-            parse_command(header.id, payload)
+            decode_command(header.id, payload)
         };
         Ok(Decoded::Frame(
             Request {
@@ -1018,7 +1018,7 @@ impl ServerCodec for OpenClusterServerCodec {
     }
 
     fn encode_response(&self, response: &Response, out: &mut BytesMut) {
-        compose_response(response, out);
+        encode_response(response, out);
     }
 }
 
@@ -1042,7 +1042,7 @@ impl ClientCodec for OpenClusterClientCodec {
     type Response = Response;
 
     fn encode_request(&self, request: &Request, out: &mut BytesMut) {
-        compose_request(request, out);
+        encode_request(request, out);
     }
 
     fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Response>, Reject> {

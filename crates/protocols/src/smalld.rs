@@ -29,7 +29,7 @@ pub struct Header {
     pub kind: u16,
 }
 
-pub fn parse_header(buf: &[u8]) -> Option<Header> {
+pub fn decode_header(buf: &[u8]) -> Option<Header> {
     Some(Header {
         key: be_u32(buf, 0)?,
         kind: be_u16(buf, 4)?,
@@ -68,7 +68,7 @@ fn field_name(field: &[u8], max_len: usize) -> Option<Bytes> {
 /// Decodes the request after a header whose key was already checked. `buf` starts with the
 /// header. Decides S6 (value too long) from the length field, before the value arrives.
 pub fn decode_request(buf: &[u8]) -> Decoded<Request> {
-    let (Some(header), Some(body)) = (parse_header(buf), buf.get(HEADER_LEN..)) else {
+    let (Some(header), Some(body)) = (decode_header(buf), buf.get(HEADER_LEN..)) else {
         return Decoded::Incomplete;
     };
     let invalid = |detail: &[u8], used: usize| {
@@ -235,7 +235,7 @@ impl ServerCodec for SmalldServerCodec {
     type Response = Reply;
 
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<Request>, Reject> {
-        if let (Some(want), Some(header)) = (self.key, parse_header(buf)) {
+        if let (Some(want), Some(header)) = (self.key, decode_header(buf)) {
             if header.key != want {
                 return Err(Reject::new("smalld: wrong secret key"));
             }
@@ -322,7 +322,7 @@ pub fn fuzz_server(data: &[u8]) {
     if let Decoded::Frame(request, used) = decode_request(data) {
         assert!(used <= data.len() && used <= MAX_REQUEST);
         if !matches!(request, Request::Invalid { .. }) {
-            let key = parse_header(data).map_or(0, |h| h.key);
+            let key = decode_header(data).map_or(0, |h| h.key);
             let mut out = BytesMut::new();
             encode_request(key, &request, &mut out);
             assert_eq!(decode_request(&out), Decoded::Frame(request, out.len()));
@@ -373,7 +373,7 @@ mod tests {
     fn vector_1_set_with_garbage_after_the_name() {
         let bytes = hex(&format!("00 00 10 92 00 00 00 00  6e 61 6d 65 00 aa bb cc dd ee ff 11 22 33 44 55  00 11  {ALFRED}"));
         assert_eq!(bytes.len(), 43);
-        assert_eq!(parse_header(&bytes), Some(Header { key: 4242, kind: 0 }));
+        assert_eq!(decode_header(&bytes), Some(Header { key: 4242, kind: 0 }));
         let Decoded::Frame(request, used) = decode_request(&bytes) else {
             panic!()
         };
@@ -602,7 +602,7 @@ mod tests {
     #[test]
     fn vector_7_wrong_key_closes_without_reply() {
         let bytes = hex("00 00 10 93 00 01 00 00");
-        assert_eq!(parse_header(&bytes), Some(Header { key: 4243, kind: 1 }));
+        assert_eq!(decode_header(&bytes), Some(Header { key: 4243, kind: 1 }));
         // Decided from the header alone: nothing after it is read.
         assert!(server_decode(&bytes).is_err());
         assert!(server_decode(&[&bytes[..], b"name\0garbage.."].concat()).is_err());

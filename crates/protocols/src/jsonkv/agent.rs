@@ -177,7 +177,7 @@ pub(super) fn agent_port(value: Option<Option<Value>>) -> Result<Option<u16>, ()
 }
 
 /// Decodes an agent payload (server side).
-pub fn parse_agent_request(payload: &[u8], max_depth: usize) -> AgentRequest {
+pub fn decode_agent_request(payload: &[u8], max_depth: usize) -> AgentRequest {
     let invalid = |code| AgentRequest::Invalid { code };
     let Some(members) = document(payload, max_depth).and_then(members) else {
         return invalid(AgentCode::InvalidParameters);
@@ -227,7 +227,7 @@ pub fn parse_agent_request(payload: &[u8], max_depth: usize) -> AgentRequest {
 }
 
 /// Appends the JSON of an agent request (client side).
-pub fn write_agent_request(out: &mut BytesMut, request: &AgentRequest) {
+pub fn encode_agent_request(out: &mut BytesMut, request: &AgentRequest) {
     match request {
         AgentRequest::Register {
             address,
@@ -266,7 +266,7 @@ pub fn write_agent_request(out: &mut BytesMut, request: &AgentRequest) {
 }
 
 /// Appends the JSON of an agent response: members in the order of §7.2.
-pub fn write_agent_response(out: &mut BytesMut, response: &AgentResponse) {
+pub fn encode_agent_response(out: &mut BytesMut, response: &AgentResponse) {
     out.put_slice(b"{\"jsonagent\":\"1.0\",\"result\":{");
     match &response.value {
         AgentValue::None => {}
@@ -314,7 +314,7 @@ pub(super) fn parse_server_entry(raw: &[u8]) -> Option<ServerEntry> {
 }
 
 /// Decodes an agent response payload (client side).
-pub fn parse_agent_response(payload: &[u8], max_depth: usize) -> Option<AgentResponse> {
+pub fn decode_agent_response(payload: &[u8], max_depth: usize) -> Option<AgentResponse> {
     let outer = members(document(payload, max_depth)?)?;
     let result = members(member(&outer, "result")?)?;
     let value = match member(&result, "value") {
@@ -363,14 +363,14 @@ impl ServerCodec for AgentServerCodec {
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<AgentRequest>, Reject> {
         Ok(match split_frame(buf, self.max_frame)? {
             Decoded::Frame(payload, used) => {
-                Decoded::Frame(parse_agent_request(payload, self.max_depth), used)
+                Decoded::Frame(decode_agent_request(payload, self.max_depth), used)
             }
             Decoded::Incomplete => Decoded::Incomplete,
         })
     }
 
     fn encode_response(&self, response: &AgentResponse, out: &mut BytesMut) {
-        put_frame(out, |out| write_agent_response(out, response));
+        put_frame(out, |out| encode_agent_response(out, response));
     }
 }
 
@@ -395,13 +395,13 @@ impl ClientCodec for AgentClientCodec {
     type Response = AgentResponse;
 
     fn encode_request(&self, request: &AgentRequest, out: &mut BytesMut) {
-        put_frame(out, |out| write_agent_request(out, request));
+        put_frame(out, |out| encode_agent_request(out, request));
     }
 
     fn decode_response(&self, buf: &[u8]) -> Result<Decoded<AgentResponse>, Reject> {
         Ok(match split_frame(buf, self.max_frame)? {
             Decoded::Frame(payload, used) => Decoded::Frame(
-                parse_agent_response(payload, self.max_depth)
+                decode_agent_response(payload, self.max_depth)
                     .ok_or(Reject::new("not a jsonagent response"))?,
                 used,
             ),

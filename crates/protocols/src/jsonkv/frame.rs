@@ -45,6 +45,6 @@ pub(super) fn put_frame(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
 }
 
 /// Appends one whole frame carrying `payload`.
-pub fn write_frame(out: &mut BytesMut, payload: &[u8]) {
+pub fn encode_frame(out: &mut BytesMut, payload: &[u8]) {
     put_frame(out, |out| out.put_slice(payload));
 }

@@ -28,19 +28,19 @@ pub fn fuzz_server(data: &[u8]) {
         client.encode_request(&request, &mut out);
         assert_eq!(server.decode_datagram(&out), Some(request));
     }
-    let request = parse_request_payload(data, &limits);
+    let request = decode_request_payload(data, &limits);
     let mut out = BytesMut::new();
-    write_request_payload(&mut out, &request, &limits);
-    assert_eq!(parse_request_payload(&out, &limits), request);
+    encode_request_payload(&mut out, &request, &limits);
+    assert_eq!(decode_request_payload(&out, &limits), request);
 
-    let call = parse_rpc_request(data, &limits);
+    let call = decode_rpc_request(data, &limits);
     let body = encode_rpc_request(&call, &limits);
-    assert_eq!(parse_rpc_request(&body, &limits), call);
+    assert_eq!(decode_rpc_request(&body, &limits), call);
 
-    let agent = parse_agent_request(data, DEFAULT_MAX_DEPTH);
+    let agent = decode_agent_request(data, DEFAULT_MAX_DEPTH);
     let mut out = BytesMut::new();
-    write_agent_request(&mut out, &agent);
-    assert_eq!(parse_agent_request(&out, DEFAULT_MAX_DEPTH), agent);
+    encode_agent_request(&mut out, &agent);
+    assert_eq!(decode_agent_request(&out, DEFAULT_MAX_DEPTH), agent);
 }
 
 /// Fuzz body for everything a client decodes: jsonkv frames and datagrams, JSON-RPC bodies
@@ -64,15 +64,18 @@ pub fn fuzz_client(data: &[u8]) {
         server.encode_response(&response, &mut out);
         assert_eq!(client.decode_datagram(&out), Some(response));
     }
-    if let Some(response) = parse_rpc_response(data, DEFAULT_MAX_DEPTH) {
+    if let Some(response) = decode_rpc_response(data, DEFAULT_MAX_DEPTH) {
         let body = encode_rpc_response(&response);
-        assert_eq!(parse_rpc_response(&body, DEFAULT_MAX_DEPTH), Some(response));
-    }
-    if let Some(response) = parse_agent_response(data, DEFAULT_MAX_DEPTH) {
-        let mut out = BytesMut::new();
-        write_agent_response(&mut out, &response);
         assert_eq!(
-            parse_agent_response(&out, DEFAULT_MAX_DEPTH),
+            decode_rpc_response(&body, DEFAULT_MAX_DEPTH),
+            Some(response)
+        );
+    }
+    if let Some(response) = decode_agent_response(data, DEFAULT_MAX_DEPTH) {
+        let mut out = BytesMut::new();
+        encode_agent_response(&mut out, &response);
+        assert_eq!(
+            decode_agent_response(&out, DEFAULT_MAX_DEPTH),
             Some(response)
         );
     }

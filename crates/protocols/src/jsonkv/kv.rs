@@ -274,7 +274,7 @@ pub(super) fn parse_item(raw: &[u8], limits: &Limits) -> Item {
 }
 
 /// Decodes a jsonkv request payload (the JSON after the header).
-pub fn parse_request_payload(payload: &[u8], limits: &Limits) -> RequestPayload {
+pub fn decode_request_payload(payload: &[u8], limits: &Limits) -> RequestPayload {
     let Some(doc) = document(payload, limits.max_depth) else {
         return RequestPayload::Malformed;
     };
@@ -332,7 +332,7 @@ pub(super) fn put_item(out: &mut BytesMut, item: &Item, limits: &Limits) {
 }
 
 /// Appends the JSON of a request payload (what a client sends).
-pub fn write_request_payload(out: &mut BytesMut, payload: &RequestPayload, limits: &Limits) {
+pub fn encode_request_payload(out: &mut BytesMut, payload: &RequestPayload, limits: &Limits) {
     match payload {
         RequestPayload::Single(item) => put_item(out, item, limits),
         RequestPayload::Batch(items) => {
@@ -362,7 +362,7 @@ pub(super) fn put_response(out: &mut BytesMut, r: &Response) {
 }
 
 /// Appends the JSON of a response payload: compact, members in the order of §3.2.
-pub fn write_response_payload(out: &mut BytesMut, payload: &ResponsePayload) {
+pub fn encode_response_payload(out: &mut BytesMut, payload: &ResponsePayload) {
     match payload {
         ResponsePayload::Single(r) => put_response(out, r),
         ResponsePayload::Batch(rs) => {
@@ -406,7 +406,7 @@ pub(super) fn parse_response(raw: &[u8]) -> Option<Response> {
 }
 
 /// Decodes a response payload (client side); `None` when it is not a jsonkv response.
-pub fn parse_response_payload(payload: &[u8], max_depth: usize) -> Option<ResponsePayload> {
+pub fn decode_response_payload(payload: &[u8], max_depth: usize) -> Option<ResponsePayload> {
     let doc = document(payload, max_depth)?;
     match doc.first()? {
         b'{' => Some(ResponsePayload::Single(parse_response(doc)?)),
@@ -429,7 +429,7 @@ pub struct JsonkvServerCodec {
 impl JsonkvServerCodec {
     /// Decodes a UDP datagram; `None` means drop it silently (J2).
     pub fn decode_datagram(&self, datagram: &[u8]) -> Option<RequestPayload> {
-        datagram_payload(datagram).map(|p| parse_request_payload(p, &self.limits))
+        datagram_payload(datagram).map(|p| decode_request_payload(p, &self.limits))
     }
 
     /// Appends the reply datagram. A reply over 65 507 bytes is replaced by the single 1024
@@ -452,14 +452,14 @@ impl ServerCodec for JsonkvServerCodec {
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<RequestPayload>, Reject> {
         Ok(match split_frame(buf, self.limits.max_frame)? {
             Decoded::Frame(payload, used) => {
-                Decoded::Frame(parse_request_payload(payload, &self.limits), used)
+                Decoded::Frame(decode_request_payload(payload, &self.limits), used)
             }
             Decoded::Incomplete => Decoded::Incomplete,
         })
     }
 
     fn encode_response(&self, response: &ResponsePayload, out: &mut BytesMut) {
-        put_frame(out, |out| write_response_payload(out, response));
+        put_frame(out, |out| encode_response_payload(out, response));
     }
 }
 
@@ -485,7 +485,7 @@ impl JsonkvClientCodec {
     /// Decodes a reply datagram; `None` when its length disagrees or it is not a response
     /// (the client then waits or resends).
     pub fn decode_datagram(&self, datagram: &[u8]) -> Option<ResponsePayload> {
-        parse_response_payload(datagram_payload(datagram)?, self.limits.max_depth)
+        decode_response_payload(datagram_payload(datagram)?, self.limits.max_depth)
     }
 }
 
@@ -494,13 +494,15 @@ impl ClientCodec for JsonkvClientCodec {
     type Response = ResponsePayload;
 
     fn encode_request(&self, request: &RequestPayload, out: &mut BytesMut) {
-        put_frame(out, |out| write_request_payload(out, request, &self.limits));
+        put_frame(out, |out| {
+            encode_request_payload(out, request, &self.limits)
+        });
     }
 
     fn decode_response(&self, buf: &[u8]) -> Result<Decoded<ResponsePayload>, Reject> {
         Ok(match split_frame(buf, self.limits.max_frame)? {
             Decoded::Frame(payload, used) => Decoded::Frame(
-                parse_response_payload(payload, self.limits.max_depth)
+                decode_response_payload(payload, self.limits.max_depth)
                     .ok_or(Reject::new("not a jsonkv response"))?,
                 used,
             ),

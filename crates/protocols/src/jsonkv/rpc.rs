@@ -135,7 +135,7 @@ pub(super) fn parse_rpc_call(raw: &[u8], limits: &Limits) -> RpcCall {
 
 /// Decodes a JSON-RPC request body (server side). A body that is not JSON gives a single
 /// `ParseError` call; an empty batch a single `InvalidRequest`, both with id `null`.
-pub fn parse_rpc_request(body: &[u8], limits: &Limits) -> RpcPayload {
+pub fn decode_rpc_request(body: &[u8], limits: &Limits) -> RpcPayload {
     let single_error = |error| {
         RpcPayload::Single(RpcCall {
             id: Some(Id::null()),
@@ -382,7 +382,7 @@ pub(super) fn parse_rpc_response_object(raw: &[u8]) -> Option<RpcResponse> {
 }
 
 /// Decodes a JSON-RPC response body (client side).
-pub fn parse_rpc_response(body: &[u8], max_depth: usize) -> Option<RpcResponsePayload> {
+pub fn decode_rpc_response(body: &[u8], max_depth: usize) -> Option<RpcResponsePayload> {
     let doc = document(body, max_depth)?;
     match elements(doc) {
         Some(rs) => Some(RpcResponsePayload::Batch(

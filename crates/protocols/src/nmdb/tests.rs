@@ -98,7 +98,7 @@ fn vector_2_the_originals_byte_swapped_err_ver() {
     // either way. polykv never sends it: its bare message for the same case is below.
     let original = hex("01 00 00 00  00 00 08 00  00 00 01 01");
     assert_eq!(
-        parse_reply(&original).unwrap(),
+        super::decode_reply(&original).unwrap(),
         Reply {
             id: 0x0100_0000,
             body: ReplyBody::Error(error::VER)
@@ -586,7 +586,7 @@ fn n4_bad_version() {
 #[test]
 fn n5_unknown_request_code() {
     for unknown in [0u16, 0x100, 0x109, 0xffff] {
-        let request = parse_message(&message(unknown, &[]));
+        let request = decode_message(&message(unknown, &[]));
         assert_eq!(
             request,
             Request::Unknown {
@@ -598,14 +598,14 @@ fn n5_unknown_request_code() {
     }
     // The code is checked before the sizes.
     assert_eq!(
-        parse_message(&message(0x109, &[0xff; 3])),
+        decode_message(&message(0x109, &[0xff; 3])),
         Request::Unknown { id: 1, code: 0x109 }
     );
 }
 
 #[test]
 fn n6_size_checks_of_section_4() {
-    let parse = |code: u16, payload: &[u8]| parse_message(&message(code, payload));
+    let parse = |code: u16, payload: &[u8]| decode_message(&message(code, payload));
     // GET, DEL, NEXTKEY: psize ≥ 4 and psize ≥ 4 + ksize.
     for code in [code::GET, code::DEL, code::NEXTKEY] {
         assert_eq!(parse(code, &[]), BROKEN);
@@ -755,7 +755,7 @@ fn n7_err_ro_reply_and_which_requests_are_mutations() {
 
 #[test]
 fn n9_unknown_flags_and_trailing_bytes_are_ignored() {
-    let parse = |code: u16, payload: &[u8]| parse_message(&message(code, payload));
+    let parse = |code: u16, payload: &[u8]| decode_message(&message(code, payload));
     assert_eq!(
         parse(code::GET, &[0, 0, 0, 1, b'k', 9, 9]),
         get(Mode::Normal, "k")
@@ -788,10 +788,10 @@ fn n9_unknown_flags_and_trailing_bytes_are_ignored() {
     let mut stats = message(code::STATS, &[]);
     stats[6] = 0xff;
     stats[7] = 0xff;
-    assert_eq!(parse_message(&stats), Request::Stats { id: 1 });
+    assert_eq!(decode_message(&stats), Request::Stats { id: 1 });
     let mut set_flags = message(code::SET, &set);
     set_flags[7] = 0xfe; // SYNC plus unknown bits
-    assert_eq!(parse_message(&set_flags).mode(), Some(Mode::Sync));
+    assert_eq!(decode_message(&set_flags).mode(), Some(Mode::Sync));
 }
 
 #[test]
@@ -932,7 +932,7 @@ fn client_rejects_malformed_replies() {
     ];
     for (bytes, why) in bad_messages {
         let bytes = hex(bytes);
-        assert!(parse_reply(&bytes).is_err(), "{why}");
+        assert!(super::decode_reply(&bytes).is_err(), "{why}");
         assert!(UDP_CLIENT.decode_response(&bytes).is_err(), "{why}");
     }
     // TCP reply frames must be 12..=65 536 bytes.
@@ -948,7 +948,7 @@ fn client_rejects_malformed_replies() {
     );
     // Ids are taken as sent, top bits included.
     assert_eq!(
-        parse_reply(&hex("f0 00 00 01  00 00 08 02")).unwrap(),
+        super::decode_reply(&hex("f0 00 00 01  00 00 08 02")).unwrap(),
         Reply {
             id: 0xf000_0001,
             body: ReplyBody::CacheMiss

@@ -225,7 +225,7 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
         service.metrics.connection_closed();
         return;
     }
-    let Some(header) = smalld::parse_header(&buf) else {
+    let Some(header) = smalld::decode_header(&buf) else {
         return;
     };
     // S2: a wrong key is logged and answered with silence.
