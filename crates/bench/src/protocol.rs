@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 use polykv_protocols::opencluster::{
-    self, ItemId, OpenClusterClientCodec, ReplyBody, RequestBody, Response,
+    self, ItemId, OpenClusterClientCodec, RequestBody, Response, ResponseBody,
 };
 use polykv_protocols::{jsonkv, minority, nmdb, ClientCodec, Decoded};
 
@@ -168,7 +168,7 @@ impl LoadProtocol for Nmdb {
 
     fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
         decode_with(nmdb::NmdbClientCodec::tcp(), buf, |reply| {
-            Ok(!matches!(reply.body, nmdb::ReplyBody::Error(_)))
+            Ok(!matches!(reply.body, nmdb::ResponseBody::Error(_)))
         })
     }
 }
@@ -219,7 +219,7 @@ impl LoadProtocol for OpenCluster {
             |reply| match reply {
                 Response::Reply { body, .. } => Ok(matches!(
                     body,
-                    ReplyBody::Ack | ReplyBody::Fail | ReplyBody::Data { .. }
+                    ResponseBody::Ack | ResponseBody::Fail | ResponseBody::Data { .. }
                 )),
                 Response::Push { push, .. } => Err(format!("unexpected push {push:?}")),
             },

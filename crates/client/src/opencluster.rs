@@ -19,7 +19,7 @@ use polykv_protocols::opencluster::{
     cmd, encode_message, rep, OpenClusterClientCodec, Push, Request, RequestBody, Response,
 };
 pub use polykv_protocols::opencluster::{
-    failinfo, fnv1a32, ItemId, ReplyBody, Value, ValueType, DEFAULT_PORT,
+    failinfo, fnv1a32, ItemId, ResponseBody, Value, ValueType, DEFAULT_PORT,
 };
 
 use crate::{ClientError, FramedConnection, Result};
@@ -49,17 +49,17 @@ pub struct OpenClusterClient {
 }
 
 /// The error for a reply a typed method does not expect.
-fn unexpected(body: ReplyBody) -> ClientError {
+fn unexpected(body: ResponseBody) -> ClientError {
     match body {
-        ReplyBody::Fail => ClientError::Server("fail".into()),
-        ReplyBody::FailInfo { code, text } => ClientError::Server(format!(
+        ResponseBody::Fail => ClientError::Server("fail".into()),
+        ResponseBody::FailInfo { code, text } => ClientError::Server(format!(
             "failinfo {code}: {}",
             String::from_utf8_lossy(&text)
         )),
-        ReplyBody::TryElsewhere { addr } => {
+        ResponseBody::TryElsewhere { addr } => {
             ClientError::Server(format!("tryelsewhere {}", String::from_utf8_lossy(&addr)))
         }
-        ReplyBody::Unknown { command } => ClientError::Server(format!("unknown {command}")),
+        ResponseBody::Unknown { command } => ClientError::Server(format!("unknown {command}")),
         other => ClientError::Protocol(format!("unexpected reply {other:?}")),
     }
 }
@@ -90,7 +90,7 @@ impl OpenClusterClient {
     /// hello (10): ack, then the serverlist and hashmasks pushes, which are applied and acked.
     pub async fn hello(&mut self) -> Result<()> {
         match self.call(RequestBody::Hello).await? {
-            ReplyBody::Ack => {}
+            ResponseBody::Ack => {}
             other => return Err(unexpected(other)),
         }
         // Both pushes follow the ack immediately, before any other reply (§5.1).
@@ -113,7 +113,7 @@ impl OpenClusterClient {
     }
 
     /// Sends one command and returns its reply, applying and acking pushes meanwhile.
-    pub async fn call(&mut self, body: RequestBody) -> Result<ReplyBody> {
+    pub async fn call(&mut self, body: RequestBody) -> Result<ResponseBody> {
         let user_id = self.next_user_id;
         self.next_user_id = self.next_user_id.wrapping_add(1);
         let command = body.command_id();
@@ -204,7 +204,7 @@ impl OpenClusterClient {
 
     async fn expect_ack(&mut self, body: RequestBody) -> Result<()> {
         match self.call(body).await? {
-            ReplyBody::Ack => Ok(()),
+            ResponseBody::Ack => Ok(()),
             other => Err(unexpected(other)),
         }
     }
@@ -212,8 +212,8 @@ impl OpenClusterClient {
     /// ack → true, fail → false.
     async fn ack_or_fail(&mut self, body: RequestBody) -> Result<bool> {
         match self.call(body).await? {
-            ReplyBody::Ack => Ok(true),
-            ReplyBody::Fail => Ok(false),
+            ResponseBody::Ack => Ok(true),
+            ResponseBody::Fail => Ok(false),
             other => Err(unexpected(other)),
         }
     }
@@ -281,11 +281,11 @@ impl OpenClusterClient {
     /// An item of another type is `Err(Server("failinfo 1: …"))`.
     pub async fn get(&mut self, item: ItemId, kind: ValueType) -> Result<Option<Value>> {
         match self.call(RequestBody::Get { item, kind }).await? {
-            ReplyBody::Data {
+            ResponseBody::Data {
                 item: echoed,
                 value,
             } if echoed == item && value.value_type() == kind => Ok(Some(value)),
-            ReplyBody::Fail => Ok(None),
+            ResponseBody::Fail => Ok(None),
             other => Err(unexpected(other)),
         }
     }
@@ -317,8 +317,8 @@ impl OpenClusterClient {
     /// get_type of `item`: `None` when missing or expired.
     pub async fn get_type_of(&mut self, item: ItemId) -> Result<Option<ValueType>> {
         match self.call(RequestBody::GetType { item }).await? {
-            ReplyBody::DataType { item: echoed, kind } if echoed == item => Ok(Some(kind)),
-            ReplyBody::Fail => Ok(None),
+            ResponseBody::DataType { item: echoed, kind } if echoed == item => Ok(Some(kind)),
+            ResponseBody::Fail => Ok(None),
             other => Err(unexpected(other)),
         }
     }
@@ -359,7 +359,7 @@ impl OpenClusterClient {
     /// loadlevel (200).
     pub async fn loadlevel(&mut self) -> Result<LoadLevels> {
         match self.call(RequestBody::LoadLevel).await? {
-            ReplyBody::LoadLevels {
+            ResponseBody::LoadLevels {
                 primary,
                 backup,
                 transferring,
@@ -582,7 +582,7 @@ mod tests {
             c.call(RequestBody::Unknown { command: 1234 })
                 .await
                 .unwrap(),
-            ReplyBody::Unknown { command: 1234 }
+            ResponseBody::Unknown { command: 1234 }
         );
         assert!(c.capabilities(cmd::GET_TYPE).await.unwrap());
         assert_eq!(

@@ -178,7 +178,7 @@ pub fn encode_request(key: u32, request: &Request, out: &mut BytesMut) {
 
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub enum Response {
     /// Success without a value (set).
     Ok,
     /// Success with a value (get, digest, run).
@@ -186,29 +186,29 @@ pub enum Reply {
     Failure,
 }
 
-pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
+pub fn encode_reply(reply: &Response, out: &mut BytesMut) {
     match reply {
-        Reply::Ok => out.put_slice(&[0, 0, 0, 0]),
-        Reply::Value(value) => {
+        Response::Ok => out.put_slice(&[0, 0, 0, 0]),
+        Response::Value(value) => {
             let value = &value[..value.len().min(MAX_VALUE)];
             out.put_slice(&[0, 0, 0, 0]);
             out.put_u16(value.len() as u16);
             out.put_slice(value);
         }
-        Reply::Failure => out.put_slice(&[0xff, 0, 0, 0]),
+        Response::Failure => out.put_slice(&[0xff, 0, 0, 0]),
     }
 }
 
 /// Decodes a whole reply (the client reads until EOF). `expects_value`: get, digest and run
 /// successes carry a value; set does not. Bytes after the reply are ignored (some servers
 /// appended a length or a status word to failures).
-pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
+pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Response> {
     if buf.len() < 4 {
         return None;
     }
     match buf.first()? {
-        0xff => Some(Reply::Failure),
-        0 if !expects_value => Some(Reply::Ok),
+        0xff => Some(Response::Failure),
+        0 if !expects_value => Some(Response::Ok),
         0 => {
             // A reply value is at most 100 bytes; anything longer is not a smalld reply.
             let n = usize::from(be_u16(buf, 4)?);
@@ -216,7 +216,7 @@ pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
                 return None;
             }
             buf.get(6..6 + n)
-                .map(|v| Reply::Value(Bytes::copy_from_slice(v)))
+                .map(|v| Response::Value(Bytes::copy_from_slice(v)))
         }
         _ => None,
     }
@@ -232,7 +232,7 @@ pub struct SmalldServerCodec {
 
 impl ServerCodec for SmalldServerCodec {
     type Request = Request;
-    type Response = Reply;
+    type Response = Response;
 
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<Request>, Reject> {
         if let (Some(want), Some(header)) = (self.key, decode_header(buf)) {
@@ -243,7 +243,7 @@ impl ServerCodec for SmalldServerCodec {
         Ok(decode_request(buf))
     }
 
-    fn encode_response(&self, reply: &Reply, out: &mut BytesMut) {
+    fn encode_response(&self, reply: &Response, out: &mut BytesMut) {
         encode_reply(reply, out);
     }
 }
@@ -268,19 +268,19 @@ impl SmalldClientCodec {
 
 impl ClientCodec for SmalldClientCodec {
     type Request = Request;
-    type Response = Reply;
+    type Response = Response;
 
     fn encode_request(&self, request: &Request, out: &mut BytesMut) {
         encode_request(self.key, request, out);
     }
 
-    fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Reply>, Reject> {
+    fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Response>, Reject> {
         let (Some(&code), Some(_)) = (buf.first(), buf.get(..4)) else {
             return Ok(Decoded::Incomplete);
         };
         match code {
-            0xff => Ok(Decoded::Frame(Reply::Failure, 4)),
-            0 if !self.expects_value => Ok(Decoded::Frame(Reply::Ok, 4)),
+            0xff => Ok(Decoded::Frame(Response::Failure, 4)),
+            0 if !self.expects_value => Ok(Decoded::Frame(Response::Ok, 4)),
             0 => {
                 let Some(n) = be_u16(buf, 4).map(usize::from) else {
                     return Ok(Decoded::Incomplete);
@@ -290,7 +290,7 @@ impl ClientCodec for SmalldClientCodec {
                 }
                 Ok(match buf.get(6..6 + n) {
                     Some(value) => {
-                        Decoded::Frame(Reply::Value(Bytes::copy_from_slice(value)), 6 + n)
+                        Decoded::Frame(Response::Value(Bytes::copy_from_slice(value)), 6 + n)
                     }
                     None => Decoded::Incomplete,
                 })
@@ -393,7 +393,7 @@ mod tests {
             );
         }
         let mut out = BytesMut::new();
-        encode_reply(&Reply::Ok, &mut out);
+        encode_reply(&Response::Ok, &mut out);
         assert_eq!(out.as_ref(), [0, 0, 0, 0]);
     }
 
@@ -415,12 +415,12 @@ mod tests {
         );
         let mut out = BytesMut::new();
         encode_reply(
-            &Reply::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
+            &Response::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
             &mut out,
         );
         assert_eq!(out.to_vec(), hex(&format!("00 00 00 00 00 11 {ALFRED}")));
         out.clear();
-        encode_reply(&Reply::Failure, &mut out);
+        encode_reply(&Response::Failure, &mut out);
         assert_eq!(out.as_ref(), [0xff, 0, 0, 0]);
     }
 
@@ -437,7 +437,7 @@ mod tests {
             b"a7b47dc97e99389e3b09850c3a8843e28f8c29a8ee78b3ce6aee19ba5daf1a05  -\n\0"
         );
         let mut out = BytesMut::new();
-        encode_reply(&Reply::Value(d), &mut out);
+        encode_reply(&Response::Value(d), &mut out);
         assert_eq!(out.len(), 75);
         assert_eq!(&out[..6], [0, 0, 0, 0, 0, 0x45]);
     }
@@ -527,11 +527,14 @@ mod tests {
 
     #[test]
     fn replies_decode() {
-        assert_eq!(decode_reply(&[0, 0, 0, 0], false), Some(Reply::Ok));
-        assert_eq!(decode_reply(&[0xff, 0, 0, 0], true), Some(Reply::Failure));
+        assert_eq!(decode_reply(&[0, 0, 0, 0], false), Some(Response::Ok));
+        assert_eq!(
+            decode_reply(&[0xff, 0, 0, 0], true),
+            Some(Response::Failure)
+        );
         assert_eq!(
             decode_reply(&[0, 0, 0, 0, 0, 2, b'h', b'i'], true),
-            Some(Reply::Value("hi".into()))
+            Some(Response::Value("hi".into()))
         );
         assert_eq!(decode_reply(&[0, 0, 0, 0, 0, 3, b'h'], true), None);
         assert_eq!(decode_reply(&[], true), None);
@@ -565,7 +568,7 @@ mod tests {
         );
         // Not found is decided by the service; the codec answers it with the 4-byte failure.
         let mut out = BytesMut::new();
-        SmalldServerCodec::default().encode_response(&Reply::Failure, &mut out);
+        SmalldServerCodec::default().encode_response(&Response::Failure, &mut out);
         assert_eq!(out.as_ref(), [0xff, 0, 0, 0]);
     }
 
@@ -574,12 +577,12 @@ mod tests {
         // The value is the first N bytes of the output, sent as is (no 00 appended).
         let output = b"127.0.0.1 localhost\n";
         let mut out = BytesMut::new();
-        encode_reply(&Reply::Value(Bytes::from_static(output)), &mut out);
+        encode_reply(&Response::Value(Bytes::from_static(output)), &mut out);
         assert_eq!(&out[..6], [0, 0, 0, 0, 0, 20]);
         assert_eq!(&out[6..], output);
         // Longer output is cut to 100 bytes.
         out.clear();
-        encode_reply(&Reply::Value(Bytes::from(vec![b'x'; 300])), &mut out);
+        encode_reply(&Response::Value(Bytes::from(vec![b'x'; 300])), &mut out);
         assert_eq!(out.len(), 106);
         assert_eq!(&out[4..6], [0, 100]);
     }
@@ -732,11 +735,11 @@ mod tests {
         assert!(get.expects_value);
         assert_eq!(
             set.decode_response(&[0, 0, 0, 0]),
-            Ok(Decoded::Frame(Reply::Ok, 4))
+            Ok(Decoded::Frame(Response::Ok, 4))
         );
         assert_eq!(
             get.decode_response(&[0xff, 0, 0, 0, 0, 0]),
-            Ok(Decoded::Frame(Reply::Failure, 4))
+            Ok(Decoded::Frame(Response::Failure, 4))
         );
         let reply = hex(&format!("00 00 00 00 00 11 {ALFRED}"));
         for cut in 0..reply.len() {
@@ -745,7 +748,7 @@ mod tests {
         assert_eq!(
             get.decode_response(&reply),
             Ok(Decoded::Frame(
-                Reply::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
+                Response::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
                 23
             ))
         );
@@ -780,10 +783,10 @@ mod tests {
         #[test]
         fn replies_round_trip(value in proptest::collection::vec(any::<u8>(), 0..=100)) {
             for (reply, expects_value) in [
-                (Reply::Ok, false),
-                (Reply::Failure, false),
-                (Reply::Failure, true),
-                (Reply::Value(value.clone().into()), true),
+                (Response::Ok, false),
+                (Response::Failure, false),
+                (Response::Failure, true),
+                (Response::Value(value.clone().into()), true),
             ] {
                 let mut out = BytesMut::new();
                 SmalldServerCodec::default().encode_response(&reply, &mut out);

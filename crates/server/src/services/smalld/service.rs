@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use polykv_engine::{Durability, Engine, KeyspaceId, Outcome, Value};
-use polykv_protocols::smalld::{self, Reply, Request, HEADER_LEN, MAX_REQUEST, MAX_VALUE};
+use polykv_protocols::smalld::{self, Request, Response, HEADER_LEN, MAX_REQUEST, MAX_VALUE};
 use polykv_protocols::Decoded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -71,31 +71,31 @@ impl Smalld {
         }
     }
 
-    async fn execute(&self, request: &Request) -> Reply {
+    async fn execute(&self, request: &Request) -> Response {
         match request {
             Request::Set { name, value } => self.set(name, value).await,
             Request::Get { name } => match self.engine.get(self.keyspace, name) {
                 Ok(Some(read)) => {
                     let value = read.entry.value.to_bytes();
                     if value.len() > MAX_VALUE {
-                        Reply::Failure
+                        Response::Failure
                     } else {
-                        Reply::Value(value)
+                        Response::Value(value)
                     }
                 }
-                Ok(None) => Reply::Failure,
+                Ok(None) => Response::Failure,
                 Err(e) => {
                     tracing::warn!(error = %e, "smalld get failed");
-                    Reply::Failure
+                    Response::Failure
                 }
             },
-            Request::Digest { value } => Reply::Value(smalld::digest(value)),
+            Request::Digest { value } => Response::Value(smalld::digest(value)),
             Request::Run { program } => self.run(program).await,
-            Request::Invalid { .. } => Reply::Failure,
+            Request::Invalid { .. } => Response::Failure,
         }
     }
 
-    async fn set(&self, name: &Bytes, value: &Bytes) -> Reply {
+    async fn set(&self, name: &Bytes, value: &Bytes) -> Response {
         if self.config.max_names > 0 {
             let exists = matches!(self.engine.get(self.keyspace, name), Ok(Some(_)));
             let limit = self.config.max_names as usize;
@@ -109,7 +109,7 @@ impl Smalld {
                 )
                 .map_or(limit, |v| v.len());
             if !exists && count >= limit {
-                return Reply::Failure;
+                return Response::Failure;
             }
         }
         match self
@@ -122,19 +122,19 @@ impl Smalld {
             )
             .await
         {
-            Ok(Outcome::Written { .. }) => Reply::Ok,
-            Ok(_) => Reply::Failure,
+            Ok(Outcome::Written { .. }) => Response::Ok,
+            Ok(_) => Response::Failure,
             Err(e) => {
                 tracing::warn!(error = %e, "smalld set failed");
-                Reply::Failure
+                Response::Failure
             }
         }
     }
 
     /// The three allowed programs, run without a shell, with a time limit and a 100-byte cap.
-    async fn run(&self, program: &[u8]) -> Reply {
+    async fn run(&self, program: &[u8]) -> Response {
         if !self.config.run_enabled {
-            return Reply::Failure;
+            return Response::Failure;
         }
         let limit = Duration::from_millis(self.config.run_timeout_ms.max(1));
         let output = match program {
@@ -143,7 +143,7 @@ impl Smalld {
             b"inet" => run_inet(limit).await,
             _ => None,
         };
-        output.map_or(Reply::Failure, |bytes| Reply::Value(bytes.into()))
+        output.map_or(Response::Failure, |bytes| Response::Value(bytes.into()))
     }
 }
 
@@ -256,7 +256,7 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
         return;
     };
     let reply = service.execute(&request).await;
-    let success = reply != Reply::Failure;
+    let success = reply != Response::Failure;
     service.log(&log::log_block(
         header.key,
         header.kind,
