@@ -45,6 +45,17 @@ pub enum ServerError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot watch {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    /// A file or system call of start-up failed; `what` says what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }

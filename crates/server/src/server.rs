@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use polykv_engine::Engine;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::SignalKind;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -60,12 +60,12 @@ fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM that arrives while the listeners start must still shut
     // down cleanly instead of killing the process.
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGINT: {e}")))?;
-    let mut usr1 = signal(SignalKind::user_defined1())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGUSR1: {e}")))?;
+    let watch = |kind: SignalKind, signal: &'static str| {
+        tokio::signal::unix::signal(kind).map_err(|source| ServerError::Signal { signal, source })
+    };
+    let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
+    let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1")?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let store_dir = config.data_dir.join("store");
     let engine =
@@ -195,12 +195,11 @@ fn resolve_admin_token(config: &Config, loopback: bool) -> Result<Option<Arc<str
         return Ok(None);
     }
     let path = config.data_dir.join("admin.token");
-    let (token, created) = crate::secret::load_or_create(&path, 24).map_err(|e| {
-        ServerError::Other(format!(
-            "cannot create the admin token file {}: {e}",
-            path.display()
-        ))
-    })?;
+    let (token, created) =
+        crate::secret::load_or_create(&path, 24).map_err(|source| ServerError::Io {
+            what: format!("cannot create the admin token file {}", path.display()),
+            source,
+        })?;
     if created {
         tracing::warn!(file = %path.display(), "admin listener is not on loopback: generated a bearer token");
     }

@@ -49,12 +49,16 @@ pub fn secret_key(config: &SmalldConfig, dir: &Path) -> Result<u32, ServerError>
             ))
         });
     }
-    let random = crate::secret::random_hex(4)
-        .map_err(|e| ServerError::Other(format!("cannot read random bytes: {e}")))?;
+    let random = crate::secret::random_hex(4).map_err(|source| ServerError::Io {
+        what: "cannot read random bytes".into(),
+        source,
+    })?;
     let key = u32::from_str_radix(&random, 16)
         .map_err(|e| ServerError::Other(format!("random key: {e}")))?;
-    crate::secret::write_private(&path, &format!("{key}\n"))
-        .map_err(|e| ServerError::Other(format!("cannot write {}: {e}", path.display())))?;
+    crate::secret::write_private(&path, &format!("{key}\n")).map_err(|source| ServerError::Io {
+        what: format!("cannot write {}", path.display()),
+        source,
+    })?;
     tracing::warn!(secret_key = key, file = %path.display(), "smalld: generated a secret key; give it to the clients");
     Ok(key)
 }
