@@ -755,48 +755,35 @@ mod tests {
 
     #[tokio::test]
     async fn mismatched_or_malformed_replies_are_protocol_errors() {
-        // Wrong repcmd.
-        let (addr, server) = fake_server(vec![
-            expect("001e 0000 00000001 00000000"),
-            send("0001 000a 00000001 00000000"),
-        ])
-        .await;
-        let mut c = client(&addr).await;
-        assert!(matches!(c.ping().await, Err(ClientError::Protocol(_))));
-        server.await.unwrap();
-        // Wrong user id.
-        let (addr, server) = fake_server(vec![
-            expect("001e 0000 00000001 00000000"),
-            send("0001 001e 00000002 00000000"),
-        ])
-        .await;
-        let mut c = client(&addr).await;
-        assert!(matches!(c.ping().await, Err(ClientError::Protocol(_))));
-        server.await.unwrap();
-        // A data reply for another item.
-        let (addr, server) = fake_server(vec![
-            expect("0834 0000 00000001 00000008 | 00000000 7e47596b"),
-            send("0839 0834 00000001 0000000c | 00000000 7e47596c 0000002d"),
-        ])
-        .await;
-        let mut c = client(&addr).await;
-        assert!(matches!(
-            c.get_int(b"something").await,
-            Err(ClientError::Protocol(_))
-        ));
-        server.await.unwrap();
-        // A truncated data_int payload.
-        let (addr, server) = fake_server(vec![
-            expect("0834 0000 00000001 00000008 | 00000000 7e47596b"),
-            send("0839 0834 00000001 00000008 | 00000000 7e47596b"),
-        ])
-        .await;
-        let mut c = client(&addr).await;
-        assert!(matches!(
-            c.get_int(b"something").await,
-            Err(ClientError::Protocol(_))
-        ));
-        server.await.unwrap();
+        const PING: &str = "001e 0000 00000001 00000000";
+        const GET_INT: &str = "0834 0000 00000001 00000008 | 00000000 7e47596b";
+        for (what, request, reply) in [
+            ("wrong repcmd", PING, "0001 000a 00000001 00000000"),
+            ("wrong user id", PING, "0001 001e 00000002 00000000"),
+            (
+                "a data reply for another item",
+                GET_INT,
+                "0839 0834 00000001 0000000c | 00000000 7e47596c 0000002d",
+            ),
+            (
+                "a truncated data_int payload",
+                GET_INT,
+                "0839 0834 00000001 00000008 | 00000000 7e47596b",
+            ),
+        ] {
+            let (addr, server) = fake_server(vec![expect(request), send(reply)]).await;
+            let mut c = client(&addr).await;
+            let result = if request == PING {
+                c.ping().await.map(|_| ())
+            } else {
+                c.get_int(b"something").await.map(|_| ())
+            };
+            assert!(
+                matches!(result, Err(ClientError::Protocol(_))),
+                "{what}: {result:?}"
+            );
+            server.await.unwrap();
+        }
         // hello answered by fail.
         let (addr, server) = fake_server(vec![
             expect("000a 0000 00000001 00000000"),

@@ -970,50 +970,39 @@ fn o4_malformed_payloads_get_failinfo_2() {
         assert_malformed(id, &[0; 7]);
         assert_malformed(id, &[0; 9]);
     }
-    // lock: int, str.
-    assert_malformed(cmd::LOCK, &hex("0000001e"));
-    assert_malformed(cmd::LOCK, &hex("0000001e 00000004 6a6f62"));
-    assert_malformed(cmd::LOCK, &hex("0000001e 00000003 6a6f62 00"));
-    assert_malformed(cmd::LOCK, &hex("0000001e ffffffff 6a6f62"));
-    // unlock: str.
-    assert_malformed(cmd::UNLOCK, b"");
-    assert_malformed(cmd::UNLOCK, &hex("000000"));
-    assert_malformed(cmd::UNLOCK, &hex("00000002 6a"));
-    assert_malformed(cmd::UNLOCK, &hex("00000001 6a 6f"));
     // set_*: map, key, expires, full wait, str name, value.
     let prefix = "00000000 7e47596b 00000000 00000000";
-    assert_malformed(cmd::SET_INT, &hex(prefix));
-    assert_malformed(cmd::SET_INT, &hex(&format!("{prefix} 00000001 61")));
-    assert_malformed(cmd::SET_INT, &hex(&format!("{prefix} 00000001 61 000000")));
-    assert_malformed(
-        cmd::SET_INT,
-        &hex(&format!("{prefix} 00000001 61 00000001 00")),
-    );
-    assert_malformed(
-        cmd::SET_INT,
-        &hex(&format!("{prefix} 00000009 61 00000001")),
-    );
-    assert_malformed(
-        cmd::SET_LONG,
-        &hex(&format!("{prefix} 00000001 61 00000001")),
-    );
-    assert_malformed(
-        cmd::SET_LONG,
-        &hex(&format!("{prefix} 00000001 61 0000000000000001 00")),
-    );
-    assert_malformed(cmd::SET_STRING, &hex(&format!("{prefix} 00000001 61")));
-    assert_malformed(
-        cmd::SET_STRING,
-        &hex(&format!("{prefix} 00000001 61 00000002 78")),
-    );
-    assert_malformed(
-        cmd::SET_STRING,
-        &hex(&format!("{prefix} 00000001 61 00000001 78 79")),
-    );
-    assert_malformed(
-        cmd::SET_STRING,
-        &hex(&format!("{prefix} 00000001 61 ffffffff")),
-    );
+    for (id, payload) in [
+        // lock: int, str.
+        (cmd::LOCK, "0000001e".to_string()),
+        (cmd::LOCK, "0000001e 00000004 6a6f62".into()),
+        (cmd::LOCK, "0000001e 00000003 6a6f62 00".into()),
+        (cmd::LOCK, "0000001e ffffffff 6a6f62".into()),
+        // unlock: str.
+        (cmd::UNLOCK, "".into()),
+        (cmd::UNLOCK, "000000".into()),
+        (cmd::UNLOCK, "00000002 6a".into()),
+        (cmd::UNLOCK, "00000001 6a 6f".into()),
+        (cmd::SET_INT, prefix.into()),
+        (cmd::SET_INT, format!("{prefix} 00000001 61")),
+        (cmd::SET_INT, format!("{prefix} 00000001 61 000000")),
+        (cmd::SET_INT, format!("{prefix} 00000001 61 00000001 00")),
+        (cmd::SET_INT, format!("{prefix} 00000009 61 00000001")),
+        (cmd::SET_LONG, format!("{prefix} 00000001 61 00000001")),
+        (
+            cmd::SET_LONG,
+            format!("{prefix} 00000001 61 0000000000000001 00"),
+        ),
+        (cmd::SET_STRING, format!("{prefix} 00000001 61")),
+        (cmd::SET_STRING, format!("{prefix} 00000001 61 00000002 78")),
+        (
+            cmd::SET_STRING,
+            format!("{prefix} 00000001 61 00000001 78 79"),
+        ),
+        (cmd::SET_STRING, format!("{prefix} 00000001 61 ffffffff")),
+    ] {
+        assert_malformed(id, &hex(&payload));
+    }
     // A short payload that also has a negative expires is malformed first.
     assert_malformed(cmd::SET_INT, &hex("00000000 7e47596b ffffffff 00000000"));
 }
