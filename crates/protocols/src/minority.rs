@@ -397,69 +397,72 @@ mod tests {
 
     #[test]
     fn section_13_vectors() {
-        check_request(
-            "80 01 0004 0004 0000 0000000d 00000001 | 74657374 74657374 68656c6c6f",
-            frame(op::SET, 1, "test", "test", "hello"),
-        );
-        assert_eq!(
-            encode(&response(op::SET, 0, 1, "test", "test", "")),
-            hex("81 01 0004 0004 0000 00000008 00000001 | 74657374 74657374")
-        );
-        check_request(
-            "80 00 0004 0004 0000 00000008 00000002 | 74657374 74657374",
-            frame(op::GET, 2, "test", "test", ""),
-        );
-        assert_eq!(
-            encode(&response(op::GET, 0, 2, "test", "test", "hello")),
-            hex("81 00 0004 0004 0000 0000000d 00000002 | 74657374 74657374 68656c6c6f")
-        );
-        assert_eq!(
-            encode(&response(op::GET, status::NOT_FOUND, 3, "test", "nope", "")),
-            hex("81 00 0004 0004 0002 00000008 00000003 | 74657374 6e6f7065")
-        );
-        check_request(
-            "80 03 0000 0000 0000 00000000 00000004",
-            frame(op::HEARTBEAT, 4, "", "", ""),
-        );
-        assert_eq!(
-            encode(&Response::bare(op::HEARTBEAT, 0, 4)),
-            hex("81 03 0000 0000 0000 00000000 00000004")
-        );
-        check_request(
-            "80 02 0004 0000 0000 00000004 00000005 | 74657374",
-            frame(op::NOTIFY, 5, "test", "", ""),
-        );
-        assert_eq!(
-            encode(&response(op::NOTIFY, 0, 5, "test", "", "")),
-            hex("81 02 0004 0000 0000 00000004 00000005 | 74657374")
-        );
-        assert_eq!(
-            encode(&response(op::NOTIFY, 0, 5, "test", "test", "hello")),
-            hex("81 02 0004 0004 0000 0000000d 00000005 | 74657374 74657374 68656c6c6f")
-        );
-        assert_eq!(
-            encode(&response(
-                op::NOTIFY,
-                status::NOT_FOUND,
-                5,
-                "test",
-                "test",
-                ""
-            )),
-            hex("81 02 0004 0004 0002 00000008 00000005 | 74657374 74657374")
-        );
-        check_request(
-            "80 05 0004 0004 0000 00000008 00000006 | 74657374 74657374",
-            frame(op::DELETE, 6, "test", "test", ""),
-        );
-        check_request(
-            "80 04 0000 0000 0000 00000000 00000007",
-            frame(op::VERSION, 7, "", "", ""),
-        );
-        assert_eq!(
-            encode(&response(op::VERSION, 0, 7, "", "", "polykv 0.1.0")),
-            hex("81 04 0000 0000 0000 0000000c 00000007 | 706f6c796b7620302e312e30")
-        );
+        // Requests, each as the spec writes it and as it decodes.
+        for (wire, request) in [
+            (
+                "80 01 0004 0004 0000 0000000d 00000001 | 74657374 74657374 68656c6c6f",
+                frame(op::SET, 1, "test", "test", "hello"),
+            ),
+            (
+                "80 00 0004 0004 0000 00000008 00000002 | 74657374 74657374",
+                frame(op::GET, 2, "test", "test", ""),
+            ),
+            (
+                "80 03 0000 0000 0000 00000000 00000004",
+                frame(op::HEARTBEAT, 4, "", "", ""),
+            ),
+            (
+                "80 02 0004 0000 0000 00000004 00000005 | 74657374",
+                frame(op::NOTIFY, 5, "test", "", ""),
+            ),
+            (
+                "80 05 0004 0004 0000 00000008 00000006 | 74657374 74657374",
+                frame(op::DELETE, 6, "test", "test", ""),
+            ),
+            (
+                "80 04 0000 0000 0000 00000000 00000007",
+                frame(op::VERSION, 7, "", "", ""),
+            ),
+        ] {
+            check_request(wire, request);
+        }
+        // Responses and pushes, each as it encodes and as the spec writes it.
+        for (response, wire) in [
+            (
+                response(op::SET, 0, 1, "test", "test", ""),
+                "81 01 0004 0004 0000 00000008 00000001 | 74657374 74657374",
+            ),
+            (
+                response(op::GET, 0, 2, "test", "test", "hello"),
+                "81 00 0004 0004 0000 0000000d 00000002 | 74657374 74657374 68656c6c6f",
+            ),
+            (
+                response(op::GET, status::NOT_FOUND, 3, "test", "nope", ""),
+                "81 00 0004 0004 0002 00000008 00000003 | 74657374 6e6f7065",
+            ),
+            (
+                Response::bare(op::HEARTBEAT, 0, 4),
+                "81 03 0000 0000 0000 00000000 00000004",
+            ),
+            (
+                response(op::NOTIFY, 0, 5, "test", "", ""),
+                "81 02 0004 0000 0000 00000004 00000005 | 74657374",
+            ),
+            (
+                response(op::NOTIFY, 0, 5, "test", "test", "hello"),
+                "81 02 0004 0004 0000 0000000d 00000005 | 74657374 74657374 68656c6c6f",
+            ),
+            (
+                response(op::NOTIFY, status::NOT_FOUND, 5, "test", "test", ""),
+                "81 02 0004 0004 0002 00000008 00000005 | 74657374 74657374",
+            ),
+            (
+                response(op::VERSION, 0, 7, "", "", "polykv 0.1.0"),
+                "81 04 0000 0000 0000 0000000c 00000007 | 706f6c796b7620302e312e30",
+            ),
+        ] {
+            assert_eq!(encode(&response), hex(wire), "{response:?}");
+        }
         // 9: A + B > T.
         check_request(
             "80 00 0004 0004 0000 00000005 00000008 | 68656c6c6f",
