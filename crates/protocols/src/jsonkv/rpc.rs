@@ -2,14 +2,14 @@
 
 use super::*;
 
-/// The standard JSON-RPC errors.
+/// The standard JSON-RPC errors the server answers with (it never answers -32603, Internal
+/// error: an engine failure is a jsonkv result code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RpcError {
     ParseError,
     InvalidRequest,
     MethodNotFound,
     InvalidParams,
-    InternalError,
 }
 
 impl RpcError {
@@ -19,7 +19,6 @@ impl RpcError {
             RpcError::InvalidRequest => -32600,
             RpcError::MethodNotFound => -32601,
             RpcError::InvalidParams => -32602,
-            RpcError::InternalError => -32603,
         }
     }
 
@@ -29,7 +28,6 @@ impl RpcError {
             RpcError::InvalidRequest => "Invalid Request",
             RpcError::MethodNotFound => "Method not found",
             RpcError::InvalidParams => "Invalid params",
-            RpcError::InternalError => "Internal error",
         }
     }
 }

@@ -831,10 +831,6 @@ fn json_rpc_errors() {
             RpcError::InvalidParams,
             r#"{"code":-32602,"message":"Invalid params"}"#,
         ),
-        (
-            RpcError::InternalError,
-            r#"{"code":-32603,"message":"Internal error"}"#,
-        ),
     ] {
         assert_eq!(
             rpc_body(RpcResponse::error(error, Id::null())),
