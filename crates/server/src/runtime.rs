@@ -135,6 +135,32 @@ impl Runtime {
         .await
     }
 
+    /// `bind_tcp` if `enabled`, else nothing.
+    pub async fn bind_tcp_if(
+        &self,
+        enabled: bool,
+        what: &'static str,
+        addr: String,
+    ) -> Result<Option<TcpListener>, ServerError> {
+        match enabled {
+            true => self.bind_tcp(what, addr).await.map(Some),
+            false => Ok(None),
+        }
+    }
+
+    /// `bind_udp` if `enabled`, else nothing.
+    pub async fn bind_udp_if(
+        &self,
+        enabled: bool,
+        what: &'static str,
+        addr: String,
+    ) -> Result<Option<UdpSocket>, ServerError> {
+        match enabled {
+            true => self.bind_udp(what, addr).await.map(Some),
+            false => Ok(None),
+        }
+    }
+
     /// Binds a protocol's TCP listener (a taken port fails the start) and serves it with the
     /// shared session loop until shutdown.
     #[allow(clippy::too_many_arguments)]

@@ -70,48 +70,28 @@ async fn start(runtime: &mut Runtime, config: &JsonkvConfig) -> Result<(), Serve
         max_depth: size(config.max_depth),
     };
     let addr = |port| runtime.listen_addr(&listener.addr, port);
-    let tcp = match listener.enabled {
-        true => Some(runtime.bind_tcp("jsonkv tcp", addr(listener.port)).await?),
-        false => None,
-    };
-    let udp = match config.udp_enabled {
-        true => Some(
-            runtime
-                .bind_udp("jsonkv udp", addr(config.udp_port))
-                .await?,
-        ),
-        false => None,
-    };
-    let rpc = match config.rpc_enabled {
-        true => Some(
-            runtime
-                .bind_tcp("jsonkv json-rpc", addr(config.rpc_port))
-                .await?,
-        ),
-        false => None,
-    };
-    let agent = match config.agent_enabled {
-        true => Some(
-            runtime
-                .bind_tcp("jsonkv agent", addr(config.agent_port))
-                .await?,
-        ),
-        false => None,
-    };
+    let tcp = runtime
+        .bind_tcp_if(listener.enabled, "jsonkv tcp", addr(listener.port))
+        .await?;
+    let udp = runtime
+        .bind_udp_if(config.udp_enabled, "jsonkv udp", addr(config.udp_port))
+        .await?;
+    let rpc = runtime
+        .bind_tcp_if(config.rpc_enabled, "jsonkv json-rpc", addr(config.rpc_port))
+        .await?;
+    let agent = runtime
+        .bind_tcp_if(
+            config.agent_enabled,
+            "jsonkv agent",
+            addr(config.agent_port),
+        )
+        .await?;
     // The agent lists the ports actually bound (a configured 0 picks one).
+    let port = |bound: std::io::Result<std::net::SocketAddr>| bound.ok().map(|a| a.port());
     let local_ports = Ports {
-        tcp: tcp
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.port()),
-        udp: udp
-            .as_ref()
-            .and_then(|s| s.local_addr().ok())
-            .map(|a| a.port()),
-        rpc: rpc
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.port()),
+        tcp: tcp.as_ref().and_then(|l| port(l.local_addr())),
+        udp: udp.as_ref().and_then(|s| port(s.local_addr())),
+        rpc: rpc.as_ref().and_then(|l| port(l.local_addr())),
     };
 
     if serves_kv {
