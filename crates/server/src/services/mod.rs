@@ -16,17 +16,17 @@ use crate::config::{Listener, Settings};
 use crate::runtime::{Runtime, ServerError};
 
 /// One protocol: its name, its configuration section and its start-up.
+///
+/// Its section holds the shared listener settings as a field `listener: Listener` (flattened
+/// into the section); the protocol list reads their keyspace check and default port from it.
 #[allow(async_fn_in_trait)]
 pub trait Protocol {
     /// Its configuration section, the prefix of its flags and environment variables: `nmdb`.
     const NAME: &'static str;
     /// Its name in documentation, put in for `{name}` in its listener's docs: `OpenCluster`.
-    const TITLE: &'static str;
+    const TITLE: &'static str = Self::NAME;
     /// Its configuration section.
     type Config: Default + Clone + Serialize + DeserializeOwned + Settings;
-
-    /// The listener settings in its section.
-    fn listener(config: &Self::Config) -> &Listener;
 
     /// Refuses a section that cannot start, beyond its listener's settings (checked for every
     /// protocol); the message names the setting.
@@ -54,7 +54,7 @@ macro_rules! protocols {
             /// Each protocol's validation, in list order.
             pub fn validate(&self) -> Result<(), String> {
                 $(
-                <$wing as Protocol>::listener(&self.$name).validate(<$wing as Protocol>::NAME)?;
+                Listener::validate(&self.$name.listener, <$wing as Protocol>::NAME)?;
                 <$wing as Protocol>::validate(&self.$name)?;
             )*
                 Ok(())
@@ -89,7 +89,7 @@ macro_rules! protocols {
             vec![$(
                 (
                     <$wing as Protocol>::NAME,
-                    <$wing as Protocol>::listener(&Default::default()).port,
+                    <<$wing as Protocol>::Config as Default>::default().listener.port,
                 ),
             )*]
         }

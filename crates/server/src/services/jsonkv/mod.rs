@@ -18,7 +18,6 @@ use polykv_protocols::jsonkv::{AgentServerCodec, JsonkvServerCodec, Limits};
 
 pub use config::JsonkvConfig;
 
-use crate::config::Listener;
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::{Runtime, ServerError};
 use crate::services::Protocol;
@@ -39,12 +38,7 @@ pub struct Wing;
 
 impl Protocol for Wing {
     const NAME: &'static str = "jsonkv";
-    const TITLE: &'static str = "jsonkv";
     type Config = JsonkvConfig;
-
-    fn listener(config: &JsonkvConfig) -> &Listener {
-        &config.listener
-    }
 
     fn validate(config: &JsonkvConfig) -> Result<(), String> {
         config.validate()

@@ -12,7 +12,6 @@ use polykv_protocols::minority::MinorityServerCodec;
 pub use config::MinorityConfig;
 pub use service::{MinorityService, MinorityShared};
 
-use crate::config::Listener;
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::{Runtime, ServerError};
 use crate::services::Protocol;
@@ -22,12 +21,7 @@ pub struct Wing;
 
 impl Protocol for Wing {
     const NAME: &'static str = "minority";
-    const TITLE: &'static str = "minority";
     type Config = MinorityConfig;
-
-    fn listener(config: &MinorityConfig) -> &Listener {
-        &config.listener
-    }
 
     /// Starts minority's listener, as configured.
     async fn start(runtime: &mut Runtime, config: &MinorityConfig) -> Result<(), ServerError> {

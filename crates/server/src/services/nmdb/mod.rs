@@ -11,7 +11,6 @@ use polykv_protocols::nmdb::{NmdbServerCodec, Transport};
 pub use config::NmdbConfig;
 pub use service::{NmdbService, NmdbShared};
 
-use crate::config::Listener;
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::{Runtime, ServerError};
 use crate::services::Protocol;
@@ -22,12 +21,7 @@ pub struct Wing;
 
 impl Protocol for Wing {
     const NAME: &'static str = "nmdb";
-    const TITLE: &'static str = "nmdb";
     type Config = NmdbConfig;
-
-    fn listener(config: &NmdbConfig) -> &Listener {
-        &config.listener
-    }
 
     /// Starts nmdb's TCP and UDP listeners, as configured.
     async fn start(runtime: &mut Runtime, config: &NmdbConfig) -> Result<(), ServerError> {

@@ -12,7 +12,6 @@ use polykv_protocols::opencluster::OpenClusterServerCodec;
 pub use config::OpenClusterConfig;
 pub use service::{OpenClusterService, OpenClusterShared};
 
-use crate::config::Listener;
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::{Runtime, ServerError};
 use crate::services::Protocol;
@@ -24,10 +23,6 @@ impl Protocol for Wing {
     const NAME: &'static str = "opencluster";
     const TITLE: &'static str = "OpenCluster";
     type Config = OpenClusterConfig;
-
-    fn listener(config: &OpenClusterConfig) -> &Listener {
-        &config.listener
-    }
 
     fn validate(config: &OpenClusterConfig) -> Result<(), String> {
         config.validate()

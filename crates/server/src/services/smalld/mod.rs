@@ -10,7 +10,6 @@ use std::sync::Arc;
 pub use config::{RequestLog, SmalldConfig};
 pub use service::{secret_key, Smalld};
 
-use crate::config::Listener;
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::{Runtime, ServerError};
 use crate::services::Protocol;
@@ -20,12 +19,7 @@ pub struct Wing;
 
 impl Protocol for Wing {
     const NAME: &'static str = "smalld";
-    const TITLE: &'static str = "smalld";
     type Config = SmalldConfig;
-
-    fn listener(config: &SmalldConfig) -> &Listener {
-        &config.listener
-    }
 
     fn validate(config: &SmalldConfig) -> Result<(), String> {
         config.validate()
