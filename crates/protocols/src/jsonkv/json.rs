@@ -1,6 +1,8 @@
 //! The JSON walker: objects are read member by member on the raw text, so member order is
 //! known and a request's `id` is echoed in its exact textual form (`1.0` stays `1.0`); and ids.
 
+use serde_json::value::RawValue;
+
 use super::*;
 
 pub(super) fn is_ws(b: u8) -> bool {
@@ -60,63 +62,54 @@ pub(super) fn document(payload: &[u8], max_depth: usize) -> Option<&[u8]> {
     payload.get(start..end)
 }
 
-/// Parses the JSON value at the start of `text` (after optional white space): the value and
-/// the offset just past it.
-pub(super) fn parse_prefix<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Option<(T, usize)> {
-    let mut stream = serde_json::Deserializer::from_slice(text).into_iter::<T>();
-    let value = stream.next()?.ok()?;
-    Some((value, stream.byte_offset()))
-}
-
 /// The members of the JSON object `text` (exactly one value, already validated), in order, as
-/// (decoded name, raw value text). `None` when `text` is not an object.
+/// (decoded name, raw value text); `None` when `text` is not an object. The raw text is
+/// serde_json's `RawValue`, so a value (an `id`, say) keeps its exact text.
 pub(super) fn members(text: &[u8]) -> Option<Vec<(String, &[u8])>> {
-    if text.first() != Some(&b'{') {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut pos = skip_ws(text, 1);
-    if text.get(pos) == Some(&b'}') {
-        return Some(out);
-    }
-    loop {
-        let (name, used) = parse_prefix::<String>(text.get(pos..)?)?;
-        pos = skip_ws(text, pos + used);
-        if text.get(pos) != Some(&b':') {
-            return None;
+    struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+    impl<'de> Deserialize<'de> for Members<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Members<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Members<'de>, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                        out.push(entry);
+                    }
+                    Ok(Members(out))
+                }
+            }
+            deserializer.deserialize_map(Visit)
         }
-        let start = skip_ws(text, pos + 1);
-        let (_, used) = parse_prefix::<IgnoredAny>(text.get(start..)?)?;
-        out.push((name, text.get(start..start + used)?));
-        pos = skip_ws(text, start + used);
-        match text.get(pos) {
-            Some(b',') => pos = skip_ws(text, pos + 1),
-            Some(b'}') => return Some(out),
-            _ => return None,
-        }
     }
+
+    let Members(members) = serde_json::from_slice(text).ok()?;
+    Some(
+        members
+            .into_iter()
+            .map(|(name, raw)| (name, raw.get().as_bytes()))
+            .collect(),
+    )
 }
 
-/// The elements of the JSON array `text` (exactly one value, already validated), as raw text.
+/// The elements of the JSON array `text` (exactly one value, already validated), as raw text;
+/// `None` when `text` is not an array.
 pub(super) fn elements(text: &[u8]) -> Option<Vec<&[u8]>> {
-    if text.first() != Some(&b'[') {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut pos = skip_ws(text, 1);
-    if text.get(pos) == Some(&b']') {
-        return Some(out);
-    }
-    loop {
-        let (_, used) = parse_prefix::<IgnoredAny>(text.get(pos..)?)?;
-        out.push(text.get(pos..pos + used)?);
-        pos = skip_ws(text, pos + used);
-        match text.get(pos) {
-            Some(b',') => pos = skip_ws(text, pos + 1),
-            Some(b']') => return Some(out),
-            _ => return None,
-        }
-    }
+    let elements: Vec<&RawValue> = serde_json::from_slice(text).ok()?;
+    Some(
+        elements
+            .into_iter()
+            .map(|raw| raw.get().as_bytes())
+            .collect(),
+    )
 }
 
 /// The raw value of member `name`; the last one wins, as in most JSON parsers.
