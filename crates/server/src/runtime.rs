@@ -91,6 +91,18 @@ where
     Ok(bound)
 }
 
+/// The listener or socket `bind` (a [`Runtime::bind_tcp`] or [`Runtime::bind_udp`]) if
+/// `enabled`; otherwise nothing is bound.
+pub async fn bind_if<T>(
+    enabled: bool,
+    bind: impl Future<Output = Result<T, ServerError>>,
+) -> Result<Option<T>, ServerError> {
+    match enabled {
+        true => bind.await.map(Some),
+        false => Ok(None),
+    }
+}
+
 impl Runtime {
     /// The id of a protocol's keyspace, creating it if needed.
     pub fn keyspace(&self, name: &str) -> Result<polykv_engine::KeyspaceId, ServerError> {
@@ -133,32 +145,6 @@ impl Runtime {
             UdpSocket::local_addr,
         )
         .await
-    }
-
-    /// `bind_tcp` if `enabled`, else nothing.
-    pub async fn bind_tcp_if(
-        &self,
-        enabled: bool,
-        what: &'static str,
-        addr: String,
-    ) -> Result<Option<TcpListener>, ServerError> {
-        match enabled {
-            true => self.bind_tcp(what, addr).await.map(Some),
-            false => Ok(None),
-        }
-    }
-
-    /// `bind_udp` if `enabled`, else nothing.
-    pub async fn bind_udp_if(
-        &self,
-        enabled: bool,
-        what: &'static str,
-        addr: String,
-    ) -> Result<Option<UdpSocket>, ServerError> {
-        match enabled {
-            true => self.bind_udp(what, addr).await.map(Some),
-            false => Ok(None),
-        }
     }
 
     /// Binds a protocol's TCP listener (a taken port fails the start) and serves it with the

@@ -19,7 +19,7 @@ use polykv_protocols::jsonkv::{AgentServerCodec, JsonkvServerCodec, Limits};
 pub use config::JsonkvConfig;
 
 use crate::metrics::ProtocolMetrics;
-use crate::runtime::{Runtime, ServerError};
+use crate::runtime::{bind_if, Runtime, ServerError};
 use crate::services::Protocol;
 use crate::session::{serve_tcp, serve_udp, SessionLimits};
 use agent::{AgentContext, Ports, Registry};
@@ -64,22 +64,15 @@ async fn start(runtime: &mut Runtime, config: &JsonkvConfig) -> Result<(), Serve
         max_depth: size(config.max_depth),
     };
     let addr = |port| runtime.listen_addr(&listener.addr, port);
-    let tcp = runtime
-        .bind_tcp_if(listener.enabled, "jsonkv tcp", addr(listener.port))
-        .await?;
-    let udp = runtime
-        .bind_udp_if(config.udp_enabled, "jsonkv udp", addr(config.udp_port))
-        .await?;
-    let rpc = runtime
-        .bind_tcp_if(config.rpc_enabled, "jsonkv json-rpc", addr(config.rpc_port))
-        .await?;
-    let agent = runtime
-        .bind_tcp_if(
-            config.agent_enabled,
-            "jsonkv agent",
-            addr(config.agent_port),
-        )
-        .await?;
+    // Each bind is a future: it binds only when bind_if awaits it.
+    let tcp = runtime.bind_tcp("jsonkv tcp", addr(listener.port));
+    let tcp = bind_if(listener.enabled, tcp).await?;
+    let udp = runtime.bind_udp("jsonkv udp", addr(config.udp_port));
+    let udp = bind_if(config.udp_enabled, udp).await?;
+    let rpc = runtime.bind_tcp("jsonkv json-rpc", addr(config.rpc_port));
+    let rpc = bind_if(config.rpc_enabled, rpc).await?;
+    let agent = runtime.bind_tcp("jsonkv agent", addr(config.agent_port));
+    let agent = bind_if(config.agent_enabled, agent).await?;
     // The agent lists the ports actually bound (a configured 0 picks one).
     let port = |bound: std::io::Result<std::net::SocketAddr>| bound.ok().map(|a| a.port());
     let local_ports = Ports {
