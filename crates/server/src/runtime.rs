@@ -11,9 +11,9 @@ use polykv_protocols::ServerCodec;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, Listener, SessionSettings};
 use crate::metrics::ProtocolMetrics;
-use crate::session::{serve_tcp, ListenerContext, Service, SessionLimits};
+use crate::session::{serve_tcp, ListenerContext, Service};
 use crate::ReadOnly;
 
 #[derive(Debug, thiserror::Error)]
@@ -147,14 +147,14 @@ impl Runtime {
         .await
     }
 
-    /// Binds a protocol's TCP listener (a taken port fails the start) and serves it with the
-    /// shared session loop until shutdown.
+    /// Binds a protocol's TCP listener at its address and port (a taken port fails the start)
+    /// and serves it with the shared session loop, under its session limits, until shutdown.
     #[allow(clippy::too_many_arguments)]
     pub async fn serve_tcp<C, S, F>(
         &mut self,
         what: &'static str,
-        addr: String,
-        limits: SessionLimits,
+        listener: &Listener,
+        session: &SessionSettings,
         codec: C,
         new_service: F,
         metrics: Arc<ProtocolMetrics>,
@@ -164,12 +164,13 @@ impl Runtime {
         S: Service,
         F: Fn() -> S + Send + 'static,
     {
-        let listener = self.bind_tcp(what, addr).await?;
+        let addr = self.listen_addr(&listener.addr, listener.port);
+        let tcp = self.bind_tcp(what, addr).await?;
         self.tasks.spawn(serve_tcp(
-            listener,
+            tcp,
             Arc::new(codec),
             new_service,
-            limits,
+            session.limits(),
             metrics,
             self.context.clone(),
         ));

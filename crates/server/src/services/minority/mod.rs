@@ -33,7 +33,6 @@ impl Protocol for Wing {
         let codec = MinorityServerCodec {
             max_body: u32::try_from(config.max_body).unwrap_or(u32::MAX),
         };
-        let addr = runtime.listen_addr(&listener.addr, listener.port);
         let shared = Arc::new(MinorityShared {
             engine: runtime.engine.clone(),
             keyspace,
@@ -42,8 +41,8 @@ impl Protocol for Wing {
         runtime
             .serve_tcp(
                 "minority tcp",
-                addr,
-                config.session.limits(),
+                listener,
+                &config.session,
                 codec,
                 move || MinorityService::new(shared.clone()),
                 Arc::new(ProtocolMetrics::new("minority", service::OPS)),

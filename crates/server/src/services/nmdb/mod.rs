@@ -37,13 +37,12 @@ impl Protocol for Wing {
         ));
         let metrics = Arc::new(ProtocolMetrics::new("nmdb", service::OPS));
         if listener.enabled {
-            let addr = runtime.listen_addr(&listener.addr, listener.port);
             let shared = shared.clone();
             runtime
                 .serve_tcp(
                     "nmdb tcp",
-                    addr,
-                    config.session.limits(),
+                    listener,
+                    &config.session,
                     NmdbServerCodec {
                         transport: Transport::Tcp,
                     },

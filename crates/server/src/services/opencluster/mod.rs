@@ -38,7 +38,6 @@ impl Protocol for Wing {
         let codec = OpenClusterServerCodec {
             max_payload: u32::try_from(config.max_payload).unwrap_or(u32::MAX),
         };
-        let addr = runtime.listen_addr(&listener.addr, listener.port);
         let shared = Arc::new(OpenClusterShared {
             engine: runtime.engine.clone(),
             keyspace,
@@ -48,8 +47,8 @@ impl Protocol for Wing {
         runtime
             .serve_tcp(
                 "opencluster tcp",
-                addr,
-                config.session.limits(),
+                listener,
+                &config.session,
                 codec,
                 move || OpenClusterService::new(shared.clone()),
                 Arc::new(ProtocolMetrics::new("opencluster", service::OPS)),
