@@ -295,7 +295,7 @@ async fn connection(
         let mut replies = 0;
         let mut parsed = 0;
         while replies < batch {
-            match protocol.parse_reply(&input[parsed..]).map_err(&fail)? {
+            match protocol.decode_reply(&input[parsed..]).map_err(&fail)? {
                 Some((used, ok)) => {
                     parsed += used;
                     replies += 1;
@@ -371,7 +371,7 @@ async fn preload(protocol: Arc<dyn LoadProtocol>, config: &RunConfig) -> Result<
                     .map_err(|e| fail(e.to_string()))?;
                 let mut replies = 0;
                 while replies < batch {
-                    match protocol.parse_reply(&input).map_err(&fail)? {
+                    match protocol.decode_reply(&input).map_err(&fail)? {
                         Some((used, _)) => {
                             input.drain(..used);
                             replies += 1;

@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 use polykv_protocols::opencluster::{
-    self, ItemId, OpenClusterClientCodec, ReplyBody, RequestBody, Response,
+    self, ItemId, OpenClusterClientCodec, RequestBody, Response, ResponseBody,
 };
 use polykv_protocols::{jsonkv, minority, nmdb, ClientCodec, Decoded};
 
@@ -14,7 +14,7 @@ pub trait LoadProtocol: Send + Sync + 'static {
     fn encode_set(&self, key: &[u8], value: &[u8], sync: bool, out: &mut Vec<u8>);
     /// Parses the reply at the start of `buf`: `Ok(None)` when incomplete, else the bytes it
     /// used and whether it reports success (a GET miss is a success).
-    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String>;
+    fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String>;
 }
 
 /// Which protocol, by name on the command line.
@@ -82,7 +82,7 @@ impl LoadProtocol for Memcached {
         out.extend_from_slice(b"\r\n");
     }
 
-    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+    fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
         let Some(end) = find_crlf(buf, 0) else {
             return Ok(None);
         };
@@ -166,9 +166,9 @@ impl LoadProtocol for Nmdb {
         encode_nmdb(&request, out);
     }
 
-    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+    fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
         decode_with(nmdb::NmdbClientCodec::tcp(), buf, |reply| {
-            Ok(!matches!(reply.body, nmdb::ReplyBody::Error(_)))
+            Ok(!matches!(reply.body, nmdb::ResponseBody::Error(_)))
         })
     }
 }
@@ -212,14 +212,14 @@ impl LoadProtocol for OpenCluster {
         Self::encode(body, out);
     }
 
-    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+    fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
         decode_with(
             OpenClusterClientCodec::default(),
             buf,
             |reply| match reply {
                 Response::Reply { body, .. } => Ok(matches!(
                     body,
-                    ReplyBody::Ack | ReplyBody::Fail | ReplyBody::Data { .. }
+                    ResponseBody::Ack | ResponseBody::Fail | ResponseBody::Data { .. }
                 )),
                 Response::Push { push, .. } => Err(format!("unexpected push {push:?}")),
             },
@@ -232,7 +232,7 @@ impl LoadProtocol for OpenCluster {
 pub struct Minority;
 
 impl Minority {
-    fn encode(op: u8, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    fn encode(op: minority::Op, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
         let request = minority::Request::Frame {
             op,
             opaque: 1,
@@ -250,14 +250,14 @@ impl LoadProtocol for Minority {
     }
 
     fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
-        Self::encode(minority::op::GET, key, b"", out);
+        Self::encode(minority::Op::Get, key, b"", out);
     }
 
     fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
-        Self::encode(minority::op::SET, key, value, out);
+        Self::encode(minority::Op::Set, key, value, out);
     }
 
-    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+    fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
         decode_with(minority::MinorityClientCodec::default(), buf, |reply| {
             Ok(matches!(
                 reply.status,
@@ -297,7 +297,7 @@ impl LoadProtocol for Jsonkv {
         Self::encode(jsonkv::Command::put(key, value), out);
     }
 
-    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+    fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
         decode_with(
             jsonkv::JsonkvClientCodec::default(),
             buf,
@@ -340,7 +340,7 @@ impl LoadProtocol for Resp {
         bulk(out, value);
     }
 
-    fn parse_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+    fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
         let Some(end) = find_crlf(buf, 0) else {
             return Ok(None);
         };
@@ -377,20 +377,23 @@ mod tests {
         Memcached.encode_get(b"k", &mut out);
         assert_eq!(out, b"set k 0 0 2\r\nvv\r\nget k\r\n");
         assert_eq!(
-            Memcached.parse_reply(b"STORED\r\n").unwrap(),
+            Memcached.decode_reply(b"STORED\r\n").unwrap(),
             Some((8, true))
         );
-        assert_eq!(Memcached.parse_reply(b"END\r\n").unwrap(), Some((5, true)));
+        assert_eq!(Memcached.decode_reply(b"END\r\n").unwrap(), Some((5, true)));
         let hit = b"VALUE k 0 2\r\nvv\r\nEND\r\n";
-        assert_eq!(Memcached.parse_reply(hit).unwrap(), Some((hit.len(), true)));
-        assert_eq!(Memcached.parse_reply(&hit[..hit.len() - 1]).unwrap(), None);
+        assert_eq!(
+            Memcached.decode_reply(hit).unwrap(),
+            Some((hit.len(), true))
+        );
+        assert_eq!(Memcached.decode_reply(&hit[..hit.len() - 1]).unwrap(), None);
         assert_eq!(
             Memcached
-                .parse_reply(b"SERVER_ERROR out of memory\r\n")
+                .decode_reply(b"SERVER_ERROR out of memory\r\n")
                 .unwrap(),
             Some((28, false))
         );
-        assert!(Memcached.parse_reply(b"WHAT\r\n").is_err());
+        assert!(Memcached.decode_reply(b"WHAT\r\n").is_err());
     }
 
     #[test]
@@ -398,11 +401,11 @@ mod tests {
         let mut out = Vec::new();
         Resp.encode_set(b"k", b"v", false, &mut out);
         assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
-        assert_eq!(Resp.parse_reply(b"+OK\r\n").unwrap(), Some((5, true)));
-        assert_eq!(Resp.parse_reply(b"$-1\r\n").unwrap(), Some((5, true)));
-        assert_eq!(Resp.parse_reply(b"$2\r\nvv\r\n").unwrap(), Some((8, true)));
-        assert_eq!(Resp.parse_reply(b"$2\r\nvv").unwrap(), None);
-        assert_eq!(Resp.parse_reply(b"-ERR x\r\n").unwrap(), Some((8, false)));
+        assert_eq!(Resp.decode_reply(b"+OK\r\n").unwrap(), Some((5, true)));
+        assert_eq!(Resp.decode_reply(b"$-1\r\n").unwrap(), Some((5, true)));
+        assert_eq!(Resp.decode_reply(b"$2\r\nvv\r\n").unwrap(), Some((8, true)));
+        assert_eq!(Resp.decode_reply(b"$2\r\nvv").unwrap(), None);
+        assert_eq!(Resp.decode_reply(b"-ERR x\r\n").unwrap(), Some((8, false)));
     }
 
     #[test]
@@ -417,14 +420,14 @@ mod tests {
         OpenCluster.encode_get(b"something", &mut get);
         assert_eq!(&get[..4], &[0x08, 0x48, 0, 0]);
         let ack = [0, 1, 0x07, 0xe4, 0, 0, 0, 1, 0, 0, 0, 0];
-        assert_eq!(OpenCluster.parse_reply(&ack).unwrap(), Some((12, true)));
-        assert_eq!(OpenCluster.parse_reply(&ack[..11]).unwrap(), None);
+        assert_eq!(OpenCluster.decode_reply(&ack).unwrap(), Some((12, true)));
+        assert_eq!(OpenCluster.decode_reply(&ack[..11]).unwrap(), None);
         let fail = [0, 2, 0x08, 0x48, 0, 0, 0, 1, 0, 0, 0, 0];
-        assert_eq!(OpenCluster.parse_reply(&fail).unwrap(), Some((12, true)));
+        assert_eq!(OpenCluster.decode_reply(&fail).unwrap(), Some((12, true)));
         let mut failinfo = vec![0, 3, 0x08, 0x48, 0, 0, 0, 1, 0, 0, 0, 8];
         failinfo.extend_from_slice(&[0, 0, 0, 5, 0, 0, 0, 0]);
         assert_eq!(
-            OpenCluster.parse_reply(&failinfo).unwrap(),
+            OpenCluster.decode_reply(&failinfo).unwrap(),
             Some((20, false))
         );
     }
@@ -437,11 +440,11 @@ mod tests {
         want.extend_from_slice(b"testhello");
         assert_eq!(out, want);
         let ok = [0x81, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-        assert_eq!(Minority.parse_reply(&ok).unwrap(), Some((16, true)));
-        assert_eq!(Minority.parse_reply(&ok[..15]).unwrap(), None);
+        assert_eq!(Minority.decode_reply(&ok).unwrap(), Some((16, true)));
+        assert_eq!(Minority.decode_reply(&ok[..15]).unwrap(), None);
         let mut fail = ok;
         fail[7] = 1;
-        assert_eq!(Minority.parse_reply(&fail).unwrap(), Some((16, false)));
+        assert_eq!(Minority.decode_reply(&fail).unwrap(), Some((16, false)));
     }
 
     #[test]
@@ -452,22 +455,25 @@ mod tests {
         assert!(text.contains(r#""operate":"get""#), "{text}");
         assert!(text.contains(r#""key":"k""#), "{text}");
         let mut reply = BytesMut::new();
-        jsonkv::write_frame(
+        jsonkv::encode_frame(
             &mut reply,
             br#"{"jsonkv":"1.0","result":{"value":"","code":"1000","message":"key does not exist."},"id":1}"#,
         );
         assert_eq!(
-            Jsonkv.parse_reply(&reply).unwrap(),
+            Jsonkv.decode_reply(&reply).unwrap(),
             Some((reply.len(), true))
         );
-        assert_eq!(Jsonkv.parse_reply(&reply[..reply.len() - 1]).unwrap(), None);
+        assert_eq!(
+            Jsonkv.decode_reply(&reply[..reply.len() - 1]).unwrap(),
+            None
+        );
         let mut error = BytesMut::new();
-        jsonkv::write_frame(
+        jsonkv::encode_frame(
             &mut error,
             br#"{"jsonkv":"1.0","result":{"value":"","code":"1002","message":"invalid key"},"id":1}"#,
         );
         assert_eq!(
-            Jsonkv.parse_reply(&error).unwrap(),
+            Jsonkv.decode_reply(&error).unwrap(),
             Some((error.len(), false))
         );
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use polykv_protocols::jsonkv::{
-    encode_rpc_request, parse_rpc_response, AgentClientCodec, AgentRequest, AgentResponse,
+    decode_rpc_response, encode_rpc_request, AgentClientCodec, AgentRequest, AgentResponse,
     AgentValue, Command, Id, Item, JsonkvClientCodec, Limits, RequestPayload, Response,
     ResponsePayload, RpcAction, RpcCall, RpcOutcome, RpcPayload, RpcResponse, RpcResponsePayload,
     ServerEntry, ServerProtocol, DEFAULT_CLIENT_MAX_FRAME, DEFAULT_MAX_DEPTH,
@@ -523,7 +523,7 @@ impl JsonRpcClient {
         let response = self.post(&body).await?;
         match response.status {
             204 => Ok(None),
-            200 => parse_rpc_response(&response.body, DEFAULT_MAX_DEPTH)
+            200 => decode_rpc_response(&response.body, DEFAULT_MAX_DEPTH)
                 .map(Some)
                 .ok_or_else(|| bad("body is not a JSON-RPC response")),
             status => Err(ClientError::Server(format!("HTTP {status}"))),

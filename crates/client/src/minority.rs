@@ -8,7 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use polykv_protocols::minority::{op, MinorityClientCodec, Request};
+use polykv_protocols::minority::{op, MinorityClientCodec, Op, Request};
 pub use polykv_protocols::minority::{status, Response};
 
 use crate::{ClientError, FramedConnection, Result};
@@ -39,18 +39,18 @@ impl MinorityClient {
     /// Sends a request and returns its reply, keeping any push that arrives first.
     pub async fn call(
         &mut self,
-        op_code: u8,
+        op: Op,
         data_id: &[u8],
         datanum_id: &[u8],
         value: &[u8],
     ) -> Result<Response> {
         let opaque = self.next_opaque;
         self.next_opaque = self.next_opaque.wrapping_add(1);
-        if op_code == op::NOTIFY {
+        if op == Op::Notify {
             self.awaiting_notify.insert(opaque);
         }
         let request = Request::Frame {
-            op: op_code,
+            op,
             opaque,
             data_id: Bytes::copy_from_slice(data_id),
             datanum_id: Bytes::copy_from_slice(datanum_id),
@@ -86,18 +86,18 @@ impl MinorityClient {
     }
 
     pub async fn get(&mut self, data_id: &[u8], datanum_id: &[u8]) -> Result<Option<Bytes>> {
-        let reply = Self::check(self.call(op::GET, data_id, datanum_id, b"").await?)?;
+        let reply = Self::check(self.call(Op::Get, data_id, datanum_id, b"").await?)?;
         Ok((reply.status == status::OK).then_some(reply.value))
     }
 
     pub async fn set(&mut self, data_id: &[u8], datanum_id: &[u8], value: &[u8]) -> Result<()> {
-        Self::check(self.call(op::SET, data_id, datanum_id, value).await?).map(|_| ())
+        Self::check(self.call(Op::Set, data_id, datanum_id, value).await?).map(|_| ())
     }
 
     /// Whether the key existed.
     pub async fn delete(&mut self, data_id: &[u8], datanum_id: &[u8]) -> Result<bool> {
         Ok(
-            Self::check(self.call(op::DELETE, data_id, datanum_id, b"").await?)?.status
+            Self::check(self.call(Op::Delete, data_id, datanum_id, b"").await?)?.status
                 == status::OK,
         )
     }
@@ -105,16 +105,16 @@ impl MinorityClient {
     /// Subscribes to (dataId, datanumId), or to the whole dataId when `datanum_id` is empty.
     /// Returns the current value (empty if none) and the opaque that the pushes will carry.
     pub async fn notify(&mut self, data_id: &[u8], datanum_id: &[u8]) -> Result<(Bytes, u32)> {
-        let reply = Self::check(self.call(op::NOTIFY, data_id, datanum_id, b"").await?)?;
+        let reply = Self::check(self.call(Op::Notify, data_id, datanum_id, b"").await?)?;
         Ok((reply.value, reply.opaque))
     }
 
     pub async fn heartbeat(&mut self) -> Result<()> {
-        Self::check(self.call(op::HEARTBEAT, b"", b"", b"").await?).map(|_| ())
+        Self::check(self.call(Op::Heartbeat, b"", b"", b"").await?).map(|_| ())
     }
 
     pub async fn version(&mut self) -> Result<String> {
-        let reply = Self::check(self.call(op::VERSION, b"", b"", b"").await?)?;
+        let reply = Self::check(self.call(Op::Version, b"", b"", b"").await?)?;
         Ok(String::from_utf8_lossy(&reply.value).into_owned())
     }
 

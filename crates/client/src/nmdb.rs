@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use polykv_protocols::nmdb::{
-    error, NmdbClientCodec, Reply, ReplyBody, Request, Transport, ID_MASK, STATS_COUNTERS,
+    error, NmdbClientCodec, Request, Response, ResponseBody, Transport, ID_MASK, STATS_COUNTERS,
 };
 pub use polykv_protocols::nmdb::{Mode, Stats};
 use polykv_protocols::{ClientCodec, Decoded};
@@ -61,9 +61,9 @@ pub struct NmdbClient {
 
 /// The error for a reply that does not answer the request: the server's error by name, or a
 /// protocol error.
-fn unexpected(body: &ReplyBody) -> ClientError {
+fn unexpected(body: &ResponseBody) -> ClientError {
     match body {
-        ReplyBody::Error(code) => ClientError::Server(error::name(*code).to_string()),
+        ResponseBody::Error(code) => ClientError::Server(error::name(*code).to_string()),
         other => ClientError::Protocol(format!("unexpected reply {other:?}")),
     }
 }
@@ -112,7 +112,7 @@ impl NmdbClient {
 
     /// Sends one request (any id, any flags) and returns its reply body, after checking that
     /// the reply carries the request's id.
-    pub async fn call(&mut self, request: Request) -> Result<ReplyBody> {
+    pub async fn call(&mut self, request: Request) -> Result<ResponseBody> {
         let expected = request.id();
         let reply = match &mut self.link {
             Link::Tcp(conn) => conn.call(&request).await?,
@@ -131,7 +131,7 @@ impl NmdbClient {
                 udp_exchange(socket, &out, expected, *timeout, attempts).await?
             }
         };
-        let Reply { id, body } = reply;
+        let Response { id, body } = reply;
         if id != expected {
             return Err(ClientError::Protocol(format!(
                 "reply id {id} for request {expected}"
@@ -142,7 +142,7 @@ impl NmdbClient {
 
     /// Sends raw bytes (a whole TCP frame, or one datagram) and returns the next reply as
     /// decoded, without checking its id. For tests of malformed input.
-    pub async fn call_raw(&mut self, bytes: &[u8]) -> Result<Reply> {
+    pub async fn call_raw(&mut self, bytes: &[u8]) -> Result<Response> {
         match &mut self.link {
             Link::Tcp(conn) => {
                 conn.queue_raw(bytes);
@@ -171,9 +171,9 @@ impl NmdbClient {
             key: Bytes::copy_from_slice(key),
         };
         match self.call(request).await? {
-            ReplyBody::CacheHit(v) => Ok(Some((v, Source::Cache))),
-            ReplyBody::Value(v) => Ok(Some((v, Source::Store))),
-            ReplyBody::NotIn | ReplyBody::CacheMiss => Ok(None),
+            ResponseBody::CacheHit(v) => Ok(Some((v, Source::Cache))),
+            ResponseBody::Value(v) => Ok(Some((v, Source::Store))),
+            ResponseBody::NotIn | ResponseBody::CacheMiss => Ok(None),
             other => Err(unexpected(&other)),
         }
     }
@@ -189,7 +189,7 @@ impl NmdbClient {
             value: Bytes::copy_from_slice(value),
         };
         match self.call(request).await? {
-            ReplyBody::Ok => Ok(()),
+            ResponseBody::Ok => Ok(()),
             other => Err(unexpected(&other)),
         }
     }
@@ -204,8 +204,8 @@ impl NmdbClient {
             key: Bytes::copy_from_slice(key),
         };
         match self.call(request).await? {
-            ReplyBody::Ok => Ok(true),
-            ReplyBody::NotIn => Ok(false),
+            ResponseBody::Ok => Ok(true),
+            ResponseBody::NotIn => Ok(false),
             other => Err(unexpected(&other)),
         }
     }
@@ -227,9 +227,9 @@ impl NmdbClient {
             new: Bytes::copy_from_slice(new),
         };
         match self.call(request).await? {
-            ReplyBody::Ok => Ok(CasOutcome::Swapped),
-            ReplyBody::NoMatch => Ok(CasOutcome::Mismatch),
-            ReplyBody::NotIn => Ok(CasOutcome::NotFound),
+            ResponseBody::Ok => Ok(CasOutcome::Swapped),
+            ResponseBody::NoMatch => Ok(CasOutcome::Mismatch),
+            ResponseBody::NotIn => Ok(CasOutcome::NotFound),
             other => Err(unexpected(&other)),
         }
     }
@@ -245,9 +245,11 @@ impl NmdbClient {
             delta,
         };
         match self.call(request).await? {
-            body @ ReplyBody::Value(_) => body.as_incr().map(Some).ok_or_else(|| unexpected(&body)),
-            ReplyBody::NotIn => Ok(None),
-            ReplyBody::NoMatch => Err(ClientError::Server(
+            body @ ResponseBody::Value(_) => {
+                body.as_incr().map(Some).ok_or_else(|| unexpected(&body))
+            }
+            ResponseBody::NotIn => Ok(None),
+            ResponseBody::NoMatch => Err(ClientError::Server(
                 "NOMATCH: the value is not a number".into(),
             )),
             other => Err(unexpected(&other)),
@@ -284,8 +286,8 @@ impl NmdbClient {
 
     async fn key_reply(&mut self, request: Request) -> Result<Option<Bytes>> {
         match self.call(request).await? {
-            ReplyBody::Value(key) => Ok(Some(key)),
-            ReplyBody::NotIn => Ok(None),
+            ResponseBody::Value(key) => Ok(Some(key)),
+            ResponseBody::NotIn => Ok(None),
             other => Err(unexpected(&other)),
         }
     }
@@ -306,7 +308,7 @@ impl NmdbClient {
     }
 }
 
-fn decode_datagram_reply(datagram: &[u8]) -> Result<Reply> {
+fn decode_datagram_reply(datagram: &[u8]) -> Result<Response> {
     match NmdbClientCodec::udp().decode_response(datagram) {
         Ok(Decoded::Frame(reply, _)) => Ok(reply),
         Ok(Decoded::Incomplete) => Err(ClientError::Protocol("empty datagram".into())),
@@ -322,7 +324,7 @@ async fn udp_exchange(
     expected: u32,
     timeout: Duration,
     attempts: u32,
-) -> Result<Reply> {
+) -> Result<Response> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     for _ in 0..attempts.max(1) {
         socket.send(datagram).await?;
@@ -605,16 +607,16 @@ mod tests {
             .unwrap();
         assert_eq!(
             broken,
-            Reply {
+            Response {
                 id: 5,
-                body: ReplyBody::Error(error::BROKEN)
+                body: ResponseBody::Error(error::BROKEN)
             }
         );
         let ver = c
             .call_raw(&hex("00 00 00 0c  20 00 00 01  01 01 00 00"))
             .await
             .unwrap();
-        assert_eq!(ver.body, ReplyBody::Error(error::VER));
+        assert_eq!(ver.body, ResponseBody::Error(error::VER));
         server.await.unwrap();
     }
 
@@ -627,7 +629,7 @@ mod tests {
         .await;
         let mut c = client(&addr).await;
         let body = c.call(Request::Stats { id: ID_MASK }).await.unwrap();
-        assert_eq!(body, ReplyBody::NotIn);
+        assert_eq!(body, ResponseBody::NotIn);
         server.await.unwrap();
     }
 
@@ -773,9 +775,9 @@ mod tests {
         let (got, ()) = tokio::join!(c.call_raw(&unknown), answer);
         assert_eq!(
             got.unwrap(),
-            Reply {
+            Response {
                 id: 7,
-                body: ReplyBody::Error(error::UNKREQ)
+                body: ResponseBody::Error(error::UNKREQ)
             }
         );
         let answer = async {

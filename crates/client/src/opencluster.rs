@@ -19,7 +19,7 @@ use polykv_protocols::opencluster::{
     cmd, encode_message, rep, OpenClusterClientCodec, Push, Request, RequestBody, Response,
 };
 pub use polykv_protocols::opencluster::{
-    failinfo, fnv1a32, ItemId, ReplyBody, Value, ValueType, DEFAULT_PORT,
+    failinfo, fnv1a32, ItemId, ResponseBody, Value, ValueType, DEFAULT_PORT,
 };
 
 use crate::{ClientError, FramedConnection, Result};
@@ -49,17 +49,17 @@ pub struct OpenClusterClient {
 }
 
 /// The error for a reply a typed method does not expect.
-fn unexpected(body: ReplyBody) -> ClientError {
+fn unexpected(body: ResponseBody) -> ClientError {
     match body {
-        ReplyBody::Fail => ClientError::Server("fail".into()),
-        ReplyBody::FailInfo { code, text } => ClientError::Server(format!(
+        ResponseBody::Fail => ClientError::Server("fail".into()),
+        ResponseBody::FailInfo { code, text } => ClientError::Server(format!(
             "failinfo {code}: {}",
             String::from_utf8_lossy(&text)
         )),
-        ReplyBody::TryElsewhere { addr } => {
+        ResponseBody::TryElsewhere { addr } => {
             ClientError::Server(format!("tryelsewhere {}", String::from_utf8_lossy(&addr)))
         }
-        ReplyBody::Unknown { command } => ClientError::Server(format!("unknown {command}")),
+        ResponseBody::Unknown { command } => ClientError::Server(format!("unknown {command}")),
         other => ClientError::Protocol(format!("unexpected reply {other:?}")),
     }
 }
@@ -90,7 +90,7 @@ impl OpenClusterClient {
     /// hello (10): ack, then the serverlist and hashmasks pushes, which are applied and acked.
     pub async fn hello(&mut self) -> Result<()> {
         match self.call(RequestBody::Hello).await? {
-            ReplyBody::Ack => {}
+            ResponseBody::Ack => {}
             other => return Err(unexpected(other)),
         }
         // Both pushes follow the ack immediately, before any other reply (§5.1).
@@ -113,7 +113,7 @@ impl OpenClusterClient {
     }
 
     /// Sends one command and returns its reply, applying and acking pushes meanwhile.
-    pub async fn call(&mut self, body: RequestBody) -> Result<ReplyBody> {
+    pub async fn call(&mut self, body: RequestBody) -> Result<ResponseBody> {
         let user_id = self.next_user_id;
         self.next_user_id = self.next_user_id.wrapping_add(1);
         let command = body.command_id();
@@ -204,7 +204,7 @@ impl OpenClusterClient {
 
     async fn expect_ack(&mut self, body: RequestBody) -> Result<()> {
         match self.call(body).await? {
-            ReplyBody::Ack => Ok(()),
+            ResponseBody::Ack => Ok(()),
             other => Err(unexpected(other)),
         }
     }
@@ -212,8 +212,8 @@ impl OpenClusterClient {
     /// ack → true, fail → false.
     async fn ack_or_fail(&mut self, body: RequestBody) -> Result<bool> {
         match self.call(body).await? {
-            ReplyBody::Ack => Ok(true),
-            ReplyBody::Fail => Ok(false),
+            ResponseBody::Ack => Ok(true),
+            ResponseBody::Fail => Ok(false),
             other => Err(unexpected(other)),
         }
     }
@@ -281,11 +281,11 @@ impl OpenClusterClient {
     /// An item of another type is `Err(Server("failinfo 1: …"))`.
     pub async fn get(&mut self, item: ItemId, kind: ValueType) -> Result<Option<Value>> {
         match self.call(RequestBody::Get { item, kind }).await? {
-            ReplyBody::Data {
+            ResponseBody::Data {
                 item: echoed,
                 value,
             } if echoed == item && value.value_type() == kind => Ok(Some(value)),
-            ReplyBody::Fail => Ok(None),
+            ResponseBody::Fail => Ok(None),
             other => Err(unexpected(other)),
         }
     }
@@ -317,8 +317,8 @@ impl OpenClusterClient {
     /// get_type of `item`: `None` when missing or expired.
     pub async fn get_type_of(&mut self, item: ItemId) -> Result<Option<ValueType>> {
         match self.call(RequestBody::GetType { item }).await? {
-            ReplyBody::DataType { item: echoed, kind } if echoed == item => Ok(Some(kind)),
-            ReplyBody::Fail => Ok(None),
+            ResponseBody::DataType { item: echoed, kind } if echoed == item => Ok(Some(kind)),
+            ResponseBody::Fail => Ok(None),
             other => Err(unexpected(other)),
         }
     }
@@ -359,7 +359,7 @@ impl OpenClusterClient {
     /// loadlevel (200).
     pub async fn loadlevel(&mut self) -> Result<LoadLevels> {
         match self.call(RequestBody::LoadLevel).await? {
-            ReplyBody::LoadLevels {
+            ResponseBody::LoadLevels {
                 primary,
                 backup,
                 transferring,
@@ -582,7 +582,7 @@ mod tests {
             c.call(RequestBody::Unknown { command: 1234 })
                 .await
                 .unwrap(),
-            ReplyBody::Unknown { command: 1234 }
+            ResponseBody::Unknown { command: 1234 }
         );
         assert!(c.capabilities(cmd::GET_TYPE).await.unwrap());
         assert_eq!(
@@ -755,48 +755,35 @@ mod tests {
 
     #[tokio::test]
     async fn mismatched_or_malformed_replies_are_protocol_errors() {
-        // Wrong repcmd.
-        let (addr, server) = fake_server(vec![
-            expect("001e 0000 00000001 00000000"),
-            send("0001 000a 00000001 00000000"),
-        ])
-        .await;
-        let mut c = client(&addr).await;
-        assert!(matches!(c.ping().await, Err(ClientError::Protocol(_))));
-        server.await.unwrap();
-        // Wrong user id.
-        let (addr, server) = fake_server(vec![
-            expect("001e 0000 00000001 00000000"),
-            send("0001 001e 00000002 00000000"),
-        ])
-        .await;
-        let mut c = client(&addr).await;
-        assert!(matches!(c.ping().await, Err(ClientError::Protocol(_))));
-        server.await.unwrap();
-        // A data reply for another item.
-        let (addr, server) = fake_server(vec![
-            expect("0834 0000 00000001 00000008 | 00000000 7e47596b"),
-            send("0839 0834 00000001 0000000c | 00000000 7e47596c 0000002d"),
-        ])
-        .await;
-        let mut c = client(&addr).await;
-        assert!(matches!(
-            c.get_int(b"something").await,
-            Err(ClientError::Protocol(_))
-        ));
-        server.await.unwrap();
-        // A truncated data_int payload.
-        let (addr, server) = fake_server(vec![
-            expect("0834 0000 00000001 00000008 | 00000000 7e47596b"),
-            send("0839 0834 00000001 00000008 | 00000000 7e47596b"),
-        ])
-        .await;
-        let mut c = client(&addr).await;
-        assert!(matches!(
-            c.get_int(b"something").await,
-            Err(ClientError::Protocol(_))
-        ));
-        server.await.unwrap();
+        const PING: &str = "001e 0000 00000001 00000000";
+        const GET_INT: &str = "0834 0000 00000001 00000008 | 00000000 7e47596b";
+        for (what, request, reply) in [
+            ("wrong repcmd", PING, "0001 000a 00000001 00000000"),
+            ("wrong user id", PING, "0001 001e 00000002 00000000"),
+            (
+                "a data reply for another item",
+                GET_INT,
+                "0839 0834 00000001 0000000c | 00000000 7e47596c 0000002d",
+            ),
+            (
+                "a truncated data_int payload",
+                GET_INT,
+                "0839 0834 00000001 00000008 | 00000000 7e47596b",
+            ),
+        ] {
+            let (addr, server) = fake_server(vec![expect(request), send(reply)]).await;
+            let mut c = client(&addr).await;
+            let result = if request == PING {
+                c.ping().await.map(|_| ())
+            } else {
+                c.get_int(b"something").await.map(|_| ())
+            };
+            assert!(
+                matches!(result, Err(ClientError::Protocol(_))),
+                "{what}: {result:?}"
+            );
+            server.await.unwrap();
+        }
         // hello answered by fail.
         let (addr, server) = fake_server(vec![
             expect("000a 0000 00000001 00000000"),

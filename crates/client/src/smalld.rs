@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use polykv_protocols::smalld::{decode_reply, encode_request, Reply, Request};
+use polykv_protocols::smalld::{decode_reply, encode_request, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{ClientError, Result};
@@ -38,7 +38,7 @@ impl SmalldClient {
             .map_err(|_| ClientError::Timeout(self.timeout))?
     }
 
-    async fn call(&self, request: &Request, expects_value: bool) -> Result<Reply> {
+    async fn call(&self, request: &Request, expects_value: bool) -> Result<Response> {
         let mut out = BytesMut::new();
         encode_request(self.key, request, &mut out);
         let reply = self.raw(&out).await?;
@@ -50,11 +50,11 @@ impl SmalldClient {
             .ok_or_else(|| ClientError::Protocol(format!("bad smalld reply {reply:02x?}")))
     }
 
-    fn value(reply: Reply) -> Result<Option<Bytes>> {
+    fn value(reply: Response) -> Result<Option<Bytes>> {
         match reply {
-            Reply::Value(v) => Ok(Some(v)),
-            Reply::Failure => Ok(None),
-            Reply::Ok => Err(ClientError::Protocol("success without a value".into())),
+            Response::Value(v) => Ok(Some(v)),
+            Response::Failure => Ok(None),
+            Response::Ok => Err(ClientError::Protocol("success without a value".into())),
         }
     }
 
@@ -64,7 +64,7 @@ impl SmalldClient {
             name: Bytes::copy_from_slice(name),
             value: Bytes::copy_from_slice(value),
         };
-        Ok(self.call(&request, false).await? == Reply::Ok)
+        Ok(self.call(&request, false).await? == Response::Ok)
     }
 
     pub async fn get(&self, name: &[u8]) -> Result<Option<Bytes>> {

@@ -12,7 +12,7 @@ use polykv_client::jsonkv::{AgentClient, JsonRpcClient, JsonkvClient, JsonkvUdpC
 use polykv_client::nmdb::{Mode, NmdbClient};
 use polykv_client::ClientError;
 use polykv_protocols::jsonkv::{
-    write_frame, Command, Id, Item, RequestPayload, ResponsePayload, RpcOutcome, ServerEntry,
+    encode_frame, Command, Id, Item, RequestPayload, ResponsePayload, RpcOutcome, ServerEntry,
     ServerProtocol,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +33,7 @@ fn frame(json: &str) -> Vec<u8> {
 
 fn frame_bytes(payload: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
-    write_frame(&mut out, payload);
+    encode_frame(&mut out, payload);
     out.to_vec()
 }
 

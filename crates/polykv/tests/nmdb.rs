@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use common::{http, Options, Server};
 use polykv_client::nmdb::{CasOutcome, Mode, NmdbClient, Source, STATS_NAMES};
 use polykv_client::ClientError;
-use polykv_protocols::nmdb::{error, NmdbClientCodec, ReplyBody, Request, Transport};
+use polykv_protocols::nmdb::{error, NmdbClientCodec, Request, ResponseBody, Transport};
 use polykv_protocols::ClientCodec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -135,11 +135,11 @@ async fn stats_count_for_real() {
     conn.flush().await.unwrap();
     assert_eq!(
         conn.receive().await.unwrap().body,
-        ReplyBody::Error(error::UNKREQ)
+        ResponseBody::Error(error::UNKREQ)
     );
     assert_eq!(
         conn.receive().await.unwrap().body,
-        ReplyBody::Error(error::BROKEN)
+        ResponseBody::Error(error::BROKEN)
     );
     let s = c.stats().await.unwrap();
     for (name, want) in [
@@ -257,10 +257,10 @@ async fn hundreds_of_pipelined_frames_answered_in_order() {
     conn.flush().await.unwrap();
     for i in 0..300u32 {
         let set = conn.receive().await.unwrap();
-        assert_eq!((set.id, set.body), (i * 2 + 1, ReplyBody::Ok));
+        assert_eq!((set.id, set.body), (i * 2 + 1, ResponseBody::Ok));
         let get = conn.receive().await.unwrap();
         assert_eq!(get.id, i * 2 + 2);
-        assert_eq!(get.body, ReplyBody::CacheHit(format!("p{i}").into()));
+        assert_eq!(get.body, ResponseBody::CacheHit(format!("p{i}").into()));
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::{exchange, hex, Options, Server};
 use polykv_client::opencluster::{failinfo, ItemId, OpenClusterClient, Value, ValueType};
-use polykv_protocols::opencluster::{cmd, compose_request, Request, RequestBody};
+use polykv_protocols::opencluster::{cmd, encode_request, Request, RequestBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -371,7 +371,7 @@ async fn pipelined_thousands_split_messages_and_a_1_mib_string() {
     let mut out = BytesMut::new();
     for i in 0..5000u32 {
         let name = format!("key-{i}");
-        compose_request(
+        encode_request(
             &Request {
                 user_id: i,
                 body: RequestBody::Set {

@@ -29,7 +29,7 @@ pub mod code {
     pub const NEXTKEY: u16 = 0x108;
 }
 
-/// Reply codes (32-bit on the wire).
+/// Response codes (32-bit on the wire).
 pub mod reply {
     pub const ERR: u32 = 0x800;
     pub const CACHE_HIT: u32 = 0x801;
@@ -346,24 +346,24 @@ impl Stats {
     }
 
     /// The STATS OK reply body (`u32 184` then the counters once encoded).
-    pub fn to_body(&self) -> ReplyBody {
-        ReplyBody::stats(&self.counters())
+    pub fn to_body(&self) -> ResponseBody {
+        ResponseBody::stats(&self.counters())
     }
 }
 
 /// A reply to the request whose 28-bit id is `id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct Response {
     pub id: u32,
-    pub body: ReplyBody,
+    pub body: ResponseBody,
 }
 
 /// A reply's code and payload. Long OK replies (store-served GET, INCR, FIRSTKEY/NEXTKEY,
-/// STATS) all have the same shape on the wire, so they are one variant, [`ReplyBody::Value`];
-/// [`ReplyBody::incr`], [`ReplyBody::stats`], [`ReplyBody::as_incr`] and [`ReplyBody::as_stats`]
+/// STATS) all have the same shape on the wire, so they are one variant, [`ResponseBody::Value`];
+/// [`ResponseBody::incr`], [`ResponseBody::stats`], [`ResponseBody::as_incr`] and [`ResponseBody::as_stats`]
 /// build and read the typed ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyBody {
+pub enum ResponseBody {
     /// Mini REP_OK (SET, DEL, CAS): 8 bytes.
     Ok,
     /// Mini REP_NOTIN.
@@ -380,25 +380,25 @@ pub enum ReplyBody {
     Value(Bytes),
 }
 
-impl ReplyBody {
+impl ResponseBody {
     /// The INCR reply: `u32 8, i64 new value`.
-    pub fn incr(value: i64) -> ReplyBody {
-        ReplyBody::Value(Bytes::copy_from_slice(&value.to_be_bytes()))
+    pub fn incr(value: i64) -> ResponseBody {
+        ResponseBody::Value(Bytes::copy_from_slice(&value.to_be_bytes()))
     }
 
     /// The STATS reply: 23 big-endian u64 counters.
-    pub fn stats(counters: &[u64; STATS_COUNTERS]) -> ReplyBody {
+    pub fn stats(counters: &[u64; STATS_COUNTERS]) -> ResponseBody {
         let mut out = BytesMut::with_capacity(STATS_COUNTERS * 8);
         for c in counters {
             out.put_u64(*c);
         }
-        ReplyBody::Value(out.freeze())
+        ResponseBody::Value(out.freeze())
     }
 
     /// Reads a long OK as an INCR result; libnmdb reads it only when n = 8.
     pub fn as_incr(&self) -> Option<i64> {
         match self {
-            ReplyBody::Value(v) if v.len() == 8 => be_u64(v, 0).map(|n| n as i64),
+            ResponseBody::Value(v) if v.len() == 8 => be_u64(v, 0).map(|n| n as i64),
             _ => None,
         }
     }
@@ -406,7 +406,7 @@ impl ReplyBody {
     /// Reads a long OK as a STATS result.
     pub fn as_stats(&self) -> Option<Stats> {
         match self {
-            ReplyBody::Value(v) => Stats::from_payload(v),
+            ResponseBody::Value(v) => Stats::from_payload(v),
             _ => None,
         }
     }
@@ -414,21 +414,24 @@ impl ReplyBody {
     /// The wire code of this reply.
     pub fn code(&self) -> u32 {
         match self {
-            ReplyBody::Ok | ReplyBody::Value(_) => reply::OK,
-            ReplyBody::NotIn => reply::NOTIN,
-            ReplyBody::NoMatch => reply::NOMATCH,
-            ReplyBody::CacheMiss => reply::CACHE_MISS,
-            ReplyBody::Error(_) => reply::ERR,
-            ReplyBody::CacheHit(_) => reply::CACHE_HIT,
+            ResponseBody::Ok | ResponseBody::Value(_) => reply::OK,
+            ResponseBody::NotIn => reply::NOTIN,
+            ResponseBody::NoMatch => reply::NOMATCH,
+            ResponseBody::CacheMiss => reply::CACHE_MISS,
+            ResponseBody::Error(_) => reply::ERR,
+            ResponseBody::CacheHit(_) => reply::CACHE_HIT,
         }
     }
 
     /// The length of the bare message (no TCP prefix).
     pub fn message_len(&self) -> usize {
         match self {
-            ReplyBody::Ok | ReplyBody::NotIn | ReplyBody::NoMatch | ReplyBody::CacheMiss => 8,
-            ReplyBody::Error(_) => 12,
-            ReplyBody::CacheHit(v) | ReplyBody::Value(v) => v.len().saturating_add(12),
+            ResponseBody::Ok
+            | ResponseBody::NotIn
+            | ResponseBody::NoMatch
+            | ResponseBody::CacheMiss => 8,
+            ResponseBody::Error(_) => 12,
+            ResponseBody::CacheHit(v) | ResponseBody::Value(v) => v.len().saturating_add(12),
         }
     }
 }
@@ -497,7 +500,7 @@ fn parse_incr(payload: &[u8]) -> Option<(Bytes, i64)> {
 ///
 /// A message shorter than the 8-byte header (a TCP frame of 9–11 bytes) is [`Request::Broken`]
 /// with the id of its first 4 bytes (0 if even those are missing).
-pub fn parse_message(msg: &[u8]) -> Request {
+pub fn decode_message(msg: &[u8]) -> Request {
     let word = be_u32(msg, 0).unwrap_or(0);
     let id = word & ID_MASK;
     let broken = Request::Broken { id };
@@ -543,11 +546,11 @@ pub fn parse_message(msg: &[u8]) -> Request {
 
 /// Decodes one UDP or SCTP datagram: `None` = drop it (shorter than 8 bytes, §3.2).
 pub fn decode_datagram(datagram: &[u8]) -> Option<Request> {
-    (datagram.len() >= MIN_DATAGRAM).then(|| parse_message(datagram))
+    (datagram.len() >= MIN_DATAGRAM).then(|| decode_message(datagram))
 }
 
 /// Appends a request message (no TCP prefix).
-pub fn compose_request(request: &Request, out: &mut BytesMut) {
+pub fn encode_request(request: &Request, out: &mut BytesMut) {
     let head = |out: &mut BytesMut, id: u32, request_code: u16, bits: u16| {
         out.put_u32((VERSION << 28) | (id & ID_MASK));
         out.put_u16(request_code);
@@ -623,9 +626,9 @@ pub fn compose_request(request: &Request, out: &mut BytesMut) {
 
 /// Appends a reply message (no TCP prefix). A reply longer than `max_message` becomes
 /// REP_ERR ERR_SEND, 12 bytes (the transport cannot carry it, §3).
-pub fn compose_reply(reply: &Reply, max_message: usize, out: &mut BytesMut) {
+pub fn encode_reply(reply: &Response, max_message: usize, out: &mut BytesMut) {
     let body = if reply.body.message_len() > max_message {
-        &ReplyBody::Error(error::SEND)
+        &ResponseBody::Error(error::SEND)
     } else {
         &reply.body
     };
@@ -633,9 +636,12 @@ pub fn compose_reply(reply: &Reply, max_message: usize, out: &mut BytesMut) {
     out.put_u32(reply.id);
     out.put_u32(body.code());
     match body {
-        ReplyBody::Ok | ReplyBody::NotIn | ReplyBody::NoMatch | ReplyBody::CacheMiss => {}
-        ReplyBody::Error(code) => out.put_u32(*code),
-        ReplyBody::CacheHit(v) | ReplyBody::Value(v) => {
+        ResponseBody::Ok
+        | ResponseBody::NotIn
+        | ResponseBody::NoMatch
+        | ResponseBody::CacheMiss => {}
+        ResponseBody::Error(code) => out.put_u32(*code),
+        ResponseBody::CacheHit(v) | ResponseBody::Value(v) => {
             out.put_u32(v.len() as u32);
             out.put_slice(v);
         }
@@ -644,16 +650,16 @@ pub fn compose_reply(reply: &Reply, max_message: usize, out: &mut BytesMut) {
 
 /// Parses one bare reply message (the whole of `msg`). The shape follows from the code and the
 /// length: 8 bytes = mini, REP_ERR = 12 bytes, OK/CACHE_HIT with 12 + n bytes = long.
-pub fn parse_reply(msg: &[u8]) -> Result<Reply, Reject> {
+pub fn decode_reply(msg: &[u8]) -> Result<Response, Reject> {
     let (Some(id), Some(reply_code)) = (be_u32(msg, 0), be_u32(msg, 4)) else {
         return Err(Reject::new("nmdb reply shorter than 8 bytes"));
     };
     let body = match (reply_code, msg.len()) {
-        (reply::OK, 8) => ReplyBody::Ok,
-        (reply::NOTIN, 8) => ReplyBody::NotIn,
-        (reply::NOMATCH, 8) => ReplyBody::NoMatch,
-        (reply::CACHE_MISS, 8) => ReplyBody::CacheMiss,
-        (reply::ERR, 12) => ReplyBody::Error(be_u32(msg, 8).unwrap_or_default()),
+        (reply::OK, 8) => ResponseBody::Ok,
+        (reply::NOTIN, 8) => ResponseBody::NotIn,
+        (reply::NOMATCH, 8) => ResponseBody::NoMatch,
+        (reply::CACHE_MISS, 8) => ResponseBody::CacheMiss,
+        (reply::ERR, 12) => ResponseBody::Error(be_u32(msg, 8).unwrap_or_default()),
         (reply::OK | reply::CACHE_HIT, len) if len >= 12 => {
             let n = be_u32(msg, 8).and_then(|n| usize::try_from(n).ok());
             let value = match msg.get(12..) {
@@ -665,14 +671,14 @@ pub fn parse_reply(msg: &[u8]) -> Result<Reply, Reject> {
                 }
             };
             if reply_code == reply::OK {
-                ReplyBody::Value(value)
+                ResponseBody::Value(value)
             } else {
-                ReplyBody::CacheHit(value)
+                ResponseBody::CacheHit(value)
             }
         }
         _ => return Err(Reject::new("unknown nmdb reply shape")),
     };
-    Ok(Reply { id, body })
+    Ok(Response { id, body })
 }
 
 /// Which transport a codec frames for.
@@ -751,7 +757,7 @@ impl NmdbServerCodec {
 
 impl ServerCodec for NmdbServerCodec {
     type Request = Request;
-    type Response = Reply;
+    type Response = Response;
 
     /// TCP: a frame with `F ≤ 8` or `F > 65 536` is a `Reject` (close); 9–11 decodes as
     /// [`Request::Broken`]. Datagram: `buf` is one whole datagram; under 8 bytes it is a
@@ -759,7 +765,7 @@ impl ServerCodec for NmdbServerCodec {
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<Request>, Reject> {
         match self.transport {
             Transport::Tcp => Ok(match tcp_frame(buf, 9)? {
-                Some((msg, used)) => Decoded::Frame(parse_message(msg), used),
+                Some((msg, used)) => Decoded::Frame(decode_message(msg), used),
                 None => Decoded::Incomplete,
             }),
             Transport::Udp | Transport::Sctp => match decode_datagram(buf) {
@@ -769,11 +775,11 @@ impl ServerCodec for NmdbServerCodec {
         }
     }
 
-    fn encode_response(&self, reply: &Reply, out: &mut BytesMut) {
+    fn encode_response(&self, reply: &Response, out: &mut BytesMut) {
         let max = self.transport.max_message();
         match self.transport {
-            Transport::Tcp => prefixed(out, |out| compose_reply(reply, max, out)),
-            Transport::Udp | Transport::Sctp => compose_reply(reply, max, out),
+            Transport::Tcp => prefixed(out, |out| encode_reply(reply, max, out)),
+            Transport::Udp | Transport::Sctp => encode_reply(reply, max, out),
         }
     }
 }
@@ -804,24 +810,24 @@ impl NmdbClientCodec {
 
 impl ClientCodec for NmdbClientCodec {
     type Request = Request;
-    type Response = Reply;
+    type Response = Response;
 
     fn encode_request(&self, request: &Request, out: &mut BytesMut) {
         match self.transport {
-            Transport::Tcp => prefixed(out, |out| compose_request(request, out)),
-            Transport::Udp | Transport::Sctp => compose_request(request, out),
+            Transport::Tcp => prefixed(out, |out| encode_request(request, out)),
+            Transport::Udp | Transport::Sctp => encode_request(request, out),
         }
     }
 
     /// TCP: reply frames are 12–65 536 bytes, anything else is a `Reject`. Datagram: `buf` is
     /// one whole datagram.
-    fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Reply>, Reject> {
+    fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Response>, Reject> {
         match self.transport {
             Transport::Tcp => match tcp_frame(buf, 12)? {
-                Some((msg, used)) => Ok(Decoded::Frame(parse_reply(msg)?, used)),
+                Some((msg, used)) => Ok(Decoded::Frame(decode_reply(msg)?, used)),
                 None => Ok(Decoded::Incomplete),
             },
-            Transport::Udp | Transport::Sctp => Ok(Decoded::Frame(parse_reply(buf)?, buf.len())),
+            Transport::Udp | Transport::Sctp => Ok(Decoded::Frame(decode_reply(buf)?, buf.len())),
         }
     }
 }
@@ -908,6 +914,7 @@ pub fn server_index(key: &[u8], servers: usize) -> Option<usize> {
 
 /// Fuzz body: decode arbitrary bytes as requests over every transport; every decoded request
 /// must encode and decode back to itself.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_server(data: &[u8]) {
     for transport in [Transport::Tcp, Transport::Udp, Transport::Sctp] {
         let server = NmdbServerCodec::new(transport);
@@ -935,6 +942,7 @@ pub fn fuzz_server(data: &[u8]) {
 }
 
 /// Fuzz body: decode arbitrary bytes as replies; every decoded reply must round-trip.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_client(data: &[u8]) {
     for transport in [Transport::Tcp, Transport::Udp, Transport::Sctp] {
         let server = NmdbServerCodec::new(transport);
@@ -945,9 +953,9 @@ pub fn fuzz_client(data: &[u8]) {
             let mut encoded = BytesMut::new();
             server.encode_response(&reply, &mut encoded);
             let expected = if reply.body.message_len() > transport.max_message() {
-                Reply {
+                Response {
                     id: reply.id,
-                    body: ReplyBody::Error(error::SEND),
+                    body: ResponseBody::Error(error::SEND),
                 }
             } else {
                 reply

@@ -353,7 +353,7 @@ impl Request {
     }
 
     /// The answer to `self` with `body`: repcmd = the command id, user id copied.
-    pub fn reply(&self, body: ReplyBody) -> Response {
+    pub fn reply(&self, body: ResponseBody) -> Response {
         Response::Reply {
             repcmd: self.body.command_id(),
             user_id: self.user_id,
@@ -364,10 +364,12 @@ impl Request {
     /// The error reply fixed by the codec alone (O1, O2, O4, O5), if this is such a message.
     pub fn error_reply(&self) -> Option<Response> {
         let body = match self.body {
-            RequestBody::Unknown { command } => ReplyBody::Unknown { command },
-            RequestBody::Malformed { .. } => ReplyBody::failinfo(failinfo::MALFORMED),
-            RequestBody::InvalidArgument { .. } => ReplyBody::failinfo(failinfo::INVALID_ARGUMENT),
-            RequestBody::TooLarge { .. } => ReplyBody::failinfo(failinfo::TOO_LARGE),
+            RequestBody::Unknown { command } => ResponseBody::Unknown { command },
+            RequestBody::Malformed { .. } => ResponseBody::failinfo(failinfo::MALFORMED),
+            RequestBody::InvalidArgument { .. } => {
+                ResponseBody::failinfo(failinfo::INVALID_ARGUMENT)
+            }
+            RequestBody::TooLarge { .. } => ResponseBody::failinfo(failinfo::TOO_LARGE),
             _ => return None,
         };
         Some(self.reply(body))
@@ -389,7 +391,7 @@ pub enum Response {
     Reply {
         repcmd: u16,
         user_id: u32,
-        body: ReplyBody,
+        body: ResponseBody,
     },
     /// A command pushed by the server (repcmd 0); `user_id` is the per-connection push counter.
     Push { user_id: u32, push: Push },
@@ -397,7 +399,7 @@ pub enum Response {
 
 /// A reply payload (§4.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyBody {
+pub enum ResponseBody {
     Ack,
     Fail,
     /// failinfo (3): code of §9 and a descriptive text.
@@ -431,10 +433,10 @@ pub enum ReplyBody {
     },
 }
 
-impl ReplyBody {
+impl ResponseBody {
     /// failinfo with polykv's text for `code`.
-    pub fn failinfo(code: i32) -> ReplyBody {
-        ReplyBody::FailInfo {
+    pub fn failinfo(code: i32) -> ResponseBody {
+        ResponseBody::FailInfo {
             code,
             text: Bytes::from_static(failinfo::text(code).as_bytes()),
         }
@@ -443,14 +445,14 @@ impl ReplyBody {
     /// The reply id.
     pub fn id(&self) -> u16 {
         match self {
-            ReplyBody::Ack => rep::ACK,
-            ReplyBody::Fail => rep::FAIL,
-            ReplyBody::FailInfo { .. } => rep::FAILINFO,
-            ReplyBody::TryElsewhere { .. } => rep::TRY_ELSEWHERE,
-            ReplyBody::Unknown { .. } => rep::UNKNOWN,
-            ReplyBody::LoadLevels { .. } => rep::LOAD_LEVELS,
-            ReplyBody::Data { value, .. } => value.value_type().data_reply(),
-            ReplyBody::DataType { .. } => rep::DATA_TYPE,
+            ResponseBody::Ack => rep::ACK,
+            ResponseBody::Fail => rep::FAIL,
+            ResponseBody::FailInfo { .. } => rep::FAILINFO,
+            ResponseBody::TryElsewhere { .. } => rep::TRY_ELSEWHERE,
+            ResponseBody::Unknown { .. } => rep::UNKNOWN,
+            ResponseBody::LoadLevels { .. } => rep::LOAD_LEVELS,
+            ResponseBody::Data { value, .. } => value.value_type().data_reply(),
+            ResponseBody::DataType { .. } => rep::DATA_TYPE,
         }
     }
 }
@@ -610,7 +612,7 @@ impl<'a> Fields<'a> {
 }
 
 /// Parses the payload of a command (repcmd = 0) received by the server.
-pub fn parse_command(id: u16, payload: &[u8]) -> RequestBody {
+pub fn decode_command(id: u16, payload: &[u8]) -> RequestBody {
     let malformed = RequestBody::Malformed { command: id };
     let invalid = RequestBody::InvalidArgument { command: id };
     let mut f = Fields::new(payload);
@@ -704,7 +706,7 @@ pub fn parse_command(id: u16, payload: &[u8]) -> RequestBody {
 }
 
 /// Appends a client message.
-pub fn compose_request(request: &Request, out: &mut BytesMut) {
+pub fn encode_request(request: &Request, out: &mut BytesMut) {
     let user = request.user_id;
     let id = request.body.command_id();
     match &request.body {
@@ -798,21 +800,21 @@ fn put_set(
 }
 
 /// Appends a server message.
-pub fn compose_response(response: &Response, out: &mut BytesMut) {
+pub fn encode_response(response: &Response, out: &mut BytesMut) {
     match response {
         Response::Reply {
             repcmd,
             user_id,
             body,
         } => with_header(out, body.id(), *repcmd, *user_id, |out| match body {
-            ReplyBody::Ack | ReplyBody::Fail => {}
-            ReplyBody::FailInfo { code, text } => {
+            ResponseBody::Ack | ResponseBody::Fail => {}
+            ResponseBody::FailInfo { code, text } => {
                 out.put_i32(*code);
                 put_str(out, text);
             }
-            ReplyBody::TryElsewhere { addr } => put_str(out, addr),
-            ReplyBody::Unknown { command } => out.put_u16(*command),
-            ReplyBody::LoadLevels {
+            ResponseBody::TryElsewhere { addr } => put_str(out, addr),
+            ResponseBody::Unknown { command } => out.put_u16(*command),
+            ResponseBody::LoadLevels {
                 primary,
                 backup,
                 transferring,
@@ -821,7 +823,7 @@ pub fn compose_response(response: &Response, out: &mut BytesMut) {
                 out.put_i32(*backup);
                 out.put_i32(i32::from(*transferring));
             }
-            ReplyBody::Data { item, value } => {
+            ResponseBody::Data { item, value } => {
                 out.put_u32(item.map);
                 out.put_u32(item.key);
                 match value {
@@ -830,7 +832,7 @@ pub fn compose_response(response: &Response, out: &mut BytesMut) {
                     Value::String(v) => put_str(out, v),
                 }
             }
-            ReplyBody::DataType { item, kind } => {
+            ResponseBody::DataType { item, kind } => {
                 out.put_u32(item.map);
                 out.put_u32(item.key);
                 out.put_i32(kind.code());
@@ -868,43 +870,43 @@ pub fn compose_response(response: &Response, out: &mut BytesMut) {
 }
 
 /// Parses a reply (repcmd ≠ 0) received by a client; `None` when its payload does not match.
-fn parse_reply_body(id: u16, repcmd: u16, payload: &[u8]) -> Option<ReplyBody> {
+fn parse_reply_body(id: u16, repcmd: u16, payload: &[u8]) -> Option<ResponseBody> {
     let mut f = Fields::new(payload);
     let body = match id {
-        rep::ACK => ReplyBody::Ack,
-        rep::FAIL => ReplyBody::Fail,
+        rep::ACK => ResponseBody::Ack,
+        rep::FAIL => ResponseBody::Fail,
         rep::FAILINFO => {
             let code = f.i32()?;
-            ReplyBody::FailInfo {
+            ResponseBody::FailInfo {
                 code,
                 text: Bytes::copy_from_slice(f.str()?),
             }
         }
-        rep::TRY_ELSEWHERE => ReplyBody::TryElsewhere {
+        rep::TRY_ELSEWHERE => ResponseBody::TryElsewhere {
             addr: Bytes::copy_from_slice(f.str()?),
         },
-        rep::UNKNOWN => ReplyBody::Unknown {
+        rep::UNKNOWN => ResponseBody::Unknown {
             // The original sent no payload (§13); the id it answers is then repcmd.
             command: if payload.is_empty() { repcmd } else { f.u16()? },
         },
-        rep::LOAD_LEVELS => ReplyBody::LoadLevels {
+        rep::LOAD_LEVELS => ResponseBody::LoadLevels {
             primary: f.i32()?,
             backup: f.i32()?,
             transferring: f.i32()? != 0,
         },
-        rep::DATA_INT => ReplyBody::Data {
+        rep::DATA_INT => ResponseBody::Data {
             item: f.item()?,
             value: Value::Int(f.i32()?),
         },
-        rep::DATA_LONG => ReplyBody::Data {
+        rep::DATA_LONG => ResponseBody::Data {
             item: f.item()?,
             value: Value::Long(f.i64()?),
         },
-        rep::DATA_STRING => ReplyBody::Data {
+        rep::DATA_STRING => ResponseBody::Data {
             item: f.item()?,
             value: Value::String(Bytes::copy_from_slice(f.str()?)),
         },
-        rep::DATA_TYPE => ReplyBody::DataType {
+        rep::DATA_TYPE => ResponseBody::DataType {
             item: f.item()?,
             kind: ValueType::from_code(f.i32()?)?,
         },
@@ -1006,7 +1008,7 @@ impl ServerCodec for OpenClusterServerCodec {
                 repcmd: header.repcmd,
             }
         } else {
-            parse_command(header.id, payload)
+            decode_command(header.id, payload)
         };
         Ok(Decoded::Frame(
             Request {
@@ -1018,7 +1020,7 @@ impl ServerCodec for OpenClusterServerCodec {
     }
 
     fn encode_response(&self, response: &Response, out: &mut BytesMut) {
-        compose_response(response, out);
+        encode_response(response, out);
     }
 }
 
@@ -1042,7 +1044,7 @@ impl ClientCodec for OpenClusterClientCodec {
     type Response = Response;
 
     fn encode_request(&self, request: &Request, out: &mut BytesMut) {
-        compose_request(request, out);
+        encode_request(request, out);
     }
 
     fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Response>, Reject> {
@@ -1083,6 +1085,7 @@ impl ClientCodec for OpenClusterClientCodec {
 
 /// Fuzz body: decode arbitrary bytes as client messages; every decoded message must encode and
 /// decode back to itself.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_server(data: &[u8]) {
     for max_payload in [DEFAULT_MAX_PAYLOAD, 16] {
         let server = OpenClusterServerCodec { max_payload };
@@ -1107,6 +1110,7 @@ pub fn fuzz_server(data: &[u8]) {
 }
 
 /// Fuzz body: decode arbitrary bytes as server messages; every decoded message must round-trip.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_client(data: &[u8]) {
     for max_payload in [DEFAULT_MAX_PAYLOAD, 16] {
         let server = OpenClusterServerCodec { max_payload };

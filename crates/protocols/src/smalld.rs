@@ -29,7 +29,7 @@ pub struct Header {
     pub kind: u16,
 }
 
-pub fn parse_header(buf: &[u8]) -> Option<Header> {
+pub fn decode_header(buf: &[u8]) -> Option<Header> {
     Some(Header {
         key: be_u32(buf, 0)?,
         kind: be_u16(buf, 4)?,
@@ -68,7 +68,7 @@ fn field_name(field: &[u8], max_len: usize) -> Option<Bytes> {
 /// Decodes the request after a header whose key was already checked. `buf` starts with the
 /// header. Decides S6 (value too long) from the length field, before the value arrives.
 pub fn decode_request(buf: &[u8]) -> Decoded<Request> {
-    let (Some(header), Some(body)) = (parse_header(buf), buf.get(HEADER_LEN..)) else {
+    let (Some(header), Some(body)) = (decode_header(buf), buf.get(HEADER_LEN..)) else {
         return Decoded::Incomplete;
     };
     let invalid = |detail: &[u8], used: usize| {
@@ -178,7 +178,7 @@ pub fn encode_request(key: u32, request: &Request, out: &mut BytesMut) {
 
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub enum Response {
     /// Success without a value (set).
     Ok,
     /// Success with a value (get, digest, run).
@@ -186,29 +186,29 @@ pub enum Reply {
     Failure,
 }
 
-pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
+pub fn encode_reply(reply: &Response, out: &mut BytesMut) {
     match reply {
-        Reply::Ok => out.put_slice(&[0, 0, 0, 0]),
-        Reply::Value(value) => {
+        Response::Ok => out.put_slice(&[0, 0, 0, 0]),
+        Response::Value(value) => {
             let value = &value[..value.len().min(MAX_VALUE)];
             out.put_slice(&[0, 0, 0, 0]);
             out.put_u16(value.len() as u16);
             out.put_slice(value);
         }
-        Reply::Failure => out.put_slice(&[0xff, 0, 0, 0]),
+        Response::Failure => out.put_slice(&[0xff, 0, 0, 0]),
     }
 }
 
 /// Decodes a whole reply (the client reads until EOF). `expects_value`: get, digest and run
 /// successes carry a value; set does not. Bytes after the reply are ignored (some servers
 /// appended a length or a status word to failures).
-pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
+pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Response> {
     if buf.len() < 4 {
         return None;
     }
     match buf.first()? {
-        0xff => Some(Reply::Failure),
-        0 if !expects_value => Some(Reply::Ok),
+        0xff => Some(Response::Failure),
+        0 if !expects_value => Some(Response::Ok),
         0 => {
             // A reply value is at most 100 bytes; anything longer is not a smalld reply.
             let n = usize::from(be_u16(buf, 4)?);
@@ -216,14 +216,14 @@ pub fn decode_reply(buf: &[u8], expects_value: bool) -> Option<Reply> {
                 return None;
             }
             buf.get(6..6 + n)
-                .map(|v| Reply::Value(Bytes::copy_from_slice(v)))
+                .map(|v| Response::Value(Bytes::copy_from_slice(v)))
         }
         _ => None,
     }
 }
 
 /// The server side as a [`ServerCodec`]. With `key = Some(k)` a header carrying another key
-/// is a [`Reject`] (S2: close without a reply; the caller logs [`log_wrong_key`] first); with
+/// is a [`Reject`] (S2: close without a reply; the server logs the wrong key first); with
 /// `None` the key is not checked here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SmalldServerCodec {
@@ -232,10 +232,10 @@ pub struct SmalldServerCodec {
 
 impl ServerCodec for SmalldServerCodec {
     type Request = Request;
-    type Response = Reply;
+    type Response = Response;
 
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<Request>, Reject> {
-        if let (Some(want), Some(header)) = (self.key, parse_header(buf)) {
+        if let (Some(want), Some(header)) = (self.key, decode_header(buf)) {
             if header.key != want {
                 return Err(Reject::new("smalld: wrong secret key"));
             }
@@ -243,7 +243,7 @@ impl ServerCodec for SmalldServerCodec {
         Ok(decode_request(buf))
     }
 
-    fn encode_response(&self, reply: &Reply, out: &mut BytesMut) {
+    fn encode_response(&self, reply: &Response, out: &mut BytesMut) {
         encode_reply(reply, out);
     }
 }
@@ -268,19 +268,19 @@ impl SmalldClientCodec {
 
 impl ClientCodec for SmalldClientCodec {
     type Request = Request;
-    type Response = Reply;
+    type Response = Response;
 
     fn encode_request(&self, request: &Request, out: &mut BytesMut) {
         encode_request(self.key, request, out);
     }
 
-    fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Reply>, Reject> {
+    fn decode_response(&self, buf: &[u8]) -> Result<Decoded<Response>, Reject> {
         let (Some(&code), Some(_)) = (buf.first(), buf.get(..4)) else {
             return Ok(Decoded::Incomplete);
         };
         match code {
-            0xff => Ok(Decoded::Frame(Reply::Failure, 4)),
-            0 if !self.expects_value => Ok(Decoded::Frame(Reply::Ok, 4)),
+            0xff => Ok(Decoded::Frame(Response::Failure, 4)),
+            0 if !self.expects_value => Ok(Decoded::Frame(Response::Ok, 4)),
             0 => {
                 let Some(n) = be_u16(buf, 4).map(usize::from) else {
                     return Ok(Decoded::Incomplete);
@@ -290,7 +290,7 @@ impl ClientCodec for SmalldClientCodec {
                 }
                 Ok(match buf.get(6..6 + n) {
                     Some(value) => {
-                        Decoded::Frame(Reply::Value(Bytes::copy_from_slice(value)), 6 + n)
+                        Decoded::Frame(Response::Value(Bytes::copy_from_slice(value)), 6 + n)
                     }
                     None => Decoded::Incomplete,
                 })
@@ -315,71 +315,14 @@ pub fn digest(value: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Printable form for the request log: up to the first `00`, bytes outside 0x20–0x7e as `\xNN`.
-pub fn log_text(bytes: &[u8]) -> String {
-    let text = &bytes[..bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len())];
-    escape(text)
-}
-
-/// Every byte outside 0x20–0x7e as `\xNN` (for fields that could not be decoded).
-pub fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for b in bytes {
-        if (0x20..=0x7e).contains(b) {
-            out.push(char::from(*b));
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
-/// The request-log name of a type.
-pub fn kind_name(kind: u16) -> String {
-    match kind {
-        kind::SET => "set".into(),
-        kind::GET => "get".into(),
-        kind::DIGEST => "digest".into(),
-        kind::RUN => "run".into(),
-        other => format!("unknown ({other})"),
-    }
-}
-
-/// The request-log block (§6) for a request whose key was right.
-pub fn log_block(key: u32, kind: u16, detail: &str, success: bool) -> String {
-    format!(
-        "Secret key = {key}\nRequest type = {}\nDetail = {detail}\nCompletion = {}\n{}\n",
-        kind_name(kind),
-        if success { "success" } else { "failure" },
-        "-".repeat(26)
-    )
-}
-
-/// The request-log block for a wrong key: the key line and the separator.
-pub fn log_wrong_key(key: u32) -> String {
-    format!("Secret key = {key}\n{}\n", "-".repeat(26))
-}
-
-/// The Detail of a request (§6).
-pub fn detail(request: &Request) -> String {
-    match request {
-        Request::Set { name, value } => format!("{}: {}", log_text(name), log_text(value)),
-        Request::Get { name } => log_text(name),
-        Request::Digest { value } => log_text(value),
-        Request::Run { program } => log_text(program),
-        Request::Invalid { kind, detail } if *kind <= kind::RUN => escape(detail),
-        Request::Invalid { .. } => String::new(),
-    }
-}
-
 /// Fuzz body: decode arbitrary bytes as a request; re-encode what decoded and check it decodes
 /// to the same request.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_server(data: &[u8]) {
     if let Decoded::Frame(request, used) = decode_request(data) {
         assert!(used <= data.len() && used <= MAX_REQUEST);
-        let _ = detail(&request);
         if !matches!(request, Request::Invalid { .. }) {
-            let key = parse_header(data).map_or(0, |h| h.key);
+            let key = decode_header(data).map_or(0, |h| h.key);
             let mut out = BytesMut::new();
             encode_request(key, &request, &mut out);
             assert_eq!(decode_request(&out), Decoded::Frame(request, out.len()));
@@ -388,6 +331,7 @@ pub fn fuzz_server(data: &[u8]) {
 }
 
 /// Fuzz body: decode arbitrary bytes as a reply and check the round trip.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_client(data: &[u8]) {
     for expects_value in [false, true] {
         if let Some(reply) = decode_reply(data, expects_value) {
@@ -429,7 +373,7 @@ mod tests {
     fn vector_1_set_with_garbage_after_the_name() {
         let bytes = hex(&format!("00 00 10 92 00 00 00 00  6e 61 6d 65 00 aa bb cc dd ee ff 11 22 33 44 55  00 11  {ALFRED}"));
         assert_eq!(bytes.len(), 43);
-        assert_eq!(parse_header(&bytes), Some(Header { key: 4242, kind: 0 }));
+        assert_eq!(decode_header(&bytes), Some(Header { key: 4242, kind: 0 }));
         let Decoded::Frame(request, used) = decode_request(&bytes) else {
             panic!()
         };
@@ -448,9 +392,8 @@ mod tests {
                 "cut {cut}"
             );
         }
-        assert_eq!(log_block(4242, 0, &detail(&request), true), "Secret key = 4242\nRequest type = set\nDetail = name: Alfred E. Newman\nCompletion = success\n--------------------------\n");
         let mut out = BytesMut::new();
-        encode_reply(&Reply::Ok, &mut out);
+        encode_reply(&Response::Ok, &mut out);
         assert_eq!(out.as_ref(), [0, 0, 0, 0]);
     }
 
@@ -472,12 +415,12 @@ mod tests {
         );
         let mut out = BytesMut::new();
         encode_reply(
-            &Reply::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
+            &Response::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
             &mut out,
         );
         assert_eq!(out.to_vec(), hex(&format!("00 00 00 00 00 11 {ALFRED}")));
         out.clear();
-        encode_reply(&Reply::Failure, &mut out);
+        encode_reply(&Response::Failure, &mut out);
         assert_eq!(out.as_ref(), [0xff, 0, 0, 0]);
     }
 
@@ -494,7 +437,7 @@ mod tests {
             b"a7b47dc97e99389e3b09850c3a8843e28f8c29a8ee78b3ce6aee19ba5daf1a05  -\n\0"
         );
         let mut out = BytesMut::new();
-        encode_reply(&Reply::Value(d), &mut out);
+        encode_reply(&Response::Value(d), &mut out);
         assert_eq!(out.len(), 75);
         assert_eq!(&out[..6], [0, 0, 0, 0, 0, 0x45]);
     }
@@ -541,7 +484,6 @@ mod tests {
                 8
             )
         );
-        assert_eq!(log_block(1, 7, "", false), "Secret key = 1\nRequest type = unknown (7)\nDetail = \nCompletion = failure\n--------------------------\n");
         // S5: empty name; no 00 in the name field.
         let empty = hex("00 00 10 92 00 01 00 00  00 61 62 63 00 00 00 00 00 00 00 00 00 00 00 00");
         assert!(matches!(
@@ -584,22 +526,15 @@ mod tests {
     }
 
     #[test]
-    fn log_escaping() {
-        assert_eq!(log_text(b"a\tb\x7f\0hidden"), "a\\x09b\\x7f");
-        assert_eq!(escape(b"x\0y"), "x\\x00y");
-        assert_eq!(
-            log_wrong_key(4243),
-            "Secret key = 4243\n--------------------------\n"
-        );
-    }
-
-    #[test]
     fn replies_decode() {
-        assert_eq!(decode_reply(&[0, 0, 0, 0], false), Some(Reply::Ok));
-        assert_eq!(decode_reply(&[0xff, 0, 0, 0], true), Some(Reply::Failure));
+        assert_eq!(decode_reply(&[0, 0, 0, 0], false), Some(Response::Ok));
+        assert_eq!(
+            decode_reply(&[0xff, 0, 0, 0], true),
+            Some(Response::Failure)
+        );
         assert_eq!(
             decode_reply(&[0, 0, 0, 0, 0, 2, b'h', b'i'], true),
-            Some(Reply::Value("hi".into()))
+            Some(Response::Value("hi".into()))
         );
         assert_eq!(decode_reply(&[0, 0, 0, 0, 0, 3, b'h'], true), None);
         assert_eq!(decode_reply(&[], true), None);
@@ -633,12 +568,8 @@ mod tests {
         );
         // Not found is decided by the service; the codec answers it with the 4-byte failure.
         let mut out = BytesMut::new();
-        SmalldServerCodec::default().encode_response(&Reply::Failure, &mut out);
+        SmalldServerCodec::default().encode_response(&Response::Failure, &mut out);
         assert_eq!(out.as_ref(), [0xff, 0, 0, 0]);
-        assert_eq!(
-            log_block(4242, 1, &detail(&Request::Get { name: "nome".into() }), false),
-            "Secret key = 4242\nRequest type = get\nDetail = nome\nCompletion = failure\n--------------------------\n"
-        );
     }
 
     #[test]
@@ -646,18 +577,14 @@ mod tests {
         // The value is the first N bytes of the output, sent as is (no 00 appended).
         let output = b"127.0.0.1 localhost\n";
         let mut out = BytesMut::new();
-        encode_reply(&Reply::Value(Bytes::from_static(output)), &mut out);
+        encode_reply(&Response::Value(Bytes::from_static(output)), &mut out);
         assert_eq!(&out[..6], [0, 0, 0, 0, 0, 20]);
         assert_eq!(&out[6..], output);
         // Longer output is cut to 100 bytes.
         out.clear();
-        encode_reply(&Reply::Value(Bytes::from(vec![b'x'; 300])), &mut out);
+        encode_reply(&Response::Value(Bytes::from(vec![b'x'; 300])), &mut out);
         assert_eq!(out.len(), 106);
         assert_eq!(&out[4..6], [0, 100]);
-        assert_eq!(
-            log_block(4242, 3, &detail(&Request::Run { program: "hosts".into() }), true),
-            "Secret key = 4242\nRequest type = run\nDetail = hosts\nCompletion = success\n--------------------------\n"
-        );
     }
 
     #[test]
@@ -678,7 +605,7 @@ mod tests {
     #[test]
     fn vector_7_wrong_key_closes_without_reply() {
         let bytes = hex("00 00 10 93 00 01 00 00");
-        assert_eq!(parse_header(&bytes), Some(Header { key: 4243, kind: 1 }));
+        assert_eq!(decode_header(&bytes), Some(Header { key: 4243, kind: 1 }));
         // Decided from the header alone: nothing after it is read.
         assert!(server_decode(&bytes).is_err());
         assert!(server_decode(&[&bytes[..], b"name\0garbage.."].concat()).is_err());
@@ -712,21 +639,14 @@ mod tests {
             };
             assert_eq!(used, bytes.len());
         }
-        // S4 log block: the bytes received after the header, escaped.
-        let partial = &requests[0][HEADER_LEN..16];
-        assert_eq!(
-            log_block(4242, 0, &escape(partial), false),
-            "Secret key = 4242\nRequest type = set\nDetail = name\\x00\\xaa\\xbb\\xcc\nCompletion = failure\n--------------------------\n"
-        );
     }
 
     #[test]
-    fn s5_detail_prints_the_undecodable_field_escaped() {
+    fn s5_undecodable_fields_decode_as_invalid() {
         let no_nul = [&hex("00 00 10 92 00 01 00 00")[..], b"abcdefghijklmnop"].concat();
-        let Decoded::Frame(request, 24) = decode_request(&no_nul) else {
+        let Decoded::Frame(_, 24) = decode_request(&no_nul) else {
             panic!()
         };
-        assert_eq!(detail(&request), "abcdefghijklmnop");
         let empty = hex("00 00 10 92 00 03 00 00 00 41 00 00 00 00 00 00");
         let Decoded::Frame(request, 16) = decode_request(&empty) else {
             panic!()
@@ -738,7 +658,6 @@ mod tests {
                 detail: Bytes::from(hex("00 41 00 00 00 00 00 00"))
             }
         );
-        assert_eq!(detail(&request), "\\x00A\\x00\\x00\\x00\\x00\\x00\\x00");
         // A 15-byte name is the longest; the set with a bad name still reads its value.
         let max_name = [
             &hex("00 00 10 92 00 00 00 00")[..],
@@ -789,35 +708,6 @@ mod tests {
     }
 
     #[test]
-    fn log_details_of_every_type() {
-        let set = Request::Set {
-            name: "n".into(),
-            value: Bytes::from_static(b"caf\xc3\xa9\n\0tail"),
-        };
-        assert_eq!(detail(&set), "n: caf\\xc3\\xa9\\x0a");
-        let digest_request = Request::Digest {
-            value: Bytes::from_static(b"Alfred E. Newman\0"),
-        };
-        assert_eq!(
-            log_block(4242, 2, &detail(&digest_request), true),
-            "Secret key = 4242\nRequest type = digest\nDetail = Alfred E. Newman\nCompletion = success\n--------------------------\n"
-        );
-        assert_eq!(kind_name(65535), "unknown (65535)");
-        assert_eq!(
-            detail(&Request::Invalid {
-                kind: 9,
-                detail: Bytes::new()
-            }),
-            ""
-        );
-        // Wrong key: the key is printed unsigned.
-        assert_eq!(
-            log_wrong_key(u32::MAX),
-            "Secret key = 4294967295\n--------------------------\n"
-        );
-    }
-
-    #[test]
     fn digest_of_other_values() {
         // `echo | sha256sum` of the empty string, and a value without a 00 (all L bytes).
         assert_eq!(
@@ -845,11 +735,11 @@ mod tests {
         assert!(get.expects_value);
         assert_eq!(
             set.decode_response(&[0, 0, 0, 0]),
-            Ok(Decoded::Frame(Reply::Ok, 4))
+            Ok(Decoded::Frame(Response::Ok, 4))
         );
         assert_eq!(
             get.decode_response(&[0xff, 0, 0, 0, 0, 0]),
-            Ok(Decoded::Frame(Reply::Failure, 4))
+            Ok(Decoded::Frame(Response::Failure, 4))
         );
         let reply = hex(&format!("00 00 00 00 00 11 {ALFRED}"));
         for cut in 0..reply.len() {
@@ -858,7 +748,7 @@ mod tests {
         assert_eq!(
             get.decode_response(&reply),
             Ok(Decoded::Frame(
-                Reply::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
+                Response::Value(Bytes::from(b"Alfred E. Newman\0".to_vec())),
                 23
             ))
         );
@@ -893,10 +783,10 @@ mod tests {
         #[test]
         fn replies_round_trip(value in proptest::collection::vec(any::<u8>(), 0..=100)) {
             for (reply, expects_value) in [
-                (Reply::Ok, false),
-                (Reply::Failure, false),
-                (Reply::Failure, true),
-                (Reply::Value(value.clone().into()), true),
+                (Response::Ok, false),
+                (Response::Failure, false),
+                (Response::Failure, true),
+                (Response::Value(value.clone().into()), true),
             ] {
                 let mut out = BytesMut::new();
                 SmalldServerCodec::default().encode_response(&reply, &mut out);

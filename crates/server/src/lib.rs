@@ -1,9 +1,12 @@
 //! The polykv daemon: configuration, listeners, sessions, protocol services, admin HTTP,
 //! metrics, logging and shutdown.
 //!
-//! Layout: `config` and `cli` (settings), `session` (the TCP/UDP frameworks every protocol
-//! uses), `services/` (one module per protocol: its requests mapped onto the engine), `admin`
-//! and `metrics` (the control plane), `server` (start-up and shutdown).
+//! Layout: `config` and `cli` (settings: the daemon's own, the listener settings every protocol
+//! shares, the reference generated from the settings' doc comments), `session` (the TCP/UDP
+//! frameworks every protocol uses), `runtime` (what the protocols start on: binding, the engine,
+//! the task set, the start-up error), `services/` (one wing per protocol: its service, its
+//! configuration section and its start-up, and the one list of protocols), `admin` and `metrics`
+//! (the control plane), `server` (start-up and shutdown).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,12 +15,14 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod services;
 pub mod session;
 
-pub use server::{run, ServerError};
+pub use runtime::ServerError;
+pub use server::run;
 
 /// A switch the protocols, SIGUSR1 and the admin API share (nmdb's read-only mode).
 #[derive(Debug, Default)]

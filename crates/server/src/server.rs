@@ -2,100 +2,21 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use polykv_engine::Engine;
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::net::TcpListener;
+use tokio::signal::unix::SignalKind;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::runtime::{Runtime, ServerError};
 use crate::session::ListenerContext;
 use crate::{services, ReadOnly};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("data directory {path} is in use by another polykv server{holder} (lock file {lock})")]
-    Locked {
-        path: PathBuf,
-        lock: PathBuf,
-        holder: String,
-    },
-    #[error("cannot open the store in {path}: {source}")]
-    Engine {
-        path: PathBuf,
-        source: polykv_engine::Error,
-    },
-    #[error("cannot listen on {addr} for {what}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Other(String),
-}
-
-/// Everything a protocol needs to start its listeners.
-pub struct Runtime {
-    pub config: Config,
-    pub engine: Engine,
-    pub context: ListenerContext,
-    pub read_only: Arc<ReadOnly>,
-    pub tasks: JoinSet<()>,
-}
-
-impl Runtime {
-    /// The id of a protocol's keyspace, creating it if needed.
-    pub fn keyspace(&self, name: &str) -> Result<polykv_engine::KeyspaceId, ServerError> {
-        self.engine
-            .keyspace(name)
-            .map_err(|e| ServerError::Other(format!("cannot open keyspace {name}: {e}")))
-    }
-
-    pub async fn bind_tcp(
-        &self,
-        what: &'static str,
-        addr: String,
-    ) -> Result<TcpListener, ServerError> {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                what,
-                addr: addr.clone(),
-                source,
-            })?;
-        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-        tracing::info!(listener = what, addr = %local, "listening");
-        Ok(listener)
-    }
-
-    pub async fn bind_udp(
-        &self,
-        what: &'static str,
-        addr: String,
-    ) -> Result<UdpSocket, ServerError> {
-        let socket = UdpSocket::bind(&addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                what,
-                addr: addr.clone(),
-                source,
-            })?;
-        let local = socket.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-        tracing::info!(listener = what, addr = %local, "listening");
-        Ok(socket)
-    }
-}
 
 /// Holds the data directory's lock for the life of the server.
 struct DirLock {
@@ -139,12 +60,12 @@ fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM that arrives while the listeners start must still shut
     // down cleanly instead of killing the process.
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGINT: {e}")))?;
-    let mut usr1 = signal(SignalKind::user_defined1())
-        .map_err(|e| ServerError::Other(format!("cannot watch SIGUSR1: {e}")))?;
+    let watch = |kind: SignalKind, signal: &'static str| {
+        tokio::signal::unix::signal(kind).map_err(|source| ServerError::Signal { signal, source })
+    };
+    let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
+    let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1")?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let store_dir = config.data_dir.join("store");
     let engine =
@@ -158,7 +79,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let prometheus = crate::metrics::install();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let read_only = Arc::new(ReadOnly::new(config.nmdb.read_only));
+    let read_only = Arc::new(ReadOnly::new(config.protocols.nmdb.read_only));
     let mut runtime = Runtime {
         context: ListenerContext {
             connections: Arc::new(Semaphore::new(config.max_connections as usize)),
@@ -274,12 +195,11 @@ fn resolve_admin_token(config: &Config, loopback: bool) -> Result<Option<Arc<str
         return Ok(None);
     }
     let path = config.data_dir.join("admin.token");
-    let (token, created) = crate::secret::load_or_create(&path, 24).map_err(|e| {
-        ServerError::Other(format!(
-            "cannot create the admin token file {}: {e}",
-            path.display()
-        ))
-    })?;
+    let (token, created) =
+        crate::secret::load_or_create(&path, 24).map_err(|source| ServerError::Io {
+            what: format!("cannot create the admin token file {}", path.display()),
+            source,
+        })?;
     if created {
         tracing::warn!(file = %path.display(), "admin listener is not on loopback: generated a bearer token");
     }

@@ -1,7 +1,7 @@
 //! Each client against an in-test fake server that answers canned bytes.
 
 use super::*;
-use polykv_protocols::jsonkv::{write_frame, Code, Operate};
+use polykv_protocols::jsonkv::{encode_frame, Code, Operate};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -9,7 +9,7 @@ const T: Duration = Duration::from_secs(5);
 
 fn frame(json: &str) -> Vec<u8> {
     let mut out = BytesMut::new();
-    write_frame(&mut out, json.as_bytes());
+    encode_frame(&mut out, json.as_bytes());
     out.to_vec()
 }
 

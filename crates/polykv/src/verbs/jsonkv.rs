@@ -13,7 +13,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
     let addr = target
         .addr
         .clone()
-        .unwrap_or_else(|| Proto::Jsonkv.default_addr().to_string());
+        .unwrap_or_else(|| Proto::Jsonkv.default_addr());
     let json_mode = target.json;
     let timeout = Duration::from_secs_f64(target.timeout.max(0.1));
     if !matches!(verb, Verb::Get { .. } | Verb::Set { .. } | Verb::Del { .. }) {

@@ -21,7 +21,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
     let addr = target
         .addr
         .clone()
-        .unwrap_or_else(|| Proto::Minority.default_addr().to_string());
+        .unwrap_or_else(|| Proto::Minority.default_addr());
     let json_mode = target.json;
     let timeout = Duration::from_secs_f64(target.timeout.max(0.1));
     let mut client = MinorityClient::connect(&addr, timeout)

@@ -22,14 +22,16 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn default_addr(self) -> &'static str {
-        match self {
-            Proto::Nmdb => "127.0.0.1:26010",
-            Proto::Opencluster => "127.0.0.1:13600",
-            Proto::Minority => "127.0.0.1:8000",
-            Proto::Smalld => "127.0.0.1:4121",
-            Proto::Jsonkv => "127.0.0.1:15001",
-        }
+    /// The server's default port for this protocol on 127.0.0.1, from the server's protocol list.
+    fn default_addr(self) -> String {
+        // The value names (`nmdb`, `opencluster`, ...) are the protocols' section names.
+        let name = self.to_possible_value();
+        let name = name.as_ref().map_or("", |v| v.get_name());
+        let port = polykv_server::services::default_ports()
+            .into_iter()
+            .find_map(|(protocol, port)| (protocol == name).then_some(port))
+            .unwrap_or_default();
+        format!("127.0.0.1:{port}")
     }
 }
 
@@ -212,5 +214,23 @@ pub fn run(verb: Verb) -> anyhow::Result<()> {
         Proto::Minority => runtime.block_on(minority::run(verb)),
         Proto::Opencluster => runtime.block_on(opencluster::run(verb)),
         Proto::Jsonkv => runtime.block_on(jsonkv::run(verb)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_addresses_are_the_servers_default_ports() {
+        for (proto, addr) in [
+            (Proto::Nmdb, "127.0.0.1:26010"),
+            (Proto::Opencluster, "127.0.0.1:13600"),
+            (Proto::Minority, "127.0.0.1:8000"),
+            (Proto::Smalld, "127.0.0.1:4121"),
+            (Proto::Jsonkv, "127.0.0.1:15001"),
+        ] {
+            assert_eq!(proto.default_addr(), addr);
+        }
     }
 }

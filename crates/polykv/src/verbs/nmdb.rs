@@ -13,7 +13,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
     let addr = target
         .addr
         .clone()
-        .unwrap_or_else(|| Proto::Nmdb.default_addr().to_string());
+        .unwrap_or_else(|| Proto::Nmdb.default_addr());
     let json_mode = target.json;
     if matches!(verb, Verb::Watch { .. }) {
         bail!("nmdb has no watch verb (change notification is minority's); try the admin API's /api/keyspaces/nmdb/watch");

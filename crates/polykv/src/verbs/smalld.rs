@@ -13,7 +13,7 @@ pub async fn run(verb: Verb) -> anyhow::Result<()> {
     let addr = target
         .addr
         .clone()
-        .unwrap_or_else(|| Proto::Smalld.default_addr().to_string());
+        .unwrap_or_else(|| Proto::Smalld.default_addr());
     let key = match target.secret_key {
         Some(key) => key,
         None => std::fs::read_to_string("polykv-data/smalld.key")

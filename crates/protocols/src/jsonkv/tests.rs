@@ -36,7 +36,7 @@ fn decode(bytes: &[u8]) -> RequestPayload {
 }
 
 fn payload(json: &str) -> RequestPayload {
-    parse_request_payload(json.as_bytes(), &limits())
+    decode_request_payload(json.as_bytes(), &limits())
 }
 
 fn encode_response(response: &ResponsePayload) -> Vec<u8> {
@@ -338,7 +338,7 @@ fn frame_limits_decided_from_the_header() {
 #[test]
 fn write_frame_fills_the_length() {
     let mut out = BytesMut::new();
-    write_frame(&mut out, b"{}");
+    encode_frame(&mut out, b"{}");
     assert_eq!(out.to_vec(), frame("{}"));
 }
 
@@ -491,7 +491,7 @@ fn whole_payload_malformed_cases() {
     let too_deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
     let bad_utf8: &[u8] = b"{\"jsonkv\":\"1.0\",\"operate\":\"get\",\"key\":\"\xff\"}";
     assert_eq!(
-        parse_request_payload(bad_utf8, &limits()),
+        decode_request_payload(bad_utf8, &limits()),
         RequestPayload::Malformed
     );
     for json in [
@@ -537,7 +537,7 @@ fn whole_payload_malformed_cases() {
         ..Limits::default()
     };
     assert_eq!(
-        parse_request_payload(br#"[{"jsonkv":"1.0"}]"#, &shallow),
+        decode_request_payload(br#"[{"jsonkv":"1.0"}]"#, &shallow),
         RequestPayload::Malformed
     );
     // An escaped member name is the same name.
@@ -639,7 +639,7 @@ fn client_decodes_original_server_replies() {
     // The original server: value "0", code 8193, spaces after separators.
     let json = r#"{"jsonkv": "1.0", "result": {"value": "0", "code": "8193", "message": "Key does not exist."}, "id": "1"}"#;
     assert_eq!(
-        parse_response_payload(json.as_bytes(), DEFAULT_MAX_DEPTH),
+        decode_response_payload(json.as_bytes(), DEFAULT_MAX_DEPTH),
         Some(ResponsePayload::Single(Response {
             value: "0".into(),
             code: "8193".into(),
@@ -660,7 +660,7 @@ fn client_decodes_original_server_replies() {
 // --- JSON-RPC (§6) --------------------------------------------------------------------------------
 
 fn rpc(body: &str) -> RpcPayload {
-    parse_rpc_request(body.as_bytes(), &limits())
+    decode_rpc_request(body.as_bytes(), &limits())
 }
 
 fn rpc_call(id_json: Option<&str>, action: RpcAction) -> RpcPayload {
@@ -730,7 +730,7 @@ fn vectors_9_to_12_json_rpc() {
         r#"{"jsonrpc":"2.0","result":{"code":0,"message":"get operation success","value":"999"},"id":2}"#,
         r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":4}"#,
     ] {
-        let parsed = parse_rpc_response(body.as_bytes(), DEFAULT_MAX_DEPTH).unwrap();
+        let parsed = decode_rpc_response(body.as_bytes(), DEFAULT_MAX_DEPTH).unwrap();
         assert_eq!(encode_rpc_response(&parsed), body.as_bytes());
     }
 }
@@ -831,10 +831,6 @@ fn json_rpc_errors() {
             RpcError::InvalidParams,
             r#"{"code":-32602,"message":"Invalid params"}"#,
         ),
-        (
-            RpcError::InternalError,
-            r#"{"code":-32603,"message":"Internal error"}"#,
-        ),
     ] {
         assert_eq!(
             rpc_body(RpcResponse::error(error, Id::null())),
@@ -896,7 +892,7 @@ fn json_rpc_notifications_and_batches() {
         r#"[{"jsonrpc":"2.0","result":{"code":0,"message":"put operation success"},"id":"1"},{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}]"#
     );
     assert_eq!(
-        parse_rpc_response(&body, DEFAULT_MAX_DEPTH),
+        decode_rpc_response(&body, DEFAULT_MAX_DEPTH),
         Some(RpcResponsePayload::Batch(answers.clone()))
     );
     assert_eq!(
@@ -904,16 +900,16 @@ fn json_rpc_notifications_and_batches() {
         Some(RpcResponsePayload::Single(answers[0].clone()))
     );
     assert_eq!(
-        parse_rpc_response(b"{\"jsonrpc\":\"2.0\",\"id\":1}", 64),
+        decode_rpc_response(b"{\"jsonrpc\":\"2.0\",\"id\":1}", 64),
         None
     );
-    assert_eq!(parse_rpc_response(b"nope", 64), None);
+    assert_eq!(decode_rpc_response(b"nope", 64), None);
 }
 
 // --- jsonagent (§7) --------------------------------------------------------------------------------
 
 fn agent(json: &str) -> AgentRequest {
-    let request = parse_agent_request(json.as_bytes(), DEFAULT_MAX_DEPTH);
+    let request = decode_agent_request(json.as_bytes(), DEFAULT_MAX_DEPTH);
     // The framed path gives the same.
     let bytes = frame(json);
     assert_eq!(
@@ -1139,7 +1135,7 @@ fn jsonagent_errors() {
     );
     // The seed's own list entries have no node id.
     assert_eq!(
-        parse_agent_response(
+        decode_agent_response(
             br#"{"jsonagent":"1.0","result":{"value":[{"address":"uw.umx.io","port":15003}], "code":"0","message":"get tcp/rpc server list success"}}"#,
             DEFAULT_MAX_DEPTH
         ),
@@ -1251,7 +1247,7 @@ proptest! {
             RpcPayload::Batch(calls) if calls.is_empty() => rpc_call(Some("null"), RpcAction::Error(RpcError::InvalidRequest)),
             _ => payload.clone(),
         };
-        prop_assert_eq!(parse_rpc_request(&body, &limits()), expected);
+        prop_assert_eq!(decode_rpc_request(&body, &limits()), expected);
     }
 
     #[test]

@@ -16,9 +16,9 @@ const SCTP: NmdbServerCodec = NmdbServerCodec::sctp();
 const TCP_CLIENT: NmdbClientCodec = NmdbClientCodec::tcp();
 const UDP_CLIENT: NmdbClientCodec = NmdbClientCodec::udp();
 
-fn encode_reply(codec: NmdbServerCodec, id: u32, body: ReplyBody) -> Vec<u8> {
+fn encode_reply(codec: NmdbServerCodec, id: u32, body: ResponseBody) -> Vec<u8> {
     let mut out = BytesMut::new();
-    codec.encode_response(&Reply { id, body }, &mut out);
+    codec.encode_response(&Response { id, body }, &mut out);
     out.to_vec()
 }
 
@@ -40,7 +40,7 @@ fn decode(bytes: &[u8]) -> Request {
 }
 
 /// Decodes exactly one whole TCP reply frame.
-fn decode_reply(bytes: &[u8]) -> Reply {
+fn decode_reply(bytes: &[u8]) -> Response {
     match TCP_CLIENT.decode_response(bytes).unwrap() {
         Decoded::Frame(reply, used) => {
             assert_eq!(used, bytes.len());
@@ -82,12 +82,12 @@ const BROKEN: Request = Request::Broken { id: 1 };
 #[test]
 fn vector_1_ok_mini_reply() {
     let bytes = hex("00 00 00 0c  00 00 00 01  00 00 08 03");
-    assert_eq!(encode_reply(TCP, 1, ReplyBody::Ok), bytes);
+    assert_eq!(encode_reply(TCP, 1, ResponseBody::Ok), bytes);
     assert_eq!(
         decode_reply(&bytes),
-        Reply {
+        Response {
             id: 1,
-            body: ReplyBody::Ok
+            body: ResponseBody::Ok
         }
     );
 }
@@ -98,14 +98,14 @@ fn vector_2_the_originals_byte_swapped_err_ver() {
     // either way. polykv never sends it: its bare message for the same case is below.
     let original = hex("01 00 00 00  00 00 08 00  00 00 01 01");
     assert_eq!(
-        parse_reply(&original).unwrap(),
-        Reply {
+        super::decode_reply(&original).unwrap(),
+        Response {
             id: 0x0100_0000,
-            body: ReplyBody::Error(error::VER)
+            body: ResponseBody::Error(error::VER)
         }
     );
     assert_eq!(
-        encode_reply(UDP, 1, ReplyBody::Error(error::VER)),
+        encode_reply(UDP, 1, ResponseBody::Error(error::VER)),
         hex("00 00 00 01  00 00 08 00  00 00 01 01")
     );
 }
@@ -119,7 +119,7 @@ fn vector_3_err_ver_with_a_correct_id_then_close() {
     assert!(!request.closes_after_reply(Transport::Udp));
     assert!(!request.closes_after_reply(Transport::Sctp));
     assert_eq!(
-        encode_reply(TCP, request.id(), ReplyBody::Error(error::VER)),
+        encode_reply(TCP, request.id(), ResponseBody::Error(error::VER)),
         hex("00 00 00 10  00 00 00 01  00 00 08 00  00 00 01 01")
     );
 }
@@ -149,7 +149,7 @@ fn vector_4_stats_reply() {
     }
     let reply = decode_reply(&bytes);
     assert_eq!(reply.body.as_stats(), Some(stats));
-    assert_eq!(stats.to_body(), ReplyBody::stats(&stats.counters()));
+    assert_eq!(stats.to_body(), ResponseBody::stats(&stats.counters()));
 }
 
 #[test]
@@ -188,14 +188,20 @@ fn stats_fields_are_in_spec_order() {
     assert_eq!(s.get("nope"), None);
     assert_eq!(Stats::from_counters(&s.counters()), s);
     // Only an exact 184-byte payload is a STATS reply.
-    assert_eq!(ReplyBody::Value(Bytes::from(vec![0; 176])).as_stats(), None);
-    assert_eq!(ReplyBody::Value(Bytes::from(vec![0; 192])).as_stats(), None);
     assert_eq!(
-        ReplyBody::CacheHit(Bytes::from(vec![0; 184])).as_stats(),
+        ResponseBody::Value(Bytes::from(vec![0; 176])).as_stats(),
         None
     );
     assert_eq!(
-        ReplyBody::Value(Bytes::from(vec![0; 184])).as_stats(),
+        ResponseBody::Value(Bytes::from(vec![0; 192])).as_stats(),
+        None
+    );
+    assert_eq!(
+        ResponseBody::CacheHit(Bytes::from(vec![0; 184])).as_stats(),
+        None
+    );
+    assert_eq!(
+        ResponseBody::Value(Bytes::from(vec![0; 184])).as_stats(),
         Some(Stats::default())
     );
 }
@@ -216,11 +222,11 @@ fn vector_5_incr_format() {
 #[test]
 fn vector_6_incr_ok_reply() {
     let bytes = hex("00 00 00 18  00 00 00 01  00 00 08 03  00 00 00 08  00 00 00 00 00 00 00 0c");
-    assert_eq!(encode_reply(TCP, 1, ReplyBody::incr(12)), bytes);
+    assert_eq!(encode_reply(TCP, 1, ResponseBody::incr(12)), bytes);
     assert_eq!(decode_reply(&bytes).body.as_incr(), Some(12));
-    assert_eq!(ReplyBody::incr(-1).as_incr(), Some(-1));
-    assert_eq!(ReplyBody::Value(b("1234567")).as_incr(), None);
-    assert_eq!(ReplyBody::CacheHit(b("12345678")).as_incr(), None);
+    assert_eq!(ResponseBody::incr(-1).as_incr(), Some(-1));
+    assert_eq!(ResponseBody::Value(b("1234567")).as_incr(), None);
+    assert_eq!(ResponseBody::CacheHit(b("12345678")).as_incr(), None);
 }
 
 #[test]
@@ -311,53 +317,59 @@ fn vectors_7_to_13_requests() {
 #[test]
 fn vector_10_cache_hit_reply() {
     let bytes = hex("00 00 00 11  00 00 00 01  00 00 08 01  00 00 00 01  76");
-    assert_eq!(encode_reply(TCP, 1, ReplyBody::CacheHit(b("v"))), bytes);
-    assert_eq!(decode_reply(&bytes).body, ReplyBody::CacheHit(b("v")));
+    assert_eq!(encode_reply(TCP, 1, ResponseBody::CacheHit(b("v"))), bytes);
+    assert_eq!(decode_reply(&bytes).body, ResponseBody::CacheHit(b("v")));
 }
 
 #[test]
 fn vector_14_notin_and_err_broken() {
     let notin = hex("00 00 00 0c  00 00 00 01  00 00 08 04");
     let broken = hex("00 00 00 10  00 00 00 01  00 00 08 00  00 00 01 03");
-    assert_eq!(encode_reply(TCP, 1, ReplyBody::NotIn), notin);
+    assert_eq!(encode_reply(TCP, 1, ResponseBody::NotIn), notin);
     assert_eq!(
-        encode_reply(TCP, 1, ReplyBody::Error(error::BROKEN)),
+        encode_reply(TCP, 1, ResponseBody::Error(error::BROKEN)),
         broken
     );
-    assert_eq!(decode_reply(&notin).body, ReplyBody::NotIn);
-    assert_eq!(decode_reply(&broken).body, ReplyBody::Error(error::BROKEN));
+    assert_eq!(decode_reply(&notin).body, ResponseBody::NotIn);
+    assert_eq!(
+        decode_reply(&broken).body,
+        ResponseBody::Error(error::BROKEN)
+    );
 }
 
 #[test]
 fn other_reply_shapes() {
     let cases = [
-        (ReplyBody::NoMatch, "00 00 00 0c  00 00 00 07  00 00 08 05"),
         (
-            ReplyBody::CacheMiss,
+            ResponseBody::NoMatch,
+            "00 00 00 0c  00 00 00 07  00 00 08 05",
+        ),
+        (
+            ResponseBody::CacheMiss,
             "00 00 00 0c  00 00 00 07  00 00 08 02",
         ),
         (
-            ReplyBody::Error(error::RO),
+            ResponseBody::Error(error::RO),
             "00 00 00 10  00 00 00 07  00 00 08 00  00 00 01 07",
         ),
         (
-            ReplyBody::Error(error::MEM),
+            ResponseBody::Error(error::MEM),
             "00 00 00 10  00 00 00 07  00 00 08 00  00 00 01 05",
         ),
         (
-            ReplyBody::Error(error::DB),
+            ResponseBody::Error(error::DB),
             "00 00 00 10  00 00 00 07  00 00 08 00  00 00 01 06",
         ),
         (
-            ReplyBody::Error(error::UNKREQ),
+            ResponseBody::Error(error::UNKREQ),
             "00 00 00 10  00 00 00 07  00 00 08 00  00 00 01 04",
         ),
         (
-            ReplyBody::Value(b("xy")),
+            ResponseBody::Value(b("xy")),
             "00 00 00 12  00 00 00 07  00 00 08 03  00 00 00 02  78 79",
         ),
         (
-            ReplyBody::Value(Bytes::new()),
+            ResponseBody::Value(Bytes::new()),
             "00 00 00 10  00 00 00 07  00 00 08 03  00 00 00 00",
         ),
     ];
@@ -429,7 +441,10 @@ fn vector_17_largest_tcp_set_and_its_get_reply() {
     assert_eq!(bytes[..4], [0, 1, 0, 0]);
     assert_eq!(decode(&bytes), request);
     let value = Bytes::from(vec![1u8; 65_513]);
-    for body in [ReplyBody::CacheHit(value.clone()), ReplyBody::Value(value)] {
+    for body in [
+        ResponseBody::CacheHit(value.clone()),
+        ResponseBody::Value(value),
+    ] {
         let reply = encode_reply(TCP, 1, body.clone());
         assert_eq!(reply.len(), 65_529);
         assert_eq!(decode_reply(&reply).body, body);
@@ -439,7 +454,10 @@ fn vector_17_largest_tcp_set_and_its_get_reply() {
 #[test]
 fn vector_18_udp_reply_too_large_is_err_send() {
     let value = Bytes::from(vec![1u8; 65_513]);
-    for body in [ReplyBody::CacheHit(value.clone()), ReplyBody::Value(value)] {
+    for body in [
+        ResponseBody::CacheHit(value.clone()),
+        ResponseBody::Value(value),
+    ] {
         assert_eq!(body.message_len(), 65_525);
         assert_eq!(
             encode_reply(UDP, 1, body),
@@ -450,7 +468,7 @@ fn vector_18_udp_reply_too_large_is_err_send() {
 
 #[test]
 fn n8_err_send_boundaries_per_transport() {
-    let value = |n: usize| ReplyBody::Value(Bytes::from(vec![7u8; n]));
+    let value = |n: usize| ResponseBody::Value(Bytes::from(vec![7u8; n]));
     let err_send = |prefix: bool| {
         let mut v = if prefix { vec![0, 0, 0, 0x10] } else { vec![] };
         v.extend(hex("00 00 00 01  00 00 08 00  00 00 01 02"));
@@ -466,11 +484,15 @@ fn n8_err_send_boundaries_per_transport() {
     assert_eq!(encode_reply(TCP, 1, value(65_520)).len(), 65_536);
     assert_eq!(encode_reply(TCP, 1, value(65_521)), err_send(true));
     assert_eq!(
-        encode_reply(TCP, 1, ReplyBody::CacheHit(Bytes::from(vec![0; 100_000]))),
+        encode_reply(
+            TCP,
+            1,
+            ResponseBody::CacheHit(Bytes::from(vec![0; 100_000]))
+        ),
         err_send(true)
     );
     // Small replies are never replaced.
-    assert_eq!(encode_reply(UDP, 1, ReplyBody::Ok).len(), 8);
+    assert_eq!(encode_reply(UDP, 1, ResponseBody::Ok).len(), 8);
 }
 
 #[test]
@@ -514,11 +536,11 @@ fn vector_20_and_n3_short_datagrams_are_dropped() {
 fn vector_21_del_replies_are_mini() {
     // Normal DEL of a missing key answers OK, SYNC DEL NOTIN: both 8-byte messages.
     assert_eq!(
-        encode_reply(TCP, 1, ReplyBody::Ok),
+        encode_reply(TCP, 1, ResponseBody::Ok),
         hex("00 00 00 0c  00 00 00 01  00 00 08 03")
     );
     assert_eq!(
-        encode_reply(TCP, 1, ReplyBody::NotIn),
+        encode_reply(TCP, 1, ResponseBody::NotIn),
         hex("00 00 00 0c  00 00 00 01  00 00 08 04")
     );
     let sync_del = Request::Del {
@@ -586,7 +608,7 @@ fn n4_bad_version() {
 #[test]
 fn n5_unknown_request_code() {
     for unknown in [0u16, 0x100, 0x109, 0xffff] {
-        let request = parse_message(&message(unknown, &[]));
+        let request = decode_message(&message(unknown, &[]));
         assert_eq!(
             request,
             Request::Unknown {
@@ -598,14 +620,14 @@ fn n5_unknown_request_code() {
     }
     // The code is checked before the sizes.
     assert_eq!(
-        parse_message(&message(0x109, &[0xff; 3])),
+        decode_message(&message(0x109, &[0xff; 3])),
         Request::Unknown { id: 1, code: 0x109 }
     );
 }
 
 #[test]
 fn n6_size_checks_of_section_4() {
-    let parse = |code: u16, payload: &[u8]| parse_message(&message(code, payload));
+    let parse = |code: u16, payload: &[u8]| decode_message(&message(code, payload));
     // GET, DEL, NEXTKEY: psize ≥ 4 and psize ≥ 4 + ksize.
     for code in [code::GET, code::DEL, code::NEXTKEY] {
         assert_eq!(parse(code, &[]), BROKEN);
@@ -709,7 +731,7 @@ fn n6_size_checks_of_section_4() {
 #[test]
 fn n7_err_ro_reply_and_which_requests_are_mutations() {
     assert_eq!(
-        encode_reply(TCP, 9, ReplyBody::Error(error::RO)),
+        encode_reply(TCP, 9, ResponseBody::Error(error::RO)),
         hex("00 00 00 10  00 00 00 09  00 00 08 00  00 00 01 07")
     );
     let mutations = [
@@ -755,7 +777,7 @@ fn n7_err_ro_reply_and_which_requests_are_mutations() {
 
 #[test]
 fn n9_unknown_flags_and_trailing_bytes_are_ignored() {
-    let parse = |code: u16, payload: &[u8]| parse_message(&message(code, payload));
+    let parse = |code: u16, payload: &[u8]| decode_message(&message(code, payload));
     assert_eq!(
         parse(code::GET, &[0, 0, 0, 1, b'k', 9, 9]),
         get(Mode::Normal, "k")
@@ -788,10 +810,10 @@ fn n9_unknown_flags_and_trailing_bytes_are_ignored() {
     let mut stats = message(code::STATS, &[]);
     stats[6] = 0xff;
     stats[7] = 0xff;
-    assert_eq!(parse_message(&stats), Request::Stats { id: 1 });
+    assert_eq!(decode_message(&stats), Request::Stats { id: 1 });
     let mut set_flags = message(code::SET, &set);
     set_flags[7] = 0xfe; // SYNC plus unknown bits
-    assert_eq!(parse_message(&set_flags).mode(), Some(Mode::Sync));
+    assert_eq!(decode_message(&set_flags).mode(), Some(Mode::Sync));
 }
 
 #[test]
@@ -871,12 +893,12 @@ fn pipelined_frames_are_decoded_in_order() {
 #[test]
 fn replies_split_and_pipelined_on_the_client() {
     let bodies = [
-        ReplyBody::Ok,
-        ReplyBody::CacheHit(b("value")),
-        ReplyBody::Error(error::BROKEN),
-        ReplyBody::incr(99),
+        ResponseBody::Ok,
+        ResponseBody::CacheHit(b("value")),
+        ResponseBody::Error(error::BROKEN),
+        ResponseBody::incr(99),
         numbered_stats().to_body(),
-        ReplyBody::NotIn,
+        ResponseBody::NotIn,
     ];
     let mut all = Vec::new();
     for (i, body) in bodies.iter().enumerate() {
@@ -903,7 +925,7 @@ fn replies_split_and_pipelined_on_the_client() {
         };
         assert_eq!(
             reply,
-            Reply {
+            Response {
                 id: i as u32,
                 body: body.clone()
             }
@@ -932,7 +954,7 @@ fn client_rejects_malformed_replies() {
     ];
     for (bytes, why) in bad_messages {
         let bytes = hex(bytes);
-        assert!(parse_reply(&bytes).is_err(), "{why}");
+        assert!(super::decode_reply(&bytes).is_err(), "{why}");
         assert!(UDP_CLIENT.decode_response(&bytes).is_err(), "{why}");
     }
     // TCP reply frames must be 12..=65 536 bytes.
@@ -948,10 +970,10 @@ fn client_rejects_malformed_replies() {
     );
     // Ids are taken as sent, top bits included.
     assert_eq!(
-        parse_reply(&hex("f0 00 00 01  00 00 08 02")).unwrap(),
-        Reply {
+        super::decode_reply(&hex("f0 00 00 01  00 00 08 02")).unwrap(),
+        Response {
             id: 0xf000_0001,
-            body: ReplyBody::CacheMiss
+            body: ResponseBody::CacheMiss
         }
     );
 }
@@ -1140,17 +1162,17 @@ fn request() -> impl Strategy<Value = Request> {
     ]
 }
 
-fn reply_body() -> impl Strategy<Value = ReplyBody> {
+fn reply_body() -> impl Strategy<Value = ResponseBody> {
     prop_oneof![
-        Just(ReplyBody::Ok),
-        Just(ReplyBody::NotIn),
-        Just(ReplyBody::NoMatch),
-        Just(ReplyBody::CacheMiss),
-        any::<u32>().prop_map(ReplyBody::Error),
-        blob(300).prop_map(ReplyBody::CacheHit),
-        blob(300).prop_map(ReplyBody::Value),
-        any::<i64>().prop_map(ReplyBody::incr),
-        any::<[u64; STATS_COUNTERS]>().prop_map(|c| ReplyBody::stats(&c)),
+        Just(ResponseBody::Ok),
+        Just(ResponseBody::NotIn),
+        Just(ResponseBody::NoMatch),
+        Just(ResponseBody::CacheMiss),
+        any::<u32>().prop_map(ResponseBody::Error),
+        blob(300).prop_map(ResponseBody::CacheHit),
+        blob(300).prop_map(ResponseBody::Value),
+        any::<i64>().prop_map(ResponseBody::incr),
+        any::<[u64; STATS_COUNTERS]>().prop_map(|c| ResponseBody::stats(&c)),
     ]
 }
 
@@ -1168,7 +1190,7 @@ proptest! {
 
     #[test]
     fn replies_round_trip(id in 0u32..=ID_MASK, body in reply_body()) {
-        let reply = Reply { id, body };
+        let reply = Response { id, body };
         for (server, client) in [(TCP, TCP_CLIENT), (UDP, UDP_CLIENT)] {
             let bytes = encode_reply(server, id, reply.body.clone());
             prop_assert_eq!(bytes.len(), reply.body.message_len() + if server == TCP { 4 } else { 0 });
@@ -1221,13 +1243,13 @@ fn fuzz_regression_reply_id_with_high_bits() {
 #[test]
 fn fuzz_bodies_on_large_and_pipelined_input() {
     // A datagram reply larger than the UDP limit decodes, and re-encodes as ERR_SEND.
-    let big = encode_reply(SCTP, 1, ReplyBody::Value(Bytes::from(vec![0; 65_520])));
+    let big = encode_reply(SCTP, 1, ResponseBody::Value(Bytes::from(vec![0; 65_520])));
     fuzz_client(&big);
     let mut frames = encode_request(TCP_CLIENT, &get(Mode::Sync, "a"));
     frames.extend(hex("00 00 00 09  10 00 00 05  01"));
     frames.extend(encode_request(TCP_CLIENT, &Request::Stats { id: 3 }));
     fuzz_server(&frames);
-    let mut replies = encode_reply(TCP, 1, ReplyBody::Ok);
-    replies.extend(encode_reply(TCP, 2, ReplyBody::incr(5)));
+    let mut replies = encode_reply(TCP, 1, ResponseBody::Ok);
+    replies.extend(encode_reply(TCP, 2, ResponseBody::incr(5)));
     fuzz_client(&replies);
 }

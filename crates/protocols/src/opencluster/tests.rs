@@ -29,7 +29,7 @@ fn req(user_id: u32, body: RequestBody) -> Request {
     Request { user_id, body }
 }
 
-fn reply(repcmd: u16, user_id: u32, body: ReplyBody) -> Response {
+fn reply(repcmd: u16, user_id: u32, body: ResponseBody) -> Response {
     Response::Reply {
         repcmd,
         user_id,
@@ -164,7 +164,7 @@ fn map_hash_and_engine_key() {
 fn session_1_hello_ack_and_pushes() {
     request_vector(req(1, RequestBody::Hello), "000a 0000 00000001 00000000");
     response_vector(
-        reply(cmd::HELLO, 1, ReplyBody::Ack),
+        reply(cmd::HELLO, 1, ResponseBody::Ack),
         "0001 000a 00000001 00000000",
     );
     response_vector(
@@ -207,7 +207,7 @@ fn session_2_set_int_something() {
          736f6d657468696e67 0000002d",
     );
     response_vector(
-        reply(cmd::SET_INT, 2, ReplyBody::Ack),
+        reply(cmd::SET_INT, 2, ResponseBody::Ack),
         "0001 07d0 00000002 00000000",
     );
 }
@@ -228,7 +228,7 @@ fn session_3_get_int_data_int() {
         reply(
             cmd::GET_INT,
             3,
-            ReplyBody::Data {
+            ResponseBody::Data {
                 item: SOMETHING,
                 value: Value::Int(45),
             },
@@ -254,7 +254,7 @@ fn session_4_set_string_clientname() {
          636c69656e746e616d65 0000000a 42696c6c204772616479",
     );
     response_vector(
-        reply(cmd::SET_STRING, 4, ReplyBody::Ack),
+        reply(cmd::SET_STRING, 4, ResponseBody::Ack),
         "0001 07e4 00000004 00000000",
     );
 }
@@ -275,7 +275,7 @@ fn session_5_get_string_data_string() {
         reply(
             cmd::GET_STRING,
             5,
-            ReplyBody::Data {
+            ResponseBody::Data {
                 item: CLIENTNAME,
                 value: Value::String(b("Bill Grady")),
             },
@@ -297,7 +297,11 @@ fn session_6_get_int_on_a_string_failinfo_1() {
         "0834 0000 00000006 00000008 | 00000000 29f6a27d",
     );
     response_vector(
-        reply(cmd::GET_INT, 6, ReplyBody::failinfo(failinfo::WRONG_TYPE)),
+        reply(
+            cmd::GET_INT,
+            6,
+            ResponseBody::failinfo(failinfo::WRONG_TYPE),
+        ),
         "0003 0834 00000006 00000012 | 00000001 0000000a 77726f6e672074797065",
     );
 }
@@ -318,7 +322,7 @@ fn session_7_get_int_missing_fail() {
         "0834 0000 00000007 00000008 | 00000000 e40c292c",
     );
     response_vector(
-        reply(cmd::GET_INT, 7, ReplyBody::Fail),
+        reply(cmd::GET_INT, 7, ResponseBody::Fail),
         "0002 0834 00000007 00000000",
     );
 }
@@ -328,7 +332,10 @@ fn session_8_unknown_command() {
     let request = req(8, RequestBody::Unknown { command: 1234 });
     request_vector(request.clone(), "04d2 0000 00000008 00000000");
     let answer = request.error_reply().expect("unknown has an error reply");
-    assert_eq!(answer, reply(1234, 8, ReplyBody::Unknown { command: 1234 }));
+    assert_eq!(
+        answer,
+        reply(1234, 8, ResponseBody::Unknown { command: 1234 })
+    );
     response_vector(answer, "0009 04d2 00000008 00000002 | 04d2");
 }
 
@@ -344,7 +351,7 @@ fn session_9_capabilities_get_type() {
         "000b 0000 00000009 00000002 | 0898",
     );
     response_vector(
-        reply(cmd::CAPABILITIES, 9, ReplyBody::Ack),
+        reply(cmd::CAPABILITIES, 9, ResponseBody::Ack),
         "0001 000b 00000009 00000000",
     );
 }
@@ -359,7 +366,7 @@ fn session_10_loadlevel() {
         reply(
             cmd::LOAD_LEVEL,
             10,
-            ReplyBody::LoadLevels {
+            ResponseBody::LoadLevels {
                 primary: 16,
                 backup: 0,
                 transferring: false,
@@ -379,7 +386,7 @@ fn session_11_get_type() {
         reply(
             cmd::GET_TYPE,
             11,
-            ReplyBody::DataType {
+            ResponseBody::DataType {
                 item: SOMETHING,
                 kind: ValueType::Int,
             },
@@ -401,7 +408,7 @@ fn session_12_lock() {
         "03e8 0000 0000000c 0000000b | 0000001e 00000003 6a6f62",
     );
     response_vector(
-        reply(cmd::LOCK, 12, ReplyBody::Ack),
+        reply(cmd::LOCK, 12, ResponseBody::Ack),
         "0001 03e8 0000000c 00000000",
     );
 }
@@ -411,7 +418,10 @@ fn session_13_goodbye() {
     let request = req(13, RequestBody::Goodbye);
     request_vector(request.clone(), "0014 0000 0000000d 00000000");
     assert!(request.closes_connection());
-    response_vector(request.reply(ReplyBody::Ack), "0001 0014 0000000d 00000000");
+    response_vector(
+        request.reply(ResponseBody::Ack),
+        "0001 0014 0000000d 00000000",
+    );
 }
 
 #[test]
@@ -580,7 +590,7 @@ fn every_reply() {
         reply(
             cmd::GET_LONG,
             6,
-            ReplyBody::Data {
+            ResponseBody::Data {
                 item: SOMETHING,
                 value: Value::Long(0x0102_0304_0506_0708),
             },
@@ -591,7 +601,7 @@ fn every_reply() {
         reply(
             cmd::GET_STRING,
             6,
-            ReplyBody::Data {
+            ResponseBody::Data {
                 item: SOMETHING,
                 value: Value::String(Bytes::new()),
             },
@@ -602,7 +612,7 @@ fn every_reply() {
         reply(
             cmd::GET_TYPE,
             1,
-            ReplyBody::DataType {
+            ResponseBody::DataType {
                 item: CLIENTNAME,
                 kind: ValueType::String,
             },
@@ -613,7 +623,7 @@ fn every_reply() {
         reply(
             cmd::GET_TYPE,
             1,
-            ReplyBody::DataType {
+            ResponseBody::DataType {
                 item: CLIENTNAME,
                 kind: ValueType::Long,
             },
@@ -624,21 +634,21 @@ fn every_reply() {
         reply(
             cmd::GET_INT,
             2,
-            ReplyBody::TryElsewhere {
+            ResponseBody::TryElsewhere {
                 addr: b("10.0.0.2:13600"),
             },
         ),
         "0004 0834 00000002 00000012 | 0000000e 31302e302e302e323a3133363030",
     );
     response_vector(
-        reply(cmd::CAPABILITIES, 3, ReplyBody::Fail),
+        reply(cmd::CAPABILITIES, 3, ResponseBody::Fail),
         "0002 000b 00000003 00000000",
     );
     response_vector(
         reply(
             cmd::LOAD_LEVEL,
             4,
-            ReplyBody::LoadLevels {
+            ResponseBody::LoadLevels {
                 primary: 5,
                 backup: 6,
                 transferring: true,
@@ -659,10 +669,10 @@ fn failinfo_codes_and_texts() {
         (failinfo::LIMIT_EXCEEDED, "limit exceeded"),
     ];
     for (code, text) in cases {
-        let body = ReplyBody::failinfo(code);
+        let body = ResponseBody::failinfo(code);
         assert_eq!(
             body,
-            ReplyBody::FailInfo {
+            ResponseBody::FailInfo {
                 code,
                 text: b(text)
             }
@@ -679,7 +689,11 @@ fn failinfo_codes_and_texts() {
         assert_eq!(decode_response(&wire), response);
     }
     response_vector(
-        reply(cmd::SET_INT, 1, ReplyBody::failinfo(failinfo::UNAVAILABLE)),
+        reply(
+            cmd::SET_INT,
+            1,
+            ResponseBody::failinfo(failinfo::UNAVAILABLE),
+        ),
         "0003 07d0 00000001 00000013 | 00000005 0000000b 756e617661696c61626c65",
     );
 }
@@ -768,7 +782,7 @@ fn client_decodes_pushes_leniently_where_harmless() {
     // The original's unknown (9) with no payload: the id is the repcmd.
     assert_eq!(
         decode_response(&hex("0009 04d2 00000008 00000000")),
-        reply(1234, 8, ReplyBody::Unknown { command: 1234 })
+        reply(1234, 8, ResponseBody::Unknown { command: 1234 })
     );
 }
 
@@ -800,8 +814,8 @@ fn reply_helpers_echo_command_and_user_id() {
         },
     );
     assert_eq!(
-        request.reply(ReplyBody::Ack),
-        reply(cmd::SET_LONG, 77, ReplyBody::Ack)
+        request.reply(ResponseBody::Ack),
+        reply(cmd::SET_LONG, 77, ResponseBody::Ack)
     );
     assert_eq!(request.error_reply(), None);
     assert!(!request.closes_connection());
@@ -903,7 +917,7 @@ fn o2_unknown_ids_discard_their_payload() {
         assert_eq!(request, req(42, RequestBody::Unknown { command: id }));
         assert_eq!(
             request.error_reply(),
-            Some(reply(id, 42, ReplyBody::Unknown { command: id }))
+            Some(reply(id, 42, ResponseBody::Unknown { command: id }))
         );
     }
     // The payload must arrive before the frame is complete.
@@ -939,7 +953,7 @@ fn assert_malformed(id: u16, payload: &[u8]) {
     );
     assert_eq!(
         request.error_reply(),
-        Some(reply(id, 11, ReplyBody::failinfo(failinfo::MALFORMED)))
+        Some(reply(id, 11, ResponseBody::failinfo(failinfo::MALFORMED)))
     );
     assert!(!request.closes_connection());
 }
@@ -956,50 +970,39 @@ fn o4_malformed_payloads_get_failinfo_2() {
         assert_malformed(id, &[0; 7]);
         assert_malformed(id, &[0; 9]);
     }
-    // lock: int, str.
-    assert_malformed(cmd::LOCK, &hex("0000001e"));
-    assert_malformed(cmd::LOCK, &hex("0000001e 00000004 6a6f62"));
-    assert_malformed(cmd::LOCK, &hex("0000001e 00000003 6a6f62 00"));
-    assert_malformed(cmd::LOCK, &hex("0000001e ffffffff 6a6f62"));
-    // unlock: str.
-    assert_malformed(cmd::UNLOCK, b"");
-    assert_malformed(cmd::UNLOCK, &hex("000000"));
-    assert_malformed(cmd::UNLOCK, &hex("00000002 6a"));
-    assert_malformed(cmd::UNLOCK, &hex("00000001 6a 6f"));
     // set_*: map, key, expires, full wait, str name, value.
     let prefix = "00000000 7e47596b 00000000 00000000";
-    assert_malformed(cmd::SET_INT, &hex(prefix));
-    assert_malformed(cmd::SET_INT, &hex(&format!("{prefix} 00000001 61")));
-    assert_malformed(cmd::SET_INT, &hex(&format!("{prefix} 00000001 61 000000")));
-    assert_malformed(
-        cmd::SET_INT,
-        &hex(&format!("{prefix} 00000001 61 00000001 00")),
-    );
-    assert_malformed(
-        cmd::SET_INT,
-        &hex(&format!("{prefix} 00000009 61 00000001")),
-    );
-    assert_malformed(
-        cmd::SET_LONG,
-        &hex(&format!("{prefix} 00000001 61 00000001")),
-    );
-    assert_malformed(
-        cmd::SET_LONG,
-        &hex(&format!("{prefix} 00000001 61 0000000000000001 00")),
-    );
-    assert_malformed(cmd::SET_STRING, &hex(&format!("{prefix} 00000001 61")));
-    assert_malformed(
-        cmd::SET_STRING,
-        &hex(&format!("{prefix} 00000001 61 00000002 78")),
-    );
-    assert_malformed(
-        cmd::SET_STRING,
-        &hex(&format!("{prefix} 00000001 61 00000001 78 79")),
-    );
-    assert_malformed(
-        cmd::SET_STRING,
-        &hex(&format!("{prefix} 00000001 61 ffffffff")),
-    );
+    for (id, payload) in [
+        // lock: int, str.
+        (cmd::LOCK, "0000001e".to_string()),
+        (cmd::LOCK, "0000001e 00000004 6a6f62".into()),
+        (cmd::LOCK, "0000001e 00000003 6a6f62 00".into()),
+        (cmd::LOCK, "0000001e ffffffff 6a6f62".into()),
+        // unlock: str.
+        (cmd::UNLOCK, "".into()),
+        (cmd::UNLOCK, "000000".into()),
+        (cmd::UNLOCK, "00000002 6a".into()),
+        (cmd::UNLOCK, "00000001 6a 6f".into()),
+        (cmd::SET_INT, prefix.into()),
+        (cmd::SET_INT, format!("{prefix} 00000001 61")),
+        (cmd::SET_INT, format!("{prefix} 00000001 61 000000")),
+        (cmd::SET_INT, format!("{prefix} 00000001 61 00000001 00")),
+        (cmd::SET_INT, format!("{prefix} 00000009 61 00000001")),
+        (cmd::SET_LONG, format!("{prefix} 00000001 61 00000001")),
+        (
+            cmd::SET_LONG,
+            format!("{prefix} 00000001 61 0000000000000001 00"),
+        ),
+        (cmd::SET_STRING, format!("{prefix} 00000001 61")),
+        (cmd::SET_STRING, format!("{prefix} 00000001 61 00000002 78")),
+        (
+            cmd::SET_STRING,
+            format!("{prefix} 00000001 61 00000001 78 79"),
+        ),
+        (cmd::SET_STRING, format!("{prefix} 00000001 61 ffffffff")),
+    ] {
+        assert_malformed(id, &hex(&payload));
+    }
     // A short payload that also has a negative expires is malformed first.
     assert_malformed(cmd::SET_INT, &hex("00000000 7e47596b ffffffff 00000000"));
 }
@@ -1016,7 +1019,7 @@ fn assert_invalid(id: u16, payload: &[u8]) {
         Some(reply(
             id,
             12,
-            ReplyBody::failinfo(failinfo::INVALID_ARGUMENT)
+            ResponseBody::failinfo(failinfo::INVALID_ARGUMENT)
         ))
     );
 }
@@ -1156,7 +1159,7 @@ fn sample_requests() -> Vec<Request> {
 
 fn sample_responses() -> Vec<Response> {
     vec![
-        reply(cmd::HELLO, 1, ReplyBody::Ack),
+        reply(cmd::HELLO, 1, ResponseBody::Ack),
         push(
             0,
             Push::ServerList {
@@ -1164,7 +1167,7 @@ fn sample_responses() -> Vec<Response> {
             },
         ),
         push(1, Push::all_buckets(3, 1)),
-        reply(cmd::SET_STRING, 2, ReplyBody::Ack),
+        reply(cmd::SET_STRING, 2, ResponseBody::Ack),
         push(
             2,
             Push::HashMask {
@@ -1176,14 +1179,22 @@ fn sample_responses() -> Vec<Response> {
         reply(
             cmd::GET_STRING,
             3,
-            ReplyBody::Data {
+            ResponseBody::Data {
                 item: SOMETHING,
                 value: Value::String(b("value")),
             },
         ),
-        reply(cmd::LOCK, 4, ReplyBody::failinfo(failinfo::LIMIT_EXCEEDED)),
-        reply(777, 5, ReplyBody::Unknown { command: 777 }),
-        reply(cmd::GET_INT, 6, ReplyBody::TryElsewhere { addr: b("b:2") }),
+        reply(
+            cmd::LOCK,
+            4,
+            ResponseBody::failinfo(failinfo::LIMIT_EXCEEDED),
+        ),
+        reply(777, 5, ResponseBody::Unknown { command: 777 }),
+        reply(
+            cmd::GET_INT,
+            6,
+            ResponseBody::TryElsewhere { addr: b("b:2") },
+        ),
         push(3, Push::Goodbye),
     ]
 }
@@ -1404,25 +1415,25 @@ fn request_body_strategy() -> impl Strategy<Value = RequestBody> {
     ]
 }
 
-fn reply_body_strategy() -> impl Strategy<Value = ReplyBody> {
+fn reply_body_strategy() -> impl Strategy<Value = ResponseBody> {
     prop_oneof![
-        Just(ReplyBody::Ack),
-        Just(ReplyBody::Fail),
+        Just(ResponseBody::Ack),
+        Just(ResponseBody::Fail),
         (any::<i32>(), bytes_strategy())
-            .prop_map(|(code, text)| ReplyBody::FailInfo { code, text }),
-        bytes_strategy().prop_map(|addr| ReplyBody::TryElsewhere { addr }),
-        any::<u16>().prop_map(|command| ReplyBody::Unknown { command }),
+            .prop_map(|(code, text)| ResponseBody::FailInfo { code, text }),
+        bytes_strategy().prop_map(|addr| ResponseBody::TryElsewhere { addr }),
+        any::<u16>().prop_map(|command| ResponseBody::Unknown { command }),
         (any::<i32>(), any::<i32>(), any::<bool>()).prop_map(|(primary, backup, transferring)| {
-            ReplyBody::LoadLevels {
+            ResponseBody::LoadLevels {
                 primary,
                 backup,
                 transferring,
             }
         }),
         (item_strategy(), value_strategy())
-            .prop_map(|(item, value)| ReplyBody::Data { item, value }),
+            .prop_map(|(item, value)| ResponseBody::Data { item, value }),
         (item_strategy(), kind_strategy())
-            .prop_map(|(item, kind)| ReplyBody::DataType { item, kind }),
+            .prop_map(|(item, kind)| ResponseBody::DataType { item, kind }),
     ]
 }
 

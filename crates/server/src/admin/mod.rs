@@ -7,7 +7,6 @@
 
 mod api;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Query, Request, State};
@@ -16,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{formatting, PrometheusHandle};
 use polykv_engine::Engine;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -140,112 +139,115 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// Engine figures, read at scrape time.
+/// Engine figures, read at scrape time, written with the exporter's own formatting.
 fn render_engine(engine: &Engine, out: &mut String) {
     let s = engine.stats();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    metric(
-        "polykv_cache_entries",
-        "gauge",
-        "Entries in the cache",
-        s.cache.entries as f64,
-    );
-    metric(
-        "polykv_cache_bytes",
-        "gauge",
-        "Bytes held by the cache",
-        s.cache.bytes as f64,
-    );
-    metric(
-        "polykv_cache_budget_bytes",
-        "gauge",
-        "Byte budget of the cache",
-        s.cache.budget as f64,
-    );
-    metric(
-        "polykv_cache_hits_total",
-        "counter",
-        "Cache lookups that hit",
-        s.cache.hits as f64,
-    );
-    metric(
-        "polykv_cache_misses_total",
-        "counter",
-        "Cache lookups that missed",
-        s.cache.misses as f64,
-    );
-    metric(
-        "polykv_cache_evictions_total",
-        "counter",
-        "Entries evicted from the cache",
-        s.cache.evictions as f64,
-    );
-    metric(
-        "polykv_engine_applied_writes_total",
-        "counter",
-        "Store-writing commands applied",
-        s.applied_writes as f64,
-    );
-    metric(
-        "polykv_journal_syncs_total",
-        "counter",
-        "Group-commit fdatasyncs",
-        s.syncs as f64,
-    );
-    metric(
-        "polykv_journal_synced_writes_total",
-        "counter",
-        "Writes covered by group commits",
-        s.synced_writes as f64,
-    );
-    metric(
-        "polykv_journal_sync_seconds_total",
-        "counter",
-        "Time spent in fdatasync",
-        s.sync_seconds_total,
-    );
-    metric(
-        "polykv_journal_sync_batch_max",
-        "gauge",
-        "Largest group-commit batch",
-        s.max_sync_batch as f64,
-    );
-    metric(
-        "polykv_watch_subscribers",
-        "gauge",
-        "Watch subscriptions",
-        s.watch.subscribers as f64,
-    );
-    metric(
-        "polykv_watch_queued_events",
-        "gauge",
-        "Events queued for watchers",
-        s.watch.queued_events as f64,
-    );
-    metric(
-        "polykv_locks_held",
-        "gauge",
-        "Named locks held",
-        s.locks as f64,
-    );
-    metric(
-        "polykv_store_poisoned",
-        "gauge",
-        "1 after a failed write or sync",
-        f64::from(u8::from(s.poisoned.is_some())),
-    );
-    let _ = writeln!(out, "# HELP polykv_keyspace_keys Approximate keys per keyspace\n# TYPE polykv_keyspace_keys gauge");
+    let figures: [(&str, &str, &str, f64); 15] = [
+        (
+            "polykv_cache_entries",
+            "gauge",
+            "Entries in the cache",
+            s.cache.entries as f64,
+        ),
+        (
+            "polykv_cache_bytes",
+            "gauge",
+            "Bytes held by the cache",
+            s.cache.bytes as f64,
+        ),
+        (
+            "polykv_cache_budget_bytes",
+            "gauge",
+            "Byte budget of the cache",
+            s.cache.budget as f64,
+        ),
+        (
+            "polykv_cache_hits_total",
+            "counter",
+            "Cache lookups that hit",
+            s.cache.hits as f64,
+        ),
+        (
+            "polykv_cache_misses_total",
+            "counter",
+            "Cache lookups that missed",
+            s.cache.misses as f64,
+        ),
+        (
+            "polykv_cache_evictions_total",
+            "counter",
+            "Entries evicted from the cache",
+            s.cache.evictions as f64,
+        ),
+        (
+            "polykv_engine_applied_writes_total",
+            "counter",
+            "Store-writing commands applied",
+            s.applied_writes as f64,
+        ),
+        (
+            "polykv_journal_syncs_total",
+            "counter",
+            "Group-commit fdatasyncs",
+            s.syncs as f64,
+        ),
+        (
+            "polykv_journal_synced_writes_total",
+            "counter",
+            "Writes covered by group commits",
+            s.synced_writes as f64,
+        ),
+        (
+            "polykv_journal_sync_seconds_total",
+            "counter",
+            "Time spent in fdatasync",
+            s.sync_seconds_total,
+        ),
+        (
+            "polykv_journal_sync_batch_max",
+            "gauge",
+            "Largest group-commit batch",
+            s.max_sync_batch as f64,
+        ),
+        (
+            "polykv_watch_subscribers",
+            "gauge",
+            "Watch subscriptions",
+            s.watch.subscribers as f64,
+        ),
+        (
+            "polykv_watch_queued_events",
+            "gauge",
+            "Events queued for watchers",
+            s.watch.queued_events as f64,
+        ),
+        (
+            "polykv_locks_held",
+            "gauge",
+            "Named locks held",
+            s.locks as f64,
+        ),
+        (
+            "polykv_store_poisoned",
+            "gauge",
+            "1 after a failed write or sync",
+            f64::from(u8::from(s.poisoned.is_some())),
+        ),
+    ];
+    for (name, kind, help, value) in figures {
+        formatting::write_help_line(out, name, help);
+        formatting::write_type_line(out, name, kind);
+        formatting::write_metric_line::<&str, f64>(out, name, None, &[], None, value, None);
+    }
+    let name = "polykv_keyspace_keys";
+    formatting::write_help_line(out, name, "Approximate keys per keyspace");
+    formatting::write_type_line(out, name, "gauge");
     for ks in &s.keyspaces {
-        let _ = writeln!(
-            out,
-            "polykv_keyspace_keys{{keyspace=\"{}\"}} {}",
-            ks.name, ks.keys
+        let label = format!(
+            "keyspace=\"{}\"",
+            formatting::sanitize_label_value(&ks.name)
         );
+        formatting::write_metric_line::<&str, u64>(out, name, None, &[label], None, ks.keys, None);
     }
 }
 

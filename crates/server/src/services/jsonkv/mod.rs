@@ -1,10 +1,12 @@
 //! jsonkv (jsonkv.md): one keyspace served over TCP (15001), UDP (15002) and JSON-RPC 2.0 over
 //! HTTP (15003), and the jsonagent discovery service (15000), which lists this node.
 //!
-//! `kv` maps put/get/delete onto the engine and answers framed requests (TCP and UDP), `rpc`
-//! is the HTTP listener, `agent` the registry and its connections.
+//! The jsonkv wing: `kv` maps put/get/delete onto the engine and answers framed requests (TCP
+//! and UDP), `rpc` is the HTTP listener, `agent` the registry and its connections, `config` its
+//! configuration section; start-up is here.
 
 pub mod agent;
+mod config;
 pub mod kv;
 pub mod rpc;
 
@@ -14,8 +16,11 @@ use std::time::Duration;
 use polykv_engine::Durability;
 use polykv_protocols::jsonkv::{AgentServerCodec, JsonkvServerCodec, Limits};
 
+pub use config::JsonkvConfig;
+
 use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
+use crate::runtime::{bind_if, Runtime, ServerError};
+use crate::services::Protocol;
 use crate::session::{serve_tcp, serve_udp, SessionLimits};
 use agent::{AgentContext, Ports, Registry};
 use kv::{JsonkvService, KvStore, UdpCodec};
@@ -28,11 +33,27 @@ fn size(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
+/// jsonkv, for the protocol list.
+pub struct Wing;
+
+impl Protocol for Wing {
+    const NAME: &'static str = "jsonkv";
+    type Config = JsonkvConfig;
+
+    fn validate(config: &JsonkvConfig) -> Result<(), String> {
+        config.validate()
+    }
+
+    async fn start(runtime: &mut Runtime, config: &JsonkvConfig) -> Result<(), ServerError> {
+        start(runtime, config).await
+    }
+}
+
 /// Starts the enabled jsonkv endpoints and the agent. Everything is bound before anything is
 /// served, so a taken port fails the start cleanly.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.jsonkv.clone();
-    let serves_kv = config.enabled || config.udp_enabled || config.rpc_enabled;
+async fn start(runtime: &mut Runtime, config: &JsonkvConfig) -> Result<(), ServerError> {
+    let listener = &config.listener;
+    let serves_kv = listener.enabled || config.udp_enabled || config.rpc_enabled;
     if !serves_kv && !config.agent_enabled {
         return Ok(());
     }
@@ -42,53 +63,26 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
         max_value: size(config.max_value),
         max_depth: size(config.max_depth),
     };
-    let addr = |port| runtime.config.listen_addr(&config.addr, port);
-    let tcp = match config.enabled {
-        true => Some(runtime.bind_tcp("jsonkv tcp", addr(config.port)).await?),
-        false => None,
-    };
-    let udp = match config.udp_enabled {
-        true => Some(
-            runtime
-                .bind_udp("jsonkv udp", addr(config.udp_port))
-                .await?,
-        ),
-        false => None,
-    };
-    let rpc = match config.rpc_enabled {
-        true => Some(
-            runtime
-                .bind_tcp("jsonkv json-rpc", addr(config.rpc_port))
-                .await?,
-        ),
-        false => None,
-    };
-    let agent = match config.agent_enabled {
-        true => Some(
-            runtime
-                .bind_tcp("jsonkv agent", addr(config.agent_port))
-                .await?,
-        ),
-        false => None,
-    };
+    let addr = |port| runtime.listen_addr(&listener.addr, port);
+    // Each bind is a future: it binds only when bind_if awaits it.
+    let tcp = runtime.bind_tcp("jsonkv tcp", addr(listener.port));
+    let tcp = bind_if(listener.enabled, tcp).await?;
+    let udp = runtime.bind_udp("jsonkv udp", addr(config.udp_port));
+    let udp = bind_if(config.udp_enabled, udp).await?;
+    let rpc = runtime.bind_tcp("jsonkv json-rpc", addr(config.rpc_port));
+    let rpc = bind_if(config.rpc_enabled, rpc).await?;
+    let agent = runtime.bind_tcp("jsonkv agent", addr(config.agent_port));
+    let agent = bind_if(config.agent_enabled, agent).await?;
     // The agent lists the ports actually bound (a configured 0 picks one).
+    let port = |bound: std::io::Result<std::net::SocketAddr>| bound.ok().map(|a| a.port());
     let local_ports = Ports {
-        tcp: tcp
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.port()),
-        udp: udp
-            .as_ref()
-            .and_then(|s| s.local_addr().ok())
-            .map(|a| a.port()),
-        rpc: rpc
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.port()),
+        tcp: tcp.as_ref().and_then(|l| port(l.local_addr())),
+        udp: udp.as_ref().and_then(|s| port(s.local_addr())),
+        rpc: rpc.as_ref().and_then(|l| port(l.local_addr())),
     };
 
     if serves_kv {
-        let keyspace = runtime.keyspace(&config.keyspace)?;
+        let keyspace = runtime.keyspace(&listener.keyspace)?;
         let durability = if config.async_acks {
             Durability::Async
         } else {
@@ -102,13 +96,13 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
         ));
         let codec = JsonkvServerCodec { limits };
         let metrics = Arc::new(ProtocolMetrics::new("jsonkv", kv::OPS));
-        if let Some(listener) = tcp {
+        if let Some(tcp) = tcp {
             let idle = config.idle_timeout_secs;
             // No complete frame for the idle timeout closes, half-sent or not (§2.1).
             let session = SessionLimits::from_secs(idle, idle, config.max_output_bytes);
             let store = store.clone();
             runtime.tasks.spawn(serve_tcp(
-                listener,
+                tcp,
                 Arc::new(codec),
                 move || JsonkvService::new(store.clone()),
                 session,
@@ -125,9 +119,9 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
                 runtime.context.shutdown.clone(),
             ));
         }
-        if let Some(listener) = rpc {
+        if let Some(rpc) = rpc {
             runtime.tasks.spawn(rpc::serve(
-                listener,
+                rpc,
                 store,
                 limits,
                 secs(config.idle_timeout_secs),
@@ -137,7 +131,7 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
         }
     }
 
-    if let Some(listener) = agent {
+    if let Some(agent) = agent {
         let advertise = Some(config.advertise_addr.clone()).filter(|a| !a.is_empty());
         let context = Arc::new(AgentContext {
             registry: Arc::new(Registry::new(
@@ -154,7 +148,7 @@ pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
         });
         runtime
             .tasks
-            .spawn(agent::serve(listener, context, runtime.context.clone()));
+            .spawn(agent::serve(agent, context, runtime.context.clone()));
     }
     Ok(())
 }

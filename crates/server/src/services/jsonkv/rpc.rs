@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::StreamExt;
 use polykv_protocols::jsonkv::{
-    encode_rpc_response, parse_rpc_request, Id, Limits, Operate, RpcAction, RpcCall, RpcError,
+    decode_rpc_request, encode_rpc_response, Id, Limits, Operate, RpcAction, RpcCall, RpcError,
     RpcPayload, RpcResponse, RpcResponsePayload,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -117,7 +117,7 @@ async fn handle(State(state): State<RpcState>, request: Request) -> Response {
         Err(BodyError::TooLarge) => return close_with(StatusCode::PAYLOAD_TOO_LARGE),
         Err(BodyError::Broken) => return close_with(StatusCode::BAD_REQUEST),
     };
-    let (batch, calls) = match parse_rpc_request(&body, &state.limits) {
+    let (batch, calls) = match decode_rpc_request(&body, &state.limits) {
         RpcPayload::Single(call) => (false, vec![call]),
         RpcPayload::Batch(calls) => (true, calls),
     };

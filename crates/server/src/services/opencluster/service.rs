@@ -15,17 +15,13 @@ use polykv_engine::{
     Value as EngineValue,
 };
 use polykv_protocols::opencluster::{
-    cmd, failinfo, ItemId, OpenClusterServerCodec, Push, ReplyBody, Request, RequestBody, Response,
-    Value, ValueType,
+    cmd, failinfo, ItemId, Push, Request, RequestBody, Response, ResponseBody, Value, ValueType,
 };
 
-use crate::config::OpenClusterConfig;
-use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
-use crate::services::{serve_tcp_listener, TcpAddr};
-use crate::session::{Reply, Service, SessionLimits};
+use super::OpenClusterConfig;
+use crate::session::{Reply, Service};
 
-const OPS: &[&str] = &[
+pub(super) const OPS: &[&str] = &[
     "hello",
     "session",
     "set",
@@ -51,10 +47,10 @@ struct SetFields {
 }
 
 pub struct OpenClusterShared {
-    engine: Engine,
-    keyspace: KeyspaceId,
-    config: OpenClusterConfig,
-    next_holder: AtomicU64,
+    pub(super) engine: Engine,
+    pub(super) keyspace: KeyspaceId,
+    pub(super) config: OpenClusterConfig,
+    pub(super) next_holder: AtomicU64,
 }
 
 pub struct OpenClusterService {
@@ -117,9 +113,11 @@ impl OpenClusterService {
         } else {
             Durability::Async
         };
-        let unavailable = request.reply(ReplyBody::failinfo(failinfo::UNAVAILABLE));
+        let unavailable = request.reply(ResponseBody::failinfo(failinfo::UNAVAILABLE));
         match self.engine().submit(command, durability) {
-            Ok(pending) => Reply::after_sync(pending, request.reply(ReplyBody::Ack), unavailable),
+            Ok(pending) => {
+                Reply::after_sync(pending, request.reply(ResponseBody::Ack), unavailable)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "opencluster set failed");
                 Reply::send(unavailable)
@@ -129,34 +127,34 @@ impl OpenClusterService {
 
     /// The live item, or the reply that ends the request (fail when missing, failinfo 5 when
     /// the engine cannot read).
-    fn read(&self, request: &Request, item: ItemId) -> Result<(ValueType, Entry), ReplyBody> {
+    fn read(&self, request: &Request, item: ItemId) -> Result<(ValueType, Entry), ResponseBody> {
         match self.engine().get(self.shared.keyspace, &item.engine_key()) {
             Ok(Some(read)) => Ok((type_of(&read.entry.value), read.entry)),
-            Ok(None) => Err(ReplyBody::Fail),
+            Ok(None) => Err(ResponseBody::Fail),
             Err(e) => {
                 tracing::warn!(error = %e, command = request.body.command_id(), "opencluster read failed");
-                Err(ReplyBody::failinfo(failinfo::UNAVAILABLE))
+                Err(ResponseBody::failinfo(failinfo::UNAVAILABLE))
             }
         }
     }
 
-    fn get(&self, request: &Request, item: ItemId, kind: ValueType) -> ReplyBody {
+    fn get(&self, request: &Request, item: ItemId, kind: ValueType) -> ResponseBody {
         let (stored, entry) = match self.read(request, item) {
             Ok(found) => found,
             Err(reply) => return reply,
         };
         if stored != kind {
-            return ReplyBody::failinfo(failinfo::WRONG_TYPE);
+            return ResponseBody::failinfo(failinfo::WRONG_TYPE);
         }
         let value = match entry.value {
             EngineValue::I32(v) => Value::Int(v),
             EngineValue::I64(v) => Value::Long(v),
             other => Value::String(other.to_bytes()),
         };
-        ReplyBody::Data { item, value }
+        ResponseBody::Data { item, value }
     }
 
-    fn lock(&mut self, timeout: i32, name: &Bytes) -> ReplyBody {
+    fn lock(&mut self, timeout: i32, name: &Bytes) -> ResponseBody {
         let deadline = (timeout > 0)
             .then(|| self.engine().now_ms() + u64::from(timeout.unsigned_abs()) * 1000);
         self.locked_once = true;
@@ -180,32 +178,32 @@ impl OpenClusterService {
                             },
                             Durability::Memory,
                         );
-                        return ReplyBody::failinfo(failinfo::LIMIT_EXCEEDED);
+                        return ResponseBody::failinfo(failinfo::LIMIT_EXCEEDED);
                     }
-                    ReplyBody::Ack
+                    ResponseBody::Ack
                 }
-                _ => ReplyBody::Fail,
+                _ => ResponseBody::Fail,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "opencluster lock failed");
-                ReplyBody::failinfo(failinfo::UNAVAILABLE)
+                ResponseBody::failinfo(failinfo::UNAVAILABLE)
             }
         }
     }
 
-    fn unlock(&self, name: &Bytes) -> ReplyBody {
+    fn unlock(&self, name: &Bytes) -> ResponseBody {
         let command = Command::Unlock {
             name: name.clone(),
             holder: self.holder,
         };
         match self.engine().submit(command, Durability::Memory) {
             Ok(pending) => match pending.outcome {
-                Outcome::Unlocked { released: true } => ReplyBody::Ack,
-                _ => ReplyBody::Fail,
+                Outcome::Unlocked { released: true } => ResponseBody::Ack,
+                _ => ResponseBody::Fail,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "opencluster unlock failed");
-                ReplyBody::failinfo(failinfo::UNAVAILABLE)
+                ResponseBody::failinfo(failinfo::UNAVAILABLE)
             }
         }
     }
@@ -267,7 +265,7 @@ impl Service for OpenClusterService {
         matches!(
             response,
             Response::Reply {
-                body: ReplyBody::FailInfo { .. } | ReplyBody::Unknown { .. },
+                body: ResponseBody::FailInfo { .. } | ResponseBody::Unknown { .. },
                 ..
             }
         )
@@ -291,11 +289,11 @@ impl Service for OpenClusterService {
                     }),
                     self.push(Push::all_buckets(self.shared.config.mask, 0)),
                 ];
-                return Reply::send_with(request.reply(ReplyBody::Ack), pushes);
+                return Reply::send_with(request.reply(ResponseBody::Ack), pushes);
             }
             RequestBody::Goodbye => {
                 self.release_locks();
-                return Reply::send_then_close(request.reply(ReplyBody::Ack));
+                return Reply::send_then_close(request.reply(ResponseBody::Ack));
             }
             RequestBody::Set {
                 item,
@@ -314,9 +312,9 @@ impl Service for OpenClusterService {
             }
             RequestBody::Capabilities { command } => {
                 if cmd::is_accepted(*command) {
-                    ReplyBody::Ack
+                    ResponseBody::Ack
                 } else {
-                    ReplyBody::Fail
+                    ResponseBody::Fail
                 }
             }
             RequestBody::ShuttingDown
@@ -325,8 +323,8 @@ impl Service for OpenClusterService {
             | RequestBody::ServerList
             | RequestBody::HashMasks
             | RequestBody::HashMask
-            | RequestBody::NewServer => ReplyBody::Ack,
-            RequestBody::LoadLevel => ReplyBody::LoadLevels {
+            | RequestBody::NewServer => ResponseBody::Ack,
+            RequestBody::LoadLevel => ResponseBody::LoadLevels {
                 primary: i32::try_from(u64::from(self.shared.config.mask) + 1).unwrap_or(i32::MAX),
                 backup: 0,
                 transferring: false,
@@ -335,14 +333,14 @@ impl Service for OpenClusterService {
             RequestBody::Unlock { name } => self.unlock(name),
             RequestBody::Get { item, kind } => self.get(&request, *item, *kind),
             RequestBody::GetType { item } => match self.read(&request, *item) {
-                Ok((kind, _)) => ReplyBody::DataType { item: *item, kind },
+                Ok((kind, _)) => ResponseBody::DataType { item: *item, kind },
                 Err(reply) => reply,
             },
             // Handled by error_reply above.
             RequestBody::Unknown { .. }
             | RequestBody::Malformed { .. }
             | RequestBody::InvalidArgument { .. }
-            | RequestBody::TooLarge { .. } => ReplyBody::failinfo(failinfo::MALFORMED),
+            | RequestBody::TooLarge { .. } => ResponseBody::failinfo(failinfo::MALFORMED),
         };
         Reply::send(request.reply(body))
     }
@@ -365,41 +363,4 @@ impl Service for OpenClusterService {
     async fn closed(&mut self) {
         self.release_locks();
     }
-}
-
-/// Starts OpenCluster's listener, as configured.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.opencluster.clone();
-    if !config.enabled {
-        return Ok(());
-    }
-    let keyspace = runtime.keyspace(&config.keyspace)?;
-    let limits = SessionLimits::from_secs(
-        config.idle_timeout_secs,
-        config.partial_frame_timeout_secs,
-        config.max_output_bytes,
-    );
-    let codec = OpenClusterServerCodec {
-        max_payload: u32::try_from(config.max_payload).unwrap_or(u32::MAX),
-    };
-    let at = TcpAddr {
-        addr: &config.addr,
-        port: config.port,
-    };
-    let shared = Arc::new(OpenClusterShared {
-        engine: runtime.engine.clone(),
-        keyspace,
-        config: config.clone(),
-        next_holder: AtomicU64::new(1),
-    });
-    serve_tcp_listener(
-        runtime,
-        "opencluster tcp",
-        at,
-        limits,
-        codec,
-        move || OpenClusterService::new(shared.clone()),
-        Arc::new(ProtocolMetrics::new("opencluster", OPS)),
-    )
-    .await
 }

@@ -12,24 +12,24 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use polykv_engine::{Durability, Engine, KeyspaceId, Outcome, Value};
-use polykv_protocols::smalld::{self, Reply, Request, HEADER_LEN, MAX_REQUEST, MAX_VALUE};
+use polykv_protocols::smalld::{self, Request, Response, HEADER_LEN, MAX_REQUEST, MAX_VALUE};
 use polykv_protocols::Decoded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::SmalldConfig;
+use super::{log, RequestLog, SmalldConfig};
 use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
+use crate::runtime::ServerError;
 use crate::session::{serve_connections, ListenerContext};
 
-const OPS: &[&str] = &["set", "get", "digest", "run", "malformed"];
+pub(super) const OPS: &[&str] = &["set", "get", "digest", "run", "malformed"];
 
 pub struct Smalld {
-    engine: Engine,
-    keyspace: KeyspaceId,
-    key: u32,
-    config: SmalldConfig,
-    metrics: ProtocolMetrics,
+    pub(super) engine: Engine,
+    pub(super) keyspace: KeyspaceId,
+    pub(super) key: u32,
+    pub(super) config: SmalldConfig,
+    pub(super) metrics: ProtocolMetrics,
 }
 
 /// The secret key: configured, or generated once and kept in `dir/smalld.key` (mode 0600).
@@ -49,53 +49,57 @@ pub fn secret_key(config: &SmalldConfig, dir: &Path) -> Result<u32, ServerError>
             ))
         });
     }
-    let random = crate::secret::random_hex(4)
-        .map_err(|e| ServerError::Other(format!("cannot read random bytes: {e}")))?;
+    let random = crate::secret::random_hex(4).map_err(|source| ServerError::Io {
+        what: "cannot read random bytes".into(),
+        source,
+    })?;
     let key = u32::from_str_radix(&random, 16)
         .map_err(|e| ServerError::Other(format!("random key: {e}")))?;
-    crate::secret::write_private(&path, &format!("{key}\n"))
-        .map_err(|e| ServerError::Other(format!("cannot write {}: {e}", path.display())))?;
+    crate::secret::write_private(&path, &format!("{key}\n")).map_err(|source| ServerError::Io {
+        what: format!("cannot write {}", path.display()),
+        source,
+    })?;
     tracing::warn!(secret_key = key, file = %path.display(), "smalld: generated a secret key; give it to the clients");
     Ok(key)
 }
 
 impl Smalld {
     fn log(&self, block: &str) {
-        let result = match self.config.request_log.as_str() {
-            "stdout" => std::io::stdout().lock().write_all(block.as_bytes()),
-            "stderr" => std::io::stderr().lock().write_all(block.as_bytes()),
-            _ => Ok(()),
+        let result = match self.config.request_log {
+            RequestLog::Stdout => std::io::stdout().lock().write_all(block.as_bytes()),
+            RequestLog::Stderr => std::io::stderr().lock().write_all(block.as_bytes()),
+            RequestLog::Off => Ok(()),
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "smalld request log write failed");
         }
     }
 
-    async fn execute(&self, request: &Request) -> Reply {
+    async fn execute(&self, request: &Request) -> Response {
         match request {
             Request::Set { name, value } => self.set(name, value).await,
             Request::Get { name } => match self.engine.get(self.keyspace, name) {
                 Ok(Some(read)) => {
                     let value = read.entry.value.to_bytes();
                     if value.len() > MAX_VALUE {
-                        Reply::Failure
+                        Response::Failure
                     } else {
-                        Reply::Value(value)
+                        Response::Value(value)
                     }
                 }
-                Ok(None) => Reply::Failure,
+                Ok(None) => Response::Failure,
                 Err(e) => {
                     tracing::warn!(error = %e, "smalld get failed");
-                    Reply::Failure
+                    Response::Failure
                 }
             },
-            Request::Digest { value } => Reply::Value(smalld::digest(value)),
+            Request::Digest { value } => Response::Value(smalld::digest(value)),
             Request::Run { program } => self.run(program).await,
-            Request::Invalid { .. } => Reply::Failure,
+            Request::Invalid { .. } => Response::Failure,
         }
     }
 
-    async fn set(&self, name: &Bytes, value: &Bytes) -> Reply {
+    async fn set(&self, name: &Bytes, value: &Bytes) -> Response {
         if self.config.max_names > 0 {
             let exists = matches!(self.engine.get(self.keyspace, name), Ok(Some(_)));
             let limit = self.config.max_names as usize;
@@ -109,7 +113,7 @@ impl Smalld {
                 )
                 .map_or(limit, |v| v.len());
             if !exists && count >= limit {
-                return Reply::Failure;
+                return Response::Failure;
             }
         }
         match self
@@ -122,19 +126,19 @@ impl Smalld {
             )
             .await
         {
-            Ok(Outcome::Written { .. }) => Reply::Ok,
-            Ok(_) => Reply::Failure,
+            Ok(Outcome::Written { .. }) => Response::Ok,
+            Ok(_) => Response::Failure,
             Err(e) => {
                 tracing::warn!(error = %e, "smalld set failed");
-                Reply::Failure
+                Response::Failure
             }
         }
     }
 
     /// The three allowed programs, run without a shell, with a time limit and a 100-byte cap.
-    async fn run(&self, program: &[u8]) -> Reply {
+    async fn run(&self, program: &[u8]) -> Response {
         if !self.config.run_enabled {
-            return Reply::Failure;
+            return Response::Failure;
         }
         let limit = Duration::from_millis(self.config.run_timeout_ms.max(1));
         let output = match program {
@@ -143,7 +147,7 @@ impl Smalld {
             b"inet" => run_inet(limit).await,
             _ => None,
         };
-        output.map_or(Reply::Failure, |bytes| Reply::Value(bytes.into()))
+        output.map_or(Response::Failure, |bytes| Response::Value(bytes.into()))
     }
 }
 
@@ -225,12 +229,12 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
         service.metrics.connection_closed();
         return;
     }
-    let Some(header) = smalld::parse_header(&buf) else {
+    let Some(header) = smalld::decode_header(&buf) else {
         return;
     };
     // S2: a wrong key is logged and answered with silence.
     if !crate::secret::constant_time_eq(&header.key.to_be_bytes(), &service.key.to_be_bytes()) {
-        service.log(&smalld::log_wrong_key(header.key));
+        service.log(&log::log_wrong_key(header.key));
         service.metrics.rejected_frames.increment(1);
         service.metrics.connection_closed();
         return;
@@ -250,17 +254,17 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
     };
     let Some(request) = request else {
         // S4: the header was valid but the request never completed.
-        let detail = smalld::escape(buf.get(HEADER_LEN..).unwrap_or_default());
-        service.log(&smalld::log_block(header.key, header.kind, &detail, false));
+        let detail = log::escape(buf.get(HEADER_LEN..).unwrap_or_default());
+        service.log(&log::log_block(header.key, header.kind, &detail, false));
         service.metrics.connection_closed();
         return;
     };
     let reply = service.execute(&request).await;
-    let success = reply != Reply::Failure;
-    service.log(&smalld::log_block(
+    let success = reply != Response::Failure;
+    service.log(&log::log_block(
         header.key,
         header.kind,
-        &smalld::detail(&request),
+        &log::detail(&request),
         success,
     ));
     let op = match &request {
@@ -290,36 +294,9 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
     service.metrics.connection_closed();
 }
 
-async fn serve(listener: TcpListener, service: Arc<Smalld>, context: ListenerContext) {
+pub(super) async fn serve(listener: TcpListener, service: Arc<Smalld>, context: ListenerContext) {
     serve_connections(listener, &service.metrics, context, |stream, _shutdown| {
         handle(service.clone(), stream)
     })
     .await;
-}
-
-/// Starts smalld's listener, as configured.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.smalld.clone();
-    if !config.enabled {
-        return Ok(());
-    }
-    let key = secret_key(&config, &runtime.config.data_dir)?;
-    let keyspace = runtime.keyspace(&config.keyspace)?;
-    let listener = runtime
-        .bind_tcp(
-            "smalld tcp",
-            runtime.config.listen_addr(&config.addr, config.port),
-        )
-        .await?;
-    let service = Arc::new(Smalld {
-        engine: runtime.engine.clone(),
-        keyspace,
-        key,
-        config,
-        metrics: ProtocolMetrics::new("smalld", OPS),
-    });
-    runtime
-        .tasks
-        .spawn(serve(listener, service, runtime.context.clone()));
-    Ok(())
 }

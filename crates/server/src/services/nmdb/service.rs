@@ -9,14 +9,11 @@ use polykv_engine::{
     Command, Condition, Durability, Engine, KeyspaceId, Outcome, Pending, Source, Value,
 };
 use polykv_protocols::nmdb::{
-    error, incr_value, Mode, NmdbServerCodec, Reply, ReplyBody, Request, Transport, STATS_COUNTERS,
+    error, incr_value, Mode, Request, Response, ResponseBody, Transport, STATS_COUNTERS,
 };
 use polykv_protocols::Reject;
 
-use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
-use crate::services::{serve_tcp_listener, TcpAddr};
-use crate::session::{serve_udp, Reply as SessionReply, Service, SessionLimits};
+use crate::session::{Reply as SessionReply, Service};
 use crate::ReadOnly;
 
 /// Indexes of the 23 STATS counters (§5.5), in wire order.
@@ -48,7 +45,7 @@ mod stat {
 }
 
 /// Operation names for metrics.
-const OPS: &[&str] = &[
+pub(super) const OPS: &[&str] = &[
     "get",
     "set",
     "del",
@@ -98,25 +95,25 @@ impl NmdbService {
         NmdbService { shared, transport }
     }
 
-    fn reply(id: u32, body: ReplyBody) -> SessionReply<Reply> {
-        SessionReply::send(Reply { id, body })
+    fn reply(id: u32, body: ResponseBody) -> SessionReply<Response> {
+        SessionReply::send(Response { id, body })
     }
 
     /// `body` once the write is as durable as it asked, ERR_DB if it cannot be.
-    fn after_write(id: u32, pending: Pending, body: ReplyBody) -> SessionReply<Reply> {
+    fn after_write(id: u32, pending: Pending, body: ResponseBody) -> SessionReply<Response> {
         SessionReply::after_sync(
             pending,
-            Reply { id, body },
-            Reply {
+            Response { id, body },
+            Response {
                 id,
-                body: ReplyBody::Error(error::DB),
+                body: ResponseBody::Error(error::DB),
             },
         )
     }
 
-    fn engine_error(id: u32, e: polykv_engine::Error) -> SessionReply<Reply> {
+    fn engine_error(id: u32, e: polykv_engine::Error) -> SessionReply<Response> {
         tracing::warn!(error = %e, "nmdb request failed in the engine");
-        Self::reply(id, ReplyBody::Error(error::DB))
+        Self::reply(id, ResponseBody::Error(error::DB))
     }
 
     fn durability(mode: Mode) -> Durability {
@@ -127,18 +124,18 @@ impl NmdbService {
         }
     }
 
-    fn get(&self, id: u32, mode: Mode, key: Bytes) -> SessionReply<Reply> {
+    fn get(&self, id: u32, mode: Mode, key: Bytes) -> SessionReply<Response> {
         let s = &self.shared;
         if mode == Mode::CacheOnly {
             s.count(stat::CACHE_GET);
             return match s.engine.get_cached(s.keyspace, &key) {
                 Some(entry) => {
                     s.count(stat::CACHE_HITS);
-                    Self::reply(id, ReplyBody::CacheHit(entry.value.to_bytes()))
+                    Self::reply(id, ResponseBody::CacheHit(entry.value.to_bytes()))
                 }
                 None => {
                     s.count(stat::CACHE_MISSES);
-                    Self::reply(id, ReplyBody::CacheMiss)
+                    Self::reply(id, ResponseBody::CacheMiss)
                 }
             };
         }
@@ -146,21 +143,21 @@ impl NmdbService {
         match s.engine.get(s.keyspace, &key) {
             Ok(Some(read)) if read.source == Source::Cache => {
                 s.count(stat::CACHE_HITS);
-                Self::reply(id, ReplyBody::CacheHit(read.entry.value.to_bytes()))
+                Self::reply(id, ResponseBody::CacheHit(read.entry.value.to_bytes()))
             }
             Ok(Some(read)) => {
                 s.count(stat::DB_HITS);
-                Self::reply(id, ReplyBody::Value(read.entry.value.to_bytes()))
+                Self::reply(id, ResponseBody::Value(read.entry.value.to_bytes()))
             }
             Ok(None) => {
                 s.count(stat::DB_MISSES);
-                Self::reply(id, ReplyBody::NotIn)
+                Self::reply(id, ResponseBody::NotIn)
             }
             Err(e) => Self::engine_error(id, e),
         }
     }
 
-    fn set(&self, id: u32, mode: Mode, key: Bytes, value: Bytes) -> SessionReply<Reply> {
+    fn set(&self, id: u32, mode: Mode, key: Bytes, value: Bytes) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(if mode == Mode::CacheOnly {
             stat::CACHE_SET
@@ -170,24 +167,24 @@ impl NmdbService {
         let command = Command::put(s.keyspace, key, Value::Bytes(value));
         match s.engine.submit(command, Self::durability(mode)) {
             Ok(pending) if pending.outcome == Outcome::TooLarge => {
-                Self::reply(id, ReplyBody::Error(error::MEM))
+                Self::reply(id, ResponseBody::Error(error::MEM))
             }
             Ok(pending) => SessionReply::after_sync(
                 pending,
-                Reply {
+                Response {
                     id,
-                    body: ReplyBody::Ok,
+                    body: ResponseBody::Ok,
                 },
-                Reply {
+                Response {
                     id,
-                    body: ReplyBody::Error(error::DB),
+                    body: ResponseBody::Error(error::DB),
                 },
             ),
             Err(e) => Self::engine_error(id, e),
         }
     }
 
-    fn del(&self, id: u32, mode: Mode, key: Bytes) -> SessionReply<Reply> {
+    fn del(&self, id: u32, mode: Mode, key: Bytes) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(if mode == Mode::CacheOnly {
             stat::CACHE_DEL
@@ -204,21 +201,28 @@ impl NmdbService {
         // An asynchronous DEL answers OK even for an absent key (as nmdb did).
         let existed = matches!(pending.outcome, Outcome::Deleted { .. });
         let ok = if existed || mode == Mode::Normal {
-            ReplyBody::Ok
+            ResponseBody::Ok
         } else {
-            ReplyBody::NotIn
+            ResponseBody::NotIn
         };
         SessionReply::after_sync(
             pending,
-            Reply { id, body: ok },
-            Reply {
+            Response { id, body: ok },
+            Response {
                 id,
-                body: ReplyBody::Error(error::DB),
+                body: ResponseBody::Error(error::DB),
             },
         )
     }
 
-    fn cas(&self, id: u32, mode: Mode, key: Bytes, old: Bytes, new: Bytes) -> SessionReply<Reply> {
+    fn cas(
+        &self,
+        id: u32,
+        mode: Mode,
+        key: Bytes,
+        old: Bytes,
+        new: Bytes,
+    ) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(if mode == Mode::CacheOnly {
             stat::CACHE_CAS
@@ -243,10 +247,10 @@ impl NmdbService {
         match s.engine.submit(command, durability) {
             Ok(pending) => {
                 let body = match pending.outcome {
-                    Outcome::Written { .. } => ReplyBody::Ok,
-                    Outcome::NotFound => ReplyBody::NotIn,
-                    Outcome::TooLarge => ReplyBody::Error(error::MEM),
-                    _ => ReplyBody::NoMatch,
+                    Outcome::Written { .. } => ResponseBody::Ok,
+                    Outcome::NotFound => ResponseBody::NotIn,
+                    Outcome::TooLarge => ResponseBody::Error(error::MEM),
+                    _ => ResponseBody::NoMatch,
                 };
                 Self::after_write(id, pending, body)
             }
@@ -254,7 +258,7 @@ impl NmdbService {
         }
     }
 
-    fn incr(&self, id: u32, mode: Mode, key: Bytes, delta: i64) -> SessionReply<Reply> {
+    fn incr(&self, id: u32, mode: Mode, key: Bytes, delta: i64) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(if mode == Mode::CacheOnly {
             stat::CACHE_INCR
@@ -266,25 +270,25 @@ impl NmdbService {
         } else {
             Durability::Async
         };
-        let mut result = ReplyBody::NotIn;
+        let mut result = ResponseBody::NotIn;
         let updated = s
             .engine
             .submit_update(s.keyspace, key, durability, |current| {
                 let current = current?;
                 match incr_value(&current.value.to_bytes(), delta) {
                     Some((stored, value)) => {
-                        result = ReplyBody::incr(value);
+                        result = ResponseBody::incr(value);
                         Some(Value::Bytes(stored.into()))
                     }
                     None => {
-                        result = ReplyBody::NoMatch;
+                        result = ResponseBody::NoMatch;
                         None
                     }
                 }
             });
         match updated {
             Ok((_, Some(pending))) if pending.outcome == Outcome::TooLarge => {
-                Self::reply(id, ReplyBody::Error(error::MEM))
+                Self::reply(id, ResponseBody::Error(error::MEM))
             }
             Ok((_, Some(pending))) => Self::after_write(id, pending, result),
             Ok((_, None)) => Self::reply(id, result),
@@ -292,15 +296,15 @@ impl NmdbService {
         }
     }
 
-    fn walk(&self, id: u32, after: Option<Bytes>) -> SessionReply<Reply> {
+    fn walk(&self, id: u32, after: Option<Bytes>) -> SessionReply<Response> {
         let s = &self.shared;
         let found = match &after {
             None => s.engine.first(s.keyspace),
             Some(key) => s.engine.next_after(s.keyspace, key),
         };
         match found {
-            Ok(Some((key, _))) => Self::reply(id, ReplyBody::Value(key)),
-            Ok(None) => Self::reply(id, ReplyBody::NotIn),
+            Ok(Some((key, _))) => Self::reply(id, ResponseBody::Value(key)),
+            Ok(None) => Self::reply(id, ResponseBody::NotIn),
             Err(e) => Self::engine_error(id, e),
         }
     }
@@ -308,7 +312,7 @@ impl NmdbService {
 
 impl Service for NmdbService {
     type Request = Request;
-    type Response = Reply;
+    type Response = Response;
 
     fn op_name(request: &Request) -> &'static str {
         match request {
@@ -326,11 +330,11 @@ impl Service for NmdbService {
         }
     }
 
-    fn is_error(reply: &Reply) -> bool {
-        matches!(reply.body, ReplyBody::Error(_))
+    fn is_error(reply: &Response) -> bool {
+        matches!(reply.body, ResponseBody::Error(_))
     }
 
-    async fn call(&mut self, request: Request) -> SessionReply<Reply> {
+    async fn call(&mut self, request: Request) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(match self.transport {
             Transport::Tcp => stat::MSG_TCP,
@@ -342,7 +346,7 @@ impl Service for NmdbService {
             Request::Set { .. } | Request::Del { .. } | Request::Cas { .. } | Request::Incr { .. }
         );
         if mutation && s.read_only.get() {
-            return Self::reply(request.id(), ReplyBody::Error(error::RO));
+            return Self::reply(request.id(), ResponseBody::Error(error::RO));
         }
         match request {
             Request::Get { id, mode, key } => self.get(id, mode, key),
@@ -366,7 +370,7 @@ impl Service for NmdbService {
                 key,
                 delta,
             } => self.incr(id, mode, key, delta),
-            Request::Stats { id } => Self::reply(id, ReplyBody::stats(&s.snapshot())),
+            Request::Stats { id } => Self::reply(id, ResponseBody::stats(&s.snapshot())),
             Request::FirstKey { id } => {
                 s.count(stat::DB_FIRSTKEY);
                 self.walk(id, None)
@@ -377,9 +381,9 @@ impl Service for NmdbService {
             }
             Request::BadVersion { id } => {
                 s.count(stat::NET_VERSION_MISMATCH);
-                let reply = Reply {
+                let reply = Response {
                     id,
-                    body: ReplyBody::Error(error::VER),
+                    body: ResponseBody::Error(error::VER),
                 };
                 // Over TCP nmdb closes the connection after ERR_VER.
                 match self.transport {
@@ -389,11 +393,11 @@ impl Service for NmdbService {
             }
             Request::Unknown { id, .. } => {
                 s.count(stat::NET_UNK_REQ);
-                Self::reply(id, ReplyBody::Error(error::UNKREQ))
+                Self::reply(id, ResponseBody::Error(error::UNKREQ))
             }
             Request::Broken { id } => {
                 s.count(stat::NET_BROKEN_REQ);
-                Self::reply(id, ReplyBody::Error(error::BROKEN))
+                Self::reply(id, ResponseBody::Error(error::BROKEN))
             }
         }
     }
@@ -404,61 +408,4 @@ impl Service for NmdbService {
             self.shared.count(stat::NET_BROKEN_REQ);
         }
     }
-}
-
-/// Starts nmdb's TCP and UDP listeners, as configured.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.nmdb.clone();
-    if !config.enabled && !config.udp_enabled {
-        return Ok(());
-    }
-    let keyspace = runtime.keyspace(&config.keyspace)?;
-    let shared = Arc::new(NmdbShared::new(
-        runtime.engine.clone(),
-        keyspace,
-        runtime.read_only.clone(),
-    ));
-    let metrics = Arc::new(ProtocolMetrics::new("nmdb", OPS));
-    if config.enabled {
-        let limits = SessionLimits::from_secs(
-            config.idle_timeout_secs,
-            config.partial_frame_timeout_secs,
-            config.max_output_bytes,
-        );
-        let at = TcpAddr {
-            addr: &config.addr,
-            port: config.port,
-        };
-        let shared = shared.clone();
-        serve_tcp_listener(
-            runtime,
-            "nmdb tcp",
-            at,
-            limits,
-            NmdbServerCodec {
-                transport: Transport::Tcp,
-            },
-            move || NmdbService::new(shared.clone(), Transport::Tcp),
-            metrics.clone(),
-        )
-        .await?;
-    }
-    if config.udp_enabled {
-        let socket = runtime
-            .bind_udp(
-                "nmdb udp",
-                runtime.config.listen_addr(&config.addr, config.udp_port),
-            )
-            .await?;
-        runtime.tasks.spawn(serve_udp(
-            socket,
-            Arc::new(NmdbServerCodec {
-                transport: Transport::Udp,
-            }),
-            NmdbService::new(shared, Transport::Udp),
-            metrics,
-            runtime.context.shutdown.clone(),
-        ));
-    }
-    Ok(())
 }

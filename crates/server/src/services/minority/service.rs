@@ -13,17 +13,14 @@ use bytes::Bytes;
 use polykv_engine::{
     Change, Command, Durability, Engine, Entry, Event, KeyspaceId, Outcome, Subscription,
 };
-use polykv_protocols::minority::{
-    engine_key, op, split_key, status, MinorityServerCodec, Request, Response,
-};
+use polykv_protocols::minority::{op, status, Op, Request, Response};
 
-use crate::config::MinorityConfig;
-use crate::metrics::ProtocolMetrics;
-use crate::server::{Runtime, ServerError};
-use crate::services::{serve_tcp_listener, TcpAddr};
-use crate::session::{Reply, Service, SessionLimits};
+use super::keys::{engine_key, split_key};
 
-const OPS: &[&str] = &[
+use super::MinorityConfig;
+use crate::session::{Reply, Service};
+
+pub(super) const OPS: &[&str] = &[
     "get",
     "set",
     "notify",
@@ -37,9 +34,9 @@ const OPS: &[&str] = &[
 const SNAPSHOT_LIMIT: usize = 100_000;
 
 pub struct MinorityShared {
-    engine: Engine,
-    keyspace: KeyspaceId,
-    config: MinorityConfig,
+    pub(super) engine: Engine,
+    pub(super) keyspace: KeyspaceId,
+    pub(super) config: MinorityConfig,
 }
 
 /// One subscription: its opaque and its engine watches.
@@ -178,14 +175,13 @@ impl Service for MinorityService {
 
     fn op_name(request: &Request) -> &'static str {
         match request {
-            Request::Frame { op, .. } => match *op {
-                op::GET => "get",
-                op::SET => "set",
-                op::NOTIFY => "notify",
-                op::HEARTBEAT => "heartbeat",
-                op::VERSION => "version",
-                op::DELETE => "delete",
-                _ => "malformed",
+            Request::Frame { op, .. } => match op {
+                Op::Get => "get",
+                Op::Set => "set",
+                Op::Notify => "notify",
+                Op::Heartbeat => "heartbeat",
+                Op::Version => "version",
+                Op::Delete => "delete",
             },
             Request::TooLarge { .. } | Request::Malformed { .. } => "malformed",
         }
@@ -211,13 +207,14 @@ impl Service for MinorityService {
                 value,
             } => (op, opaque, data_id, datanum_id, value),
         };
+        let code = op.code();
         match op {
-            op::HEARTBEAT => return Reply::send(Response::bare(op, status::OK, opaque)),
-            op::VERSION => {
+            Op::Heartbeat => return Reply::send(Response::bare(code, status::OK, opaque)),
+            Op::Version => {
                 let version = Bytes::from(format!("polykv {}", env!("CARGO_PKG_VERSION")));
                 return Reply::send(Response {
                     value: version,
-                    ..Response::bare(op, status::OK, opaque)
+                    ..Response::bare(code, status::OK, opaque)
                 });
             }
             _ => {}
@@ -225,7 +222,7 @@ impl Service for MinorityService {
         // M5, M6: a dataId is 1 byte or longer and has no 00.
         if data_id.is_empty() || data_id.contains(&0) {
             return Reply::send(reply_to(
-                op,
+                code,
                 status::INVALID,
                 opaque,
                 &data_id,
@@ -235,15 +232,16 @@ impl Service for MinorityService {
         }
         let s = self.shared.clone();
         let key = engine_key(&data_id, &datanum_id);
-        let answer =
-            |status: u16, value: Bytes| reply_to(op, status, opaque, &data_id, &datanum_id, value);
+        let answer = |status: u16, value: Bytes| {
+            reply_to(code, status, opaque, &data_id, &datanum_id, value)
+        };
         match op {
-            op::GET => match s.engine.get(s.keyspace, &key) {
+            Op::Get => match s.engine.get(s.keyspace, &key) {
                 Ok(Some(read)) => Reply::send(answer(status::OK, read.entry.value.to_bytes())),
                 Ok(None) => Reply::send(answer(status::NOT_FOUND, Bytes::new())),
                 Err(_) => Reply::send(answer(status::STORE_FAIL, Bytes::new())),
             },
-            op::SET => match s.engine.submit(
+            Op::Set => match s.engine.submit(
                 Command::put(s.keyspace, key, polykv_engine::Value::Bytes(value)),
                 self.durability(),
             ) {
@@ -257,7 +255,7 @@ impl Service for MinorityService {
                     Reply::send(answer(status::STORE_FAIL, Bytes::new()))
                 }
             },
-            op::DELETE => match s
+            Op::Delete => match s
                 .engine
                 .submit(Command::delete(s.keyspace, key), self.durability())
             {
@@ -274,8 +272,10 @@ impl Service for MinorityService {
                     Reply::send(answer(status::STORE_FAIL, Bytes::new()))
                 }
             },
-            op::NOTIFY => Reply::send(self.notify(opaque, data_id.clone(), datanum_id.clone())),
-            _ => Reply::send(Response::bare(op, status::INVALID, opaque)),
+            Op::Notify => Reply::send(self.notify(opaque, data_id.clone(), datanum_id.clone())),
+            Op::Heartbeat | Op::Version => {
+                Reply::send(Response::bare(code, status::INVALID, opaque))
+            }
         }
     }
 
@@ -318,40 +318,4 @@ impl Service for MinorityService {
     async fn closed(&mut self) {
         self.subscriptions.clear();
     }
-}
-
-/// Starts minority's listener, as configured.
-pub async fn start(runtime: &mut Runtime) -> Result<(), ServerError> {
-    let config = runtime.config.minority.clone();
-    if !config.enabled {
-        return Ok(());
-    }
-    let keyspace = runtime.keyspace(&config.keyspace)?;
-    let limits = SessionLimits::from_secs(
-        config.idle_timeout_secs,
-        config.partial_frame_timeout_secs,
-        config.max_output_bytes,
-    );
-    let codec = MinorityServerCodec {
-        max_body: u32::try_from(config.max_body).unwrap_or(u32::MAX),
-    };
-    let at = TcpAddr {
-        addr: &config.addr,
-        port: config.port,
-    };
-    let shared = Arc::new(MinorityShared {
-        engine: runtime.engine.clone(),
-        keyspace,
-        config: config.clone(),
-    });
-    serve_tcp_listener(
-        runtime,
-        "minority tcp",
-        at,
-        limits,
-        codec,
-        move || MinorityService::new(shared.clone()),
-        Arc::new(ProtocolMetrics::new("minority", OPS)),
-    )
-    .await
 }

@@ -1,0 +1,215 @@
+//! The JSON walker: objects are read member by member on the raw text, so member order is
+//! known and a request's `id` is echoed in its exact textual form (`1.0` stays `1.0`); and ids.
+
+use serde_json::value::RawValue;
+
+use super::*;
+
+pub(super) fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+pub(super) fn skip_ws(text: &[u8], mut pos: usize) -> usize {
+    while text.get(pos).copied().is_some_and(is_ws) {
+        pos += 1;
+    }
+    pos
+}
+
+/// Whether arrays and objects nest at most `max_depth` deep. Runs before the parser, so deep
+/// input never reaches recursive code.
+pub(super) fn depth_within(text: &[u8], max_depth: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The payload as one valid JSON document (UTF-8, nesting within `max_depth`), trimmed of
+/// surrounding white space; `None` when it is not.
+pub(super) fn document(payload: &[u8], max_depth: usize) -> Option<&[u8]> {
+    std::str::from_utf8(payload).ok()?;
+    if !depth_within(payload, max_depth) {
+        return None;
+    }
+    serde_json::from_slice::<IgnoredAny>(payload).ok()?;
+    let start = skip_ws(payload, 0);
+    let mut end = payload.len();
+    while end > start && payload.get(end - 1).copied().is_some_and(is_ws) {
+        end -= 1;
+    }
+    payload.get(start..end)
+}
+
+/// The members of the JSON object `text` (exactly one value, already validated), in order, as
+/// (decoded name, raw value text); `None` when `text` is not an object. The raw text is
+/// serde_json's `RawValue`, so a value (an `id`, say) keeps its exact text.
+pub(super) fn members(text: &[u8]) -> Option<Vec<(String, &[u8])>> {
+    struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+    impl<'de> Deserialize<'de> for Members<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Members<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Members<'de>, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                        out.push(entry);
+                    }
+                    Ok(Members(out))
+                }
+            }
+            deserializer.deserialize_map(Visit)
+        }
+    }
+
+    let Members(members) = serde_json::from_slice(text).ok()?;
+    Some(
+        members
+            .into_iter()
+            .map(|(name, raw)| (name, raw.get().as_bytes()))
+            .collect(),
+    )
+}
+
+/// The elements of the JSON array `text` (exactly one value, already validated), as raw text;
+/// `None` when `text` is not an array.
+pub(super) fn elements(text: &[u8]) -> Option<Vec<&[u8]>> {
+    let elements: Vec<&RawValue> = serde_json::from_slice(text).ok()?;
+    Some(
+        elements
+            .into_iter()
+            .map(|raw| raw.get().as_bytes())
+            .collect(),
+    )
+}
+
+/// The raw value of member `name`; the last one wins, as in most JSON parsers.
+pub(super) fn member<'a>(members: &[(String, &'a [u8])], name: &str) -> Option<&'a [u8]> {
+    members
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+}
+
+/// The member `name` parsed as a `Value`: `None` when absent, `Some(None)` when unparsable
+/// (for example a lone surrogate escape).
+pub(super) fn member_value(members: &[(String, &[u8])], name: &str) -> Option<Option<Value>> {
+    member(members, name).map(|raw| serde_json::from_slice(raw).ok())
+}
+
+pub(super) fn member_string(members: &[(String, &[u8])], name: &str) -> Option<String> {
+    match member_value(members, name)? {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// `text` without insignificant white space.
+pub(super) fn minify(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    // Work on chars so multi-byte UTF-8 sequences are copied whole.
+    for c in String::from_utf8_lossy(text).chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Appends `s` as a JSON string (serde_json escaping: quotes, backslashes and control
+/// characters; non-ASCII stays UTF-8).
+pub(super) fn put_str(out: &mut BytesMut, s: &str) {
+    // Writing to a BytesMut cannot fail.
+    let _ = serde_json::to_writer(out.writer(), s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ids
+// ---------------------------------------------------------------------------------------------
+
+/// A request id, kept as its compact JSON text so that it is echoed verbatim (§3.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Id(String);
+
+impl Id {
+    pub fn null() -> Id {
+        Id("null".into())
+    }
+
+    pub fn number(n: u64) -> Id {
+        Id(n.to_string())
+    }
+
+    pub fn string(s: &str) -> Id {
+        let mut out = BytesMut::new();
+        put_str(&mut out, s);
+        Id(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// An id from JSON text (one valid value); white space outside strings is removed.
+    pub fn from_json(text: &str) -> Option<Id> {
+        serde_json::from_str::<IgnoredAny>(text).ok()?;
+        Some(Id(minify(text.as_bytes())))
+    }
+
+    /// From the raw text of a member of a validated document.
+    pub(super) fn from_raw(raw: &[u8]) -> Id {
+        Id(minify(raw))
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.0 == "null"
+    }
+
+    /// The compact JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The `id` member of an object (`null` when absent).
+pub(super) fn read_id(members: &[(String, &[u8])]) -> Id {
+    member(members, "id").map_or_else(Id::null, Id::from_raw)
+}

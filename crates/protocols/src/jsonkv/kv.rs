@@ -1,0 +1,512 @@
+//! jsonkv requests and responses (§3, §4) and the jsonkv codecs.
+
+use super::*;
+
+/// The `operate` of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operate {
+    Put,
+    Get,
+    Delete,
+}
+
+impl Operate {
+    /// Case-insensitive, as the original server (§3.1).
+    pub fn parse(text: &str) -> Option<Operate> {
+        [Operate::Put, Operate::Get, Operate::Delete]
+            .into_iter()
+            .find(|op| op.as_str().eq_ignore_ascii_case(text))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operate::Put => "put",
+            Operate::Get => "get",
+            Operate::Delete => "delete",
+        }
+    }
+
+    /// The success message (§3.3).
+    pub fn success_message(self) -> &'static str {
+        match self {
+            Operate::Put => "put operation success",
+            Operate::Get => "get operation success",
+            Operate::Delete => "delete operation success",
+        }
+    }
+
+    /// The JSON-RPC method name (§6), case-sensitive.
+    pub fn method(self) -> &'static str {
+        match self {
+            Operate::Put => "Put",
+            Operate::Get => "Get",
+            Operate::Delete => "Delete",
+        }
+    }
+}
+
+/// A validated key-value operation (shared by jsonkv and JSON-RPC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Put { key: String, value: String },
+    Get { key: String },
+    Delete { key: String },
+}
+
+impl Command {
+    pub fn put(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    pub fn get(key: impl Into<String>) -> Self {
+        Command::Get { key: key.into() }
+    }
+
+    pub fn delete(key: impl Into<String>) -> Self {
+        Command::Delete { key: key.into() }
+    }
+
+    pub fn operate(&self) -> Operate {
+        match self {
+            Command::Put { .. } => Operate::Put,
+            Command::Get { .. } => Operate::Get,
+            Command::Delete { .. } => Operate::Delete,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Command::Put { key, .. } | Command::Get { key } | Command::Delete { key } => key,
+        }
+    }
+}
+
+/// The result codes of §3.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Success,
+    UnsupportedVersion,
+    InvalidOperate,
+    KeyNotFound,
+    ValueTooLong,
+    InvalidKey,
+    Internal,
+    Malformed,
+}
+
+impl Code {
+    pub fn number(self) -> u32 {
+        match self {
+            Code::Success => 0,
+            Code::UnsupportedVersion => 800,
+            Code::InvalidOperate => 900,
+            Code::KeyNotFound => 1000,
+            Code::ValueTooLong => 1001,
+            Code::InvalidKey => 1002,
+            Code::Internal => 1024,
+            Code::Malformed => 1025,
+        }
+    }
+
+    /// The wire form: a decimal string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Success => "0",
+            Code::UnsupportedVersion => "800",
+            Code::InvalidOperate => "900",
+            Code::KeyNotFound => "1000",
+            Code::ValueTooLong => "1001",
+            Code::InvalidKey => "1002",
+            Code::Internal => "1024",
+            Code::Malformed => "1025",
+        }
+    }
+
+    /// The error message (success messages depend on the operation: [`Operate::success_message`]).
+    pub fn message(self) -> &'static str {
+        match self {
+            Code::Success => "success",
+            Code::UnsupportedVersion => "unsupported protocol version",
+            Code::InvalidOperate => "invalid operate",
+            Code::KeyNotFound => "key does not exist.",
+            Code::ValueTooLong => "value too long",
+            Code::InvalidKey => "invalid key",
+            Code::Internal => "internal error",
+            Code::Malformed => "malformed request",
+        }
+    }
+}
+
+/// The message of code 1024 when a stored value cannot be returned as a JSON string.
+pub const NOT_UTF8_MESSAGE: &str = "value is not valid UTF-8";
+/// The message of the UDP replacement reply (§2.2).
+pub const TOO_LARGE_FOR_UDP: &str = "response too large for UDP";
+
+/// One request object, after validation steps 1–5 of §3.4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// Valid: to be executed (step 6).
+    Command { command: Command, id: Id },
+    /// Answered with `code` without touching the engine.
+    Invalid { code: Code, id: Id },
+}
+
+impl Item {
+    pub fn id(&self) -> &Id {
+        match self {
+            Item::Command { id, .. } | Item::Invalid { id, .. } => id,
+        }
+    }
+}
+
+/// A whole jsonkv request payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestPayload {
+    /// One object → one response object.
+    Single(Item),
+    /// A non-empty array → an array of responses, in order.
+    Batch(Vec<Item>),
+    /// Not UTF-8, not JSON, too deep, neither object nor array, or an empty array: answered
+    /// by one 1025 object with id `null` (J3).
+    Malformed,
+}
+
+/// A response object (§3.2). `code` is kept as text: clients meet servers that send codes
+/// this module does not know (the original's `"8193"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub value: String,
+    pub code: String,
+    pub message: String,
+    pub id: Id,
+}
+
+impl Response {
+    /// Success of `op`; `value` is the stored value for get, empty otherwise.
+    pub fn success(op: Operate, value: String, id: Id) -> Response {
+        Response {
+            value,
+            code: Code::Success.as_str().into(),
+            message: op.success_message().into(),
+            id,
+        }
+    }
+
+    /// An error with the standard message of `code`.
+    pub fn error(code: Code, id: Id) -> Response {
+        Response::error_with(code, code.message(), id)
+    }
+
+    /// An error with a specific message (1024 `value is not valid UTF-8`).
+    pub fn error_with(code: Code, message: &str, id: Id) -> Response {
+        Response {
+            value: String::new(),
+            code: code.as_str().into(),
+            message: message.into(),
+            id,
+        }
+    }
+
+    /// The answer to a [`RequestPayload::Malformed`] payload.
+    pub fn malformed() -> Response {
+        Response::error(Code::Malformed, Id::null())
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.code == "0"
+    }
+}
+
+/// A whole jsonkv response payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponsePayload {
+    Single(Response),
+    Batch(Vec<Response>),
+}
+
+/// Validates one request object (steps 1–5 of §3.4).
+pub(super) fn parse_item(raw: &[u8], limits: &Limits) -> Item {
+    let Some(members) = members(raw) else {
+        return Item::Invalid {
+            code: Code::Malformed,
+            id: Id::null(),
+        };
+    };
+    let id = read_id(&members);
+    let invalid = |code| Item::Invalid {
+        code,
+        id: id.clone(),
+    };
+    match member_value(&members, "jsonkv") {
+        None => return invalid(Code::Malformed),
+        Some(Some(Value::String(v))) if v == VERSION => {}
+        // Present but not the string "1.0", whatever its type (§3.3 row 800).
+        Some(_) => return invalid(Code::UnsupportedVersion),
+    }
+    let operate = match member_value(&members, "operate") {
+        Some(Some(Value::String(op))) => op,
+        _ => return invalid(Code::Malformed),
+    };
+    let Some(op) = Operate::parse(&operate) else {
+        return invalid(Code::InvalidOperate);
+    };
+    let key = match member_string(&members, "key") {
+        Some(key) if !key.is_empty() && key.len() <= limits.max_key => key,
+        _ => return invalid(Code::InvalidKey),
+    };
+    let command = match op {
+        Operate::Put => {
+            let Some(value) = member_string(&members, "value") else {
+                return invalid(Code::Malformed);
+            };
+            if value.len() > limits.max_value {
+                return invalid(Code::ValueTooLong);
+            }
+            Command::Put { key, value }
+        }
+        Operate::Get => Command::Get { key },
+        Operate::Delete => Command::Delete { key },
+    };
+    Item::Command { command, id }
+}
+
+/// Decodes a jsonkv request payload (the JSON after the header).
+pub fn decode_request_payload(payload: &[u8], limits: &Limits) -> RequestPayload {
+    let Some(doc) = document(payload, limits.max_depth) else {
+        return RequestPayload::Malformed;
+    };
+    match doc.first() {
+        Some(b'{') => RequestPayload::Single(parse_item(doc, limits)),
+        Some(b'[') => match elements(doc) {
+            Some(items) if !items.is_empty() => {
+                RequestPayload::Batch(items.into_iter().map(|e| parse_item(e, limits)).collect())
+            }
+            _ => RequestPayload::Malformed,
+        },
+        _ => RequestPayload::Malformed,
+    }
+}
+
+pub(super) fn put_item(out: &mut BytesMut, item: &Item, limits: &Limits) {
+    let put_id = |out: &mut BytesMut, id: &Id, first: bool| {
+        if !id.is_null() {
+            out.put_slice(if first { b"\"id\":" } else { b",\"id\":" });
+            out.put_slice(id.as_json().as_bytes());
+        }
+    };
+    match item {
+        Item::Command { command, id } => {
+            out.put_slice(b"{\"jsonkv\":\"1.0\",\"operate\":\"");
+            out.put_slice(command.operate().as_str().as_bytes());
+            out.put_slice(b"\",\"key\":");
+            put_str(out, command.key());
+            if let Command::Put { value, .. } = command {
+                out.put_slice(b",\"value\":");
+                put_str(out, value);
+            }
+            put_id(out, id, false);
+            out.put_u8(b'}');
+        }
+        // An object that a server decodes back to the same code (hostile tests, fuzzing).
+        Item::Invalid { code, id } => {
+            let body: &[u8] = match code {
+                Code::UnsupportedVersion => b"{\"jsonkv\":\"0\"",
+                Code::InvalidOperate => b"{\"jsonkv\":\"1.0\",\"operate\":\"\"",
+                Code::InvalidKey => b"{\"jsonkv\":\"1.0\",\"operate\":\"get\",\"key\":\"\"",
+                Code::ValueTooLong => b"{\"jsonkv\":\"1.0\",\"operate\":\"put\",\"key\":\"k\"",
+                _ => b"{",
+            };
+            out.put_slice(body);
+            if *code == Code::ValueTooLong {
+                out.put_slice(b",\"value\":\"");
+                out.put_bytes(b'x', limits.max_value.saturating_add(1));
+                out.put_u8(b'"');
+            }
+            put_id(out, id, body == b"{");
+            out.put_u8(b'}');
+        }
+    }
+}
+
+/// Appends the JSON of a request payload (what a client sends).
+pub fn encode_request_payload(out: &mut BytesMut, payload: &RequestPayload, limits: &Limits) {
+    match payload {
+        RequestPayload::Single(item) => put_item(out, item, limits),
+        RequestPayload::Batch(items) => {
+            out.put_u8(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b',');
+                }
+                put_item(out, item, limits);
+            }
+            out.put_u8(b']');
+        }
+        RequestPayload::Malformed => out.put_slice(b"[]"),
+    }
+}
+
+pub(super) fn put_response(out: &mut BytesMut, r: &Response) {
+    out.put_slice(b"{\"jsonkv\":\"1.0\",\"result\":{\"value\":");
+    put_str(out, &r.value);
+    out.put_slice(b",\"code\":");
+    put_str(out, &r.code);
+    out.put_slice(b",\"message\":");
+    put_str(out, &r.message);
+    out.put_slice(b"},\"id\":");
+    out.put_slice(r.id.as_json().as_bytes());
+    out.put_u8(b'}');
+}
+
+/// Appends the JSON of a response payload: compact, members in the order of §3.2.
+pub fn encode_response_payload(out: &mut BytesMut, payload: &ResponsePayload) {
+    match payload {
+        ResponsePayload::Single(r) => put_response(out, r),
+        ResponsePayload::Batch(rs) => {
+            out.put_u8(b'[');
+            for (i, r) in rs.iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b',');
+                }
+                put_response(out, r);
+            }
+            out.put_u8(b']');
+        }
+    }
+}
+
+/// A JSON string, or a number written as text (lenient: some servers may send numbers).
+pub(super) fn text_of(value: Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub(super) fn parse_response(raw: &[u8]) -> Option<Response> {
+    let outer = members(raw)?;
+    let result = members(member(&outer, "result")?)?;
+    let value = match member_value(&result, "value") {
+        None | Some(Some(Value::Null)) => String::new(),
+        Some(v) => text_of(v?)?,
+    };
+    Some(Response {
+        value,
+        code: text_of(member_value(&result, "code")??)?,
+        message: match member_value(&result, "message") {
+            None => String::new(),
+            Some(v) => text_of(v?)?,
+        },
+        id: read_id(&outer),
+    })
+}
+
+/// Decodes a response payload (client side); `None` when it is not a jsonkv response.
+pub fn decode_response_payload(payload: &[u8], max_depth: usize) -> Option<ResponsePayload> {
+    let doc = document(payload, max_depth)?;
+    match doc.first()? {
+        b'{' => Some(ResponsePayload::Single(parse_response(doc)?)),
+        b'[' => Some(ResponsePayload::Batch(
+            elements(doc)?
+                .into_iter()
+                .map(parse_response)
+                .collect::<Option<_>>()?,
+        )),
+        _ => None,
+    }
+}
+
+/// The server side of jsonkv over TCP (and UDP through [`Self::decode_datagram`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonkvServerCodec {
+    pub limits: Limits,
+}
+
+impl JsonkvServerCodec {
+    /// Decodes a UDP datagram; `None` means drop it silently (J2).
+    pub fn decode_datagram(&self, datagram: &[u8]) -> Option<RequestPayload> {
+        datagram_payload(datagram).map(|p| decode_request_payload(p, &self.limits))
+    }
+
+    /// Appends the reply datagram. A reply over 65 507 bytes is replaced by the single 1024
+    /// object of §2.2.
+    pub fn encode_datagram_response(&self, response: &ResponsePayload, out: &mut BytesMut) {
+        let start = out.len();
+        self.encode_response(response, out);
+        if out.len() - start > MAX_UDP_DATAGRAM {
+            out.truncate(start);
+            let too_large = Response::error_with(Code::Internal, TOO_LARGE_FOR_UDP, Id::null());
+            self.encode_response(&ResponsePayload::Single(too_large), out);
+        }
+    }
+}
+
+impl ServerCodec for JsonkvServerCodec {
+    type Request = RequestPayload;
+    type Response = ResponsePayload;
+
+    fn decode_request(&self, buf: &[u8]) -> Result<Decoded<RequestPayload>, Reject> {
+        Ok(match split_frame(buf, self.limits.max_frame)? {
+            Decoded::Frame(payload, used) => {
+                Decoded::Frame(decode_request_payload(payload, &self.limits), used)
+            }
+            Decoded::Incomplete => Decoded::Incomplete,
+        })
+    }
+
+    fn encode_response(&self, response: &ResponsePayload, out: &mut BytesMut) {
+        put_frame(out, |out| encode_response_payload(out, response));
+    }
+}
+
+/// The client side of jsonkv over TCP and UDP.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonkvClientCodec {
+    /// `max_value` is used only to build a too-long value for `Item::Invalid` (1001).
+    pub limits: Limits,
+}
+
+impl Default for JsonkvClientCodec {
+    fn default() -> Self {
+        JsonkvClientCodec {
+            limits: Limits {
+                max_frame: DEFAULT_CLIENT_MAX_FRAME,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+impl JsonkvClientCodec {
+    /// Decodes a reply datagram; `None` when its length disagrees or it is not a response
+    /// (the client then waits or resends).
+    pub fn decode_datagram(&self, datagram: &[u8]) -> Option<ResponsePayload> {
+        decode_response_payload(datagram_payload(datagram)?, self.limits.max_depth)
+    }
+}
+
+impl ClientCodec for JsonkvClientCodec {
+    type Request = RequestPayload;
+    type Response = ResponsePayload;
+
+    fn encode_request(&self, request: &RequestPayload, out: &mut BytesMut) {
+        put_frame(out, |out| {
+            encode_request_payload(out, request, &self.limits)
+        });
+    }
+
+    fn decode_response(&self, buf: &[u8]) -> Result<Decoded<ResponsePayload>, Reject> {
+        Ok(match split_frame(buf, self.limits.max_frame)? {
+            Decoded::Frame(payload, used) => Decoded::Frame(
+                decode_response_payload(payload, self.limits.max_depth)
+                    .ok_or(Reject::new("not a jsonkv response"))?,
+                used,
+            ),
+            Decoded::Incomplete => Decoded::Incomplete,
+        })
+    }
+}

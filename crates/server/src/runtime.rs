@@ -1,0 +1,179 @@
+//! What the protocol wings start on: the engine, the listener context, the task set and the
+//! binding of listeners; and the error of start-up. It sits below both `server` (which builds
+//! it) and `services` (which start on it), so neither imports the other.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use polykv_engine::Engine;
+use polykv_protocols::ServerCodec;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Listener, SessionSettings};
+use crate::metrics::ProtocolMetrics;
+use crate::session::{serve_tcp, ListenerContext, Service};
+use crate::ReadOnly;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {path} is in use by another polykv server{holder} (lock file {lock})")]
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error("cannot open the store in {path}: {source}")]
+    Engine {
+        path: PathBuf,
+        source: polykv_engine::Error,
+    },
+    #[error("cannot open keyspace {name}: {source}")]
+    Keyspace {
+        name: String,
+        source: polykv_engine::Error,
+    },
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot watch {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    /// A file or system call of start-up failed; `what` says what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything a protocol needs to start its listeners.
+pub struct Runtime {
+    pub config: Config,
+    pub engine: Engine,
+    pub context: ListenerContext,
+    pub read_only: Arc<ReadOnly>,
+    pub tasks: JoinSet<()>,
+}
+
+/// Binds one listener or socket, logging the address it got (a configured port 0 picks one).
+async fn bind<T, B>(
+    what: &'static str,
+    addr: String,
+    bind: impl FnOnce(String) -> B,
+    local: impl FnOnce(&T) -> std::io::Result<std::net::SocketAddr>,
+) -> Result<T, ServerError>
+where
+    B: Future<Output = std::io::Result<T>>,
+{
+    let bound = bind(addr.clone())
+        .await
+        .map_err(|source| ServerError::Bind {
+            what,
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = local(&bound).map(|a| a.to_string()).unwrap_or(addr);
+    tracing::info!(listener = what, addr = %local, "listening");
+    Ok(bound)
+}
+
+/// The listener or socket `bind` (a [`Runtime::bind_tcp`] or [`Runtime::bind_udp`]) if
+/// `enabled`; otherwise nothing is bound.
+pub async fn bind_if<T>(
+    enabled: bool,
+    bind: impl Future<Output = Result<T, ServerError>>,
+) -> Result<Option<T>, ServerError> {
+    match enabled {
+        true => bind.await.map(Some),
+        false => Ok(None),
+    }
+}
+
+impl Runtime {
+    /// The id of a protocol's keyspace, creating it if needed.
+    pub fn keyspace(&self, name: &str) -> Result<polykv_engine::KeyspaceId, ServerError> {
+        self.engine
+            .keyspace(name)
+            .map_err(|source| ServerError::Keyspace {
+                name: name.to_string(),
+                source,
+            })
+    }
+
+    /// The address a listener binds to: its own if set, else the global `bind`.
+    pub fn listen_addr(&self, own: &str, port: u16) -> String {
+        self.config.listen_addr(own, port)
+    }
+
+    pub async fn bind_tcp(
+        &self,
+        what: &'static str,
+        addr: String,
+    ) -> Result<TcpListener, ServerError> {
+        bind(
+            what,
+            addr,
+            |a| async move { TcpListener::bind(a).await },
+            TcpListener::local_addr,
+        )
+        .await
+    }
+
+    pub async fn bind_udp(
+        &self,
+        what: &'static str,
+        addr: String,
+    ) -> Result<UdpSocket, ServerError> {
+        bind(
+            what,
+            addr,
+            |a| async move { UdpSocket::bind(a).await },
+            UdpSocket::local_addr,
+        )
+        .await
+    }
+
+    /// Binds a protocol's TCP listener at its address and port (a taken port fails the start)
+    /// and serves it with the shared session loop, under its session limits, until shutdown.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn serve_tcp<C, S, F>(
+        &mut self,
+        what: &'static str,
+        listener: &Listener,
+        session: &SessionSettings,
+        codec: C,
+        new_service: F,
+        metrics: Arc<ProtocolMetrics>,
+    ) -> Result<(), ServerError>
+    where
+        C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
+        S: Service,
+        F: Fn() -> S + Send + 'static,
+    {
+        let addr = self.listen_addr(&listener.addr, listener.port);
+        let tcp = self.bind_tcp(what, addr).await?;
+        self.tasks.spawn(serve_tcp(
+            tcp,
+            Arc::new(codec),
+            new_service,
+            session.limits(),
+            metrics,
+            self.context.clone(),
+        ));
+        Ok(())
+    }
+}
