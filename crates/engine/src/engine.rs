@@ -808,6 +808,9 @@ impl Engine {
                         entry,
                         durable: false,
                     };
+                    // A compact copy of the key: the cache must not hold on to the request's
+                    // buffer (the entry is encoded into its own allocation by the cache).
+                    let key = Bytes::copy_from_slice(&key);
                     if !self.inner.cache.insert(ks, key, item) {
                         return Ok((Outcome::TooLarge, reserved));
                     }
