@@ -1,10 +1,21 @@
 //! Engine errors.
 
+use std::sync::Arc;
+
 /// Errors of the storage layer underneath the engine.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage i/o error: {0}")]
-    Io(String),
+    /// A system or storage-library call failed; `source` is its error, kept as it was.
+    #[error("storage i/o error: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A request the store cannot carry out: an unknown space, a key or a batch over a limit,
+    /// or a store that stopped accepting writes.
+    #[error("storage error: {0}")]
+    Refused(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("injected fault: {0}")]
@@ -25,8 +36,6 @@ pub enum Error {
     Poisoned(String),
     #[error("unknown keyspace id {0}")]
     UnknownKeyspace(u32),
-    #[error("the stored value is not an integer")]
-    WrongType,
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("invalid argument: {0}")]
@@ -34,3 +43,16 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl StoreError {
+    /// An I/O failure of `context` (what was being done, to what), keeping its source.
+    pub fn io(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+}

@@ -70,8 +70,8 @@ struct Active {
     /// The buffer swapped in at each flush, so flushing allocates nothing.
     spare: Vec<u8>,
     /// Set by a failed write or sync: nothing is written after it (the order of what reached
-    /// the disk is unknown), and every later call fails with this reason.
-    failed: Option<String>,
+    /// the disk is unknown), and every later call fails with this error.
+    failed: Option<StoreError>,
 }
 
 /// An append-only, segmented log of checksummed records.
@@ -85,7 +85,7 @@ pub struct Log {
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("{what} {}: {e}", path.display()))
+    StoreError::io(format!("{what} {}", path.display()), e)
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -226,8 +226,8 @@ impl Log {
     }
 
     fn flush_locked(&self, active: &mut Active) -> Result<(), StoreError> {
-        if let Some(reason) = &active.failed {
-            return Err(StoreError::Io(reason.clone()));
+        if let Some(failed) = &active.failed {
+            return Err(failed.clone());
         }
         let (mut bytes, first_seq) = {
             let mut buffered = self.buffered.lock();
@@ -241,7 +241,7 @@ impl Log {
         bytes.clear();
         active.spare = bytes;
         if let Err(e) = &result {
-            active.failed = Some(format!("log write failed: {e}"));
+            active.failed = Some(e.clone());
         }
         result
     }
@@ -307,9 +307,9 @@ impl Log {
         let result = file.sync_data();
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
-            let reason = format!("log fdatasync failed: {e}");
-            self.active.lock().failed.get_or_insert(reason.clone());
-            return Err(StoreError::Io(reason));
+            let error = StoreError::io("log fdatasync", e);
+            self.active.lock().failed.get_or_insert(error.clone());
+            return Err(error);
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ pub struct FjallStore {
 }
 
 fn io(e: fjall::Error) -> StoreError {
-    StoreError::Io(e.to_string())
+    StoreError::io("fjall", e)
 }
 
 /// Every key is stored behind this byte: fjall (lsm-tree) refuses empty keys with a panic, and
@@ -41,7 +41,7 @@ pub const MAX_KEY_LEN: usize = 65_534;
 
 fn tagged(key: &[u8]) -> Result<Vec<u8>, StoreError> {
     if key.len() > MAX_KEY_LEN {
-        return Err(StoreError::Io(format!(
+        return Err(StoreError::Refused(format!(
             "key of {} bytes is longer than {MAX_KEY_LEN}",
             key.len()
         )));
@@ -81,7 +81,7 @@ impl FjallStore {
     /// The active journal: the `N.jnl` file with the highest N.
     fn newest_journal(&self) -> Result<PathBuf, StoreError> {
         let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| StoreError::Io(format!("list {}: {e}", self.dir.display())))?;
+            .map_err(|e| StoreError::io(format!("list {}", self.dir.display()), e))?;
         entries
             .filter_map(|entry| {
                 let entry = entry.ok()?;
@@ -91,7 +91,7 @@ impl FjallStore {
             })
             .max_by_key(|(id, _)| *id)
             .map(|(_, path)| path)
-            .ok_or_else(|| StoreError::Io(format!("no journal in {}", self.dir.display())))
+            .ok_or_else(|| StoreError::Refused(format!("no journal in {}", self.dir.display())))
     }
 
     fn space(&self, space: SpaceId) -> Result<Keyspace, StoreError> {
@@ -99,7 +99,7 @@ impl FjallStore {
             .read()
             .get(space as usize)
             .map(|(_, ks)| ks.clone())
-            .ok_or_else(|| StoreError::Io(format!("unknown space {space}")))
+            .ok_or_else(|| StoreError::Refused(format!("unknown space {space}")))
     }
 }
 
@@ -110,7 +110,7 @@ impl Store for FjallStore {
             return Ok(id as SpaceId);
         }
         if name.is_empty() || name.len() > 200 {
-            return Err(StoreError::Io(format!("invalid space name {name:?}")));
+            return Err(StoreError::Refused(format!("invalid space name {name:?}")));
         }
         let keyspace = self
             .db
@@ -133,7 +133,7 @@ impl Store for FjallStore {
             spaces
                 .get(space as usize)
                 .map(|(_, ks)| ks)
-                .ok_or_else(|| StoreError::Io(format!("unknown space {space}")))
+                .ok_or_else(|| StoreError::Refused(format!("unknown space {space}")))
         };
         let mut batch = self.db.batch();
         for op in ops {
@@ -207,14 +207,14 @@ impl Store for FjallStore {
         let mut cached = self.journal.lock();
         if cached.as_ref().is_none_or(|(path, _)| *path != newest) {
             let file = File::open(&newest)
-                .map_err(|e| StoreError::Io(format!("open journal {}: {e}", newest.display())))?;
+                .map_err(|e| StoreError::io(format!("open journal {}", newest.display()), e))?;
             *cached = Some((newest, file));
         }
         match cached.as_ref() {
             Some((path, file)) => file
                 .sync_data()
-                .map_err(|e| StoreError::Io(format!("fdatasync {}: {e}", path.display()))),
-            None => Err(StoreError::Io("no journal file".into())),
+                .map_err(|e| StoreError::io(format!("fdatasync {}", path.display()), e)),
+            None => Err(StoreError::Refused("no journal file".into())),
         }
     }
 

@@ -121,8 +121,8 @@ struct Shared {
     drained_lock: Mutex<()>,
     /// Held for the whole of a checkpoint: one at a time.
     checkpointing: Mutex<()>,
-    /// Set when a checkpoint failed: later writes fail with it.
-    failed: Mutex<Option<String>>,
+    /// Set when a checkpoint failed (or the store was halted): later writes fail with it.
+    failed: Mutex<Option<StoreError>>,
     checkpoints: AtomicU64,
     checkpoint_nanos: AtomicU64,
     checkpoint_seq: AtomicU64,
@@ -295,7 +295,7 @@ impl LogStore {
         let checkpointer = std::thread::Builder::new()
             .name("polykv-checkpoint".into())
             .spawn(move || worker.run_checkpointer())
-            .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
+            .map_err(|e| StoreError::io("start the checkpoint thread", e))?;
         Ok(LogStore {
             shared,
             checkpointer: Mutex::new(Some(checkpointer)),
@@ -327,7 +327,7 @@ impl LogStore {
     /// are dropped), every later write refused. What is on disk is what a restart recovers.
     /// Tests use it to restart from a crash without killing the process.
     pub fn halt(&self) {
-        *self.shared.failed.lock() = Some("the store was halted".into());
+        *self.shared.failed.lock() = Some(StoreError::Refused("the store was halted".into()));
         self.shared.control.lock().halt = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.checkpointer.lock().take() {
@@ -399,7 +399,7 @@ fn load_spaces(inner: &dyn Store, meta: SpaceId) -> Result<Spaces, StoreError> {
 impl Shared {
     fn check_failed(&self) -> Result<(), StoreError> {
         match &*self.failed.lock() {
-            Some(reason) => Err(StoreError::Io(reason.clone())),
+            Some(failed) => Err(failed.clone()),
             None => Ok(()),
         }
     }
@@ -410,7 +410,7 @@ impl Shared {
             .inner
             .get(space as usize)
             .copied()
-            .ok_or_else(|| StoreError::Io(format!("unknown space {space}")))
+            .ok_or_else(|| StoreError::Refused(format!("unknown space {space}")))
     }
 
     /// Waits while the backlog is over its bound, so memory stays bounded when checkpoints
@@ -454,9 +454,8 @@ impl Shared {
                 control.stop
             };
             if let Err(e) = self.checkpoint() {
-                let reason = format!("checkpoint failed: {e}");
-                tracing::error!(%reason, "no further writes are accepted until restart");
-                self.failed.lock().get_or_insert(reason);
+                tracing::error!(error = %e, "checkpoint failed: no further writes are accepted until restart");
+                self.failed.lock().get_or_insert(e);
                 self.drained.notify_all();
                 return;
             }
@@ -567,12 +566,12 @@ impl Store for LogStore {
         for op in &ops {
             let (space, key, value) = op_parts(op);
             if space as usize >= known {
-                return Err(StoreError::Io(format!("unknown space {space}")));
+                return Err(StoreError::Refused(format!("unknown space {space}")));
             }
             size += 13 + key.len() + value.map_or(0, Bytes::len);
         }
         if size > MAX_PAYLOAD {
-            return Err(StoreError::Io(format!(
+            return Err(StoreError::Refused(format!(
                 "write batch of {size} bytes is larger than the log's {MAX_PAYLOAD}-byte records"
             )));
         }
