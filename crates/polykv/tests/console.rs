@@ -229,7 +229,8 @@ async fn console_edits_a_key_and_shows_live_changes() {
     let (status, _) = http(port, "GET", "/health", "").unwrap();
     assert_eq!(status, 200);
 
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/console-screenshot.png");
+    // Cargo's scratch directory for integration tests (under the target directory, wherever
+    // CARGO_TARGET_DIR puts it).
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshot.png");
     driver.screenshot(&shot);
 }
