@@ -484,7 +484,11 @@ impl Shared {
         // Every record the checkpoint covers must be in the log on disk first: if the process
         // dies half-way through the ingestion below, the log replays the whole batch again.
         self.log.sync()?;
-        self.ingest(&merge(&batch), last_seq)?;
+        match batch.as_slice() {
+            // The common case: one sealed memtable, ingested from its sorted runs as they are.
+            [only] => self.ingest(only.runs(), last_seq)?,
+            several => self.ingest(&merge(several), last_seq)?,
+        }
         self.overlay.write().sealed.drain(..batch.len());
         self.backlog.fetch_sub(bytes, Ordering::Relaxed);
         self.drained.notify_all();

@@ -202,9 +202,6 @@ impl Overlay {
 
 /// The runs of several frozen memtables merged per space, the newest entry of each key winning.
 pub(super) fn merge(frozen: &[Arc<Frozen>]) -> Vec<Run> {
-    if let [only] = frozen {
-        return only.runs().to_vec();
-    }
     let spaces = frozen.iter().map(|f| f.runs().len()).max().unwrap_or(0);
     (0..spaces)
         .map(|space| {
