@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -123,6 +123,7 @@ struct Shared {
     checkpointing: Mutex<()>,
     /// Set when a checkpoint failed (or the store was halted): later writes fail with it.
     failed: Mutex<Option<StoreError>>,
+    has_failed: AtomicBool,
     checkpoints: AtomicU64,
     checkpoint_nanos: AtomicU64,
     checkpoint_seq: AtomicU64,
@@ -286,6 +287,7 @@ impl LogStore {
             drained_lock: Mutex::new(()),
             checkpointing: Mutex::new(()),
             failed: Mutex::new(None),
+            has_failed: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
             checkpoint_nanos: AtomicU64::new(0),
             checkpoint_seq: AtomicU64::new(checkpoint),
@@ -327,7 +329,8 @@ impl LogStore {
     /// are dropped), every later write refused. What is on disk is what a restart recovers.
     /// Tests use it to restart from a crash without killing the process.
     pub fn halt(&self) {
-        *self.shared.failed.lock() = Some(StoreError::Refused("the store was halted".into()));
+        self.shared
+            .fail(StoreError::Refused("the store was halted".into()));
         self.shared.control.lock().halt = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.checkpointer.lock().take() {
@@ -398,10 +401,20 @@ fn load_spaces(inner: &dyn Store, meta: SpaceId) -> Result<Spaces, StoreError> {
 
 impl Shared {
     fn check_failed(&self) -> Result<(), StoreError> {
+        // Every write asks; the lock is taken only once something failed.
+        if !self.has_failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*self.failed.lock() {
             Some(failed) => Err(failed.clone()),
             None => Ok(()),
         }
+    }
+
+    /// Records the first failure; every later write and persist fails with it.
+    fn fail(&self, error: StoreError) {
+        self.failed.lock().get_or_insert(error);
+        self.has_failed.store(true, Ordering::Release);
     }
 
     fn inner_space(&self, space: SpaceId) -> Result<SpaceId, StoreError> {
@@ -455,7 +468,7 @@ impl Shared {
             };
             if let Err(e) = self.checkpoint() {
                 tracing::error!(error = %e, "checkpoint failed: no further writes are accepted until restart");
-                self.failed.lock().get_or_insert(e);
+                self.fail(e);
                 self.drained.notify_all();
                 return;
             }
