@@ -1,6 +1,6 @@
-//! The log-first store: every write batch goes to the engine's append-only log and an ordered
-//! in-memory overlay; a background checkpointer moves the overlay into the durable ordered store
-//! underneath (fjall) in large sorted runs, and then purges the log behind it.
+//! The log-first store: every write batch goes to the engine's append-only log and an in-memory
+//! overlay; a background checkpointer moves the overlay into the durable ordered store underneath
+//! (fjall) in large sorted runs, and then purges the log behind it.
 //!
 //! ```text
 //! write_batch ─▶ log buffer (one write(2) per group flush, fdatasync per group commit)
@@ -37,7 +37,7 @@ use crate::log::{Log, MAX_PAYLOAD};
 /// Settings of the log and the checkpoints.
 #[derive(Debug, Clone)]
 pub struct LogStoreConfig {
-    /// A checkpoint starts when the overlay holds this many bytes.
+    /// A checkpoint starts when the active memtable holds this many bytes.
     pub checkpoint_bytes: usize,
     /// ... or when this much time has passed with anything in it.
     pub checkpoint_interval: Duration,
