@@ -5,9 +5,9 @@
 # Every 4 s a new `polykv bench` run opens 20 fresh nmdb connections (GET/SET mix over 50 000
 # keys, a new seed each time) and another 10 fresh OpenCluster, 10 minority and 10 jsonkv connections, while
 # smalld clients connect, write, read and disconnect in a loop. RSS and open descriptors of the server are sampled every 10 s. The run fails if the server
-# dies, if RSS after the first minute grows by more than the cache budget plus the store's write
-# buffers (two memtables for each of the five busy keyspaces, 16 MiB each here) and 64 MiB of
-# slack, or if descriptors are not back to their level after the first minute once the load stops.
+# dies, if RSS after the first minute grows by more than the cache budget plus the written data
+# that may wait for a checkpoint (engine.max_backlog_bytes, 64 MiB here) and 64 MiB of slack, or
+# if descriptors are not back to their level after the first minute once the load stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-600}"
@@ -16,11 +16,11 @@ BIN="$PWD/target/release/polykv"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d)
 NMDB=$(free_port); SMALLD=$(free_port); MINORITY=$(free_port); OC=$(free_port); JK=$(free_port); ADMIN=$(free_port)
-CACHE=$((64 << 20)); MEMTABLE=$((16 << 20)); KEYSPACES=5
+CACHE=$((64 << 20)); CHECKPOINT=$((16 << 20)); BACKLOG=$((64 << 20))
 "$BIN" serve --data-dir "$WORK/data" --nmdb-port "$NMDB" --nmdb-udp-port "$NMDB" --smalld-port "$SMALLD" \
   --minority-port "$MINORITY" --opencluster-port "$OC" \
   --jsonkv-port "$JK" --jsonkv-udp-port "$(free_port)" --jsonkv-rpc-port "$(free_port)" --jsonkv-agent-port "$(free_port)" --admin-port "$ADMIN" --smalld-secret-key 7 --smalld-request-log off \
-  --engine-cache-bytes "$CACHE" --engine-memtable-bytes "$MEMTABLE" --log-level warn 2>"$WORK/server.log" & PID=$!
+  --engine-cache-bytes "$CACHE" --engine-checkpoint-bytes "$CHECKPOINT" --engine-max-backlog-bytes "$BACKLOG" --log-level warn 2>"$WORK/server.log" & PID=$!
 LOAD=()
 cleanup() { kill "${LOAD[@]}" 2>/dev/null || true; kill $PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -60,7 +60,7 @@ STATS=$(curl -s "127.0.0.1:$ADMIN/api/stats" || true)
 echo "after the first minute: rss ${FIRST_RSS:-n/a} MiB, fds ${BASE_FDS:-n/a}; max rss $MAX_RSS MiB; after the load: rss $END_RSS MiB, fds $END_FDS"
 echo "engine: $STATS"
 FAIL=0
-if [ -n "$FIRST_RSS" ] && [ $((MAX_RSS - FIRST_RSS)) -gt $(( (CACHE >> 20) + KEYSPACES * 2 * (MEMTABLE >> 20) + 64 )) ]; then echo "FAIL: memory grew"; FAIL=1; fi
+if [ -n "$FIRST_RSS" ] && [ $((MAX_RSS - FIRST_RSS)) -gt $(( (CACHE >> 20) + (BACKLOG >> 20) + 64 )) ]; then echo "FAIL: memory grew"; FAIL=1; fi
 # Table files come and go with compaction; connections must all be gone.
 if [ -n "$BASE_FDS" ] && [ "$END_FDS" -gt $((BASE_FDS + 8)) ]; then echo "FAIL: descriptors leaked"; FAIL=1; fi
 kill -0 $PID || { echo "FAIL: server died"; FAIL=1; }
