@@ -147,6 +147,10 @@ fn stats_and_read_only_switch() {
         body.contains("\"cache\"") && body.contains("\"read_only\":false"),
         "{body}"
     );
+    // The log and its checkpoints are reported with the engine.
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(stats["log"]["checkpoint_seq"].is_u64(), "{body}");
+    assert!(stats["log"]["backlog_bytes"].is_u64(), "{body}");
     let (status, body) = http(port, "POST", "/api/read-only?on=true", "").unwrap();
     assert_eq!((status, body.contains("true")), (200, true));
     let (_, body) = http(port, "GET", "/api/read-only", "").unwrap();

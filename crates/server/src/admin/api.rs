@@ -421,6 +421,12 @@ pub async fn stats(State(state): State<AdminState>) -> Response {
                    "hits": s.cache.hits, "misses": s.cache.misses, "evictions": s.cache.evictions },
         "journal": { "applied_writes": s.applied_writes, "syncs": s.syncs, "synced_writes": s.synced_writes,
                      "sync_seconds_total": s.sync_seconds_total, "max_sync_batch": s.max_sync_batch },
+        "log": s.log.as_ref().map(|l| json!({
+            "checkpoints": l.checkpoints, "checkpoint_seconds_total": l.checkpoint_seconds_total,
+            "checkpoint_seq": l.checkpoint_seq, "backlog_bytes": l.backlog_bytes,
+            "write_stalls": l.write_stalls, "writes": l.log_writes,
+            "bytes_written": l.log_bytes_written, "syncs": l.log_syncs, "disk_bytes": l.log_disk_bytes,
+        })),
         "watch": { "subscribers": s.watch.subscribers, "queued_events": s.watch.queued_events },
         "locks": s.locks,
         "poisoned": s.poisoned,
