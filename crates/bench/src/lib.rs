@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub mod protocol;
+pub mod server_cpu;
 pub mod workload;
 
 pub use protocol::LoadProtocol;
@@ -91,6 +92,9 @@ pub struct Report {
     pub seconds: f64,
     pub ops_per_sec: f64,
     pub latency_us: Latency,
+    /// CPU time (user + system, every thread) the server spent per request over the measured
+    /// interval; `None` when the server is not a process on this machine that can be read.
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 struct Shared {
@@ -165,6 +169,8 @@ pub async fn run(
         tokio::time::sleep(config.warmup).await;
         shared.measuring.store(true, Ordering::SeqCst);
     }
+    let server = server_cpu::ServerCpu::find(&config.addr);
+    let cpu_at_start = server.as_ref().and_then(server_cpu::ServerCpu::seconds);
     let started = Instant::now();
     let progress = config.progress && std::io::stderr().is_terminal();
     let bar = progress.then(|| {
@@ -203,6 +209,7 @@ pub async fn run(
     }
     shared.stop.store(true, Ordering::SeqCst);
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_at_end = server.as_ref().and_then(server_cpu::ServerCpu::seconds);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -229,6 +236,12 @@ pub async fn run(
         seconds,
         ops_per_sec: requests as f64 / seconds.max(1e-9),
         latency_us: Latency::from_histogram(&histogram),
+        server_cpu_us_per_op: match (cpu_at_start, cpu_at_end) {
+            (Some(start), Some(end)) if requests > 0 => {
+                Some((end - start).max(0.0) * 1e6 / requests as f64)
+            }
+            _ => None,
+        },
     })
 }
 
@@ -405,12 +418,12 @@ async fn preload(protocol: Arc<dyn LoadProtocol>, config: &RunConfig) -> Result<
 /// A table of reports with each one's throughput relative to the first.
 pub fn ratio_table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "| target | conns | depth | get% | ops/s | ratio | p50 µs | p99 µs | p999 µs | max µs | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | conns | depth | get% | ops/s | ratio | p50 µs | p99 µs | p999 µs | max µs | errors | server CPU µs/op |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let base = reports.first().map_or(1.0, |r| r.ops_per_sec.max(1e-9));
     for r in reports {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
             r.target,
             r.connections,
             r.depth,
@@ -421,7 +434,9 @@ pub fn ratio_table(reports: &[Report]) -> String {
             r.latency_us.p99,
             r.latency_us.p999,
             r.latency_us.max,
-            r.errors
+            r.errors,
+            r.server_cpu_us_per_op
+                .map_or_else(|| "—".to_string(), |cpu| format!("{cpu:.2}")),
         ));
     }
     out
@@ -477,6 +492,7 @@ mod tests {
             seconds: 1.0,
             ops_per_sec,
             latency_us: Latency::default(),
+            server_cpu_us_per_op: None,
         }
     }
 
@@ -516,7 +532,7 @@ mod tests {
 
     #[test]
     fn ratio_table_is_relative_to_the_first() {
-        let report = |target: &str, ops: f64| Report {
+        let report = |target: &str, ops: f64, cpu: Option<f64>| Report {
             target: target.into(),
             protocol: "x".into(),
             addr: "a".into(),
@@ -528,8 +544,20 @@ mod tests {
             seconds: 1.0,
             ops_per_sec: ops,
             latency_us: Latency::default(),
+            server_cpu_us_per_op: cpu,
         };
-        let table = ratio_table(&[report("polykv", 200.0), report("memcached", 100.0)]);
+        let table = ratio_table(&[
+            report("polykv", 200.0, Some(4.25)),
+            report("memcached", 100.0, None),
+        ]);
+        assert!(
+            table.contains("| 0 | 4.25 |\n"),
+            "server CPU per request: {table}"
+        );
+        assert!(
+            table.contains("| 0 | — |\n"),
+            "no server CPU figure: {table}"
+        );
         assert!(
             table.contains("| polykv | 50 | 1 | 90 | 200 | 1.00 |"),
             "{table}"
