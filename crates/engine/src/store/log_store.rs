@@ -813,6 +813,46 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_at_the_record_limit_is_written_and_one_past_it_is_refused_without_harm() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let roomy = LogStoreConfig {
+            max_backlog_bytes: 1 << 30,
+            checkpoint_bytes: 1 << 29,
+            ..config()
+        };
+        let store = LogStore::open(inner.clone(), dir.path(), roomy.clone()).unwrap();
+        let a = store.open_space("a").unwrap();
+        // A batch record is 5 bytes plus 13 per op plus its key and value.
+        let fits = MAX_PAYLOAD - 5 - 13 - 1;
+        let value = Bytes::from(vec![7u8; fits]);
+        let batch = |value: Bytes| {
+            vec![BatchOp::Put {
+                space: a,
+                key: Bytes::from_static(b"k"),
+                value,
+            }]
+        };
+        store.write_batch(batch(value.clone())).unwrap();
+        let too_big = Bytes::from(vec![8u8; fits + 1]);
+        assert!(matches!(
+            store.write_batch(batch(too_big)),
+            Err(StoreError::Refused(_))
+        ));
+        // Refused before anything was logged: the store goes on and holds the fitting value.
+        store.write_batch(vec![put(a, "after", "ok")]).unwrap();
+        store.persist(PersistMode::Buffer).unwrap();
+        assert_eq!(store.get(a, b"k").unwrap(), Some(value.clone()));
+        assert_eq!(store.get(a, b"after").unwrap().as_deref(), Some(&b"ok"[..]));
+        // The record at the limit replays after a crash.
+        store.halt();
+        drop(store);
+        let store = LogStore::open(inner, dir.path(), roomy).unwrap();
+        let a = store.open_space("a").unwrap();
+        assert_eq!(store.get(a, b"k").unwrap(), Some(value));
+    }
+
+    #[test]
     fn space_ids_are_stable_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
