@@ -470,6 +470,17 @@ mod tests {
         }
     }
 
+    /// A log of three records ("record 0" to "record 2") in one segment, closed; its file.
+    fn three_records() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = collect(dir.path(), 0).unwrap();
+        append_n(&log, 0, 3);
+        log.flush().unwrap();
+        drop(log);
+        let path = list_segments(dir.path()).unwrap()[0].path.clone();
+        (dir, path)
+    }
+
     #[test]
     fn records_come_back_in_order_across_segments_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
@@ -526,12 +537,7 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_cut_off_and_writing_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = collect(dir.path(), 0).unwrap();
-        append_n(&log, 0, 3);
-        log.flush().unwrap();
-        drop(log);
-        let path = list_segments(dir.path()).unwrap()[0].path.clone();
+        let (dir, path) = three_records();
         let record_len = |i: usize| record::HEADER_LEN + format!("record {i}").len();
         let data_end = (0..3).map(record_len).sum::<usize>();
         let full = std::fs::read(&path).unwrap();
@@ -570,12 +576,7 @@ mod tests {
 
     #[test]
     fn damage_before_the_tail_stops_the_open_with_file_and_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = collect(dir.path(), 0).unwrap();
-        append_n(&log, 0, 3);
-        log.flush().unwrap();
-        drop(log);
-        let path = list_segments(dir.path()).unwrap()[0].path.clone();
+        let (dir, path) = three_records();
         let mut bytes = std::fs::read(&path).unwrap();
         let second = record::HEADER_LEN + "record 0".len();
         bytes[second + record::HEADER_LEN] ^= 0x40;
