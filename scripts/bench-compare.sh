@@ -22,13 +22,8 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-3}"
 ROUNDS="${2:-3}"
 
-need=()
-command -v memcached >/dev/null || need+=(memcached)
-command -v redis-server >/dev/null || need+=(redis-server)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  systemctl stop memcached redis-server >/dev/null 2>&1 || true
-fi
+. scripts/lib/packages.sh
+need_commands memcached:memcached redis-server:redis-server
 cargo build --release -q -p polykv
 BIN="$PWD/target/release/polykv"
 

@@ -4,6 +4,7 @@
 #   scripts/bench-minority.sh [SUBSCRIBERS] [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/packages.sh
 ulimit -n 65536 2>/dev/null || ulimit -n 4096
 cargo build --release -q -p polykv --bin polykv --example minority_fanout
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -16,10 +17,7 @@ trap 'kill $PID $REDIS_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 taskset -c 1 target/release/examples/minority_fanout "127.0.0.1:$PORT" "${1:-1000}" "${2:-200}" "${3:-5}"
 kill $PID; wait $PID 2>/dev/null || true
-if ! command -v redis-server >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  systemctl stop redis-server >/dev/null 2>&1 || true
-fi
+need_commands redis-server:redis-server
 REDIS_PORT=$(free_port)
 taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --maxclients 20000 \
   --logfile "$WORK/redis.log" & REDIS_PID=$!

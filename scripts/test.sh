@@ -8,18 +8,12 @@ cd "$(dirname "$0")/.."
 
 # chromium + chromium-driver: the web console's browser test; memcached + redis-server: the
 # load generator's encoders are checked against the real servers.
+. scripts/lib/packages.sh
 missing=()
 command -v chromedriver >/dev/null 2>&1 && [ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
 command -v memcached >/dev/null 2>&1 || missing+=(memcached)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing ${missing[*]}"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-  # Debian starts the services it installs; the tests run their own on free ports.
-  $SUDO systemctl stop memcached redis-server >/dev/null 2>&1 || true
-fi
+install_packages "${missing[@]}"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
