@@ -22,7 +22,7 @@ fn main() {
         };
         cache.insert(
             0,
-            key.clone(),
+            key,
             CachedItem {
                 entry,
                 durable: true,

@@ -11,11 +11,10 @@
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use crate::value::Entry;
+use crate::value::{Entry, KeyedEntry};
 use crate::KeyspaceId;
 
 /// One cached key.
@@ -39,9 +38,9 @@ impl Hash for Probe<'_> {
 }
 
 struct Slot {
-    key: Bytes,
-    /// The entry as [`Entry::encode`] wrote it.
-    encoded: Bytes,
+    /// The key and the entry as [`Entry::encode`] wrote it, in one allocation: a lookup
+    /// compares the key on the same cache lines it then reads the entry from.
+    record: KeyedEntry,
     ks: KeyspaceId,
     /// Bytes charged to the budget.
     size: u32,
@@ -52,7 +51,7 @@ struct Slot {
 impl Slot {
     fn item(&self) -> Option<CachedItem> {
         // The cache encoded it itself; a failure would be a bug, and is treated as a miss.
-        let entry = Entry::decode_shared(&self.encoded).ok()?;
+        let entry = self.record.entry().ok()?;
         Some(CachedItem {
             entry,
             durable: self.durable,
@@ -60,9 +59,9 @@ impl Slot {
     }
 }
 
-/// Bytes a slot costs beyond its key and encoding: the slot itself, its table entry and the two
-/// allocations' headers.
-const SLOT_OVERHEAD: usize = 112;
+/// Bytes a slot costs beyond its key and encoding: the slot itself (56), its table entry (5),
+/// the record's shared-buffer header (32) and allocator rounding.
+const SLOT_OVERHEAD: usize = 96;
 
 #[derive(Default)]
 struct Shard {
@@ -85,7 +84,7 @@ impl Shard {
                 slots
                     .get(index as usize)
                     .and_then(Option::as_ref)
-                    .is_some_and(|s| s.ks == ks && s.key.as_ref() == key)
+                    .is_some_and(|s| s.ks == ks && s.record.key() == key)
             })
             .copied()
     }
@@ -174,31 +173,26 @@ impl Cache {
 
     /// Inserts or replaces. Returns false when the item alone exceeds a shard's budget (it is
     /// then not cached, and any older item for the key is removed).
-    pub fn insert(&self, ks: KeyspaceId, key: Bytes, item: CachedItem) -> bool {
-        self.insert_encoded(ks, key, item.entry.encode(), item.durable)
+    pub fn insert(&self, ks: KeyspaceId, key: &[u8], mut item: CachedItem) -> bool {
+        self.insert_keyed(ks, item.entry.encode_keyed(key), item.durable)
     }
 
-    /// [`Cache::insert`] of an entry already encoded (by [`Entry::encode`]).
-    pub fn insert_encoded(
-        &self,
-        ks: KeyspaceId,
-        key: Bytes,
-        encoded: Bytes,
-        durable: bool,
-    ) -> bool {
-        let hash = self.hash(ks, &key);
+    /// [`Cache::insert`] of a key and entry already encoded together.
+    pub fn insert_keyed(&self, ks: KeyspaceId, record: KeyedEntry, durable: bool) -> bool {
+        let hash = self.hash(ks, record.key());
         let mut shard = self.shard(hash).lock();
         shard.epoch += 1;
-        self.insert_locked(&mut shard, hash, ks, key, encoded, durable)
+        self.insert_locked(&mut shard, hash, ks, record, durable)
     }
 
     /// Inserts what a reader found in the store (its raw encoding), unless a write touched the
     /// shard since the reader took `epoch` (then the read may be stale and is not cached).
-    pub fn fill(&self, ks: KeyspaceId, key: Bytes, encoded: Bytes, epoch: u64) {
-        let hash = self.hash(ks, &key);
+    pub fn fill(&self, ks: KeyspaceId, key: &[u8], encoded: &[u8], epoch: u64) {
+        let hash = self.hash(ks, key);
         let mut shard = self.shard(hash).lock();
         if shard.epoch == epoch {
-            self.insert_locked(&mut shard, hash, ks, key, encoded, true);
+            let record = KeyedEntry::new(key, encoded);
+            self.insert_locked(&mut shard, hash, ks, record, true);
         }
     }
 
@@ -221,11 +215,15 @@ impl Cache {
                 slots
                     .get(index as usize)
                     .and_then(Option::as_ref)
-                    .is_some_and(|s| s.ks == ks && s.key.as_ref() == key)
+                    .is_some_and(|s| s.ks == ks && s.record.key() == key)
             })
             .ok()?;
         let (index, _) = found.remove();
-        let slot = slots.get_mut(index as usize)?.take()?;
+        Self::free_slot(shard, index)
+    }
+
+    fn free_slot(shard: &mut Shard, index: u32) -> Option<Slot> {
+        let slot = shard.slots.get_mut(index as usize)?.take()?;
         shard.bytes -= slot.size as usize;
         shard.free.push(index);
         Some(slot)
@@ -236,20 +234,19 @@ impl Cache {
         shard: &mut Shard,
         hash: u64,
         ks: KeyspaceId,
-        key: Bytes,
-        encoded: Bytes,
+        record: KeyedEntry,
         durable: bool,
     ) -> bool {
-        let size = SLOT_OVERHEAD + key.len() + encoded.len();
+        let size = SLOT_OVERHEAD + record.len();
         // Overwriting a cached key with something that fits without evicting: replace the entry
         // in its slot (one hash lookup; the key and the slot are reused).
-        if let Some(index) = shard.find(hash, ks, &key) {
+        if let Some(index) = shard.find(hash, ks, record.key()) {
             let bytes = shard.bytes;
             let budget = self.shard_budget;
             if let Some(slot) = shard.slot_mut(index) {
                 let new_total = bytes - slot.size as usize + size;
                 if new_total <= budget {
-                    slot.encoded = encoded;
+                    slot.record = record;
                     slot.size = size as u32;
                     slot.durable = durable;
                     shard.bytes = new_total;
@@ -257,14 +254,13 @@ impl Cache {
                 }
             }
         }
-        Self::remove_locked(shard, hash, ks, &key);
+        Self::remove_locked(shard, hash, ks, record.key());
         if size > self.shard_budget || size > u32::MAX as usize {
             return false;
         }
         self.evict_for(shard, size);
         let slot = Slot {
-            key,
-            encoded,
+            record,
             ks,
             size: size as u32,
             durable,
@@ -289,7 +285,7 @@ impl Cache {
                 .map_or(0, |s| {
                     hasher.hash_one(Probe {
                         ks: s.ks,
-                        key: &s.key,
+                        key: s.record.key(),
                     })
                 })
         });
@@ -307,16 +303,20 @@ impl Cache {
             }
             let hand = shard.hand % shard.slots.len();
             shard.hand = hand + 1;
-            let (ks, key) = match &mut shard.slots[hand] {
+            let hash = match &mut shard.slots[hand] {
                 None => continue,
                 Some(slot) if slot.referenced => {
                     slot.referenced = false;
                     continue;
                 }
-                Some(slot) => (slot.ks, slot.key.clone()),
+                Some(slot) => self.hash(slot.ks, slot.record.key()),
             };
-            let hash = self.hash(ks, &key);
-            Self::remove_locked(shard, hash, ks, &key);
+            // The table entry holding this slot's number: found by number, no key compare.
+            let index = hand as u32;
+            if let Ok(found) = shard.table.find_entry(hash, |&i| i == index) {
+                found.remove();
+            }
+            Self::free_slot(shard, index);
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -348,6 +348,7 @@ impl Cache {
 mod tests {
     use super::*;
     use crate::value::Value;
+    use bytes::Bytes;
 
     fn item(value: &[u8]) -> CachedItem {
         CachedItem {
@@ -366,7 +367,7 @@ mod tests {
     fn get_insert_remove() {
         let cache = Cache::new(1 << 20, 4);
         assert!(cache.get(1, b"a").is_none());
-        assert!(cache.insert(1, Bytes::from("a"), item(b"x")));
+        assert!(cache.insert(1, b"a", item(b"x")));
         assert_eq!(cache.get(1, b"a"), Some(item(b"x")));
         assert!(cache.get(2, b"a").is_none(), "keyspaces are separate");
         assert!(cache.remove(1, b"a").is_some());
@@ -383,7 +384,7 @@ mod tests {
         let budget = 64 * 1024;
         let cache = Cache::new(budget, 2);
         for i in 0..10_000u32 {
-            cache.insert(0, Bytes::from(i.to_be_bytes().to_vec()), item(&[0u8; 100]));
+            cache.insert(0, &i.to_be_bytes(), item(&[0u8; 100]));
             assert!(cache.stats().bytes <= budget as u64);
         }
         let stats = cache.stats();
@@ -394,32 +395,32 @@ mod tests {
     #[test]
     fn too_large_items_are_not_cached_and_replace_old_ones() {
         let cache = Cache::new(1024, 1);
-        assert!(cache.insert(0, Bytes::from("k"), item(b"small")));
-        assert!(!cache.insert(0, Bytes::from("k"), item(&[0u8; 2048])));
+        assert!(cache.insert(0, b"k", item(b"small")));
+        assert!(!cache.insert(0, b"k", item(&[0u8; 2048])));
         assert!(cache.get(0, b"k").is_none());
         assert!(!cache.fits(2048));
         let none = Cache::new(0, 4);
-        assert!(!none.insert(0, Bytes::from("k"), item(b"v")));
+        assert!(!none.insert(0, b"k", item(b"v")));
     }
 
     #[test]
     fn overwrites_keep_the_byte_count_exact() {
         let cache = Cache::new(4 * 200, 1);
-        cache.insert(0, Bytes::from("a"), item(&[0u8; 80]));
+        cache.insert(0, b"a", item(&[0u8; 80]));
         let one = cache.stats().bytes;
         // Same size, smaller, larger: replaced in place, accounted exactly.
-        cache.insert(0, Bytes::from("a"), item(&[1u8; 80]));
+        cache.insert(0, b"a", item(&[1u8; 80]));
         assert_eq!(cache.stats().bytes, one);
-        cache.insert(0, Bytes::from("a"), item(&[2u8; 10]));
+        cache.insert(0, b"a", item(&[2u8; 10]));
         assert_eq!(cache.stats().bytes, one - 70);
-        cache.insert(0, Bytes::from("a"), item(&[3u8; 80]));
+        cache.insert(0, b"a", item(&[3u8; 80]));
         assert_eq!((cache.stats().bytes, cache.stats().entries), (one, 1));
         assert_eq!(cache.peek(0, b"a"), Some(item(&[3u8; 80])));
         // A growth that needs eviction still evicts others and keeps the new value.
         for k in [b"b", b"c", b"d"] {
-            cache.insert(0, Bytes::copy_from_slice(k), item(&[0u8; 80]));
+            cache.insert(0, k, item(&[0u8; 80]));
         }
-        cache.insert(0, Bytes::from("a"), item(&[4u8; 250]));
+        cache.insert(0, b"a", item(&[4u8; 250]));
         assert_eq!(cache.peek(0, b"a"), Some(item(&[4u8; 250])));
         assert!(cache.stats().bytes <= 800, "{:?}", cache.stats());
         assert!(cache.stats().evictions > 0);
@@ -429,11 +430,11 @@ mod tests {
     fn referenced_entries_survive_a_sweep() {
         let cache = Cache::new(4 * 200, 1);
         for k in [b"a", b"b", b"c"] {
-            cache.insert(0, Bytes::copy_from_slice(k), item(&[0u8; 80]));
+            cache.insert(0, k, item(&[0u8; 80]));
         }
         cache.get(0, b"a");
-        cache.insert(0, Bytes::from("d"), item(&[0u8; 80]));
-        cache.insert(0, Bytes::from("e"), item(&[0u8; 80]));
+        cache.insert(0, b"d", item(&[0u8; 80]));
+        cache.insert(0, b"e", item(&[0u8; 80]));
         assert!(cache.peek(0, b"a").is_some(), "recently used entry kept");
     }
 
@@ -441,11 +442,11 @@ mod tests {
     fn fill_is_skipped_after_a_racing_write() {
         let cache = Cache::new(1 << 20, 1);
         let epoch = cache.epoch(0, b"k");
-        cache.insert(0, Bytes::from("k"), item(b"new"));
-        cache.fill(0, Bytes::from("k"), item(b"stale").entry.encode(), epoch);
+        cache.insert(0, b"k", item(b"new"));
+        cache.fill(0, b"k", &item(b"stale").entry.encode(), epoch);
         assert_eq!(cache.peek(0, b"k"), Some(item(b"new")));
         let epoch = cache.epoch(0, b"j");
-        cache.fill(0, Bytes::from("j"), item(b"fresh").entry.encode(), epoch);
+        cache.fill(0, b"j", &item(b"fresh").entry.encode(), epoch);
         assert_eq!(cache.peek(0, b"j"), Some(item(b"fresh")));
     }
 
@@ -486,7 +487,7 @@ mod tests {
                     Op::Insert(ks, k, n) => {
                         let mut value = item(&vec![k; n]);
                         value.entry.version = i as u64;
-                        let cached = cache.insert(ks as u32, model_key(k), value.clone());
+                        let cached = cache.insert(ks as u32, &model_key(k), value.clone());
                         proptest::prop_assert!(cached || small);
                         if cached {
                             model.insert((ks as u32, model_key(k)), value);

@@ -460,9 +460,7 @@ impl Engine {
             return Ok(None);
         }
         counters.store_hits.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .cache
-            .fill(ks, Bytes::copy_from_slice(key), raw, epoch);
+        self.inner.cache.fill(ks, key, &raw, epoch);
         Ok(Some(Read {
             entry,
             source: Source::Store,
@@ -808,36 +806,34 @@ impl Engine {
                         entry,
                         durable: false,
                     };
-                    // A compact copy of the key: the cache must not hold on to the request's
-                    // buffer (the entry is encoded into its own allocation by the cache).
-                    let key = Bytes::copy_from_slice(&key);
-                    if !self.inner.cache.insert(ks, key, item) {
+                    // The cache encodes key and entry into their own allocation: it does not
+                    // hold on to the request's buffer.
+                    if !self.inner.cache.insert(ks, &key, item) {
                         return Ok((Outcome::TooLarge, reserved));
                     }
                     return Ok((Outcome::Written { version }, reserved));
                 }
-                // One compact copy of the key and one encoding, shared by the cache and the
-                // log's overlay: neither holds on to the buffer the request arrived in.
-                let key = Bytes::copy_from_slice(&key);
+                // The key and the entry encoded once into one allocation, shared by the cache
+                // and the log's overlay: neither holds on to the buffer the request arrived in.
                 let mut entry = entry;
-                let encoded = entry.encode_shared();
+                let record = entry.encode_keyed(&key);
+                drop(key);
                 ops.push(BatchOp::Put {
                     space: info.space,
-                    key: key.clone(),
-                    value: encoded.clone(),
+                    key: record.key_bytes(),
+                    value: record.encoded_bytes(),
                 });
                 if let Some(at) = expires_at {
                     ops.push(BatchOp::Put {
                         space: self.inner.expiry,
-                        key: expiry_key(at, ks, &key),
+                        key: expiry_key(at, ks, record.key()),
                         value: Bytes::new(),
                     });
                 }
                 let seq = self.commit(writer, ops)?;
                 info.counters.writes.fetch_add(1, Ordering::Relaxed);
-                self.inner
-                    .cache
-                    .insert_encoded(ks, key.clone(), encoded, true);
+                let key = record.key_bytes();
+                self.inner.cache.insert_keyed(ks, record, true);
                 self.inner.hub.publish(Event {
                     keyspace: ks,
                     key,

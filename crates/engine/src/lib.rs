@@ -31,5 +31,5 @@ pub use engine::{
 };
 pub use error::{Error, Result, StoreError};
 pub use locks::LockOutcome;
-pub use value::{Entry, Value};
+pub use value::{Entry, KeyedEntry, Value};
 pub use watch::{Change, Event, Selector, Subscription};

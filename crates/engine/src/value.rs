@@ -96,6 +96,28 @@ impl Entry {
     /// layout and still read old data.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(40 + self.value.len());
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// The key and the entry's encoding in one allocation, with the entry's byte value pointed
+    /// at the encoding's tail: the cache keeps the record whole, the log's overlay keeps slices
+    /// of it, and neither holds on to the buffer the request arrived in.
+    pub fn encode_keyed(&mut self, key: &[u8]) -> KeyedEntry {
+        let mut out = BytesMut::with_capacity(key.len() + 40 + self.value.len());
+        out.put_slice(key);
+        self.encode_into(&mut out);
+        let record = KeyedEntry {
+            bytes: out.freeze(),
+            key_len: key.len(),
+        };
+        if let Value::Bytes(value) = &mut self.value {
+            *value = record.bytes.slice(record.bytes.len() - value.len()..);
+        }
+        record
+    }
+
+    fn encode_into(&self, out: &mut BytesMut) {
         out.put_u8(ENTRY_FORMAT);
         let mut flags = 0u8;
         if self.expires_at.is_some() {
@@ -126,32 +148,25 @@ impl Entry {
             Value::I64(v) => out.put_i64(*v),
             Value::Str(s) => out.put_slice(s.as_bytes()),
         }
-        out.freeze()
     }
 
-    /// Encodes the entry and points its byte value at the encoding, so the entry and its
-    /// encoding share one allocation (the cache holds the one, the log's overlay the other)
-    /// and the value no longer holds on to the buffer it arrived in.
-    pub fn encode_shared(&mut self) -> Bytes {
-        let encoded = self.encode();
-        if let Value::Bytes(value) = &mut self.value {
-            // The value is the encoding's tail.
-            *value = encoded.slice(encoded.len() - value.len()..);
-        }
-        encoded
-    }
-
-    /// [`Entry::decode`] whose byte value is a slice of `raw` instead of a copy.
+    /// [`Entry::decode`] whose byte value and label are slices of `raw` instead of copies.
     pub fn decode_shared(raw: &Bytes) -> Result<Entry, StoreError> {
-        let mut entry = Entry::decode(raw.as_ref())?;
-        if let Value::Bytes(value) = &mut entry.value {
-            *value = raw.slice(raw.len() - value.len()..);
-        }
-        Ok(entry)
+        Entry::decode_from(raw, Some((raw, 0)))
     }
 
     /// Decodes an entry written by [`Entry::encode`].
     pub fn decode(raw: &[u8]) -> Result<Entry, StoreError> {
+        Entry::decode_from(raw, None)
+    }
+
+    /// Decodes `raw`; with `shared = (buffer, offset)`, `raw` lies in `buffer` at `offset` and
+    /// byte fields become slices of `buffer` (no allocation, no copy).
+    fn decode_from(raw: &[u8], shared: Option<(&Bytes, usize)>) -> Result<Entry, StoreError> {
+        let piece = |at: usize, len: usize| match shared {
+            Some((buffer, offset)) => buffer.slice(offset + at..offset + at + len),
+            None => Bytes::copy_from_slice(&raw[at..at + len]),
+        };
         let corrupt = |what: &str| StoreError::Corrupt(format!("entry: {what}"));
         let mut reader = Reader { buf: raw, at: 0 };
         let format = reader.u8().ok_or_else(|| corrupt("empty"))?;
@@ -173,15 +188,16 @@ impl Entry {
         };
         let label = if flags & FLAG_LABEL != 0 {
             let len = reader.u32().ok_or_else(|| corrupt("truncated label"))? as usize;
-            Some(Bytes::copy_from_slice(
-                reader.take(len).ok_or_else(|| corrupt("truncated label"))?,
-            ))
+            let at = reader.at;
+            reader.take(len).ok_or_else(|| corrupt("truncated label"))?;
+            Some(piece(at, len))
         } else {
             None
         };
+        let rest_at = reader.at;
         let rest = reader.rest();
         let value = match tag {
-            0 => Value::Bytes(Bytes::copy_from_slice(rest)),
+            0 => Value::Bytes(piece(rest_at, rest.len())),
             1 => Value::I32(i32::from_be_bytes(
                 rest.try_into().map_err(|_| corrupt("bad i32"))?,
             )),
@@ -237,6 +253,58 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A key followed by an entry's encoding ([`Entry::encode`]) in one allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedEntry {
+    bytes: Bytes,
+    key_len: usize,
+}
+
+impl KeyedEntry {
+    /// Copies a key and an encoding into one record.
+    pub fn new(key: &[u8], encoded: &[u8]) -> KeyedEntry {
+        let mut out = BytesMut::with_capacity(key.len() + encoded.len());
+        out.put_slice(key);
+        out.put_slice(encoded);
+        KeyedEntry {
+            bytes: out.freeze(),
+            key_len: key.len(),
+        }
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len]
+    }
+
+    pub fn encoded(&self) -> &[u8] {
+        &self.bytes[self.key_len..]
+    }
+
+    /// The key, sharing the record's allocation.
+    pub fn key_bytes(&self) -> Bytes {
+        self.bytes.slice(..self.key_len)
+    }
+
+    /// The encoding, sharing the record's allocation.
+    pub fn encoded_bytes(&self) -> Bytes {
+        self.bytes.slice(self.key_len..)
+    }
+
+    /// Key and encoding together.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Decodes the entry, its byte fields slices of the record.
+    pub fn entry(&self) -> Result<Entry, StoreError> {
+        Entry::decode_from(self.encoded(), Some((&self.bytes, self.key_len)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +329,35 @@ mod tests {
             label in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
         ) {
             let entry = Entry { value, version, expires_at, owner, label: label.map(Bytes::from) };
-            prop_assert_eq!(Entry::decode(&entry.encode()).unwrap(), entry);
+            let encoded = entry.encode();
+            prop_assert_eq!(&Entry::decode(&encoded).unwrap(), &entry);
+            prop_assert_eq!(&Entry::decode_shared(&encoded).unwrap(), &entry);
+            // Keyed: the key, then the same encoding, and the same entry back.
+            let mut keyed = entry.clone();
+            let record = keyed.encode_keyed(b"the key");
+            prop_assert_eq!(&keyed, &entry);
+            prop_assert_eq!(record.key(), b"the key");
+            prop_assert_eq!(record.encoded(), encoded.as_ref());
+            prop_assert_eq!(&record.entry().unwrap(), &entry);
+            prop_assert_eq!(&KeyedEntry::new(b"the key", &encoded), &record);
+        }
+
+        #[test]
+        fn a_truncated_record_is_an_error_not_a_panic(cut in 0usize..40) {
+            let mut entry = Entry {
+                value: Value::from(&b"value"[..]),
+                version: 9,
+                expires_at: Some(1),
+                owner: None,
+                label: Some(Bytes::from_static(b"label")),
+            };
+            let record = entry.encode_keyed(b"k");
+            let encoded = record.encoded();
+            let short = KeyedEntry::new(b"k", &encoded[..cut.min(encoded.len() - 1)]);
+            // Only the value may be cut without the decoder noticing: it is the tail.
+            if let Ok(decoded) = short.entry() {
+                prop_assert!(cut >= encoded.len() - 5, "decoded {decoded:?} from {cut} bytes");
+            }
         }
 
         #[test]
