@@ -95,7 +95,7 @@ impl Entry {
     /// [label_len(4) label] value`. The leading format byte lets later versions change the
     /// layout and still read old data.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(40 + self.value.len());
+        let mut out = BytesMut::with_capacity(self.encoded_len());
         self.encode_into(&mut out);
         out.freeze()
     }
@@ -104,17 +104,27 @@ impl Entry {
     /// at the encoding's tail: the cache keeps the record whole, the log's overlay keeps slices
     /// of it, and neither holds on to the buffer the request arrived in.
     pub fn encode_keyed(&mut self, key: &[u8]) -> KeyedEntry {
-        let mut out = BytesMut::with_capacity(key.len() + 40 + self.value.len());
+        // Exactly sized: the cache keeps this allocation for as long as the key is cached.
+        let mut out = BytesMut::with_capacity(key.len() + self.encoded_len());
         out.put_slice(key);
         self.encode_into(&mut out);
         let record = KeyedEntry {
             bytes: out.freeze(),
-            key_len: key.len(),
+            key_len: key.len() as u32,
         };
         if let Value::Bytes(value) = &mut self.value {
             *value = record.bytes.slice(record.bytes.len() - value.len()..);
         }
         record
+    }
+
+    /// The length of [`Entry::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        let fixed = 3 + 8;
+        let expiry = if self.expires_at.is_some() { 8 } else { 0 };
+        let owner = if self.owner.is_some() { 8 } else { 0 };
+        let label = self.label.as_ref().map_or(0, |label| 4 + label.len());
+        fixed + expiry + owner + label + self.value.len()
     }
 
     fn encode_into(&self, out: &mut BytesMut) {
@@ -257,7 +267,9 @@ impl<'a> Reader<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyedEntry {
     bytes: Bytes,
-    key_len: usize,
+    /// Keys are at most [`crate::MAX_KEY_LEN`] bytes (checked before any write), so 32 bits
+    /// hold the length; it keeps a cache slot at 48 bytes.
+    key_len: u32,
 }
 
 impl KeyedEntry {
@@ -268,26 +280,26 @@ impl KeyedEntry {
         out.put_slice(encoded);
         KeyedEntry {
             bytes: out.freeze(),
-            key_len: key.len(),
+            key_len: key.len() as u32,
         }
     }
 
     pub fn key(&self) -> &[u8] {
-        &self.bytes[..self.key_len]
+        &self.bytes[..self.key_len as usize]
     }
 
     pub fn encoded(&self) -> &[u8] {
-        &self.bytes[self.key_len..]
+        &self.bytes[self.key_len as usize..]
     }
 
     /// The key, sharing the record's allocation.
     pub fn key_bytes(&self) -> Bytes {
-        self.bytes.slice(..self.key_len)
+        self.bytes.slice(..self.key_len as usize)
     }
 
     /// The encoding, sharing the record's allocation.
     pub fn encoded_bytes(&self) -> Bytes {
-        self.bytes.slice(self.key_len..)
+        self.bytes.slice(self.key_len as usize..)
     }
 
     /// Key and encoding together.
@@ -301,7 +313,7 @@ impl KeyedEntry {
 
     /// Decodes the entry, its byte fields slices of the record.
     pub fn entry(&self) -> Result<Entry, StoreError> {
-        Entry::decode_from(self.encoded(), Some((&self.bytes, self.key_len)))
+        Entry::decode_from(self.encoded(), Some((&self.bytes, self.key_len as usize)))
     }
 }
 
@@ -330,6 +342,7 @@ mod tests {
         ) {
             let entry = Entry { value, version, expires_at, owner, label: label.map(Bytes::from) };
             let encoded = entry.encode();
+            prop_assert_eq!(encoded.len(), entry.encoded_len());
             prop_assert_eq!(&Entry::decode(&encoded).unwrap(), &entry);
             prop_assert_eq!(&Entry::decode_shared(&encoded).unwrap(), &entry);
             // Keyed: the key, then the same encoding, and the same entry back.
