@@ -10,14 +10,23 @@ use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use hashbrown::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 use super::SpaceId;
 
 /// Bytes an entry is charged beyond its key and value (table slot, `Bytes` handles).
 const ENTRY_OVERHEAD: usize = 48;
 
-type Map = HashMap<Bytes, Option<Bytes>, foldhash::fast::FixedState>;
+/// Entries of one space by key. A table rather than a map so that an overwrite replaces the
+/// stored key too: it then points into the newest record, the one the cache holds, and the next
+/// write of the key compares against memory the cache's lookup has just touched.
+type Map = HashTable<(Bytes, Option<Bytes>)>;
+
+fn hash_key(key: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x6f76_6572_6c61_79).hash_one(key)
+}
 
 /// Entries of one space in ascending key order; `None` is a delete.
 pub(super) type Run = Vec<(Bytes, Option<Bytes>)>;
@@ -68,7 +77,10 @@ impl Memtable {
     }
 
     pub fn lookup(&self, space: SpaceId, key: &[u8]) -> Option<&Option<Bytes>> {
-        self.spaces.get(space as usize)?.get(key)
+        self.spaces
+            .get(space as usize)?
+            .find(hash_key(key), |(k, _)| k.as_ref() == key)
+            .map(|(_, value)| value)
     }
 
     pub fn apply(&mut self, space: SpaceId, key: Bytes, value: Option<Bytes>) {
@@ -79,10 +91,18 @@ impl Memtable {
         let key_len = key.len();
         let charge = |value: &Option<Bytes>| key_len + value.as_ref().map_or(0, Bytes::len);
         let added = charge(&value) + ENTRY_OVERHEAD;
-        match self.spaces[index].insert(key, value) {
-            // `bytes` includes the replaced entry's charge, so this cannot underflow.
-            Some(old) => self.bytes = self.bytes + added - (charge(&old) + ENTRY_OVERHEAD),
-            None => self.bytes += added,
+        let map = &mut self.spaces[index];
+        let hash = hash_key(&key);
+        match map.find_mut(hash, |(k, _)| *k == key) {
+            Some(stored) => {
+                let (_, old) = std::mem::replace(stored, (key, value));
+                // `bytes` includes the replaced entry's charge, so this cannot underflow.
+                self.bytes = self.bytes + added - (charge(&old) + ENTRY_OVERHEAD);
+            }
+            None => {
+                map.insert_unique(hash, (key, value), |(k, _)| hash_key(k));
+                self.bytes += added;
+            }
         }
     }
 
