@@ -25,7 +25,7 @@ const ENTRY_OVERHEAD: usize = 48;
 type Map = HashTable<(Bytes, Option<Bytes>)>;
 
 fn hash_key(key: &[u8]) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x6f76_6572_6c61_79).hash_one(key)
+    foldhash::fast::FixedState::with_seed(0x006f_7665_726c_6179).hash_one(key)
 }
 
 /// Entries of one space in ascending key order; `None` is a delete.
