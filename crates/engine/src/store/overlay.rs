@@ -63,6 +63,8 @@ fn below_upper(key: &[u8], upper: Bound<&[u8]>) -> bool {
 pub(super) struct Memtable {
     spaces: Vec<Map>,
     pub bytes: usize,
+    /// Bytes of the log records applied to it (overwrites included).
+    pub log_bytes: usize,
     /// Sequence of the last log record applied to it.
     pub last_seq: u64,
 }

@@ -113,7 +113,8 @@ crate::settings! {
         /// Store memtable per keyspace, at least 1 MiB (only metadata passes through it since the
         /// log took over); fixed when a keyspace is created
         pub memtable_bytes: u64 = polykv_engine::EngineConfig::default().memtable_bytes,
-        /// Written data held in memory before a checkpoint moves it into the store, at least 1 MiB
+        /// Written data held in memory before a checkpoint moves it into the store (a checkpoint
+        /// also starts once the log has taken four times as much since the last), at least 1 MiB
         pub checkpoint_bytes: u64 =
             polykv_engine::EngineConfig::default().log.checkpoint_bytes as u64,
         /// Longest time between checkpoints while anything is waiting for one
