@@ -16,7 +16,9 @@
 # shared machine a single run of one server can be off by tens of percent.
 # Durable writes are compared with peers that make the same promise: `redis-aof` (appendonly,
 # appendfsync everysec: in the OS buffers at the reply, like polykv's normal writes) and
-# `redis-always` (appendfsync always: fsynced, like nmdb SYNC and OpenCluster full wait).
+# `redis-always` (appendfsync always: fsynced, like nmdb SYNC and OpenCluster full wait). The
+# durable scenario also loads `durable-floor` (crates/polykv/examples/durable_floor.rs): a server
+# that only decodes, appends, group-commits and answers — the most this machine allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-3}"
@@ -24,8 +26,9 @@ ROUNDS="${2:-3}"
 
 . scripts/lib/packages.sh
 need_commands memcached:memcached redis-server:redis-server
-cargo build --release -q -p polykv
+cargo build --release -q -p polykv --bin polykv --example durable_floor
 BIN="$PWD/target/release/polykv"
+FLOOR="$PWD/target/release/examples/durable_floor"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SERVER_CPU=0
@@ -42,7 +45,7 @@ cleanup() {
 trap cleanup EXIT
 
 NMDB_PORT=$(free_port); OC_PORT=$(free_port); ADMIN_PORT=$(free_port); MC_PORT=$(free_port); REDIS_PORT=$(free_port)
-AOF_PORT=$(free_port); ALWAYS_PORT=$(free_port)
+AOF_PORT=$(free_port); ALWAYS_PORT=$(free_port); FLOOR_PORT=$(free_port)
 ONLY="${ONLY:-}"
 taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --nmdb-port "$NMDB_PORT" --nmdb-udp-enabled false --smalld-enabled false --minority-enabled false \
   --opencluster-port "$OC_PORT" --jsonkv-enabled false --jsonkv-udp-enabled false --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --admin-port "$ADMIN_PORT" --log-level warn 2>"$WORK/polykv.log" & PIDS+=($!)
@@ -54,7 +57,9 @@ taskset -c $SERVER_CPU redis-server --port "$AOF_PORT" --bind 127.0.0.1 --save "
   --dir "$WORK/aof" --logfile "$WORK/redis-aof.log" & PIDS+=($!)
 taskset -c $SERVER_CPU redis-server --port "$ALWAYS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync always \
   --dir "$WORK/always" --logfile "$WORK/redis-always.log" & PIDS+=($!)
-for port in "$NMDB_PORT" "$OC_PORT" "$MC_PORT" "$REDIS_PORT" "$AOF_PORT" "$ALWAYS_PORT"; do
+# The durable floor: only decode, append, group fdatasync, answer (crates/polykv/examples/durable_floor.rs).
+taskset -c $SERVER_CPU "$FLOOR" "127.0.0.1:$FLOOR_PORT" "$WORK/floor.log" & PIDS+=($!)
+for port in "$NMDB_PORT" "$OC_PORT" "$MC_PORT" "$REDIS_PORT" "$AOF_PORT" "$ALWAYS_PORT" "$FLOOR_PORT"; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -81,7 +86,8 @@ for depth in 1 16; do
 done
 run "Durable SET, 64 connections, depth 1 (polykv SYNC / full wait vs Redis appendfsync always)" \
   --target "polykv-sync=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-oc-sync=opencluster@127.0.0.1:$OC_PORT" \
-  --target "redis-always=redis@127.0.0.1:$ALWAYS_PORT" --connections 64 --depth 1 --get-ratio 0 --sync
+  --target "redis-always=redis@127.0.0.1:$ALWAYS_PORT" --target "durable-floor=nmdb@127.0.0.1:$FLOOR_PORT" \
+  --connections 64 --depth 1 --get-ratio 0 --sync
 for depth in 1 16; do
   run "One connection: GET only, depth $depth" "${TARGETS[@]}" --connections 1 --depth $depth --get-ratio 1 --preload
   run "One connection: SET only, depth $depth" "${TARGETS[@]}" --connections 1 --depth $depth --get-ratio 0
