@@ -4,7 +4,11 @@
 //! checkpoints. `scripts/durable-floor.sh` loads it beside polykv and Redis with
 //! `appendfsync always`: what it reaches is what this machine allows a server of this shape.
 //!
-//!   durable_floor ADDR FILE
+//!   durable_floor ADDR FILE [thread|inline]
+//!
+//! `thread` (the default, polykv's shape): a persister thread syncs while the runtime thread goes
+//! on serving. `inline` (Redis's `appendfsync always` shape): the runtime thread itself writes and
+//! syncs, once per turn of its loop, covering every connection served in that turn.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -28,9 +32,12 @@ struct Pending {
 }
 
 struct Log {
+    file: File,
+    inline: bool,
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<u64>,
+    offset: Mutex<u64>,
 }
 
 impl Log {
@@ -42,6 +49,19 @@ impl Log {
     }
 
     async fn wait_synced(&self, seq: u64) {
+        if self.inline {
+            // Let every other ready connection append first: one sync covers the whole turn.
+            tokio::task::yield_now().await;
+            if *self.synced.borrow() < seq {
+                let (buf, target) = {
+                    let mut pending = self.pending.lock().expect("log lock");
+                    (std::mem::take(&mut pending.buf), pending.appended)
+                };
+                self.write_and_sync(&buf);
+                self.synced.send_replace(target);
+            }
+            return;
+        }
         let mut synced = self.synced.subscribe();
         if *synced.borrow() >= seq {
             return;
@@ -54,9 +74,23 @@ impl Log {
         let _ = synced.wait_for(|s| *s >= seq).await;
     }
 
+    fn write_and_sync(&self, buf: &[u8]) {
+        let mut offset = self.offset.lock().expect("offset lock");
+        if *offset + buf.len() as u64 > FILE_BYTES as u64 {
+            *offset = 0;
+        }
+        self.file.write_all_at(buf, *offset).expect("log write");
+        *offset += buf.len() as u64;
+        // SAFETY: fdatasync on the file descriptor this log owns.
+        assert_eq!(
+            unsafe { libc::fdatasync(self.file.as_raw_fd()) },
+            0,
+            "fdatasync"
+        );
+    }
+
     /// One group commit after another, each covering every record appended before it began.
-    fn persist(&self, file: File) {
-        let mut offset = 0u64;
+    fn persist(&self) {
         let mut spare = Vec::new();
         loop {
             let (buf, target) = {
@@ -67,13 +101,7 @@ impl Log {
                 std::mem::swap(&mut pending.buf, &mut spare);
                 (std::mem::take(&mut spare), pending.appended)
             };
-            if offset + buf.len() as u64 > FILE_BYTES as u64 {
-                offset = 0;
-            }
-            file.write_all_at(&buf, offset).expect("log write");
-            offset += buf.len() as u64;
-            // SAFETY: fdatasync on a file descriptor this function owns.
-            assert_eq!(unsafe { libc::fdatasync(file.as_raw_fd()) }, 0, "fdatasync");
+            self.write_and_sync(&buf);
             spare = buf;
             spare.clear();
             self.synced.send_replace(target);
@@ -130,9 +158,10 @@ async fn serve(mut stream: TcpStream, log: Arc<Log>) {
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(addr), Some(path)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: durable_floor ADDR FILE");
+        eprintln!("usage: durable_floor ADDR FILE [thread|inline]");
         std::process::exit(2);
     };
+    let inline = args.get(3).is_some_and(|mode| mode == "inline");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -142,14 +171,19 @@ fn main() -> std::io::Result<()> {
     // SAFETY: preallocating a file this function opened, as polykv's log does.
     unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES) };
     let log = Arc::new(Log {
+        file,
+        inline,
         pending: Mutex::new(Pending::default()),
         wake: Condvar::new(),
         synced: watch::channel(0).0,
+        offset: Mutex::new(0),
     });
-    let persister = log.clone();
-    std::thread::Builder::new()
-        .name("floor-persister".into())
-        .spawn(move || persister.persist(file))?;
+    if !inline {
+        let persister = log.clone();
+        std::thread::Builder::new()
+            .name("floor-persister".into())
+            .spawn(move || persister.persist())?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
