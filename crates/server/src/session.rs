@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use polykv_engine::Pending;
 use polykv_protocols::{Decoded, Reject, ServerCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -331,6 +332,16 @@ where
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(_)) => return "read error",
                 Wake::Push(Some(())) => {
+                    // Every push already waiting goes out in the same write: a burst of changes
+                    // costs a subscriber one wake-up and one system call.
+                    while output.len() < self.limits.max_output_bytes {
+                        match self.service.push().now_or_never() {
+                            Some(Some(response)) => {
+                                self.codec.encode_response(&response, &mut output)
+                            }
+                            _ => break,
+                        }
+                    }
                     if self.stream.write_all(&output).await.is_err() {
                         return "write error";
                     }
