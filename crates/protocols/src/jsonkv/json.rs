@@ -1,6 +1,8 @@
 //! The JSON walker: objects are read member by member on the raw text, so member order is
 //! known and a request's `id` is echoed in its exact textual form (`1.0` stays `1.0`); and ids.
 
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
 
 use super::*;
@@ -49,11 +51,19 @@ pub(super) fn depth_within(text: &[u8], max_depth: usize) -> bool {
 /// The payload as one valid JSON document (UTF-8, nesting within `max_depth`), trimmed of
 /// surrounding white space; `None` when it is not.
 pub(super) fn document(payload: &[u8], max_depth: usize) -> Option<&[u8]> {
+    let doc = document_to_parse(payload, max_depth)?;
+    serde_json::from_slice::<IgnoredAny>(doc).ok()?;
+    Some(doc)
+}
+
+/// [`document`] without its syntax check, for a caller whose next step parses the whole
+/// document anyway ([`members`] or [`elements`] reject what the check would) and treats invalid
+/// syntax like any other malformed document: one pass over the text less.
+pub(super) fn document_to_parse(payload: &[u8], max_depth: usize) -> Option<&[u8]> {
     std::str::from_utf8(payload).ok()?;
     if !depth_within(payload, max_depth) {
         return None;
     }
-    serde_json::from_slice::<IgnoredAny>(payload).ok()?;
     let start = skip_ws(payload, 0);
     let mut end = payload.len();
     while end > start && payload.get(end - 1).copied().is_some_and(is_ws) {
@@ -62,11 +72,40 @@ pub(super) fn document(payload: &[u8], max_depth: usize) -> Option<&[u8]> {
     payload.get(start..end)
 }
 
-/// The members of the JSON object `text` (exactly one value, already validated), in order, as
-/// (decoded name, raw value text); `None` when `text` is not an object. The raw text is
-/// serde_json's `RawValue`, so a value (an `id`, say) keeps its exact text.
-pub(super) fn members(text: &[u8]) -> Option<Vec<(String, &[u8])>> {
-    struct Members<'a>(Vec<(String, &'a RawValue)>);
+/// An object's members in order: (decoded name, raw value text). A name without escapes borrows
+/// the text.
+pub(super) type Members<'a> = Vec<(Cow<'a, str>, &'a [u8])>;
+
+/// A member name: borrowed from the text unless it had escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(name)))
+            }
+            fn visit_str<E>(self, name: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(name.to_owned())))
+            }
+            fn visit_string<E>(self, name: String) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(name)))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
+
+/// The members of the JSON object `text` (exactly one value), in order; `None` when `text` is
+/// not an object or not valid JSON. The raw text is serde_json's `RawValue`, so a value (an
+/// `id`, say) keeps its exact text.
+pub(super) fn members(text: &[u8]) -> Option<Members<'_>> {
+    struct Members<'a>(Vec<(Name<'a>, &'a RawValue)>);
 
     impl<'de> Deserialize<'de> for Members<'de> {
         fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -81,7 +120,7 @@ pub(super) fn members(text: &[u8]) -> Option<Vec<(String, &[u8])>> {
                     mut map: A,
                 ) -> Result<Members<'de>, A::Error> {
                     let mut out = Vec::new();
-                    while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    while let Some(entry) = map.next_entry::<Name<'de>, &'de RawValue>()? {
                         out.push(entry);
                     }
                     Ok(Members(out))
@@ -95,13 +134,13 @@ pub(super) fn members(text: &[u8]) -> Option<Vec<(String, &[u8])>> {
     Some(
         members
             .into_iter()
-            .map(|(name, raw)| (name, raw.get().as_bytes()))
+            .map(|(name, raw)| (name.0, raw.get().as_bytes()))
             .collect(),
     )
 }
 
-/// The elements of the JSON array `text` (exactly one value, already validated), as raw text;
-/// `None` when `text` is not an array.
+/// The elements of the JSON array `text` (exactly one value), as raw text; `None` when `text` is
+/// not an array or not valid JSON.
 pub(super) fn elements(text: &[u8]) -> Option<Vec<&[u8]>> {
     let elements: Vec<&RawValue> = serde_json::from_slice(text).ok()?;
     Some(
@@ -113,7 +152,7 @@ pub(super) fn elements(text: &[u8]) -> Option<Vec<&[u8]>> {
 }
 
 /// The raw value of member `name`; the last one wins, as in most JSON parsers.
-pub(super) fn member<'a>(members: &[(String, &'a [u8])], name: &str) -> Option<&'a [u8]> {
+pub(super) fn member<'a>(members: &[(Cow<'_, str>, &'a [u8])], name: &str) -> Option<&'a [u8]> {
     members
         .iter()
         .rev()
@@ -123,15 +162,32 @@ pub(super) fn member<'a>(members: &[(String, &'a [u8])], name: &str) -> Option<&
 
 /// The member `name` parsed as a `Value`: `None` when absent, `Some(None)` when unparsable
 /// (for example a lone surrogate escape).
-pub(super) fn member_value(members: &[(String, &[u8])], name: &str) -> Option<Option<Value>> {
+pub(super) fn member_value(members: &[(Cow<'_, str>, &[u8])], name: &str) -> Option<Option<Value>> {
     member(members, name).map(|raw| serde_json::from_slice(raw).ok())
 }
 
-pub(super) fn member_string(members: &[(String, &[u8])], name: &str) -> Option<String> {
-    match member_value(members, name)? {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
+pub(super) fn member_string(members: &[(Cow<'_, str>, &[u8])], name: &str) -> Option<String> {
+    member_str(members, name)?.map(Cow::into_owned)
+}
+
+/// The member `name` as a string: `None` when absent, `Some(None)` when not a string. A string
+/// without escapes is borrowed from the text without parsing it again.
+pub(super) fn member_str<'a>(
+    members: &[(Cow<'_, str>, &'a [u8])],
+    name: &str,
+) -> Option<Option<Cow<'a, str>>> {
+    let raw = member(members, name)?;
+    if let [b'"', inner @ .., b'"'] = raw {
+        // Validated JSON: a string's raw text has no control characters, and without a
+        // backslash it has no escapes either, so it is the string itself.
+        if !inner.contains(&b'\\') {
+            return Some(std::str::from_utf8(inner).ok().map(Cow::Borrowed));
+        }
     }
+    Some(match serde_json::from_slice(raw).ok() {
+        Some(Value::String(s)) => Some(Cow::Owned(s)),
+        _ => None,
+    })
 }
 
 /// `text` without insignificant white space.
@@ -161,6 +217,14 @@ pub(super) fn minify(text: &[u8]) -> String {
 /// Appends `s` as a JSON string (serde_json escaping: quotes, backslashes and control
 /// characters; non-ASCII stays UTF-8).
 pub(super) fn put_str(out: &mut BytesMut, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // Nothing to escape: the common case, written without the formatter.
+        out.reserve(s.len() + 2);
+        out.put_u8(b'"');
+        out.put_slice(s.as_bytes());
+        out.put_u8(b'"');
+        return;
+    }
     // Writing to a BytesMut cannot fail.
     let _ = serde_json::to_writer(out.writer(), s);
 }
@@ -196,7 +260,11 @@ impl Id {
 
     /// From the raw text of a member of a validated document.
     pub(super) fn from_raw(raw: &[u8]) -> Id {
-        Id(minify(raw))
+        match std::str::from_utf8(raw) {
+            // Already compact (a number, say): no white space to take out.
+            Ok(text) if !raw.iter().copied().any(is_ws) => Id(text.to_owned()),
+            _ => Id(minify(raw)),
+        }
     }
 
     pub fn is_null(&self) -> bool {
@@ -210,6 +278,6 @@ impl Id {
 }
 
 /// The `id` member of an object (`null` when absent).
-pub(super) fn read_id(members: &[(String, &[u8])]) -> Id {
+pub(super) fn read_id(members: &[(Cow<'_, str>, &[u8])]) -> Id {
     member(members, "id").map_or_else(Id::null, Id::from_raw)
 }

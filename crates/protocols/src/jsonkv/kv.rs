@@ -229,37 +229,42 @@ pub enum ResponsePayload {
 
 /// Validates one request object (steps 1–5 of §3.4).
 pub(super) fn parse_item(raw: &[u8], limits: &Limits) -> Item {
-    let Some(members) = members(raw) else {
-        return Item::Invalid {
+    match members(raw) {
+        Some(members) => parse_members(&members, limits),
+        None => Item::Invalid {
             code: Code::Malformed,
             id: Id::null(),
-        };
-    };
-    let id = read_id(&members);
+        },
+    }
+}
+
+/// [`parse_item`] of an object already split into its members.
+fn parse_members(members: &Members<'_>, limits: &Limits) -> Item {
+    let id = read_id(members);
     let invalid = |code| Item::Invalid {
         code,
         id: id.clone(),
     };
-    match member_value(&members, "jsonkv") {
+    match member_str(members, "jsonkv") {
         None => return invalid(Code::Malformed),
-        Some(Some(Value::String(v))) if v == VERSION => {}
+        Some(Some(v)) if v == VERSION => {}
         // Present but not the string "1.0", whatever its type (§3.3 row 800).
         Some(_) => return invalid(Code::UnsupportedVersion),
     }
-    let operate = match member_value(&members, "operate") {
-        Some(Some(Value::String(op))) => op,
+    let operate = match member_str(members, "operate") {
+        Some(Some(op)) => op,
         _ => return invalid(Code::Malformed),
     };
     let Some(op) = Operate::parse(&operate) else {
         return invalid(Code::InvalidOperate);
     };
-    let key = match member_string(&members, "key") {
+    let key = match member_string(members, "key") {
         Some(key) if !key.is_empty() && key.len() <= limits.max_key => key,
         _ => return invalid(Code::InvalidKey),
     };
     let command = match op {
         Operate::Put => {
-            let Some(value) = member_string(&members, "value") else {
+            let Some(value) = member_string(members, "value") else {
                 return invalid(Code::Malformed);
             };
             if value.len() > limits.max_value {
@@ -275,11 +280,15 @@ pub(super) fn parse_item(raw: &[u8], limits: &Limits) -> Item {
 
 /// Decodes a jsonkv request payload (the JSON after the header).
 pub fn decode_request_payload(payload: &[u8], limits: &Limits) -> RequestPayload {
-    let Some(doc) = document(payload, limits.max_depth) else {
+    // Invalid syntax is found by the parse below (and is just as malformed).
+    let Some(doc) = document_to_parse(payload, limits.max_depth) else {
         return RequestPayload::Malformed;
     };
     match doc.first() {
-        Some(b'{') => RequestPayload::Single(parse_item(doc, limits)),
+        Some(b'{') => match members(doc) {
+            Some(members) => RequestPayload::Single(parse_members(&members, limits)),
+            None => RequestPayload::Malformed,
+        },
         Some(b'[') => match elements(doc) {
             Some(items) if !items.is_empty() => {
                 RequestPayload::Batch(items.into_iter().map(|e| parse_item(e, limits)).collect())

@@ -1,5 +1,7 @@
 //! JSON-RPC 2.0 (§6): bodies only; HTTP is the listener's business.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// The standard JSON-RPC errors the server answers with (it never answers -32603, Internal
@@ -61,7 +63,7 @@ pub enum RpcPayload {
 
 /// The id of a call: `Ok(None)` when absent, `Err(())` when present but not a string,
 /// number or null.
-pub(super) fn rpc_id(members: &[(String, &[u8])]) -> Result<Option<Id>, ()> {
+pub(super) fn rpc_id(members: &[(Cow<'_, str>, &[u8])]) -> Result<Option<Id>, ()> {
     match member(members, "id") {
         None => Ok(None),
         Some(raw) => match raw.first() {

@@ -545,6 +545,21 @@ fn whole_payload_malformed_cases() {
         payload(r#"{"\u006asonkv":"1.0","operate":"get","key":"k"}"#),
         RequestPayload::Single(cmd(Command::get("k"), "null"))
     );
+    // Escaped values are the same strings: version, operate and key.
+    assert_eq!(
+        payload(r#"{"jsonkv":"\u0031.0","operate":"g\u0065t","key":"a\"b"}"#),
+        RequestPayload::Single(cmd(Command::get("a\"b"), "null"))
+    );
+    // An id written with white space is echoed compact; a compact one as it is.
+    assert_eq!(
+        payload(r#"{"jsonkv":"1.0","operate":"get","key":"k","id":[1, 2.0]}"#),
+        RequestPayload::Single(cmd(Command::get("k"), "[1,2.0]"))
+    );
+    // A batch whose second element is not valid JSON is malformed as a whole.
+    assert_eq!(
+        payload(r#"[{"jsonkv":"1.0","operate":"get","key":"k"},{"a":tru}]"#),
+        RequestPayload::Malformed
+    );
 }
 
 #[test]
