@@ -78,6 +78,9 @@ struct Shard {
     /// Bumped by every write to this shard, so a reader that filled the cache from the store can
     /// tell whether a write raced with it (and must not cache what it read).
     epoch: u64,
+    /// Counted under the shard's lock, which a lookup holds anyway: no atomic per lookup.
+    hits: u64,
+    misses: u64,
 }
 
 impl Shard {
@@ -101,8 +104,6 @@ impl Shard {
 /// Counters of the cache.
 #[derive(Debug, Default)]
 pub struct CacheCounters {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
     pub evictions: AtomicU64,
 }
 
@@ -156,13 +157,11 @@ impl Cache {
             slot.referenced = true;
             slot.item()
         });
-        drop(shard);
-        let counter = if item.is_some() {
-            &self.counters.hits
+        if item.is_some() {
+            shard.hits += 1;
         } else {
-            &self.counters.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            shard.misses += 1;
+        }
         item
     }
 
@@ -324,18 +323,20 @@ impl Cache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        let (mut entries, mut bytes) = (0u64, 0u64);
+        let (mut entries, mut bytes, mut hits, mut misses) = (0u64, 0u64, 0u64, 0u64);
         for shard in self.shards.iter() {
             let shard = shard.lock();
             entries += shard.table.len() as u64;
             bytes += shard.bytes as u64;
+            hits += shard.hits;
+            misses += shard.misses;
         }
         CacheStats {
             entries,
             bytes,
             budget: self.budget as u64,
-            hits: self.counters.hits.load(Ordering::Relaxed),
-            misses: self.counters.misses.load(Ordering::Relaxed),
+            hits,
+            misses,
             evictions: self.counters.evictions.load(Ordering::Relaxed),
         }
     }
