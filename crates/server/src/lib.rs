@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod format;
 pub mod logging;
 pub mod metrics;
 pub mod runtime;

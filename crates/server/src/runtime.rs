@@ -56,6 +56,8 @@ pub enum ServerError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
     #[error("{0}")]
     Other(String),
 }

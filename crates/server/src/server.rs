@@ -66,6 +66,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
     let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
     let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1")?;
+    // A directory written by a newer format is refused before anything in it is touched.
+    crate::format::check(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let store_dir = config.data_dir.join("store");
     let engine =
@@ -75,6 +77,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 source,
             }
         })?;
+    if let Err(e) = crate::format::record(&config.data_dir) {
+        engine.close();
+        return Err(e.into());
+    }
     tracing::info!(data_dir = %config.data_dir.display(), "store opened");
     let prometheus = crate::metrics::install();
 
