@@ -21,6 +21,7 @@ pub mod secret;
 pub mod server;
 pub mod services;
 pub mod session;
+pub mod upgrade;
 
 pub use runtime::ServerError;
 pub use server::run;
