@@ -203,16 +203,22 @@ pub struct AgentContext {
 
 /// Accepts agent connections until shutdown.
 pub async fn serve(listener: TcpListener, agent: Arc<AgentContext>, context: ListenerContext) {
-    serve_connections(listener, &agent.metrics, context, |stream, shutdown| {
-        let _ = stream.set_nodelay(true);
-        let agent = agent.clone();
-        async move {
-            agent.metrics.connection_opened();
-            let reason = run(stream, &agent, shutdown).await;
-            agent.metrics.connection_closed();
-            tracing::debug!(protocol = agent.metrics.name, reason, "connection closed");
-        }
-    })
+    serve_connections(
+        listener,
+        &agent.metrics,
+        context,
+        Vec::new(),
+        |stream, shutdown| {
+            let _ = stream.set_nodelay(true);
+            let agent = agent.clone();
+            async move {
+                agent.metrics.connection_opened();
+                let reason = run(stream, &agent, shutdown).await;
+                agent.metrics.connection_closed();
+                tracing::debug!(protocol = agent.metrics.name, reason, "connection closed");
+            }
+        },
+    )
     .await;
 }
 

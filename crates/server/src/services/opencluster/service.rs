@@ -363,4 +363,27 @@ impl Service for OpenClusterService {
     async fn closed(&mut self) {
         self.release_locks();
     }
+
+    /// Across a hot upgrade the connection keeps its lock holder id (its locks are carried in
+    /// the engine's lock table), its push counter and whether it ever locked.
+    fn export(&mut self) -> Result<Vec<u8>, String> {
+        postcard::to_allocvec(&(self.holder, self.locked_once, self.next_push))
+            .map_err(|e| e.to_string())
+    }
+
+    fn resume(&mut self, state: &[u8]) -> Result<(), String> {
+        let (holder, locked_once, next_push): (u64, bool, u32) =
+            postcard::from_bytes(state).map_err(|e| e.to_string())?;
+        if holder & HOLDER_BASE == 0 {
+            return Err(format!("holder {holder} is not an OpenCluster holder"));
+        }
+        // New connections number their holders past every carried one.
+        self.shared
+            .next_holder
+            .fetch_max((holder & !HOLDER_BASE) + 1, Ordering::Relaxed);
+        self.holder = holder;
+        self.locked_once = locked_once;
+        self.next_push = next_push;
+        Ok(())
+    }
 }
