@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{run_cli, Options, Server};
-use polykv_client::jsonkv::{JsonkvClient, JsonkvUdpClient};
+use polykv_client::jsonkv::{AgentClient, JsonkvClient, JsonkvUdpClient};
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
 use polykv_client::opencluster::OpenClusterClient;
+use polykv_protocols::jsonkv::ServerProtocol;
 use polykv_protocols::nmdb::{Request, ResponseBody};
 
 const T: Duration = Duration::from_secs(10);
@@ -234,6 +235,12 @@ async fn upgrade_then_downgrade_under_load_loses_nothing() {
     holder.hello().await.unwrap();
     assert!(holder.lock(b"the-lock", 0).await.unwrap());
     let (mut subscriber, mut writer) = subscription_pair(&server).await;
+    // jsonkv agent: a registration bound to its connection.
+    let mut registered = AgentClient::connect(&server.agent_addr(), T).await.unwrap();
+    let node = registered
+        .register("10.0.0.9", Some(7001), None, None)
+        .await
+        .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -315,6 +322,21 @@ async fn upgrade_then_downgrade_under_load_loses_nothing() {
     assert!(!other.lock(b"the-lock", 0).await.unwrap(), "lock lost");
     assert!(holder.unlock(b"the-lock").await.unwrap(), "holder lost it");
     assert!(other.lock(b"the-lock", 0).await.unwrap());
+    // The registration is still there, held by its connection, and ids are not reused.
+    let mut asker = AgentClient::connect(&server.agent_addr(), T).await.unwrap();
+    let listed = asker.get_server_list(ServerProtocol::Tcp).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e.nodeid == node && e.address == "10.0.0.9"),
+        "{listed:?}"
+    );
+    let later = asker
+        .register("10.0.0.10", Some(7002), None, None)
+        .await
+        .unwrap();
+    assert!(later > node);
+    assert!(registered.unregister().await.unwrap());
     eprintln!(
         "{} requests, longest {} ms",
         tally.ok.load(Ordering::Relaxed),
