@@ -95,6 +95,8 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
     let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
     let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1")?;
     let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2")?;
+    // When the takeover committed: the pause clients see ends when the sessions resume.
+    let mut committed = None;
     let (lock, mut carried, mut opened) = match &launch.takeover {
         Some(path) => {
             let taken = upgrade::new::take_over(&config, path)
@@ -102,6 +104,7 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 .map_err(|reason| {
                     ServerError::Other(format!("upgrade: cannot take over: {reason}"))
                 })?;
+            committed = Some(Instant::now());
             tracing::info!(
                 listeners = taken.carried.listeners.len(),
                 sessions = taken.carried.sessions.len(),
@@ -176,6 +179,10 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
             return Err(e);
         }
         hub.drop_unclaimed();
+        if let Some(committed) = committed.take() {
+            let ms = committed.elapsed().as_millis() as u64;
+            tracing::info!(ms, "upgrade: serving again since the commit");
+        }
 
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "polykv ready");
         loop {

@@ -33,6 +33,7 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Taken, String> {
             .await
             .map_err(|e| format!("handover task failed: {e}"))??;
     let (stream, dir_lock, carried) = received;
+    let opening = std::time::Instant::now();
     let engine = match crate::server::open_engine_waiting(config).await {
         Ok(engine) => engine,
         Err(e) => {
@@ -47,6 +48,10 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Taken, String> {
             return Err(reason);
         }
     };
+    tracing::info!(
+        ms = opening.elapsed().as_millis() as u64,
+        "upgrade: store opened"
+    );
     let committed = tokio::task::spawn_blocking(move || {
         socket::send(&stream, &Message::Ready, None).map_err(|e| e.to_string())?;
         match socket::recv(&stream).map_err(|e| e.to_string())? {

@@ -98,8 +98,9 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
     };
     let pid = child.id().unwrap_or(0);
 
+    // From here until the new process resumes, clients wait: the pause they see.
+    let stopping = std::time::Instant::now();
     let carried = stop_and_export(runtime, shutdown).await;
-    let paused = started.elapsed();
     let lock = match dir_lock.try_clone() {
         Ok(lock) => lock,
         Err(e) => {
@@ -130,7 +131,7 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
         Ok(()) => {
             tracing::info!(
                 pid,
-                stopped_ms = paused.as_millis() as u64,
+                stopped_ms = stopping.elapsed().as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 sessions = carried.sessions.len(),
                 "upgrade: the new process serves; exiting"
@@ -209,6 +210,7 @@ async fn stop_child(child: &mut tokio::process::Child) {
 /// Stops every listener and session (sessions at a frame boundary), then, with nothing
 /// running, exports the sessions' state and the lock table and closes the engine.
 async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -> Carried {
+    let started = std::time::Instant::now();
     let hub = runtime.context.handover.clone();
     hub.start_exporting();
     let _ = shutdown.send(true);
@@ -251,10 +253,15 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
     let engine = runtime.engine.clone();
     carried.locks = export_locks(&engine);
     drop(runtime);
-    if let Err(e) = engine.sync().await {
-        tracing::error!(error = %e, "upgrade: final sync failed");
-    }
+    let exported = started.elapsed();
+    // Closing syncs everything written (and marks the log's end, so the next open is quick).
     engine.close();
+    tracing::info!(
+        sessions = carried.sessions.len(),
+        stop_and_export_ms = exported.as_millis() as u64,
+        with_store_closed_ms = started.elapsed().as_millis() as u64,
+        "upgrade: sessions stopped, store closed"
+    );
     carried
 }
 

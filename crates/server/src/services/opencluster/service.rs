@@ -222,6 +222,14 @@ impl OpenClusterService {
     }
 }
 
+impl Drop for OpenClusterService {
+    /// A session dropped without `closed` (cut at a shutdown or handover deadline) still gives
+    /// its locks back; one carried by a hot upgrade has nothing left to give (see `export`).
+    fn drop(&mut self) {
+        self.release_locks();
+    }
+}
+
 /// An engine value's OpenCluster type: untyped bytes from other protocols read as strings.
 fn type_of(value: &EngineValue) -> ValueType {
     match value {
@@ -367,8 +375,11 @@ impl Service for OpenClusterService {
     /// Across a hot upgrade the connection keeps its lock holder id (its locks are carried in
     /// the engine's lock table), its push counter and whether it ever locked.
     fn export(&mut self) -> Result<Vec<u8>, String> {
-        postcard::to_allocvec(&(self.holder, self.locked_once, self.next_push))
-            .map_err(|e| e.to_string())
+        let state = postcard::to_allocvec(&(self.holder, self.locked_once, self.next_push))
+            .map_err(|e| e.to_string())?;
+        // The locks go with the connection: dropping this service must not release them.
+        self.locked_once = false;
+        Ok(state)
     }
 
     fn resume(&mut self, state: &[u8]) -> Result<(), String> {
