@@ -8,7 +8,8 @@
 //! new → Hello            (old still serving; a data format it cannot read: Failed instead)
 //! old → Proceed          then stops accepting, stops every session at a frame boundary,
 //!                        exports their state, the lock table; syncs and closes the engine
-//! old → DirLock, Listener…, Locks, Session…, Sent      (descriptors over SCM_RIGHTS)
+//! old → DirLock, Listener…, Locks, Sessions…, Sent     (descriptors over SCM_RIGHTS, up to
+//!                        250 a frame); the new process opens the store from Locks on
 //! new: opens the engine → Ready
 //! old → Commit           and exits 0; the new process resumes every listener and session
 //! ```

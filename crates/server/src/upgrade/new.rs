@@ -4,6 +4,7 @@
 //! commit, so a failure leaves the old process free to resume.
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -26,42 +27,43 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Taken, String> {
     let timeout = Duration::from_secs(config.upgrade_timeout_secs.max(1));
     // The old process stops its sessions between our greeting and its first descriptor.
     let stop_wait = timeout + Duration::from_secs(config.shutdown_timeout_secs);
-    let path = path.to_path_buf();
-    let data_dir = config.data_dir.clone();
-    let received =
-        tokio::task::spawn_blocking(move || receive(&path, &data_dir, timeout, stop_wait))
-            .await
-            .map_err(|e| format!("handover task failed: {e}"))??;
-    let (stream, dir_lock, carried) = received;
-    let opening = std::time::Instant::now();
-    let engine = match crate::server::open_engine_waiting(config).await {
-        Ok(engine) => engine,
-        Err(e) => {
-            let reason = e.to_string();
-            let _ = socket::send(
-                &stream,
-                &Message::Failed {
-                    reason: reason.clone(),
-                },
-                None,
-            );
+    let (path, data_dir) = (path.to_path_buf(), config.data_dir.clone());
+    let (stream, dir_lock, mut carried) =
+        blocking(move || receive_first(&path, &data_dir, timeout, stop_wait)).await?;
+    // The lock table comes after the old process closed the store: open it while the
+    // sessions arrive.
+    let receiving = tokio::task::spawn_blocking(move || {
+        let sessions = receive_sessions(&stream);
+        (stream, sessions)
+    });
+    let opened = crate::server::open_engine_waiting(config).await;
+    let (stream, sessions) = receiving
+        .await
+        .map_err(|e| format!("handover task failed: {e}"))?;
+    let received = match (opened, sessions) {
+        (Ok(engine), Ok(sessions)) => Ok((engine, sessions)),
+        (Ok(engine), Err(reason)) => {
+            engine.close();
+            Err(reason)
+        }
+        (Err(e), _) => Err(e.to_string()),
+    };
+    let (engine, sessions) = match received {
+        Ok(pair) => pair,
+        Err(reason) => {
+            let _ = socket::send(&stream, &failed(&reason), &[]);
             return Err(reason);
         }
     };
-    tracing::info!(
-        ms = opening.elapsed().as_millis() as u64,
-        "upgrade: store opened"
-    );
-    let committed = tokio::task::spawn_blocking(move || {
-        socket::send(&stream, &Message::Ready, None).map_err(|e| e.to_string())?;
+    carried.sessions = sessions;
+    let committed = blocking(move || {
+        socket::send(&stream, &Message::Ready, &[]).map_err(|e| e.to_string())?;
         match socket::recv(&stream).map_err(|e| e.to_string())? {
-            (Message::Commit, None) => Ok(()),
+            (Message::Commit, fds) if fds.is_empty() => Ok(()),
             (other, _) => Err(format!("expected the commit, got {other:?}")),
         }
     })
-    .await
-    .map_err(|e| format!("handover task failed: {e}"))
-    .and_then(|r| r);
+    .await;
     if let Err(reason) = committed {
         engine.close();
         return Err(reason);
@@ -73,14 +75,40 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Taken, String> {
     })
 }
 
-type Received = (UnixStream, File, Carried);
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("handover task failed: {e}"))?
+}
 
-fn receive(
+fn failed(reason: &str) -> Message {
+    Message::Failed {
+        reason: reason.to_string(),
+    }
+}
+
+/// The one descriptor a message must carry.
+fn one(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, String> {
+    let count = fds.len();
+    let mut fds = fds.into_iter();
+    match (fds.next(), count) {
+        (Some(fd), 1) => Ok(fd),
+        _ => Err(format!("{what} came with {count} descriptors, not 1")),
+    }
+}
+
+type First = (UnixStream, File, Carried);
+
+/// Greets the old process and receives up to the lock table: the directory lock and the
+/// listeners.
+fn receive_first(
     path: &Path,
     data_dir: &Path,
     timeout: Duration,
     stop_wait: Duration,
-) -> Result<Received, String> {
+) -> Result<First, String> {
     let stream =
         UnixStream::connect(path).map_err(|e| format!("cannot reach {}: {e}", path.display()))?;
     let pid = socket::check_peer(&stream).map_err(|e| e.to_string())?;
@@ -93,13 +121,7 @@ fn receive(
     }
     socket::set_timeout(&stream, timeout).map_err(|e| e.to_string())?;
     let fail = |reason: String| {
-        let _ = socket::send(
-            &stream,
-            &Message::Failed {
-                reason: reason.clone(),
-            },
-            None,
-        );
+        let _ = socket::send(&stream, &failed(&reason), &[]);
         reason
     };
     // A data directory this binary cannot read: refused before anything is stopped.
@@ -109,9 +131,9 @@ fn receive(
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    socket::send(&stream, &hello, None).map_err(|e| e.to_string())?;
+    socket::send(&stream, &hello, &[]).map_err(|e| e.to_string())?;
     match socket::recv(&stream).map_err(|e| e.to_string())? {
-        (Message::Proceed, None) => {}
+        (Message::Proceed, fds) if fds.is_empty() => {}
         (Message::Refused { reason }, _) => return Err(format!("refused: {reason}")),
         (other, _) => return Err(fail(format!("expected to proceed, got {other:?}"))),
     }
@@ -121,35 +143,19 @@ fn receive(
     let mut dir_lock = None;
     let mut carried = Carried::default();
     loop {
-        let (message, fd) = socket::recv(&stream).map_err(|e| e.to_string())?;
-        match (message, fd) {
-            (Message::DirLock, Some(fd)) => dir_lock = Some(File::from(fd)),
-            (Message::Listener { name, udp }, Some(fd)) => {
+        match socket::recv(&stream).map_err(|e| e.to_string())? {
+            (Message::DirLock, fds) => {
+                dir_lock = Some(File::from(one(fds, "the lock").map_err(fail)?))
+            }
+            (Message::Listener { name, udp }, fds) => {
+                let fd = one(fds, "a listener").map_err(fail)?;
                 carried.listeners.push(CarriedListener { name, udp, fd })
             }
-            (Message::Locks { locks }, None) => carried.locks = locks,
-            (Message::Session(state), Some(fd)) => carried.sessions.push(Resumable { fd, state }),
-            (
-                Message::Sent {
-                    listeners,
-                    sessions,
-                },
-                None,
-            ) => {
-                let got = (carried.listeners.len(), carried.sessions.len());
-                if got != (listeners as usize, sessions as usize) {
-                    return Err(fail(format!(
-                        "sent {listeners} listeners and {sessions} sessions, got {got:?}"
-                    )));
-                }
+            (Message::Locks { locks }, fds) if fds.is_empty() => {
+                carried.locks = locks;
                 break;
             }
-            (other, fd) => {
-                return Err(fail(format!(
-                    "unexpected {other:?} ({} descriptor)",
-                    if fd.is_some() { "with a" } else { "without" }
-                )))
-            }
+            (other, _) => return Err(fail(format!("unexpected {other:?}"))),
         }
     }
     stream
@@ -157,4 +163,39 @@ fn receive(
         .map_err(|e| e.to_string())?;
     let dir_lock = dir_lock.ok_or_else(|| fail("no data directory lock".into()))?;
     Ok((stream, dir_lock, carried))
+}
+
+/// Receives the sessions, batch by batch, until the count that closes them.
+fn receive_sessions(stream: &UnixStream) -> Result<Vec<Resumable>, String> {
+    let mut sessions = Vec::new();
+    loop {
+        match socket::recv(stream).map_err(|e| e.to_string())? {
+            (Message::Sessions(states), fds) if states.len() == fds.len() => sessions.extend(
+                states
+                    .into_iter()
+                    .zip(fds)
+                    .map(|(state, fd)| Resumable { fd, state }),
+            ),
+            (
+                Message::Sent {
+                    sessions: count, ..
+                },
+                fds,
+            ) if fds.is_empty() => {
+                if sessions.len() != count as usize {
+                    return Err(format!(
+                        "sent {count} sessions, received {}",
+                        sessions.len()
+                    ));
+                }
+                return Ok(sessions);
+            }
+            (other, fds) => {
+                return Err(format!(
+                    "unexpected {other:?} with {} descriptors",
+                    fds.len()
+                ))
+            }
+        }
+    }
 }

@@ -4,9 +4,9 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use polykv_engine::Engine;
@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::carry::{Carried, Resumable};
 use super::socket;
-use super::wire::{HeldLock, Message, SessionState};
+use super::wire::{HeldLock, Message, SessionState, MAX_FDS};
 use crate::runtime::Runtime;
 
 /// How a handover ended.
@@ -188,10 +188,10 @@ async fn greet(
                     pid,
                     data_format,
                 },
-                None,
-            ) => {
+                fds,
+            ) if fds.is_empty() => {
                 tracing::info!(version, pid, data_format, "upgrade: the new binary greeted");
-                socket::send(&stream, &Message::Proceed, None).map_err(|e| e.to_string())?;
+                socket::send(&stream, &Message::Proceed, &[]).map_err(|e| e.to_string())?;
                 Ok(stream)
             }
             (Message::Failed { reason }, _) => Err(format!("the new binary failed: {reason}")),
@@ -279,39 +279,80 @@ fn export_locks(engine: &Engine) -> Vec<HeldLock> {
 
 /// Sends the state, waits for the new process to be ready, and commits.
 fn converse(stream: &UnixStream, carried: &Carried, lock: &File) -> Result<(), String> {
-    let send = |message: &Message, fd| socket::send(stream, message, fd).map_err(|e| e.to_string());
-    send(&Message::DirLock, Some(lock.as_fd()))?;
+    let send = |message: &Message, fds: &[BorrowedFd<'_>]| {
+        socket::send(stream, message, fds).map_err(|e| e.to_string())
+    };
+    send(&Message::DirLock, &[lock.as_fd()])?;
     for l in &carried.listeners {
         let message = Message::Listener {
             name: l.name.clone(),
             udp: l.udp,
         };
-        send(&message, Some(l.fd.as_fd()))?;
+        send(&message, &[l.fd.as_fd()])?;
     }
-    send(
-        &Message::Locks {
-            locks: carried.locks.clone(),
-        },
-        None,
-    )?;
-    for s in &carried.sessions {
-        send(&Message::Session(s.state.clone()), Some(s.fd.as_fd()))?;
+    // The store is closed by now: the new process opens it while the sessions follow.
+    let locks = Message::Locks {
+        locks: carried.locks.clone(),
+    };
+    send(&locks, &[])?;
+    for batch in batches(&carried.sessions) {
+        let states = batch.iter().map(|s| s.state.clone()).collect();
+        let fds: Vec<_> = batch.iter().map(|s| s.fd.as_fd()).collect();
+        send(&Message::Sessions(states), &fds)?;
     }
-    send(
-        &Message::Sent {
-            listeners: carried.listeners.len() as u32,
-            sessions: carried.sessions.len() as u32,
-        },
-        None,
-    )?;
+    let sent = Message::Sent {
+        listeners: carried.listeners.len() as u32,
+        sessions: carried.sessions.len() as u32,
+    };
+    send(&sent, &[])?;
     match socket::recv(stream).map_err(|e| format!("waiting for the new process: {e}"))? {
-        (Message::Ready, None) => send(&Message::Commit, None),
+        (Message::Ready, fds) if fds.is_empty() => send(&Message::Commit, &[]),
         (Message::Failed { reason }, _) => Err(format!("the new process failed: {reason}")),
         (other, _) => Err(format!("expected ready, got {other:?}")),
     }
 }
 
-/// The data directory's handover socket.
-pub fn socket_path(dir: &Path) -> PathBuf {
-    dir.join(super::SOCKET_FILE)
+/// Sessions in frames of at most MAX_FDS connections and about 16 MiB of state.
+fn batches(sessions: &[Resumable]) -> Vec<&[Resumable]> {
+    const BUDGET: usize = 16 << 20;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, s) in sessions.iter().enumerate() {
+        let size = s.state.input.len() + s.state.service.len() + s.state.listener.len() + 32;
+        if i > start && (i - start == MAX_FDS || bytes + size > BUDGET) {
+            out.push(&sessions[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < sessions.len() {
+        out.push(&sessions[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_max_fds_and_keep_the_order() {
+        let sessions: Vec<Resumable> = (0..MAX_FDS * 2 + 3)
+            .map(|i| Resumable {
+                fd: std::fs::File::open("/dev/null").unwrap().into(),
+                state: SessionState {
+                    listener: format!("l{i}"),
+                    input: Vec::new(),
+                    idle_ms: 0,
+                    partial_ms: None,
+                    service: Vec::new(),
+                },
+            })
+            .collect();
+        let batched = batches(&sessions);
+        let sizes: Vec<usize> = batched.iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [MAX_FDS, MAX_FDS, 3]);
+        assert_eq!(batched[1][0].state.listener, format!("l{MAX_FDS}"));
+        assert!(batches(&[]).is_empty());
+    }
 }

@@ -1,6 +1,6 @@
 //! The handover socket: a Unix stream socket in the data directory, mode 0600, that accepts
 //! only a peer of the same user (checked with SO_PEERCRED). Frames (see `wire`) carry at most
-//! one file descriptor each, passed with SCM_RIGHTS. Blocking I/O with timeouts: the
+//! [`MAX_FDS`] file descriptors each, passed with SCM_RIGHTS. Blocking I/O with timeouts: the
 //! conversation is short and runs on a blocking thread.
 
 use std::io::{Read, Write};
@@ -10,10 +10,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use super::wire::{self, Message, HEADER_LEN};
+use super::wire::{self, Message, HEADER_LEN, MAX_FDS};
 
-/// Most descriptors a frame may carry; more is a protocol error (they are closed).
-const MAX_FDS: usize = 1;
+/// Control buffer for MAX_FDS descriptors (CMSG_SPACE(250 * 4) = 1016 bytes), 8-byte aligned.
+const CONTROL_WORDS: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -107,27 +107,33 @@ pub fn set_timeout(stream: &UnixStream, limit: Duration) -> Result<(), SocketErr
     Ok(())
 }
 
-/// Sends one message, with `fd` attached to its first byte.
+/// Sends one message, with `fds` (at most [`MAX_FDS`]) attached to its first byte.
 pub fn send(
     stream: &UnixStream,
     message: &Message,
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
 ) -> Result<(), SocketError> {
+    if fds.len() > MAX_FDS {
+        return Err(SocketError::Descriptors(fds.len()));
+    }
     let frame = wire::encode(message)?;
     let mut sent = 0;
-    if let Some(fd) = fd {
-        sent = send_with_fd(stream, &frame, fd.as_raw_fd())?;
+    if !fds.is_empty() {
+        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        sent = send_with_fds(stream, &frame, &raw)?;
     }
     (&*stream).write_all(&frame[sent..])?;
     Ok(())
 }
 
-fn send_with_fd(stream: &UnixStream, frame: &[u8], fd: RawFd) -> std::io::Result<usize> {
-    let mut control = [0u64; 8];
-    // SAFETY: the control buffer is aligned and large enough for one descriptor (CMSG_SPACE
-    // of 4 bytes is 24 on 64-bit Linux, the buffer 64); the iovec points into `frame`.
+fn send_with_fds(stream: &UnixStream, frame: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
+    let mut control = [0u64; CONTROL_WORDS];
+    let data_len = std::mem::size_of_val(fds) as u32;
+    // SAFETY: the control buffer is aligned and large enough for MAX_FDS descriptors (checked
+    // by the caller); the iovec points into `frame`.
     unsafe {
-        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let space = libc::CMSG_SPACE(data_len) as usize;
+        debug_assert!(space <= std::mem::size_of_val(&control));
         let mut iov = libc::iovec {
             iov_base: frame.as_ptr() as *mut libc::c_void,
             iov_len: frame.len(),
@@ -140,8 +146,11 @@ fn send_with_fd(stream: &UnixStream, frame: &[u8], fd: RawFd) -> std::io::Result
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
+        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), *fd);
+        }
         loop {
             let n = libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
             if n >= 0 {
@@ -155,24 +164,19 @@ fn send_with_fd(stream: &UnixStream, frame: &[u8], fd: RawFd) -> std::io::Result
     }
 }
 
-/// Receives one message and the descriptor that came with it. The header is checked (magic,
+/// Receives one message and the descriptors that came with it. The header is checked (magic,
 /// version, length bound) before the body is allocated.
-pub fn recv(stream: &UnixStream) -> Result<(Message, Option<OwnedFd>), SocketError> {
+pub fn recv(stream: &UnixStream) -> Result<(Message, Vec<OwnedFd>), SocketError> {
     let mut header = [0u8; HEADER_LEN];
     let (n, fds) = recv_with_fds(stream, &mut header)?;
     if n == 0 {
         return Err(SocketError::Closed);
     }
-    let mut fds = fds.into_iter();
-    let fd = fds.next();
-    if fds.len() > 0 {
-        return Err(SocketError::Descriptors(fds.len() + 1));
-    }
     read_exact(stream, &mut header[n..])?;
     let len = wire::decode_header(&header)?;
     let mut body = vec![0u8; len];
     read_exact(stream, &mut body)?;
-    Ok((wire::decode_body(&body)?, fd))
+    Ok((wire::decode_body(&body)?, fds))
 }
 
 fn read_exact(stream: &UnixStream, buf: &mut [u8]) -> Result<(), SocketError> {
@@ -187,7 +191,7 @@ fn recv_with_fds(
     stream: &UnixStream,
     buf: &mut [u8],
 ) -> Result<(usize, Vec<OwnedFd>), SocketError> {
-    let mut control = [0u64; 16];
+    let mut control = [0u64; CONTROL_WORDS];
     // SAFETY: the kernel writes at most msg_controllen bytes of control data and `buf.len()`
     // bytes of data; every descriptor it passed is taken into an OwnedFd exactly once.
     unsafe {
@@ -253,20 +257,36 @@ mod tests {
             name: "nmdb tcp".into(),
             udp: false,
         };
-        send(&client, &message, Some(writer.as_fd())).unwrap();
-        send(&client, &Message::Ready, None).unwrap();
+        send(&client, &message, &[writer.as_fd()]).unwrap();
+        send(&client, &Message::Ready, &[]).unwrap();
         drop(writer);
-        let (got, fd) = recv(&server).unwrap();
+        let (got, fds) = recv(&server).unwrap();
         assert_eq!(got, message);
-        let mut copy = std::fs::File::from(fd.expect("a descriptor"));
+        let mut copy = std::fs::File::from(fds.into_iter().next().expect("a descriptor"));
         copy.write_all(b"hi").unwrap();
         drop(copy);
         let mut text = String::new();
         reader.read_to_string(&mut text).unwrap();
         assert_eq!(text, "hi");
-        let (got, fd) = recv(&server).unwrap();
+        let (got, fds) = recv(&server).unwrap();
         assert_eq!(got, Message::Ready);
-        assert!(fd.is_none());
+        assert!(fds.is_empty());
+
+        // A full batch of descriptors in one frame.
+        let pipes: Vec<_> = (0..MAX_FDS).map(|_| std::io::pipe().unwrap()).collect();
+        let fds: Vec<_> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
+        send(&client, &Message::Proceed, &fds).unwrap();
+        let (got, received) = recv(&server).unwrap();
+        assert_eq!((got, received.len()), (Message::Proceed, MAX_FDS));
+        let too_many: Vec<_> = pipes
+            .iter()
+            .chain(&pipes[..1])
+            .map(|(_, w)| w.as_fd())
+            .collect();
+        assert!(matches!(
+            send(&client, &Message::Proceed, &too_many),
+            Err(SocketError::Descriptors(_))
+        ));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub const OLDEST_VERSION: u16 = 1;
 pub const MAGIC: [u8; 4] = *b"PKVH";
 /// Magic (4), version (2), body length (4).
 pub const HEADER_LEN: usize = 10;
+/// Most descriptors one frame carries (the kernel's limit per message is 253).
+pub const MAX_FDS: usize = 250;
 /// Largest body: a session's unread input and queued pushes, or the lock table, fit well under
 /// it (input is bounded by the codecs' frame limits); it is checked before allocating.
 pub const MAX_BODY: usize = 64 << 20;
@@ -38,8 +40,9 @@ pub enum Message {
     Listener { name: String, udp: bool },
     /// Old → new: the engine's lock table (locks live in memory, not in the store).
     Locks { locks: Vec<HeldLock> },
-    /// Old → new, with one fd: a client connection stopped at a frame boundary.
-    Session(SessionState),
+    /// Old → new, with one fd each: client connections stopped at a frame boundary (batched:
+    /// at most [`MAX_FDS`] a frame, so 10 000 connections take 40 frames, not 10 000).
+    Sessions(Vec<SessionState>),
     /// Old → new: everything is sent; the engine is closed and released.
     Sent { listeners: u32, sessions: u32 },
     /// New → old: the store is open and the state taken; nothing has been served yet.
@@ -184,13 +187,13 @@ mod tests {
                     deadline: Some(5),
                 }],
             },
-            Message::Session(SessionState {
+            Message::Sessions(vec![SessionState {
                 listener: "minority tcp".into(),
                 input: vec![1, 2, 3],
                 idle_ms: 7,
                 partial_ms: Some(3),
                 service: vec![9],
-            }),
+            }]),
             Message::Sent {
                 listeners: 3,
                 sessions: 1,
