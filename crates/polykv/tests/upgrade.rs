@@ -437,3 +437,115 @@ async fn downgrade_across_a_format_change_is_refused_and_rolled_back() {
         b"v"
     );
 }
+
+/// Not a test: the broken "new binary" of the test below, run as this test executable by a
+/// script the server starts. It connects to the handover socket and misbehaves as
+/// POLYKV_FAKE_MODE says. Without POLYKV_HANDOVER it does nothing.
+#[test]
+#[ignore = "run by malformed_handovers_are_refused_and_the_server_serves_on"]
+fn fake_new_binary() {
+    use polykv_server::upgrade::wire::{self, Message};
+    use std::io::{Read, Write};
+    let Some(path) = std::env::var_os(polykv_server::upgrade::HANDOVER_ENV) else {
+        return;
+    };
+    let mode = std::env::var("POLYKV_FAKE_MODE").unwrap_or_default();
+    let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+    match mode.as_str() {
+        // Not a handover frame at all.
+        "garbage" => stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap(),
+        // A header announcing 100 bytes, then 10 and silence.
+        "truncated" => {
+            let mut frame = wire::MAGIC.to_vec();
+            frame.extend_from_slice(&wire::VERSION.to_be_bytes());
+            frame.extend_from_slice(&100u32.to_be_bytes());
+            frame.extend_from_slice(&[0u8; 10]);
+            stream.write_all(&frame).unwrap();
+        }
+        // A proper greeting; everything the old process sends is taken (it has stopped its
+        // sessions and closed its store by then), then garbage instead of "ready".
+        "after-proceed" => {
+            let hello = Message::Hello {
+                data_format: polykv_server::format::DATA_FORMAT,
+                pid: std::process::id(),
+                version: "fake".into(),
+            };
+            stream.write_all(&wire::encode(&hello).unwrap()).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            'frames: loop {
+                while let Ok(Some((message, used))) = wire::decode(&buf) {
+                    buf.drain(..used);
+                    if matches!(message, Message::Sent { .. }) {
+                        break 'frames;
+                    }
+                }
+                let n = stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "the old process hung up");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            stream.write_all(b"not ready at all").unwrap();
+        }
+        other => panic!("unknown mode {other:?}"),
+    }
+    // Stay until the old process gives up on us (it kills us).
+    std::thread::sleep(Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn malformed_handovers_are_refused_and_the_server_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-polykv.sh");
+    let me = std::env::current_exe().unwrap();
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nexec '{}' --exact fake_new_binary --ignored --nocapture\n",
+            me.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (mode, why) in [
+        ("garbage", "bad magic"),
+        ("truncated", "timed out"),
+        ("after-proceed", "rolled back"),
+    ] {
+        let server = Server::start_with(Options {
+            args: vec!["--upgrade-timeout-secs".into(), "5".into()],
+            env: vec![("POLYKV_FAKE_MODE".into(), mode.into())],
+            ..Options::default()
+        });
+        let pid = serving_pid(&server.data_dir);
+        let mut holder = OpenClusterClient::connect(&server.opencluster_addr(), T)
+            .await
+            .unwrap();
+        holder.hello().await.unwrap();
+        assert!(holder.lock(b"kept", 0).await.unwrap());
+        let mut c = NmdbClient::connect_tcp(&server.nmdb_addr(), T)
+            .await
+            .unwrap();
+        c.set(b"k", b"v", Mode::Sync).await.unwrap();
+
+        let data_dir = server.data_dir.clone();
+        let binary = fake.clone();
+        let (code, _, err) = tokio::task::spawn_blocking(move || upgrade(&data_dir, Some(&binary)))
+            .await
+            .unwrap();
+        assert_ne!(code, 0, "{mode}");
+        assert!(err.contains(why), "{mode}: {err}\n{}", server.log_text());
+        assert_eq!(serving_pid(&server.data_dir), pid, "{mode}");
+        // The same connections go on; the lock is still held by its connection.
+        assert_eq!(
+            c.get(b"k", Mode::Normal).await.unwrap().unwrap().0.as_ref(),
+            b"v",
+            "{mode}"
+        );
+        let mut other = OpenClusterClient::connect(&server.opencluster_addr(), T)
+            .await
+            .unwrap();
+        other.hello().await.unwrap();
+        assert!(!other.lock(b"kept", 0).await.unwrap(), "{mode}");
+        assert!(holder.unlock(b"kept").await.unwrap(), "{mode}");
+    }
+}

@@ -25,6 +25,8 @@ pub enum SocketError {
     Stranger { peer: u32, ours: u32 },
     #[error("handover peer closed the socket")]
     Closed,
+    #[error("handover peer timed out: nothing (or only part of a message) within the time limit")]
+    TimedOut,
     #[error("handover frame carried {0} descriptors (at most {MAX_FDS})")]
     Descriptors(usize),
 }
@@ -180,10 +182,16 @@ pub fn recv(stream: &UnixStream) -> Result<(Message, Vec<OwnedFd>), SocketError>
 }
 
 fn read_exact(stream: &UnixStream, buf: &mut [u8]) -> Result<(), SocketError> {
-    (&*stream).read_exact(buf).map_err(|e| match e.kind() {
+    (&*stream).read_exact(buf).map_err(io_error)
+}
+
+/// A read timeout shows as WouldBlock (SO_RCVTIMEO) or TimedOut.
+fn io_error(e: std::io::Error) -> SocketError {
+    match e.kind() {
         std::io::ErrorKind::UnexpectedEof => SocketError::Closed,
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => SocketError::TimedOut,
         _ => SocketError::Io(e),
-    })
+    }
 }
 
 /// One recvmsg into `buf`: the bytes read and any descriptors (owned, close-on-exec).
@@ -211,7 +219,7 @@ fn recv_with_fds(
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e.into());
+                return Err(io_error(e));
             }
         };
         let mut fds = Vec::new();
