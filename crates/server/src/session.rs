@@ -399,16 +399,14 @@ where
     }
 
     async fn serve(&mut self) -> &'static str {
-        let Paused {
-            mut input,
-            mut last_frame,
-            mut partial_since,
-        } = self.start.take().unwrap_or_else(|| Paused {
-            input: BytesMut::with_capacity(16 * 1024),
-            last_frame: Instant::now(),
-            partial_since: None,
-        });
-        let mut output = BytesMut::with_capacity(16 * 1024);
+        let (
+            Paused {
+                mut input,
+                mut last_frame,
+                mut partial_since,
+            },
+            mut output,
+        ) = self.starting_buffers();
         if *self.shutdown.borrow() {
             return "shutting down";
         }
@@ -497,6 +495,24 @@ where
             if input.capacity() - input.len() < 4096 {
                 input.reserve(16 * 1024);
             }
+        }
+    }
+
+    /// The input (with its timers) and output buffers a session starts with. A session carried
+    /// by a hot upgrade starts with what it had read and an empty output buffer that grows on
+    /// first use: thousands of carried connections resume at once, and allocating (and
+    /// faulting in) 16 KiB for each of them would lengthen the pause every client sees.
+    fn starting_buffers(&mut self) -> (Paused, BytesMut) {
+        match self.start.take() {
+            Some(carried) => (carried, BytesMut::new()),
+            None => (
+                Paused {
+                    input: BytesMut::with_capacity(16 * 1024),
+                    last_frame: Instant::now(),
+                    partial_since: None,
+                },
+                BytesMut::with_capacity(16 * 1024),
+            ),
         }
     }
 
