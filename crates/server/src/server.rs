@@ -301,6 +301,7 @@ async fn start_listeners(
     if let Some(listener) = admin {
         let token = admin_token(&config, &listener)?;
         let state = AdminState {
+            shutdown: runtime.context.shutdown.clone(),
             token,
             engine: runtime.engine.clone(),
             prometheus,
