@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"; shift || true
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nmdb_server nmdb_client minority_server minority_client smalld_server smalld_client opencluster_server opencluster_client jsonkv_server jsonkv_client engine_commands)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nmdb_server nmdb_client minority_server minority_client smalld_server smalld_client opencluster_server opencluster_client jsonkv_server jsonkv_client engine_commands handover_wire)
 cd fuzz
 for target in "${TARGETS[@]}"; do
   echo "== $target (${SECONDS_PER_TARGET}s)"

@@ -968,6 +968,12 @@ impl Engine {
         }
     }
 
+    /// Every live lock as (name, holder, deadline): locks live in memory only, so a hot
+    /// upgrade carries them to the next process, which takes them again with `Command::Lock`.
+    pub fn live_locks(&self) -> Vec<(Bytes, u64, Option<u64>)> {
+        self.inner.writer.lock().locks.live_all(self.now_ms())
+    }
+
     /// Live locks held by `holder`.
     pub fn locks_held_by(&self, holder: u64) -> usize {
         self.inner

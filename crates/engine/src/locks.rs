@@ -98,6 +98,15 @@ impl LockTable {
     pub fn len(&self) -> usize {
         self.locks.len()
     }
+
+    /// Every live lock: (name, holder, deadline).
+    pub fn live_all(&self, now: u64) -> Vec<(Bytes, u64, Option<u64>)> {
+        self.locks
+            .iter()
+            .filter(|(_, held)| held.deadline.is_none_or(|d| d > now))
+            .map(|(name, held)| (name.clone(), held.holder, held.deadline))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The `polykv` binary: parses arguments and calls into the crates.
 
 mod bench;
+mod upgrade;
 mod verbs;
 
 use anyhow::Context;
@@ -32,6 +33,8 @@ enum Commands {
     Client(verbs::Verb),
     /// Load generator: the same load against one or more servers, with a ratio table.
     Bench(bench::BenchArgs),
+    /// Hot upgrade of the running server: a new binary takes over its listeners and connections.
+    Upgrade(upgrade::UpgradeArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config {
         /// Print the reference of every setting (Markdown) instead.
@@ -57,6 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Bench(args) => bench::bench(args),
         Commands::Client(verb) => verbs::run(verb),
+        Commands::Upgrade(args) => upgrade::upgrade(args),
         Commands::Config {
             reference: true, ..
         } => {
@@ -70,13 +74,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Serve(args) => {
             let config = args.load()?;
+            // The new binary of a hot upgrade is told so by its parent; its own children are not.
+            let takeover = std::env::var_os(polykv_server::upgrade::HANDOVER_ENV);
+            std::env::remove_var(polykv_server::upgrade::HANDOVER_ENV);
+            let launch = polykv_server::server::Launch {
+                args: std::env::args_os().skip(1).collect(),
+                takeover: takeover.map(std::path::PathBuf::from),
+            };
             polykv_server::logging::init(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("polykv-worker")
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(polykv_server::run(config))?;
+            runtime.block_on(polykv_server::server::serve(config, launch))?;
             Ok(())
         }
     }

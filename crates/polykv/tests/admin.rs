@@ -252,3 +252,29 @@ fn configured_token_is_required() {
     assert!(authed("s3cret").contains("200"));
     assert!(authed("s3cre").contains("401"));
 }
+
+#[test]
+fn an_open_watch_feed_does_not_hold_up_shutdown() {
+    // A feed that never ends by itself: the shutdown must end it, not wait out its deadline.
+    let mut server = Server::start_with(Options {
+        args: vec!["--shutdown-timeout-secs".into(), "120".into()],
+        ..Options::default()
+    });
+    let stream = TcpStream::connect(("127.0.0.1", server.admin_port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    write!(
+        reader.get_mut(),
+        "GET /api/keyspaces/feed/watch?prefix=a/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    while !line.starts_with("event: subscribed") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(60)), Some(0));
+}

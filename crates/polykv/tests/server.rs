@@ -126,3 +126,27 @@ fn sigterm_and_sigint_exit_zero_and_release_the_lock() {
         drop(again);
     }
 }
+
+#[test]
+fn data_format_is_recorded_and_a_newer_one_refused_untouched() {
+    let server = Server::start();
+    let recorded = std::fs::read_to_string(server.data_dir.join("FORMAT")).unwrap();
+    assert!(recorded.starts_with("polykv data format "), "{recorded:?}");
+    drop(server);
+
+    // A directory from a newer format: refused, naming the format, and nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("FORMAT"), "polykv data format 999\n").unwrap();
+    let log = dir.path().join("log");
+    let mut child = common::spawn(&data, free_port(), free_port(), &[], &[], &log);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("data format 999"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["FORMAT"], "nothing else created");
+}

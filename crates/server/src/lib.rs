@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod format;
 pub mod logging;
 pub mod metrics;
 pub mod runtime;
@@ -20,6 +21,7 @@ pub mod secret;
 pub mod server;
 pub mod services;
 pub mod session;
+pub mod upgrade;
 
 pub use runtime::ServerError;
 pub use server::run;

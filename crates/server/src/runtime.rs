@@ -6,6 +6,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::os::fd::{AsFd, OwnedFd};
+
+use parking_lot::Mutex;
 use polykv_engine::Engine;
 use polykv_protocols::ServerCodec;
 use tokio::net::{TcpListener, UdpSocket};
@@ -14,6 +17,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, Listener, SessionSettings};
 use crate::metrics::ProtocolMetrics;
 use crate::session::{serve_tcp, ListenerContext, Service};
+use crate::upgrade::carry::CarriedListener;
 use crate::ReadOnly;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,8 @@ pub enum ServerError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
     #[error("{0}")]
     Other(String),
 }
@@ -67,6 +73,31 @@ pub struct Runtime {
     pub context: ListenerContext,
     pub read_only: Arc<ReadOnly>,
     pub tasks: JoinSet<()>,
+    /// A copy of every listening socket, by name, for a hot upgrade to pass on.
+    pub bound: Mutex<Vec<CarriedListener>>,
+}
+
+/// A listening socket carried over by a hot upgrade, made ready for tokio.
+fn carried<T, S>(fd: OwnedFd, ready: impl FnOnce(S) -> std::io::Result<T>) -> std::io::Result<T>
+where
+    S: From<OwnedFd> + AsFd,
+{
+    let socket = S::from(fd);
+    set_nonblocking(socket.as_fd())?;
+    ready(socket)
+}
+
+/// Sets O_NONBLOCK (tokio needs it; a descriptor passed over keeps the flags of its file).
+fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we borrow; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Binds one listener or socket, logging the address it got (a configured port 0 picks one).
@@ -119,32 +150,81 @@ impl Runtime {
         self.config.listen_addr(own, port)
     }
 
+    /// Binds a TCP listener, or takes the one a hot upgrade carried under the same name (the
+    /// same kernel socket: the port never refuses a connection).
     pub async fn bind_tcp(
         &self,
         what: &'static str,
         addr: String,
     ) -> Result<TcpListener, ServerError> {
-        bind(
-            what,
-            addr,
-            |a| async move { TcpListener::bind(a).await },
-            TcpListener::local_addr,
-        )
-        .await
+        let listener = match self.context.handover.take_listener(what, false) {
+            Some(fd) => carried(fd, |l: std::net::TcpListener| TcpListener::from_std(l)).map_err(
+                |source| ServerError::Bind {
+                    what,
+                    addr: format!("the carried {what} listener"),
+                    source,
+                },
+            )?,
+            None => {
+                bind(
+                    what,
+                    addr,
+                    |a| async move { TcpListener::bind(a).await },
+                    TcpListener::local_addr,
+                )
+                .await?
+            }
+        };
+        self.keep(what, false, listener.as_fd())?;
+        Ok(listener)
     }
 
+    /// Binds a UDP socket, or takes the one a hot upgrade carried under the same name.
     pub async fn bind_udp(
         &self,
         what: &'static str,
         addr: String,
     ) -> Result<UdpSocket, ServerError> {
-        bind(
-            what,
-            addr,
-            |a| async move { UdpSocket::bind(a).await },
-            UdpSocket::local_addr,
-        )
-        .await
+        let socket =
+            match self.context.handover.take_listener(what, true) {
+                Some(fd) => carried(fd, |s: std::net::UdpSocket| UdpSocket::from_std(s)).map_err(
+                    |source| ServerError::Bind {
+                        what,
+                        addr: format!("the carried {what} socket"),
+                        source,
+                    },
+                )?,
+                None => {
+                    bind(
+                        what,
+                        addr,
+                        |a| async move { UdpSocket::bind(a).await },
+                        UdpSocket::local_addr,
+                    )
+                    .await?
+                }
+            };
+        self.keep(what, true, socket.as_fd())?;
+        Ok(socket)
+    }
+
+    /// Keeps a copy of a listening socket for a later hot upgrade.
+    fn keep(
+        &self,
+        name: &'static str,
+        udp: bool,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), ServerError> {
+        let fd = fd.try_clone_to_owned().map_err(|source| ServerError::Io {
+            what: format!("cannot keep a copy of the {name} socket"),
+            source,
+        })?;
+        self.bound.lock().push(CarriedListener {
+            name: name.to_string(),
+            udp,
+            fd,
+        });
+        Ok(())
     }
 
     /// Binds a protocol's TCP listener at its address and port (a taken port fails the start)
@@ -167,6 +247,7 @@ impl Runtime {
         let addr = self.listen_addr(&listener.addr, listener.port);
         let tcp = self.bind_tcp(what, addr).await?;
         self.tasks.spawn(serve_tcp(
+            what,
             tcp,
             Arc::new(codec),
             new_service,

@@ -1,8 +1,10 @@
 //! Start-up and shutdown of the daemon.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::runtime::{Runtime, ServerError};
 use crate::session::ListenerContext;
+use crate::upgrade::{self, carry::Carried, carry::Hub, control};
 use crate::{services, ReadOnly};
 
 /// Holds the data directory's lock for the life of the server.
@@ -56,8 +59,33 @@ fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
     Ok(DirLock { _file: file })
 }
 
+/// How the process was started: the arguments a hot upgrade passes on to the new binary, and
+/// the handover socket if this process is that new binary.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub args: Vec<OsString>,
+    pub takeover: Option<PathBuf>,
+}
+
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    serve(config, Launch::default()).await
+}
+
+/// Opens the engine in the data directory's `store`.
+pub fn open_engine(config: &Config) -> Result<Engine, ServerError> {
+    let store_dir = config.data_dir.join("store");
+    Engine::open_dir(&store_dir, config.engine.to_engine_config()).map_err(|source| {
+        ServerError::Engine {
+            path: store_dir.clone(),
+            source,
+        }
+    })
+}
+
+/// Runs the server (or takes over from the running one) until SIGTERM or SIGINT, or until a
+/// hot upgrade hands everything to a new process.
+pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM that arrives while the listeners start must still shut
     // down cleanly instead of killing the process.
     let watch = |kind: SignalKind, signal: &'static str| {
@@ -66,64 +94,175 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
     let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
     let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1")?;
-    let _lock = lock_data_dir(&config.data_dir)?;
-    let store_dir = config.data_dir.join("store");
-    let engine =
-        Engine::open_dir(&store_dir, config.engine.to_engine_config()).map_err(|source| {
-            ServerError::Engine {
-                path: store_dir.clone(),
-                source,
-            }
-        })?;
-    tracing::info!(data_dir = %config.data_dir.display(), "store opened");
-    let prometheus = crate::metrics::install();
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let read_only = Arc::new(ReadOnly::new(config.protocols.nmdb.read_only));
-    let mut runtime = Runtime {
-        context: ListenerContext {
-            connections: Arc::new(Semaphore::new(config.max_connections as usize)),
-            shutdown: shutdown_rx.clone(),
-        },
-        engine: engine.clone(),
-        read_only: read_only.clone(),
-        tasks: JoinSet::new(),
-        config: config.clone(),
+    let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2")?;
+    // When the takeover committed: the pause clients see ends when the sessions resume.
+    let mut committed = None;
+    let (lock, mut carried, mut opened) = match &launch.takeover {
+        Some(path) => {
+            let taken = upgrade::new::take_over(&config, path)
+                .await
+                .map_err(|reason| {
+                    ServerError::Other(format!("upgrade: cannot take over: {reason}"))
+                })?;
+            committed = Some(Instant::now());
+            tracing::info!(
+                listeners = taken.carried.listeners.len(),
+                sessions = taken.carried.sessions.len(),
+                "upgrade: took over from the running server"
+            );
+            // The lock file names the serving pid (`polykv upgrade` signals it).
+            let lock = taken.dir_lock;
+            let _ = lock.set_len(0);
+            let _ = lock.write_all_at(std::process::id().to_string().as_bytes(), 0);
+            (DirLock { _file: lock }, taken.carried, Some(taken.engine))
+        }
+        None => {
+            // A directory written by a newer format is refused before anything in it is touched.
+            crate::format::check(&config.data_dir)?;
+            (lock_data_dir(&config.data_dir)?, Carried::default(), None)
+        }
     };
-
-    if let Some(handle) = prometheus.clone() {
-        // The exporter keeps histogram samples until they are aggregated; without a scrape they
-        // would pile up, so aggregate them every few seconds.
-        let mut shutdown = shutdown_rx.clone();
-        runtime.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
-                    _ = shutdown.changed() => return,
-                }
-            }
-        });
-    }
+    let prometheus = crate::metrics::install();
+    let read_only = Arc::new(ReadOnly::new(config.protocols.nmdb.read_only));
     let started = Instant::now();
-    let result = start_listeners(&mut runtime, prometheus, started).await;
-    if let Err(e) = result {
-        let _ = shutdown_tx.send(true);
-        engine.close();
-        return Err(e);
-    }
 
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "polykv ready");
+    // One serving generation per loop: a rolled-back upgrade starts the next one from the
+    // state it carried, exactly as the new process would have.
     loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = usr1.recv() => {
-                read_only.set(true);
-                tracing::warn!("SIGUSR1: nmdb is now read-only (turn it off with the admin API)");
+        let engine = match opened.take() {
+            Some(engine) => engine,
+            None => open_engine(&config)?,
+        };
+        if let Err(e) = crate::format::record(&config.data_dir) {
+            engine.close();
+            return Err(e.into());
+        }
+        tracing::info!(data_dir = %config.data_dir.display(), "store opened");
+        upgrade::restore_locks(&engine, &carried.locks);
+        let hub = Arc::new(Hub::resuming(std::mem::take(&mut carried)));
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut runtime = Runtime {
+            context: ListenerContext {
+                connections: Arc::new(Semaphore::new(config.max_connections as usize)),
+                shutdown: shutdown_rx.clone(),
+                handover: hub.clone(),
+            },
+            engine: engine.clone(),
+            read_only: read_only.clone(),
+            tasks: JoinSet::new(),
+            config: config.clone(),
+            bound: Default::default(),
+        };
+
+        if let Some(handle) = prometheus.clone() {
+            // The exporter keeps histogram samples until they are aggregated; without a scrape they
+            // would pile up, so aggregate them every few seconds.
+            let mut shutdown = shutdown_rx.clone();
+            runtime.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            });
+        }
+        // Only the runtime holds the engine from here: a handover must be able to release it.
+        drop(engine);
+        let result = start_listeners(&mut runtime, prometheus.clone(), started).await;
+        if let Err(e) = result {
+            let engine = runtime.engine.clone();
+            drop(runtime);
+            let _ = shutdown_tx.send(true);
+            engine.close();
+            return Err(e);
+        }
+        hub.drop_unclaimed();
+        if let Some(committed) = committed.take() {
+            let ms = committed.elapsed().as_millis() as u64;
+            tracing::info!(ms, "upgrade: serving again since the commit");
+        }
+
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "polykv ready");
+        loop {
+            let upgrade = tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); false }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); false }
+                _ = usr1.recv() => {
+                    read_only.set(true);
+                    tracing::warn!("SIGUSR1: nmdb is now read-only (turn it off with the admin API)");
+                    continue;
+                }
+                _ = usr2.recv() => { tracing::info!("SIGUSR2: hot upgrade"); true }
+            };
+            if !upgrade {
+                shut_down(runtime, &shutdown_tx, &config).await;
+                return Ok(());
+            }
+            let request = control::take_request(&config.data_dir);
+            let id = request.as_ref().map(|r| r.id.clone());
+            let status = |ok, message: String, pid| control::Status {
+                id: id.clone(),
+                ok,
+                message,
+                pid,
+            };
+            let serving = upgrade::old::Serving {
+                runtime,
+                shutdown: &shutdown_tx,
+                dir_lock: &lock._file,
+                args: &launch.args,
+            };
+            match upgrade::old::hand_over(serving, request.and_then(|r| r.binary)).await {
+                upgrade::old::Outcome::NotStarted {
+                    reason,
+                    runtime: back,
+                } => {
+                    tracing::error!(reason, "upgrade refused; still serving");
+                    let pid = std::process::id();
+                    control::write_status(&config.data_dir, &status(false, reason, pid));
+                    runtime = *back;
+                }
+                upgrade::old::Outcome::Committed { pid } => {
+                    let message = format!("upgraded: pid {pid} serves");
+                    control::write_status(&config.data_dir, &status(true, message, pid));
+                    return Ok(());
+                }
+                upgrade::old::Outcome::RolledBack {
+                    reason,
+                    carried: back,
+                } => {
+                    tracing::error!(reason, "upgrade failed; rolled back, serving on");
+                    let message = format!("rolled back: {reason}");
+                    let pid = std::process::id();
+                    control::write_status(&config.data_dir, &status(false, message, pid));
+                    carried = back;
+                    // The engine is closed: the next generation reopens it (bounded wait).
+                    opened = Some(open_engine_waiting(&config).await?);
+                    break;
+                }
             }
         }
     }
+}
 
+/// Opens the engine, waiting (up to the upgrade timeout) for a process that is letting go of
+/// it: after a handover the store may still be closing for a moment.
+pub async fn open_engine_waiting(config: &Config) -> Result<Engine, ServerError> {
+    let deadline = Instant::now() + Duration::from_secs(config.upgrade_timeout_secs.max(1));
+    loop {
+        match open_engine(config) {
+            Ok(engine) => return Ok(engine),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Graceful shutdown: stop accepting, let sessions finish (bounded), sync, close.
+async fn shut_down(mut runtime: Runtime, shutdown_tx: &watch::Sender<bool>, config: &Config) {
+    let engine = runtime.engine.clone();
     let _ = shutdown_tx.send(true);
     let limit = Duration::from_secs(config.shutdown_timeout_secs);
     let tasks = &mut runtime.tasks;
@@ -143,7 +282,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         Ok(()) => tracing::info!("store synced; bye"),
         Err(e) => tracing::error!(error = %e, "final sync failed"),
     }
-    Ok(())
 }
 
 async fn start_listeners(
@@ -163,6 +301,7 @@ async fn start_listeners(
     if let Some(listener) = admin {
         let token = admin_token(&config, &listener)?;
         let state = AdminState {
+            shutdown: runtime.context.shutdown.clone(),
             token,
             engine: runtime.engine.clone(),
             prometheus,

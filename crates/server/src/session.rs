@@ -23,6 +23,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::metrics::ProtocolMetrics;
+use crate::upgrade::carry::{ExportState, Hub, Resumable, Stopped};
 
 /// A reply that may have to wait for durability.
 pub enum Deferred<R> {
@@ -137,6 +138,27 @@ pub trait Service: Send + 'static {
     fn closed(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// The connection's state for a hot upgrade, taken once every session has stopped; the
+    /// connection then moves to the new process, which calls [`Service::resume`] on a fresh
+    /// service with it. Nothing is released: `closed` is not called. Default: no state.
+    fn export(&mut self) -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+
+    /// Takes over a connection's exported state.
+    fn resume(&mut self, _state: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A stopped session's service, exported later through its `Service::export`.
+struct Exporter<S>(S);
+
+impl<S: Service> ExportState for Exporter<S> {
+    fn export(&mut self) -> Result<Vec<u8>, String> {
+        self.0.export()
+    }
 }
 
 /// Per-connection limits.
@@ -166,6 +188,8 @@ impl SessionLimits {
 pub struct ListenerContext {
     pub connections: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
+    /// Carried listeners and sessions to resume; where sessions stop for a hot upgrade.
+    pub handover: Arc<Hub>,
 }
 
 /// Accepts one connection under the connection limit. Accept errors (out of file descriptors and
@@ -195,17 +219,27 @@ pub async fn accept_limited(
 
 /// Accepts connections until shutdown and runs `handle` on each in a task of its own, holding
 /// its place under the connection limit; after shutdown, waits for every connection to finish
-/// (the caller bounds the wait).
+/// (the caller bounds the wait). `resumed` are connections carried over by a hot upgrade:
+/// they run first and count under the limit too.
 pub async fn serve_connections<H, Fut>(
     listener: TcpListener,
     metrics: &ProtocolMetrics,
     mut context: ListenerContext,
+    resumed: Vec<Fut>,
     mut handle: H,
 ) where
     H: FnMut(TcpStream, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut connections = JoinSet::new();
+    for connection in resumed {
+        // Carried connections are kept even past the limit (they were admitted once).
+        let permit = context.connections.clone().try_acquire_owned().ok();
+        connections.spawn(async move {
+            connection.await;
+            drop(permit);
+        });
+    }
     loop {
         tokio::select! {
             (stream, _peer, permit) = accept_limited(&listener, &context.connections, metrics) => {
@@ -223,39 +257,98 @@ pub async fn serve_connections<H, Fut>(
     while connections.join_next().await.is_some() {}
 }
 
-/// Accepts connections until shutdown; each gets a session with its own service.
-pub async fn serve_tcp<C, S, F>(
+/// Accepts connections until shutdown; each gets a session with its own service. `name` is
+/// the listener's ("nmdb tcp"): the sessions a hot upgrade carried to it are taken at once
+/// (before the future runs) and resumed first.
+pub fn serve_tcp<C, S, F>(
+    name: &'static str,
     listener: TcpListener,
     codec: Arc<C>,
     new_service: F,
     limits: SessionLimits,
     metrics: Arc<ProtocolMetrics>,
     context: ListenerContext,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
     S: Service,
     F: Fn() -> S + Send + 'static,
 {
     // Sessions finish the batch they are executing and close at shutdown.
     let listener_metrics = metrics.clone();
-    serve_connections(
-        listener,
-        &listener_metrics,
-        context,
-        move |stream, shutdown| {
-            let _ = stream.set_nodelay(true);
-            Session {
-                stream,
-                codec: codec.clone(),
-                service: new_service(),
-                limits,
-                metrics: metrics.clone(),
-                shutdown,
+    let handover = context.handover.clone();
+    let session = move |stream: TcpStream, shutdown, service, start| Session {
+        stream,
+        codec: codec.clone(),
+        service,
+        limits,
+        metrics: metrics.clone(),
+        shutdown,
+        listener: name,
+        handover: handover.clone(),
+        start,
+        stopped: None,
+    };
+    let resumed = handover_sessions(name, &context, &new_service, &session)
+        .into_iter()
+        .map(Session::run)
+        .collect();
+    async move {
+        serve_connections(
+            listener,
+            &listener_metrics,
+            context,
+            resumed,
+            move |stream, shutdown| {
+                let _ = stream.set_nodelay(true);
+                session(stream, shutdown, new_service(), None).run()
+            },
+        )
+        .await;
+    }
+}
+
+/// The sessions a hot upgrade carried to listener `name`, ready to run. A connection whose
+/// state its service refuses is closed (and logged).
+fn handover_sessions<C, S, F, M>(
+    name: &'static str,
+    context: &ListenerContext,
+    new_service: &F,
+    session: &M,
+) -> Vec<Session<C, S>>
+where
+    C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
+    S: Service,
+    F: Fn() -> S,
+    M: Fn(TcpStream, watch::Receiver<bool>, S, Option<Paused>) -> Session<C, S>,
+{
+    let mut sessions = Vec::new();
+    for carried in context.handover.take_sessions(name) {
+        let Resumable { fd, state } = carried;
+        let mut service = new_service();
+        let stream = std::net::TcpStream::from(fd);
+        let resumed = service
+            .resume(&state.service)
+            .and_then(|()| stream.set_nonblocking(true).map_err(|e| e.to_string()))
+            .and_then(|()| TcpStream::from_std(stream).map_err(|e| e.to_string()));
+        match resumed {
+            Ok(stream) => {
+                let now = Instant::now();
+                let ago = |ms: u64| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
+                let paused = Paused {
+                    input: BytesMut::from(&state.input[..]),
+                    last_frame: ago(state.idle_ms),
+                    partial_since: state.partial_ms.map(ago),
+                };
+                let shutdown = context.shutdown.clone();
+                sessions.push(session(stream, shutdown, service, Some(paused)));
             }
-            .run()
-        },
-    )
-    .await;
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "carried connection refused; closed")
+            }
+        }
+    }
+    sessions
 }
 
 struct Session<C, S> {
@@ -265,6 +358,20 @@ struct Session<C, S> {
     limits: SessionLimits,
     metrics: Arc<ProtocolMetrics>,
     shutdown: watch::Receiver<bool>,
+    listener: &'static str,
+    handover: Arc<Hub>,
+    /// Where a carried session picks up (its unread input and timers).
+    start: Option<Paused>,
+    /// Set when the session stopped for a hot upgrade.
+    stopped: Option<Paused>,
+}
+
+/// A session's position at a frame boundary: what it has read of the next frame, and its
+/// timers.
+struct Paused {
+    input: BytesMut,
+    last_frame: Instant,
+    partial_since: Option<Instant>,
 }
 
 enum Wake {
@@ -282,16 +389,25 @@ where
     async fn run(mut self) {
         self.metrics.connection_opened();
         let reason = self.serve().await;
+        if let Some(paused) = self.stopped.take() {
+            self.metrics.connection_closed();
+            self.hand_over(paused);
+            return;
+        }
         self.service.closed().await;
         self.metrics.connection_closed();
         tracing::debug!(protocol = self.metrics.name, reason, "connection closed");
     }
 
     async fn serve(&mut self) -> &'static str {
-        let mut input = BytesMut::with_capacity(16 * 1024);
-        let mut output = BytesMut::with_capacity(16 * 1024);
-        let mut last_frame = Instant::now();
-        let mut partial_since: Option<Instant> = None;
+        let (
+            Paused {
+                mut input,
+                mut last_frame,
+                mut partial_since,
+            },
+            mut output,
+        ) = self.starting_buffers();
         if *self.shutdown.borrow() {
             return "shutting down";
         }
@@ -350,6 +466,9 @@ where
                 }
                 Wake::Push(None) => return "subscription ended",
                 Wake::Timeout(why) => return why,
+                Wake::Shutdown if self.handover.exporting() => {
+                    return self.stop_for_handover(input, last_frame, partial_since)
+                }
                 Wake::Shutdown => return self.farewell(input).await,
             }
             // Decode and execute every complete frame; write whenever the output cap is passed.
@@ -388,6 +507,60 @@ where
                 input.reserve(16 * 1024);
             }
         }
+    }
+
+    /// The input (with its timers) and output buffers a session starts with. A session carried
+    /// by a hot upgrade starts with what it had read and an empty output buffer that grows on
+    /// first use: thousands of carried connections resume at once, and allocating (and
+    /// faulting in) 16 KiB for each of them would lengthen the pause every client sees.
+    fn starting_buffers(&mut self) -> (Paused, BytesMut) {
+        match self.start.take() {
+            Some(carried) => (carried, BytesMut::new()),
+            None => (
+                Paused {
+                    input: BytesMut::with_capacity(16 * 1024),
+                    last_frame: Instant::now(),
+                    partial_since: None,
+                },
+                BytesMut::with_capacity(16 * 1024),
+            ),
+        }
+    }
+
+    /// Stops at this frame boundary for a hot upgrade: everything composed has been written,
+    /// `input` holds at most part of the next frame.
+    fn stop_for_handover(
+        &mut self,
+        input: BytesMut,
+        last_frame: Instant,
+        partial_since: Option<Instant>,
+    ) -> &'static str {
+        self.stopped = Some(Paused {
+            input,
+            last_frame,
+            partial_since,
+        });
+        "handed over"
+    }
+
+    /// Leaves the connection and its service with the handover (its state is exported once
+    /// every session has stopped).
+    fn hand_over(self, paused: Paused) {
+        let stream = match self.stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(protocol = self.metrics.name, error = %e, "cannot carry a connection");
+                return;
+            }
+        };
+        self.handover.deposit(Stopped {
+            listener: self.listener,
+            stream,
+            input: paused.input.to_vec(),
+            idle: paused.last_frame.elapsed(),
+            partial: paused.partial_since.map(|since| since.elapsed()),
+            service: Box::new(Exporter(self.service)),
+        });
     }
 
     /// Sends the service's farewell, if it has one, and waits (bounded) for its answer.

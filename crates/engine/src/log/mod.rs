@@ -19,6 +19,7 @@
 //! The log knows nothing of what the payloads mean, so the same log can carry the engine's
 //! write batches or, in cluster mode, Raft entries.
 
+mod clean;
 mod record;
 
 use std::fs::{File, OpenOptions};
@@ -134,6 +135,8 @@ impl Log {
     ) -> Result<Log, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
         let mut segments = list_segments(dir)?;
+        // Removed before anything is written: a later crash never meets a stale mark.
+        let clean = clean::take(dir)?;
         let mut next_seq = after + 1;
         let mut expected: Option<u64> = None;
         let mut newest_end = 0u64;
@@ -157,7 +160,10 @@ impl Log {
                     )));
                 }
             }
-            let (last, end) = replay_segment(segment, newest, after, &mut replay)?;
+            let clean_len = clean
+                .filter(|mark| newest && mark.first_seq == segment.first_seq)
+                .map(|mark| mark.len);
+            let (last, end) = replay_segment(segment, newest, after, clean_len, &mut replay)?;
             let next = last.map_or(segment.first_seq, |last| last + 1);
             expected = Some(next);
             next_seq = next_seq.max(next);
@@ -314,6 +320,20 @@ impl Log {
         Ok(())
     }
 
+    /// Records a clean close: where the log ends, so the next open reads only that much of the
+    /// newest segment. Call after the last [`Log::sync`], with nothing written after it.
+    pub fn mark_clean(&self) -> Result<(), StoreError> {
+        let active = self.active.lock();
+        let Some(newest) = active.segments.last() else {
+            return Ok(());
+        };
+        let mark = clean::Mark {
+            first_seq: newest.first_seq,
+            len: active.len,
+        };
+        clean::write(&self.dir, mark)
+    }
+
     /// Removes the sealed segments whose records all have sequences up to `seq`.
     pub fn purge_upto(&self, seq: u64) -> Result<(), StoreError> {
         let doomed: Vec<PathBuf> = {
@@ -377,10 +397,14 @@ fn replay_segment(
     segment: &Segment,
     newest: bool,
     after: u64,
+    clean_len: Option<u64>,
     replay: &mut impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
 ) -> Result<(Option<u64>, u64), StoreError> {
     let path = &segment.path;
-    let bytes = std::fs::read(path).map_err(|e| io_error("read", path, e))?;
+    let bytes = match clean_len.and_then(|len| read_clean(path, len)) {
+        Some(bytes) => bytes,
+        None => std::fs::read(path).map_err(|e| io_error("read", path, e))?,
+    };
     let mut offset = 0usize;
     let mut expected = segment.first_seq;
     let mut last = None;
@@ -449,6 +473,33 @@ fn replay_segment(
     Ok((last, offset as u64))
 }
 
+/// The used part of a segment closed cleanly at `len`, if its records end exactly there and
+/// zeros follow; otherwise `None`, and the whole segment is read as after a crash.
+fn read_clean(path: &Path, len: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let used = usize::try_from(len).ok()?;
+    if len > size {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(used);
+    (&file).take(len).read_to_end(&mut bytes).ok()?;
+    let mut after = vec![0u8; (size - len).min(4096) as usize];
+    file.read_exact_at(&mut after, len).ok()?;
+    if bytes.len() != used || after.iter().any(|b| *b != 0) {
+        return None;
+    }
+    let mut offset = 0;
+    while offset < used {
+        match record::decode(&bytes[offset..]) {
+            record::Decoded::Record { len, .. } => offset += len,
+            _ => return None,
+        }
+    }
+    Some(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,6 +530,42 @@ mod tests {
         drop(log);
         let path = list_segments(dir.path()).unwrap()[0].path.clone();
         (dir, path)
+    }
+
+    #[test]
+    fn a_clean_close_is_reopened_from_its_mark_and_the_mark_used_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = collect(dir.path(), 0).unwrap();
+        append_n(&log, 0, 3);
+        log.sync().unwrap();
+        log.mark_clean().unwrap();
+        drop(log);
+        let (log, seen) = collect(dir.path(), 0).unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(!dir.path().join("CLEAN").exists(), "taken at open");
+        // Written after the reopen, then a crash (no mark): everything is read again.
+        append_n(&log, 3, 2);
+        log.flush().unwrap();
+        drop(log);
+        let (_, seen) = collect(dir.path(), 0).unwrap();
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[4].1, b"record 4");
+    }
+
+    #[test]
+    fn a_mark_that_does_not_match_the_records_is_ignored() {
+        let (dir, _) = three_records();
+        // A mark short of the records' end: the segment is read in full all the same.
+        clean::write(
+            dir.path(),
+            clean::Mark {
+                first_seq: 1,
+                len: 5,
+            },
+        )
+        .unwrap();
+        let (_, seen) = collect(dir.path(), 0).unwrap();
+        assert_eq!(seen.len(), 3);
     }
 
     #[test]

@@ -352,7 +352,8 @@ impl LogStore {
         self.shared.wake.notify_one();
         let _ = thread.join();
         self.shared.check_failed()?;
-        self.shared.log.sync()
+        self.shared.log.sync()?;
+        self.shared.log.mark_clean()
     }
 }
 

@@ -402,6 +402,10 @@ pub async fn watch(
             Some((Ok::<_, Infallible>(sse), subscription))
         }
     });
+    let mut shutdown = state.shutdown.clone();
+    let changes = futures_util::StreamExt::take_until(changes, async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    });
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
         Box::pin(futures_util::StreamExt::chain(
             stream::once(async { Ok(first) }),

@@ -31,6 +31,9 @@ pub struct AdminState {
     pub started: std::time::Instant,
     /// The bearer token every call (but `/health`) must carry; `None` = no token needed.
     pub token: Option<Arc<str>>,
+    /// Set at shutdown (and at a hot upgrade's stop): endless responses (the watch feed) end,
+    /// so the listener's graceful shutdown does not wait for them.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 pub fn router(state: AdminState) -> Router {

@@ -62,6 +62,11 @@ crate::settings! {
         ///
         /// Then the connections still open are closed.
         pub shutdown_timeout_secs: u64 = 10,
+        /// Seconds a hot upgrade waits for the new binary at each step
+        ///
+        /// To connect and greet, then to open the store and report ready; past it the old
+        /// process rolls back and keeps serving.
+        pub upgrade_timeout_secs: u64 = 30,
         pub log: LogConfig = LogConfig::default(),
         pub engine: EngineSection = EngineSection::default(),
         pub admin: AdminConfig = AdminConfig::default(),
@@ -333,7 +338,7 @@ mod tests {
             ),
             (
                 "nope = 1\n",
-                "unknown field `nope`, expected one of `data_dir`, `bind`, `max_connections`, `shutdown_timeout_secs`, `log`, `engine`, `admin`, `nmdb`, `minority`, `smalld`, `opencluster`, `jsonkv`\n",
+                "unknown field `nope`, expected one of `data_dir`, `bind`, `max_connections`, `shutdown_timeout_secs`, `upgrade_timeout_secs`, `log`, `engine`, `admin`, `nmdb`, `minority`, `smalld`, `opencluster`, `jsonkv`\n",
             ),
             (
                 "[log]\nlevel = \"info\"\nfile = 1\n",

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::metrics::ProtocolMetrics;
 use crate::session::{serve_connections, ListenerContext};
+use crate::upgrade::carry::{ExportState, Hub, Resumable};
 
 /// Operation names for metrics.
 pub const OPS: &[&str] = &["register", "unregister", "getserverlist", "invalid"];
@@ -201,19 +202,69 @@ pub struct AgentContext {
     pub metrics: Arc<ProtocolMetrics>,
 }
 
-/// Accepts agent connections until shutdown.
-pub async fn serve(listener: TcpListener, agent: Arc<AgentContext>, context: ListenerContext) {
-    serve_connections(listener, &agent.metrics, context, |stream, shutdown| {
-        let _ = stream.set_nodelay(true);
-        let agent = agent.clone();
-        async move {
-            agent.metrics.connection_opened();
-            let reason = run(stream, &agent, shutdown).await;
-            agent.metrics.connection_closed();
-            tracing::debug!(protocol = agent.metrics.name, reason, "connection closed");
+/// The listener's name, under which a hot upgrade carries its connections.
+const LISTENER: &str = "jsonkv agent";
+
+/// Accepts agent connections until shutdown. The connections a hot upgrade carried (with their
+/// registrations) are taken at once, before the future runs, and resumed first.
+pub fn serve(
+    listener: TcpListener,
+    agent: Arc<AgentContext>,
+    context: ListenerContext,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let hub = context.handover.clone();
+    let resumed = carry::resume(&hub, &agent.registry)
+        .into_iter()
+        .map(|(stream, start)| {
+            let shutdown = context.shutdown.clone();
+            connection(stream, agent.clone(), hub.clone(), shutdown, Some(start))
+        })
+        .collect();
+    async move {
+        let metrics = agent.metrics.clone();
+        serve_connections(listener, &metrics, context, resumed, |stream, shutdown| {
+            let _ = stream.set_nodelay(true);
+            connection(stream, agent.clone(), hub.clone(), shutdown, None)
+        })
+        .await;
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    agent: Arc<AgentContext>,
+    hub: Arc<Hub>,
+    shutdown: watch::Receiver<bool>,
+    start: Option<Start>,
+) {
+    agent.metrics.connection_opened();
+    let reason = match run(stream, &agent, shutdown, start, &hub).await {
+        Ended::Closed(reason) => reason,
+        Ended::Stopped(stopped) => {
+            carry::deposit(&hub, &agent.registry, stopped);
+            "handed over"
         }
-    })
-    .await;
+    };
+    agent.metrics.connection_closed();
+    tracing::debug!(protocol = agent.metrics.name, reason, "connection closed");
+}
+
+/// Where a connection picks up: its unread input, its idle timer and its registration.
+struct Start {
+    input: BytesMut,
+    last_frame: Instant,
+    registered: Option<u64>,
+}
+
+enum Ended {
+    Closed(&'static str),
+    /// Stopped at a frame boundary for a hot upgrade; its registration kept.
+    Stopped(Stopped),
+}
+
+struct Stopped {
+    stream: TcpStream,
+    start: Start,
 }
 
 /// Serves one connection: every complete frame is answered in order, replies are written
@@ -223,20 +274,31 @@ async fn run(
     mut stream: TcpStream,
     agent: &AgentContext,
     mut shutdown: watch::Receiver<bool>,
-) -> &'static str {
-    let Ok(local) = stream.local_addr() else {
-        return "no local address";
-    };
+    start: Option<Start>,
+    hub: &Hub,
+) -> Ended {
+    let Start {
+        mut input,
+        mut last_frame,
+        registered,
+    } = start.unwrap_or_else(|| Start {
+        input: BytesMut::with_capacity(4096),
+        last_frame: Instant::now(),
+        registered: None,
+    });
+    let local_ip = stream.local_addr().map(|a| a.ip().to_canonical());
+    // Built before any return, so a carried registration is dropped with the connection.
     let mut connection = Connection {
         registry: agent.registry.clone(),
-        registered: None,
-        local_ip: local.ip().to_canonical(),
+        registered,
+        local_ip: *local_ip.as_ref().unwrap_or(&IpAddr::from([127, 0, 0, 1])),
     };
-    let mut input = BytesMut::with_capacity(4096);
+    if local_ip.is_err() {
+        return Ended::Closed("no local address");
+    }
     let mut output = BytesMut::new();
-    let mut last_frame = Instant::now();
     if *shutdown.borrow() {
-        return "shutting down";
+        return Ended::Closed("shutting down");
     }
     loop {
         let idle = async {
@@ -250,13 +312,24 @@ async fn run(
         }
         tokio::select! {
             read = stream.read_buf(&mut input) => match read {
-                Ok(0) if input.is_empty() => return "client closed",
-                Ok(0) => return "client closed mid-frame",
+                Ok(0) if input.is_empty() => return Ended::Closed("client closed"),
+                Ok(0) => return Ended::Closed("client closed mid-frame"),
                 Ok(_) => {}
-                Err(_) => return "read error",
+                Err(_) => return Ended::Closed("read error"),
             },
-            _ = idle => return "idle timeout",
-            _ = shutdown.changed() => return "shutting down",
+            _ = idle => return Ended::Closed("idle timeout"),
+            _ = shutdown.changed() => {
+                if !hub.exporting() {
+                    return Ended::Closed("shutting down");
+                }
+                // Every reply composed has been written: a frame boundary. The registration
+                // leaves with the connection instead of being dropped.
+                let registered = connection.registered.take();
+                return Ended::Stopped(Stopped {
+                    stream,
+                    start: Start { input, last_frame, registered },
+                });
+            }
         }
         let mut close = None;
         loop {
@@ -287,13 +360,118 @@ async fn run(
                 None => Some(write.await),
             };
             if !matches!(written, Some(Ok(()))) {
-                return "write error";
+                return Ended::Closed("write error");
             }
             output.clear();
         }
         if let Some(reason) = close {
-            return reason;
+            return Ended::Closed(reason);
         }
+    }
+}
+
+/// An agent connection across a hot upgrade: its registration (id, address, ports) and the
+/// registry's next id, so ids are never reused.
+mod carry {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::upgrade::carry::Stopped as Deposit;
+
+    /// (id, address, tcp, udp, rpc)
+    type Carried = (u64, String, Option<u16>, Option<u16>, Option<u16>);
+
+    #[derive(Serialize, Deserialize)]
+    struct State {
+        next_id: u64,
+        registration: Option<Carried>,
+    }
+
+    /// The registration, read once every session has stopped.
+    struct Export {
+        registry: Arc<Registry>,
+        registered: Option<u64>,
+    }
+
+    impl ExportState for Export {
+        fn export(&mut self) -> Result<Vec<u8>, String> {
+            let state = self.registry.state.lock();
+            let registration = self.registered.and_then(|id| {
+                let r = state.entries.get(&id)?;
+                Some((id, r.address.clone(), r.ports.tcp, r.ports.udp, r.ports.rpc))
+            });
+            let state = State {
+                next_id: state.next_id,
+                registration,
+            };
+            postcard::to_allocvec(&state).map_err(|e| e.to_string())
+        }
+    }
+
+    pub(super) fn deposit(hub: &Hub, registry: &Arc<Registry>, stopped: Stopped) {
+        let Stopped { stream, start } = stopped;
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot carry an agent connection");
+                if let Some(id) = start.registered {
+                    registry.unregister(id);
+                }
+                return;
+            }
+        };
+        hub.deposit(Deposit {
+            listener: LISTENER,
+            stream,
+            input: start.input.to_vec(),
+            idle: start.last_frame.elapsed(),
+            partial: None,
+            service: Box::new(Export {
+                registry: registry.clone(),
+                registered: start.registered,
+            }),
+        });
+    }
+
+    /// The carried connections, their registrations restored under the same ids.
+    pub(super) fn resume(hub: &Hub, registry: &Registry) -> Vec<(TcpStream, Start)> {
+        let mut out = Vec::new();
+        for Resumable { fd, state } in hub.take_sessions(LISTENER) {
+            let resumed = postcard::from_bytes::<State>(&state.service)
+                .map_err(|e| e.to_string())
+                .and_then(|carried| {
+                    let stream = std::net::TcpStream::from(fd);
+                    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    let stream = TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+                    Ok((stream, carried))
+                });
+            let (stream, carried) = match resumed {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "carried agent connection refused; closed");
+                    continue;
+                }
+            };
+            let mut registry_state = registry.state.lock();
+            registry_state.next_id = registry_state.next_id.max(carried.next_id);
+            let registered = carried.registration.map(|(id, address, tcp, udp, rpc)| {
+                let ports = Ports { tcp, udp, rpc };
+                registry_state
+                    .entries
+                    .insert(id, Registration { address, ports });
+                id
+            });
+            drop(registry_state);
+            let now = Instant::now();
+            let idle = Duration::from_millis(state.idle_ms);
+            let start = Start {
+                input: BytesMut::from(&state.input[..]),
+                last_frame: now.checked_sub(idle).unwrap_or(now),
+                registered,
+            };
+            out.push((stream, start));
+        }
+        out
     }
 }
 

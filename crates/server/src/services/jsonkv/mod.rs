@@ -102,6 +102,7 @@ async fn start(runtime: &mut Runtime, config: &JsonkvConfig) -> Result<(), Serve
             let session = SessionLimits::from_secs(idle, idle, config.max_output_bytes);
             let store = store.clone();
             runtime.tasks.spawn(serve_tcp(
+                "jsonkv tcp",
                 tcp,
                 Arc::new(codec),
                 move || JsonkvService::new(store.clone()),

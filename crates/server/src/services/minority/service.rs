@@ -318,4 +318,101 @@ impl Service for MinorityService {
     async fn closed(&mut self) {
         self.subscriptions.clear();
     }
+
+    fn export(&mut self) -> Result<Vec<u8>, String> {
+        carry::export(self)
+    }
+
+    fn resume(&mut self, state: &[u8]) -> Result<(), String> {
+        carry::resume(self, state)
+    }
+}
+
+/// A minority connection across a hot upgrade: its subscriptions and the pushes queued for it.
+/// Writes are stopped while it is exported, so re-subscribing in the new process continues
+/// each subscription with no gap and no duplicate.
+mod carry {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// A queued push: (status, opaque, dataId, datanumId, value).
+    type Queued = (u16, u32, Vec<u8>, Vec<u8>, Vec<u8>);
+
+    #[derive(Serialize, Deserialize)]
+    struct State {
+        /// (dataId, datanumId, whole dataId, opaque)
+        subscriptions: Vec<(Vec<u8>, Vec<u8>, bool, u32)>,
+        /// Pushes not yet sent, in order.
+        queued: Vec<Queued>,
+    }
+
+    pub(super) fn export(service: &mut MinorityService) -> Result<Vec<u8>, String> {
+        let mut queued: Vec<Response> = service.snapshot.drain(..).collect();
+        let mut subscriptions = Vec::new();
+        for ((data_id, datanum_id, whole), subscribed) in &service.subscriptions {
+            for watch in &subscribed.watches {
+                while let Some(event) = watch.try_recv() {
+                    queued.extend(push_of(event, subscribed.opaque));
+                }
+            }
+            subscriptions.push((
+                data_id.to_vec(),
+                datanum_id.to_vec(),
+                *whole,
+                subscribed.opaque,
+            ));
+        }
+        let queued = queued
+            .into_iter()
+            .map(|r| {
+                let (data_id, datanum_id) = (r.data_id.to_vec(), r.datanum_id.to_vec());
+                (r.status, r.opaque, data_id, datanum_id, r.value.to_vec())
+            })
+            .collect();
+        postcard::to_allocvec(&State {
+            subscriptions,
+            queued,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    pub(super) fn resume(service: &mut MinorityService, state: &[u8]) -> Result<(), String> {
+        let state: State = postcard::from_bytes(state).map_err(|e| e.to_string())?;
+        for (status, opaque, data_id, datanum_id, value) in state.queued {
+            service.snapshot.push_back(Response {
+                op: op::NOTIFY,
+                status,
+                opaque,
+                data_id: data_id.into(),
+                datanum_id: datanum_id.into(),
+                value: value.into(),
+            });
+        }
+        let s = service.shared.clone();
+        let capacity = Some(s.config.push_queue.max(1) as usize);
+        for (data_id, datanum_id, whole, opaque) in state.subscriptions {
+            let (data_id, datanum_id) = (Bytes::from(data_id), Bytes::from(datanum_id));
+            let key = engine_key(&data_id, &datanum_id);
+            // The current values were pushed (or queued) before the handover: no snapshot.
+            let (watch, _) = s
+                .engine
+                .watch_key(s.keyspace, key, capacity)
+                .map_err(|e| e.to_string())?;
+            let mut watches = vec![watch];
+            if whole {
+                let mut prefix = data_id.to_vec();
+                prefix.push(0);
+                let (watch, _) = s
+                    .engine
+                    .watch_prefix(s.keyspace, Bytes::from(prefix), capacity, 0)
+                    .map_err(|e| e.to_string())?;
+                watches.push(watch);
+            }
+            service
+                .subscriptions
+                .insert((data_id, datanum_id, whole), Subscribed { opaque, watches });
+        }
+        Ok(())
+    }
 }

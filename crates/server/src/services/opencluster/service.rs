@@ -222,6 +222,14 @@ impl OpenClusterService {
     }
 }
 
+impl Drop for OpenClusterService {
+    /// A session dropped without `closed` (cut at a shutdown or handover deadline) still gives
+    /// its locks back; one carried by a hot upgrade has nothing left to give (see `export`).
+    fn drop(&mut self) {
+        self.release_locks();
+    }
+}
+
 /// An engine value's OpenCluster type: untyped bytes from other protocols read as strings.
 fn type_of(value: &EngineValue) -> ValueType {
     match value {
@@ -362,5 +370,31 @@ impl Service for OpenClusterService {
 
     async fn closed(&mut self) {
         self.release_locks();
+    }
+
+    /// Across a hot upgrade the connection keeps its lock holder id (its locks are carried in
+    /// the engine's lock table), its push counter and whether it ever locked.
+    fn export(&mut self) -> Result<Vec<u8>, String> {
+        let state = postcard::to_allocvec(&(self.holder, self.locked_once, self.next_push))
+            .map_err(|e| e.to_string())?;
+        // The locks go with the connection: dropping this service must not release them.
+        self.locked_once = false;
+        Ok(state)
+    }
+
+    fn resume(&mut self, state: &[u8]) -> Result<(), String> {
+        let (holder, locked_once, next_push): (u64, bool, u32) =
+            postcard::from_bytes(state).map_err(|e| e.to_string())?;
+        if holder & HOLDER_BASE == 0 {
+            return Err(format!("holder {holder} is not an OpenCluster holder"));
+        }
+        // New connections number their holders past every carried one.
+        self.shared
+            .next_holder
+            .fetch_max((holder & !HOLDER_BASE) + 1, Ordering::Relaxed);
+        self.holder = holder;
+        self.locked_once = locked_once;
+        self.next_push = next_push;
+        Ok(())
     }
 }

@@ -295,8 +295,12 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
 }
 
 pub(super) async fn serve(listener: TcpListener, service: Arc<Smalld>, context: ListenerContext) {
-    serve_connections(listener, &service.metrics, context, |stream, _shutdown| {
-        handle(service.clone(), stream)
-    })
+    serve_connections(
+        listener,
+        &service.metrics,
+        context,
+        Vec::new(),
+        |stream, _shutdown| handle(service.clone(), stream),
+    )
     .await;
 }

@@ -1,0 +1,201 @@
+//! The new process's side: connect to the running server, greet it, take the data directory
+//! lock, the listeners, the lock table and the sessions, open the store, report ready and wait
+//! for the commit. Nothing is served and nothing in the data directory is written before the
+//! commit, so a failure leaves the old process free to resume.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use polykv_engine::Engine;
+
+use super::carry::{Carried, CarriedListener, Resumable};
+use super::socket;
+use super::wire::Message;
+use crate::config::Config;
+
+/// What the new process starts from.
+pub struct Taken {
+    pub dir_lock: File,
+    pub carried: Carried,
+    pub engine: Engine,
+}
+
+pub async fn take_over(config: &Config, path: &Path) -> Result<Taken, String> {
+    let timeout = Duration::from_secs(config.upgrade_timeout_secs.max(1));
+    // The old process stops its sessions between our greeting and its first descriptor.
+    let stop_wait = timeout + Duration::from_secs(config.shutdown_timeout_secs);
+    let (path, data_dir) = (path.to_path_buf(), config.data_dir.clone());
+    let (stream, dir_lock, mut carried) =
+        blocking(move || receive_first(&path, &data_dir, timeout, stop_wait)).await?;
+    // The lock table comes after the old process closed the store: open it while the
+    // sessions arrive.
+    let receiving = tokio::task::spawn_blocking(move || {
+        let sessions = receive_sessions(&stream);
+        (stream, sessions)
+    });
+    let opened = crate::server::open_engine_waiting(config).await;
+    let (stream, sessions) = receiving
+        .await
+        .map_err(|e| format!("handover task failed: {e}"))?;
+    let received = match (opened, sessions) {
+        (Ok(engine), Ok(sessions)) => Ok((engine, sessions)),
+        (Ok(engine), Err(reason)) => {
+            engine.close();
+            Err(reason)
+        }
+        (Err(e), _) => Err(e.to_string()),
+    };
+    let (engine, sessions) = match received {
+        Ok(pair) => pair,
+        Err(reason) => {
+            let _ = socket::send(&stream, &failed(&reason), &[]);
+            return Err(reason);
+        }
+    };
+    carried.sessions = sessions;
+    let committed = blocking(move || {
+        socket::send(&stream, &Message::Ready, &[]).map_err(|e| e.to_string())?;
+        match socket::recv(&stream).map_err(|e| e.to_string())? {
+            (Message::Commit, fds) if fds.is_empty() => Ok(()),
+            (other, _) => Err(format!("expected the commit, got {other:?}")),
+        }
+    })
+    .await;
+    if let Err(reason) = committed {
+        engine.close();
+        return Err(reason);
+    }
+    Ok(Taken {
+        dir_lock,
+        carried,
+        engine,
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("handover task failed: {e}"))?
+}
+
+fn failed(reason: &str) -> Message {
+    Message::Failed {
+        reason: reason.to_string(),
+    }
+}
+
+/// The one descriptor a message must carry.
+fn one(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, String> {
+    let count = fds.len();
+    let mut fds = fds.into_iter();
+    match (fds.next(), count) {
+        (Some(fd), 1) => Ok(fd),
+        _ => Err(format!("{what} came with {count} descriptors, not 1")),
+    }
+}
+
+type First = (UnixStream, File, Carried);
+
+/// Greets the old process and receives up to the lock table: the directory lock and the
+/// listeners.
+fn receive_first(
+    path: &Path,
+    data_dir: &Path,
+    timeout: Duration,
+    stop_wait: Duration,
+) -> Result<First, String> {
+    let stream =
+        UnixStream::connect(path).map_err(|e| format!("cannot reach {}: {e}", path.display()))?;
+    let pid = socket::check_peer(&stream).map_err(|e| e.to_string())?;
+    // SAFETY: getppid cannot fail.
+    let parent = unsafe { libc::getppid() };
+    if pid != parent {
+        return Err(format!(
+            "handover peer is pid {pid}, not our parent {parent}"
+        ));
+    }
+    socket::set_timeout(&stream, timeout).map_err(|e| e.to_string())?;
+    let fail = |reason: String| {
+        let _ = socket::send(&stream, &failed(&reason), &[]);
+        reason
+    };
+    // A data directory this binary cannot read: refused before anything is stopped.
+    crate::format::check(data_dir).map_err(|e| fail(e.to_string()))?;
+    let hello = Message::Hello {
+        data_format: crate::format::DATA_FORMAT,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    socket::send(&stream, &hello, &[]).map_err(|e| e.to_string())?;
+    match socket::recv(&stream).map_err(|e| e.to_string())? {
+        (Message::Proceed, fds) if fds.is_empty() => {}
+        (Message::Refused { reason }, _) => return Err(format!("refused: {reason}")),
+        (other, _) => return Err(fail(format!("expected to proceed, got {other:?}"))),
+    }
+    stream
+        .set_read_timeout(Some(stop_wait))
+        .map_err(|e| e.to_string())?;
+    let mut dir_lock = None;
+    let mut carried = Carried::default();
+    loop {
+        match socket::recv(&stream).map_err(|e| e.to_string())? {
+            (Message::DirLock, fds) => {
+                dir_lock = Some(File::from(one(fds, "the lock").map_err(fail)?))
+            }
+            (Message::Listener { name, udp }, fds) => {
+                let fd = one(fds, "a listener").map_err(fail)?;
+                carried.listeners.push(CarriedListener { name, udp, fd })
+            }
+            (Message::Locks { locks }, fds) if fds.is_empty() => {
+                carried.locks = locks;
+                break;
+            }
+            (other, _) => return Err(fail(format!("unexpected {other:?}"))),
+        }
+    }
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let dir_lock = dir_lock.ok_or_else(|| fail("no data directory lock".into()))?;
+    Ok((stream, dir_lock, carried))
+}
+
+/// Receives the sessions, batch by batch, until the count that closes them.
+fn receive_sessions(stream: &UnixStream) -> Result<Vec<Resumable>, String> {
+    let mut sessions = Vec::new();
+    loop {
+        match socket::recv(stream).map_err(|e| e.to_string())? {
+            (Message::Sessions(states), fds) if states.len() == fds.len() => sessions.extend(
+                states
+                    .into_iter()
+                    .zip(fds)
+                    .map(|(state, fd)| Resumable { fd, state }),
+            ),
+            (
+                Message::Sent {
+                    sessions: count, ..
+                },
+                fds,
+            ) if fds.is_empty() => {
+                if sessions.len() != count as usize {
+                    return Err(format!(
+                        "sent {count} sessions, received {}",
+                        sessions.len()
+                    ));
+                }
+                return Ok(sessions);
+            }
+            (other, fds) => {
+                return Err(format!(
+                    "unexpected {other:?} with {} descriptors",
+                    fds.len()
+                ))
+            }
+        }
+    }
+}
