@@ -17,6 +17,7 @@
 // it return it too rather than box and unbox it at every call.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
 pub mod linearizability;
 pub mod log_store;
 pub mod network;
@@ -25,6 +26,7 @@ pub mod sim;
 pub mod snapshot;
 pub mod state_file;
 pub mod state_machine;
+pub mod tcp;
 pub mod transport;
 pub mod wire;
 

@@ -150,9 +150,7 @@ impl StateMachine {
         meta: &SnapshotMeta,
     ) -> Result<Snapshot<TypeConfig>, StorageError> {
         let path = snapshot::data_path(&self.dir, &meta.snapshot_id);
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(snap_err)?;
+        let file = tokio::fs::File::open(&path).await.map_err(snap_err)?;
         Ok(Snapshot {
             meta: meta.clone(),
             snapshot: Box::new(file),
