@@ -812,7 +812,13 @@ impl Engine {
                     }
                 }
                 let mut ops = Vec::with_capacity(2);
-                let version = self.next_version(writer, ks, &mut ops);
+                // A replica's memory-only write stays on that node: it must not take a version
+                // the replicated writes would then get differently on every node.
+                let version = if durability == Durability::Memory && writer.exact_versions {
+                    writer.versions[ks as usize].0
+                } else {
+                    self.next_version(writer, ks, &mut ops)
+                };
                 let entry = Entry {
                     value,
                     version,

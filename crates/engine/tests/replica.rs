@@ -209,3 +209,35 @@ fn an_import_cut_short_leaves_the_installing_marker_and_foreign_data_is_refused(
     let err = engine.import(|| Ok(items.next()), "m".into()).unwrap_err();
     assert!(err.to_string().contains("another cluster"), "{err}");
 }
+
+#[test]
+fn a_memory_only_write_on_one_replica_takes_no_replicated_version() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let a = open(a_dir.path());
+    let b = open(b_dir.path());
+    for (i, proposal) in proposals().into_iter().take(2).enumerate() {
+        let marker = Bytes::from(format!("{i}"));
+        a.apply_committed(Some(proposal.clone()), marker.clone())
+            .unwrap();
+        b.apply_committed(Some(proposal), marker).unwrap();
+    }
+    // Only replica a takes a cache-only write (nmdb CACHE_ONLY stays on its node).
+    let local = a
+        .submit(
+            Command::put(0, "cache only", Value::I32(1)),
+            polykv_engine::Durability::Memory,
+        )
+        .unwrap();
+    assert!(!local.needs_wait());
+    let next = Proposal {
+        at_ms: 9,
+        command: Command::put(0, "k3", Value::I32(3)),
+    };
+    let on_a = a.apply_committed(Some(next.clone()), "n".into()).unwrap();
+    let on_b = b.apply_committed(Some(next), "n".into()).unwrap();
+    assert_eq!(
+        on_a, on_b,
+        "the replicated write got the same version on both"
+    );
+}
