@@ -94,6 +94,7 @@ pub struct Status {
 
 struct Inner {
     id: NodeId,
+    log: LogStore,
     raft: Raft,
     transport: Arc<dyn Transport>,
     engine: Engine,
@@ -149,12 +150,13 @@ impl Node {
         let network = Network {
             transport: transport.clone(),
         };
-        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log.clone(), sm)
             .await
             .map_err(|e| storage(&e))?;
         Ok(Node {
             inner: Arc::new(Inner {
                 id: config.id,
+                log,
                 raft,
                 transport,
                 engine,
@@ -175,6 +177,54 @@ impl Node {
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The first log id of the cluster this node's data belongs to, once it has any.
+    pub fn cluster_id(&self) -> Option<LogId> {
+        self.inner.log.cluster_id()
+    }
+
+    /// Founds the cluster of `voters` once a majority of them answers and none of them holds
+    /// data of a cluster already (the lowest id calls this at start; it returns at once when
+    /// this node's log already belongs to a cluster). Gives up after `attempts` rounds.
+    pub async fn found(
+        &self,
+        voters: BTreeMap<NodeId, Member>,
+        attempts: usize,
+    ) -> Result<bool, ClusterError> {
+        for _ in 0..attempts {
+            if self.cluster_id().is_some()
+                || self.inner.raft.is_initialized().await.unwrap_or(false)
+            {
+                return Ok(false);
+            }
+            let mut up = 0;
+            let mut formed = false;
+            for (id, member) in &voters {
+                if *id == self.inner.id {
+                    up += 1;
+                    continue;
+                }
+                let ping = self
+                    .inner
+                    .transport
+                    .call(*id, &member.addr, Rpc::Ping, Duration::from_millis(500))
+                    .await;
+                if let Ok(Reply::Pong { cluster }) = ping {
+                    up += 1;
+                    formed |= cluster.is_some();
+                }
+            }
+            if formed {
+                return Ok(false);
+            }
+            if up * 2 > voters.len() {
+                self.initialize(voters).await?;
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Err(unavailable("no majority of the peers answered"))
     }
 
     /// Founds a cluster of these voters (once, on one node, with empty logs everywhere).
@@ -428,6 +478,9 @@ impl Handler for Node {
                 }
                 Rpc::Forward(request) => Reply::Forward(self.propose(request).await),
                 Rpc::ReadIndex => Reply::ReadIndex(self.read_index_here().await),
+                Rpc::Ping => Reply::Pong {
+                    cluster: self.inner.log.cluster_id(),
+                },
             }
         })
     }

@@ -43,6 +43,9 @@ pub enum Rpc {
     Forward(Request),
     /// A follower asks the leader for a read index (linearizable reads on followers).
     ReadIndex,
+    /// Is the peer up, and which cluster does its data belong to (the founding node asks
+    /// before it founds one).
+    Ping,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,6 +57,10 @@ pub enum Reply {
     ),
     Forward(Result<Response, ForwardError>),
     ReadIndex(Result<Option<LogId>, ForwardError>),
+    /// The first log id of the cluster the peer's data belongs to, if any.
+    Pong {
+        cluster: Option<LogId>,
+    },
 }
 
 /// What one frame carries.

@@ -1,6 +1,7 @@
 //! The `polykv` binary: parses arguments and calls into the crates.
 
 mod bench;
+mod cluster;
 mod verbs;
 
 use anyhow::Context;
@@ -32,6 +33,8 @@ enum Commands {
     Client(verbs::Verb),
     /// Load generator: the same load against one or more servers, with a ratio table.
     Bench(bench::BenchArgs),
+    /// The replicated cluster: status, add or remove a member (through a node's admin API).
+    Cluster(cluster::ClusterArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config {
         /// Print the reference of every setting (Markdown) instead.
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Bench(args) => bench::bench(args),
+        Commands::Cluster(args) => cluster::run(args),
         Commands::Client(verb) => verbs::run(verb),
         Commands::Config {
             reference: true, ..

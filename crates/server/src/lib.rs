@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod logging;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod secret;
 pub mod server;
 pub mod services;
 pub mod session;
+pub mod submit;
 
 pub use runtime::ServerError;
 pub use server::run;

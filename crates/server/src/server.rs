@@ -80,14 +80,35 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let read_only = Arc::new(ReadOnly::new(config.protocols.nmdb.read_only));
+    let mut tasks = JoinSet::new();
+    let node = if config.cluster.enabled() {
+        match crate::cluster::start(&config, &engine, &mut tasks, shutdown_rx.clone()).await {
+            Ok(node) => Some(node),
+            Err(e) => {
+                engine.close();
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let submitter = match &node {
+        Some(node) => crate::submit::Submitter::Cluster {
+            engine: engine.clone(),
+            node: node.clone(),
+            stale_reads: config.cluster.stale_reads,
+        },
+        None => crate::submit::Submitter::Local(engine.clone()),
+    };
     let mut runtime = Runtime {
         context: ListenerContext {
             connections: Arc::new(Semaphore::new(config.max_connections as usize)),
             shutdown: shutdown_rx.clone(),
         },
         engine: engine.clone(),
+        submitter,
         read_only: read_only.clone(),
-        tasks: JoinSet::new(),
+        tasks,
         config: config.clone(),
     };
 
@@ -105,9 +126,18 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         });
     }
     let started = Instant::now();
-    let result = start_listeners(&mut runtime, prometheus, started).await;
+    // In cluster mode the protocols' keyspaces are created through the cluster, so the
+    // listeners start once it has a leader; a signal meanwhile still stops the server.
+    let result = tokio::select! {
+        result = start_listeners(&mut runtime, prometheus, started) => result,
+        _ = term.recv() => Err(ServerError::Other("SIGTERM during start-up".into())),
+        _ = int.recv() => Err(ServerError::Other("SIGINT during start-up".into())),
+    };
     if let Err(e) = result {
         let _ = shutdown_tx.send(true);
+        if let Some(node) = &node {
+            node.shutdown().await;
+        }
         engine.close();
         return Err(e);
     }
@@ -137,6 +167,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         );
         runtime.tasks.abort_all();
     }
+    if let Some(node) = &node {
+        node.shutdown().await;
+    }
     let syncing = engine.sync().await;
     engine.close();
     match syncing {
@@ -165,6 +198,7 @@ async fn start_listeners(
         let state = AdminState {
             token,
             engine: runtime.engine.clone(),
+            submitter: runtime.submitter.clone(),
             prometheus,
             read_only: runtime.read_only.clone(),
             started,
