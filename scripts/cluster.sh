@@ -14,7 +14,10 @@ dir="./polykv-cluster"
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then dir="$1"; shift; fi
 [ "${1:-}" = "--" ] && shift
 bin="${POLYKV_BIN:-target/release/polykv}"
-peers="1=127.0.0.1:26090,2=127.0.0.2:26090,3=127.0.0.3:26090"
+# POLYKV_CLUSTER_PORT and POLYKV_ADMIN_PORT, when set, reach every node (polykv reads them too).
+cport="${POLYKV_CLUSTER_PORT:-26090}"
+admin="127.0.0.1:${POLYKV_ADMIN_PORT:-26080}"
+peers="1=127.0.0.1:$cport,2=127.0.0.2:$cport,3=127.0.0.3:$cport"
 
 case "$action" in
   start)
@@ -35,8 +38,8 @@ case "$action" in
       echo "node $n: pid $!, 127.0.0.$n, log $dir/node$n.log"
     done
     for _ in $(seq 1 150); do
-      if "$bin" cluster status --admin 127.0.0.1:26080 2>/dev/null | grep -q "leader [0-9]"; then
-        "$bin" cluster status --admin 127.0.0.1:26080
+      if "$bin" cluster status --admin "$admin" 2>/dev/null | grep -q "leader [0-9]"; then
+        "$bin" cluster status --admin "$admin"
         exit 0
       fi
       sleep 0.2
@@ -45,7 +48,7 @@ case "$action" in
     exit 1
     ;;
   status)
-    "$bin" cluster status --admin 127.0.0.1:26080
+    "$bin" cluster status --admin "$admin"
     ;;
   stop)
     for n in 1 2 3; do

@@ -49,9 +49,9 @@ impl NodeConfig {
         NodeConfig {
             id,
             dir,
-            heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(400),
-            election_max: Duration::from_millis(800),
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(150),
+            election_max: Duration::from_millis(300),
             snapshot_every: 50_000,
             write_timeout: Duration::from_secs(3),
             segment_bytes: polykv_engine::log::DEFAULT_SEGMENT_BYTES,

@@ -58,6 +58,9 @@ pub async fn start(
     let mut node_config = NodeConfig::new(c.node_id, raft_dir);
     node_config.write_timeout = Duration::from_millis(c.write_timeout_ms);
     node_config.snapshot_every = c.snapshot_entries;
+    node_config.heartbeat = Duration::from_millis(c.heartbeat_ms);
+    node_config.election_min = Duration::from_millis(c.election_timeout_ms);
+    node_config.election_max = Duration::from_millis(2 * c.election_timeout_ms);
     let node = Node::start(node_config, engine.clone(), transport.clone())
         .await
         .map_err(|e| ServerError::Other(format!("cannot start the cluster node: {e}")))?;

@@ -29,6 +29,14 @@ crate::settings! {
         pub stale_reads: bool = false,
         /// Raft entries between snapshots (the log is purged behind each)
         pub snapshot_entries: u64 = 100_000,
+        /// Milliseconds between the leader's heartbeats
+        pub heartbeat_ms: u64 = 50,
+        /// Shortest election timeout in ms (each node draws one up to twice it)
+        ///
+        /// A follower that hears nothing from the leader for twice this (the leader's lease) plus
+        /// its timeout starts an election; lower fails over faster, but must stay well above the
+        /// heartbeat and the worst pause of a loaded machine.
+        pub election_timeout_ms: u64 = 150,
     }
 }
 
@@ -87,6 +95,12 @@ impl ClusterConfig {
         }
         if self.write_timeout_ms == 0 {
             return Err("cluster.write_timeout_ms must be at least 1".into());
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms < 2 * self.heartbeat_ms {
+            return Err(
+                "cluster.election_timeout_ms must be at least twice cluster.heartbeat_ms (>= 1)"
+                    .into(),
+            );
         }
         if self.snapshot_entries < 100 {
             return Err("cluster.snapshot_entries must be at least 100".into());
