@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+mod batch;
 pub mod linearizability;
 pub mod log_store;
 pub mod network;
@@ -53,19 +54,22 @@ impl fmt::Display for Member {
     }
 }
 
-/// A command as the Raft log carries it.
+/// Commands as one Raft entry carries them: every proposal that arrived at the leader while
+/// the previous entry was being written (openraft 0.9 writes one entry at a time, each waiting
+/// for its flush, so batching here is what lets concurrent writes share an fsync).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    pub proposal: Proposal,
-    /// Durable on every voter of the majority before it counts (Sync), or only written
-    /// (Async: committed on a majority, in their OS buffers).
+    pub proposals: Vec<Proposal>,
+    /// Durable on every voter of the majority before it counts (Sync: any proposal asked for
+    /// it), or only written (Async: committed on a majority, in their OS buffers).
     pub sync: bool,
 }
 
-/// What applying a [`Request`] gave (None: the engine refused it, the same on every replica).
+/// What applying each proposal of a [`Request`] gave, in order (None: the engine refused it,
+/// the same on every replica).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
-    pub outcome: Option<Outcome>,
+    pub outcomes: Vec<Option<Outcome>>,
 }
 
 openraft::declare_raft_types!(

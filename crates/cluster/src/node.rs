@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use polykv_engine::{Command, Durability, Engine, Outcome, Proposal};
 use serde::Serialize;
 
+use crate::batch::Batcher;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::state_machine::StateMachine;
@@ -49,9 +50,9 @@ impl NodeConfig {
         NodeConfig {
             id,
             dir,
-            heartbeat: Duration::from_millis(50),
-            election_min: Duration::from_millis(150),
-            election_max: Duration::from_millis(300),
+            heartbeat: Duration::from_millis(30),
+            election_min: Duration::from_millis(100),
+            election_max: Duration::from_millis(200),
             snapshot_every: 50_000,
             write_timeout: Duration::from_secs(3),
             segment_bytes: polykv_engine::log::DEFAULT_SEGMENT_BYTES,
@@ -95,6 +96,7 @@ pub struct Status {
 struct Inner {
     id: NodeId,
     log: LogStore,
+    batcher: Batcher,
     raft: Raft,
     transport: Arc<dyn Transport>,
     engine: Engine,
@@ -157,6 +159,7 @@ impl Node {
             inner: Arc::new(Inner {
                 id: config.id,
                 log,
+                batcher: Batcher::start(raft.clone(), config.write_timeout),
                 raft,
                 transport,
                 engine,
@@ -256,27 +259,33 @@ impl Node {
         command: Command,
         durability: Durability,
     ) -> Result<Outcome, ClusterError> {
-        let request = Request {
-            proposal: Proposal {
-                at_ms: self.inner.engine.now_ms(),
-                command,
-            },
-            sync: durability == Durability::Sync,
+        let proposal = Proposal {
+            at_ms: self.inner.engine.now_ms(),
+            command,
         };
+        let sync = durability == Durability::Sync;
         let deadline = Instant::now() + self.inner.write_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.inner.id => self.propose(request.clone()).await,
+                Some((leader, _)) if leader == self.inner.id => {
+                    self.inner.batcher.propose(proposal.clone(), sync).await
+                }
                 Some((leader, addr)) => {
                     self.inner.forwards.fetch_add(1, Ordering::Relaxed);
+                    let request = Request {
+                        proposals: vec![proposal.clone()],
+                        sync,
+                    };
                     match self
                         .inner
                         .transport
-                        .call(leader, &addr, Rpc::Forward(request.clone()), left)
+                        .call(leader, &addr, Rpc::Forward(request), left)
                         .await
                     {
-                        Ok(Reply::Forward(result)) => result,
+                        Ok(Reply::Forward(result)) => {
+                            result.map(|r| r.outcomes.into_iter().next().flatten())
+                        }
                         Ok(_) => Err(ForwardError::Failed("reply of the wrong kind".into())),
                         Err(TransportError::Unreachable(..)) => Err(ForwardError::NotLeader(None)),
                         Err(e) => Err(ForwardError::Unknown(e.to_string())),
@@ -285,10 +294,8 @@ impl Node {
                 None => Err(ForwardError::NotLeader(None)),
             };
             match attempt {
-                Ok(Response {
-                    outcome: Some(outcome),
-                }) => return Ok(outcome),
-                Ok(Response { outcome: None }) => {
+                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(None) => {
                     return Err(ClusterError::Refused(
                         "the engine refused the command".into(),
                     ))
@@ -302,17 +309,15 @@ impl Node {
         }
     }
 
-    /// Proposes on this node, which believes it leads.
+    /// Proposes a forwarded request on this node, which believes it leads; its proposals join
+    /// the next entries with everything else this node proposes. (Followers forward one
+    /// proposal per request, so its answer is exact.)
     async fn propose(&self, request: Request) -> Result<Response, ForwardError> {
-        let left = self.inner.write_timeout;
-        match tokio::time::timeout(left, self.inner.raft.client_write(request)).await {
-            Ok(Ok(written)) => Ok(written.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ForwardError::NotLeader(f.leader_id))
-            }
-            Ok(Err(e)) => Err(ForwardError::Unknown(e.to_string())),
-            Err(_) => Err(ForwardError::Unknown("not committed in time".into())),
+        let mut outcomes = Vec::with_capacity(request.proposals.len());
+        for proposal in request.proposals {
+            outcomes.push(self.inner.batcher.propose(proposal, request.sync).await?);
         }
+        Ok(Response { outcomes })
     }
 
     /// The leader's read index, from this node if it leads.

@@ -26,10 +26,14 @@ use crate::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership
 
 const MARKER_FORMAT: u8 = 1;
 
+/// The position the engine holds: the last entry applied whole, and, while an entry's
+/// proposals are being applied one engine batch at a time, that entry and how many of its
+/// proposals are done (a restart in the middle applies only the rest).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Marker {
     applied: Option<LogId>,
     membership: StoredMembership,
+    partial: Option<(LogId, u32)>,
 }
 
 impl Marker {
@@ -81,6 +85,7 @@ fn import(engine: &Engine, dir: &Path, meta: &SnapshotMeta) -> Result<(), Storag
     let marker = Marker {
         applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
+        partial: None,
     };
     engine
         .import(
@@ -118,6 +123,7 @@ impl StateMachine {
                 Marker {
                     applied: meta.last_log_id,
                     membership: meta.last_membership.clone(),
+                    partial: None,
                 }
             }
             Some(raw) => Marker::decode(raw)
@@ -215,20 +221,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut out = Vec::new();
         for entry in entries {
-            self.marker.applied = Some(entry.log_id);
-            let proposal: Option<Proposal> = match entry.payload {
-                EntryPayload::Normal(request) => Some(request.proposal),
-                EntryPayload::Blank => None,
+            let log_id = entry.log_id;
+            let proposals: Vec<Proposal> = match entry.payload {
+                EntryPayload::Normal(request) => request.proposals,
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(membership) => {
-                    self.marker.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    None
+                    self.marker.membership = StoredMembership::new(Some(log_id), membership);
+                    Vec::new()
                 }
             };
-            let outcome = self
-                .engine
-                .apply_committed(proposal, self.marker.encode())
-                .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
-            out.push(Response { outcome });
+            // Proposals of this entry applied before a restart are not applied again.
+            let done = match self.marker.partial {
+                Some((partial, done)) if partial == log_id => done as usize,
+                _ => 0,
+            };
+            let count = proposals.len();
+            let mut outcomes = Vec::with_capacity(count);
+            if count == 0 {
+                self.marker.applied = Some(log_id);
+                self.marker.partial = None;
+                self.engine
+                    .apply_committed(None, self.marker.encode())
+                    .map_err(|e| StorageIOError::apply(log_id, &e))?;
+            }
+            for (i, proposal) in proposals.into_iter().enumerate() {
+                if i < done {
+                    outcomes.push(None);
+                    continue;
+                }
+                if i + 1 == count {
+                    self.marker.applied = Some(log_id);
+                    self.marker.partial = None;
+                } else {
+                    self.marker.partial = Some((log_id, i as u32 + 1));
+                }
+                let outcome = self
+                    .engine
+                    .apply_committed(Some(proposal), self.marker.encode())
+                    .map_err(|e| StorageIOError::apply(log_id, &e))?;
+                outcomes.push(outcome);
+            }
+            out.push(Response { outcomes });
         }
         self.publish_applied();
         Ok(out)
@@ -283,6 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.marker = Marker {
             applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
+            partial: None,
         };
         *self.current.lock() = Some(meta.clone());
         self.publish_applied();
@@ -295,5 +329,76 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(meta) => Ok(Some(self.open_snapshot(&meta).await?)),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry as RaftEntry};
+    use polykv_engine::{Command, EngineConfig, Outcome, Value};
+
+    use super::*;
+    use crate::Request;
+
+    fn put(value: i64) -> Proposal {
+        Proposal {
+            at_ms: 1,
+            command: Command::put(0, "k", Value::I64(value)),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_cut_short_by_a_crash_applies_only_its_remaining_proposals() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open_dir(&dir.path().join("e"), EngineConfig::default()).unwrap();
+        engine.enable_replication();
+        let create = Proposal {
+            at_ms: 1,
+            command: Command::CreateKeyspace { name: "t".into() },
+        };
+        let first = LogId::new(CommittedLeaderId::new(1, 1), 1);
+        let whole = Marker {
+            applied: Some(first),
+            ..Marker::default()
+        };
+        engine
+            .apply_committed(Some(create), whole.encode())
+            .unwrap();
+        // Entry 2 holds three puts; the crash came after the first was applied.
+        let second = LogId::new(CommittedLeaderId::new(1, 1), 2);
+        let cut = Marker {
+            applied: Some(first),
+            partial: Some((second, 1)),
+            ..Marker::default()
+        };
+        engine.apply_committed(Some(put(1)), cut.encode()).unwrap();
+
+        let applied = Arc::new(AtomicU64::new(0));
+        let mut sm = StateMachine::open(engine.clone(), &dir.path().join("s"), applied).unwrap();
+        let (reported, _) = sm.applied_state().await.unwrap();
+        assert_eq!(
+            reported,
+            Some(first),
+            "the cut entry is not reported applied"
+        );
+        let entry = RaftEntry::<TypeConfig> {
+            log_id: second,
+            payload: EntryPayload::Normal(Request {
+                proposals: vec![put(1), put(2), put(3)],
+                sync: true,
+            }),
+        };
+        let responses = sm.apply(vec![entry]).await.unwrap();
+        assert_eq!(
+            responses[0].outcomes,
+            vec![
+                None,
+                Some(Outcome::Written { version: 2 }),
+                Some(Outcome::Written { version: 3 })
+            ],
+            "the first put is not applied twice"
+        );
+        let (reported, _) = sm.applied_state().await.unwrap();
+        assert_eq!(reported, Some(second));
     }
 }

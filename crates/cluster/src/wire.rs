@@ -143,10 +143,10 @@ mod tests {
         Envelope::Call {
             id: 7,
             rpc: Rpc::Forward(Request {
-                proposal: Proposal {
+                proposals: vec![Proposal {
                     at_ms: 1,
                     command: Command::put(0, "k", Value::I32(1)),
-                },
+                }],
                 sync: true,
             }),
         }

@@ -123,6 +123,18 @@ async fn put(node: &Node, key: &str, value: i64) -> Result<Outcome, ClusterError
     .await
 }
 
+/// A put that may first meet an election in progress: retried a bounded number of times.
+async fn put_eventually(node: &Node, key: &str, value: i64) -> Outcome {
+    let mut last = None;
+    for _ in 0..10 {
+        match put(node, key, value).await {
+            Ok(outcome) => return outcome,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no leader took the write: {last:?}");
+}
+
 async fn read(node: &Node, key: &str) -> Result<Option<i64>, ClusterError> {
     node.read_barrier().await?;
     Ok(node
@@ -133,6 +145,19 @@ async fn read(node: &Node, key: &str) -> Result<Option<i64>, ClusterError> {
             Value::I64(v) => v,
             other => panic!("unexpected value {other:?}"),
         }))
+}
+
+/// A linearizable read that may first meet an election in progress: retried a bounded number
+/// of times.
+async fn read_eventually(node: &Node, key: &str) -> Option<i64> {
+    let mut last = None;
+    for _ in 0..10 {
+        match read(node, key).await {
+            Ok(value) => return value,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no linearizable read: {last:?}");
 }
 
 async fn create_keyspace(node: &Node) -> KeyspaceId {
@@ -179,14 +204,14 @@ async fn three_nodes_replicate_writes_from_any_node_and_survive_the_loss_of_the_
     // The leader dies: the two others elect a new one and take writes again.
     cluster.kill(leader).await;
     let survivor = cluster.nodes.values().next().cloned().unwrap();
-    put(&survivor, "after", 1).await.unwrap();
+    put_eventually(&survivor, "after", 1).await;
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
 
     // The old leader comes back and catches up from the log.
     let back = cluster.start(leader).await;
-    assert_eq!(read(&back, "after").await.unwrap(), Some(1));
-    assert_eq!(read(&back, "k0").await.unwrap(), Some(0));
+    assert_eq!(read_eventually(&back, "after").await, Some(1));
+    assert_eq!(read_eventually(&back, "k0").await, Some(0));
     for node in cluster.nodes.values() {
         node.shutdown().await;
     }
@@ -218,17 +243,17 @@ async fn a_cut_off_leader_refuses_writes_in_bounded_time_and_the_majority_goes_o
     );
     assert!(started.elapsed() < Duration::from_secs(5), "bounded");
     // The majority elects a leader among itself and takes writes.
-    put(&cluster.nodes[&others[0]], "x", 3).await.unwrap();
+    put_eventually(&cluster.nodes[&others[0]], "x", 3).await;
     assert_eq!(
-        read(&cluster.nodes[&others[1]], "x").await.unwrap(),
+        read_eventually(&cluster.nodes[&others[1]], "x").await,
         Some(3)
     );
     // Healed, the old leader follows and sees the majority's write, not its own.
     cluster.router.heal();
-    assert_eq!(read(&cluster.nodes[&leader], "x").await.unwrap(), Some(3));
+    assert_eq!(read_eventually(&cluster.nodes[&leader], "x").await, Some(3));
     cluster.kill(others[3]).await;
     cluster.kill(others[2]).await;
-    put(&cluster.nodes[&leader], "x", 4).await.unwrap();
+    put_eventually(&cluster.nodes[&leader], "x", 4).await;
     for node in cluster.nodes.values() {
         node.shutdown().await;
     }
@@ -249,15 +274,15 @@ async fn a_lagging_node_catches_up_by_snapshot_after_the_log_was_purged() {
     let purged = (0..200).any(|_| node.raft().metrics().borrow().purged.is_some());
     assert!(purged, "log purged behind a snapshot");
     let back = cluster.start(lagging).await;
-    assert_eq!(read(&back, "k299").await.unwrap(), Some(299));
-    assert_eq!(read(&back, "k0").await.unwrap(), Some(0));
+    assert_eq!(read_eventually(&back, "k299").await, Some(299));
+    assert_eq!(read_eventually(&back, "k0").await, Some(0));
     assert!(
         back.raft().metrics().borrow().snapshot.is_some(),
         "caught up by a snapshot, not the log"
     );
     // And it goes on applying after the snapshot, with the same versions.
     put(&node, "k0", -1).await.unwrap();
-    assert_eq!(read(&back, "k0").await.unwrap(), Some(-1));
+    assert_eq!(read_eventually(&back, "k0").await, Some(-1));
     let a = back.engine().get(0, b"k0").unwrap().unwrap().entry;
     let b = node.engine().get(0, b"k0").unwrap().unwrap().entry;
     assert_eq!(a, b);
@@ -265,7 +290,7 @@ async fn a_lagging_node_catches_up_by_snapshot_after_the_log_was_purged() {
     drop(back);
     cluster.kill(lagging).await;
     let again = cluster.start(lagging).await;
-    assert_eq!(read(&again, "k0").await.unwrap(), Some(-1));
+    assert_eq!(read_eventually(&again, "k0").await, Some(-1));
     for node in cluster.nodes.values() {
         node.shutdown().await;
     }

@@ -30,13 +30,13 @@ crate::settings! {
         /// Raft entries between snapshots (the log is purged behind each)
         pub snapshot_entries: u64 = 100_000,
         /// Milliseconds between the leader's heartbeats
-        pub heartbeat_ms: u64 = 50,
+        pub heartbeat_ms: u64 = 30,
         /// Shortest election timeout in ms (each node draws one up to twice it)
         ///
         /// A follower that hears nothing from the leader for twice this (the leader's lease) plus
         /// its timeout starts an election; lower fails over faster, but must stay well above the
         /// heartbeat and the worst pause of a loaded machine.
-        pub election_timeout_ms: u64 = 150,
+        pub election_timeout_ms: u64 = 100,
     }
 }
 
