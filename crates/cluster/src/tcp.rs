@@ -30,6 +30,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IN_FLIGHT: usize = 1024;
 /// Frames queued for a connection's writer.
 const WRITE_QUEUE: usize = 4096;
+/// Incoming connections open at once (authenticated or not): strangers cannot exhaust the node.
+const MAX_CONNECTIONS: usize = 256;
 
 /// Counters of the cluster port.
 #[derive(Debug, Default)]
@@ -37,6 +39,8 @@ pub struct TcpCounters {
     pub connections_accepted: AtomicU64,
     pub auth_failures: AtomicU64,
     pub garbage_disconnects: AtomicU64,
+    /// Connections closed at once because MAX_CONNECTIONS were open.
+    pub refused_over_limit: AtomicU64,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
@@ -234,6 +238,7 @@ pub async fn serve(
     secret: Arc<[u8]>,
     counters: Arc<TcpCounters>,
 ) {
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -246,12 +251,18 @@ pub async fn serve(
         counters
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            counters.refused_over_limit.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "cluster port: too many connections; closed");
+            continue;
+        };
         let handler = handler.clone();
         let secret = secret.clone();
         let counters = counters.clone();
-        tokio::spawn(
-            async move { serve_connection(stream, peer, handler, &secret, &counters).await },
-        );
+        tokio::spawn(async move {
+            serve_connection(stream, peer, handler, &secret, &counters).await;
+            drop(permit);
+        });
     }
 }
 
