@@ -38,9 +38,11 @@ impl TestCluster {
         for id in 1..=size {
             cluster.start(id).await;
         }
-        let voters = (1..=size).map(|id| (id, member(id))).collect();
-        cluster.nodes[&1].initialize(voters).await.unwrap();
-        cluster.leader().await;
+        if size > 0 {
+            let voters = (1..=size).map(|id| (id, member(id))).collect();
+            cluster.nodes[&1].initialize(voters).await.unwrap();
+            cluster.leader().await;
+        }
         cluster
     }
 
@@ -416,6 +418,73 @@ async fn histories_under_partitions_and_a_leader_kill_are_linearizable() {
             "key {key}: {events:#?}"
         );
     }
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
+/// A node whose data belongs to another cluster (same id, founded elsewhere) does not take this
+/// cluster's log: it keeps its own history and data, and the cluster goes on without it. (Its
+/// log refuses any truncation of its founding entry, should a leader ever ask.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_clusters_data_refuses_to_join() {
+    let mut cluster = TestCluster::new(3, 50_000, 5).await;
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    put_eventually(&cluster.nodes[&leader], "ours", 1).await;
+    let outsider = cluster.follower(leader).id();
+    cluster.kill(outsider).await;
+
+    // The same id, founded alone as a cluster of its own in another directory.
+    let foreign = TestCluster::new(0, 50_000, 6).await;
+    let dir = foreign.dir.path().join("alone");
+    let engine = Engine::open_dir(&dir.join("engine"), EngineConfig::default()).unwrap();
+    let mut config = NodeConfig::new(outsider, dir.join("raft"));
+    config.heartbeat = Duration::from_millis(50);
+    config.election_min = Duration::from_millis(200);
+    config.election_max = Duration::from_millis(400);
+    let alone = Node::start(config.clone(), engine, foreign.router.transport(outsider))
+        .await
+        .unwrap();
+    foreign.router.register(outsider, Arc::new(alone.clone()));
+    alone
+        .initialize([(outsider, member(outsider))].into())
+        .await
+        .unwrap();
+    create_keyspace(&alone).await;
+    put_eventually(&alone, "theirs", 7).await;
+    let theirs = alone.cluster_id();
+    assert!(theirs.is_some());
+    alone.shutdown().await;
+    alone.engine().close();
+    drop(alone);
+    foreign.router.unregister(outsider);
+
+    // It comes up in this cluster's network with its foreign data.
+    let mut engine = Engine::open_dir(&dir.join("engine"), EngineConfig::default());
+    for _ in 0..100 {
+        if engine.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        engine = Engine::open_dir(&dir.join("engine"), EngineConfig::default());
+    }
+    let engine = engine.unwrap();
+    let intruder = Node::start(config, engine, cluster.router.transport(outsider))
+        .await
+        .unwrap();
+    cluster
+        .router
+        .register(outsider, Arc::new(intruder.clone()));
+    // The cluster goes on; the intruder keeps its own history and data.
+    for i in 0..20 {
+        put_eventually(&cluster.nodes[&leader], "ours", i).await;
+    }
+    assert_eq!(intruder.cluster_id(), theirs);
+    let kept = intruder.engine().get(0, b"theirs").unwrap().unwrap().entry;
+    assert_eq!(kept.value, Value::I64(7));
+    assert!(intruder.engine().get(0, b"ours").unwrap().is_none());
+    intruder.shutdown().await;
     for node in cluster.nodes.values() {
         node.shutdown().await;
     }
