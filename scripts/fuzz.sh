@@ -4,14 +4,14 @@
 # under fuzz/artifacts/TARGET/; copy them into the codec's tests as regression cases. Afterwards the
 # new inputs are merged into fuzz/seeds/TARGET/ and minimized (`cargo fuzz cmin`): commit them, and
 # the default test run replays them (crates/protocols/tests/fuzz_corpus.rs,
-# crates/engine/tests/fuzz_corpus.rs).
+# crates/engine/tests/fuzz_corpus.rs, crates/cluster/tests/fuzz_corpus.rs).
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"; shift || true
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nmdb_server nmdb_client minority_server minority_client smalld_server smalld_client opencluster_server opencluster_client jsonkv_server jsonkv_client engine_commands handover_wire)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nmdb_server nmdb_client minority_server minority_client smalld_server smalld_client opencluster_server opencluster_client jsonkv_server jsonkv_client engine_commands handover_wire cluster_wire)
 cd fuzz
 for target in "${TARGETS[@]}"; do
   echo "== $target (${SECONDS_PER_TARGET}s)"

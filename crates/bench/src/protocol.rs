@@ -27,6 +27,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn LoadProtocol>> {
         "opencluster" => Some(Box::new(OpenCluster)),
         "minority" => Some(Box::new(Minority)),
         "jsonkv" => Some(Box::new(Jsonkv)),
+        "etcd" => Some(Box::new(Etcd)),
         _ => None,
     }
 }
@@ -366,9 +367,109 @@ impl LoadProtocol for Resp {
     }
 }
 
+/// etcd v3 through its JSON gateway: `POST /v3/kv/put` and `/v3/kv/range` with base64 keys
+/// and values, on a keep-alive HTTP/1.1 connection (every etcd write is durable: its WAL is
+/// fsynced before the answer).
+pub struct Etcd;
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl Etcd {
+    fn post(path: &str, body: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+impl LoadProtocol for Etcd {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
+        let body = format!("{{\"key\":\"{}\"}}", base64(key));
+        Self::post("/v3/kv/range", &body, out);
+    }
+
+    fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
+        let body = format!(
+            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+            base64(key),
+            base64(value)
+        );
+        Self::post("/v3/kv/put", &body, out);
+    }
+
+    fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+        let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Ok(None);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]);
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or("bad HTTP status line")?;
+        let length = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .ok_or("an HTTP reply without Content-Length")?;
+        let total = head_end + 4 + length;
+        Ok((buf.len() >= total).then_some((total, status == 200)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etcd_requests_and_replies() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let mut out = Vec::new();
+        Etcd.encode_set(b"k", b"v", true, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POST /v3/kv/put HTTP/1.1\r\n"));
+        assert!(text.ends_with("{\"key\":\"aw==\",\"value\":\"dg==\"}"));
+        let reply =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(Etcd.decode_reply(reply).unwrap(), Some((reply.len(), true)));
+        assert_eq!(Etcd.decode_reply(&reply[..reply.len() - 1]).unwrap(), None);
+        let refused = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(
+            Etcd.decode_reply(refused).unwrap(),
+            Some((refused.len(), false))
+        );
+    }
 
     #[test]
     fn memcached_encoding_and_replies() {

@@ -128,7 +128,7 @@ impl Proposal {
 }
 
 /// What applying a command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     KeyspaceCreated(KeyspaceId),
     /// A put (or incr) took effect at this version.

@@ -22,6 +22,10 @@ use crate::value::{Entry, Value};
 use crate::watch::{Change, Event, Selector, Subscription, WatchHub, WatchStats};
 use crate::KeyspaceId;
 
+#[path = "replica.rs"]
+mod replica;
+pub use replica::{Exported, INSTALLING};
+
 /// How durable a write must be before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Durability {
@@ -176,6 +180,11 @@ struct WriterState {
     locks: LockTable,
     /// Number of store-writing commands applied since start.
     seq: u64,
+    /// Replicated mode: every version handed out is recorded exactly (not a block ahead), so a
+    /// replica that restarts goes on from the same version as the others (see `replica`).
+    exact_versions: bool,
+    /// Written with the next batch committed: a replicated log's position (see `replica`).
+    marker: Option<Bytes>,
 }
 
 /// Versions are reserved in the store a block at a time, so they keep increasing across restarts
@@ -356,6 +365,8 @@ impl Engine {
                 versions,
                 locks: LockTable::default(),
                 seq: 0,
+                exact_versions: false,
+                marker: None,
             }),
             applied,
             flushed: AtomicU64::new(0),
@@ -701,7 +712,14 @@ impl Engine {
     ) -> u64 {
         let slot = &mut writer.versions[ks as usize];
         slot.0 += 1;
-        if slot.0 > slot.1 {
+        if writer.exact_versions {
+            slot.1 = slot.0;
+            ops.push(BatchOp::Put {
+                space: self.inner.meta,
+                key: version_meta_key(ks),
+                value: Bytes::copy_from_slice(&slot.1.to_be_bytes()),
+            });
+        } else if slot.0 > slot.1 {
             slot.1 = slot.0 + VERSION_BLOCK;
             ops.push(BatchOp::Put {
                 space: self.inner.meta,
@@ -713,7 +731,14 @@ impl Engine {
     }
 
     /// Writes a batch to the store; a failure poisons the engine.
-    fn commit(&self, writer: &mut WriterState, ops: Vec<BatchOp>) -> Result<u64> {
+    fn commit(&self, writer: &mut WriterState, mut ops: Vec<BatchOp>) -> Result<u64> {
+        if let Some(marker) = writer.marker.take() {
+            ops.push(BatchOp::Put {
+                space: self.inner.meta,
+                key: Bytes::from_static(replica::MARKER_KEY),
+                value: marker,
+            });
+        }
         if let Err(e) = self.inner.store.write_batch(ops) {
             self.inner.poison.set(format!("store write failed: {e}"));
             return Err(e.into());
@@ -783,7 +808,13 @@ impl Engine {
                     }
                 }
                 let mut ops = Vec::with_capacity(2);
-                let version = self.next_version(writer, ks, &mut ops);
+                // A replica's memory-only write stays on that node: it must not take a version
+                // the replicated writes would then get differently on every node.
+                let version = if durability == Durability::Memory && writer.exact_versions {
+                    writer.versions[ks as usize].0
+                } else {
+                    self.next_version(writer, ks, &mut ops)
+                };
                 let entry = Entry {
                     value,
                     version,

@@ -40,6 +40,10 @@ pub enum Error {
     ShuttingDown,
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// Cluster mode: the write or read could not be served in time (no leader reachable, or
+    /// this node is cut off from the majority). A write may or may not have been applied.
+    #[error("the cluster cannot serve the request now: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

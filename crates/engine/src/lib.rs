@@ -26,8 +26,8 @@ pub type KeyspaceId = u32;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use command::{Command, Condition, Outcome, Proposal};
 pub use engine::{
-    valid_keyspace_name, Durability, Engine, EngineConfig, EngineStats, KeyspaceStats, Pending,
-    Read, Source, MAX_KEY_LEN,
+    valid_keyspace_name, Durability, Engine, EngineConfig, EngineStats, Exported, KeyspaceStats,
+    Pending, Read, Source, INSTALLING, MAX_KEY_LEN,
 };
 pub use error::{Error, Result, StoreError};
 pub use locks::LockOutcome;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use hashbrown::HashMap;
 
 /// Result of a lock request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LockOutcome {
     /// Acquired now, or already held by the same holder (its deadline was reset).
     Acquired,

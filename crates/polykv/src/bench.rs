@@ -12,7 +12,8 @@ use polykv_bench::{median_report, protocol, ratio_table, rounds_table, run, RunC
 pub struct BenchArgs {
     /// A server to load, as `PROTOCOL@HOST:PORT` or `LABEL=PROTOCOL@HOST:PORT`; repeat it to
     /// run several targets in turn under the same load. Protocols: nmdb, nmdb-cache (nmdb with
-    /// the CACHE_ONLY flag), opencluster, minority, jsonkv, memcached, redis (RESP).
+    /// the CACHE_ONLY flag), opencluster, minority, jsonkv, memcached, redis (RESP), etcd (its v3
+    /// JSON gateway: durable puts).
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
     /// Concurrent connections.

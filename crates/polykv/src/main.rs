@@ -2,6 +2,7 @@
 
 mod bench;
 mod upgrade;
+mod cluster;
 mod verbs;
 
 use anyhow::Context;
@@ -35,6 +36,8 @@ enum Commands {
     Bench(bench::BenchArgs),
     /// Hot upgrade of the running server: a new binary takes over its listeners and connections.
     Upgrade(upgrade::UpgradeArgs),
+    /// The replicated cluster: status, add or remove a member (through a node's admin API).
+    Cluster(cluster::ClusterArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML.
     Config {
         /// Print the reference of every setting (Markdown) instead.
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Bench(args) => bench::bench(args),
+        Commands::Cluster(args) => cluster::run(args),
         Commands::Client(verb) => verbs::run(verb),
         Commands::Upgrade(args) => upgrade::upgrade(args),
         Commands::Config {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod format;
 pub mod logging;
@@ -22,6 +23,7 @@ pub mod server;
 pub mod services;
 pub mod session;
 pub mod upgrade;
+pub mod submit;
 
 pub use runtime::ServerError;
 pub use server::run;

@@ -70,6 +70,8 @@ pub enum ServerError {
 pub struct Runtime {
     pub config: Config,
     pub engine: Engine,
+    /// Where writes go: the engine, or the cluster.
+    pub submitter: crate::submit::Submitter,
     pub context: ListenerContext,
     pub read_only: Arc<ReadOnly>,
     pub tasks: JoinSet<()>,
@@ -135,14 +137,45 @@ pub async fn bind_if<T>(
 }
 
 impl Runtime {
-    /// The id of a protocol's keyspace, creating it if needed.
-    pub fn keyspace(&self, name: &str) -> Result<polykv_engine::KeyspaceId, ServerError> {
-        self.engine
-            .keyspace(name)
-            .map_err(|source| ServerError::Keyspace {
-                name: name.to_string(),
-                source,
-            })
+    /// The id of a protocol's keyspace, creating it if needed (through the cluster in
+    /// cluster mode, so every node numbers keyspaces alike).
+    pub async fn keyspace(&self, name: &str) -> Result<polykv_engine::KeyspaceId, ServerError> {
+        let failed = |source| ServerError::Keyspace {
+            name: name.to_string(),
+            source,
+        };
+        let Some(node) = self.submitter.node() else {
+            return self.engine.keyspace(name).map_err(failed);
+        };
+        if let Some((id, _)) = self.engine.keyspaces().into_iter().find(|(_, n)| n == name) {
+            return Ok(id);
+        }
+        if !polykv_engine::valid_keyspace_name(name) {
+            return Err(failed(polykv_engine::Error::Invalid(
+                "keyspace names are 1-64 characters of A-Z a-z 0-9 _ . -",
+            )));
+        }
+        let command = polykv_engine::Command::CreateKeyspace { name: name.into() };
+        // Start-up waits here until the cluster has a leader (bounded by the caller's patience:
+        // the process can be stopped at any time).
+        loop {
+            match node
+                .submit(command.clone(), polykv_engine::Durability::Sync)
+                .await
+            {
+                Ok(polykv_engine::Outcome::KeyspaceCreated(id)) => return Ok(id),
+                Ok(_) => {
+                    return Err(failed(polykv_engine::Error::Invalid(
+                        "keyspace not created",
+                    )))
+                }
+                Err(polykv_cluster::ClusterError::Unavailable(why)) => {
+                    tracing::info!(keyspace = name, %why, "waiting for the cluster to create a keyspace");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(failed(polykv_engine::Error::Unavailable(e.to_string()))),
+            }
+        }
     }
 
     /// The address a listener binds to: its own if set, else the global `bind`.

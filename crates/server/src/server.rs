@@ -142,6 +142,26 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
         let hub = Arc::new(Hub::resuming(std::mem::take(&mut carried)));
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let node = if config.cluster.enabled() {
+            match crate::cluster::start(&config, &engine, &mut tasks, shutdown_rx.clone()).await {
+                Ok(node) => Some(node),
+                Err(e) => {
+                    engine.close();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let submitter = match &node {
+            Some(node) => crate::submit::Submitter::Cluster {
+                engine: engine.clone(),
+                node: node.clone(),
+                stale_reads: config.cluster.stale_reads,
+            },
+            None => crate::submit::Submitter::Local(engine.clone()),
+        };
         let mut runtime = Runtime {
             context: ListenerContext {
                 connections: Arc::new(Semaphore::new(config.max_connections as usize)),
@@ -149,8 +169,9 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 handover: hub.clone(),
             },
             engine: engine.clone(),
+            submitter,
             read_only: read_only.clone(),
-            tasks: JoinSet::new(),
+            tasks,
             config: config.clone(),
             bound: Default::default(),
         };
@@ -170,11 +191,20 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
         }
         // Only the runtime holds the engine from here: a handover must be able to release it.
         drop(engine);
-        let result = start_listeners(&mut runtime, prometheus.clone(), started).await;
+        // In cluster mode the protocols' keyspaces are created through the cluster, so the
+        // listeners start once it has a leader; a signal meanwhile still stops the server.
+        let result = tokio::select! {
+            result = start_listeners(&mut runtime, prometheus.clone(), started) => result,
+            _ = term.recv() => Err(ServerError::Other("SIGTERM during start-up".into())),
+            _ = int.recv() => Err(ServerError::Other("SIGINT during start-up".into())),
+        };
         if let Err(e) = result {
             let engine = runtime.engine.clone();
             drop(runtime);
             let _ = shutdown_tx.send(true);
+            if let Some(node) = &node {
+                node.shutdown().await;
+            }
             engine.close();
             return Err(e);
         }
@@ -197,7 +227,7 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 _ = usr2.recv() => { tracing::info!("SIGUSR2: hot upgrade"); true }
             };
             if !upgrade {
-                shut_down(runtime, &shutdown_tx, &config).await;
+                shut_down(runtime, &shutdown_tx, &config, node.as_ref()).await;
                 return Ok(());
             }
             let request = control::take_request(&config.data_dir);
@@ -208,6 +238,15 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 message,
                 pid,
             };
+            if node.is_some() {
+                // The handover does not carry the cluster port and the Raft state yet: a cluster
+                // is upgraded by restarting its nodes one at a time (docs/operations.md).
+                let reason = "hot upgrade is not available in cluster mode: restart the nodes one at a time";
+                tracing::error!(reason, "upgrade refused; still serving");
+                let pid = std::process::id();
+                control::write_status(&config.data_dir, &status(false, reason.into(), pid));
+                continue;
+            }
             let serving = upgrade::old::Serving {
                 runtime,
                 shutdown: &shutdown_tx,
@@ -261,7 +300,12 @@ pub async fn open_engine_waiting(config: &Config) -> Result<Engine, ServerError>
 }
 
 /// Graceful shutdown: stop accepting, let sessions finish (bounded), sync, close.
-async fn shut_down(mut runtime: Runtime, shutdown_tx: &watch::Sender<bool>, config: &Config) {
+async fn shut_down(
+    mut runtime: Runtime,
+    shutdown_tx: &watch::Sender<bool>,
+    config: &Config,
+    node: Option<&polykv_cluster::Node>,
+) {
     let engine = runtime.engine.clone();
     let _ = shutdown_tx.send(true);
     let limit = Duration::from_secs(config.shutdown_timeout_secs);
@@ -275,6 +319,9 @@ async fn shut_down(mut runtime: Runtime, shutdown_tx: &watch::Sender<bool>, conf
             "sessions still busy at the shutdown deadline; closing them"
         );
         runtime.tasks.abort_all();
+    }
+    if let Some(node) = node {
+        node.shutdown().await;
     }
     let syncing = engine.sync().await;
     engine.close();
@@ -304,6 +351,7 @@ async fn start_listeners(
             shutdown: runtime.context.shutdown.clone(),
             token,
             engine: runtime.engine.clone(),
+            submitter: runtime.submitter.clone(),
             prometheus,
             read_only: runtime.read_only.clone(),
             started,

@@ -87,6 +87,15 @@ impl<R> Reply<R> {
         }
     }
 
+    /// [`Reply::after_sync`] for a write made through the [`Submitter`](crate::submit::Submitter):
+    /// in cluster mode it is already committed, so `ok` goes at once.
+    pub fn after(submitted: crate::submit::Submitted, ok: R, err: R) -> Self {
+        match submitted {
+            crate::submit::Submitted::Local(pending) => Reply::after_sync(pending, ok, err),
+            crate::submit::Submitted::Done(_) => Reply::send(ok),
+        }
+    }
+
     pub fn nothing() -> Self {
         Reply {
             response: None,

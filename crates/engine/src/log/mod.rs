@@ -4,7 +4,9 @@
 //! [`Log::flush`] writes everything buffered with a single `write(2)` (the group flush that makes
 //! an Async write survive a process kill), and [`Log::sync`] adds an fdatasync (group commit).
 //! Records are numbered by a sequence that never goes backwards, also across restarts and
-//! purges, so a checkpoint can say "everything up to N" and a reader can start after it.
+//! purges, so a checkpoint can say "everything up to N" and a reader can start after it. The
+//! one exception is for a Raft log: [`Log::truncate_from`] removes a conflicting suffix and
+//! [`Log::restart_at`] jumps past a snapshot; the engine's own journal never calls them.
 //!
 //! Files: `<dir>/<first sequence, 20 digits>.log`. A segment is allocated at its full size when
 //! it is created (fallocate), so an fdatasync only has to write data, not the file's growing size
@@ -355,6 +357,75 @@ impl Log {
         Ok(())
     }
 
+    /// Removes every record with a sequence of `seq` or more (a Raft follower's conflicting
+    /// suffix), durably: the next record appended is numbered `seq`. Records buffered but not yet
+    /// written are written first, so the cut is made in one place, the files.
+    pub fn truncate_from(&self, seq: u64) -> Result<(), StoreError> {
+        let mut active = self.active.lock();
+        self.flush_locked(&mut active)?;
+        let next = self.buffered.lock().next_seq;
+        if seq >= next {
+            return Ok(());
+        }
+        let Some(keep) = active.segments.iter().rposition(|s| s.first_seq <= seq) else {
+            return Err(StoreError::Refused(format!(
+                "cannot truncate the log from record {seq}: it is purged"
+            )));
+        };
+        // Whole segments after the one holding `seq` go; that one is cut at the record.
+        let doomed: Vec<Segment> = active.segments.drain(keep + 1..).collect();
+        let segment = &active.segments[keep];
+        let offset = record_offset(segment, seq)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&segment.path)
+            .map_err(|e| io_error("open", &segment.path, e))?;
+        // Cut, then allocate the rest again: zeros after the last record are the end of the log.
+        file.set_len(offset)
+            .and_then(|()| file.set_len(offset.max(self.segment_bytes)))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io_error("truncate", &segment.path, e))?;
+        for gone in &doomed {
+            std::fs::remove_file(&gone.path).map_err(|e| io_error("remove", &gone.path, e))?;
+        }
+        sync_dir(&self.dir)?;
+        active.file = Arc::new(file);
+        active.len = offset;
+        self.buffered.lock().next_seq = seq;
+        Ok(())
+    }
+
+    /// Drops every record and numbers the next one `seq`, which must be above every record
+    /// written (a Raft follower that installed a snapshot newer than its whole log). The caller
+    /// records durably, before calling, that everything below `seq` is covered elsewhere: the log
+    /// opens with `after = seq - 1` from then on.
+    pub fn restart_at(&self, seq: u64) -> Result<(), StoreError> {
+        let mut active = self.active.lock();
+        self.flush_locked(&mut active)?;
+        let next = self.buffered.lock().next_seq;
+        if seq < next {
+            return Err(StoreError::Refused(format!(
+                "cannot restart the log at record {seq}: records up to {} exist",
+                next - 1
+            )));
+        }
+        let path = segment_path(&self.dir, seq);
+        let file = create_segment(&path, self.segment_bytes)?;
+        let doomed: Vec<Segment> = std::mem::take(&mut active.segments);
+        active.segments.push(Segment {
+            first_seq: seq,
+            path,
+        });
+        active.file = Arc::new(file);
+        active.len = 0;
+        self.buffered.lock().next_seq = seq;
+        sync_dir(&self.dir)?;
+        for gone in &doomed {
+            std::fs::remove_file(&gone.path).map_err(|e| io_error("remove", &gone.path, e))?;
+        }
+        sync_dir(&self.dir)
+    }
+
     /// Bytes in the segment files on disk (approximate: sealed sizes are read from the files).
     pub fn disk_bytes(&self) -> u64 {
         let active = self.active.lock();
@@ -388,6 +459,29 @@ fn create_segment(path: &Path, size: u64) -> Result<File, StoreError> {
         tracing::debug!(file = %path.display(), error = result, "log segment not preallocated");
     }
     Ok(file)
+}
+
+/// The byte offset of record `seq` in a segment (or the end of its records, when `seq` is the
+/// one after its last).
+fn record_offset(segment: &Segment, seq: u64) -> Result<u64, StoreError> {
+    let bytes = std::fs::read(&segment.path).map_err(|e| io_error("read", &segment.path, e))?;
+    let mut offset = 0usize;
+    let mut current = segment.first_seq;
+    while current < seq {
+        match bytes.get(offset..).map(record::decode) {
+            Some(record::Decoded::Record { len, .. }) => {
+                offset += len;
+                current += 1;
+            }
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "log {} at offset {offset}: record {current} unreadable while truncating",
+                    segment.path.display()
+                )))
+            }
+        }
+    }
+    Ok(offset as u64)
 }
 
 /// Replays one segment; returns the sequence of its last intact record and where the records
@@ -674,6 +768,70 @@ mod tests {
         assert!(text.contains(&format!("offset {second}")), "{text}");
         // Nothing was cut: the file is as it was.
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn truncation_removes_a_suffix_across_segments_and_numbering_resumes_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = collect(dir.path(), 0).unwrap();
+        for _ in 0..40 {
+            append_n(&log, 0, 25);
+            log.flush().unwrap();
+        }
+        assert!(list_segments(dir.path()).unwrap().len() > 3);
+        // A record still in the buffer goes too.
+        log.append(|buf| buf.extend_from_slice(b"buffered"));
+        log.truncate_from(137).unwrap();
+        assert_eq!(log.next_seq(), 137);
+        assert_eq!(log.append(|buf| buf.extend_from_slice(b"new 137")), 137);
+        log.flush().unwrap();
+        drop(log);
+        let (log, seen) = collect(dir.path(), 0).unwrap();
+        let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=137).collect::<Vec<_>>());
+        assert_eq!(seen[135].1, b"record 10");
+        assert_eq!(seen[136].1, b"new 137");
+        // Truncating at or past the end changes nothing.
+        log.truncate_from(200).unwrap();
+        assert_eq!(log.next_seq(), 138);
+        log.truncate_from(137).unwrap();
+        drop(log);
+        let (log, seen) = collect(dir.path(), 0).unwrap();
+        assert_eq!(seen.last().map(|(s, _)| *s), Some(136));
+        assert_eq!(log.next_seq(), 137);
+    }
+
+    #[test]
+    fn truncation_at_a_segment_start_and_inside_the_first_record() {
+        let (dir, _) = three_records();
+        let (log, _) = collect(dir.path(), 0).unwrap();
+        log.truncate_from(1).unwrap();
+        assert_eq!(log.next_seq(), 1);
+        append_n(&log, 7, 1);
+        log.flush().unwrap();
+        drop(log);
+        let (_, seen) = collect(dir.path(), 0).unwrap();
+        assert_eq!(seen, vec![(1, b"record 7".to_vec())]);
+    }
+
+    #[test]
+    fn restart_at_drops_every_record_and_numbers_on_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = collect(dir.path(), 0).unwrap();
+        for _ in 0..10 {
+            append_n(&log, 0, 25);
+            log.flush().unwrap();
+        }
+        assert!(log.restart_at(5).is_err(), "records up to 250 exist");
+        log.restart_at(1000).unwrap();
+        assert_eq!(log.append(|buf| buf.extend_from_slice(b"first")), 1000);
+        log.flush().unwrap();
+        drop(log);
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+        let (log, seen) = collect(dir.path(), 999).unwrap();
+        assert_eq!(seen, vec![(1000, b"first".to_vec())]);
+        assert_eq!(log.next_seq(), 1001);
+        assert!(log.truncate_from(5).is_err(), "record 5 is gone");
     }
 
     #[test]

@@ -82,11 +82,40 @@ fn keyspace_id(engine: &Engine, name: &str) -> Result<KeyspaceId, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no keyspace named {name:?}")))
 }
 
+/// The id of a keyspace, creating it (through the cluster in cluster mode).
+async fn create_keyspace(state: &AdminState, name: &str) -> Result<KeyspaceId, ApiError> {
+    if let Some(id) = state
+        .engine
+        .keyspaces()
+        .into_iter()
+        .find(|(_, n)| n == name)
+        .map(|(id, _)| id)
+    {
+        return Ok(id);
+    }
+    if state.submitter.node().is_none() {
+        return state.engine.keyspace(name).map_err(engine_error);
+    }
+    let command = Command::CreateKeyspace { name: name.into() };
+    let submitted = state
+        .submitter
+        .submit(command, Durability::Sync)
+        .await
+        .map_err(engine_error)?;
+    match submitted.outcome() {
+        Outcome::KeyspaceCreated(id) => Ok(*id),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("keyspace not created: {other:?}"),
+        )),
+    }
+}
+
 fn engine_error(e: polykv_engine::Error) -> ApiError {
     let status = match e {
-        polykv_engine::Error::Poisoned(_) | polykv_engine::Error::ShuttingDown => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        polykv_engine::Error::Poisoned(_)
+        | polykv_engine::Error::ShuttingDown
+        | polykv_engine::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         polykv_engine::Error::Invalid(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -268,7 +297,7 @@ pub async fn put_key(
                 "keyspace names are 1-64 characters of A-Z a-z 0-9 _ . -",
             ));
         }
-        let id = state.engine.keyspace(&ks).map_err(engine_error)?;
+        let id = create_keyspace(&state, &ks).await?;
         let key = decode_key(&key, q.encoding.as_deref())?;
         let value = parse_value(&body).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
         let durability = parse_durability(body.durability.as_deref())?;
@@ -286,12 +315,12 @@ pub async fn put_key(
         label: None,
         condition: Condition::Always,
     };
-    match state
-        .engine
-        .execute(command, durability)
+    let submitted = state
+        .submitter
+        .submit(command, durability)
         .await
-        .map_err(engine_error)?
-    {
+        .map_err(engine_error)?;
+    match submitted.durable().await.map_err(engine_error)? {
         Outcome::Written { version } => Ok(Json(json!({ "version": version })).into_response()),
         other => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -307,12 +336,12 @@ pub async fn delete_key(
 ) -> ApiResult {
     let id = keyspace_id(&state.engine, &ks)?;
     let key = decode_key(&key, q.encoding.as_deref())?;
-    match state
-        .engine
-        .delete(id, key, Durability::Sync)
+    let submitted = state
+        .submitter
+        .submit(Command::delete(id, key), Durability::Sync)
         .await
-        .map_err(engine_error)?
-    {
+        .map_err(engine_error)?;
+    match submitted.durable().await.map_err(engine_error)? {
         Outcome::Deleted { version } => {
             Ok(Json(json!({ "deleted": true, "version": version })).into_response())
         }
@@ -342,7 +371,7 @@ pub async fn watch(
                 "invalid keyspace name",
             ));
         }
-        let id = state.engine.keyspace(&ks).map_err(engine_error)?;
+        let id = create_keyspace(&state, &ks).await?;
         let encoding = q.encoding.as_deref();
         let subscription = match (&q.key, &q.prefix) {
             (Some(key), None) => {

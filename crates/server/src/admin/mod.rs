@@ -6,6 +6,7 @@
 //! kept in `DATA_DIR/admin.token`, mode 0600).
 
 mod api;
+mod cluster_api;
 
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ use crate::ReadOnly;
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: Engine,
+    /// Where writes go: the engine, or the cluster.
+    pub submitter: crate::submit::Submitter,
     pub prometheus: Option<PrometheusHandle>,
     pub read_only: Arc<ReadOnly>,
     pub started: std::time::Instant,
@@ -48,6 +51,15 @@ pub fn router(state: AdminState) -> Router {
             get(api::get_key).put(api::put_key).delete(api::delete_key),
         )
         .route("/api/keyspaces/{ks}/watch", get(api::watch))
+        .route("/api/cluster", get(cluster_api::status))
+        .route(
+            "/api/cluster/members",
+            axum::routing::post(cluster_api::add),
+        )
+        .route(
+            "/api/cluster/members/{id}",
+            axum::routing::delete(cluster_api::remove),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 
+mod cluster;
 pub mod listener;
 mod load;
 mod reference;
@@ -19,6 +20,7 @@ pub mod settings;
 
 use serde::{Deserialize, Serialize};
 
+pub use cluster::ClusterConfig;
 pub use listener::{Listener, SessionSettings};
 pub use load::{Origin, Override};
 pub use reference::{docs, fields, reference_markdown, Field};
@@ -70,6 +72,7 @@ crate::settings! {
         pub log: LogConfig = LogConfig::default(),
         pub engine: EngineSection = EngineSection::default(),
         pub admin: AdminConfig = AdminConfig::default(),
+        pub cluster: ClusterConfig = ClusterConfig::default(),
         /// One section per protocol (`[nmdb]`, `[minority]`, ...), from the protocol list.
         #[serde(flatten)]
         pub protocols: ProtocolsConfig = ProtocolsConfig::default(),
@@ -175,6 +178,7 @@ crate::settings! {
 impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.protocols.validate().map_err(ConfigError::Invalid)?;
+        self.cluster.validate().map_err(ConfigError::Invalid)?;
         if self.engine.checkpoint_bytes < 1 << 20 {
             return Err(ConfigError::Invalid(
                 "engine.checkpoint_bytes must be at least 1048576 (1 MiB)".into(),
@@ -338,7 +342,8 @@ mod tests {
             ),
             (
                 "nope = 1\n",
-                "unknown field `nope`, expected one of `data_dir`, `bind`, `max_connections`, `shutdown_timeout_secs`, `upgrade_timeout_secs`, `log`, `engine`, `admin`, `nmdb`, `minority`, `smalld`, `opencluster`, `jsonkv`\n",
+                "unknown field `nope`, expected one of `data_dir`, `bind`, `max_connections`, `shutdown_timeout_secs`, `upgrade_timeout_secs`, `log`, `engine`, `admin`, `cluster`, `nmdb`, `minority`, `smalld`, `opencluster`, `jsonkv`
+",
             ),
             (
                 "[log]\nlevel = \"info\"\nfile = 1\n",

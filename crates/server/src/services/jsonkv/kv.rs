@@ -3,8 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use polykv_engine::{
-    Command as EngineCommand, Durability, Engine, KeyspaceId, Outcome as EngineOutcome, Pending,
-    Value,
+    Command as EngineCommand, Durability, Engine, KeyspaceId, Outcome as EngineOutcome, Value,
 };
 use polykv_protocols::jsonkv::{
     Code, Command, Id, Item, JsonkvServerCodec, Operate, RequestPayload, Response, ResponsePayload,
@@ -13,6 +12,7 @@ use polykv_protocols::jsonkv::{
 use polykv_protocols::{Decoded, Reject, ServerCodec};
 
 use crate::session::{Reply, Service};
+use crate::submit::{Submitted, Submitter};
 
 /// Operation names for metrics (TCP and UDP).
 pub const OPS: &[&str] = &["put", "get", "delete", "batch", "invalid", "malformed"];
@@ -57,7 +57,7 @@ pub enum Step {
     /// A write that is visible but must reach its durability before it is acknowledged.
     Durable {
         op: Operate,
-        pending: Pending,
+        pending: Submitted,
     },
 }
 
@@ -80,6 +80,7 @@ impl Step {
 /// The jsonkv keyspace and how writes are acknowledged.
 pub struct KvStore {
     engine: Engine,
+    submitter: Submitter,
     keyspace: KeyspaceId,
     durability: Durability,
     /// Value bytes one request (single or batch) may return.
@@ -88,13 +89,14 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn new(
-        engine: Engine,
+        submitter: Submitter,
         keyspace: KeyspaceId,
         durability: Durability,
         max_response: usize,
     ) -> Self {
         KvStore {
-            engine,
+            engine: submitter.engine().clone(),
+            submitter,
             keyspace,
             durability,
             max_response,
@@ -103,21 +105,33 @@ impl KvStore {
 
     /// Applies one validated command now (§3.4 step 6). `budget` is what is left of the
     /// request's value bytes; a get that would pass it answers 1024.
-    pub fn apply(&self, command: Command, budget: &mut usize) -> Step {
+    pub async fn apply(&self, command: Command, budget: &mut usize) -> Step {
         match command {
-            Command::Get { key } => Step::Done(self.get(&key, budget)),
-            Command::Put { key, value } => self.write(
-                Operate::Put,
-                EngineCommand::put(
-                    self.keyspace,
-                    Bytes::from(key.into_bytes()),
-                    Value::Bytes(Bytes::from(value.into_bytes())),
-                ),
-            ),
-            Command::Delete { key } => self.write(
-                Operate::Delete,
-                EngineCommand::delete(self.keyspace, Bytes::from(key.into_bytes())),
-            ),
+            Command::Get { key } => {
+                if let Err(e) = self.submitter.read_barrier().await {
+                    tracing::warn!(error = %e, "jsonkv get: no linearizable read");
+                    return Step::Done(Outcome::failure(Code::Internal));
+                }
+                Step::Done(self.get(&key, budget))
+            }
+            Command::Put { key, value } => {
+                self.write(
+                    Operate::Put,
+                    EngineCommand::put(
+                        self.keyspace,
+                        Bytes::from(key.into_bytes()),
+                        Value::Bytes(Bytes::from(value.into_bytes())),
+                    ),
+                )
+                .await
+            }
+            Command::Delete { key } => {
+                self.write(
+                    Operate::Delete,
+                    EngineCommand::delete(self.keyspace, Bytes::from(key.into_bytes())),
+                )
+                .await
+            }
         }
     }
 
@@ -151,9 +165,9 @@ impl KvStore {
         }
     }
 
-    fn write(&self, op: Operate, command: EngineCommand) -> Step {
-        match self.engine.submit(command, self.durability) {
-            Ok(pending) if pending.outcome == EngineOutcome::NotFound => {
+    async fn write(&self, op: Operate, command: EngineCommand) -> Step {
+        match self.submitter.submit(command, self.durability).await {
+            Ok(pending) if *pending.outcome() == EngineOutcome::NotFound => {
                 Step::Done(Outcome::failure(Code::KeyNotFound))
             }
             Ok(pending) => Step::Durable { op, pending },
@@ -224,12 +238,12 @@ impl Service for JsonkvService {
                 Reply::send(ResponsePayload::Single(Response::error(code, id)))
             }
             RequestPayload::Single(Item::Command { command, id }) => {
-                match self.store.apply(command, &mut budget) {
+                match self.store.apply(command, &mut budget).await {
                     Step::Done(outcome) => {
                         Reply::send(ResponsePayload::Single(outcome.into_response(id)))
                     }
                     // Deferred, so pipelined writes share one group commit.
-                    Step::Durable { op, pending } => Reply::after_sync(
+                    Step::Durable { op, pending } => Reply::after(
                         pending,
                         ResponsePayload::Single(Response::success(op, String::new(), id.clone())),
                         ResponsePayload::Single(Response::error(Code::Internal, id)),
@@ -239,15 +253,15 @@ impl Service for JsonkvService {
             RequestPayload::Batch(items) => {
                 // Every element is applied in order first; the waits then usually share one
                 // group commit, and the batch is answered once all its writes are durable.
-                let steps: Vec<(Step, Id)> = items
-                    .into_iter()
-                    .map(|item| match item {
+                let mut steps: Vec<(Step, Id)> = Vec::with_capacity(items.len());
+                for item in items {
+                    steps.push(match item {
                         Item::Invalid { code, id } => (Step::Done(Outcome::failure(code)), id),
                         Item::Command { command, id } => {
-                            (self.store.apply(command, &mut budget), id)
+                            (self.store.apply(command, &mut budget).await, id)
                         }
-                    })
-                    .collect();
+                    });
+                }
                 let mut responses = Vec::with_capacity(steps.len());
                 for (step, id) in steps {
                     responses.push(step.finish().await.into_response(id));

@@ -82,14 +82,14 @@ async fn start(runtime: &mut Runtime, config: &JsonkvConfig) -> Result<(), Serve
     };
 
     if serves_kv {
-        let keyspace = runtime.keyspace(&listener.keyspace)?;
+        let keyspace = runtime.keyspace(&listener.keyspace).await?;
         let durability = if config.async_acks {
             Durability::Async
         } else {
             Durability::Sync
         };
         let store = Arc::new(KvStore::new(
-            runtime.engine.clone(),
+            runtime.submitter.clone(),
             keyspace,
             durability,
             size(config.max_batch_response),

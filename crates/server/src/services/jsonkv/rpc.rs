@@ -149,18 +149,16 @@ fn op_name(call: &RpcCall) -> &'static str {
 async fn execute(state: &RpcState, calls: Vec<RpcCall>) -> Vec<RpcResponse> {
     let started = Instant::now();
     let mut budget = state.store.max_response;
-    let steps: Vec<_> = calls
-        .into_iter()
-        .map(|call| {
-            let op = op_name(&call);
-            let step = match call.action {
-                RpcAction::Execute(command) => Ok(state.store.apply(command, &mut budget)),
-                RpcAction::Refuse(code) => Err(RpcResponse::refused(code, Id::null())),
-                RpcAction::Error(error) => Err(RpcResponse::error(error, Id::null())),
-            };
-            (op, call.id, step)
-        })
-        .collect();
+    let mut steps = Vec::with_capacity(calls.len());
+    for call in calls {
+        let op = op_name(&call);
+        let step = match call.action {
+            RpcAction::Execute(command) => Ok(state.store.apply(command, &mut budget).await),
+            RpcAction::Refuse(code) => Err(RpcResponse::refused(code, Id::null())),
+            RpcAction::Error(error) => Err(RpcResponse::error(error, Id::null())),
+        };
+        steps.push((op, call.id, step));
+    }
     let mut answers = Vec::new();
     for (op, id, step) in steps {
         let response = match step {

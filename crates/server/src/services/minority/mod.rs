@@ -29,12 +29,13 @@ impl Protocol for Wing {
         if !listener.enabled {
             return Ok(());
         }
-        let keyspace = runtime.keyspace(&listener.keyspace)?;
+        let keyspace = runtime.keyspace(&listener.keyspace).await?;
         let codec = MinorityServerCodec {
             max_body: u32::try_from(config.max_body).unwrap_or(u32::MAX),
         };
         let shared = Arc::new(MinorityShared {
             engine: runtime.engine.clone(),
+            submitter: runtime.submitter.clone(),
             keyspace,
             config: config.clone(),
         });

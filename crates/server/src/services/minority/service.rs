@@ -35,6 +35,7 @@ const SNAPSHOT_LIMIT: usize = 100_000;
 
 pub struct MinorityShared {
     pub(super) engine: Engine,
+    pub(super) submitter: crate::submit::Submitter,
     pub(super) keyspace: KeyspaceId,
     pub(super) config: MinorityConfig,
 }
@@ -236,16 +237,25 @@ impl Service for MinorityService {
             reply_to(code, status, opaque, &data_id, &datanum_id, value)
         };
         match op {
-            Op::Get => match s.engine.get(s.keyspace, &key) {
+            Op::Get => match async {
+                s.submitter.read_barrier().await?;
+                s.engine.get(s.keyspace, &key)
+            }
+            .await
+            {
                 Ok(Some(read)) => Reply::send(answer(status::OK, read.entry.value.to_bytes())),
                 Ok(None) => Reply::send(answer(status::NOT_FOUND, Bytes::new())),
                 Err(_) => Reply::send(answer(status::STORE_FAIL, Bytes::new())),
             },
-            Op::Set => match s.engine.submit(
-                Command::put(s.keyspace, key, polykv_engine::Value::Bytes(value)),
-                self.durability(),
-            ) {
-                Ok(pending) => Reply::after_sync(
+            Op::Set => match s
+                .submitter
+                .submit(
+                    Command::put(s.keyspace, key, polykv_engine::Value::Bytes(value)),
+                    self.durability(),
+                )
+                .await
+            {
+                Ok(pending) => Reply::after(
                     pending,
                     answer(status::OK, Bytes::new()),
                     answer(status::STORE_FAIL, Bytes::new()),
@@ -256,13 +266,14 @@ impl Service for MinorityService {
                 }
             },
             Op::Delete => match s
-                .engine
+                .submitter
                 .submit(Command::delete(s.keyspace, key), self.durability())
+                .await
             {
-                Ok(pending) if pending.outcome == Outcome::NotFound => {
+                Ok(pending) if *pending.outcome() == Outcome::NotFound => {
                     Reply::send(answer(status::NOT_FOUND, Bytes::new()))
                 }
-                Ok(pending) => Reply::after_sync(
+                Ok(pending) => Reply::after(
                     pending,
                     answer(status::OK, Bytes::new()),
                     answer(status::STORE_FAIL, Bytes::new()),

@@ -29,9 +29,9 @@ impl Protocol for Wing {
         if !listener.enabled && !config.udp_enabled {
             return Ok(());
         }
-        let keyspace = runtime.keyspace(&listener.keyspace)?;
+        let keyspace = runtime.keyspace(&listener.keyspace).await?;
         let shared = Arc::new(NmdbShared::new(
-            runtime.engine.clone(),
+            runtime.submitter.clone(),
             keyspace,
             runtime.read_only.clone(),
         ));

@@ -5,15 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use polykv_engine::{
-    Command, Condition, Durability, Engine, KeyspaceId, Outcome, Pending, Source, Value,
-};
+use polykv_engine::{Command, Condition, Durability, Engine, KeyspaceId, Outcome, Source, Value};
 use polykv_protocols::nmdb::{
     error, incr_value, Mode, Request, Response, ResponseBody, Transport, STATS_COUNTERS,
 };
 use polykv_protocols::Reject;
 
 use crate::session::{Reply as SessionReply, Service};
+use crate::submit::{Submitted, Submitter};
 use crate::ReadOnly;
 
 /// Indexes of the 23 STATS counters (§5.5), in wire order.
@@ -60,15 +59,17 @@ pub(super) const OPS: &[&str] = &[
 /// What every nmdb connection and socket shares.
 pub struct NmdbShared {
     engine: Engine,
+    submitter: Submitter,
     keyspace: KeyspaceId,
     read_only: Arc<ReadOnly>,
     counters: [AtomicU64; STATS_COUNTERS],
 }
 
 impl NmdbShared {
-    pub fn new(engine: Engine, keyspace: KeyspaceId, read_only: Arc<ReadOnly>) -> Self {
+    pub fn new(submitter: Submitter, keyspace: KeyspaceId, read_only: Arc<ReadOnly>) -> Self {
         NmdbShared {
-            engine,
+            engine: submitter.engine().clone(),
+            submitter,
             keyspace,
             read_only,
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -100,8 +101,8 @@ impl NmdbService {
     }
 
     /// `body` once the write is as durable as it asked, ERR_DB if it cannot be.
-    fn after_write(id: u32, pending: Pending, body: ResponseBody) -> SessionReply<Response> {
-        SessionReply::after_sync(
+    fn after_write(id: u32, pending: Submitted, body: ResponseBody) -> SessionReply<Response> {
+        SessionReply::after(
             pending,
             Response { id, body },
             Response {
@@ -157,7 +158,7 @@ impl NmdbService {
         }
     }
 
-    fn set(&self, id: u32, mode: Mode, key: Bytes, value: Bytes) -> SessionReply<Response> {
+    async fn set(&self, id: u32, mode: Mode, key: Bytes, value: Bytes) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(if mode == Mode::CacheOnly {
             stat::CACHE_SET
@@ -165,11 +166,11 @@ impl NmdbService {
             stat::DB_SET
         });
         let command = Command::put(s.keyspace, key, Value::Bytes(value));
-        match s.engine.submit(command, Self::durability(mode)) {
-            Ok(pending) if pending.outcome == Outcome::TooLarge => {
+        match s.submitter.submit(command, Self::durability(mode)).await {
+            Ok(pending) if *pending.outcome() == Outcome::TooLarge => {
                 Self::reply(id, ResponseBody::Error(error::MEM))
             }
-            Ok(pending) => SessionReply::after_sync(
+            Ok(pending) => SessionReply::after(
                 pending,
                 Response {
                     id,
@@ -184,7 +185,7 @@ impl NmdbService {
         }
     }
 
-    fn del(&self, id: u32, mode: Mode, key: Bytes) -> SessionReply<Response> {
+    async fn del(&self, id: u32, mode: Mode, key: Bytes) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(if mode == Mode::CacheOnly {
             stat::CACHE_DEL
@@ -192,20 +193,21 @@ impl NmdbService {
             stat::DB_DEL
         });
         let pending = match s
-            .engine
+            .submitter
             .submit(Command::delete(s.keyspace, key), Self::durability(mode))
+            .await
         {
             Ok(pending) => pending,
             Err(e) => return Self::engine_error(id, e),
         };
         // An asynchronous DEL answers OK even for an absent key (as nmdb did).
-        let existed = matches!(pending.outcome, Outcome::Deleted { .. });
+        let existed = matches!(pending.outcome(), Outcome::Deleted { .. });
         let ok = if existed || mode == Mode::Normal {
             ResponseBody::Ok
         } else {
             ResponseBody::NotIn
         };
-        SessionReply::after_sync(
+        SessionReply::after(
             pending,
             Response { id, body: ok },
             Response {
@@ -215,7 +217,7 @@ impl NmdbService {
         )
     }
 
-    fn cas(
+    async fn cas(
         &self,
         id: u32,
         mode: Mode,
@@ -244,9 +246,9 @@ impl NmdbService {
             label: None,
             condition: Condition::ValueIs(Value::Bytes(old)),
         };
-        match s.engine.submit(command, durability) {
+        match s.submitter.submit(command, durability).await {
             Ok(pending) => {
-                let body = match pending.outcome {
+                let body = match pending.outcome() {
                     Outcome::Written { .. } => ResponseBody::Ok,
                     Outcome::NotFound => ResponseBody::NotIn,
                     Outcome::TooLarge => ResponseBody::Error(error::MEM),
@@ -258,7 +260,7 @@ impl NmdbService {
         }
     }
 
-    fn incr(&self, id: u32, mode: Mode, key: Bytes, delta: i64) -> SessionReply<Response> {
+    async fn incr(&self, id: u32, mode: Mode, key: Bytes, delta: i64) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(if mode == Mode::CacheOnly {
             stat::CACHE_INCR
@@ -272,7 +274,7 @@ impl NmdbService {
         };
         let mut result = ResponseBody::NotIn;
         let updated = s
-            .engine
+            .submitter
             .submit_update(s.keyspace, key, durability, |current| {
                 let current = current?;
                 match incr_value(&current.value.to_bytes(), delta) {
@@ -285,9 +287,10 @@ impl NmdbService {
                         None
                     }
                 }
-            });
+            })
+            .await;
         match updated {
-            Ok((_, Some(pending))) if pending.outcome == Outcome::TooLarge => {
+            Ok((_, Some(pending))) if *pending.outcome() == Outcome::TooLarge => {
                 Self::reply(id, ResponseBody::Error(error::MEM))
             }
             Ok((_, Some(pending))) => Self::after_write(id, pending, result),
@@ -348,6 +351,17 @@ impl Service for NmdbService {
         if mutation && s.read_only.get() {
             return Self::reply(request.id(), ResponseBody::Error(error::RO));
         }
+        // Reads of replicated data are linearizable in cluster mode (CACHE_ONLY stays local).
+        let replicated_read = match &request {
+            Request::Get { mode, .. } => *mode != Mode::CacheOnly,
+            Request::FirstKey { .. } | Request::NextKey { .. } => true,
+            _ => false,
+        };
+        if replicated_read {
+            if let Err(e) = s.submitter.read_barrier().await {
+                return Self::engine_error(request.id(), e);
+            }
+        }
         match request {
             Request::Get { id, mode, key } => self.get(id, mode, key),
             Request::Set {
@@ -355,21 +369,21 @@ impl Service for NmdbService {
                 mode,
                 key,
                 value,
-            } => self.set(id, mode, key, value),
-            Request::Del { id, mode, key } => self.del(id, mode, key),
+            } => self.set(id, mode, key, value).await,
+            Request::Del { id, mode, key } => self.del(id, mode, key).await,
             Request::Cas {
                 id,
                 mode,
                 key,
                 old,
                 new,
-            } => self.cas(id, mode, key, old, new),
+            } => self.cas(id, mode, key, old, new).await,
             Request::Incr {
                 id,
                 mode,
                 key,
                 delta,
-            } => self.incr(id, mode, key, delta),
+            } => self.incr(id, mode, key, delta).await,
             Request::Stats { id } => Self::reply(id, ResponseBody::stats(&s.snapshot())),
             Request::FirstKey { id } => {
                 s.count(stat::DB_FIRSTKEY);

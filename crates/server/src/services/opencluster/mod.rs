@@ -34,12 +34,13 @@ impl Protocol for Wing {
         if !listener.enabled {
             return Ok(());
         }
-        let keyspace = runtime.keyspace(&listener.keyspace)?;
+        let keyspace = runtime.keyspace(&listener.keyspace).await?;
         let codec = OpenClusterServerCodec {
             max_payload: u32::try_from(config.max_payload).unwrap_or(u32::MAX),
         };
         let shared = Arc::new(OpenClusterShared {
             engine: runtime.engine.clone(),
+            submitter: runtime.submitter.clone(),
             keyspace,
             config: config.clone(),
             next_holder: AtomicU64::new(1),

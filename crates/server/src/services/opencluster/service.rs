@@ -48,6 +48,7 @@ struct SetFields {
 
 pub struct OpenClusterShared {
     pub(super) engine: Engine,
+    pub(super) submitter: crate::submit::Submitter,
     pub(super) keyspace: KeyspaceId,
     pub(super) config: OpenClusterConfig,
     pub(super) next_holder: AtomicU64,
@@ -85,7 +86,7 @@ impl OpenClusterService {
     }
 
     /// set_int / set_long / set_string: the item replaces any item of any type (§6.2).
-    fn set(&self, request: &Request, item: ItemId, set: SetFields) -> Reply<Response> {
+    async fn set(&self, request: &Request, item: ItemId, set: SetFields) -> Reply<Response> {
         let SetFields {
             expires,
             full_wait,
@@ -114,10 +115,8 @@ impl OpenClusterService {
             Durability::Async
         };
         let unavailable = request.reply(ResponseBody::failinfo(failinfo::UNAVAILABLE));
-        match self.engine().submit(command, durability) {
-            Ok(pending) => {
-                Reply::after_sync(pending, request.reply(ResponseBody::Ack), unavailable)
-            }
+        match self.shared.submitter.submit(command, durability).await {
+            Ok(pending) => Reply::after(pending, request.reply(ResponseBody::Ack), unavailable),
             Err(e) => {
                 tracing::warn!(error = %e, "opencluster set failed");
                 Reply::send(unavailable)
@@ -316,7 +315,7 @@ impl Service for OpenClusterService {
                     name: name.clone(),
                     value: value.clone(),
                 };
-                return self.set(&request, *item, fields);
+                return self.set(&request, *item, fields).await;
             }
             RequestBody::Capabilities { command } => {
                 if cmd::is_accepted(*command) {
@@ -339,6 +338,11 @@ impl Service for OpenClusterService {
             },
             RequestBody::Lock { timeout, name } => self.lock(*timeout, name),
             RequestBody::Unlock { name } => self.unlock(name),
+            RequestBody::Get { .. } | RequestBody::GetType { .. }
+                if self.shared.submitter.read_barrier().await.is_err() =>
+            {
+                ResponseBody::failinfo(failinfo::UNAVAILABLE)
+            }
             RequestBody::Get { item, kind } => self.get(&request, *item, *kind),
             RequestBody::GetType { item } => match self.read(&request, *item) {
                 Ok((kind, _)) => ResponseBody::DataType { item: *item, kind },

@@ -32,7 +32,7 @@ impl Protocol for Wing {
             return Ok(());
         }
         let key = secret_key(config, &runtime.config.data_dir)?;
-        let keyspace = runtime.keyspace(&listener.keyspace)?;
+        let keyspace = runtime.keyspace(&listener.keyspace).await?;
         let tcp = runtime
             .bind_tcp(
                 "smalld tcp",
@@ -41,6 +41,7 @@ impl Protocol for Wing {
             .await?;
         let service = Arc::new(Smalld {
             engine: runtime.engine.clone(),
+            submitter: runtime.submitter.clone(),
             keyspace,
             key,
             config: config.clone(),

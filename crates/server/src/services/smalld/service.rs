@@ -26,6 +26,7 @@ pub(super) const OPS: &[&str] = &["set", "get", "digest", "run", "malformed"];
 
 pub struct Smalld {
     pub(super) engine: Engine,
+    pub(super) submitter: crate::submit::Submitter,
     pub(super) keyspace: KeyspaceId,
     pub(super) key: u32,
     pub(super) config: SmalldConfig,
@@ -78,7 +79,12 @@ impl Smalld {
     async fn execute(&self, request: &Request) -> Response {
         match request {
             Request::Set { name, value } => self.set(name, value).await,
-            Request::Get { name } => match self.engine.get(self.keyspace, name) {
+            Request::Get { name } => match async {
+                self.submitter.read_barrier().await?;
+                self.engine.get(self.keyspace, name)
+            }
+            .await
+            {
                 Ok(Some(read)) => {
                     let value = read.entry.value.to_bytes();
                     if value.len() > MAX_VALUE {
@@ -116,16 +122,13 @@ impl Smalld {
                 return Response::Failure;
             }
         }
-        match self
-            .engine
-            .set(
-                self.keyspace,
-                name.clone(),
-                Value::Bytes(value.clone()),
-                Durability::Sync,
-            )
-            .await
-        {
+        let command =
+            polykv_engine::Command::put(self.keyspace, name.clone(), Value::Bytes(value.clone()));
+        let written = match self.submitter.submit(command, Durability::Sync).await {
+            Ok(submitted) => submitted.durable().await,
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(Outcome::Written { .. }) => Response::Ok,
             Ok(_) => Response::Failure,
             Err(e) => {

@@ -1,0 +1,283 @@
+//! openraft's log storage on the engine's segmented log.
+//!
+//! Raft entry `i` is log record `i + 1` (the log numbers from 1, Raft from 0). Every entry that
+//! is not purged is also kept in memory, so reads never touch the disk; the snapshot policy
+//! bounds how many that are (the log is purged behind every snapshot).
+//!
+//! Appends go to the log's buffer at once (so they are readable); one flusher thread then
+//! writes them out and reports them persisted, in order: with an fdatasync if any entry of the
+//! group asks for one (Sync writes, membership, leader blanks), else with the `write(2)` alone
+//! (Async writes: committed on a majority, in its OS buffers). One sync covers every append
+//! that arrived while the previous one ran: group commit.
+//!
+//! The vote and the last purged id live in a small state file ([`crate::state_file`]). The
+//! committed index is not stored: the state machine stores its applied position atomically with
+//! its effects, which is what a restart needs; what is committed beyond it is learnt again from
+//! the leader.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
+use parking_lot::Mutex;
+use polykv_engine::log::{Log, MAX_PAYLOAD};
+
+use crate::state_file::{HardState, StateFile};
+use crate::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const ENTRY_FORMAT: u8 = 1;
+
+fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
+    out.push(ENTRY_FORMAT);
+    // Serializing plain data into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(entry).unwrap_or_default());
+}
+
+fn decode_entry(raw: &[u8]) -> Result<Entry, String> {
+    match raw.split_first() {
+        Some((&ENTRY_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| e.to_string()),
+        Some((format, _)) => Err(format!(
+            "raft entry format {format} is newer than this server"
+        )),
+        None => Err("empty raft entry".into()),
+    }
+}
+
+/// Whether an entry must be on stable storage before it counts.
+fn needs_sync(entry: &Entry) -> bool {
+    match &entry.payload {
+        EntryPayload::Normal(request) => request.sync,
+        EntryPayload::Blank | EntryPayload::Membership(_) => true,
+    }
+}
+
+struct Flush {
+    sync: bool,
+    done: LogFlushed<TypeConfig>,
+}
+
+struct Shared {
+    log: Arc<Log>,
+    entries: Mutex<BTreeMap<u64, Entry>>,
+    hard: Mutex<HardState>,
+    state_file: StateFile,
+}
+
+/// The Raft log storage (and, cloned, its reader).
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+    flusher: mpsc::Sender<Flush>,
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+impl LogStore {
+    /// Opens the Raft log in `dir` (segments and the state file).
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<LogStore, StorageError> {
+        let (state_file, hard) = StateFile::open(dir).map_err(io_err)?;
+        let after = hard.last_purged.map_or(0, |id| id.index + 1);
+        let mut entries = BTreeMap::new();
+        let log = Log::open(&dir.join("log"), segment_bytes, after, |seq, payload| {
+            let entry = decode_entry(payload)
+                .map_err(|why| polykv_engine::StoreError::Corrupt(format!("raft entry: {why}")))?;
+            if entry.log_id.index + 1 != seq {
+                return Err(polykv_engine::StoreError::Corrupt(format!(
+                    "record {seq} holds raft entry {}",
+                    entry.log_id.index
+                )));
+            }
+            entries.insert(entry.log_id.index, entry);
+            Ok(())
+        })
+        .map_err(io_err)?;
+        let log = Arc::new(log);
+        let (tx, rx) = mpsc::channel::<Flush>();
+        let flush_log = log.clone();
+        std::thread::Builder::new()
+            .name("polykv-raft-log".into())
+            .spawn(move || run_flusher(&flush_log, &rx))
+            .map_err(io_err)?;
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                log,
+                entries: Mutex::new(entries),
+                hard: Mutex::new(hard),
+                state_file,
+            }),
+            flusher: tx,
+        })
+    }
+
+    /// The id of the cluster this log belongs to, if it has accepted any entry.
+    pub fn cluster_id(&self) -> Option<LogId> {
+        self.shared.hard.lock().cluster
+    }
+
+    fn save_hard(&self, change: impl FnOnce(&mut HardState)) -> Result<(), StorageError> {
+        let mut hard = self.shared.hard.lock();
+        let mut next = hard.clone();
+        change(&mut next);
+        self.shared.state_file.save(&next).map_err(io_err)?;
+        *hard = next;
+        Ok(())
+    }
+}
+
+/// Writes (and syncs when asked) what was appended, then reports each group persisted in order.
+fn run_flusher(log: &Log, rx: &mpsc::Receiver<Flush>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        group.extend(rx.try_iter());
+        let sync = group.iter().any(|f| f.sync);
+        let result = if sync { log.sync() } else { log.flush() };
+        for flush in group {
+            flush.done.log_io_completed(
+                result
+                    .clone()
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let entries = self.shared.entries.lock();
+        Ok(entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.shared.hard.lock().last_purged;
+        let last = self
+            .shared
+            .entries
+            .lock()
+            .last_key_value()
+            .map(|(_, e)| e.log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let vote = *vote;
+        self.save_hard(|hard| hard.vote = Some(vote))
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.shared.hard.lock().vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut sync = false;
+        let mut first_cluster_id = None;
+        {
+            let mut kept = self.shared.entries.lock();
+            for entry in entries {
+                let seq = entry.log_id.index + 1;
+                let next = self.shared.log.next_seq();
+                if seq != next {
+                    // Only after a snapshot newer than the whole log: everything below is
+                    // covered by the purge openraft recorded.
+                    let purged = self.shared.hard.lock().last_purged.map_or(0, |id| id.index);
+                    if !(kept.is_empty() && seq > next && purged + 1 == entry.log_id.index) {
+                        return Err(io_err(Message(format!(
+                            "raft entry {} does not follow the log (next record {next})",
+                            entry.log_id.index
+                        ))));
+                    }
+                    self.shared.log.restart_at(seq).map_err(io_err)?;
+                }
+                let mut encoded = Vec::new();
+                encode_entry(&entry, &mut encoded);
+                if encoded.len() > MAX_PAYLOAD {
+                    return Err(io_err(Message(format!(
+                        "raft entry {} is {} bytes, over the log's limit",
+                        entry.log_id.index,
+                        encoded.len()
+                    ))));
+                }
+                self.shared
+                    .log
+                    .append(|buf| buf.extend_from_slice(&encoded));
+                sync |= needs_sync(&entry);
+                if entry.log_id.index == 0 {
+                    first_cluster_id = Some(entry.log_id);
+                }
+                kept.insert(entry.log_id.index, entry);
+            }
+        }
+        if let Some(id) = first_cluster_id {
+            if self.cluster_id().is_none() {
+                self.save_hard(|hard| hard.cluster = Some(id))?;
+            }
+        }
+        self.flusher
+            .send(Flush {
+                sync,
+                done: callback,
+            })
+            .map_err(|_| io_err(Message("the raft log flusher stopped".into())))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Entry 0 is the membership the cluster was founded with: a leader whose log differs
+        // there leads another cluster, and this node's data is not to be thrown away for it.
+        if log_id.index == 0 && self.cluster_id().is_some() {
+            return Err(io_err(Message(
+                "refusing to replace this node's log from its first entry: \
+                 the leader belongs to another cluster"
+                    .into(),
+            )));
+        }
+        self.shared
+            .log
+            .truncate_from(log_id.index + 1)
+            .map_err(io_err)?;
+        self.shared.entries.lock().split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Recorded first: a crash after it opens the log past the purged records.
+        self.save_hard(|hard| hard.last_purged = Some(log_id))?;
+        let mut entries = self.shared.entries.lock();
+        let kept = entries.split_off(&(log_id.index + 1));
+        *entries = kept;
+        drop(entries);
+        self.shared.log.purge_upto(log_id.index + 1).map_err(io_err)
+    }
+}

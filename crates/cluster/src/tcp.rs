@@ -1,0 +1,342 @@
+//! The cluster port: TCP between peers, one connection per peer in each direction, many
+//! requests in flight on it at once (each frame carries a request id; replies come back in
+//! any order).
+//!
+//! A connection starts with the challenge–response of [`crate::auth`]; until it passes,
+//! nothing else is read. After it, every frame's length is checked before its body is read
+//! ([`crate::wire`]); a frame that does not decode is garbage: the connection is closed and
+//! the peer logged, and the node goes on serving the others.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::auth;
+use crate::transport::{CallFuture, Handler, Transport, TransportError};
+use crate::wire::{self, Envelope, Reply, WireError};
+use crate::NodeId;
+
+/// Longest a connection may take to authenticate.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests served at once per incoming connection (bounds the memory one peer can hold).
+const MAX_IN_FLIGHT: usize = 1024;
+/// Frames queued for a connection's writer.
+const WRITE_QUEUE: usize = 4096;
+/// Incoming connections open at once (authenticated or not): strangers cannot exhaust the node.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Counters of the cluster port.
+#[derive(Debug, Default)]
+pub struct TcpCounters {
+    pub connections_accepted: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub garbage_disconnects: AtomicU64,
+    /// Connections closed at once because MAX_CONNECTIONS were open.
+    pub refused_over_limit: AtomicU64,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+/// One live outgoing connection.
+struct Conn {
+    addr: String,
+    frames: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    /// Set when either half of the connection ended.
+    dead: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn alive(&self) -> bool {
+        !self.dead.load(Ordering::SeqCst) && !self.frames.is_closed()
+    }
+}
+
+/// The TCP transport of a node.
+pub struct TcpTransport {
+    me: NodeId,
+    secret: Arc<[u8]>,
+    conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    /// One dial at a time per peer.
+    dialing: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    next_id: AtomicU64,
+    pub counters: Arc<TcpCounters>,
+}
+
+impl TcpTransport {
+    pub fn new(me: NodeId, secret: &[u8]) -> Arc<TcpTransport> {
+        Arc::new(TcpTransport {
+            me,
+            secret: secret.into(),
+            conns: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            counters: Arc::default(),
+        })
+    }
+
+    fn live(&self, target: NodeId, addr: &str) -> Option<Arc<Conn>> {
+        self.conns
+            .lock()
+            .get(&target)
+            .filter(|c| c.alive() && c.addr == addr)
+            .cloned()
+    }
+
+    async fn connection(&self, target: NodeId, addr: &str) -> Result<Arc<Conn>, TransportError> {
+        if let Some(conn) = self.live(target, addr) {
+            return Ok(conn);
+        }
+        let gate = self.dialing.lock().entry(target).or_default().clone();
+        let _one = gate.lock().await;
+        if let Some(conn) = self.live(target, addr) {
+            return Ok(conn);
+        }
+        let unreachable = |why: String| TransportError::Unreachable(target, why);
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            auth::dial(&mut stream, &self.secret, self.me),
+        )
+        .await
+        .map_err(|_| unreachable("handshake timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let (read, mut write) = stream.into_split();
+        let (frames, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let pending: Pending = Arc::default();
+        let dead = Arc::new(AtomicBool::new(false));
+        // Writer: everything queued goes out in one write.
+        let writer_dead = dead.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(frame) = queue.recv().await {
+                batch.clear();
+                batch.extend_from_slice(&frame);
+                while let Ok(more) = queue.try_recv() {
+                    batch.extend_from_slice(&more);
+                }
+                if writer_dead.load(Ordering::SeqCst) || write.write_all(&batch).await.is_err() {
+                    break;
+                }
+            }
+            writer_dead.store(true, Ordering::SeqCst);
+        });
+        // Reader: replies go to whoever waits for them; the end of the connection fails them all.
+        let waiting = pending.clone();
+        let peer = addr.to_string();
+        let reader_dead = dead.clone();
+        tokio::spawn(async move {
+            let mut read = BufReader::with_capacity(64 << 10, read);
+            loop {
+                match read_frame(&mut read).await {
+                    Ok(Envelope::Answer { id, reply }) => {
+                        if let Some(tx) = waiting.lock().remove(&id) {
+                            let _ = tx.send(reply);
+                        }
+                    }
+                    Ok(Envelope::Call { .. }) => {
+                        tracing::warn!(peer, "cluster peer sent a request on a reply channel");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer, error = %e, "cluster connection ended");
+                        break;
+                    }
+                }
+            }
+            reader_dead.store(true, Ordering::SeqCst);
+            waiting.lock().clear();
+        });
+        let conn = Arc::new(Conn {
+            addr: addr.to_string(),
+            frames,
+            pending,
+            dead,
+        });
+        self.conns.lock().insert(target, conn.clone());
+        Ok(conn)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Reads one frame: the length first, checked, then exactly that many bytes.
+async fn read_frame(read: &mut BufReader<OwnedReadHalf>) -> Result<Envelope, ReadError> {
+    let mut header = [0u8; 4];
+    read.read_exact(&mut header).await?;
+    let len = wire::body_len(&header)?.unwrap_or(0);
+    let mut frame = Vec::with_capacity(4 + len);
+    frame.extend_from_slice(&header);
+    frame.resize(4 + len, 0);
+    read.read_exact(&mut frame[4..]).await?;
+    match wire::decode(&frame)? {
+        Some((envelope, _)) => Ok(envelope),
+        None => Err(WireError::Garbage("frame shorter than its length".into()).into()),
+    }
+}
+
+impl Transport for TcpTransport {
+    fn call<'a>(
+        &'a self,
+        target: NodeId,
+        addr: &'a str,
+        rpc: wire::Rpc,
+        timeout: Duration,
+    ) -> CallFuture<'a> {
+        Box::pin(async move {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut frame = Vec::new();
+            wire::encode(&Envelope::Call { id, rpc }, &mut frame)
+                .map_err(|e| TransportError::TooLarge(e.to_string()))?;
+            let conn = tokio::time::timeout(timeout, self.connection(target, addr))
+                .await
+                .map_err(|_| TransportError::Unreachable(target, "connect timed out".into()))??;
+            let (tx, rx) = oneshot::channel();
+            conn.pending.lock().insert(id, tx);
+            if conn.frames.send(frame).await.is_err() {
+                conn.pending.lock().remove(&id);
+                return Err(TransportError::Unreachable(
+                    target,
+                    "connection closed".into(),
+                ));
+            }
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                // The connection ended after the request was sent: it may have been acted on.
+                Ok(Err(_)) => Err(TransportError::Timeout(target)),
+                Err(_) => {
+                    conn.pending.lock().remove(&id);
+                    Err(TransportError::Timeout(target))
+                }
+            }
+        })
+    }
+}
+
+/// Serves the cluster port until the listener fails or the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    secret: Arc<[u8]>,
+    counters: Arc<TcpCounters>,
+) {
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster port accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        counters
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            counters.refused_over_limit.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "cluster port: too many connections; closed");
+            continue;
+        };
+        let handler = handler.clone();
+        let secret = secret.clone();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, handler, &secret, &counters).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<dyn Handler>,
+    secret: &[u8],
+    counters: &TcpCounters,
+) {
+    let _ = stream.set_nodelay(true);
+    let from =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::accept(&mut stream, secret)).await {
+            Ok(Ok(from)) => from,
+            Ok(Err(e)) => {
+                counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, error = %e, "cluster port: connection refused");
+                return;
+            }
+            Err(_) => {
+                counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "cluster port: no handshake in time; connection closed");
+                return;
+            }
+        };
+    let (read, mut write) = stream.into_split();
+    let (frames, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while let Some(frame) = queue.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&frame);
+            while let Ok(more) = queue.try_recv() {
+                batch.extend_from_slice(&more);
+            }
+            if write.write_all(&batch).await.is_err() {
+                break;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut read = BufReader::with_capacity(64 << 10, read);
+    loop {
+        let (id, rpc) = match read_frame(&mut read).await {
+            Ok(Envelope::Call { id, rpc }) => (id, rpc),
+            Ok(Envelope::Answer { .. }) => {
+                counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, node = from, "cluster peer sent a reply unasked; disconnected");
+                break;
+            }
+            Err(ReadError::Wire(e)) => {
+                counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, node = from, error = %e, "cluster peer sent garbage; disconnected");
+                break;
+            }
+            Err(ReadError::Io(_)) => break,
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let handler = handler.clone();
+        let frames = frames.clone();
+        tokio::spawn(async move {
+            let reply = handler.handle(from, rpc).await;
+            let mut frame = Vec::new();
+            match wire::encode(&Envelope::Answer { id, reply }, &mut frame) {
+                Ok(()) => {
+                    let _ = frames.send(frame).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster reply not sent"),
+            }
+            drop(slot);
+        });
+    }
+    drop(frames);
+    let _ = writer.await;
+}

@@ -1,0 +1,491 @@
+//! Clusters of 3 and 5 nodes in one process over a transport that drops, delays, duplicates
+//! and partitions messages: election, writes through any node, leader loss, partitions that
+//! heal, a lagging node that catches up by snapshot, and linearizable histories throughout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use polykv_cluster::linearizability::{self, Event, Op, Verdict};
+use polykv_cluster::sim::{Faults, Router};
+use polykv_cluster::{ClusterError, Member, Node, NodeConfig, NodeId};
+use polykv_engine::{
+    Command, Condition, Durability, Engine, EngineConfig, KeyspaceId, Outcome, Value,
+};
+
+struct TestCluster {
+    router: Arc<Router>,
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<NodeId, Node>,
+    snapshot_every: u64,
+}
+
+fn member(id: NodeId) -> Member {
+    Member {
+        addr: format!("sim-{id}"),
+    }
+}
+
+impl TestCluster {
+    async fn new(size: u64, snapshot_every: u64, seed: u64) -> TestCluster {
+        let mut cluster = TestCluster {
+            router: Router::new(seed),
+            dir: tempfile::tempdir().unwrap(),
+            nodes: BTreeMap::new(),
+            snapshot_every,
+        };
+        for id in 1..=size {
+            cluster.start(id).await;
+        }
+        if size > 0 {
+            let voters = (1..=size).map(|id| (id, member(id))).collect();
+            cluster.nodes[&1].initialize(voters).await.unwrap();
+            cluster.leader().await;
+        }
+        cluster
+    }
+
+    fn node_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    async fn start(&mut self, id: NodeId) -> Node {
+        let dir = self.node_dir(id);
+        let config = EngineConfig {
+            cache_bytes: 4 << 20,
+            cache_shards: 4,
+            ..EngineConfig::default()
+        };
+        // The killed instance's last tasks may still hold the engine for a moment.
+        let mut engine = Engine::open_dir(&dir.join("engine"), config.clone());
+        for _ in 0..100 {
+            if engine.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            engine = Engine::open_dir(&dir.join("engine"), config.clone());
+        }
+        let engine = engine.unwrap();
+        let mut config = NodeConfig::new(id, dir.join("raft"));
+        config.heartbeat = Duration::from_millis(50);
+        config.election_min = Duration::from_millis(200);
+        config.election_max = Duration::from_millis(400);
+        config.write_timeout = Duration::from_secs(2);
+        config.snapshot_every = self.snapshot_every;
+        config.segment_bytes = 64 << 10;
+        let node = Node::start(config, engine, self.router.transport(id))
+            .await
+            .unwrap();
+        self.router.register(id, Arc::new(node.clone()));
+        self.nodes.insert(id, node.clone());
+        node
+    }
+
+    /// Stops a node as a crash would look to the others: nothing reaches it any more.
+    async fn kill(&mut self, id: NodeId) {
+        self.router.unregister(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+            node.engine().close();
+        }
+    }
+
+    /// The leader the live nodes agree on, waiting (bounded) for one.
+    async fn leader(&self) -> NodeId {
+        for _ in 0..200 {
+            let leaders: Vec<NodeId> = self
+                .nodes
+                .values()
+                .filter(|n| n.is_leader())
+                .map(|n| n.id())
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no single leader");
+    }
+
+    fn follower(&self, leader: NodeId) -> Node {
+        self.nodes
+            .values()
+            .find(|n| n.id() != leader)
+            .cloned()
+            .unwrap()
+    }
+}
+
+async fn put(node: &Node, key: &str, value: i64) -> Result<Outcome, ClusterError> {
+    node.submit(
+        Command::put(0, key.to_string(), Value::I64(value)),
+        Durability::Sync,
+    )
+    .await
+}
+
+/// A put that may first meet an election in progress: retried a bounded number of times.
+async fn put_eventually(node: &Node, key: &str, value: i64) -> Outcome {
+    let mut last = None;
+    for _ in 0..10 {
+        match put(node, key, value).await {
+            Ok(outcome) => return outcome,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no leader took the write: {last:?}");
+}
+
+async fn read(node: &Node, key: &str) -> Result<Option<i64>, ClusterError> {
+    node.read_barrier().await?;
+    Ok(node
+        .engine()
+        .get(0, key.as_bytes())
+        .unwrap()
+        .map(|r| match r.entry.value {
+            Value::I64(v) => v,
+            other => panic!("unexpected value {other:?}"),
+        }))
+}
+
+/// A linearizable read that may first meet an election in progress: retried a bounded number
+/// of times.
+async fn read_eventually(node: &Node, key: &str) -> Option<i64> {
+    let mut last = None;
+    for _ in 0..10 {
+        match read(node, key).await {
+            Ok(value) => return value,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no linearizable read: {last:?}");
+}
+
+async fn create_keyspace(node: &Node) -> KeyspaceId {
+    match node
+        .submit(
+            Command::CreateKeyspace { name: "t".into() },
+            Durability::Sync,
+        )
+        .await
+        .unwrap()
+    {
+        Outcome::KeyspaceCreated(id) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_writes_from_any_node_and_survive_the_loss_of_the_leader() {
+    let mut cluster = TestCluster::new(3, 50_000, 1).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.follower(leader);
+    assert_eq!(create_keyspace(&follower).await, 0);
+    for i in 0..30 {
+        let outcome = put(&follower, &format!("k{i}"), i).await.unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Written {
+                version: i as u64 + 1
+            }
+        );
+    }
+    // Every node reads every write, with the same version.
+    for node in cluster.nodes.values() {
+        assert_eq!(read(node, "k29").await.unwrap(), Some(29));
+        let entry = node.engine().get(0, b"k29").unwrap().unwrap().entry;
+        assert_eq!(entry.version, 30);
+    }
+    let status = cluster.nodes[&leader].status();
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.members.len(), 3);
+    assert!(status.members.iter().all(|m| m.lag.is_some()));
+    assert!(follower.status().forwards >= 30);
+
+    // The leader dies: the two others elect a new one and take writes again.
+    cluster.kill(leader).await;
+    let survivor = cluster.nodes.values().next().cloned().unwrap();
+    put_eventually(&survivor, "after", 1).await;
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+
+    // The old leader comes back and catches up from the log.
+    let back = cluster.start(leader).await;
+    assert_eq!(read_eventually(&back, "after").await, Some(1));
+    assert_eq!(read_eventually(&back, "k0").await, Some(0));
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_refuses_writes_in_bounded_time_and_the_majority_goes_on() {
+    let mut cluster = TestCluster::new(5, 50_000, 2).await;
+    cluster.router.set_faults(Faults {
+        drop: 0.02,
+        duplicate: 0.05,
+        max_delay: Duration::from_millis(3),
+    });
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    put(&cluster.nodes[&leader], "x", 1).await.unwrap();
+    let others: Vec<NodeId> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster.router.partition(&[&[leader], &others]);
+    let started = Instant::now();
+    let cut_off = put(&cluster.nodes[&leader], "x", 2).await;
+    assert!(
+        matches!(cut_off, Err(ClusterError::Unavailable(_))),
+        "{cut_off:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded");
+    // The majority elects a leader among itself and takes writes.
+    put_eventually(&cluster.nodes[&others[0]], "x", 3).await;
+    assert_eq!(
+        read_eventually(&cluster.nodes[&others[1]], "x").await,
+        Some(3)
+    );
+    // Healed, the old leader follows and sees the majority's write, not its own.
+    cluster.router.heal();
+    assert_eq!(read_eventually(&cluster.nodes[&leader], "x").await, Some(3));
+    cluster.kill(others[3]).await;
+    cluster.kill(others[2]).await;
+    put_eventually(&cluster.nodes[&leader], "x", 4).await;
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_catches_up_by_snapshot_after_the_log_was_purged() {
+    let mut cluster = TestCluster::new(3, 40, 3).await;
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    let lagging = cluster.follower(leader).id();
+    cluster.kill(lagging).await;
+    let node = cluster.nodes[&leader].clone();
+    for i in 0..300 {
+        put(&node, &format!("k{i}"), i).await.unwrap();
+    }
+    // The leader has snapshotted and purged its log behind the snapshot.
+    let purged = (0..200).any(|_| node.raft().metrics().borrow().purged.is_some());
+    assert!(purged, "log purged behind a snapshot");
+    let back = cluster.start(lagging).await;
+    assert_eq!(read_eventually(&back, "k299").await, Some(299));
+    assert_eq!(read_eventually(&back, "k0").await, Some(0));
+    assert!(
+        back.raft().metrics().borrow().snapshot.is_some(),
+        "caught up by a snapshot, not the log"
+    );
+    // And it goes on applying after the snapshot, with the same versions.
+    put(&node, "k0", -1).await.unwrap();
+    assert_eq!(read_eventually(&back, "k0").await, Some(-1));
+    let a = back.engine().get(0, b"k0").unwrap().unwrap().entry;
+    let b = node.engine().get(0, b"k0").unwrap().unwrap().entry;
+    assert_eq!(a, b);
+    // A restart of the node that installed it finds the same state.
+    drop(back);
+    cluster.kill(lagging).await;
+    let again = cluster.start(lagging).await;
+    assert_eq!(read_eventually(&again, "k0").await, Some(-1));
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
+/// Concurrent clients on a few keys through random nodes while the leader is cut off and
+/// healed, then killed; every key's history must be linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_under_partitions_and_a_leader_kill_are_linearizable() {
+    let mut cluster = TestCluster::new(3, 100, 4).await;
+    cluster.router.set_faults(Faults {
+        drop: 0.01,
+        duplicate: 0.05,
+        max_delay: Duration::from_millis(2),
+    });
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    let epoch = Instant::now();
+    let now = move || epoch.elapsed().as_micros() as u64;
+    let keys = ["a", "b", "c"];
+    let history = Arc::new(parking_lot::Mutex::new(BTreeMap::<&str, Vec<Event>>::new()));
+    let run_clients = |nodes: Vec<Node>, round: u64| {
+        let history = history.clone();
+        let mut tasks = Vec::new();
+        for client in 0..6u64 {
+            let node = nodes[(client as usize) % nodes.len()].clone();
+            let history = history.clone();
+            tasks.push(tokio::spawn(async move {
+                for step in 0..15u64 {
+                    let key = keys[((client + step) % 3) as usize];
+                    let value = (round * 1000 + client * 100 + step) as i64;
+                    let invoke = now();
+                    let event = match (client + step) % 3 {
+                        0 => match read(&node, key).await {
+                            Ok(v) => Some(Event {
+                                invoke,
+                                complete: Some(now()),
+                                op: Op::Get(Some(v)),
+                            }),
+                            Err(_) => None,
+                        },
+                        1 => {
+                            let result = put(&node, key, value).await;
+                            Some(Event {
+                                invoke,
+                                complete: result.is_ok().then(now),
+                                op: Op::Put(value),
+                            })
+                        }
+                        _ => {
+                            let expected = value - 1;
+                            let command = Command::Put {
+                                ks: 0,
+                                key: key.into(),
+                                value: Value::I64(value),
+                                expires_at: None,
+                                owner: None,
+                                label: None,
+                                condition: Condition::ValueIs(Value::I64(expected)),
+                            };
+                            let result = node.submit(command, Durability::Async).await;
+                            let swapped = match &result {
+                                Ok(Outcome::Written { .. }) => Some(true),
+                                Ok(_) => Some(false),
+                                Err(_) => None,
+                            };
+                            Some(Event {
+                                invoke,
+                                complete: swapped.map(|_| now()),
+                                op: Op::Cas {
+                                    expected: Some(expected),
+                                    new: value,
+                                    swapped,
+                                },
+                            })
+                        }
+                    };
+                    if let Some(event) = event {
+                        history.lock().entry(key).or_default().push(event);
+                    }
+                }
+            }));
+        }
+        tasks
+    };
+
+    // Round 1: the leader is cut off while the clients run, then healed.
+    let nodes: Vec<Node> = cluster.nodes.values().cloned().collect();
+    let tasks = run_clients(nodes, 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let others: Vec<NodeId> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster.router.partition(&[&[leader], &others]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.router.heal();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Round 2: the leader is killed while the clients run on the others.
+    let leader = cluster.leader().await;
+    let nodes: Vec<Node> = cluster.nodes.values().cloned().collect();
+    let tasks = run_clients(nodes, 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.kill(leader).await;
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let history = history.lock().clone();
+    assert_eq!(history.len(), 3);
+    for (key, events) in &history {
+        let completed = events.iter().filter(|e| e.complete.is_some()).count();
+        assert!(
+            completed > 5,
+            "key {key}: only {completed} operations completed"
+        );
+        assert_eq!(
+            linearizability::check(events, None, 5_000_000),
+            Verdict::Linearizable,
+            "key {key}: {events:#?}"
+        );
+    }
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
+/// A node whose data belongs to another cluster (same id, founded elsewhere) does not take this
+/// cluster's log: it keeps its own history and data, and the cluster goes on without it. (Its
+/// log refuses any truncation of its founding entry, should a leader ever ask.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_clusters_data_refuses_to_join() {
+    let mut cluster = TestCluster::new(3, 50_000, 5).await;
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    put_eventually(&cluster.nodes[&leader], "ours", 1).await;
+    let outsider = cluster.follower(leader).id();
+    cluster.kill(outsider).await;
+
+    // The same id, founded alone as a cluster of its own in another directory.
+    let foreign = TestCluster::new(0, 50_000, 6).await;
+    let dir = foreign.dir.path().join("alone");
+    let engine = Engine::open_dir(&dir.join("engine"), EngineConfig::default()).unwrap();
+    let mut config = NodeConfig::new(outsider, dir.join("raft"));
+    config.heartbeat = Duration::from_millis(50);
+    config.election_min = Duration::from_millis(200);
+    config.election_max = Duration::from_millis(400);
+    let alone = Node::start(config.clone(), engine, foreign.router.transport(outsider))
+        .await
+        .unwrap();
+    foreign.router.register(outsider, Arc::new(alone.clone()));
+    alone
+        .initialize([(outsider, member(outsider))].into())
+        .await
+        .unwrap();
+    create_keyspace(&alone).await;
+    put_eventually(&alone, "theirs", 7).await;
+    let theirs = alone.cluster_id();
+    assert!(theirs.is_some());
+    alone.shutdown().await;
+    alone.engine().close();
+    drop(alone);
+    foreign.router.unregister(outsider);
+
+    // It comes up in this cluster's network with its foreign data.
+    let mut engine = Engine::open_dir(&dir.join("engine"), EngineConfig::default());
+    for _ in 0..100 {
+        if engine.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        engine = Engine::open_dir(&dir.join("engine"), EngineConfig::default());
+    }
+    let engine = engine.unwrap();
+    let intruder = Node::start(config, engine, cluster.router.transport(outsider))
+        .await
+        .unwrap();
+    cluster
+        .router
+        .register(outsider, Arc::new(intruder.clone()));
+    // The cluster goes on; the intruder keeps its own history and data.
+    for i in 0..20 {
+        put_eventually(&cluster.nodes[&leader], "ours", i).await;
+    }
+    assert_eq!(intruder.cluster_id(), theirs);
+    let kept = intruder.engine().get(0, b"theirs").unwrap().unwrap().entry;
+    assert_eq!(kept.value, Value::I64(7));
+    assert!(intruder.engine().get(0, b"ours").unwrap().is_none());
+    intruder.shutdown().await;
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Durable write throughput of a three-node polykv cluster beside one polykv node and beside a
+# three-node etcd cluster, under the same load in the same run; then the failover measurement.
+#
+#   scripts/bench-cluster.sh [SECONDS_PER_RUN [ROUNDS [KILLS]]]     (defaults 10, 3 and 20)
+#
+# polykv: three processes on 127.0.0.1, .2 and .3 (nmdb only, on port 36010; cluster port 36090),
+# the load sent to the leader; one process on 127.0.0.4 with the same settings. etcd: Debian's
+# etcd-server (installed if missing), three processes on 127.0.0.1, .2 and .3 (client port 32379,
+# peer port 32380), driven through its v3 JSON gateway (POST /v3/kv/put, HTTP/1.1 keep-alive) by
+# the same load generator, sent to member 1; every etcd put is fsynced before its answer, and the
+# gateway costs etcd some throughput over gRPC. Load: 64 connections, one request each in flight,
+# 100-byte values, writes only (nmdb SYNC). Every target runs ROUNDS rounds in turn and reports
+# its median round. Then scripts/failover-cluster.sh KILLS. Every process started is stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN="${1:-10}"
+ROUNDS="${2:-3}"
+KILLS="${3:-20}"
+
+. scripts/lib/packages.sh
+need_commands etcd:etcd-server
+cargo build --release --locked -q -p polykv
+BIN="$PWD/target/release/polykv"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+NMDB=36010; ADMIN=36080; CPORT=36090
+ONLY_NMDB=(--nmdb-port "$NMDB" --nmdb-udp-enabled false --admin-port "$ADMIN" --minority-enabled false
+  --opencluster-enabled false --smalld-enabled false --jsonkv-enabled false --jsonkv-udp-enabled false
+  --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --log-level warn)
+PEERS="1=127.0.0.1:$CPORT,2=127.0.0.2:$CPORT,3=127.0.0.3:$CPORT"
+for n in 1 2 3; do
+  "$BIN" serve --bind "127.0.0.$n" --data-dir "$WORK/polykv$n" "${ONLY_NMDB[@]}" --cluster-port "$CPORT" \
+    --cluster-node-id "$n" --cluster-peers "$PEERS" --cluster-secret bench-cluster-secret \
+    > "$WORK/polykv$n.log" 2>&1 &
+  PIDS+=($!)
+done
+"$BIN" serve --bind 127.0.0.4 --data-dir "$WORK/single" "${ONLY_NMDB[@]}" > "$WORK/single.log" 2>&1 &
+PIDS+=($!)
+
+ETCD_CLUSTER="n1=http://127.0.0.1:32380,n2=http://127.0.0.2:32380,n3=http://127.0.0.3:32380"
+for n in 1 2 3; do
+  etcd --name "n$n" --data-dir "$WORK/etcd$n" \
+    --listen-client-urls "http://127.0.0.$n:32379" --advertise-client-urls "http://127.0.0.$n:32379" \
+    --listen-peer-urls "http://127.0.0.$n:32380" --initial-advertise-peer-urls "http://127.0.0.$n:32380" \
+    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new --initial-cluster-token bench \
+    > "$WORK/etcd$n.log" 2>&1 &
+  PIDS+=($!)
+done
+
+leader=""
+for _ in $(seq 1 300); do
+  leader=$("$BIN" cluster status --json --admin "127.0.0.1:$ADMIN" 2>/dev/null \
+    | python3 -c 'import json,sys; l=json.load(sys.stdin)["leader"]; print(l if l else "")' 2>/dev/null || true)
+  [ -n "$leader" ] && break
+  sleep 0.2
+done
+[ -n "$leader" ] || { echo "the polykv cluster elected no leader" >&2; tail "$WORK"/polykv*.log >&2; exit 1; }
+for _ in $(seq 1 300); do
+  curl -sf -X POST -d '{"key":"AA=="}' "http://127.0.0.1:32379/v3/kv/range" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+for _ in $(seq 1 300); do
+  (exec 3<>"/dev/tcp/127.0.0.4/$NMDB") 2>/dev/null && break
+  sleep 0.2
+done
+echo "polykv cluster leader: node $leader (127.0.0.$leader)"
+
+"$BIN" bench --connections 64 --depth 1 --get-ratio 0 --sync --keys 100000 \
+  --duration "$SECONDS_PER_RUN" --warmup 2 --rounds "$ROUNDS" --threads 1 \
+  --target "polykv-3=nmdb@127.0.0.$leader:$NMDB" \
+  --target "polykv-1=nmdb@127.0.0.4:$NMDB" \
+  --target "etcd-3=etcd@127.0.0.1:32379"
+
+cleanup
+trap - EXIT
+if [ "$KILLS" -gt 0 ]; then scripts/failover-cluster.sh "$KILLS"; fi
+exit 0
