@@ -1,8 +1,8 @@
 //! The `polykv` binary: parses arguments and calls into the crates.
 
 mod bench;
-mod upgrade;
 mod cluster;
+mod upgrade;
 mod verbs;
 
 use anyhow::Context;

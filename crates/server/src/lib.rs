@@ -22,8 +22,8 @@ pub mod secret;
 pub mod server;
 pub mod services;
 pub mod session;
-pub mod upgrade;
 pub mod submit;
+pub mod upgrade;
 
 pub use runtime::ServerError;
 pub use server::run;

@@ -241,7 +241,8 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
             if node.is_some() {
                 // The handover does not carry the cluster port and the Raft state yet: a cluster
                 // is upgraded by restarting its nodes one at a time (docs/operations.md).
-                let reason = "hot upgrade is not available in cluster mode: restart the nodes one at a time";
+                let reason =
+                    "hot upgrade is not available in cluster mode: restart the nodes one at a time";
                 tracing::error!(reason, "upgrade refused; still serving");
                 let pid = std::process::id();
                 control::write_status(&config.data_dir, &status(false, reason.into(), pid));
