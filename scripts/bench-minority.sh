@@ -5,11 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/packages.sh
-ulimit -n 65536 2>/dev/null || ulimit -n 4096
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release -q -p polykv --bin polykv --example minority_fanout
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d); PORT=$(free_port)
-taskset -c 0 target/release/polykv serve --data-dir "$WORK/data" --minority-port "$PORT" --admin-port "$(free_port)" \
+taskset -c 0 target/release/polykv serve --data-dir "$WORK/data" --minority-port "$PORT" --max-connections $(( ${1:-1000} + 100 )) --admin-port "$(free_port)" \
   --nmdb-enabled false --nmdb-udp-enabled false --smalld-enabled false --opencluster-enabled false \
   --jsonkv-enabled false --jsonkv-udp-enabled false --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --log-level warn & PID=$!
 REDIS_PID=""
