@@ -77,6 +77,16 @@ struct Active {
     failed: Option<StoreError>,
 }
 
+impl Active {
+    /// The segment being written, for error messages.
+    fn current_path(&self) -> PathBuf {
+        self.segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// An append-only, segmented log of checksummed records.
 pub struct Log {
     dir: PathBuf,
@@ -263,11 +273,7 @@ impl Log {
         if active.len >= self.segment_bytes {
             self.seal_and_start(active, first_seq)?;
         }
-        let path = active
-            .segments
-            .last()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
+        let path = active.current_path();
         active
             .file
             .write_all_at(bytes, active.len)
@@ -283,11 +289,7 @@ impl Log {
     /// Seals the active segment (fdatasync, so a later sync of the newest file covers it) and
     /// starts a new one whose first record is `first_seq`.
     fn seal_and_start(&self, active: &mut Active, first_seq: u64) -> Result<(), StoreError> {
-        let old = active
-            .segments
-            .last()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
+        let old = active.current_path();
         active
             .file
             .sync_data()
