@@ -137,6 +137,21 @@ pub async fn bind_if<T>(
 }
 
 impl Runtime {
+    /// Lets every listener and session task end (they were told to stop), waiting at most
+    /// `shutdown_timeout_secs`; past that the rest are aborted. Returns once none is left.
+    pub async fn stop_tasks(&mut self, why: &'static str) {
+        let limit = std::time::Duration::from_secs(self.config.shutdown_timeout_secs);
+        let tasks = &mut self.tasks;
+        if tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(seconds = limit.as_secs(), "{why}");
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
+
     /// The id of a protocol's keyspace, creating it if needed (through the cluster in
     /// cluster mode, so every node numbers keyspaces alike).
     pub async fn keyspace(&self, name: &str) -> Result<polykv_engine::KeyspaceId, ServerError> {

@@ -227,7 +227,7 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 _ = usr2.recv() => { tracing::info!("SIGUSR2: hot upgrade"); true }
             };
             if !upgrade {
-                shut_down(runtime, &shutdown_tx, &config, node.as_ref()).await;
+                shut_down(runtime, &shutdown_tx, node.as_ref()).await;
                 return Ok(());
             }
             let request = control::take_request(&config.data_dir);
@@ -304,23 +304,13 @@ pub async fn open_engine_waiting(config: &Config) -> Result<Engine, ServerError>
 async fn shut_down(
     mut runtime: Runtime,
     shutdown_tx: &watch::Sender<bool>,
-    config: &Config,
     node: Option<&polykv_cluster::Node>,
 ) {
     let engine = runtime.engine.clone();
     let _ = shutdown_tx.send(true);
-    let limit = Duration::from_secs(config.shutdown_timeout_secs);
-    let tasks = &mut runtime.tasks;
-    if tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            seconds = limit.as_secs(),
-            "sessions still busy at the shutdown deadline; closing them"
-        );
-        runtime.tasks.abort_all();
-    }
+    runtime
+        .stop_tasks("sessions still busy at the shutdown deadline; closing them")
+        .await;
     if let Some(node) = node {
         node.shutdown().await;
     }

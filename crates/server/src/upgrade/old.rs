@@ -214,19 +214,11 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
     let hub = runtime.context.handover.clone();
     hub.start_exporting();
     let _ = shutdown.send(true);
-    let limit = Duration::from_secs(runtime.config.shutdown_timeout_secs);
-    let tasks = &mut runtime.tasks;
-    if tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            seconds = limit.as_secs(),
-            "upgrade: sessions still busy at the deadline (a client not reading?); closing them"
-        );
-        runtime.tasks.abort_all();
-        while runtime.tasks.join_next().await.is_some() {}
-    }
+    runtime
+        .stop_tasks(
+            "upgrade: sessions still busy at the deadline (a client not reading?); closing them",
+        )
+        .await;
     let mut carried = Carried {
         listeners: std::mem::take(&mut *runtime.bound.lock()),
         ..Carried::default()
