@@ -476,6 +476,12 @@ impl Engine {
         }))
     }
 
+    /// Starts loading the cache memory that reading `keys` will touch: call it with the keys of
+    /// a pipelined batch before reading them one by one (see [`crate::cache::Cache::prefetch`]).
+    pub fn prefetch<'k>(&self, keys: impl IntoIterator<Item = (KeyspaceId, &'k [u8])>) {
+        self.inner.cache.prefetch(keys);
+    }
+
     /// The cached entry of a key, without going to the store (nmdb CACHE_ONLY reads).
     pub fn get_cached(&self, ks: KeyspaceId, key: &[u8]) -> Option<Entry> {
         let item = self.inner.cache.get(ks, key)?;

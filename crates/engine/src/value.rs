@@ -302,6 +302,16 @@ impl KeyedEntry {
         self.bytes.slice(self.key_len as usize..)
     }
 
+    /// Starts loading the record's first two cache lines (key, header and the start of the
+    /// value).
+    pub(crate) fn prefetch(&self) {
+        let start = self.bytes.as_ptr();
+        crate::cache::prefetch(start);
+        if self.bytes.len() > 64 {
+            crate::cache::prefetch(start.wrapping_add(64));
+        }
+    }
+
     /// Key and encoding together.
     pub fn len(&self) -> usize {
         self.bytes.len()

@@ -350,6 +350,14 @@ async fn malformed_tcp_input() {
     let (got, closed) = raw_tcp(&server, &[0, 0, 0, 0x0c, 0x20, 0, 0, 1, 1, 1, 0, 0]).await;
     assert_eq!(got, [0, 0, 0, 0x10, 0, 0, 0, 1, 0, 0, 8, 0, 0, 0, 1, 1]);
     assert!(closed);
+    // Pipelined: the frames before a refused one are answered, in order, before the close.
+    let broken = [0, 0, 0, 10, 0x10, 0, 0, 7, 1, 1];
+    let mut pipelined = [broken, broken].concat();
+    pipelined.extend_from_slice(&[0, 0, 0, 8, 0x10, 0, 0, 1]);
+    let (got, closed) = raw_tcp(&server, &pipelined).await;
+    let err_broken = [0, 0, 0, 0x10, 0, 0, 0, 7, 0, 0, 8, 0, 0, 0, 1, 3];
+    assert_eq!(got, [err_broken, err_broken].concat());
+    assert!(closed);
     // N10: EOF mid-frame is just a close; the server keeps serving others.
     assert_eq!(
         raw_tcp(&server, &[0, 0, 0, 0x20, 0x10]).await.0,

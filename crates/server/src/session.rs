@@ -8,6 +8,7 @@
 //! batch's replies pass it, they are written out before more frames are decoded, so a client
 //! that does not read stops being read (back-pressure).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,6 +123,10 @@ pub trait Service: Send + 'static {
         &mut self,
         request: Self::Request,
     ) -> impl Future<Output = Reply<Self::Response>> + Send;
+
+    /// Called with the requests of a pipelined batch (two or more) before they are executed one by one:
+    /// a service starts loading what they will read (see `Engine::prefetch`). Default: nothing.
+    fn prefetch(&self, _requests: &[Self::Request]) {}
 
     /// A message the server sends unasked (watch pushes). Never resolves by default.
     fn push(&mut self) -> impl Future<Output = Option<Self::Response>> + Send {
@@ -297,6 +302,8 @@ where
         handover: handover.clone(),
         start,
         stopped: None,
+        ahead: VecDeque::new(),
+        refused: None,
     };
     let resumed = handover_sessions(name, &context, &new_service, &session)
         .into_iter()
@@ -360,7 +367,7 @@ where
     sessions
 }
 
-struct Session<C, S> {
+struct Session<C, S: Service> {
     stream: TcpStream,
     codec: Arc<C>,
     service: S,
@@ -373,7 +380,16 @@ struct Session<C, S> {
     start: Option<Paused>,
     /// Set when the session stopped for a hot upgrade.
     stopped: Option<Paused>,
+    /// Requests decoded ahead of execution (at most [`LOOKAHEAD`]), so the service can
+    /// prefetch for all of them; always empty when the session waits for input.
+    ahead: VecDeque<S::Request>,
+    /// Why the input after the decoded-ahead requests was refused: reported once they are
+    /// executed.
+    refused: Option<Reject>,
 }
+
+/// Most requests decoded ahead of execution.
+const LOOKAHEAD: usize = 16;
 
 /// A session's position at a frame boundary: what it has read of the next frame, and its
 /// timers.
@@ -637,11 +653,18 @@ where
         let mut deferred = Vec::new();
         let mut close = false;
         while output.len() < self.limits.max_output_bytes && !close {
-            let (request, used) = match self.codec.decode_request(input)? {
-                Decoded::Frame(request, used) => (request, used),
-                Decoded::Incomplete => break,
+            if self.ahead.is_empty() {
+                self.decode_ahead(input)?;
+                if self.ahead.is_empty() {
+                    break;
+                }
+                if self.ahead.len() > 1 {
+                    self.service.prefetch(self.ahead.make_contiguous());
+                }
+            }
+            let Some(request) = self.ahead.pop_front() else {
+                break;
             };
-            input.advance(used);
             frames += 1;
             let op = S::op_name(&request);
             let started = Instant::now();
@@ -670,7 +693,33 @@ where
             }
         }
         resolve(&mut deferred, &*self.codec, output, &self.metrics).await;
+        if close {
+            self.ahead.clear();
+        }
         Ok((frames, close))
+    }
+
+    /// Decodes up to [`LOOKAHEAD`] complete frames into `ahead`. Input the codec refuses is
+    /// reported at once when nothing was decoded before it, else once those are executed.
+    fn decode_ahead(&mut self, input: &mut BytesMut) -> Result<(), Reject> {
+        if let Some(reject) = self.refused.take() {
+            return Err(reject);
+        }
+        while self.ahead.len() < LOOKAHEAD {
+            match self.codec.decode_request(input) {
+                Ok(Decoded::Frame(request, used)) => {
+                    input.advance(used);
+                    self.ahead.push_back(request);
+                }
+                Ok(Decoded::Incomplete) => break,
+                Err(reject) if self.ahead.is_empty() => return Err(reject),
+                Err(reject) => {
+                    self.refused = Some(reject);
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

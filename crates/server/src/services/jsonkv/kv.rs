@@ -135,6 +135,12 @@ impl KvStore {
         }
     }
 
+    /// Starts loading what reading `keys` will touch (a pipelined batch).
+    fn prefetch<'k>(&self, keys: impl Iterator<Item = &'k str>) {
+        let ks = self.keyspace;
+        self.engine.prefetch(keys.map(|key| (ks, key.as_bytes())));
+    }
+
     fn get(&self, key: &str, budget: &mut usize) -> Outcome {
         let read = match self.engine.get(self.keyspace, key.as_bytes()) {
             Ok(Some(read)) => read,
@@ -226,6 +232,18 @@ impl Service for JsonkvService {
             ResponsePayload::Single(r) => is_error_code(&r.code),
             ResponsePayload::Batch(rs) => rs.iter().any(|r| is_error_code(&r.code)),
         }
+    }
+
+    fn prefetch(&self, requests: &[RequestPayload]) {
+        let items = requests.iter().flat_map(|request| match request {
+            RequestPayload::Single(item) => std::slice::from_ref(item),
+            RequestPayload::Batch(items) => &items[..],
+            RequestPayload::Malformed => &[],
+        });
+        self.store.prefetch(items.filter_map(|item| match item {
+            Item::Command { command, .. } => Some(command.key()),
+            Item::Invalid { .. } => None,
+        }));
     }
 
     async fn call(&mut self, request: RequestPayload) -> Reply<ResponsePayload> {

@@ -192,6 +192,24 @@ impl Service for MinorityService {
         matches!(response.status, status::STORE_FAIL | status::INVALID)
     }
 
+    fn prefetch(&self, requests: &[Request]) {
+        let keys: Vec<Bytes> = requests
+            .iter()
+            .filter_map(|request| match request {
+                Request::Frame {
+                    data_id,
+                    datanum_id,
+                    ..
+                } => Some(engine_key(data_id, datanum_id)),
+                _ => None,
+            })
+            .collect();
+        let ks = self.shared.keyspace;
+        self.shared
+            .engine
+            .prefetch(keys.iter().map(|key| (ks, &key[..])));
+    }
+
     async fn call(&mut self, request: Request) -> Reply<Response> {
         let (op, opaque, data_id, datanum_id, value) = match request {
             Request::TooLarge { op, opaque } => {

@@ -337,6 +337,20 @@ impl Service for NmdbService {
         matches!(reply.body, ResponseBody::Error(_))
     }
 
+    fn prefetch(&self, requests: &[Request]) {
+        let ks = self.shared.keyspace;
+        self.shared
+            .engine
+            .prefetch(requests.iter().filter_map(|request| match request {
+                Request::Get { key, .. }
+                | Request::Set { key, .. }
+                | Request::Del { key, .. }
+                | Request::Cas { key, .. }
+                | Request::Incr { key, .. } => Some((ks, &key[..])),
+                _ => None,
+            }));
+    }
+
     async fn call(&mut self, request: Request) -> SessionReply<Response> {
         let s = &self.shared;
         s.count(match self.transport {

@@ -268,6 +268,21 @@ impl Service for OpenClusterService {
         }
     }
 
+    fn prefetch(&self, requests: &[Request]) {
+        let keys: Vec<[u8; 8]> = requests
+            .iter()
+            .filter_map(|request| match request.body {
+                RequestBody::Get { item, .. }
+                | RequestBody::GetType { item }
+                | RequestBody::Set { item, .. } => Some(item.engine_key()),
+                _ => None,
+            })
+            .collect();
+        let ks = self.shared.keyspace;
+        self.engine()
+            .prefetch(keys.iter().map(|key| (ks, &key[..])));
+    }
+
     fn is_error(response: &Response) -> bool {
         matches!(
             response,
