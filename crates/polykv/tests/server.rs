@@ -19,6 +19,8 @@ fn health_and_metrics_answer() {
         "polykv_cache_bytes",
         "polykv_journal_syncs_total",
         "polykv_keyspace_keys",
+        "polykv_requests_total{protocol=\"nmdb\",op=\"get\"} 0",
+        "polykv_request_duration_seconds_bucket{protocol=\"nmdb\",op=\"get\",le=\"+Inf\"} 0",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics");
     }

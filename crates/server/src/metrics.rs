@@ -6,12 +6,20 @@
 //! `request_errors_total`, `request_duration_seconds` (by `protocol` and `op`);
 //! `journal_sync_duration_seconds` and `journal_sync_batch_size` (histograms, recorded by the
 //! engine's persister); engine gauges rendered at scrape time (see `admin/mod.rs`).
+//!
+//! Request durations and counts are recorded on every request, so they do not go through the
+//! exporter (whose histograms keep every sample until the next scrape, behind two atomic
+//! operations and a shared list): each (protocol, op) has fixed buckets of its own, one relaxed
+//! add each, rendered at scrape time ([`render_requests`]).
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use parking_lot::Mutex;
+
+use metrics::{counter, gauge, Counter, Gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -20,10 +28,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ];
+            let buckets = DURATION_BUCKETS_SECONDS;
             let batch_buckets = [
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
             ];
@@ -43,10 +48,114 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Upper bounds of the duration histograms' buckets, in seconds.
+const DURATION_BUCKETS_SECONDS: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The same bounds in nanoseconds.
+const DURATION_BUCKETS_NANOS: [u64; 16] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// Requests of one (protocol, op): how many took how long, and how many failed.
+#[derive(Default)]
 struct OpMetrics {
-    requests: Counter,
-    errors: Counter,
-    duration: Histogram,
+    /// Requests per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; DURATION_BUCKETS_NANOS.len() + 1],
+    nanos: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl OpMetrics {
+    fn record(&self, error: bool, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = DURATION_BUCKETS_NANOS.partition_point(|&bound| bound < nanos);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Every (protocol, op) with its figures, shared by listeners of the same protocol (as the
+/// exporter's handles with the same labels are).
+type Registry = Vec<(&'static str, &'static str, Arc<OpMetrics>)>;
+
+static REQUESTS: Mutex<Registry> = Mutex::new(Vec::new());
+
+fn op_metrics(protocol: &'static str, op: &'static str) -> Arc<OpMetrics> {
+    let mut registry = REQUESTS.lock();
+    if let Some((_, _, m)) = registry.iter().find(|(p, o, _)| *p == protocol && *o == op) {
+        return m.clone();
+    }
+    let m = Arc::new(OpMetrics::default());
+    registry.push((protocol, op, m.clone()));
+    m
+}
+
+/// Writes `requests_total`, `request_errors_total` and `request_duration_seconds` of every
+/// protocol and op in the Prometheus text format.
+pub fn render_requests(out: &mut String) {
+    let registry = REQUESTS.lock();
+    let labels = |p: &str, o: &str| format!("protocol=\"{p}\",op=\"{o}\"");
+    let _ = writeln!(out, "# TYPE polykv_requests_total counter");
+    for (p, o, m) in registry.iter() {
+        let count: u64 = m.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+        let _ = writeln!(out, "polykv_requests_total{{{}}} {count}", labels(p, o));
+    }
+    let _ = writeln!(out, "# TYPE polykv_request_errors_total counter");
+    for (p, o, m) in registry.iter() {
+        let errors = m.errors.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "polykv_request_errors_total{{{}}} {errors}",
+            labels(p, o)
+        );
+    }
+    let _ = writeln!(out, "# TYPE polykv_request_duration_seconds histogram");
+    for (p, o, m) in registry.iter() {
+        let labels = labels(p, o);
+        let mut cumulative = 0;
+        for (bucket, bound) in m.buckets.iter().zip(DURATION_BUCKETS_SECONDS) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "polykv_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += m.buckets[DURATION_BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "polykv_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+        );
+        let seconds = m.nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "polykv_request_duration_seconds_sum{{{labels}}} {seconds}"
+        );
+        let _ = writeln!(
+            out,
+            "polykv_request_duration_seconds_count{{{labels}}} {cumulative}"
+        );
+    }
 }
 
 /// Metric handles of one protocol listener.
@@ -56,36 +165,32 @@ pub struct ProtocolMetrics {
     opened: Counter,
     pub rejected: Counter,
     pub rejected_frames: Counter,
-    ops: HashMap<&'static str, OpMetrics>,
-    other: OpMetrics,
+    /// A handful per protocol: a scan beats hashing the name.
+    ops: Vec<(&'static str, Arc<OpMetrics>)>,
+    other: Arc<OpMetrics>,
 }
 
 impl ProtocolMetrics {
     /// Registers the handles of protocol `name` with operations `ops`.
     pub fn new(name: &'static str, ops: &[&'static str]) -> Self {
-        let op = |op: &'static str| OpMetrics {
-            requests: counter!("polykv_requests_total", "protocol" => name, "op" => op),
-            errors: counter!("polykv_request_errors_total", "protocol" => name, "op" => op),
-            duration: histogram!("polykv_request_duration_seconds", "protocol" => name, "op" => op),
-        };
         ProtocolMetrics {
             name,
             active: gauge!("polykv_connections_active", "protocol" => name),
             opened: counter!("polykv_connections_total", "protocol" => name),
             rejected: counter!("polykv_connections_rejected_total", "protocol" => name),
             rejected_frames: counter!("polykv_rejected_frames_total", "protocol" => name),
-            ops: ops.iter().map(|o| (*o, op(o))).collect(),
-            other: op("other"),
+            ops: ops.iter().map(|&op| (op, op_metrics(name, op))).collect(),
+            other: op_metrics(name, "other"),
         }
     }
 
     pub fn record(&self, op: &'static str, error: bool, elapsed: Duration) {
-        let m = self.ops.get(op).unwrap_or(&self.other);
-        m.requests.increment(1);
-        if error {
-            m.errors.increment(1);
-        }
-        m.duration.record(elapsed.as_secs_f64());
+        let m = self
+            .ops
+            .iter()
+            .find(|(name, _)| *name == op)
+            .map_or(&self.other, |(_, m)| m);
+        m.record(error, elapsed);
     }
 
     pub fn connection_opened(&self) {
@@ -95,5 +200,45 @@ impl ProtocolMetrics {
 
     pub fn connection_closed(&self) {
         self.active.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_figures_render_as_prometheus_text() {
+        let metrics = ProtocolMetrics::new("metrics-test", &["get"]);
+        metrics.record("get", false, Duration::from_micros(5));
+        metrics.record("get", true, Duration::from_millis(3));
+        metrics.record("get", false, Duration::from_secs(2));
+        metrics.record("unlisted", false, Duration::from_micros(30));
+        // A second listener of the same protocol adds to the same figures.
+        ProtocolMetrics::new("metrics-test", &["get"]).record("get", false, Duration::ZERO);
+        let mut text = String::new();
+        render_requests(&mut text);
+        let get = "protocol=\"metrics-test\",op=\"get\"";
+        for line in [
+            format!("polykv_requests_total{{{get}}} 4"),
+            format!("polykv_request_errors_total{{{get}}} 1"),
+            format!("polykv_request_duration_seconds_bucket{{{get},le=\"0.00001\"}} 2"),
+            format!("polykv_request_duration_seconds_bucket{{{get},le=\"0.0025\"}} 2"),
+            format!("polykv_request_duration_seconds_bucket{{{get},le=\"0.005\"}} 3"),
+            format!("polykv_request_duration_seconds_bucket{{{get},le=\"1\"}} 3"),
+            format!("polykv_request_duration_seconds_bucket{{{get},le=\"+Inf\"}} 4"),
+            format!("polykv_request_duration_seconds_sum{{{get}}} 2.003005"),
+            format!("polykv_request_duration_seconds_count{{{get}}} 4"),
+            "polykv_requests_total{protocol=\"metrics-test\",op=\"other\"} 1".to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("# TYPE polykv_requests_total counter").count(),
+            1
+        );
     }
 }

@@ -143,6 +143,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .as_ref()
         .map(PrometheusHandle::render)
         .unwrap_or_default();
+    crate::metrics::render_requests(&mut text);
     render_engine(&state.engine, &mut text);
     (
         [(
