@@ -28,6 +28,14 @@ impl Value {
         }
     }
 
+    /// The payload as bytes, taking it (no reference count touched for a byte value).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Value::Bytes(b) => b,
+            other => other.to_bytes(),
+        }
+    }
+
     /// Size of the payload in bytes (for cache accounting and limits).
     pub fn len(&self) -> usize {
         match self {
@@ -171,11 +179,13 @@ impl Entry {
     }
 
     /// Decodes `raw`; with `shared = (buffer, offset)`, `raw` lies in `buffer` at `offset` and
-    /// byte fields become slices of `buffer` (no allocation, no copy).
+    /// byte fields of [`SHARE_FROM`] bytes or more become slices of `buffer` (no copy).
     fn decode_from(raw: &[u8], shared: Option<(&Bytes, usize)>) -> Result<Entry, StoreError> {
         let piece = |at: usize, len: usize| match shared {
-            Some((buffer, offset)) => buffer.slice(offset + at..offset + at + len),
-            None => Bytes::copy_from_slice(&raw[at..at + len]),
+            Some((buffer, offset)) if len >= SHARE_FROM => {
+                buffer.slice(offset + at..offset + at + len)
+            }
+            _ => Bytes::copy_from_slice(&raw[at..at + len]),
         };
         let corrupt = |what: &str| StoreError::Corrupt(format!("entry: {what}"));
         let mut reader = Reader { buf: raw, at: 0 };
@@ -228,6 +238,11 @@ impl Entry {
         })
     }
 }
+
+/// Byte fields shorter than this are copied out of a shared record rather than sliced: the
+/// copy reads lines the lookup has just loaded, while a slice bumps a reference count kept in
+/// another allocation (a likely cache miss, and an atomic operation) and releases it later.
+const SHARE_FROM: usize = 1024;
 
 const ENTRY_FORMAT: u8 = 1;
 const FLAG_EXPIRY: u8 = 1;

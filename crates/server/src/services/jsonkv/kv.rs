@@ -151,7 +151,7 @@ impl KvStore {
             }
         };
         // A shared keyspace can hold bytes another protocol wrote; JSON strings cannot carry them.
-        let Ok(value) = String::from_utf8(read.entry.value.to_bytes().to_vec()) else {
+        let Ok(value) = String::from_utf8(read.entry.value.into_bytes().to_vec()) else {
             return Outcome::Failure {
                 code: Code::Internal,
                 message: NOT_UTF8_MESSAGE,

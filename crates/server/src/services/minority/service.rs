@@ -261,7 +261,7 @@ impl Service for MinorityService {
             }
             .await
             {
-                Ok(Some(read)) => Reply::send(answer(status::OK, read.entry.value.to_bytes())),
+                Ok(Some(read)) => Reply::send(answer(status::OK, read.entry.value.into_bytes())),
                 Ok(None) => Reply::send(answer(status::NOT_FOUND, Bytes::new())),
                 Err(_) => Reply::send(answer(status::STORE_FAIL, Bytes::new())),
             },

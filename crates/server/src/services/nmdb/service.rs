@@ -132,7 +132,7 @@ impl NmdbService {
             return match s.engine.get_cached(s.keyspace, &key) {
                 Some(entry) => {
                     s.count(stat::CACHE_HITS);
-                    Self::reply(id, ResponseBody::CacheHit(entry.value.to_bytes()))
+                    Self::reply(id, ResponseBody::CacheHit(entry.value.into_bytes()))
                 }
                 None => {
                     s.count(stat::CACHE_MISSES);
@@ -144,11 +144,11 @@ impl NmdbService {
         match s.engine.get(s.keyspace, &key) {
             Ok(Some(read)) if read.source == Source::Cache => {
                 s.count(stat::CACHE_HITS);
-                Self::reply(id, ResponseBody::CacheHit(read.entry.value.to_bytes()))
+                Self::reply(id, ResponseBody::CacheHit(read.entry.value.into_bytes()))
             }
             Ok(Some(read)) => {
                 s.count(stat::DB_HITS);
-                Self::reply(id, ResponseBody::Value(read.entry.value.to_bytes()))
+                Self::reply(id, ResponseBody::Value(read.entry.value.into_bytes()))
             }
             Ok(None) => {
                 s.count(stat::DB_MISSES);

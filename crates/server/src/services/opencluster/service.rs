@@ -148,7 +148,7 @@ impl OpenClusterService {
         let value = match entry.value {
             EngineValue::I32(v) => Value::Int(v),
             EngineValue::I64(v) => Value::Long(v),
-            other => Value::String(other.to_bytes()),
+            other => Value::String(other.into_bytes()),
         };
         ResponseBody::Data { item, value }
     }

@@ -86,7 +86,7 @@ impl Smalld {
             .await
             {
                 Ok(Some(read)) => {
-                    let value = read.entry.value.to_bytes();
+                    let value = read.entry.value.into_bytes();
                     if value.len() > MAX_VALUE {
                         Response::Failure
                     } else {
