@@ -402,7 +402,7 @@ struct Paused {
 enum Wake {
     Read(std::io::Result<usize>),
     Push(Option<()>),
-    Timeout(&'static str),
+    Timer,
     Shutdown,
 }
 
@@ -436,17 +436,22 @@ where
         if *self.shutdown.borrow() {
             return "shutting down";
         }
-        // One timer for the connection, moved only when its deadline changes: a push does not
-        // change it, so a busy push stream does not re-register a timer per message.
+        // One timer for the connection, moved only when its deadline comes earlier (a partial
+        // frame's): a frame that moves the idle deadline later leaves it, and it wakes early once
+        // and is moved then. So a busy connection does not re-register a timer per request.
         let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed: Option<(Instant, &'static str)> = None;
+        // Polled across turns of the loop rather than re-registered in every one.
+        let mut shutdown = self.shutdown.clone();
+        let mut shutdown_signalled = std::pin::pin!(shutdown.changed());
         loop {
-            let deadline = self.deadline(last_frame, partial_since);
-            if deadline != armed {
-                if let Some((at, _)) = deadline {
-                    timer.as_mut().reset(at.into());
+            match (self.deadline(last_frame, partial_since), armed) {
+                (Some((at, _)), Some((armed_at, _))) if at >= armed_at => {}
+                (Some(deadline), _) => {
+                    timer.as_mut().reset(deadline.0.into());
+                    armed = Some(deadline);
                 }
-                armed = deadline;
+                (None, _) => armed = None,
             }
             let wake = {
                 let read = self.stream.read_buf(&mut input);
@@ -456,10 +461,8 @@ where
                     pushed = push => Wake::Push(pushed.map(|response| {
                         self.codec.encode_response(&response, &mut output);
                     })),
-                    _ = timer.as_mut(), if armed.is_some() => {
-                        Wake::Timeout(armed.map_or("timeout", |(_, why)| why))
-                    }
-                    _ = self.shutdown.changed() => Wake::Shutdown,
+                    _ = timer.as_mut(), if armed.is_some() => Wake::Timer,
+                    _ = shutdown_signalled.as_mut() => Wake::Shutdown,
                 }
             };
             match wake {
@@ -490,7 +493,18 @@ where
                     continue;
                 }
                 Wake::Push(None) => return "subscription ended",
-                Wake::Timeout(why) => return why,
+                Wake::Timer => {
+                    match self.deadline(last_frame, partial_since) {
+                        Some((at, why)) if at <= Instant::now() => return why,
+                        // Woken early: the deadline moved since the timer was set.
+                        Some(later) => {
+                            timer.as_mut().reset(later.0.into());
+                            armed = Some(later);
+                        }
+                        None => armed = None,
+                    }
+                    continue;
+                }
                 Wake::Shutdown if self.handover.exporting() => {
                     return self.stop_for_handover(input, last_frame, partial_since)
                 }
