@@ -1,10 +1,17 @@
-//! OpenCluster (V0) on one node: typed items, expiry, locks, hello pushes (opencluster.md).
+//! OpenCluster (V0): typed items, expiry, locks, hello and topology pushes (opencluster.md).
 //!
 //! An item is the engine entry under `map hash ‖ key hash`; its name rides along as the
-//! entry's label. Locks are the engine's named locks with this connection as the holder, so
-//! closing the connection (goodbye, EOF, idle timeout) releases them. A single node is the
-//! primary of every bucket: tryelsewhere is never sent.
+//! entry's label. On a single node locks are the engine's named locks with this connection as
+//! the holder, so closing the connection (goodbye, EOF, idle timeout) releases them, and the
+//! node is the primary of every bucket: tryelsewhere is never sent.
+//!
+//! In cluster mode (§8) the leader is the primary of every bucket and the other live members
+//! its backups ([`Topology::level`]); data commands sent to a backup answer tryelsewhere with
+//! the leader's listener; hello'd connections get hashmask pushes when the leader changes and
+//! a serverlist push when the live members change. Locks are replicated entries of the
+//! `_locks` keyspace (see `topology`), taken from any node.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +27,7 @@ use polykv_protocols::opencluster::{
 
 use super::OpenClusterConfig;
 use crate::session::{Reply, Service};
+use crate::topology::{ClusterView, Topology};
 
 pub(super) const OPS: &[&str] = &[
     "hello",
@@ -37,6 +45,10 @@ pub(super) const OPS: &[&str] = &[
 /// Lock holders are numbered per connection; the high bit keeps them apart from the holder
 /// numbers other protocols may use.
 const HOLDER_BASE: u64 = 1 << 63;
+/// In cluster mode bits 40–55 of a holder are its node's id, so the holders of all nodes
+/// differ and the leader knows whose locks to release when a node goes down.
+const HOLDER_NODE_SHIFT: u32 = 40;
+const HOLDER_COUNTER: u64 = (1 << HOLDER_NODE_SHIFT) - 1;
 
 /// The fields of a set_* request besides the item.
 struct SetFields {
@@ -52,6 +64,17 @@ pub struct OpenClusterShared {
     pub(super) keyspace: KeyspaceId,
     pub(super) config: OpenClusterConfig,
     pub(super) next_holder: AtomicU64,
+    /// Cluster mode: the members, the leader, the lock keyspace.
+    pub(super) view: Option<ClusterView>,
+}
+
+/// What a hello'd connection was last told of the topology.
+#[derive(Debug, Clone, PartialEq)]
+struct Announced {
+    servers: Vec<Bytes>,
+    /// This node's level for every bucket.
+    levels: Vec<i32>,
+    leader: Option<polykv_cluster::NodeId>,
 }
 
 pub struct OpenClusterService {
@@ -62,17 +85,125 @@ pub struct OpenClusterService {
     locked_once: bool,
     /// User id of the next server push (§5.1: a per-connection counter from 0).
     next_push: u32,
+    /// Cluster mode, after hello: what this connection was told, and the topology to watch.
+    announced: Option<(Announced, tokio::sync::watch::Receiver<Topology>)>,
+    /// Topology pushes not yet sent.
+    queued: VecDeque<Response>,
+    /// Cluster mode: the locks this connection took, with their deadlines.
+    held: HashMap<Bytes, Option<u64>>,
 }
 
 impl OpenClusterService {
     pub fn new(shared: Arc<OpenClusterShared>) -> Self {
-        let holder = HOLDER_BASE | shared.next_holder.fetch_add(1, Ordering::Relaxed);
+        let counter = shared.next_holder.fetch_add(1, Ordering::Relaxed);
+        let holder = match &shared.view {
+            Some(view) => {
+                HOLDER_BASE | (view.me() << HOLDER_NODE_SHIFT) | (counter & HOLDER_COUNTER)
+            }
+            None => HOLDER_BASE | counter,
+        };
         OpenClusterService {
             shared,
             holder,
             locked_once: false,
             next_push: 0,
+            announced: None,
+            queued: VecDeque::new(),
+            held: HashMap::new(),
         }
+    }
+
+    fn buckets(&self) -> u32 {
+        self.shared.config.mask
+    }
+
+    /// What to tell a connection of `topology`.
+    fn announcement(&self, topology: &Topology) -> Announced {
+        Announced {
+            servers: topology
+                .other_opencluster_addrs()
+                .into_iter()
+                .map(Bytes::from)
+                .collect(),
+            levels: (0..=self.buckets()).map(|b| topology.level(b)).collect(),
+            leader: topology.leader,
+        }
+    }
+
+    /// hello: ack, serverlist, hashmasks (§5.1); in cluster mode the connection then follows
+    /// the topology.
+    fn hello(&mut self, request: &Request) -> Reply<Response> {
+        let mask = self.buckets();
+        let (servers, rows) = match &self.shared.view {
+            None => (Vec::new(), Push::all_buckets(mask, 0)),
+            Some(view) => {
+                let receiver = view.subscribe();
+                let announced = self.announcement(&receiver.borrow());
+                let rows = Push::HashMasks {
+                    mask,
+                    rows: (0..=mask)
+                        .zip(&announced.levels)
+                        .map(|(bucket, level)| polykv_protocols::opencluster::MaskRow {
+                            bucket,
+                            level: *level,
+                        })
+                        .collect(),
+                };
+                let servers = announced.servers.clone();
+                self.announced = Some((announced, receiver));
+                (servers, rows)
+            }
+        };
+        let pushes = vec![self.push(Push::ServerList { servers }), self.push(rows)];
+        Reply::send_with(request.reply(ResponseBody::Ack), pushes)
+    }
+
+    /// Queues the pushes that tell a hello'd connection what changed (§5.2): a hashmask per
+    /// bucket when the leader or this node's level changed (every bucket's primary moved), a
+    /// serverlist when the other live members changed.
+    fn follow(&mut self, topology: &Topology) {
+        let Some((before, _)) = &self.announced else {
+            return;
+        };
+        let now = self.announcement(topology);
+        let before = before.clone();
+        if now.leader != before.leader || now.levels != before.levels {
+            for (bucket, level) in (0..=self.buckets()).zip(now.levels.clone()) {
+                let mask = self.buckets();
+                let push = self.push(Push::HashMask {
+                    mask,
+                    bucket,
+                    level,
+                });
+                self.queued.push_back(push);
+            }
+        }
+        if now.servers != before.servers {
+            let push = self.push(Push::ServerList {
+                servers: now.servers.clone(),
+            });
+            self.queued.push_back(push);
+        }
+        if let Some((announced, _)) = &mut self.announced {
+            *announced = now;
+        }
+    }
+
+    /// Cluster mode: the reply of a data command this node is not the primary for (§8):
+    /// tryelsewhere with the primary's listener, failinfo 5 when there is none.
+    fn elsewhere(&self, item: ItemId) -> Option<ResponseBody> {
+        let view = self.shared.view.as_ref()?;
+        let topology = view.topology();
+        let primary = topology.primary_of(item.key & self.buckets());
+        if primary == Some(view.me()) {
+            return None;
+        }
+        Some(match primary.and_then(|id| topology.opencluster_addr(id)) {
+            Some(addr) => ResponseBody::TryElsewhere {
+                addr: Bytes::from(addr),
+            },
+            None => ResponseBody::failinfo(failinfo::UNAVAILABLE),
+        })
     }
 
     fn push(&mut self, push: Push) -> Response {
@@ -207,7 +338,184 @@ impl OpenClusterService {
         }
     }
 
+    async fn set_request(&self, request: &Request) -> Reply<Response> {
+        let RequestBody::Set {
+            item,
+            expires,
+            full_wait,
+            name,
+            value,
+        } = &request.body
+        else {
+            return Reply::send(request.reply(ResponseBody::failinfo(failinfo::MALFORMED)));
+        };
+        let fields = SetFields {
+            expires: *expires,
+            full_wait: *full_wait,
+            name: name.clone(),
+            value: value.clone(),
+        };
+        self.set(request, *item, fields).await
+    }
+
+    /// get_* and get_type, after a read barrier (linearizable in cluster mode).
+    async fn read_request(&self, request: &Request) -> Reply<Response> {
+        let body = if self.shared.submitter.read_barrier().await.is_err() {
+            ResponseBody::failinfo(failinfo::UNAVAILABLE)
+        } else {
+            match &request.body {
+                RequestBody::Get { item, kind } => self.get(request, *item, *kind),
+                RequestBody::GetType { item } => match self.read(request, *item) {
+                    Ok((kind, _)) => ResponseBody::DataType { item: *item, kind },
+                    Err(reply) => reply,
+                },
+                _ => ResponseBody::failinfo(failinfo::MALFORMED),
+            }
+        };
+        Reply::send(request.reply(body))
+    }
+
+    /// loadlevels (§8): buckets this node is primary for, and backs up.
+    fn load_levels(&self) -> ResponseBody {
+        let buckets = i32::try_from(u64::from(self.buckets()) + 1).unwrap_or(i32::MAX);
+        let primary = match &self.shared.view {
+            None => buckets,
+            Some(view) => {
+                let topology = view.topology();
+                let mine = (0..=self.buckets())
+                    .filter(|b| topology.primary_of(*b) == Some(view.me()))
+                    .count();
+                i32::try_from(mine).unwrap_or(i32::MAX)
+            }
+        };
+        ResponseBody::LoadLevels {
+            primary,
+            backup: buckets - primary,
+            transferring: false,
+        }
+    }
+
+    /// Live locks this connection holds (cluster mode), forgetting those past their deadline.
+    fn held_now(&mut self) -> usize {
+        let now = self.engine().now_ms();
+        self.held
+            .retain(|_, deadline| deadline.is_none_or(|d| d > now));
+        self.held.len()
+    }
+
+    /// lock in cluster mode (§7): a replicated entry of `_locks`, created only if absent, or
+    /// renewed if this connection holds it. One holder across the cluster.
+    async fn cluster_lock(
+        &mut self,
+        view: &ClusterView,
+        timeout: i32,
+        name: &Bytes,
+    ) -> ResponseBody {
+        if !view.locks_ready() {
+            return ResponseBody::failinfo(failinfo::UNAVAILABLE);
+        }
+        if !self.held.contains_key(name) && self.held_now() as u64 >= self.shared.config.max_locks {
+            return ResponseBody::failinfo(failinfo::LIMIT_EXCEEDED);
+        }
+        let deadline = (timeout > 0)
+            .then(|| self.engine().now_ms() + u64::from(timeout.unsigned_abs()) * 1000);
+        let mut condition = Condition::Absent;
+        // At most two rounds: create, or renew what this connection holds.
+        for _ in 0..2 {
+            let command = Command::Put {
+                ks: view.locks,
+                key: name.clone(),
+                value: EngineValue::I64(self.holder as i64),
+                expires_at: deadline,
+                owner: Some(self.holder),
+                label: None,
+                condition,
+            };
+            match self
+                .shared
+                .submitter
+                .submit(command, Durability::Sync)
+                .await
+            {
+                Ok(done) => match done.outcome() {
+                    Outcome::Written { .. } => {
+                        self.held.insert(name.clone(), deadline);
+                        return ResponseBody::Ack;
+                    }
+                    Outcome::Mismatch {
+                        current: Some(current),
+                    } if current.owner == Some(self.holder) => {
+                        condition = Condition::VersionIs(current.version);
+                    }
+                    _ => return ResponseBody::Fail,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "opencluster lock failed");
+                    return ResponseBody::failinfo(failinfo::UNAVAILABLE);
+                }
+            }
+        }
+        ResponseBody::Fail
+    }
+
+    /// unlock in cluster mode: deletes the entry if this connection holds it.
+    async fn cluster_unlock(&mut self, view: &ClusterView, name: &Bytes) -> ResponseBody {
+        self.held.remove(name);
+        let command = Command::Delete {
+            ks: view.locks,
+            key: name.clone(),
+            condition: Condition::ValueIs(EngineValue::I64(self.holder as i64)),
+        };
+        match self
+            .shared
+            .submitter
+            .submit(command, Durability::Sync)
+            .await
+        {
+            Ok(done) => match done.outcome() {
+                Outcome::Deleted { .. } => ResponseBody::Ack,
+                _ => ResponseBody::Fail,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "opencluster unlock failed");
+                ResponseBody::failinfo(failinfo::UNAVAILABLE)
+            }
+        }
+    }
+
+    /// Cluster mode: gives back every lock this connection holds (in the background when the
+    /// connection is dropped; if this fails, the node's locks go when it restarts or is
+    /// declared down).
+    fn release_cluster_locks(&mut self) -> Option<impl std::future::Future<Output = ()> + Send> {
+        let view = self.shared.view.clone()?;
+        if self.held.is_empty() {
+            return None;
+        }
+        let names: Vec<Bytes> = self.held.drain().map(|(name, _)| name).collect();
+        let submitter = self.shared.submitter.clone();
+        let holder = self.holder;
+        Some(async move {
+            for name in names {
+                let command = Command::Delete {
+                    ks: view.locks,
+                    key: name,
+                    condition: Condition::ValueIs(EngineValue::I64(holder as i64)),
+                };
+                if let Err(e) = submitter.submit(command, Durability::Sync).await {
+                    tracing::warn!(error = %e, "opencluster: releasing a connection's locks failed");
+                    return;
+                }
+            }
+        })
+    }
+
     fn release_locks(&mut self) {
+        if let Some(release) = self.release_cluster_locks() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(release);
+            }
+            return;
+        }
         if !self.locked_once {
             return;
         }
@@ -289,33 +597,24 @@ impl Service for OpenClusterService {
         let body = match &request.body {
             // O3: replies (a client's ack of a push, say) are never answered.
             RequestBody::Reply { .. } => return Reply::nothing(),
-            RequestBody::Hello => {
-                let pushes = vec![
-                    self.push(Push::ServerList {
-                        servers: Vec::new(),
-                    }),
-                    self.push(Push::all_buckets(self.shared.config.mask, 0)),
-                ];
-                return Reply::send_with(request.reply(ResponseBody::Ack), pushes);
+            RequestBody::Hello => return self.hello(&request),
+            RequestBody::Set { item, .. }
+            | RequestBody::Get { item, .. }
+            | RequestBody::GetType { item } => {
+                if let Some(elsewhere) = self.elsewhere(*item) {
+                    return Reply::send(request.reply(elsewhere));
+                }
+                match &request.body {
+                    RequestBody::Set { .. } => return self.set_request(&request).await,
+                    _ => return self.read_request(&request).await,
+                }
             }
             RequestBody::Goodbye => {
+                if let Some(release) = self.release_cluster_locks() {
+                    release.await;
+                }
                 self.release_locks();
                 return Reply::send_then_close(request.reply(ResponseBody::Ack));
-            }
-            RequestBody::Set {
-                item,
-                expires,
-                full_wait,
-                name,
-                value,
-            } => {
-                let fields = SetFields {
-                    expires: *expires,
-                    full_wait: *full_wait,
-                    name: name.clone(),
-                    value: value.clone(),
-                };
-                return self.set(&request, *item, fields).await;
             }
             RequestBody::Capabilities { command } => {
                 if cmd::is_accepted(*command) {
@@ -331,22 +630,14 @@ impl Service for OpenClusterService {
             | RequestBody::HashMasks
             | RequestBody::HashMask
             | RequestBody::NewServer => ResponseBody::Ack,
-            RequestBody::LoadLevel => ResponseBody::LoadLevels {
-                primary: i32::try_from(u64::from(self.shared.config.mask) + 1).unwrap_or(i32::MAX),
-                backup: 0,
-                transferring: false,
+            RequestBody::LoadLevel => self.load_levels(),
+            RequestBody::Lock { timeout, name } => match &self.shared.view {
+                Some(view) => self.cluster_lock(&view.clone(), *timeout, name).await,
+                None => self.lock(*timeout, name),
             },
-            RequestBody::Lock { timeout, name } => self.lock(*timeout, name),
-            RequestBody::Unlock { name } => self.unlock(name),
-            RequestBody::Get { .. } | RequestBody::GetType { .. }
-                if self.shared.submitter.read_barrier().await.is_err() =>
-            {
-                ResponseBody::failinfo(failinfo::UNAVAILABLE)
-            }
-            RequestBody::Get { item, kind } => self.get(&request, *item, *kind),
-            RequestBody::GetType { item } => match self.read(&request, *item) {
-                Ok((kind, _)) => ResponseBody::DataType { item: *item, kind },
-                Err(reply) => reply,
+            RequestBody::Unlock { name } => match &self.shared.view {
+                Some(view) => self.cluster_unlock(&view.clone(), name).await,
+                None => self.unlock(name),
             },
             // Handled by error_reply above.
             RequestBody::Unknown { .. }
@@ -373,7 +664,27 @@ impl Service for OpenClusterService {
     }
 
     async fn closed(&mut self) {
+        if let Some(release) = self.release_cluster_locks() {
+            release.await;
+        }
         self.release_locks();
+    }
+
+    /// Cluster mode, after hello: the topology pushes (§5.2), one at a time.
+    async fn push(&mut self) -> Option<Response> {
+        loop {
+            if let Some(push) = self.queued.pop_front() {
+                return Some(push);
+            }
+            let Some((_, receiver)) = &mut self.announced else {
+                return std::future::pending().await;
+            };
+            if receiver.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let topology = receiver.borrow_and_update().clone();
+            self.follow(&topology);
+        }
     }
 
     /// Across a hot upgrade the connection keeps its lock holder id (its locks are carried in
