@@ -150,9 +150,10 @@ pub struct ClusterView {
     /// The `_locks` keyspace.
     pub locks: KeyspaceId,
     topology: watch::Receiver<Topology>,
-    /// This node has released its locks of before its start and its record is live: its
-    /// connections may take locks.
-    ready: watch::Receiver<bool>,
+    /// This node's record as it writes it.
+    own: std::sync::Arc<Endpoints>,
+    /// This node has released its locks of before its start.
+    swept: watch::Receiver<bool>,
 }
 
 impl ClusterView {
@@ -169,9 +170,16 @@ impl ClusterView {
         self.node.id()
     }
 
-    /// Whether this node's connections may take OpenCluster locks now.
+    /// Whether this node's connections may take OpenCluster locks now: it has released its
+    /// locks of before its start, and its record is live.
     pub fn locks_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.swept.borrow()
+            && self
+                .topology
+                .borrow()
+                .members
+                .get(&self.me())
+                .is_some_and(|m| m.endpoints.as_ref() == Some(&*self.own))
     }
 }
 
@@ -256,22 +264,18 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) -> ClusterView {
     let (topology_tx, topology) = watch::channel(current_topology(&node, &engine, records));
-    let (ready_tx, ready) = watch::channel(false);
+    let (swept_tx, swept) = watch::channel(false);
     let view = ClusterView {
         node,
         engine,
         records,
         locks,
         topology,
-        ready,
+        own: std::sync::Arc::new(own_endpoints(config)),
+        swept,
     };
     tasks.spawn(refresh(view.clone(), topology_tx, shutdown.clone()));
-    tasks.spawn(keep_registered(
-        view.clone(),
-        own_endpoints(config),
-        ready_tx,
-        shutdown.clone(),
-    ));
+    tasks.spawn(keep_registered(view.clone(), swept_tx, shutdown.clone()));
     let down_after = Duration::from_millis(config.cluster.node_down_ms);
     tasks.spawn(lead(view.clone(), down_after, shutdown));
     view
@@ -305,19 +309,20 @@ async fn refresh(
 /// a member.
 async fn keep_registered(
     view: ClusterView,
-    own: Endpoints,
-    ready: watch::Sender<bool>,
+    swept_tx: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let me = view.me();
+    let own = view.own.clone();
     let mut swept = false;
     loop {
         let topology = view.topology();
         if let Some(member) = topology.members.get(&me) {
             if !swept {
                 swept = release_locks_of(&view, |node| node == me).await.is_ok();
+                swept_tx.send_replace(swept);
             }
-            if swept && member.endpoints.as_ref() != Some(&own) {
+            if swept && member.endpoints.as_ref() != Some(&*own) {
                 let put = Command::put(view.records, record_key(me), own.encode());
                 match view.node.submit(put, Durability::Sync).await {
                     Ok(_) => tracing::info!(node = me, "cluster: this node's endpoints are live"),
@@ -326,12 +331,6 @@ async fn keep_registered(
                     }
                 }
             }
-            let registered = read_records(&view.engine, view.records)
-                .get(&me)
-                .is_some_and(|(e, _)| *e == own);
-            ready.send_if_modified(|r| std::mem::replace(r, swept && registered) != *r);
-        } else {
-            ready.send_if_modified(|r| std::mem::replace(r, false));
         }
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
