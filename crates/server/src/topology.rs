@@ -161,6 +161,11 @@ impl ClusterView {
         self.topology.borrow().clone()
     }
 
+    /// Reads the current topology without copying it (for every data command).
+    pub fn with_topology<R>(&self, read: impl FnOnce(&Topology) -> R) -> R {
+        read(&self.topology.borrow())
+    }
+
     /// A receiver that wakes on every change of the topology.
     pub fn subscribe(&self) -> watch::Receiver<Topology> {
         self.topology.clone()
@@ -219,9 +224,19 @@ fn current_topology(node: &Node, engine: &Engine, ks: KeyspaceId) -> Topology {
     }
 }
 
-/// The node id a lock holder belongs to (see the OpenCluster service's holder numbering).
+/// In cluster mode bits 40–55 of an OpenCluster lock holder are its node's id, so the holders
+/// of all nodes differ and the leader knows whose locks to release when a node goes down.
+const HOLDER_NODE_SHIFT: u32 = 40;
+
+/// A lock holder of node `node`: `base` (the protocol's tag bits) with the node id and the
+/// connection counter (its low 40 bits).
+pub fn cluster_holder(base: u64, node: NodeId, counter: u64) -> u64 {
+    base | ((node & 0xFFFF) << HOLDER_NODE_SHIFT) | (counter & ((1 << HOLDER_NODE_SHIFT) - 1))
+}
+
+/// The node id a lock holder belongs to.
 pub fn holder_node(holder: u64) -> NodeId {
-    (holder >> 40) & 0xFFFF
+    (holder >> HOLDER_NODE_SHIFT) & 0xFFFF
 }
 
 /// This node's own record: its advertised host and the ports it serves.
@@ -345,6 +360,9 @@ async fn lead(view: ClusterView, down_after: Duration, mut shutdown: watch::Rece
     let me = view.me();
     let mut last_seen: HashMap<NodeId, Instant> = HashMap::new();
     let mut leading = false;
+    // The live members at the last sweep that left no lock of a node that is not live: while
+    // every member stays live and that set does not change, the locks need no scan.
+    let mut clean_for: Option<Vec<NodeId>> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -359,6 +377,7 @@ async fn lead(view: ClusterView, down_after: Duration, mut shutdown: watch::Rece
             // A new leader gives every member the full time from its election.
             leading = true;
             last_seen.clear();
+            clean_for = None;
         }
         let topology = view.topology();
         let probes = topology.members.keys().filter(|id| **id != me).map(|id| {
@@ -411,8 +430,17 @@ async fn lead(view: ClusterView, down_after: Duration, mut shutdown: watch::Rece
                 tracing::debug!(error = %e, "cluster: cannot update a member's record");
             }
         }
-        if let Err(e) = release_dead_locks(&view).await {
-            tracing::debug!(error = %e, "cluster: cannot release the locks of down nodes");
+        let topology = view.topology();
+        let live: Vec<NodeId> = topology.live().map(|(id, _)| id).collect();
+        let everyone_live = live.len() == topology.members.len();
+        if everyone_live && clean_for.as_ref() == Some(&live) {
+            continue;
+        }
+        match release_dead_locks(&view).await {
+            Ok(_) => clean_for = everyone_live.then_some(live),
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: cannot release the locks of down nodes")
+            }
         }
     }
 }
@@ -525,7 +553,9 @@ mod tests {
         );
         assert_eq!(t.opencluster_addr(3).as_deref(), Some("[::1]:13603"));
         assert_eq!(t.opencluster_addr(5), None);
-        assert_eq!(holder_node((1 << 63) | (3 << 40) | 17), 3);
+        let holder = cluster_holder(1 << 63, 3, (1 << 41) + 17);
+        assert_eq!(holder, (1 << 63) | (3 << 40) | 17);
+        assert_eq!(holder_node(holder), 3);
     }
 
     #[test]

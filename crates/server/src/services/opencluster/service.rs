@@ -45,10 +45,6 @@ pub(super) const OPS: &[&str] = &[
 /// Lock holders are numbered per connection; the high bit keeps them apart from the holder
 /// numbers other protocols may use.
 const HOLDER_BASE: u64 = 1 << 63;
-/// In cluster mode bits 40–55 of a holder are its node's id, so the holders of all nodes
-/// differ and the leader knows whose locks to release when a node goes down.
-const HOLDER_NODE_SHIFT: u32 = 40;
-const HOLDER_COUNTER: u64 = (1 << HOLDER_NODE_SHIFT) - 1;
 
 /// The fields of a set_* request besides the item.
 struct SetFields {
@@ -97,9 +93,7 @@ impl OpenClusterService {
     pub fn new(shared: Arc<OpenClusterShared>) -> Self {
         let counter = shared.next_holder.fetch_add(1, Ordering::Relaxed);
         let holder = match &shared.view {
-            Some(view) => {
-                HOLDER_BASE | (view.me() << HOLDER_NODE_SHIFT) | (counter & HOLDER_COUNTER)
-            }
+            Some(view) => crate::topology::cluster_holder(HOLDER_BASE, view.me(), counter),
             None => HOLDER_BASE | counter,
         };
         OpenClusterService {
@@ -193,16 +187,18 @@ impl OpenClusterService {
     /// tryelsewhere with the primary's listener, failinfo 5 when there is none.
     fn elsewhere(&self, item: ItemId) -> Option<ResponseBody> {
         let view = self.shared.view.as_ref()?;
-        let topology = view.topology();
-        let primary = topology.primary_of(item.key & self.buckets());
-        if primary == Some(view.me()) {
-            return None;
-        }
-        Some(match primary.and_then(|id| topology.opencluster_addr(id)) {
-            Some(addr) => ResponseBody::TryElsewhere {
-                addr: Bytes::from(addr),
-            },
-            None => ResponseBody::failinfo(failinfo::UNAVAILABLE),
+        let bucket = item.key & self.buckets();
+        view.with_topology(|topology| {
+            let primary = topology.primary_of(bucket);
+            if primary == Some(view.me()) {
+                return None;
+            }
+            Some(match primary.and_then(|id| topology.opencluster_addr(id)) {
+                Some(addr) => ResponseBody::TryElsewhere {
+                    addr: Bytes::from(addr),
+                },
+                None => ResponseBody::failinfo(failinfo::UNAVAILABLE),
+            })
         })
     }
 
