@@ -560,4 +560,41 @@ async fn the_protocols_follow_the_cluster_across_a_leader_kill_and_a_restart() {
         });
     }
     wait_agent_lists(new_leader, &p, &followers).await;
+
+    // A node shutting down sends hello elsewhere: tryelsewhere with the leader (or another live
+    // node), after the goodbye push.
+    let target = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = followers
+                .iter()
+                .map(|id| common::cluster::leader_of(*id, &ports))
+                .collect::<Vec<_>>();
+            if let [Some(a), Some(b)] = seen[..] {
+                if a == b && followers.contains(&a) {
+                    break a;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader among {followers:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let stopping = *followers.iter().find(|id| **id != target).unwrap();
+    let mut late = Oc::connect(stopping, p.opencluster);
+    let user = late.send(30, Vec::new());
+    assert_eq!(
+        late.reply(user, &mut later),
+        reply(1, 30, user, vec![]),
+        "ping"
+    );
+    let pid = nodes[&stopping].child.as_ref().unwrap().id();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let goodbye = late.recv(Duration::from_secs(5)).expect("the goodbye push");
+    assert_eq!((goodbye.id, goodbye.repcmd), (20, 0));
+    let user = late.send(10, Vec::new());
+    let elsewhere = format!("{}:{}", host(target), p.opencluster);
+    assert_eq!(
+        late.recv(Duration::from_secs(5)),
+        Some(reply(4, 10, user, str_field(&elsewhere)))
+    );
 }

@@ -649,6 +649,30 @@ impl Service for OpenClusterService {
         Some((self.push(Push::Goodbye), wait))
     }
 
+    /// hello or serverhello while shutting down (§4.2, §8): tryelsewhere with another live node
+    /// (the leader if it is another), fail when there is none (always on a single node).
+    fn after_farewell(&mut self, request: &Request) -> Option<Response> {
+        if !matches!(request.body, RequestBody::Hello | RequestBody::ServerHello) {
+            return None;
+        }
+        let elsewhere = self.shared.view.as_ref().and_then(|view| {
+            view.with_topology(|topology| {
+                let me = view.me();
+                let leader = topology.leader.filter(|l| *l != me);
+                let other = topology.live().map(|(id, _)| id).find(|id| *id != me);
+                leader
+                    .or(other)
+                    .and_then(|id| topology.opencluster_addr(id))
+            })
+        });
+        Some(request.reply(match elsewhere {
+            Some(addr) => ResponseBody::TryElsewhere {
+                addr: Bytes::from(addr),
+            },
+            None => ResponseBody::Fail,
+        }))
+    }
+
     fn answers_farewell(request: &Request) -> bool {
         matches!(
             request.body,
