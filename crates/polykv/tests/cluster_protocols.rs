@@ -369,6 +369,38 @@ async fn the_protocols_follow_the_cluster_across_a_leader_kill_and_a_restart() {
         "no pushes before hello or without a change"
     );
 
+    // A lock with a timeout: renewed by its holder, refused to others until it runs out, then
+    // taken over; unlock only by the holder.
+    let timed = |seconds: i32, name: &str| {
+        let mut payload = seconds.to_be_bytes().to_vec();
+        payload.extend(str_field(name));
+        payload
+    };
+    let unlock_of = |name: &str| str_field(name);
+    let mut first = Oc::connect(leader, p.opencluster);
+    let user = first.send(1000, timed(1, "short"));
+    assert_eq!(first.reply(user, &mut pushes), ack_of(user));
+    let user = first.send(1000, timed(1, "short"));
+    assert_eq!(first.reply(user, &mut pushes), ack_of(user), "renewed");
+    let user = locker.send(1000, timed(1, "short"));
+    assert_eq!(locker.reply(user, &mut pushes), fail_of(user));
+    let user = locker.send(1010, unlock_of("short"));
+    assert_eq!(
+        locker.reply(user, &mut pushes),
+        reply(2, 1010, user, vec![])
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let user = locker.send(1000, timed(0, "short"));
+    assert_eq!(locker.reply(user, &mut pushes), ack_of(user), "taken over");
+    let user = first.send(1010, unlock_of("short"));
+    assert_eq!(first.reply(user, &mut pushes), reply(2, 1010, user, vec![]));
+    let user = locker.send(1010, unlock_of("short"));
+    assert_eq!(
+        locker.reply(user, &mut pushes),
+        reply(1, 1010, user, vec![])
+    );
+    assert!(pushes.is_empty());
+
     // minority: a subscriber on a follower that survives the kill.
     let watcher_node = followers[1];
     let minority = |id: u64| format!("{}:{}", host(id), p.minority);

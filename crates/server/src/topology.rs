@@ -37,6 +37,9 @@ const REFRESH: Duration = Duration::from_millis(250);
 const REFRESH_MIN: Duration = Duration::from_millis(20);
 /// How often a node checks its own record, and the leader probes the members.
 const TICK: Duration = Duration::from_millis(300);
+/// How often the leader looks at the locks while nothing calls for it (to forget locks whose
+/// timeout has run out).
+const FULL_SWEEP: Duration = Duration::from_secs(10);
 /// Most locks the leader looks at in one pass.
 const SWEEP_LIMIT: usize = 100_000;
 
@@ -224,6 +227,40 @@ fn current_topology(node: &Node, engine: &Engine, ks: KeyspaceId) -> Topology {
     }
 }
 
+/// An OpenCluster lock as the `_locks` keyspace holds it (cluster mode). It has no TTL: the
+/// expiry reaper runs on each replica on its own clock, so a lock's end is decided by whoever
+/// takes it over, with a condition on the entry's version that every replica checks alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockRecord {
+    pub holder: u64,
+    /// Milliseconds since the epoch; None = until unlock or disconnect.
+    pub deadline: Option<u64>,
+}
+
+impl LockRecord {
+    /// 16 bytes: the holder, then the deadline (0 = none), big-endian.
+    pub fn value(&self) -> Value {
+        let mut out = Vec::with_capacity(16);
+        out.extend(self.holder.to_be_bytes());
+        out.extend(self.deadline.unwrap_or(0).to_be_bytes());
+        Value::Bytes(Bytes::from(out))
+    }
+
+    pub fn decode(value: &Value) -> Option<LockRecord> {
+        let raw = value.to_bytes();
+        let holder = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+        let deadline = u64::from_be_bytes(raw.get(8..16)?.try_into().ok()?);
+        (raw.len() == 16).then_some(LockRecord {
+            holder,
+            deadline: (deadline != 0).then_some(deadline),
+        })
+    }
+
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.deadline.is_none_or(|d| d > now_ms)
+    }
+}
+
 /// In cluster mode bits 40–55 of an OpenCluster lock holder are its node's id, so the holders
 /// of all nodes differ and the leader knows whose locks to release when a node goes down.
 const HOLDER_NODE_SHIFT: u32 = 40;
@@ -363,6 +400,7 @@ async fn lead(view: ClusterView, down_after: Duration, mut shutdown: watch::Rece
     // The live members at the last sweep that left no lock of a node that is not live: while
     // every member stays live and that set does not change, the locks need no scan.
     let mut clean_for: Option<Vec<NodeId>> = None;
+    let mut last_sweep = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -433,11 +471,15 @@ async fn lead(view: ClusterView, down_after: Duration, mut shutdown: watch::Rece
         let topology = view.topology();
         let live: Vec<NodeId> = topology.live().map(|(id, _)| id).collect();
         let everyone_live = live.len() == topology.members.len();
-        if everyone_live && clean_for.as_ref() == Some(&live) {
+        let recent = last_sweep.is_some_and(|at: Instant| at.elapsed() < FULL_SWEEP);
+        if everyone_live && clean_for.as_ref() == Some(&live) && recent {
             continue;
         }
         match release_dead_locks(&view).await {
-            Ok(_) => clean_for = everyone_live.then_some(live),
+            Ok(_) => {
+                clean_for = everyone_live.then_some(live);
+                last_sweep = Some(Instant::now());
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cluster: cannot release the locks of down nodes")
             }
@@ -445,7 +487,8 @@ async fn lead(view: ClusterView, down_after: Duration, mut shutdown: watch::Rece
     }
 }
 
-/// Releases every lock whose node is not live (down, removed or never registered). The locks
+/// Releases every lock whose node is not live (down, removed or never registered), and
+/// forgets those whose timeout has run out. The locks
 /// are read before the records, so a lock taken by a node that has just registered is never
 /// mistaken for a dead one (its record was applied before its lock).
 pub async fn release_dead_locks(view: &ClusterView) -> Result<usize, polykv_cluster::ClusterError> {
@@ -458,7 +501,11 @@ pub async fn release_dead_locks(view: &ClusterView) -> Result<usize, polykv_clus
     }
     let records = read_records(&view.engine, view.records);
     let live = |node: NodeId| records.get(&node).is_some_and(|(e, _)| e.live);
-    release(view, locks, |node| !live(node)).await
+    let now = view.engine.now_ms();
+    release(view, locks, |lock| {
+        !live(holder_node(lock.holder)) || !lock.live(now)
+    })
+    .await
 }
 
 /// Releases every lock held by a connection of a node for which `whose` holds.
@@ -470,18 +517,18 @@ async fn release_locks_of(
         .engine
         .scan(view.locks, Bound::Unbounded, Bound::Unbounded, SWEEP_LIMIT)
         .unwrap_or_default();
-    release(view, locks, whose).await
+    release(view, locks, |lock| whose(holder_node(lock.holder))).await
 }
 
+/// Deletes the locks for which `which` holds (and entries that are not locks at all).
 async fn release(
     view: &ClusterView,
     locks: Vec<(Bytes, polykv_engine::Entry)>,
-    whose: impl Fn(NodeId) -> bool,
+    which: impl Fn(&LockRecord) -> bool,
 ) -> Result<usize, polykv_cluster::ClusterError> {
     let mut released = 0;
     for (name, entry) in locks {
-        let Some(holder) = entry.owner else { continue };
-        if !whose(holder_node(holder)) {
+        if LockRecord::decode(&entry.value).is_some_and(|lock| !which(&lock)) {
             continue;
         }
         // Conditional on the holder, so a lock taken again meanwhile is left alone.
@@ -556,6 +603,30 @@ mod tests {
         let holder = cluster_holder(1 << 63, 3, (1 << 41) + 17);
         assert_eq!(holder, (1 << 63) | (3 << 40) | 17);
         assert_eq!(holder_node(holder), 3);
+    }
+
+    #[test]
+    fn lock_records_round_trip_and_run_out() {
+        let lock = LockRecord {
+            holder: cluster_holder(1 << 63, 2, 5),
+            deadline: Some(1000),
+        };
+        assert_eq!(LockRecord::decode(&lock.value()), Some(lock));
+        assert!(lock.live(999) && !lock.live(1000));
+        let forever = LockRecord {
+            deadline: None,
+            ..lock
+        };
+        assert_eq!(LockRecord::decode(&forever.value()), Some(forever));
+        assert!(forever.live(u64::MAX));
+        assert_eq!(
+            LockRecord::decode(&Value::Bytes(Bytes::from("short"))),
+            None
+        );
+        assert_eq!(
+            LockRecord::decode(&Value::Bytes(Bytes::from(vec![0; 17]))),
+            None
+        );
     }
 
     #[test]

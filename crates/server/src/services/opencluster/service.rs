@@ -27,7 +27,7 @@ use polykv_protocols::opencluster::{
 
 use super::OpenClusterConfig;
 use crate::session::{Reply, Service};
-use crate::topology::{ClusterView, Topology};
+use crate::topology::{ClusterView, LockRecord, Topology};
 
 pub(super) const OPS: &[&str] = &[
     "hello",
@@ -85,8 +85,8 @@ pub struct OpenClusterService {
     announced: Option<(Announced, tokio::sync::watch::Receiver<Topology>)>,
     /// Topology pushes not yet sent.
     queued: VecDeque<Response>,
-    /// Cluster mode: the locks this connection took, with their deadlines.
-    held: HashMap<Bytes, Option<u64>>,
+    /// Cluster mode: the locks this connection took, as written.
+    held: HashMap<Bytes, LockRecord>,
 }
 
 impl OpenClusterService {
@@ -394,13 +394,13 @@ impl OpenClusterService {
     /// Live locks this connection holds (cluster mode), forgetting those past their deadline.
     fn held_now(&mut self) -> usize {
         let now = self.engine().now_ms();
-        self.held
-            .retain(|_, deadline| deadline.is_none_or(|d| d > now));
+        self.held.retain(|_, record| record.live(now));
         self.held.len()
     }
 
-    /// lock in cluster mode (§7): a replicated entry of `_locks`, created only if absent, or
-    /// renewed if this connection holds it. One holder across the cluster.
+    /// lock in cluster mode (§7): a replicated entry of `_locks`, created if absent, renewed if
+    /// this connection holds it, taken over if its timeout has run out (each step conditional
+    /// on the entry's version, so every replica decides alike). One holder across the cluster.
     async fn cluster_lock(
         &mut self,
         view: &ClusterView,
@@ -415,52 +415,67 @@ impl OpenClusterService {
         }
         let deadline = (timeout > 0)
             .then(|| self.engine().now_ms() + u64::from(timeout.unsigned_abs()) * 1000);
+        let record = LockRecord {
+            holder: self.holder,
+            deadline,
+        };
         let mut condition = Condition::Absent;
-        // At most two rounds: create, or renew what this connection holds.
-        for _ in 0..2 {
+        // A few rounds: the entry may change between the attempts (released, taken over).
+        for _ in 0..3 {
             let command = Command::Put {
                 ks: view.locks,
                 key: name.clone(),
-                value: EngineValue::I64(self.holder as i64),
-                expires_at: deadline,
+                value: record.value(),
+                expires_at: None,
                 owner: Some(self.holder),
                 label: None,
                 condition,
             };
-            match self
+            let outcome = match self
                 .shared
                 .submitter
                 .submit(command, Durability::Sync)
                 .await
             {
-                Ok(done) => match done.outcome() {
-                    Outcome::Written { .. } => {
-                        self.held.insert(name.clone(), deadline);
-                        return ResponseBody::Ack;
-                    }
-                    Outcome::Mismatch {
-                        current: Some(current),
-                    } if current.owner == Some(self.holder) => {
-                        condition = Condition::VersionIs(current.version);
-                    }
-                    _ => return ResponseBody::Fail,
-                },
+                Ok(done) => done.outcome().clone(),
                 Err(e) => {
                     tracing::warn!(error = %e, "opencluster lock failed");
                     return ResponseBody::failinfo(failinfo::UNAVAILABLE);
                 }
-            }
+            };
+            condition = match outcome {
+                Outcome::Written { .. } => {
+                    self.held.insert(name.clone(), record);
+                    return ResponseBody::Ack;
+                }
+                Outcome::Mismatch {
+                    current: Some(current),
+                } => match LockRecord::decode(&current.value) {
+                    Some(other)
+                        if other.holder != self.holder && other.live(self.engine().now_ms()) =>
+                    {
+                        return ResponseBody::Fail
+                    }
+                    // Ours, run out, or not a lock at all: replace exactly that entry.
+                    _ => Condition::VersionIs(current.version),
+                },
+                Outcome::NotFound => Condition::Absent,
+                _ => return ResponseBody::Fail,
+            };
         }
         ResponseBody::Fail
     }
 
-    /// unlock in cluster mode: deletes the entry if this connection holds it.
+    /// unlock in cluster mode: deletes the entry if this connection holds it (an entry of this
+    /// connection whose timeout ran out is deleted too, but answered fail: it was not held).
     async fn cluster_unlock(&mut self, view: &ClusterView, name: &Bytes) -> ResponseBody {
-        self.held.remove(name);
+        let Some(record) = self.held.remove(name) else {
+            return ResponseBody::Fail;
+        };
         let command = Command::Delete {
             ks: view.locks,
             key: name.clone(),
-            condition: Condition::ValueIs(EngineValue::I64(self.holder as i64)),
+            condition: Condition::ValueIs(record.value()),
         };
         match self
             .shared
@@ -469,7 +484,7 @@ impl OpenClusterService {
             .await
         {
             Ok(done) => match done.outcome() {
-                Outcome::Deleted { .. } => ResponseBody::Ack,
+                Outcome::Deleted { .. } if record.live(self.engine().now_ms()) => ResponseBody::Ack,
                 _ => ResponseBody::Fail,
             },
             Err(e) => {
@@ -487,15 +502,14 @@ impl OpenClusterService {
         if self.held.is_empty() {
             return None;
         }
-        let names: Vec<Bytes> = self.held.drain().map(|(name, _)| name).collect();
+        let held: Vec<(Bytes, LockRecord)> = self.held.drain().collect();
         let submitter = self.shared.submitter.clone();
-        let holder = self.holder;
         Some(async move {
-            for name in names {
+            for (name, record) in held {
                 let command = Command::Delete {
                     ks: view.locks,
                     key: name,
-                    condition: Condition::ValueIs(EngineValue::I64(holder as i64)),
+                    condition: Condition::ValueIs(record.value()),
                 };
                 if let Err(e) = submitter.submit(command, Durability::Sync).await {
                     tracing::warn!(error = %e, "opencluster: releasing a connection's locks failed");
