@@ -371,7 +371,9 @@ async fn keep_registered(
         let topology = view.topology();
         if let Some(member) = topology.members.get(&me) {
             if !swept {
-                swept = release_locks_of(&view, |node| node == me).await.is_ok();
+                // Caught up first, so every lock of the previous run is seen.
+                swept = view.node.read_barrier().await.is_ok()
+                    && release_locks_of(&view, |node| node == me).await.is_ok();
                 swept_tx.send_replace(swept);
             }
             if swept && member.endpoints.as_ref() != Some(&*own) {
