@@ -459,6 +459,27 @@ impl Node {
         }
     }
 
+    /// Whether member `id` answers a ping within `timeout`: the leader's liveness probe, which
+    /// decides when a member's OpenCluster locks are released (openraft 0.9 does not expose
+    /// when a follower last acknowledged a heartbeat).
+    pub async fn ping(&self, id: NodeId, timeout: Duration) -> bool {
+        let addr = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            match metrics.membership_config.membership().get_node(&id) {
+                Some(member) => member.addr.clone(),
+                None => return false,
+            }
+        };
+        matches!(
+            self.inner
+                .transport
+                .call(id, &addr, Rpc::Ping, timeout)
+                .await,
+            Ok(Reply::Pong { .. })
+        )
+    }
+
     pub fn is_leader(&self) -> bool {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }

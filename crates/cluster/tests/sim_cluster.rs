@@ -298,6 +298,81 @@ async fn a_lagging_node_catches_up_by_snapshot_after_the_log_was_purged() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_a_node_that_catches_up_by_snapshot_sees_what_the_snapshot_changed() {
+    let cluster = TestCluster::new(3, 40, 5).await;
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    let lagging = cluster.follower(leader);
+    put(&cluster.nodes[&leader], "w/gone", 1).await.unwrap();
+    put(&cluster.nodes[&leader], "w/same", 2).await.unwrap();
+    assert_eq!(read_eventually(&lagging, "w/gone").await, Some(1));
+    assert_eq!(read_eventually(&lagging, "w/same").await, Some(2));
+    let (watch, _) = lagging
+        .engine()
+        .watch_prefix(0, "w/".into(), None, 10)
+        .unwrap();
+
+    // Cut off, the node misses changes of watched keys that the others then snapshot and
+    // purge from their logs behind a run of other writes.
+    let others: Vec<NodeId> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != lagging.id())
+        .collect();
+    cluster.router.partition(&[&[lagging.id()], &others]);
+    let writer = cluster.nodes[&others[0]].clone();
+    put_eventually(&writer, "w/new", 3).await;
+    let delete = Command::delete(0, "w/gone");
+    let mut deleted = false;
+    for _ in 0..10 {
+        if writer
+            .submit(delete.clone(), Durability::Sync)
+            .await
+            .is_ok()
+        {
+            deleted = true;
+            break;
+        }
+    }
+    assert!(deleted);
+    for i in 0..300 {
+        put_eventually(&writer, &format!("filler{i}"), i).await;
+    }
+    let purged = (0..200).any(|_| {
+        others
+            .iter()
+            .all(|id| cluster.nodes[id].raft().metrics().borrow().purged.is_some())
+    });
+    assert!(purged, "logs purged behind a snapshot");
+    cluster.router.heal();
+    assert_eq!(read_eventually(&lagging, "filler299").await, Some(299));
+    assert!(lagging.raft().metrics().borrow().snapshot.is_some());
+
+    // The watcher is told what the snapshot changed under its prefix, in key order, and
+    // nothing about the unchanged key.
+    let events: Vec<(String, Option<i64>)> = std::iter::from_fn(|| watch.try_recv())
+        .map(|event| {
+            let key = String::from_utf8(event.key.to_vec()).unwrap();
+            match event.change {
+                polykv_engine::Change::Set(entry) => match entry.value {
+                    Value::I64(v) => (key, Some(v)),
+                    other => panic!("unexpected value {other:?}"),
+                },
+                polykv_engine::Change::Deleted => (key, None),
+            }
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [("w/gone".to_string(), None), ("w/new".to_string(), Some(3))]
+    );
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
 /// Concurrent clients on a few keys through random nodes while the leader is cut off and
 /// healed, then killed; every key's history must be linearizable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

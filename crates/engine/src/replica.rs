@@ -14,6 +14,7 @@
 //!   every keyspace's contents, with the marker set to [`INSTALLING`] until the import is
 //!   complete, so a crash in the middle is seen at the next start and the import is redone.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use crate::command::{Command, Outcome, Proposal};
 use crate::error::{Error, Result, StoreError};
 use crate::store::BatchOp;
 use crate::value::Entry;
+use crate::watch::{Change, Event, Selector};
 use crate::KeyspaceId;
 
 /// The metadata key of the marker.
@@ -47,6 +49,9 @@ pub enum Exported {
         raw: Bytes,
     },
 }
+
+/// Stored entries (encoded) by keyspace and key.
+type WatchedState = BTreeMap<(KeyspaceId, Bytes), Bytes>;
 
 /// Most entries written in one batch while importing.
 const IMPORT_BATCH: usize = 512;
@@ -142,6 +147,9 @@ impl Engine {
     ) -> Result<()> {
         let mut writer = self.lock_writer()?;
         writer.exact_versions = true;
+        // What subscribers watch, as it was: they are told what the snapshot changed.
+        let watched = self.inner.hub.selectors();
+        let before = self.watched_state(&watched)?;
         // From here until the end the contents are neither the old state nor the new one.
         writer.marker = Some(Bytes::from_static(INSTALLING));
         self.commit(&mut writer, Vec::new())?;
@@ -186,7 +194,79 @@ impl Engine {
         }
         writer.marker = Some(marker);
         self.commit(&mut writer, batch)?;
+        let after = self.watched_state(&watched)?;
+        self.publish_difference(&writer, before, after);
         Ok(())
+    }
+
+    /// The stored entries of every watched key and prefix, by keyspace and key.
+    fn watched_state(&self, watched: &[(KeyspaceId, Selector)]) -> Result<WatchedState> {
+        let mut out = BTreeMap::new();
+        for (ks, selector) in watched {
+            let Ok(info) = self.info(*ks) else { continue };
+            match selector {
+                Selector::Key(key) => {
+                    if let Some(raw) = self.inner.store.get(info.space, key)? {
+                        out.insert((*ks, key.clone()), raw);
+                    }
+                }
+                Selector::Prefix(prefix) => {
+                    let mut after: Option<Bytes> = None;
+                    'pages: loop {
+                        let start = match &after {
+                            Some(last) => Bound::Excluded(last.as_ref()),
+                            None => Bound::Included(prefix.as_ref()),
+                        };
+                        let page = self.inner.store.range(
+                            info.space,
+                            start,
+                            Bound::Unbounded,
+                            SCAN_PAGE,
+                        )?;
+                        if page.is_empty() {
+                            break;
+                        }
+                        for (key, raw) in page {
+                            if !key.starts_with(prefix) {
+                                break 'pages;
+                            }
+                            after = Some(key.clone());
+                            out.insert((*ks, key), raw);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Publishes, in key order, a change for every watched key the snapshot changed: its new
+    /// entry, or its deletion (with the keyspace's last version), so a subscriber on a node
+    /// that caught up by snapshot misses no change of state.
+    fn publish_difference(&self, writer: &WriterState, before: WatchedState, after: WatchedState) {
+        let mut keys: Vec<&(KeyspaceId, Bytes)> = before.keys().chain(after.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            let (ks, name) = key;
+            let change = match (before.get(key), after.get(key)) {
+                (old, Some(new)) if old != Some(new) => match Entry::decode(new) {
+                    Ok(entry) => (entry.version, Change::Set(entry)),
+                    Err(_) => continue,
+                },
+                (Some(_), None) => (
+                    writer.versions.get(*ks as usize).map_or(0, |v| v.0),
+                    Change::Deleted,
+                ),
+                _ => continue,
+            };
+            self.inner.hub.publish(Event {
+                keyspace: *ks,
+                key: name.clone(),
+                version: change.0,
+                change: change.1,
+            });
+        }
     }
 
     /// Deletes every stored entry of every keyspace and the whole expiry index.

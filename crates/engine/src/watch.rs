@@ -281,6 +281,27 @@ impl WatchHub {
         }
     }
 
+    /// What is watched: each keyspace's watched keys and prefixes, once each.
+    pub(crate) fn selectors(&self) -> Vec<(KeyspaceId, Selector)> {
+        if self.inner.count.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let keyspaces = self.inner.keyspaces.read();
+        let mut out = Vec::new();
+        for (ks, subs) in keyspaces.iter() {
+            for key in subs.by_key.keys() {
+                out.push((*ks, Selector::Key(key.clone())));
+            }
+            for subscriber in &subs.by_prefix {
+                let selector = (*ks, subscriber.selector.clone());
+                if !out.contains(&selector) {
+                    out.push(selector);
+                }
+            }
+        }
+        out
+    }
+
     /// Ends every subscription: receivers get `None` once they have drained their queue.
     pub(crate) fn close_all(&self) {
         let keyspaces = self.inner.keyspaces.read();

@@ -241,3 +241,56 @@ fn a_memory_only_write_on_one_replica_takes_no_replicated_version() {
         "the replicated write got the same version on both"
     );
 }
+
+#[test]
+fn a_snapshot_tells_subscribers_what_it_changed() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let apply = |engine: &Engine, command: Command| {
+        engine
+            .apply_committed(Some(Proposal { at_ms: 1, command }), "m".into())
+            .unwrap()
+    };
+    let create = || Command::CreateKeyspace { name: "a".into() };
+    let (a, b) = (open(a_dir.path()), open(b_dir.path()));
+    for engine in [&a, &b] {
+        apply(engine, create());
+        apply(engine, Command::put(0, "p/same", Value::I32(1)));
+        apply(engine, Command::put(0, "p/gone", Value::I32(2)));
+        apply(engine, Command::put(0, "exact", Value::I32(3)));
+    }
+    // a moves on; b, behind, catches up by a's snapshot.
+    apply(&a, Command::delete(0, "p/gone"));
+    apply(&a, Command::put(0, "p/new", Value::I32(4)));
+    apply(&a, Command::put(0, "exact", Value::I32(5)));
+    apply(&a, Command::put(0, "unwatched", Value::I32(6)));
+    let (prefix, _) = b.watch_prefix(0, "p/".into(), None, 100).unwrap();
+    let (exact, _) = b.watch_key(0, "exact".into(), None).unwrap();
+    let mut items = state(&a).into_iter();
+    b.import(|| Ok(items.next()), "snap".into()).unwrap();
+
+    let drain = |s: &polykv_engine::Subscription| {
+        std::iter::from_fn(|| s.try_recv())
+            .map(|e| (e.key, e.change))
+            .collect::<Vec<_>>()
+    };
+    let now = |key: &str| b.get(0, key.as_bytes()).unwrap().unwrap().entry;
+    assert_eq!(
+        drain(&prefix),
+        [
+            (Bytes::from("p/gone"), polykv_engine::Change::Deleted),
+            (
+                Bytes::from("p/new"),
+                polykv_engine::Change::Set(now("p/new"))
+            ),
+        ],
+        "unchanged keys are not repeated"
+    );
+    assert_eq!(
+        drain(&exact),
+        [(
+            Bytes::from("exact"),
+            polykv_engine::Change::Set(now("exact"))
+        )]
+    );
+}

@@ -464,6 +464,13 @@ async fn shutdown_pushes_goodbye_and_waits_for_the_ack() {
         read_exactly(&mut silent, 12).await,
         hex("0014 0000 00000000 00000000")
     );
+    // hello while shutting down: fail, since a single node has nowhere else to send it (§8).
+    exchange(
+        &mut silent,
+        "000a 0000 00000002 00000000",
+        "0002 000a 00000002 00000000",
+    )
+    .await;
     assert!(closed_by_server(&mut silent, T).await);
     assert_eq!(server.wait_exit(T), Some(0));
 }

@@ -23,6 +23,7 @@ pub mod server;
 pub mod services;
 pub mod session;
 pub mod submit;
+pub mod topology;
 pub mod upgrade;
 
 pub use runtime::ServerError;

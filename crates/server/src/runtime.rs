@@ -72,6 +72,8 @@ pub struct Runtime {
     pub engine: Engine,
     /// Where writes go: the engine, or the cluster.
     pub submitter: crate::submit::Submitter,
+    /// Cluster mode: the members' endpoints, liveness and leader, for the protocols.
+    pub view: Option<crate::topology::ClusterView>,
     pub context: ListenerContext,
     pub read_only: Arc<ReadOnly>,
     pub tasks: JoinSet<()>,

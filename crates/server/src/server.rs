@@ -170,6 +170,7 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
             },
             engine: engine.clone(),
             submitter,
+            view: None,
             read_only: read_only.clone(),
             tasks,
             config: config.clone(),
@@ -335,6 +336,20 @@ async fn start_listeners(
     } else {
         None
     };
+    if let Some(node) = runtime.submitter.node().cloned() {
+        let records = runtime.keyspace(crate::topology::KEYSPACE).await?;
+        let locks = runtime.keyspace(crate::topology::LOCKS_KEYSPACE).await?;
+        let shutdown = runtime.context.shutdown.clone();
+        runtime.view = Some(crate::topology::start(
+            &config,
+            node,
+            runtime.engine.clone(),
+            records,
+            locks,
+            &mut runtime.tasks,
+            shutdown,
+        ));
+    }
     services::start_all(runtime).await?;
     if let Some(listener) = admin {
         let token = admin_token(&config, &listener)?;

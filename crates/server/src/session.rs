@@ -145,6 +145,12 @@ pub trait Service: Send + 'static {
         true
     }
 
+    /// The reply to a request received after the farewell was sent (OpenCluster's hello: go
+    /// elsewhere). `None` (the default): discarded without a reply.
+    fn after_farewell(&mut self, _request: &Self::Request) -> Option<Self::Response> {
+        None
+    }
+
     /// The codec rejected the input (the connection closes, or the datagram is dropped).
     fn rejected(&mut self, _reject: &Reject) {}
 
@@ -622,6 +628,13 @@ where
                             input.advance(used);
                             if S::answers_farewell(&request) {
                                 return;
+                            }
+                            if let Some(reply) = self.service.after_farewell(&request) {
+                                let mut out = BytesMut::new();
+                                self.codec.encode_response(&reply, &mut out);
+                                if self.stream.write_all(&out).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                         Ok(Decoded::Incomplete) => break,

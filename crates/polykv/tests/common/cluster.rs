@@ -46,12 +46,35 @@ pub fn host(id: u64) -> String {
     format!("127.0.0.{id}")
 }
 
+/// Flags that switch off every protocol but nmdb over TCP.
+const NMDB_ONLY: &[&str] = &[
+    "--nmdb-udp-enabled=false",
+    "--minority-enabled=false",
+    "--opencluster-enabled=false",
+    "--smalld-enabled=false",
+    "--jsonkv-enabled=false",
+    "--jsonkv-udp-enabled=false",
+    "--jsonkv-rpc-enabled=false",
+    "--jsonkv-agent-enabled=false",
+];
+
+/// Node `id` serving nmdb over TCP only.
 pub fn spawn(id: u64, dir: &Path, ports: &Ports) -> ClusterNode {
+    spawn_with(id, dir, ports, NMDB_ONLY)
+}
+
+/// Node `id` with `protocol_flags` (which protocols it serves, on which ports, and any other
+/// setting) instead of nmdb only.
+pub fn spawn_with(id: u64, dir: &Path, ports: &Ports, protocol_flags: &[&str]) -> ClusterNode {
     let peers = (1..=3)
         .map(|n| format!("{n}=127.0.0.{n}:{}", ports.cluster))
         .collect::<Vec<_>>()
         .join(",");
-    let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("node{id}.log")))
+        .unwrap();
     let child = Command::new(super::BIN)
         .arg("serve")
         .args(["--bind", &host(id)])
@@ -59,14 +82,7 @@ pub fn spawn(id: u64, dir: &Path, ports: &Ports) -> ClusterNode {
         .arg(dir.join(format!("node{id}")))
         .args(["--admin-port", &ports.admin.to_string()])
         .args(["--nmdb-port", &ports.nmdb.to_string()])
-        .args(["--nmdb-udp-enabled", "false"])
-        .args(["--minority-enabled", "false"])
-        .args(["--opencluster-enabled", "false"])
-        .args(["--smalld-enabled", "false"])
-        .args(["--jsonkv-enabled", "false"])
-        .args(["--jsonkv-udp-enabled", "false"])
-        .args(["--jsonkv-rpc-enabled", "false"])
-        .args(["--jsonkv-agent-enabled", "false"])
+        .args(protocol_flags)
         .args(["--cluster-node-id", &id.to_string()])
         .args(["--cluster-port", &ports.cluster.to_string()])
         .args(["--cluster-peers", &peers])

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Largest node id: OpenCluster's lock holders carry the node id in 16 bits.
+pub const MAX_NODE_ID: u64 = 0xFFFF;
+
 crate::settings! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields, default)]
@@ -37,6 +40,12 @@ crate::settings! {
         /// its timeout starts an election; lower fails over faster, but must stay well above the
         /// heartbeat and the worst pause of a loaded machine.
         pub election_timeout_ms: u64 = 100,
+        /// Milliseconds the leader goes without reaching a member before it declares it down
+        ///
+        /// A node declared down leaves OpenCluster's serverlist and jsonkv's server list, and
+        /// the locks its connections held are released (through Raft, on every replica). After
+        /// the leader itself dies, this counts from the new leader's election.
+        pub node_down_ms: u64 = 3000,
     }
 }
 
@@ -92,6 +101,18 @@ impl ClusterConfig {
                 "cluster.peers does not list this node ({})",
                 self.node_id
             ));
+        }
+        if let Some(id) = peers
+            .keys()
+            .chain([&self.node_id])
+            .find(|id| **id > MAX_NODE_ID)
+        {
+            return Err(format!(
+                "cluster node id {id} is too large (at most {MAX_NODE_ID})"
+            ));
+        }
+        if self.node_down_ms < 100 {
+            return Err("cluster.node_down_ms must be at least 100".into());
         }
         if self.write_timeout_ms == 0 {
             return Err("cluster.write_timeout_ms must be at least 1".into());

@@ -20,7 +20,7 @@ pub mod settings;
 
 use serde::{Deserialize, Serialize};
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, MAX_NODE_ID};
 pub use listener::{Listener, SessionSettings};
 pub use load::{Origin, Override};
 pub use reference::{docs, fields, reference_markdown, Field};

@@ -64,6 +64,8 @@ pub struct Registry {
     local_ports: Ports,
     /// Listed for this node instead of the connection's local IP, when set.
     advertise: Option<String>,
+    /// Cluster mode: the other live members are listed too, under their node ids.
+    cluster: Option<crate::topology::ClusterView>,
 }
 
 impl Registry {
@@ -78,7 +80,17 @@ impl Registry {
             local_id: 1,
             local_ports,
             advertise,
+            cluster: None,
         }
+    }
+
+    /// Cluster mode: this node is listed under its cluster node id, every other live member
+    /// under its own, and registrations are numbered past every possible node id.
+    pub fn in_cluster(mut self, view: crate::topology::ClusterView) -> Self {
+        self.local_id = view.me();
+        self.state.get_mut().next_id = crate::config::MAX_NODE_ID + 1;
+        self.cluster = Some(view);
+        self
     }
 
     /// A new registration's node id, or 901 when the registry is full.
@@ -110,6 +122,24 @@ impl Registry {
                     .unwrap_or_else(|| local_ip.to_string()),
                 port,
             });
+        }
+        if let Some(view) = &self.cluster {
+            let topology = view.topology();
+            for (id, endpoints) in topology.live().filter(|(id, _)| *id != self.local_id) {
+                let port = match protocol {
+                    ServerProtocol::Tcp => endpoints.jsonkv_tcp,
+                    ServerProtocol::Udp => endpoints.jsonkv_udp,
+                    ServerProtocol::Rpc => endpoints.jsonkv_rpc,
+                };
+                if let Some(port) = port {
+                    out.push(ServerEntry {
+                        nodeid: id,
+                        address: endpoints.host.clone(),
+                        port,
+                    });
+                }
+            }
+            out.sort_by_key(|e| e.nodeid);
         }
         let state = self.state.lock();
         for (id, r) in &state.entries {

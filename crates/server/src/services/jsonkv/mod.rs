@@ -135,11 +135,14 @@ async fn start(runtime: &mut Runtime, config: &JsonkvConfig) -> Result<(), Serve
     if let Some(agent) = agent {
         let advertise = Some(config.advertise_addr.clone()).filter(|a| !a.is_empty());
         let context = Arc::new(AgentContext {
-            registry: Arc::new(Registry::new(
-                local_ports,
-                advertise,
-                size(config.agent_max_registrations),
-            )),
+            registry: Arc::new({
+                let registry =
+                    Registry::new(local_ports, advertise, size(config.agent_max_registrations));
+                match runtime.view.clone() {
+                    Some(view) => registry.in_cluster(view),
+                    None => registry,
+                }
+            }),
             codec: AgentServerCodec {
                 max_frame: limits.max_frame,
                 max_depth: limits.max_depth,

@@ -44,6 +44,7 @@ impl Protocol for Wing {
             keyspace,
             config: config.clone(),
             next_holder: AtomicU64::new(1),
+            view: runtime.view.clone(),
         });
         runtime
             .serve_tcp(
