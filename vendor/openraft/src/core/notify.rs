@@ -3,6 +3,8 @@ use crate::raft::VoteResponse;
 use crate::replication;
 use crate::MessageSummary;
 use crate::RaftTypeConfig;
+use crate::LogId;
+use crate::StorageError;
 use crate::Vote;
 
 /// A message coming from the internal components.
@@ -34,6 +36,13 @@ where C: RaftTypeConfig
         // TODO: need this?
         // /// The cluster this replication works for.
         // membership_log_id: Option<LogId<C::NodeId>>,
+    },
+
+    /// polykv: a leader's own log append is flushed (or failed).
+    LocalLogFlushed {
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+        result: Result<(), StorageError<C::NodeId>>,
     },
 
     /// Result of executing a command sent from network worker.
@@ -78,6 +87,9 @@ where C: RaftTypeConfig
                     "Seen a higher vote: target: {}, vote: {}, server_state_vote: {}",
                     target, new_vote, vote
                 )
+            }
+            Self::LocalLogFlushed { last_log_id, result, .. } => {
+                format!("Local log flushed up to {}: ok: {}", last_log_id, result.is_ok())
             }
             Self::Network { response } => {
                 format!("Replication command done: {}", response.summary())
