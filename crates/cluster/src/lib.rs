@@ -19,6 +19,7 @@
 
 pub mod auth;
 mod batch;
+mod frames;
 pub mod linearizability;
 pub mod log_store;
 pub mod network;
