@@ -1,10 +1,9 @@
 //! Leader-side batching of proposals into Raft entries.
 //!
-//! openraft 0.9 writes a leader's entries one client write at a time and waits for each flush
-//! before taking the next, so one proposal per entry would cost one fsync per write. Proposals
-//! are therefore queued here, and every proposal that arrives while earlier entries are being
-//! written goes into the next entry: concurrent writers share one entry, one fsync and one
-//! replication round trip. A few entries are in flight at once, so the next batch gathers while
+//! One proposal per entry would cost an fsync on each node and a replication round trip per
+//! write. Proposals are therefore queued here, and every proposal that arrives while earlier
+//! entries are in flight goes into the next entry: concurrent writers share one entry, one
+//! fsync and one replication round trip. A few entries are in flight at once, so the next batch gathers while
 //! the previous one is committed.
 
 use std::sync::Arc;

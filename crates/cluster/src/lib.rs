@@ -1,4 +1,5 @@
-//! polykv's replicated cluster: one Raft group (openraft 0.9) over the engine.
+//! polykv's replicated cluster: one Raft group (openraft 0.9, vendored with one change: a
+//! leader's log append overlaps replication, see `vendor/README.md`) over the engine.
 //!
 //! - The Raft log is the engine's segmented [`Log`](polykv_engine::log::Log) ([`log_store`]).
 //! - The state machine is the engine's one deterministic `apply`, with the log position written
@@ -19,6 +20,7 @@
 
 pub mod auth;
 mod batch;
+mod frames;
 pub mod linearizability;
 pub mod log_store;
 pub mod network;
@@ -55,8 +57,7 @@ impl fmt::Display for Member {
 }
 
 /// Commands as one Raft entry carries them: every proposal that arrived at the leader while
-/// the previous entry was being written (openraft 0.9 writes one entry at a time, each waiting
-/// for its flush, so batching here is what lets concurrent writes share an fsync).
+/// earlier entries were in flight (batching is what lets concurrent writes share an fsync).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub proposals: Vec<Proposal>,

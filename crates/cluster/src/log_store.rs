@@ -35,7 +35,9 @@ const ENTRY_FORMAT: u8 = 1;
 fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     out.push(ENTRY_FORMAT);
     // Serializing plain data into a Vec cannot fail.
-    out.extend(postcard::to_stdvec(entry).unwrap_or_default());
+    if let Ok(extended) = postcard::to_extend(entry, std::mem::take(out)) {
+        *out = extended;
+    }
 }
 
 fn decode_entry(raw: &[u8]) -> Result<Entry, String> {
@@ -64,6 +66,7 @@ struct Flush {
 struct Shared {
     log: Arc<Log>,
     entries: Mutex<BTreeMap<u64, Entry>>,
+    encoded: Mutex<Vec<u8>>,
     hard: Mutex<HardState>,
     state_file: StateFile,
 }
@@ -113,6 +116,7 @@ impl LogStore {
             shared: Arc::new(Shared {
                 log,
                 entries: Mutex::new(entries),
+                encoded: Mutex::new(Vec::new()),
                 hard: Mutex::new(hard),
                 state_file,
             }),
@@ -221,7 +225,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     }
                     self.shared.log.restart_at(seq).map_err(io_err)?;
                 }
-                let mut encoded = Vec::new();
+                // One buffer for every append, reused: no allocation per entry.
+                let mut encoded = self.shared.encoded.lock();
+                encoded.clear();
                 encode_entry(&entry, &mut encoded);
                 if encoded.len() > MAX_PAYLOAD {
                     return Err(io_err(Message(format!(

@@ -5,7 +5,8 @@
 //! A connection starts with the challenge–response of [`crate::auth`]; until it passes,
 //! nothing else is read. After it, every frame's length is checked before its body is read
 //! ([`crate::wire`]); a frame that does not decode is garbage: the connection is closed and
-//! the peer logged, and the node goes on serving the others.
+//! the peer logged, and the node goes on serving the others. Frames are sent by
+//! [`crate::frames`]: written at once by the task that has them when the socket takes them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,24 +15,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::auth;
+use crate::frames::{FrameSender, SendError};
 use crate::transport::{CallFuture, Handler, Transport, TransportError};
-use crate::wire::{self, Envelope, Reply, WireError};
+use crate::wire::{self, Envelope, Reply, Rpc, WireError};
 use crate::NodeId;
 
 /// Longest a connection may take to authenticate.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests served at once per incoming connection (bounds the memory one peer can hold).
 const MAX_IN_FLIGHT: usize = 1024;
-/// Frames queued for a connection's writer.
-const WRITE_QUEUE: usize = 4096;
 /// Incoming connections open at once (authenticated or not): strangers cannot exhaust the node.
 const MAX_CONNECTIONS: usize = 256;
+/// Largest read buffer a connection keeps between frames.
+const KEPT_READ_BUFFER: usize = 4 << 20;
 
 /// Counters of the cluster port.
 #[derive(Debug, Default)]
@@ -48,7 +50,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 /// One live outgoing connection.
 struct Conn {
     addr: String,
-    frames: mpsc::Sender<Vec<u8>>,
+    frames: Arc<FrameSender>,
     pending: Pending,
     /// Set when either half of the connection ended.
     dead: Arc<AtomicBool>,
@@ -113,34 +115,20 @@ impl TcpTransport {
         .await
         .map_err(|_| unreachable("handshake timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-        let (read, mut write) = stream.into_split();
-        let (frames, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let (read, write) = stream.into_split();
+        let (frames, writer) = FrameSender::new(write);
+        tokio::spawn(writer);
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
-        // Writer: everything queued goes out in one write.
-        let writer_dead = dead.clone();
-        tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(frame) = queue.recv().await {
-                batch.clear();
-                batch.extend_from_slice(&frame);
-                while let Ok(more) = queue.try_recv() {
-                    batch.extend_from_slice(&more);
-                }
-                if writer_dead.load(Ordering::SeqCst) || write.write_all(&batch).await.is_err() {
-                    break;
-                }
-            }
-            writer_dead.store(true, Ordering::SeqCst);
-        });
         // Reader: replies go to whoever waits for them; the end of the connection fails them all.
         let waiting = pending.clone();
         let peer = addr.to_string();
         let reader_dead = dead.clone();
         tokio::spawn(async move {
             let mut read = BufReader::with_capacity(64 << 10, read);
+            let mut frame = Vec::new();
             loop {
-                match read_frame(&mut read).await {
+                match read_frame(&mut read, &mut frame).await {
                     Ok(Envelope::Answer { id, reply }) => {
                         if let Some(tx) = waiting.lock().remove(&id) {
                             let _ = tx.send(reply);
@@ -178,16 +166,26 @@ enum ReadError {
     Wire(#[from] WireError),
 }
 
-/// Reads one frame: the length first, checked, then exactly that many bytes.
-async fn read_frame(read: &mut BufReader<OwnedReadHalf>) -> Result<Envelope, ReadError> {
+/// Reads one frame: the length first, checked, then exactly that many bytes, into `frame`
+/// (one buffer per connection, reused: a fresh allocation of an append's size per frame costs
+/// the allocator fresh, zeroed pages).
+async fn read_frame(
+    read: &mut BufReader<OwnedReadHalf>,
+    frame: &mut Vec<u8>,
+) -> Result<Envelope, ReadError> {
     let mut header = [0u8; 4];
     read.read_exact(&mut header).await?;
     let len = wire::body_len(&header)?.unwrap_or(0);
-    let mut frame = Vec::with_capacity(4 + len);
+    frame.clear();
     frame.extend_from_slice(&header);
     frame.resize(4 + len, 0);
     read.read_exact(&mut frame[4..]).await?;
-    match wire::decode(&frame)? {
+    let decoded = wire::decode(frame);
+    // A rare large frame (a snapshot chunk) does not stay allocated for the connection's life.
+    if frame.capacity() > KEPT_READ_BUFFER {
+        *frame = Vec::new();
+    }
+    match decoded? {
         Some((envelope, _)) => Ok(envelope),
         None => Err(WireError::Garbage("frame shorter than its length".into()).into()),
     }
@@ -203,20 +201,19 @@ impl Transport for TcpTransport {
     ) -> CallFuture<'a> {
         Box::pin(async move {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut frame = Vec::new();
-            wire::encode(&Envelope::Call { id, rpc }, &mut frame)
-                .map_err(|e| TransportError::TooLarge(e.to_string()))?;
             let conn = tokio::time::timeout(timeout, self.connection(target, addr))
                 .await
                 .map_err(|_| TransportError::Unreachable(target, "connect timed out".into()))??;
             let (tx, rx) = oneshot::channel();
             conn.pending.lock().insert(id, tx);
-            if conn.frames.send(frame).await.is_err() {
+            if let Err(e) = conn.frames.send_envelope(&Envelope::Call { id, rpc }) {
                 conn.pending.lock().remove(&id);
-                return Err(TransportError::Unreachable(
-                    target,
-                    "connection closed".into(),
-                ));
+                return Err(match e {
+                    SendError::TooLarge(e) => TransportError::TooLarge(e.to_string()),
+                    SendError::Closed => {
+                        TransportError::Unreachable(target, "connection closed".into())
+                    }
+                });
             }
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(reply)) => Ok(reply),
@@ -288,25 +285,14 @@ async fn serve_connection(
                 return;
             }
         };
-    let (read, mut write) = stream.into_split();
-    let (frames, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    let writer = tokio::spawn(async move {
-        let mut batch = Vec::new();
-        while let Some(frame) = queue.recv().await {
-            batch.clear();
-            batch.extend_from_slice(&frame);
-            while let Ok(more) = queue.try_recv() {
-                batch.extend_from_slice(&more);
-            }
-            if write.write_all(&batch).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (read, write) = stream.into_split();
+    let (frames, writer) = FrameSender::new(write);
+    let writer = tokio::spawn(writer);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut read = BufReader::with_capacity(64 << 10, read);
+    let mut frame = Vec::new();
     loop {
-        let (id, rpc) = match read_frame(&mut read).await {
+        let (id, rpc) = match read_frame(&mut read, &mut frame).await {
             Ok(Envelope::Call { id, rpc }) => (id, rpc),
             Ok(Envelope::Answer { .. }) => {
                 counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
@@ -320,23 +306,29 @@ async fn serve_connection(
             }
             Err(ReadError::Io(_)) => break,
         };
+        // A leader sends a follower one append at a time: served here, without a hand-off
+        // to another task. Everything else may wait long (a forwarded write waits for its
+        // commit) and is served beside the reading.
+        if matches!(rpc, Rpc::AppendEntries(_)) {
+            answer(&frames, id, handler.handle(from, rpc).await);
+            continue;
+        }
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
         let handler = handler.clone();
         let frames = frames.clone();
         tokio::spawn(async move {
-            let reply = handler.handle(from, rpc).await;
-            let mut frame = Vec::new();
-            match wire::encode(&Envelope::Answer { id, reply }, &mut frame) {
-                Ok(()) => {
-                    let _ = frames.send(frame).await;
-                }
-                Err(e) => tracing::warn!(error = %e, "cluster reply not sent"),
-            }
+            answer(&frames, id, handler.handle(from, rpc).await);
             drop(slot);
         });
     }
     drop(frames);
     let _ = writer.await;
+}
+
+fn answer(frames: &FrameSender, id: u64, reply: Reply) {
+    if let Err(SendError::TooLarge(e)) = frames.send_envelope(&Envelope::Answer { id, reply }) {
+        tracing::warn!(error = %e, "cluster reply not sent");
+    }
 }
