@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::runtime::Tasks;
 use polykv_cluster::tcp::{self, TcpTransport};
 use polykv_cluster::{Member, Node, NodeConfig, NodeId};
 use polykv_engine::Engine;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::runtime::ServerError;
@@ -38,7 +38,7 @@ fn check_node_id(dir: &Path, id: NodeId) -> Result<(), ServerError> {
 pub async fn start(
     config: &Config,
     engine: &Engine,
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Node, ServerError> {
     let c = &config.cluster;
