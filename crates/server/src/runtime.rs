@@ -78,6 +78,8 @@ pub struct Runtime {
     pub tasks: Tasks,
     /// A copy of every listening socket, by name, for a hot upgrade to pass on.
     pub bound: Mutex<Vec<CarriedListener>>,
+    /// This process's cluster member, in cluster mode.
+    pub cluster: Option<crate::cluster::ClusterMember>,
 }
 
 /// The tasks of one serving generation.

@@ -157,9 +157,11 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 serving_tx.send_replace(true);
             }
         }
-        let node = if config.cluster.enabled() {
-            match crate::cluster::start(&config, &engine, &mut tasks, shutdown_rx.clone()).await {
-                Ok(node) => Some(node),
+        let member = if config.cluster.enabled() {
+            let started =
+                crate::cluster::start(&config, &engine, &mut tasks, &hub, shutdown_rx.clone());
+            match started.await {
+                Ok(member) => Some(member),
                 Err(e) => {
                     engine.close();
                     return Err(e);
@@ -168,14 +170,22 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
         } else {
             None
         };
-        let submitter = match &node {
-            Some(node) => crate::submit::Submitter::Cluster {
+        let submitter = match &member {
+            Some(member) => crate::submit::Submitter::Cluster {
                 engine: engine.clone(),
-                node: node.clone(),
+                node: member.node.clone(),
                 stale_reads: config.cluster.stale_reads,
             },
             None => crate::submit::Submitter::Local(engine.clone()),
         };
+        let bound = member
+            .as_ref()
+            .and_then(|m| {
+                let fd = m.listener.fd.try_clone().ok()?;
+                let (name, udp) = (m.listener.name.clone(), m.listener.udp);
+                Some(vec![upgrade::carry::CarriedListener { name, udp, fd }])
+            })
+            .unwrap_or_default();
         let mut runtime = Runtime {
             context: ListenerContext {
                 connections: Arc::new(Semaphore::new(config.max_connections as usize)),
@@ -188,7 +198,8 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
             read_only: read_only.clone(),
             tasks,
             config: config.clone(),
-            bound: Default::default(),
+            bound: parking_lot::Mutex::new(bound),
+            cluster: member,
         };
 
         if let Some(handle) = prometheus.clone() {
@@ -229,10 +240,11 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
         if let Err(e) = result {
             let engine = runtime.engine.clone();
             hub.shut_down();
+            let member = runtime.cluster.take();
             drop(runtime);
             let _ = shutdown_tx.send(true);
-            if let Some(node) = &node {
-                node.shutdown().await;
+            if let Some(member) = member {
+                member.stop().await;
             }
             engine.close();
             return Err(e);
@@ -254,7 +266,7 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 _ = usr2.recv() => { tracing::info!("SIGUSR2: hot upgrade"); true }
             };
             if !upgrade {
-                shut_down(runtime, &shutdown_tx, node.as_ref()).await;
+                shut_down(runtime, &shutdown_tx).await;
                 return Ok(());
             }
             let request = control::take_request(&config.data_dir);
@@ -265,16 +277,6 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 message,
                 pid,
             };
-            if node.is_some() {
-                // The handover does not carry the cluster port and the Raft state yet: a cluster
-                // is upgraded by restarting its nodes one at a time (docs/operations.md).
-                let reason =
-                    "hot upgrade is not available in cluster mode: restart the nodes one at a time";
-                tracing::error!(reason, "upgrade refused; still serving");
-                let pid = std::process::id();
-                control::write_status(&config.data_dir, &status(false, reason.into(), pid));
-                continue;
-            }
             let serving = upgrade::old::Serving {
                 runtime,
                 shutdown: &shutdown_tx,
@@ -351,19 +353,15 @@ pub async fn open_engine_waiting(config: &Config) -> Result<Engine, ServerError>
 }
 
 /// Graceful shutdown: stop accepting, let sessions finish (bounded), sync, close.
-async fn shut_down(
-    mut runtime: Runtime,
-    shutdown_tx: &watch::Sender<bool>,
-    node: Option<&polykv_cluster::Node>,
-) {
+async fn shut_down(mut runtime: Runtime, shutdown_tx: &watch::Sender<bool>) {
     let engine = runtime.engine.clone();
     let _ = shutdown_tx.send(true);
     runtime.context.handover.shut_down();
     runtime
         .stop_tasks("sessions still busy at the shutdown deadline; closing them")
         .await;
-    if let Some(node) = node {
-        node.shutdown().await;
+    if let Some(member) = runtime.cluster.take() {
+        member.stop().await;
     }
     let syncing = engine.sync().await;
     engine.close();

@@ -286,8 +286,18 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
     };
     let engine = runtime.engine.clone();
     carried.locks = export_locks(&engine);
+    let member = runtime.cluster.take();
     drop(runtime);
     let exported = started.elapsed();
+    // In cluster mode the Raft node stops before the store closes (a leader hands over first;
+    // the new process reopens the node from the same data directory after the commit).
+    if let Some(member) = member {
+        member.stop().await;
+        tracing::info!(
+            ms = (started.elapsed() - exported).as_millis() as u64,
+            "upgrade: cluster node stopped"
+        );
+    }
     // Closing syncs everything written (and marks the log's end, so the next open is quick).
     engine.close();
     tracing::info!(
