@@ -166,6 +166,16 @@ async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
         acked.len(),
         tally.longest_us.load(Ordering::Relaxed) / 1000
     );
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node{id}.log")));
+        for line in log
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("upgrade:"))
+        {
+            eprintln!("node {id}: {line}");
+        }
+    }
     // Every acknowledged write is on every node.
     for id in 1..=3 {
         let mut c = client(id, &ports).await.unwrap();
