@@ -343,11 +343,20 @@ async fn commit_takeover(
 /// it: after a handover the store may still be closing for a moment.
 pub async fn open_engine_waiting(config: &Config) -> Result<Engine, ServerError> {
     let deadline = Instant::now() + Duration::from_secs(config.upgrade_timeout_secs.max(1));
+    let mut retries = 0;
     loop {
         match open_engine(config) {
-            Ok(engine) => return Ok(engine),
+            Ok(engine) => {
+                if retries > 0 {
+                    tracing::info!(retries, "upgrade: the store was still held; opened");
+                }
+                return Ok(engine);
+            }
             Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
         }
     }
 }

@@ -63,10 +63,17 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Received, String>
         let sessions = receive_sessions(&stream);
         (stream, sessions)
     });
+    let opening = std::time::Instant::now();
     let opened = crate::server::open_engine_waiting(config).await;
+    let opened_ms = opening.elapsed().as_millis() as u64;
     let (stream, sessions) = receiving
         .await
         .map_err(|e| format!("handover task failed: {e}"))?;
+    tracing::info!(
+        opened_ms,
+        received_ms = opening.elapsed().as_millis() as u64,
+        "upgrade: store opened, sessions received"
+    );
     let received = match (opened, sessions) {
         (Ok(engine), Ok(sessions)) => Ok((engine, sessions)),
         (Ok(engine), Err(reason)) => {
