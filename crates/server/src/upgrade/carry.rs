@@ -104,7 +104,12 @@ impl Slot {
         if takeable {
             let since = last_frame.saturating_duration_since(hub.epoch).as_micros() as u64;
             self.idle_since_us.store(since, Ordering::Relaxed);
-            self.state.store(IDLE, Ordering::SeqCst);
+            let marked =
+                self.state
+                    .compare_exchange(BUSY, IDLE, Ordering::SeqCst, Ordering::SeqCst);
+            if marked == Err(TAKEN) {
+                return Park::Taken;
+            }
         }
         // SeqCst pairs with the handover's mode store then state swap: either this load sees
         // the handover, or the handover sees IDLE and takes the session.
@@ -387,5 +392,70 @@ impl Hub {
 
     pub fn take_stopped(&self) -> Vec<Stopped> {
         std::mem::take(&mut *self.stopped.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn connected() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Arc::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn a_handover_takes_idle_sessions_and_wakes_the_others() {
+        let hub = Arc::new(Hub::default());
+        let (idle_stream, _c1) = connected().await;
+        let (busy_stream, _c2) = connected().await;
+        let idle = hub.register("nmdb tcp", idle_stream.clone());
+        let busy = hub.register("nmdb tcp", busy_stream);
+        let since = Instant::now();
+        assert_eq!(idle.park(&hub, true, since), Park::Wait);
+        assert_eq!(busy.park(&hub, false, since), Park::Wait);
+
+        hub.start_exporting();
+        let taking = {
+            let hub = hub.clone();
+            tokio::spawn(
+                async move { hub.take_sessions_for_handover(Duration::from_secs(5)).await },
+            )
+        };
+        // The busy session is woken; at its frame boundary it stops, then leaves the hub.
+        tokio::time::timeout(Duration::from_secs(5), busy.woken())
+            .await
+            .expect("the busy session is woken");
+        assert_eq!(busy.park(&hub, false, since), Park::Stop);
+        busy.release_stream();
+        hub.unregister(&busy);
+        let taken = taking.await.unwrap();
+
+        assert_eq!(taken.len(), 1);
+        assert!(Arc::ptr_eq(&taken[0].stream, &idle_stream));
+        assert_eq!(taken[0].listener, "nmdb tcp");
+        // The idle session, woken later, finds itself taken and leaves the socket alone.
+        assert!(!idle.unpark());
+        assert_eq!(idle.park(&hub, true, since), Park::Taken);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_parks_after_the_handover_started_stops_itself() {
+        let hub = Arc::new(Hub::default());
+        let (stream, _client) = connected().await;
+        let slot = hub.register("jsonkv tcp", stream);
+        hub.start_exporting();
+        assert_eq!(slot.park(&hub, true, Instant::now()), Park::Stop);
+        assert!(slot.unpark(), "not taken: it stops itself");
+        hub.shut_down();
+        let other = Hub::default();
+        other.shut_down();
+        let (stream, _client) = connected().await;
+        let late = other.register("nmdb tcp", stream);
+        assert_eq!(late.park(&other, true, Instant::now()), Park::ShutDown);
     }
 }
