@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,20 @@ struct Inner {
     applied: Arc<AtomicU64>,
     write_timeout: Duration,
     forwards: AtomicU64,
+    /// Set by [`Node::shutdown`]: forwarded writes and read index requests are refused as
+    /// "not the leader" (the sender retries elsewhere, nothing was proposed).
+    stopping: AtomicBool,
+    /// Forwarded writes being proposed here (the shutdown lets them finish).
+    proposing: AtomicUsize,
+}
+
+/// Counts a forwarded write being proposed.
+struct Proposing<'a>(&'a AtomicUsize);
+
+impl Drop for Proposing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running cluster node. Cheap to clone.
@@ -166,6 +180,8 @@ impl Node {
                 applied,
                 write_timeout: config.write_timeout,
                 forwards: AtomicU64::new(0),
+                stopping: AtomicBool::new(false),
+                proposing: AtomicUsize::new(0),
             }),
         })
     }
@@ -313,6 +329,11 @@ impl Node {
     /// the next entries with everything else this node proposes. (Followers forward one
     /// proposal per request, so its answer is exact.)
     async fn propose(&self, request: Request) -> Result<Response, ForwardError> {
+        self.inner.proposing.fetch_add(1, Ordering::SeqCst);
+        let _proposing = Proposing(&self.inner.proposing);
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(ForwardError::NotLeader(None));
+        }
         let mut outcomes = Vec::with_capacity(request.proposals.len());
         for proposal in request.proposals {
             outcomes.push(self.inner.batcher.propose(proposal, request.sync).await?);
@@ -322,6 +343,9 @@ impl Node {
 
     /// The leader's read index, from this node if it leads.
     async fn read_index_here(&self) -> Result<Option<LogId>, ForwardError> {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(ForwardError::NotLeader(None));
+        }
         match self.inner.raft.get_read_log_id().await {
             Ok((read, _applied)) => Ok(read),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -484,9 +508,39 @@ impl Node {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Stops the Raft tasks (the engine is the caller's to close).
+    /// Stops the Raft tasks (the engine is the caller's to close), gently: writes forwarded
+    /// here are refused from now on (their senders retry elsewhere; nothing was proposed) and
+    /// those already proposed finish; a leader stops sending heartbeats and waits (bounded by
+    /// the write timeout) for the others to elect a new leader, so their writes wait for one
+    /// election instead of failing on a leader that vanished mid-request.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.inner.raft.shutdown().await {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + inner.write_timeout;
+        inner.raft.runtime_config().elect(false);
+        if self.is_leader() {
+            inner.raft.runtime_config().heartbeat(false);
+            let voters = inner
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count();
+            if voters > 1 {
+                let mut metrics = inner.raft.metrics();
+                let handed = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != inner.id));
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, handed).await.is_err() {
+                    tracing::warn!("raft shutdown: no other leader elected in time");
+                }
+            }
+        }
+        while inner.proposing.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Err(e) = inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }

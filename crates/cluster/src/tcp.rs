@@ -236,7 +236,11 @@ pub async fn serve(
     counters: Arc<TcpCounters>,
 ) {
     let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // The connections end with this future (dropping it drops the handler everywhere: a hot
+    // upgrade reopens the node in another process).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -256,7 +260,7 @@ pub async fn serve(
         let handler = handler.clone();
         let secret = secret.clone();
         let counters = counters.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             serve_connection(stream, peer, handler, &secret, &counters).await;
             drop(permit);
         });

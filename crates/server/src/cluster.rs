@@ -6,11 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
+use crate::runtime::Tasks;
+use crate::upgrade::carry::{CarriedListener, Hub};
 use polykv_cluster::tcp::{self, TcpTransport};
 use polykv_cluster::{Member, Node, NodeConfig, NodeId};
 use polykv_engine::Engine;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::runtime::ServerError;
@@ -33,26 +36,57 @@ fn check_node_id(dir: &Path, id: NodeId) -> Result<(), ServerError> {
     }
 }
 
-/// Starts this node's cluster member: binds the cluster port, serves it, and founds the
-/// cluster when this is the lowest id of `cluster.peers` and no cluster exists yet.
+/// This process's cluster member: the Raft node and the task serving the cluster port.
+pub struct ClusterMember {
+    pub node: Node,
+    /// A copy of the cluster port's socket, for a hot upgrade to pass on.
+    pub listener: CarriedListener,
+    rpc: tokio::task::AbortHandle,
+}
+
+/// The cluster listener's name in a hot upgrade.
+const LISTENER: &str = "cluster";
+
+impl ClusterMember {
+    /// Stops the member: the node first (a leader hands over, see [`Node::shutdown`]), then
+    /// the cluster port's connections, which drop the last hold on the node.
+    pub async fn stop(self) {
+        self.node.shutdown().await;
+        self.rpc.abort();
+    }
+}
+
+/// Starts this node's cluster member: binds the cluster port (or takes the one a hot upgrade
+/// carried), serves it, and founds the cluster when this is the lowest id of `cluster.peers`
+/// and no cluster exists yet.
 pub async fn start(
     config: &Config,
     engine: &Engine,
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
+    hub: &Hub,
     shutdown: watch::Receiver<bool>,
-) -> Result<Node, ServerError> {
+) -> Result<ClusterMember, ServerError> {
     let c = &config.cluster;
     let peers = c.peer_map().map_err(ServerError::Other)?;
     let raft_dir = config.data_dir.join("raft");
     check_node_id(&raft_dir, c.node_id)?;
     let listen = config.listen_addr("", c.port);
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what: "cluster",
-            addr: listen.clone(),
-            source,
-        })?;
+    let bind_error = |source| ServerError::Bind {
+        what: "cluster",
+        addr: listen.clone(),
+        source,
+    };
+    let listener = match hub.take_listener(LISTENER, false) {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true).map_err(bind_error)?;
+            tokio::net::TcpListener::from_std(listener).map_err(bind_error)?
+        }
+        None => tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(bind_error)?,
+    };
+    let kept = listener.as_fd().try_clone_to_owned().map_err(bind_error)?;
     tracing::info!(listener = "cluster", addr = %listen, node = c.node_id, "listening");
     let transport = TcpTransport::new(c.node_id, c.secret.as_bytes());
     let mut node_config = NodeConfig::new(c.node_id, raft_dir);
@@ -65,19 +99,15 @@ pub async fn start(
         .await
         .map_err(|e| ServerError::Other(format!("cannot start the cluster node: {e}")))?;
 
+    // Served until the member stops (after the node: a leader hands over through it), not
+    // at the shutdown signal.
     let serve = tcp::serve(
         listener,
         Arc::new(node.clone()),
         c.secret.as_bytes().into(),
         transport.counters.clone(),
     );
-    let mut stop = shutdown.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = serve => {}
-            _ = stop.changed() => {}
-        }
-    });
+    let rpc = tokio::spawn(serve).abort_handle();
 
     let voters: BTreeMap<NodeId, Member> = peers
         .iter()
@@ -103,7 +133,15 @@ pub async fn start(
         });
     }
     tasks.spawn(export_metrics(node.clone(), shutdown));
-    Ok(node)
+    Ok(ClusterMember {
+        node,
+        listener: CarriedListener {
+            name: LISTENER.to_string(),
+            udp: false,
+            fd: kept,
+        },
+        rpc,
+    })
 }
 
 /// Publishes the cluster's state as metrics once a second.

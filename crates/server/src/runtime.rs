@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use polykv_engine::Engine;
 use polykv_protocols::ServerCodec;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, Listener, SessionSettings};
@@ -76,9 +77,65 @@ pub struct Runtime {
     pub view: Option<crate::topology::ClusterView>,
     pub context: ListenerContext,
     pub read_only: Arc<ReadOnly>,
-    pub tasks: JoinSet<()>,
+    pub tasks: Tasks,
     /// A copy of every listening socket, by name, for a hot upgrade to pass on.
     pub bound: Mutex<Vec<CarriedListener>>,
+    /// This process's cluster member, in cluster mode.
+    pub cluster: Option<crate::cluster::ClusterMember>,
+}
+
+/// The tasks of one serving generation.
+pub struct Tasks {
+    /// Listeners and background work: they run once the process serves.
+    others: JoinSet<()>,
+    /// The shared session loop's listeners, with their sessions. They start at once: carried
+    /// sessions are prepared before the commit and wait for it themselves. A handover does not
+    /// join them (a session it took stays parked until the process exits).
+    sessions: JoinSet<()>,
+    serving: watch::Receiver<bool>,
+}
+
+impl Tasks {
+    pub fn new(serving: watch::Receiver<bool>) -> Tasks {
+        Tasks {
+            others: JoinSet::new(),
+            sessions: JoinSet::new(),
+            serving,
+        }
+    }
+
+    /// Spawns a task that runs once the process serves.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut serving = self.serving.clone();
+        self.others.spawn(async move {
+            if crate::session::wait_serving(&mut serving).await {
+                task.await
+            }
+        });
+    }
+
+    /// Spawns a listener of the shared session loop ([`crate::session::serve_tcp`]) at once.
+    pub fn spawn_sessions(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.sessions.spawn(task);
+    }
+
+    /// The shared session loop's listeners, kept alive (with the sessions a handover took)
+    /// until the returned set is dropped.
+    pub fn take_sessions(&mut self) -> JoinSet<()> {
+        std::mem::take(&mut self.sessions)
+    }
+}
+
+/// Joins every task of `set`, waiting at most `limit`; past that the rest are aborted.
+async fn join_within(set: &mut JoinSet<()>, limit: std::time::Duration, why: &str) {
+    if tokio::time::timeout(limit, async { while set.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(seconds = limit.as_secs(), "{why}");
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+    }
 }
 
 /// A listening socket carried over by a hot upgrade, made ready for tokio.
@@ -143,15 +200,18 @@ impl Runtime {
     /// `shutdown_timeout_secs`; past that the rest are aborted. Returns once none is left.
     pub async fn stop_tasks(&mut self, why: &'static str) {
         let limit = std::time::Duration::from_secs(self.config.shutdown_timeout_secs);
-        let tasks = &mut self.tasks;
-        if tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            tracing::warn!(seconds = limit.as_secs(), "{why}");
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
-        }
+        let (tasks, sessions) = (&mut self.tasks.others, &mut self.tasks.sessions);
+        tokio::join!(
+            join_within(tasks, limit, why),
+            join_within(sessions, limit, why)
+        );
+    }
+
+    /// [`Runtime::stop_tasks`] for everything but the shared session loop (the handover
+    /// stops its sessions through the hub).
+    pub async fn stop_tasks_but_sessions(&mut self, why: &'static str) {
+        let limit = std::time::Duration::from_secs(self.config.shutdown_timeout_secs);
+        join_within(&mut self.tasks.others, limit, why).await;
     }
 
     /// The id of a protocol's keyspace, creating it if needed (through the cluster in
@@ -292,11 +352,11 @@ impl Runtime {
     where
         C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
         S: Service,
-        F: Fn() -> S + Send + 'static,
+        F: Fn() -> S + Send + Sync + 'static,
     {
         let addr = self.listen_addr(&listener.addr, listener.port);
         let tcp = self.bind_tcp(what, addr).await?;
-        self.tasks.spawn(serve_tcp(
+        self.tasks.spawn_sessions(serve_tcp(
             what,
             tcp,
             Arc::new(codec),

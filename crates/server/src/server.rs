@@ -12,11 +12,10 @@ use polykv_engine::Engine;
 use tokio::net::TcpListener;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::runtime::{Runtime, ServerError};
+use crate::runtime::{Runtime, ServerError, Tasks};
 use crate::session::ListenerContext;
 use crate::upgrade::{self, carry::Carried, carry::Hub, control};
 use crate::{services, ReadOnly};
@@ -95,26 +94,26 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
     let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
     let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1")?;
     let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2")?;
-    // When the takeover committed: the pause clients see ends when the sessions resume.
-    let mut committed = None;
+    // A takeover's last step: everything is prepared in the first generation, then the old
+    // process is told this one is ready and the commit opens the gate.
+    let mut commit = None;
     let (lock, mut carried, mut opened) = match &launch.takeover {
         Some(path) => {
-            let taken = upgrade::new::take_over(&config, path)
+            let received = upgrade::new::take_over(&config, path)
                 .await
                 .map_err(|reason| {
                     ServerError::Other(format!("upgrade: cannot take over: {reason}"))
                 })?;
-            committed = Some(Instant::now());
             tracing::info!(
-                listeners = taken.carried.listeners.len(),
-                sessions = taken.carried.sessions.len(),
-                "upgrade: took over from the running server"
+                listeners = received.carried.listeners.len(),
+                sessions = received.carried.sessions.len(),
+                "upgrade: received the running server's state; preparing"
             );
-            // The lock file names the serving pid (`polykv upgrade` signals it).
-            let lock = taken.dir_lock;
-            let _ = lock.set_len(0);
-            let _ = lock.write_all_at(std::process::id().to_string().as_bytes(), 0);
-            (DirLock { _file: lock }, taken.carried, Some(taken.engine))
+            commit = Some((received.commit, Instant::now()));
+            let lock = DirLock {
+                _file: received.dir_lock,
+            };
+            (lock, received.carried, Some(received.engine))
         }
         None => {
             // A directory written by a newer format is refused before anything in it is touched.
@@ -133,19 +132,36 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
             Some(engine) => engine,
             None => open_engine(&config)?,
         };
-        if let Err(e) = crate::format::record(&config.data_dir) {
-            engine.close();
-            return Err(e.into());
+        // A takeover writes nothing in the data directory before the commit.
+        if commit.is_none() {
+            if let Err(e) = crate::format::record(&config.data_dir) {
+                engine.close();
+                return Err(e.into());
+            }
         }
         tracing::info!(data_dir = %config.data_dir.display(), "store opened");
         upgrade::restore_locks(&engine, &carried.locks);
         let hub = Arc::new(Hub::resuming(std::mem::take(&mut carried)));
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let node = if config.cluster.enabled() {
-            match crate::cluster::start(&config, &engine, &mut tasks, shutdown_rx.clone()).await {
-                Ok(node) => Some(node),
+        let (serving_tx, serving_rx) = watch::channel(commit.is_none());
+        let mut tasks = Tasks::new(serving_rx.clone());
+        if config.cluster.enabled() {
+            // The Raft node starts only once the old process has stopped its own: in cluster
+            // mode the commit comes before anything is prepared.
+            if let Some((pending, since)) = commit.take() {
+                if let Err(e) = commit_takeover(pending, since, &lock, &config).await {
+                    engine.close();
+                    return Err(e);
+                }
+                serving_tx.send_replace(true);
+            }
+        }
+        let member = if config.cluster.enabled() {
+            let started =
+                crate::cluster::start(&config, &engine, &mut tasks, &hub, shutdown_rx.clone());
+            match started.await {
+                Ok(member) => Some(member),
                 Err(e) => {
                     engine.close();
                     return Err(e);
@@ -154,18 +170,27 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
         } else {
             None
         };
-        let submitter = match &node {
-            Some(node) => crate::submit::Submitter::Cluster {
+        let submitter = match &member {
+            Some(member) => crate::submit::Submitter::Cluster {
                 engine: engine.clone(),
-                node: node.clone(),
+                node: member.node.clone(),
                 stale_reads: config.cluster.stale_reads,
             },
             None => crate::submit::Submitter::Local(engine.clone()),
         };
+        let bound = member
+            .as_ref()
+            .and_then(|m| {
+                let fd = m.listener.fd.try_clone().ok()?;
+                let (name, udp) = (m.listener.name.clone(), m.listener.udp);
+                Some(vec![upgrade::carry::CarriedListener { name, udp, fd }])
+            })
+            .unwrap_or_default();
         let mut runtime = Runtime {
             context: ListenerContext {
                 connections: Arc::new(Semaphore::new(config.max_connections as usize)),
                 shutdown: shutdown_rx.clone(),
+                serving: serving_rx.clone(),
                 handover: hub.clone(),
             },
             engine: engine.clone(),
@@ -174,7 +199,8 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
             read_only: read_only.clone(),
             tasks,
             config: config.clone(),
-            bound: Default::default(),
+            bound: parking_lot::Mutex::new(bound),
+            cluster: member,
         };
 
         if let Some(handle) = prometheus.clone() {
@@ -194,26 +220,39 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
         drop(engine);
         // In cluster mode the protocols' keyspaces are created through the cluster, so the
         // listeners start once it has a leader; a signal meanwhile still stops the server.
+        let starting = Instant::now();
         let result = tokio::select! {
             result = start_listeners(&mut runtime, prometheus.clone(), started) => result,
             _ = term.recv() => Err(ServerError::Other("SIGTERM during start-up".into())),
             _ = int.recv() => Err(ServerError::Other("SIGINT during start-up".into())),
         };
+        let result = match (result, commit.take()) {
+            (Ok(()), Some((pending, since))) => {
+                let ms = starting.elapsed().as_millis() as u64;
+                tracing::info!(ms, "upgrade: listeners started");
+                commit_takeover(pending, since, &lock, &config).await
+            }
+            (Err(e), Some((pending, _))) => {
+                pending.fail(&e.to_string());
+                Err(e)
+            }
+            (result, None) => result,
+        };
         if let Err(e) = result {
             let engine = runtime.engine.clone();
+            hub.shut_down();
+            let member = runtime.cluster.take();
             drop(runtime);
             let _ = shutdown_tx.send(true);
-            if let Some(node) = &node {
-                node.shutdown().await;
+            if let Some(member) = member {
+                member.stop().await;
             }
             engine.close();
             return Err(e);
         }
+        // Serving: the carried sessions with work waiting go on, the listeners accept.
+        serving_tx.send_replace(true);
         hub.drop_unclaimed();
-        if let Some(committed) = committed.take() {
-            let ms = committed.elapsed().as_millis() as u64;
-            tracing::info!(ms, "upgrade: serving again since the commit");
-        }
 
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "polykv ready");
         loop {
@@ -228,7 +267,7 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 _ = usr2.recv() => { tracing::info!("SIGUSR2: hot upgrade"); true }
             };
             if !upgrade {
-                shut_down(runtime, &shutdown_tx, node.as_ref()).await;
+                shut_down(runtime, &shutdown_tx).await;
                 return Ok(());
             }
             let request = control::take_request(&config.data_dir);
@@ -239,16 +278,6 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 message,
                 pid,
             };
-            if node.is_some() {
-                // The handover does not carry the cluster port and the Raft state yet: a cluster
-                // is upgraded by restarting its nodes one at a time (docs/operations.md).
-                let reason =
-                    "hot upgrade is not available in cluster mode: restart the nodes one at a time";
-                tracing::error!(reason, "upgrade refused; still serving");
-                let pid = std::process::id();
-                control::write_status(&config.data_dir, &status(false, reason.into(), pid));
-                continue;
-            }
             let serving = upgrade::old::Serving {
                 runtime,
                 shutdown: &shutdown_tx,
@@ -288,32 +317,61 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
     }
 }
 
+/// A takeover's commit: tells the old process everything is prepared, waits for its go, then
+/// records this process as the data directory's server.
+async fn commit_takeover(
+    pending: upgrade::new::Commit,
+    since: Instant,
+    lock: &DirLock,
+    config: &Config,
+) -> Result<(), ServerError> {
+    let prepared_ms = since.elapsed().as_millis() as u64;
+    pending
+        .commit()
+        .await
+        .map_err(|reason| ServerError::Other(format!("upgrade: cannot take over: {reason}")))?;
+    tracing::info!(prepared_ms, "upgrade: committed; serving");
+    // The lock file names the serving pid (`polykv upgrade` signals it).
+    let _ = lock._file.set_len(0);
+    let _ = lock
+        ._file
+        .write_all_at(std::process::id().to_string().as_bytes(), 0);
+    crate::format::record(&config.data_dir)?;
+    Ok(())
+}
+
 /// Opens the engine, waiting (up to the upgrade timeout) for a process that is letting go of
 /// it: after a handover the store may still be closing for a moment.
 pub async fn open_engine_waiting(config: &Config) -> Result<Engine, ServerError> {
     let deadline = Instant::now() + Duration::from_secs(config.upgrade_timeout_secs.max(1));
+    let mut retries = 0;
     loop {
         match open_engine(config) {
-            Ok(engine) => return Ok(engine),
+            Ok(engine) => {
+                if retries > 0 {
+                    tracing::info!(retries, "upgrade: the store was still held; opened");
+                }
+                return Ok(engine);
+            }
             Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
         }
     }
 }
 
 /// Graceful shutdown: stop accepting, let sessions finish (bounded), sync, close.
-async fn shut_down(
-    mut runtime: Runtime,
-    shutdown_tx: &watch::Sender<bool>,
-    node: Option<&polykv_cluster::Node>,
-) {
+async fn shut_down(mut runtime: Runtime, shutdown_tx: &watch::Sender<bool>) {
     let engine = runtime.engine.clone();
     let _ = shutdown_tx.send(true);
+    runtime.context.handover.shut_down();
     runtime
         .stop_tasks("sessions still busy at the shutdown deadline; closing them")
         .await;
-    if let Some(node) = node {
-        node.shutdown().await;
+    if let Some(member) = runtime.cluster.take() {
+        member.stop().await;
     }
     let syncing = engine.sync().await;
     engine.close();

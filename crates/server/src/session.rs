@@ -18,13 +18,12 @@ use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use polykv_engine::Pending;
 use polykv_protocols::{Decoded, Reject, ServerCodec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::metrics::ProtocolMetrics;
-use crate::upgrade::carry::{ExportState, Hub, Resumable, Stopped};
+use crate::upgrade::carry::{Accepting, Alive, ExportState, Hub, Park, Resumable, Slot, Stopped};
 
 /// A reply that may have to wait for durability.
 pub enum Deferred<R> {
@@ -170,6 +169,11 @@ pub trait Service: Send + 'static {
     fn resume(&mut self, _state: &[u8]) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether the service has no state of its own to carry across a hot upgrade (its
+    /// `export` is empty) and never pushes: a session of it waiting with no unread input can
+    /// then be handed over without waking it. Default: false (it is woken and stops itself).
+    const STATELESS: bool = false;
 }
 
 /// A stopped session's service, exported later through its `Service::export`.
@@ -207,9 +211,20 @@ impl SessionLimits {
 #[derive(Clone)]
 pub struct ListenerContext {
     pub connections: Arc<Semaphore>,
+    /// Stops the listeners (at a shutdown or a hot upgrade). Sessions of the shared loop are
+    /// stopped through the `handover` hub instead, so a hot upgrade need not wake them all.
     pub shutdown: watch::Receiver<bool>,
+    /// True once this process serves: a process taking over from a running server prepares
+    /// its carried sessions before the commit and lets them run only after it.
+    pub serving: watch::Receiver<bool>,
     /// Carried listeners and sessions to resume; where sessions stop for a hot upgrade.
     pub handover: Arc<Hub>,
+}
+
+/// Waits until the process serves (at once unless it is taking over and not committed yet);
+/// false if the generation ended meanwhile.
+pub async fn wait_serving(serving: &mut watch::Receiver<bool>) -> bool {
+    serving.wait_for(|s| *s).await.is_ok()
 }
 
 /// Accepts one connection under the connection limit. Accept errors (out of file descriptors and
@@ -240,40 +255,63 @@ pub async fn accept_limited(
 /// Accepts connections until shutdown and runs `handle` on each in a task of its own, holding
 /// its place under the connection limit; after shutdown, waits for every connection to finish
 /// (the caller bounds the wait). `resumed` are connections carried over by a hot upgrade:
-/// they run first and count under the limit too.
+/// they are spawned at once (before the commit; they wait for it themselves) and count under
+/// the limit too; accepting starts once the process serves. `accepting` counts this accept
+/// loop for the handover until it stops.
 pub async fn serve_connections<H, Fut>(
     listener: TcpListener,
     metrics: &ProtocolMetrics,
-    mut context: ListenerContext,
+    context: ListenerContext,
+    accepting: Accepting,
     resumed: Vec<Fut>,
+    later: impl futures_util::Stream<Item = Vec<Fut>>,
     mut handle: H,
 ) where
     H: FnMut(TcpStream, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    use futures_util::StreamExt;
     let mut connections = JoinSet::new();
-    for connection in resumed {
-        // Carried connections are kept even past the limit (they were admitted once).
-        let permit = context.connections.clone().try_acquire_owned().ok();
-        connections.spawn(async move {
-            connection.await;
-            drop(permit);
-        });
-    }
-    loop {
-        tokio::select! {
-            (stream, _peer, permit) = accept_limited(&listener, &context.connections, metrics) => {
-                let connection = handle(stream, context.shutdown.clone());
-                connections.spawn(async move {
-                    connection.await;
-                    drop(permit);
-                });
-                while connections.try_join_next().is_some() {}
+    // Carried connections are kept even past the limit (they were admitted once).
+    let resume = |connections: &mut JoinSet<()>, carried: Vec<Fut>| {
+        for connection in carried {
+            let permit = context.connections.clone().try_acquire_owned().ok();
+            connections.spawn(async move {
+                connection.await;
+                drop(permit);
+            });
+        }
+    };
+    resume(&mut connections, resumed);
+    let mut later = std::pin::pin!(later.fuse());
+    let mut serving = context.serving.clone();
+    let mut shutdown = context.shutdown.clone();
+    let go = tokio::select! {
+        go = wait_serving(&mut serving) => go,
+        _ = shutdown.changed() => false,
+    };
+    if go {
+        loop {
+            tokio::select! {
+                Some(carried) = later.next() => resume(&mut connections, carried),
+                (stream, _peer, permit) = accept_limited(&listener, &context.connections, metrics) => {
+                    let connection = handle(stream, context.shutdown.clone());
+                    connections.spawn(async move {
+                        connection.await;
+                        drop(permit);
+                    });
+                    while connections.try_join_next().is_some() {}
+                }
+                _ = shutdown.changed() => break,
             }
-            _ = context.shutdown.changed() => break,
         }
     }
     drop(listener);
+    // Carried connections not prepared yet are prepared now, so the stop sees them.
+    while let Some(carried) = later.next().await {
+        resume(&mut connections, carried);
+    }
+    drop(accepting);
     while connections.join_next().await.is_some() {}
 }
 
@@ -292,49 +330,155 @@ pub fn serve_tcp<C, S, F>(
 where
     C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
     S: Service,
-    F: Fn() -> S + Send + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
 {
     // Sessions finish the batch they are executing and close at shutdown.
     let listener_metrics = metrics.clone();
     let handover = context.handover.clone();
-    let session = move |stream: TcpStream, shutdown, service, start| Session {
-        stream,
-        codec: codec.clone(),
-        service,
-        limits,
-        metrics: metrics.clone(),
-        shutdown,
-        listener: name,
-        handover: handover.clone(),
-        start,
-        stopped: None,
-        ahead: VecDeque::new(),
-        refused: None,
+    let serving = context.serving.clone();
+    // Each session is registered with the hub as it is built, before its task runs.
+    let session = move |stream: TcpStream, service, start| {
+        let stream = Arc::new(stream);
+        let slot = handover.register(name, stream.clone());
+        Session {
+            stream,
+            _alive: handover.alive(),
+            codec: codec.clone(),
+            service,
+            limits,
+            metrics: metrics.clone(),
+            slot,
+            serving: serving.clone(),
+            handover: handover.clone(),
+            start,
+            stopped: None,
+            ahead: VecDeque::new(),
+            refused: None,
+        }
     };
-    let resumed = handover_sessions(name, &context, &new_service, &session)
+    let accepting = context.handover.accepting();
+    let preparing = Instant::now();
+    let (now, later) = sort_carried::<S>(context.handover.take_sessions(name));
+    let resumed: Vec<_> = prepare_sessions(name, now, &new_service, &session)
         .into_iter()
         .map(Session::run)
         .collect();
+    if !resumed.is_empty() || !later.is_empty() {
+        let (count, idle, us) = (
+            resumed.len(),
+            later.len(),
+            preparing.elapsed().as_micros() as u64,
+        );
+        tracing::info!(
+            listener = name,
+            count,
+            idle,
+            us,
+            "upgrade: carried sessions prepared"
+        );
+    }
+    let new_service = Arc::new(new_service);
+    let session = Arc::new(session);
+    let handle = {
+        let (new_service, session) = (new_service.clone(), session.clone());
+        move |stream: TcpStream, _shutdown| {
+            let _ = stream.set_nodelay(true);
+            session(stream, new_service(), None).run()
+        }
+    };
+    // The idle carried connections are prepared once this process serves, in rounds: each
+    // round first takes those whose client has written meanwhile.
+    let later = futures_util::stream::unfold(later, move |mut left| {
+        let (new_service, session) = (new_service.clone(), session.clone());
+        async move {
+            if left.is_empty() {
+                return None;
+            }
+            tokio::task::yield_now().await;
+            let round = next_round(&mut left);
+            let prepared = prepare_sessions(name, round, &*new_service, &*session)
+                .into_iter()
+                .map(Session::run)
+                .collect::<Vec<_>>();
+            Some((prepared, left))
+        }
+    });
     async move {
         serve_connections(
             listener,
             &listener_metrics,
             context,
+            accepting,
             resumed,
-            move |stream, shutdown| {
-                let _ = stream.set_nodelay(true);
-                session(stream, shutdown, new_service(), None).run()
-            },
+            later,
+            handle,
         )
         .await;
     }
 }
 
-/// The sessions a hot upgrade carried to listener `name`, ready to run. A connection whose
-/// state its service refuses is closed (and logged).
-fn handover_sessions<C, S, F, M>(
+/// Idle carried connections prepared per round after the commit.
+const ROUND: usize = 512;
+
+/// Splits carried connections into those to prepare before the commit (unread input, state
+/// of their own, or a request already waiting in the socket) and the idle rest, prepared
+/// after it: so the commit waits for neither the thousands of idle connections nor their
+/// preparation, and a client that writes meanwhile is served in the next round.
+fn sort_carried<S: Service>(carried: Vec<Resumable>) -> (Vec<Resumable>, Vec<Resumable>) {
+    let (mut now, idle): (Vec<_>, Vec<_>) = carried
+        .into_iter()
+        .partition(|c| !S::STATELESS || !c.state.input.is_empty() || !c.state.service.is_empty());
+    let mut idle = idle;
+    let waiting = readable_now(&idle);
+    for index in waiting.into_iter().rev() {
+        now.push(idle.swap_remove(index));
+    }
+    (now, idle)
+}
+
+/// The next round of idle connections: every one readable now, then up to [`ROUND`] more.
+fn next_round(left: &mut Vec<Resumable>) -> Vec<Resumable> {
+    let mut round = Vec::new();
+    for index in readable_now(left).into_iter().rev() {
+        round.push(left.swap_remove(index));
+    }
+    let more = ROUND.min(left.len());
+    round.extend(left.drain(left.len() - more..));
+    round
+}
+
+/// Indices (ascending) of the connections with input waiting, by one poll(2) over them all;
+/// none if the call fails (they are all prepared in time anyway).
+fn readable_now(carried: &[Resumable]) -> Vec<usize> {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = carried
+        .iter()
+        .map(|c| libc::pollfd {
+            fd: c.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    if fds.is_empty() {
+        return Vec::new();
+    }
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd for the call; timeout 0.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+    if ready <= 0 {
+        return Vec::new();
+    }
+    fds.iter()
+        .enumerate()
+        .filter(|(_, p)| p.revents != 0)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Carried sessions of listener `name`, ready to run. A connection whose state its service
+/// refuses is closed (and logged).
+fn prepare_sessions<C, S, F, M>(
     name: &'static str,
-    context: &ListenerContext,
+    carried: Vec<Resumable>,
     new_service: &F,
     session: &M,
 ) -> Vec<Session<C, S>>
@@ -342,10 +486,10 @@ where
     C: ServerCodec<Request = S::Request, Response = S::Response> + Send + Sync + 'static,
     S: Service,
     F: Fn() -> S,
-    M: Fn(TcpStream, watch::Receiver<bool>, S, Option<Paused>) -> Session<C, S>,
+    M: Fn(TcpStream, S, Option<Paused>) -> Session<C, S>,
 {
     let mut sessions = Vec::new();
-    for carried in context.handover.take_sessions(name) {
+    for carried in carried {
         let Resumable { fd, state } = carried;
         let mut service = new_service();
         let stream = std::net::TcpStream::from(fd);
@@ -362,8 +506,7 @@ where
                     last_frame: ago(state.idle_ms),
                     partial_since: state.partial_ms.map(ago),
                 };
-                let shutdown = context.shutdown.clone();
-                sessions.push(session(stream, shutdown, service, Some(paused)));
+                sessions.push(session(stream, service, Some(paused)));
             }
             Err(e) => {
                 tracing::warn!(listener = name, error = %e, "carried connection refused; closed")
@@ -374,13 +517,16 @@ where
 }
 
 struct Session<C, S: Service> {
-    stream: TcpStream,
+    /// Shared with its hub slot (see [`Slot`]).
+    stream: Arc<TcpStream>,
+    _alive: Alive,
     codec: Arc<C>,
     service: S,
     limits: SessionLimits,
     metrics: Arc<ProtocolMetrics>,
-    shutdown: watch::Receiver<bool>,
-    listener: &'static str,
+    /// Its place in the hub: how it is told to stop, and how a handover takes it.
+    slot: Arc<Slot>,
+    serving: watch::Receiver<bool>,
     handover: Arc<Hub>,
     /// Where a carried session picks up (its unread input and timers).
     start: Option<Paused>,
@@ -406,10 +552,10 @@ struct Paused {
 }
 
 enum Wake {
-    Read(std::io::Result<usize>),
+    Readable(std::io::Result<()>),
     Push(Option<()>),
     Timer,
-    Shutdown,
+    Woken,
 }
 
 impl<C, S> Session<C, S>
@@ -426,6 +572,7 @@ where
             return;
         }
         self.service.closed().await;
+        self.handover.unregister(&self.slot);
         self.metrics.connection_closed();
         tracing::debug!(protocol = self.metrics.name, reason, "connection closed");
     }
@@ -439,18 +586,26 @@ where
             },
             mut output,
         ) = self.starting_buffers();
-        if *self.shutdown.borrow() {
-            return "shutting down";
-        }
         // One timer for the connection, moved only when its deadline comes earlier (a partial
         // frame's): a frame that moves the idle deadline later leaves it, and it wakes early once
         // and is moved then. So a busy connection does not re-register a timer per request.
         let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed: Option<(Instant, &'static str)> = None;
-        // Polled across turns of the loop rather than re-registered in every one.
-        let mut shutdown = self.shutdown.clone();
-        let mut shutdown_signalled = std::pin::pin!(shutdown.changed());
         loop {
+            // A frame boundary: everything composed is written.
+            let takeable = S::STATELESS && input.is_empty();
+            match self.slot.park(&self.handover, takeable, last_frame) {
+                Park::Wait => {}
+                Park::ShutDown => return self.farewell(input).await,
+                Park::Stop => return self.stop_for_handover(input, last_frame, partial_since),
+                Park::Taken => return self.taken().await,
+            }
+            // A carried session with something to do (unread input, queued pushes) starts at
+            // the commit; an idle one waits for its client first (below), so the commit does
+            // not have to wake it.
+            if !takeable && !self.wait_serving().await {
+                return "shutting down";
+            }
             match (self.deadline(last_frame, partial_since), armed) {
                 (Some((at, _)), Some((armed_at, _))) if at >= armed_at => {}
                 (Some(deadline), _) => {
@@ -459,28 +614,34 @@ where
                 }
                 (None, _) => armed = None,
             }
+            // Waits for readiness, not data: a session taken meanwhile must not consume input.
             let wake = {
-                let read = self.stream.read_buf(&mut input);
+                let readable = self.stream.readable();
                 let push = self.service.push();
                 tokio::select! {
-                    read = read => Wake::Read(read),
+                    ready = readable => Wake::Readable(ready),
                     pushed = push => Wake::Push(pushed.map(|response| {
                         self.codec.encode_response(&response, &mut output);
                     })),
                     _ = timer.as_mut(), if armed.is_some() => Wake::Timer,
-                    _ = shutdown_signalled.as_mut() => Wake::Shutdown,
+                    _ = self.slot.woken() => Wake::Woken,
                 }
             };
+            if !self.slot.unpark() {
+                return self.taken().await;
+            }
+            if takeable && !self.wait_serving().await {
+                return "shutting down";
+            }
             match wake {
-                Wake::Read(Ok(0)) => {
-                    return if input.is_empty() {
-                        "client closed"
-                    } else {
-                        "client closed mid-frame"
-                    };
-                }
-                Wake::Read(Ok(_)) => {}
-                Wake::Read(Err(_)) => return "read error",
+                Wake::Readable(Ok(())) => match self.stream.try_read_buf(&mut input) {
+                    Ok(0) if input.is_empty() => return "client closed",
+                    Ok(0) => return "client closed mid-frame",
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return "read error",
+                },
+                Wake::Readable(Err(_)) => return "read error",
                 Wake::Push(Some(())) => {
                     // Every push already waiting goes out in the same write: a burst of changes
                     // costs a subscriber one wake-up and one system call.
@@ -492,7 +653,7 @@ where
                             _ => break,
                         }
                     }
-                    if self.stream.write_all(&output).await.is_err() {
+                    if write_all(&self.stream, &output).await.is_err() {
                         return "write error";
                     }
                     output.clear();
@@ -511,10 +672,8 @@ where
                     }
                     continue;
                 }
-                Wake::Shutdown if self.handover.exporting() => {
-                    return self.stop_for_handover(input, last_frame, partial_since)
-                }
-                Wake::Shutdown => return self.farewell(input).await,
+                // The next frame boundary (the loop's top) says why.
+                Wake::Woken => continue,
             }
             // Decode and execute every complete frame; write whenever the output cap is passed.
             loop {
@@ -523,7 +682,7 @@ where
                     Err(reject) => {
                         self.service.rejected(&reject);
                         self.metrics.rejected_frames.increment(1);
-                        let _ = self.stream.write_all(&output).await;
+                        let _ = write_all(&self.stream, &output).await;
                         return reject.reason;
                     }
                 };
@@ -531,7 +690,7 @@ where
                     last_frame = Instant::now();
                 }
                 if !output.is_empty() {
-                    if self.stream.write_all(&output).await.is_err() {
+                    if write_all(&self.stream, &output).await.is_err() {
                         return "write error";
                     }
                     output.clear();
@@ -572,6 +731,17 @@ where
         }
     }
 
+    /// Waits for the commit of a takeover (at once otherwise); false if the generation ended.
+    async fn wait_serving(&mut self) -> bool {
+        *self.serving.borrow() || wait_serving(&mut self.serving).await
+    }
+
+    /// The handover took this session's socket while it waited: the session never touches
+    /// it again and waits for the handover to drop its task.
+    async fn taken(&mut self) -> &'static str {
+        std::future::pending().await
+    }
+
     /// Stops at this frame boundary for a hot upgrade: everything composed has been written,
     /// `input` holds at most part of the next frame.
     fn stop_for_handover(
@@ -591,21 +761,26 @@ where
     /// Leaves the connection and its service with the handover (its state is exported once
     /// every session has stopped).
     fn hand_over(self, paused: Paused) {
-        let stream = match self.stream.into_std() {
-            Ok(stream) => stream,
+        let (slot, handover) = (self.slot.clone(), self.handover.clone());
+        slot.release_stream();
+        let stream = Arc::try_unwrap(self.stream)
+            .map_err(|_| std::io::Error::other("the socket is shared"))
+            .and_then(TcpStream::into_std);
+        match stream {
+            Ok(stream) => handover.deposit(Stopped {
+                listener: slot.listener,
+                stream,
+                input: paused.input.to_vec(),
+                idle: paused.last_frame.elapsed(),
+                partial: paused.partial_since.map(|since| since.elapsed()),
+                service: Box::new(Exporter(self.service)),
+            }),
             Err(e) => {
-                tracing::warn!(protocol = self.metrics.name, error = %e, "cannot carry a connection");
-                return;
+                tracing::warn!(protocol = self.metrics.name, error = %e, "cannot carry a connection")
             }
-        };
-        self.handover.deposit(Stopped {
-            listener: self.listener,
-            stream,
-            input: paused.input.to_vec(),
-            idle: paused.last_frame.elapsed(),
-            partial: paused.partial_since.map(|since| since.elapsed()),
-            service: Box::new(Exporter(self.service)),
-        });
+        }
+        // Deposited first: the handover counts a session stopped once it left the hub.
+        handover.unregister(&slot);
     }
 
     /// Sends the service's farewell, if it has one, and waits (bounded) for its answer.
@@ -618,7 +793,7 @@ where
         // The write is inside the bounded wait too: a client that does not read cannot hold
         // the shutdown.
         let answered = async {
-            if self.stream.write_all(&output).await.is_err() {
+            if write_all(&self.stream, &output).await.is_err() {
                 return;
             }
             loop {
@@ -632,7 +807,7 @@ where
                             if let Some(reply) = self.service.after_farewell(&request) {
                                 let mut out = BytesMut::new();
                                 self.codec.encode_response(&reply, &mut out);
-                                if self.stream.write_all(&out).await.is_err() {
+                                if write_all(&self.stream, &out).await.is_err() {
                                     return;
                                 }
                             }
@@ -641,9 +816,14 @@ where
                         Err(_) => return,
                     }
                 }
-                match self.stream.read_buf(&mut input).await {
-                    Ok(0) | Err(_) => return,
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                match self.stream.try_read_buf(&mut input) {
+                    Ok(0) => return,
                     Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
                 }
             }
         };
@@ -753,6 +933,21 @@ where
         }
         Ok(())
     }
+}
+
+/// Writes all of `buf` (the session's socket is shared with its hub slot, so it is written
+/// through `&TcpStream`).
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A reply waiting for its write to become durable.

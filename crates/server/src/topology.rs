@@ -312,7 +312,7 @@ pub fn start(
     engine: Engine,
     records: KeyspaceId,
     locks: KeyspaceId,
-    tasks: &mut tokio::task::JoinSet<()>,
+    tasks: &mut crate::runtime::Tasks,
     shutdown: watch::Receiver<bool>,
 ) -> ClusterView {
     let (topology_tx, topology) = watch::channel(current_topology(&node, &engine, records));

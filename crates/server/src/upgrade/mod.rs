@@ -6,12 +6,15 @@
 //! ```text
 //! old: listen on <data dir>/upgrade.sock (0600), start the new binary with POLYKV_HANDOVER set
 //! new → Hello            (old still serving; a data format it cannot read: Failed instead)
-//! old → Proceed          then stops accepting, stops every session at a frame boundary,
-//!                        exports their state, the lock table; syncs and closes the engine
+//! old → Proceed          then stops accepting, takes the idle sessions, stops the others at
+//!                        a frame boundary, exports their state, the lock table; (cluster
+//!                        mode: stops the Raft node); syncs and closes the engine
 //! old → DirLock, Listener…, Locks, Sessions…, Sent     (descriptors over SCM_RIGHTS, up to
 //!                        250 a frame); the new process opens the store from Locks on
-//! new: opens the engine → Ready
-//! old → Commit           and exits 0; the new process resumes every listener and session
+//! new: opens the engine, prepares every listener and the sessions with work waiting, gated
+//!      (cluster mode: nothing: the Raft node must start after the commit) → Ready
+//! old → Commit           and exits 0; the new process opens the gate (cluster mode: starts
+//!                        the Raft node and the listeners) and prepares the idle sessions
 //! ```
 //!
 //! Any failure or timeout before the commit: the old process kills the new one and resumes the

@@ -1,7 +1,8 @@
 //! The new process's side: connect to the running server, greet it, take the data directory
-//! lock, the listeners, the lock table and the sessions, open the store, report ready and wait
-//! for the commit. Nothing is served and nothing in the data directory is written before the
-//! commit, so a failure leaves the old process free to resume.
+//! lock, the listeners, the lock table and the sessions, open the store; then (the caller)
+//! prepare every listener and session, report ready and wait for the commit. Nothing is
+//! served and nothing in the data directory is written before the commit, so a failure leaves
+//! the old process free to resume.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -16,14 +17,40 @@ use super::socket;
 use super::wire::Message;
 use crate::config::Config;
 
-/// What the new process starts from.
-pub struct Taken {
+/// What the new process starts from, before the commit.
+pub struct Received {
     pub dir_lock: File,
     pub carried: Carried,
     pub engine: Engine,
+    pub commit: Commit,
 }
 
-pub async fn take_over(config: &Config, path: &Path) -> Result<Taken, String> {
+/// The last step: tell the old process this one is ready, and wait for its go.
+pub struct Commit {
+    stream: UnixStream,
+}
+
+impl Commit {
+    /// Sends Ready (everything is prepared, nothing served) and waits for the commit.
+    pub async fn commit(self) -> Result<(), String> {
+        let stream = self.stream;
+        blocking(move || {
+            socket::send(&stream, &Message::Ready, &[]).map_err(|e| e.to_string())?;
+            match socket::recv(&stream).map_err(|e| e.to_string())? {
+                (Message::Commit, fds) if fds.is_empty() => Ok(()),
+                (other, _) => Err(format!("expected the commit, got {other:?}")),
+            }
+        })
+        .await
+    }
+
+    /// Tells the old process that preparing failed (it rolls back).
+    pub fn fail(self, reason: &str) {
+        let _ = socket::send(&self.stream, &failed(reason), &[]);
+    }
+}
+
+pub async fn take_over(config: &Config, path: &Path) -> Result<Received, String> {
     let timeout = Duration::from_secs(config.upgrade_timeout_secs.max(1));
     // The old process stops its sessions between our greeting and its first descriptor.
     let stop_wait = timeout + Duration::from_secs(config.shutdown_timeout_secs);
@@ -36,10 +63,17 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Taken, String> {
         let sessions = receive_sessions(&stream);
         (stream, sessions)
     });
+    let opening = std::time::Instant::now();
     let opened = crate::server::open_engine_waiting(config).await;
+    let opened_ms = opening.elapsed().as_millis() as u64;
     let (stream, sessions) = receiving
         .await
         .map_err(|e| format!("handover task failed: {e}"))?;
+    tracing::info!(
+        opened_ms,
+        received_ms = opening.elapsed().as_millis() as u64,
+        "upgrade: store opened, sessions received"
+    );
     let received = match (opened, sessions) {
         (Ok(engine), Ok(sessions)) => Ok((engine, sessions)),
         (Ok(engine), Err(reason)) => {
@@ -56,22 +90,11 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Taken, String> {
         }
     };
     carried.sessions = sessions;
-    let committed = blocking(move || {
-        socket::send(&stream, &Message::Ready, &[]).map_err(|e| e.to_string())?;
-        match socket::recv(&stream).map_err(|e| e.to_string())? {
-            (Message::Commit, fds) if fds.is_empty() => Ok(()),
-            (other, _) => Err(format!("expected the commit, got {other:?}")),
-        }
-    })
-    .await;
-    if let Err(reason) = committed {
-        engine.close();
-        return Err(reason);
-    }
-    Ok(Taken {
+    Ok(Received {
         dir_lock,
         carried,
         engine,
+        commit: Commit { stream },
     })
 }
 

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use polykv_engine::Engine;
 use tokio::sync::watch;
 
-use super::carry::{Carried, Resumable};
+use super::carry::{Carried, Hub, Resumable, TakenSession};
 use super::socket;
 use super::wire::{HeldLock, Message, SessionState, MAX_FDS};
 use crate::runtime::Runtime;
@@ -100,31 +100,32 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
 
     // From here until the new process resumes, clients wait: the pause they see.
     let stopping = std::time::Instant::now();
-    let carried = stop_and_export(runtime, shutdown).await;
+    let Stopped { carried, taken } = stop_and_export(runtime, shutdown).await;
     let lock = match dir_lock.try_clone() {
         Ok(lock) => lock,
         Err(e) => {
             stop_child(&mut child).await;
-            return Outcome::RolledBack {
-                reason: format!("cannot pass the data directory lock: {e}"),
-                carried,
-            };
+            let reason = format!("cannot pass the data directory lock: {e}");
+            let carried = take_back(carried, taken);
+            return Outcome::RolledBack { reason, carried };
         }
     };
+    // The taken sessions' sockets (`taken`) stay open until the end of this function.
+    let outgoing = outgoing_sessions(&carried, &taken);
+    let count = outgoing.len();
     let conversed = tokio::task::spawn_blocking(move || {
-        let result = converse(&stream, &carried, &lock);
+        let result = converse(&stream, &carried, &outgoing, &lock);
         (result, carried)
     })
     .await;
     let (result, carried) = match conversed {
         Ok(pair) => pair,
         Err(e) => {
-            // The conversation task panicked: its state is gone with it; nothing to resume.
+            // The conversation task panicked: the state it held is gone with it.
             stop_child(&mut child).await;
-            return Outcome::RolledBack {
-                reason: format!("handover task failed: {e}"),
-                carried: Carried::default(),
-            };
+            let reason = format!("handover task failed: {e}");
+            let carried = take_back(Carried::default(), taken);
+            return Outcome::RolledBack { reason, carried };
         }
     };
     match result {
@@ -133,16 +134,58 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
                 pid,
                 stopped_ms = stopping.elapsed().as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
-                sessions = carried.sessions.len(),
+                sessions = count,
                 "upgrade: the new process serves; exiting"
             );
             Outcome::Committed { pid }
         }
         Err(reason) => {
             stop_child(&mut child).await;
+            let carried = take_back(carried, taken);
             Outcome::RolledBack { reason, carried }
         }
     }
+}
+
+/// A taken session's state: idle at a frame boundary, nothing else.
+fn taken_state(session: &TakenSession) -> SessionState {
+    SessionState {
+        listener: session.listener.to_string(),
+        input: Vec::new(),
+        idle_ms: session.idle_since.elapsed().as_millis() as u64,
+        partial_ms: None,
+        service: Vec::new(),
+    }
+}
+
+/// Every session to pass: its state and its socket (owned by `carried` or `taken`).
+fn outgoing_sessions(carried: &Carried, taken: &[TakenSession]) -> Vec<(SessionState, RawFd)> {
+    let stopped = carried
+        .sessions
+        .iter()
+        .map(|s| (s.state.clone(), s.fd.as_raw_fd()));
+    let idle = taken
+        .iter()
+        .map(|session| (taken_state(session), session.stream.as_raw_fd()));
+    stopped.chain(idle).collect()
+}
+
+/// After a failure: the taken sessions are carried back with the others (their tasks are
+/// gone; the sockets were kept).
+fn take_back(mut carried: Carried, taken: Vec<TakenSession>) -> Carried {
+    for session in taken {
+        let state = taken_state(&session);
+        match session.into_std() {
+            Ok(stream) => carried.sessions.push(Resumable {
+                fd: stream.into(),
+                state,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade: a taken connection cannot be resumed; closed")
+            }
+        }
+    }
+    carried
 }
 
 /// Waits for the new binary to connect and greet; refuses a stranger.
@@ -207,22 +250,70 @@ async fn stop_child(child: &mut tokio::process::Child) {
     let _ = child.wait().await;
 }
 
-/// Stops every listener and session (sessions at a frame boundary), then, with nothing
-/// running, exports the sessions' state and the lock table and closes the engine.
-async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -> Carried {
+/// What the stop leaves: the state of the sessions that stopped themselves, and the sessions
+/// taken while idle.
+struct Stopped {
+    carried: Carried,
+    taken: Vec<TakenSession>,
+}
+
+/// Stops every listener and session (sessions at a frame boundary: idle ones are taken
+/// without waking them, the others stop themselves), then, with nothing running, exports the
+/// sessions' state and the lock table and closes the engine.
+async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -> Stopped {
     let started = std::time::Instant::now();
     let hub = runtime.context.handover.clone();
     hub.start_exporting();
     let _ = shutdown.send(true);
-    runtime
-        .stop_tasks(
-            "upgrade: sessions still busy at the deadline (a client not reading?); closing them",
+    let limit = Duration::from_secs(runtime.config.shutdown_timeout_secs);
+    let (taken, ()) = tokio::join!(
+        hub.take_sessions_for_handover(limit),
+        runtime.stop_tasks_but_sessions(
+            "upgrade: connections still busy at the deadline (a client not reading?); closing them",
         )
-        .await;
+    );
+    let stopped_in = started.elapsed();
+    // The taken sessions' tasks go (their sockets stay with `taken`), and with them their hold
+    // on the engine, which must be released before the new process can open it.
+    let mut parked = runtime.tasks.take_sessions();
+    parked.abort_all();
+    while parked.join_next().await.is_some() {}
+    hub.wait_dropped(limit).await;
     let mut carried = Carried {
         listeners: std::mem::take(&mut *runtime.bound.lock()),
+        sessions: export_stopped(&hub),
         ..Carried::default()
     };
+    let engine = runtime.engine.clone();
+    carried.locks = export_locks(&engine);
+    let member = runtime.cluster.take();
+    drop(runtime);
+    let exported = started.elapsed();
+    // In cluster mode the Raft node stops before the store closes (a leader hands over first;
+    // the new process reopens the node from the same data directory after the commit).
+    if let Some(member) = member {
+        member.stop().await;
+        tracing::info!(
+            ms = (started.elapsed() - exported).as_millis() as u64,
+            "upgrade: cluster node stopped"
+        );
+    }
+    // Closing syncs everything written (and marks the log's end, so the next open is quick).
+    engine.close();
+    tracing::info!(
+        stopped = carried.sessions.len(),
+        taken = taken.len(),
+        stop_ms = stopped_in.as_millis() as u64,
+        stop_and_export_ms = exported.as_millis() as u64,
+        with_store_closed_ms = started.elapsed().as_millis() as u64,
+        "upgrade: sessions stopped, store closed"
+    );
+    Stopped { carried, taken }
+}
+
+/// The state of every session that stopped itself (exported now that none runs).
+fn export_stopped(hub: &Hub) -> Vec<Resumable> {
+    let mut sessions = Vec::new();
     for mut stopped in hub.take_stopped() {
         let service = match stopped.service.export() {
             Ok(state) => state,
@@ -231,7 +322,7 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
                 continue;
             }
         };
-        carried.sessions.push(Resumable {
+        sessions.push(Resumable {
             fd: stopped.stream.into(),
             state: SessionState {
                 listener: stopped.listener.to_string(),
@@ -242,19 +333,7 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
             },
         });
     }
-    let engine = runtime.engine.clone();
-    carried.locks = export_locks(&engine);
-    drop(runtime);
-    let exported = started.elapsed();
-    // Closing syncs everything written (and marks the log's end, so the next open is quick).
-    engine.close();
-    tracing::info!(
-        sessions = carried.sessions.len(),
-        stop_and_export_ms = exported.as_millis() as u64,
-        with_store_closed_ms = started.elapsed().as_millis() as u64,
-        "upgrade: sessions stopped, store closed"
-    );
-    carried
+    sessions
 }
 
 fn export_locks(engine: &Engine) -> Vec<HeldLock> {
@@ -270,7 +349,12 @@ fn export_locks(engine: &Engine) -> Vec<HeldLock> {
 }
 
 /// Sends the state, waits for the new process to be ready, and commits.
-fn converse(stream: &UnixStream, carried: &Carried, lock: &File) -> Result<(), String> {
+fn converse(
+    stream: &UnixStream,
+    carried: &Carried,
+    sessions: &[(SessionState, RawFd)],
+    lock: &File,
+) -> Result<(), String> {
     let send = |message: &Message, fds: &[BorrowedFd<'_>]| {
         socket::send(stream, message, fds).map_err(|e| e.to_string())
     };
@@ -287,14 +371,19 @@ fn converse(stream: &UnixStream, carried: &Carried, lock: &File) -> Result<(), S
         locks: carried.locks.clone(),
     };
     send(&locks, &[])?;
-    for batch in batches(&carried.sessions) {
-        let states = batch.iter().map(|s| s.state.clone()).collect();
-        let fds: Vec<_> = batch.iter().map(|s| s.fd.as_fd()).collect();
+    for batch in batches(sessions) {
+        let states = batch.iter().map(|(state, _)| state.clone()).collect();
+        // SAFETY: every descriptor stays open for the whole conversation (see
+        // `outgoing_sessions`).
+        let fds: Vec<_> = batch
+            .iter()
+            .map(|(_, fd)| unsafe { BorrowedFd::borrow_raw(*fd) })
+            .collect();
         send(&Message::Sessions(states), &fds)?;
     }
     let sent = Message::Sent {
         listeners: carried.listeners.len() as u32,
-        sessions: carried.sessions.len() as u32,
+        sessions: sessions.len() as u32,
     };
     send(&sent, &[])?;
     match socket::recv(stream).map_err(|e| format!("waiting for the new process: {e}"))? {
@@ -305,12 +394,12 @@ fn converse(stream: &UnixStream, carried: &Carried, lock: &File) -> Result<(), S
 }
 
 /// Sessions in frames of at most MAX_FDS connections and about 16 MiB of state.
-fn batches(sessions: &[Resumable]) -> Vec<&[Resumable]> {
+fn batches<F>(sessions: &[(SessionState, F)]) -> Vec<&[(SessionState, F)]> {
     const BUDGET: usize = 16 << 20;
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
-    for (i, s) in sessions.iter().enumerate() {
-        let size = s.state.input.len() + s.state.service.len() + s.state.listener.len() + 32;
+    for (i, (state, _)) in sessions.iter().enumerate() {
+        let size = state.input.len() + state.service.len() + state.listener.len() + 32;
         if i > start && (i - start == MAX_FDS || bytes + size > BUDGET) {
             out.push(&sessions[start..i]);
             (start, bytes) = (i, 0);
@@ -329,22 +418,22 @@ mod tests {
 
     #[test]
     fn batches_hold_at_most_max_fds_and_keep_the_order() {
-        let sessions: Vec<Resumable> = (0..MAX_FDS * 2 + 3)
-            .map(|i| Resumable {
-                fd: std::fs::File::open("/dev/null").unwrap().into(),
-                state: SessionState {
+        let sessions: Vec<(SessionState, i32)> = (0..MAX_FDS * 2 + 3)
+            .map(|i| {
+                let state = SessionState {
                     listener: format!("l{i}"),
                     input: Vec::new(),
                     idle_ms: 0,
                     partial_ms: None,
                     service: Vec::new(),
-                },
+                };
+                (state, 0)
             })
             .collect();
         let batched = batches(&sessions);
         let sizes: Vec<usize> = batched.iter().map(|b| b.len()).collect();
         assert_eq!(sizes, [MAX_FDS, MAX_FDS, 3]);
-        assert_eq!(batched[1][0].state.listener, format!("l{MAX_FDS}"));
-        assert!(batches(&[]).is_empty());
+        assert_eq!(batched[1][0].0.listener, format!("l{MAX_FDS}"));
+        assert!(batches::<i32>(&[]).is_empty());
     }
 }

@@ -250,12 +250,22 @@ pub fn serve(
             connection(stream, agent.clone(), hub.clone(), shutdown, Some(start))
         })
         .collect();
+    let accepting = hub.accepting();
     async move {
         let metrics = agent.metrics.clone();
-        serve_connections(listener, &metrics, context, resumed, |stream, shutdown| {
-            let _ = stream.set_nodelay(true);
-            connection(stream, agent.clone(), hub.clone(), shutdown, None)
-        })
+        let later = futures_util::stream::empty();
+        serve_connections(
+            listener,
+            &metrics,
+            context,
+            accepting,
+            resumed,
+            later,
+            |stream, shutdown| {
+                let _ = stream.set_nodelay(true);
+                connection(stream, agent.clone(), hub.clone(), shutdown, None)
+            },
+        )
         .await;
     }
 }

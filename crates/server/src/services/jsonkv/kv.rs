@@ -217,6 +217,8 @@ impl JsonkvService {
 impl Service for JsonkvService {
     type Request = RequestPayload;
     type Response = ResponsePayload;
+    /// Nothing per connection to carry, no pushes: an idle connection is handed over as is.
+    const STATELESS: bool = true;
 
     fn op_name(request: &RequestPayload) -> &'static str {
         match request {

@@ -101,7 +101,7 @@ async fn start(runtime: &mut Runtime, config: &JsonkvConfig) -> Result<(), Serve
             // No complete frame for the idle timeout closes, half-sent or not (§2.1).
             let session = SessionLimits::from_secs(idle, idle, config.max_output_bytes);
             let store = store.clone();
-            runtime.tasks.spawn(serve_tcp(
+            runtime.tasks.spawn_sessions(serve_tcp(
                 "jsonkv tcp",
                 tcp,
                 Arc::new(codec),

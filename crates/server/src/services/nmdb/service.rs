@@ -316,6 +316,8 @@ impl NmdbService {
 impl Service for NmdbService {
     type Request = Request;
     type Response = Response;
+    /// Nothing per connection to carry, no pushes: an idle connection is handed over as is.
+    const STATELESS: bool = true;
 
     fn op_name(request: &Request) -> &'static str {
         match request {

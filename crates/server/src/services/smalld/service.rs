@@ -298,11 +298,14 @@ async fn handle(service: Arc<Smalld>, mut stream: TcpStream) {
 }
 
 pub(super) async fn serve(listener: TcpListener, service: Arc<Smalld>, context: ListenerContext) {
+    let accepting = context.handover.accepting();
     serve_connections(
         listener,
         &service.metrics,
         context,
+        accepting,
         Vec::new(),
+        futures_util::stream::empty(),
         |stream, _shutdown| handle(service.clone(), stream),
     )
     .await;
