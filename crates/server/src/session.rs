@@ -349,6 +349,7 @@ where
             metrics: metrics.clone(),
             slot,
             serving: serving.clone(),
+            served: false,
             handover: handover.clone(),
             start,
             stopped: None,
@@ -527,6 +528,8 @@ struct Session<C, S: Service> {
     /// Its place in the hub: how it is told to stop, and how a handover takes it.
     slot: Arc<Slot>,
     serving: watch::Receiver<bool>,
+    /// `serving` was seen true (it never turns false again): no need to look again.
+    served: bool,
     handover: Arc<Hub>,
     /// Where a carried session picks up (its unread input and timers).
     start: Option<Paused>,
@@ -591,6 +594,10 @@ where
         // and is moved then. So a busy connection does not re-register a timer per request.
         let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed: Option<(Instant, &'static str)> = None;
+        // Registered once and kept across the loop (a wake-up while the session works is kept
+        // as the Notify's permit), rather than registered and removed around every request.
+        let slot = self.slot.clone();
+        let mut woken = std::pin::pin!(slot.woken());
         loop {
             // A frame boundary: everything composed is written.
             let takeable = S::STATELESS && input.is_empty();
@@ -624,7 +631,7 @@ where
                         self.codec.encode_response(&response, &mut output);
                     })),
                     _ = timer.as_mut(), if armed.is_some() => Wake::Timer,
-                    _ = self.slot.woken() => Wake::Woken,
+                    _ = woken.as_mut() => Wake::Woken,
                 }
             };
             if !self.slot.unpark() {
@@ -673,7 +680,10 @@ where
                     continue;
                 }
                 // The next frame boundary (the loop's top) says why.
-                Wake::Woken => continue,
+                Wake::Woken => {
+                    woken.set(slot.woken());
+                    continue;
+                }
             }
             // Decode and execute every complete frame; write whenever the output cap is passed.
             loop {
@@ -733,7 +743,10 @@ where
 
     /// Waits for the commit of a takeover (at once otherwise); false if the generation ended.
     async fn wait_serving(&mut self) -> bool {
-        *self.serving.borrow() || wait_serving(&mut self.serving).await
+        if !self.served {
+            self.served = *self.serving.borrow() || wait_serving(&mut self.serving).await;
+        }
+        self.served
     }
 
     /// The handover took this session's socket while it waited: the session never touches
@@ -939,11 +952,13 @@ where
 /// through `&TcpStream`).
 async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
-        stream.writable().await?;
+        // Write first, wait only when the socket is full: most writes go out at once, and
+        // `try_write` itself returns WouldBlock without a system call while tokio knows the
+        // socket is not writable.
         match stream.try_write(buf) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.writable().await?,
             Err(e) => return Err(e),
         }
     }
