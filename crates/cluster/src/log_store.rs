@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -69,6 +70,8 @@ struct Shared {
     encoded: Mutex<Vec<u8>>,
     hard: Mutex<HardState>,
     state_file: StateFile,
+    /// Applied index + 1 (0: nothing), published by the state machine.
+    applied: Arc<AtomicU64>,
 }
 
 /// The Raft log storage (and, cloned, its reader).
@@ -87,8 +90,13 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError {
 struct Message(String);
 
 impl LogStore {
-    /// Opens the Raft log in `dir` (segments and the state file).
-    pub fn open(dir: &Path, segment_bytes: u64) -> Result<LogStore, StorageError> {
+    /// Opens the Raft log in `dir` (segments and the state file). `applied` is the state
+    /// machine's applied index + 1: entries at or below it are never truncated.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        applied: Arc<AtomicU64>,
+    ) -> Result<LogStore, StorageError> {
         let (state_file, hard) = StateFile::open(dir).map_err(io_err)?;
         let after = hard.last_purged.map_or(0, |id| id.index + 1);
         let mut entries = BTreeMap::new();
@@ -119,6 +127,7 @@ impl LogStore {
                 encoded: Mutex::new(Vec::new()),
                 hard: Mutex::new(hard),
                 state_file,
+                applied,
             }),
             flusher: tx,
         })
@@ -268,6 +277,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                  the leader belongs to another cluster"
                     .into(),
             )));
+        }
+        // An applied entry was committed, and a leader of the same cluster never asks to
+        // replace a committed entry. One that does leads another cluster whose first entries
+        // happen to carry the same ids (every cluster's entry 0 does): its data must not
+        // replace this node's.
+        let applied = self.shared.applied.load(Ordering::SeqCst);
+        if log_id.index < applied {
+            return Err(io_err(Message(format!(
+                "refusing to replace applied raft entry {} (applied up to {}): \
+                 the leader belongs to another cluster",
+                log_id.index,
+                applied - 1
+            ))));
         }
         self.shared
             .log

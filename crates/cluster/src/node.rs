@@ -154,9 +154,13 @@ impl Node {
         }
         .validate()
         .map_err(|e| storage(&e))?;
-        let log = LogStore::open(&config.dir.join("log"), config.segment_bytes)
-            .map_err(|e| storage(&e))?;
         let applied = Arc::new(AtomicU64::new(0));
+        let log = LogStore::open(
+            &config.dir.join("log"),
+            config.segment_bytes,
+            applied.clone(),
+        )
+        .map_err(|e| storage(&e))?;
         let sm = StateMachine::open(
             engine.clone(),
             &config.dir.join("snapshots"),

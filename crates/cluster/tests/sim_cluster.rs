@@ -535,7 +535,12 @@ async fn a_node_with_another_clusters_data_refuses_to_join() {
     drop(alone);
     foreign.router.unregister(outsider);
 
-    // It comes up in this cluster's network with its foreign data.
+    // It comes up in this cluster's network with its foreign data, and does not stand for
+    // election for a while: the leader's appends reach it first. Its log and the cluster's
+    // share the ids of their first entries (every cluster's entry 0 has the same), so only
+    // its applied entries tell it the leader is a stranger.
+    config.election_min = Duration::from_secs(10);
+    config.election_max = Duration::from_secs(20);
     let mut engine = Engine::open_dir(&dir.join("engine"), EngineConfig::default());
     for _ in 0..100 {
         if engine.is_ok() {
