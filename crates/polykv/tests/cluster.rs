@@ -4,28 +4,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::{client, free_everywhere, spawn, wait_ready, ClusterNode, Ports};
+use common::cluster::{client, spawn, spawn_ready, wait_ready, Ports};
 use polykv_client::nmdb::Mode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_survive_a_leader_kill_under_load_without_losing_a_write() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports {
-        admin: free_everywhere(),
-        nmdb: free_everywhere(),
-        cluster: free_everywhere(),
-    };
-    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
-        .map(|id| (id, spawn(id, dir.path(), &ports)))
-        .collect();
-    let mut leader = 0;
-    for id in 1..=3 {
-        leader = wait_ready(id, &ports, dir.path());
-    }
+    let ports = Ports::free();
+    let (mut nodes, leader) = spawn_ready(dir.path(), &ports);
     let follower = (1..=3).find(|id| *id != leader).unwrap();
 
     // Writes through a follower are answered on its own connection and read on every node.

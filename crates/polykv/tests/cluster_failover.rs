@@ -5,14 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{
-    agreed_leader, client, free_everywhere, spawn, wait_ready, ClusterNode, Ports,
-};
+use common::cluster::{agreed_leader, client, spawn, spawn_ready, wait_ready, Ports};
 use polykv_client::nmdb::Mode;
 
 /// An acknowledged write: key, value, when it was sent and when it was acknowledged.
@@ -26,17 +23,8 @@ async fn leader_kills_fail_over_quickly_and_lose_no_acknowledged_write() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
-    let ports = Arc::new(Ports {
-        admin: free_everywhere(),
-        nmdb: free_everywhere(),
-        cluster: free_everywhere(),
-    });
-    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
-        .map(|id| (id, spawn(id, dir.path(), &ports)))
-        .collect();
-    for id in 1..=3 {
-        wait_ready(id, &ports, dir.path());
-    }
+    let ports = Arc::new(Ports::free());
+    let (mut nodes, _) = spawn_ready(dir.path(), &ports);
 
     let acked = Arc::new(Mutex::new(Vec::<Acked>::new()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -281,11 +281,7 @@ async fn wait_agent_lists(id: u64, p: &Protocols, want: &[u64]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_protocols_follow_the_cluster_across_a_leader_kill_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports {
-        admin: free_everywhere(),
-        nmdb: free_everywhere(),
-        cluster: free_everywhere(),
-    };
+    let ports = Ports::free();
     let p = Protocols {
         opencluster: free_everywhere(),
         minority: free_everywhere(),

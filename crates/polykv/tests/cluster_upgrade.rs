@@ -5,15 +5,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{
-    agreed_leader, client, free_everywhere, spawn, wait_ready, ClusterNode, Ports,
-};
+use common::cluster::{agreed_leader, client, spawn_ready, wait_ready, Ports};
 use polykv_client::nmdb::Mode;
 
 /// A server process started by an upgrade (not our child): stopped when the test ends.
@@ -65,17 +62,8 @@ impl Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports {
-        admin: free_everywhere(),
-        nmdb: free_everywhere(),
-        cluster: free_everywhere(),
-    };
-    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
-        .map(|id| (id, spawn(id, dir.path(), &ports)))
-        .collect();
-    for id in 1..=3 {
-        wait_ready(id, &ports, dir.path());
-    }
+    let ports = Ports::free();
+    let (mut nodes, _) = spawn_ready(dir.path(), &ports);
     let leader = agreed_leader(&ports);
 
     // Two writers per node, each on one connection for the whole test: an error (a failed

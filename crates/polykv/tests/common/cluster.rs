@@ -1,6 +1,7 @@
 //! A cluster of real `polykv` processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (node N on
 //! 127.0.0.N), for the end-to-end cluster tests.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -29,8 +30,30 @@ pub struct Ports {
     pub cluster: u16,
 }
 
+impl Ports {
+    /// Ports free on 127.0.0.1, .2 and .3 alike.
+    pub fn free() -> Ports {
+        Ports {
+            admin: free_everywhere(),
+            nmdb: free_everywhere(),
+            cluster: free_everywhere(),
+        }
+    }
+}
+
 pub struct ClusterNode {
     pub child: Option<Child>,
+}
+
+/// Nodes 1, 2 and 3 (nmdb over TCP only), once each is ready; with the leader the last of them
+/// reported.
+pub fn spawn_ready(dir: &Path, ports: &Ports) -> (BTreeMap<u64, ClusterNode>, u64) {
+    let nodes = (1..=3).map(|id| (id, spawn(id, dir, ports))).collect();
+    let mut leader = 0;
+    for id in 1..=3 {
+        leader = wait_ready(id, ports, dir);
+    }
+    (nodes, leader)
 }
 
 impl Drop for ClusterNode {
