@@ -147,25 +147,18 @@ fn a_snapshot_reproduces_the_state_and_replaces_what_was_there() {
     assert_eq!(b.committed_marker().unwrap().as_deref(), Some(&b"snap"[..]));
     assert!(b.get(0, b"stale").unwrap().is_none());
     // Versions go on from the snapshot's.
-    let next = b
-        .apply_committed(
-            Some(Proposal {
-                at_ms: 20,
-                command: Command::put(0, "after", Value::I32(1)),
-            }),
-            "n".into(),
-        )
-        .unwrap();
-    let expected = a
-        .apply_committed(
-            Some(Proposal {
-                at_ms: 20,
-                command: Command::put(0, "after", Value::I32(1)),
-            }),
-            "n".into(),
-        )
-        .unwrap();
-    assert_eq!(next, expected);
+    let put_after = |engine: &Engine| {
+        engine
+            .apply_committed(
+                Some(Proposal {
+                    at_ms: 20,
+                    command: Command::put(0, "after", Value::I32(1)),
+                }),
+                "n".into(),
+            )
+            .unwrap()
+    };
+    assert_eq!(put_after(&b), put_after(&a));
 }
 
 #[test]
