@@ -75,6 +75,28 @@ pub enum Command {
 }
 
 impl Command {
+    /// A put that applies only while the key is as `current` says (absent, or at its version):
+    /// the write of a read-modify-write.
+    pub fn put_unchanged(
+        ks: KeyspaceId,
+        key: Bytes,
+        value: Value,
+        current: Option<&Entry>,
+    ) -> Command {
+        Command::Put {
+            ks,
+            key,
+            value,
+            expires_at: None,
+            owner: None,
+            label: None,
+            condition: match current {
+                Some(entry) => Condition::VersionIs(entry.version),
+                None => Condition::Absent,
+            },
+        }
+    }
+
     /// A plain create-or-replace.
     pub fn put(ks: KeyspaceId, key: impl Into<Bytes>, value: Value) -> Command {
         Command::Put {

@@ -610,19 +610,7 @@ impl Engine {
         let Some(value) = change(current.as_ref()) else {
             return Ok((current, None));
         };
-        let condition = match &current {
-            Some(entry) => Condition::VersionIs(entry.version),
-            None => Condition::Absent,
-        };
-        let command = Command::Put {
-            ks,
-            key,
-            value,
-            expires_at: None,
-            owner: None,
-            label: None,
-            condition,
-        };
+        let command = Command::put_unchanged(ks, key, value, current.as_ref());
         let (outcome, seq) =
             self.apply_locked(&mut writer, Proposal { at_ms: at, command }, durability)?;
         Ok((

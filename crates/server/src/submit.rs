@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use polykv_cluster::{ClusterError, Node};
 use polykv_engine::{
-    Command, Condition, Durability, Engine, Entry, Error, KeyspaceId, Outcome, Pending, Value,
+    Command, Durability, Engine, Entry, Error, KeyspaceId, Outcome, Pending, Value,
 };
 
 /// Where writes go.
@@ -120,19 +120,7 @@ impl Submitter {
             let Some(value) = change(current.as_ref()) else {
                 return Ok((current, None));
             };
-            let condition = match &current {
-                Some(entry) => Condition::VersionIs(entry.version),
-                None => Condition::Absent,
-            };
-            let command = Command::Put {
-                ks,
-                key: key.clone(),
-                value,
-                expires_at: None,
-                owner: None,
-                label: None,
-                condition,
-            };
+            let command = Command::put_unchanged(ks, key.clone(), value, current.as_ref());
             match node
                 .submit(command, durability)
                 .await
