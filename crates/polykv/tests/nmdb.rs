@@ -413,6 +413,61 @@ async fn connection_limit_idle_and_partial_frame_timeouts() {
     assert!(closed);
 }
 
+/// A client pipelining frames that keep completing, each write ending half-way through the
+/// next frame, is never idle for longer than the partial-frame timeout: it is not closed,
+/// however long the stream lasts (the timeout counts from the last complete frame).
+#[tokio::test]
+async fn frames_that_keep_completing_are_not_a_stalled_partial_frame() {
+    let server = Server::start_with(Options {
+        args: ["--nmdb-partial-frame-timeout-secs", "2"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let codec = NmdbClientCodec {
+        transport: Transport::Tcp,
+    };
+    let mut stream_bytes = BytesMut::new();
+    const FRAMES: usize = 9;
+    for id in 0..FRAMES as u32 {
+        codec.encode_request(
+            &Request::Set {
+                id,
+                mode: polykv_protocols::nmdb::Mode::Normal,
+                key: bytes::Bytes::from(format!("k{id}")),
+                value: bytes::Bytes::from(vec![b'v'; 64]),
+            },
+            &mut stream_bytes,
+        );
+    }
+    // Cut the stream in the middle of every frame: 4.5 s of writes, 0.5 s apart.
+    let frame = stream_bytes.len() / FRAMES;
+    let mut stream = TcpStream::connect(server.nmdb_addr()).await.unwrap();
+    let mut sent = 0;
+    while sent < stream_bytes.len() {
+        let upto = (sent + frame).min(stream_bytes.len());
+        let upto = if sent == 0 { frame / 2 } else { upto };
+        stream.write_all(&stream_bytes[sent..upto]).await.unwrap();
+        sent = upto;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut replies = BytesMut::new();
+    let mut answered = 0;
+    while answered < FRAMES {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(T, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed after {answered} replies");
+        replies.extend_from_slice(&buf[..n]);
+        while let Ok(polykv_protocols::Decoded::Frame(_, used)) = codec.decode_response(&replies) {
+            let _ = replies.split_to(used);
+            answered += 1;
+        }
+    }
+}
+
 #[tokio::test]
 async fn sigterm_under_load_loses_no_acknowledged_write() {
     let mut server = Server::start();

@@ -641,7 +641,7 @@ where
                 return "shutting down";
             }
             match wake {
-                Wake::Readable(Ok(())) => match self.stream.try_read_buf(&mut input) {
+                Wake::Readable(Ok(())) => match read_available(&self.stream, &mut input) {
                     Ok(0) if input.is_empty() => return "client closed",
                     Ok(0) => return "client closed mid-frame",
                     Ok(_) => {}
@@ -686,6 +686,7 @@ where
                 }
             }
             // Decode and execute every complete frame; write whenever the output cap is passed.
+            let mut progressed = false;
             loop {
                 let (frames, close) = match self.execute_batch(&mut input, &mut output).await {
                     Ok(result) => result,
@@ -698,6 +699,7 @@ where
                 };
                 if frames > 0 {
                     last_frame = Instant::now();
+                    progressed = true;
                 }
                 if !output.is_empty() {
                     if write_all(&self.stream, &output).await.is_err() {
@@ -712,8 +714,11 @@ where
                     break;
                 }
             }
+            // The partial frame's clock starts when it does: after the last complete frame, so
+            // a client pipelining large frames without pause is never timed out mid-stream.
             partial_since = match (input.is_empty(), partial_since) {
                 (true, _) => None,
+                (false, _) if progressed => Some(last_frame),
                 (false, Some(since)) => Some(since),
                 (false, None) => Some(Instant::now()),
             };
@@ -945,6 +950,29 @@ where
             }
         }
         Ok(())
+    }
+}
+
+/// Reads what the socket holds into `input`'s spare room. A read that leaves room unused took
+/// everything there was, so the socket's readiness is cleared then, as tokio's own `poll_read`
+/// does on Linux: the session's next wait sleeps at once, instead of first paying a read that
+/// would block. Data arriving meanwhile is not missed: tokio clears only the readiness it saw
+/// before the read, and a new arrival is a new edge.
+fn read_available(stream: &TcpStream, input: &mut BytesMut) -> std::io::Result<usize> {
+    let mut short = None;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        let room = input.capacity() - input.len();
+        match stream.try_read_buf(input)? {
+            n if n > 0 && n < room => {
+                short = Some(n);
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
+            n => Ok(n),
+        }
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => result,
     }
 }
 
