@@ -239,6 +239,10 @@ impl Entry {
     }
 }
 
+/// Most cache lines of one record [`KeyedEntry::prefetch`] asks for: small records whole, the
+/// head of larger ones (whose value is sliced, not copied).
+const PREFETCH_LINES: usize = 4;
+
 /// Byte fields shorter than this are copied out of a shared record rather than sliced: the
 /// copy reads lines the lookup has just loaded, while a slice bumps a reference count kept in
 /// another allocation (a likely cache miss, and an atomic operation) and releases it later.
@@ -317,13 +321,15 @@ impl KeyedEntry {
         self.bytes.slice(self.key_len as usize..)
     }
 
-    /// Starts loading the record's first two cache lines (key, header and the start of the
-    /// value).
+    /// Starts loading every cache line the record spans, up to [`PREFETCH_LINES`]: a lookup
+    /// compares the key at its start and a get copies the value at its end, and an allocation
+    /// is not line-aligned (a 127-byte record in a 128-byte block can span three lines).
     pub(crate) fn prefetch(&self) {
         let start = self.bytes.as_ptr();
-        crate::cache::prefetch(start);
-        if self.bytes.len() > 64 {
-            crate::cache::prefetch(start.wrapping_add(64));
+        let first_line = start.wrapping_sub(start as usize % 64);
+        let spanned = (start as usize % 64 + self.bytes.len()).div_ceil(64);
+        for line in 0..spanned.min(PREFETCH_LINES) {
+            crate::cache::prefetch(first_line.wrapping_add(line * 64));
         }
     }
 
