@@ -151,7 +151,8 @@ impl KvStore {
             }
         };
         // A shared keyspace can hold bytes another protocol wrote; JSON strings cannot carry them.
-        let Ok(value) = String::from_utf8(read.entry.value.into_bytes().to_vec()) else {
+        // `Vec::from` takes over the copied-out value's buffer instead of copying it again.
+        let Ok(value) = String::from_utf8(Vec::from(read.entry.value.into_bytes())) else {
             return Outcome::Failure {
                 code: Code::Internal,
                 message: NOT_UTF8_MESSAGE,
