@@ -336,10 +336,23 @@ pub(super) fn minify(text: &[u8]) -> String {
     out
 }
 
+/// How many more bytes `s` takes as a JSON string than as text, beyond its quotes: 5 for each
+/// control character (`\u001f`, an upper bound: `\n` takes 1), 1 for each quote and backslash.
+/// Every byte is looked at, with no early exit, so the loop runs on whole vectors.
+pub fn escapes(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            0..=0x1f => 5,
+            b'"' | b'\\' => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Appends `s` as a JSON string (serde_json escaping: quotes, backslashes and control
 /// characters; non-ASCII stays UTF-8).
 pub(super) fn put_str(out: &mut BytesMut, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if escapes(s) == 0 {
         // Nothing to escape: the common case, written without the formatter.
         out.reserve(s.len() + 2);
         out.put_u8(b'"');

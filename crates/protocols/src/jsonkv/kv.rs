@@ -1,5 +1,7 @@
 //! jsonkv requests and responses (§3, §4) and the jsonkv codecs.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// The `operate` of a request.
@@ -179,8 +181,9 @@ pub enum RequestPayload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub value: String,
-    pub code: String,
-    pub message: String,
+    /// Borrowed when it is one of this module's: a server's reply allocates neither.
+    pub code: Cow<'static, str>,
+    pub message: Cow<'static, str>,
     pub id: Id,
 }
 
@@ -189,8 +192,8 @@ impl Response {
     pub fn success(op: Operate, value: String, id: Id) -> Response {
         Response {
             value,
-            code: Code::Success.as_str().into(),
-            message: op.success_message().into(),
+            code: Cow::Borrowed(Code::Success.as_str()),
+            message: Cow::Borrowed(op.success_message()),
             id,
         }
     }
@@ -201,11 +204,11 @@ impl Response {
     }
 
     /// An error with a specific message (1024 `value is not valid UTF-8`).
-    pub fn error_with(code: Code, message: &str, id: Id) -> Response {
+    pub fn error_with(code: Code, message: &'static str, id: Id) -> Response {
         Response {
             value: String::new(),
-            code: code.as_str().into(),
-            message: message.into(),
+            code: Cow::Borrowed(code.as_str()),
+            message: Cow::Borrowed(message),
             id,
         }
     }
@@ -433,10 +436,10 @@ fn parse_response_members<'a>(
     };
     Some(Response {
         value,
-        code: member_text(&result, "code")??,
+        code: Cow::Owned(member_text(&result, "code")??),
         message: match member_text(&result, "message") {
-            None => String::new(),
-            Some(v) => v?,
+            None => Cow::Borrowed(""),
+            Some(v) => Cow::Owned(v?),
         },
         id: read_id(&outer),
     })
@@ -444,10 +447,7 @@ fn parse_response_members<'a>(
 
 /// The member `name` as text ([`text_of`]): `None` when absent, `Some(None)` when neither a
 /// string nor a number. A string without escapes is taken without parsing it again.
-fn member_text(
-    members: &[(std::borrow::Cow<'_, str>, &[u8])],
-    name: &str,
-) -> Option<Option<String>> {
+fn member_text(members: &[(Cow<'_, str>, &[u8])], name: &str) -> Option<Option<String>> {
     match member_str(members, name)? {
         Some(text) => Some(Some(text.into_owned())),
         None => Some(member_value(members, name)?.and_then(text_of)),

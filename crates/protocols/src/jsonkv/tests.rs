@@ -1215,8 +1215,8 @@ fn response_strategy() -> impl Strategy<Value = Response> {
     (".{0,30}", "[0-9]{1,5}", ".{0,20}", id_strategy()).prop_map(|(value, code, message, id)| {
         Response {
             value,
-            code,
-            message,
+            code: code.into(),
+            message: message.into(),
             id,
         }
     })

@@ -189,14 +189,7 @@ impl KvStore {
 /// An upper bound of the size of `s` as a JSON string: control characters become up to six
 /// bytes, quotes and backslashes two.
 pub fn escaped_len(s: &str) -> usize {
-    s.bytes()
-        .map(|b| match b {
-            0..=0x1f => 6,
-            b'"' | b'\\' => 2,
-            _ => 1,
-        })
-        .sum::<usize>()
-        + 2
+    s.len() + 2 + polykv_protocols::jsonkv::escapes(s)
 }
 
 /// Whether a response code counts as an error in the metrics (a missing key does not).
