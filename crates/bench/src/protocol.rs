@@ -39,11 +39,20 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
+thread_local! {
+    /// Where [`encode_with`] lets a codec write: one buffer per thread, reused, so that
+    /// encoding a request allocates nothing of its own.
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
 /// Appends `request` as `codec` encodes it.
 fn encode_with<C: ClientCodec>(codec: C, request: &C::Request, out: &mut Vec<u8>) {
-    let mut buf = BytesMut::new();
-    codec.encode_request(request, &mut buf);
-    out.extend_from_slice(&buf);
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        codec.encode_request(request, &mut buf);
+        out.extend_from_slice(&buf);
+    });
 }
 
 /// Decodes the reply at the start of `buf` with `codec`: `Ok(None)` when incomplete, else the

@@ -30,7 +30,7 @@ fn server_error(code: &str, message: &str) -> ClientError {
 /// Turns the response to `command` into the caller's result: get → the value (`None` when
 /// missing), delete → whether the key existed, put → `None`.
 fn outcome(command: &Command, response: &Response) -> Result<Outcome> {
-    match (command, response.code.as_str()) {
+    match (command, &*response.code) {
         (Command::Put { .. }, "0") => Ok(Outcome::Done(true)),
         (Command::Get { .. }, "0") => Ok(Outcome::Value(Some(response.value.clone()))),
         (Command::Delete { .. }, "0") => Ok(Outcome::Done(true)),

@@ -959,7 +959,7 @@ async fn writes_cross_transports_and_survive_a_kill() {
     conn.flush().await.unwrap();
     for i in 0..50 {
         match conn.receive().await.unwrap() {
-            ResponsePayload::Single(r) => assert_eq!((r.code.as_str(), r.id), ("0", Id::number(i))),
+            ResponsePayload::Single(r) => assert_eq!((&*r.code, r.id), ("0", Id::number(i))),
             other => panic!("{other:?}"),
         }
     }

@@ -9,8 +9,12 @@ pub fn fuzz_server(data: &[u8]) {
     let server = JsonkvServerCodec::default();
     let client = JsonkvClientCodec::default();
     let limits = server.limits;
+    same_request_both_ways(data, &limits);
     let mut rest = data;
     while let Ok(Decoded::Frame(request, used)) = server.decode_request(rest) {
+        if let Ok(Decoded::Frame(payload, _)) = split_frame(rest, limits.max_frame) {
+            same_request_both_ways(payload, &limits);
+        }
         assert!(used >= HEADER_LEN && used <= rest.len());
         let mut out = BytesMut::new();
         client.encode_request(&request, &mut out);
@@ -48,8 +52,12 @@ pub fn fuzz_server(data: &[u8]) {
 pub fn fuzz_client(data: &[u8]) {
     let server = JsonkvServerCodec::default();
     let client = JsonkvClientCodec::default();
+    same_response_both_ways(data);
     let mut rest = data;
     while let Ok(Decoded::Frame(response, used)) = client.decode_response(rest) {
+        if let Ok(Decoded::Frame(payload, _)) = split_frame(rest, client.limits.max_frame) {
+            same_response_both_ways(payload);
+        }
         assert!(used >= HEADER_LEN && used <= rest.len());
         let mut out = BytesMut::new();
         server.encode_response(&response, &mut out);
@@ -77,6 +85,26 @@ pub fn fuzz_client(data: &[u8]) {
         assert_eq!(
             decode_agent_response(&out, DEFAULT_MAX_DEPTH),
             Some(response)
+        );
+    }
+}
+
+/// A request the plain reader takes decodes the same through the JSON parser.
+fn same_request_both_ways(payload: &[u8], limits: &Limits) {
+    if let Some(item) = decode_plain_request(payload, limits) {
+        assert_eq!(
+            RequestPayload::Single(item),
+            decode_request_payload_parsed(payload, limits)
+        );
+    }
+}
+
+/// A response the plain reader takes decodes the same through the JSON parser.
+fn same_response_both_ways(payload: &[u8]) {
+    if let Some(response) = decode_plain_response(payload, DEFAULT_MAX_DEPTH) {
+        assert_eq!(
+            Some(ResponsePayload::Single(response)),
+            decode_response_payload_parsed(payload, DEFAULT_MAX_DEPTH)
         );
     }
 }

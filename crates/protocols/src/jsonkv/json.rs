@@ -64,12 +64,17 @@ pub(super) fn document_to_parse(payload: &[u8], max_depth: usize) -> Option<&[u8
     if !depth_within(payload, max_depth) {
         return None;
     }
-    let start = skip_ws(payload, 0);
-    let mut end = payload.len();
-    while end > start && payload.get(end - 1).copied().is_some_and(is_ws) {
+    Some(trim_ws(payload))
+}
+
+/// `text` without the white space around it.
+pub(super) fn trim_ws(text: &[u8]) -> &[u8] {
+    let start = skip_ws(text, 0);
+    let mut end = text.len();
+    while end > start && text.get(end - 1).copied().is_some_and(is_ws) {
         end -= 1;
     }
-    payload.get(start..end)
+    &text[start..end]
 }
 
 /// An object's members in order: (decoded name, raw value text). A name without escapes borrows
@@ -137,6 +142,123 @@ pub(super) fn members(text: &[u8]) -> Option<Members<'_>> {
             .map(|(name, raw)| (name.0, raw.get().as_bytes()))
             .collect(),
     )
+}
+
+/// [`members`] of a plain object, read without the JSON parser: every name and string value
+/// without escapes or control characters, every other value an integer, `true`, `false`,
+/// `null`, or (`nested`) a plain object itself. `None` for anything else, valid or not: the
+/// caller then takes [`members`], which decides. So this accepts only valid JSON and returns
+/// exactly what [`members`] would; a fuzz target checks both. `text` must be UTF-8.
+pub(super) fn plain_members(text: &[u8], nested: bool) -> Option<Members<'_>> {
+    let mut scan = Plain { text, at: 0 };
+    let members = scan.object(nested)?;
+    (scan.at == text.len()).then_some(members)
+}
+
+/// The cursor of [`plain_members`].
+struct Plain<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Plain<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.at).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        self.at = skip_ws(self.text, self.at);
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// An object starting at the cursor, up to its closing brace.
+    fn object(&mut self, nested: bool) -> Option<Members<'a>> {
+        self.eat(b'{')?;
+        let mut out = Vec::with_capacity(6);
+        self.skip_ws();
+        if self.eat(b'}').is_some() {
+            return Some(out);
+        }
+        loop {
+            self.skip_ws();
+            let name = self.string()?;
+            // The text is UTF-8 and the string has no escapes: its inside is the name.
+            let name = std::str::from_utf8(name.get(1..name.len() - 1)?).ok()?;
+            self.skip_ws();
+            self.eat(b':')?;
+            self.skip_ws();
+            let value = self.value(nested)?;
+            out.push((Cow::Borrowed(name), value));
+            self.skip_ws();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(out);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A member value's raw text.
+    fn value(&mut self, nested: bool) -> Option<&'a [u8]> {
+        let start = self.at;
+        match self.peek()? {
+            b'"' => return self.string(),
+            b'{' if nested => {
+                self.object(false)?;
+            }
+            b'-' | b'0'..=b'9' => self.integer()?,
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            _ => return None,
+        }
+        self.text.get(start..self.at)
+    }
+
+    /// A string without escapes or control characters, quotes included.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let start = self.at;
+        self.eat(b'"')?;
+        let rest = self.text.get(self.at..)?;
+        let len = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        self.at += len + 1;
+        self.text.get(start..self.at)
+    }
+
+    /// `-?(0|[1-9][0-9]*)`; a fraction or exponent is left to the parser.
+    fn integer(&mut self) -> Option<()> {
+        let _ = self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => {
+                while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                    self.at += 1;
+                }
+            }
+            _ => return None,
+        }
+        // `1.5`, `1e3`: valid, but not plain.
+        match self.peek() {
+            Some(b'.' | b'e' | b'E') => None,
+            _ => Some(()),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.at.checked_add(word.len())?;
+        (self.text.get(self.at..end)? == word).then(|| self.at = end)
+    }
 }
 
 /// The elements of the JSON array `text` (exactly one value), as raw text; `None` when `text` is
@@ -214,10 +336,23 @@ pub(super) fn minify(text: &[u8]) -> String {
     out
 }
 
+/// How many more bytes `s` takes as a JSON string than as text, beyond its quotes: 5 for each
+/// control character (`\u001f`, an upper bound: `\n` takes 1), 1 for each quote and backslash.
+/// Every byte is looked at, with no early exit, so the loop runs on whole vectors.
+pub fn escapes(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            0..=0x1f => 5,
+            b'"' | b'\\' => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Appends `s` as a JSON string (serde_json escaping: quotes, backslashes and control
 /// characters; non-ASCII stays UTF-8).
 pub(super) fn put_str(out: &mut BytesMut, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if escapes(s) == 0 {
         // Nothing to escape: the common case, written without the formatter.
         out.reserve(s.len() + 2);
         out.put_u8(b'"');

@@ -1,5 +1,7 @@
 //! jsonkv requests and responses (§3, §4) and the jsonkv codecs.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// The `operate` of a request.
@@ -179,8 +181,9 @@ pub enum RequestPayload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub value: String,
-    pub code: String,
-    pub message: String,
+    /// Borrowed when it is one of this module's: a server's reply allocates neither.
+    pub code: Cow<'static, str>,
+    pub message: Cow<'static, str>,
     pub id: Id,
 }
 
@@ -189,8 +192,8 @@ impl Response {
     pub fn success(op: Operate, value: String, id: Id) -> Response {
         Response {
             value,
-            code: Code::Success.as_str().into(),
-            message: op.success_message().into(),
+            code: Cow::Borrowed(Code::Success.as_str()),
+            message: Cow::Borrowed(op.success_message()),
             id,
         }
     }
@@ -201,11 +204,11 @@ impl Response {
     }
 
     /// An error with a specific message (1024 `value is not valid UTF-8`).
-    pub fn error_with(code: Code, message: &str, id: Id) -> Response {
+    pub fn error_with(code: Code, message: &'static str, id: Id) -> Response {
         Response {
             value: String::new(),
-            code: code.as_str().into(),
-            message: message.into(),
+            code: Cow::Borrowed(code.as_str()),
+            message: Cow::Borrowed(message),
             id,
         }
     }
@@ -280,6 +283,26 @@ fn parse_members(members: &Members<'_>, limits: &Limits) -> Item {
 
 /// Decodes a jsonkv request payload (the JSON after the header).
 pub fn decode_request_payload(payload: &[u8], limits: &Limits) -> RequestPayload {
+    match decode_plain_request(payload, limits) {
+        Some(item) => RequestPayload::Single(item),
+        None => decode_request_payload_parsed(payload, limits),
+    }
+}
+
+/// The common request, one flat object of plain members ([`plain_members`]), read without
+/// the JSON parser; `None` for any other payload.
+pub(super) fn decode_plain_request(payload: &[u8], limits: &Limits) -> Option<Item> {
+    if limits.max_depth == 0 {
+        return None;
+    }
+    std::str::from_utf8(payload).ok()?;
+    let doc = trim_ws(payload);
+    let members = plain_members(doc, false)?;
+    Some(parse_members(&members, limits))
+}
+
+/// [`decode_request_payload`] through the JSON parser: any payload.
+pub(super) fn decode_request_payload_parsed(payload: &[u8], limits: &Limits) -> RequestPayload {
     // Invalid syntax is found by the parse below (and is just as malformed).
     let Some(doc) = document_to_parse(payload, limits.max_depth) else {
         return RequestPayload::Malformed;
@@ -397,25 +420,65 @@ pub(super) fn text_of(value: Value) -> Option<String> {
 }
 
 pub(super) fn parse_response(raw: &[u8]) -> Option<Response> {
-    let outer = members(raw)?;
+    parse_response_members(members(raw)?, members)
+}
+
+/// A response from its outer members; `members` splits the `result` object.
+fn parse_response_members<'a>(
+    outer: Members<'a>,
+    members: impl Fn(&'a [u8]) -> Option<Members<'a>>,
+) -> Option<Response> {
     let result = members(member(&outer, "result")?)?;
-    let value = match member_value(&result, "value") {
-        None | Some(Some(Value::Null)) => String::new(),
-        Some(v) => text_of(v?)?,
+    let value = match member(&result, "value") {
+        // A raw value is compact: `null` is its only spelling.
+        None | Some(b"null") => String::new(),
+        Some(_) => member_text(&result, "value")??,
     };
     Some(Response {
         value,
-        code: text_of(member_value(&result, "code")??)?,
-        message: match member_value(&result, "message") {
-            None => String::new(),
-            Some(v) => text_of(v?)?,
+        code: Cow::Owned(member_text(&result, "code")??),
+        message: match member_text(&result, "message") {
+            None => Cow::Borrowed(""),
+            Some(v) => Cow::Owned(v?),
         },
         id: read_id(&outer),
     })
 }
 
+/// The member `name` as text ([`text_of`]): `None` when absent, `Some(None)` when neither a
+/// string nor a number. A string without escapes is taken without parsing it again.
+fn member_text(members: &[(Cow<'_, str>, &[u8])], name: &str) -> Option<Option<String>> {
+    match member_str(members, name)? {
+        Some(text) => Some(Some(text.into_owned())),
+        None => Some(member_value(members, name)?.and_then(text_of)),
+    }
+}
+
 /// Decodes a response payload (client side); `None` when it is not a jsonkv response.
 pub fn decode_response_payload(payload: &[u8], max_depth: usize) -> Option<ResponsePayload> {
+    if let Some(response) = decode_plain_response(payload, max_depth) {
+        return Some(ResponsePayload::Single(response));
+    }
+    decode_response_payload_parsed(payload, max_depth)
+}
+
+/// The common response, one object of plain members whose `result` is one too
+/// ([`plain_members`]), read without the JSON parser; `None` for any other payload, and for a
+/// plain object that is not a response (the parser then decides the same).
+pub(super) fn decode_plain_response(payload: &[u8], max_depth: usize) -> Option<Response> {
+    if max_depth < 2 {
+        return None;
+    }
+    std::str::from_utf8(payload).ok()?;
+    let outer = plain_members(trim_ws(payload), true)?;
+    parse_response_members(outer, |raw| plain_members(raw, false))
+}
+
+/// [`decode_response_payload`] through the JSON parser: any payload.
+pub(super) fn decode_response_payload_parsed(
+    payload: &[u8],
+    max_depth: usize,
+) -> Option<ResponsePayload> {
     let doc = document(payload, max_depth)?;
     match doc.first()? {
         b'{' => Some(ResponsePayload::Single(parse_response(doc)?)),

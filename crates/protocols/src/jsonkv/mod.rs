@@ -70,8 +70,8 @@ pub use agent::*;
 pub use frame::*;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use fuzz::*;
-pub use json::Id;
 use json::*;
+pub use json::{escapes, Id};
 pub use kv::*;
 pub use rpc::*;
 

@@ -1215,8 +1215,8 @@ fn response_strategy() -> impl Strategy<Value = Response> {
     (".{0,30}", "[0-9]{1,5}", ".{0,20}", id_strategy()).prop_map(|(value, code, message, id)| {
         Response {
             value,
-            code,
-            message,
+            code: code.into(),
+            message: message.into(),
             id,
         }
     })
@@ -1320,5 +1320,107 @@ fn fuzz_bodies_on_every_vector() {
         let twice = [frame(json), frame(json)].concat();
         fuzz_server(&twice);
         fuzz_client(&twice);
+    }
+}
+
+// --- The plain reader (json::plain_members) --------------------------------------------------
+
+/// Payloads the plain reader must take, and what it must give: the parser's result.
+#[test]
+fn plain_reader_takes_plain_objects_as_the_parser_does() {
+    for json in [
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1}"#,
+        r#" { "jsonkv" : "1.0" , "operate":"GET","key":"k","id":-0 } "#,
+        r#"{"jsonkv":"1.0","operate":"put","key":"k","value":"é€😀","id":null}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"a","key":"b","id":true}"#,
+        r#"{"jsonkv":"1.0","operate":"delete","key":"k","id":"x y"}"#,
+        r#"{"jsonkv":"2.0","operate":"get","key":"k"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"","id":12345678901234567890123}"#,
+        "{}",
+    ] {
+        let plain = decode_plain_request(json.as_bytes(), &limits())
+            .unwrap_or_else(|| panic!("{json}: not taken by the plain reader"));
+        assert_eq!(
+            RequestPayload::Single(plain),
+            decode_request_payload_parsed(json.as_bytes(), &limits()),
+            "{json}"
+        );
+    }
+}
+
+/// Payloads the plain reader must leave to the parser: anything with escapes, fractions,
+/// nesting or arrays, and every kind of invalid JSON (which the parser then refuses).
+#[test]
+fn plain_reader_leaves_everything_else_to_the_parser() {
+    for json in [
+        r#"{"jsonkv":"1.0","operate":"get","key":"a\"b","id":1}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1.5}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1e3}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":[1]}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":{"a":1}}"#,
+        r#"[{"jsonkv":"1.0","operate":"get","key":"k"}]"#,
+        // Invalid: leading zero, lone minus, trailing comma, missing comma, bare word,
+        // control character, trailing text, two documents, unterminated.
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":01}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":-}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k",}"#,
+        r#"{"jsonkv":"1.0" "operate":"get","key":"k"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":nul}"#,
+        "{\"jsonkv\":\"1.0\",\"operate\":\"get\",\"key\":\"a\u{1}b\"}",
+        r#"{"jsonkv":"1.0","operate":"get","key":"k"}x"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k"}{}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k""#,
+        r#"{,}"#,
+    ] {
+        assert_eq!(
+            decode_plain_request(json.as_bytes(), &limits()),
+            None,
+            "{json}: taken by the plain reader"
+        );
+    }
+    // Not UTF-8 inside a string: refused as malformed through the parser.
+    let bytes = b"{\"jsonkv\":\"1.0\",\"operate\":\"get\",\"key\":\"\xff\"}";
+    assert_eq!(decode_plain_request(bytes, &limits()), None);
+    assert_eq!(
+        decode_request_payload(bytes, &limits()),
+        RequestPayload::Malformed
+    );
+    // A depth limit of 0 refuses every object: the plain reader steps aside.
+    let none_deep = Limits {
+        max_depth: 0,
+        ..limits()
+    };
+    assert_eq!(decode_plain_request(b"{}", &none_deep), None);
+    assert_eq!(
+        decode_request_payload(b"{}", &none_deep),
+        RequestPayload::Malformed
+    );
+}
+
+#[test]
+fn plain_reader_takes_responses_as_the_parser_does() {
+    for json in [
+        V1_RESP,
+        r#"{"jsonkv":"1.0","result":{"value":"v","code":"1000","message":"key does not exist."},"id":7}"#,
+        r#"{"jsonkv":"1.0","result":{"value":null,"code":8193},"id":null}"#,
+    ] {
+        let plain = decode_plain_response(json.as_bytes(), DEFAULT_MAX_DEPTH)
+            .unwrap_or_else(|| panic!("{json}: not taken by the plain reader"));
+        assert_eq!(
+            Some(ResponsePayload::Single(plain)),
+            decode_response_payload_parsed(json.as_bytes(), DEFAULT_MAX_DEPTH),
+            "{json}"
+        );
+    }
+    for json in [
+        r#"{"jsonkv":"1.0","result":{"value":"a\nb","code":"0","message":""},"id":1}"#,
+        r#"{"jsonkv":"1.0","result":{"value":"","code":"0","message":""},"id":1,}"#,
+        r#"{"jsonkv":"1.0","result":{"value":"","code":"0","message":"","x":{}},"id":1}"#,
+    ] {
+        assert_eq!(
+            decode_plain_response(json.as_bytes(), DEFAULT_MAX_DEPTH),
+            None,
+            "{json}"
+        );
     }
 }

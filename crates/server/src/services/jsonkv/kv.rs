@@ -151,7 +151,8 @@ impl KvStore {
             }
         };
         // A shared keyspace can hold bytes another protocol wrote; JSON strings cannot carry them.
-        let Ok(value) = String::from_utf8(read.entry.value.into_bytes().to_vec()) else {
+        // `Vec::from` takes over the copied-out value's buffer instead of copying it again.
+        let Ok(value) = String::from_utf8(Vec::from(read.entry.value.into_bytes())) else {
             return Outcome::Failure {
                 code: Code::Internal,
                 message: NOT_UTF8_MESSAGE,
@@ -188,14 +189,7 @@ impl KvStore {
 /// An upper bound of the size of `s` as a JSON string: control characters become up to six
 /// bytes, quotes and backslashes two.
 pub fn escaped_len(s: &str) -> usize {
-    s.bytes()
-        .map(|b| match b {
-            0..=0x1f => 6,
-            b'"' | b'\\' => 2,
-            _ => 1,
-        })
-        .sum::<usize>()
-        + 2
+    s.len() + 2 + polykv_protocols::jsonkv::escapes(s)
 }
 
 /// Whether a response code counts as an error in the metrics (a missing key does not).

@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use polykv_engine::{
-    Change, Command, Durability, Engine, Entry, Event, KeyspaceId, Outcome, Subscription,
+    Change, Command, Durability, Engine, Entry, Event, KeyspaceId, Outcome, Subscription, Value,
 };
 use polykv_protocols::minority::{op, status, Op, Request, Response};
 
-use super::keys::{engine_key, split_key};
+use super::keys::{engine_key, lookup_key, split_key};
 
 use super::MinorityConfig;
 use crate::session::{Reply, Service};
@@ -106,6 +106,57 @@ impl MinorityService {
         }
     }
 
+    /// A get's reply. The ids move into it: a get copies nothing but its value.
+    async fn get(&self, opaque: u32, data_id: Bytes, datanum_id: Bytes) -> Response {
+        let s = &self.shared;
+        let read = match s.submitter.read_barrier().await {
+            Ok(()) => s.engine.get(s.keyspace, &lookup_key(&data_id, &datanum_id)),
+            Err(e) => Err(e),
+        };
+        let (status, value) = match read {
+            Ok(Some(read)) => (status::OK, read.entry.value.into_bytes()),
+            Ok(None) => (status::NOT_FOUND, Bytes::new()),
+            Err(_) => (status::STORE_FAIL, Bytes::new()),
+        };
+        Response {
+            op: op::GET,
+            status,
+            opaque,
+            data_id,
+            datanum_id,
+            value,
+        }
+    }
+
+    /// A set or delete: OK once as durable as configured, NOT_FOUND for a delete of nothing,
+    /// STORE_FAIL when the engine refuses or the write cannot be made durable.
+    async fn write(
+        &self,
+        code: u8,
+        opaque: u32,
+        data_id: Bytes,
+        datanum_id: Bytes,
+        command: Command,
+    ) -> Reply<Response> {
+        let answer =
+            |status: u16| reply_to(code, status, opaque, &data_id, &datanum_id, Bytes::new());
+        match self
+            .shared
+            .submitter
+            .submit(command, self.durability())
+            .await
+        {
+            Ok(pending) if code == op::DELETE && *pending.outcome() == Outcome::NotFound => {
+                Reply::send(answer(status::NOT_FOUND))
+            }
+            Ok(pending) => Reply::after(pending, answer(status::OK), answer(status::STORE_FAIL)),
+            Err(e) => {
+                tracing::warn!(error = %e, op = code, "minority write failed");
+                Reply::send(answer(status::STORE_FAIL))
+            }
+        }
+    }
+
     fn notify(&mut self, opaque: u32, data_id: Bytes, datanum_id: Bytes) -> Response {
         let answer = |status: u16, value: Bytes| {
             reply_to(op::NOTIFY, status, opaque, &data_id, &datanum_id, value)
@@ -193,21 +244,29 @@ impl Service for MinorityService {
     }
 
     fn prefetch(&self, requests: &[Request]) {
-        let keys: Vec<Bytes> = requests
-            .iter()
-            .filter_map(|request| match request {
-                Request::Frame {
-                    data_id,
-                    datanum_id,
-                    ..
-                } => Some(engine_key(data_id, datanum_id)),
-                _ => None,
-            })
+        let frames = requests.iter().filter_map(|request| match request {
+            Request::Frame {
+                data_id,
+                datanum_id,
+                ..
+            } => Some((data_id, datanum_id)),
+            _ => None,
+        });
+        // A key that is the dataId alone is borrowed; only compound keys are built.
+        let compound: Vec<_> = frames
+            .clone()
+            .filter(|(_, datanum_id)| !datanum_id.is_empty())
+            .map(|(data_id, datanum_id)| lookup_key(data_id, datanum_id))
             .collect();
+        let simple = frames
+            .filter(|(_, datanum_id)| datanum_id.is_empty())
+            .map(|(data_id, _)| &data_id[..]);
         let ks = self.shared.keyspace;
-        self.shared
-            .engine
-            .prefetch(keys.iter().map(|key| (ks, &key[..])));
+        self.shared.engine.prefetch(
+            simple
+                .chain(compound.iter().map(|key| &key[..]))
+                .map(|key| (ks, key)),
+        );
     }
 
     async fn call(&mut self, request: Request) -> Reply<Response> {
@@ -249,59 +308,19 @@ impl Service for MinorityService {
                 Bytes::new(),
             ));
         }
-        let s = self.shared.clone();
-        let key = engine_key(&data_id, &datanum_id);
-        let answer = |status: u16, value: Bytes| {
-            reply_to(code, status, opaque, &data_id, &datanum_id, value)
-        };
         match op {
-            Op::Get => match async {
-                s.submitter.read_barrier().await?;
-                s.engine.get(s.keyspace, &key)
+            Op::Get => Reply::send(self.get(opaque, data_id, datanum_id).await),
+            Op::Set => {
+                let key = engine_key(&data_id, &datanum_id);
+                let command = Command::put(self.shared.keyspace, key, Value::Bytes(value));
+                self.write(code, opaque, data_id, datanum_id, command).await
             }
-            .await
-            {
-                Ok(Some(read)) => Reply::send(answer(status::OK, read.entry.value.into_bytes())),
-                Ok(None) => Reply::send(answer(status::NOT_FOUND, Bytes::new())),
-                Err(_) => Reply::send(answer(status::STORE_FAIL, Bytes::new())),
-            },
-            Op::Set => match s
-                .submitter
-                .submit(
-                    Command::put(s.keyspace, key, polykv_engine::Value::Bytes(value)),
-                    self.durability(),
-                )
-                .await
-            {
-                Ok(pending) => Reply::after(
-                    pending,
-                    answer(status::OK, Bytes::new()),
-                    answer(status::STORE_FAIL, Bytes::new()),
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "minority set failed");
-                    Reply::send(answer(status::STORE_FAIL, Bytes::new()))
-                }
-            },
-            Op::Delete => match s
-                .submitter
-                .submit(Command::delete(s.keyspace, key), self.durability())
-                .await
-            {
-                Ok(pending) if *pending.outcome() == Outcome::NotFound => {
-                    Reply::send(answer(status::NOT_FOUND, Bytes::new()))
-                }
-                Ok(pending) => Reply::after(
-                    pending,
-                    answer(status::OK, Bytes::new()),
-                    answer(status::STORE_FAIL, Bytes::new()),
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "minority delete failed");
-                    Reply::send(answer(status::STORE_FAIL, Bytes::new()))
-                }
-            },
-            Op::Notify => Reply::send(self.notify(opaque, data_id.clone(), datanum_id.clone())),
+            Op::Delete => {
+                let key = engine_key(&data_id, &datanum_id);
+                let command = Command::delete(self.shared.keyspace, key);
+                self.write(code, opaque, data_id, datanum_id, command).await
+            }
+            Op::Notify => Reply::send(self.notify(opaque, data_id, datanum_id)),
             Op::Heartbeat | Op::Version => {
                 Reply::send(Response::bare(code, status::INVALID, opaque))
             }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use polykv_engine::cache::PREFETCH_MAX;
 use polykv_engine::{
     Command, Condition, Durability, Engine, Entry, KeyspaceId, LockOutcome, Outcome,
     Value as EngineValue,
@@ -587,18 +588,22 @@ impl Service for OpenClusterService {
     }
 
     fn prefetch(&self, requests: &[Request]) {
-        let keys: Vec<[u8; 8]> = requests
-            .iter()
-            .filter_map(|request| match request.body {
-                RequestBody::Get { item, .. }
-                | RequestBody::GetType { item }
-                | RequestBody::Set { item, .. } => Some(item.engine_key()),
-                _ => None,
-            })
-            .collect();
+        // The keys live on the stack: a batch's prefetch allocates nothing.
+        let mut keys = [[0u8; 8]; PREFETCH_MAX];
+        let mut count = 0;
+        let items = requests.iter().filter_map(|request| match request.body {
+            RequestBody::Get { item, .. }
+            | RequestBody::GetType { item }
+            | RequestBody::Set { item, .. } => Some(item),
+            _ => None,
+        });
+        for (slot, item) in keys.iter_mut().zip(items) {
+            *slot = item.engine_key();
+            count += 1;
+        }
         let ks = self.shared.keyspace;
         self.engine()
-            .prefetch(keys.iter().map(|key| (ks, &key[..])));
+            .prefetch(keys[..count].iter().map(|key| (ks, &key[..])));
     }
 
     fn is_error(response: &Response) -> bool {
