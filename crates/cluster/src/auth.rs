@@ -75,7 +75,6 @@ fn nonce() -> [u8; NONCE] {
     out
 }
 
-/// Whose side of a refusal: the id check's error, or a failure to store the id taken.
 fn foreign(e: IdentityError) -> AuthError {
     AuthError::Foreign(e)
 }
@@ -131,15 +130,11 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     raw.copy_from_slice(their_cluster);
     let admitted = identity.admit(ClusterId::from_wire(raw));
     let verdict = match &admitted {
+        Ok(()) => ADMITTED,
         Err(IdentityError::Foreign { .. }) => FOREIGN,
-        _ => ADMITTED,
+        // The id taken could not be stored: no verdict, the connection just closes.
+        Err(_) => return Err(AuthError::Refused("cannot store the cluster id")),
     };
-    // A failure to store a taken id is not told to the dialer; the connection just closes.
-    if verdict == ADMITTED {
-        admitted
-            .as_ref()
-            .map_err(|_| AuthError::Refused("cannot store the cluster id"))?;
-    }
     let cluster = ClusterId::to_wire(identity.get());
     let reply = mac(secret, &[b"listen2", theirs, &ours, &cluster, &[verdict]])
         .finalize()
