@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use polykv_cluster::identity::Identity;
 use polykv_cluster::sim::Router;
 use polykv_cluster::tcp::{self, TcpTransport};
 use polykv_cluster::transport::Transport;
@@ -39,8 +40,9 @@ async fn main() {
         let engine =
             Engine::open_dir(&dir.path().join(format!("e{id}")), EngineConfig::default()).unwrap();
         let config = NodeConfig::new(id, dir.path().join(format!("r{id}")));
+        let identity = Arc::new(Identity::in_memory(None));
         let (transport, tcp_transport): (Arc<dyn Transport>, _) = if use_tcp {
-            let t = TcpTransport::new(id, b"secret");
+            let t = TcpTransport::new(id, b"secret", identity.clone());
             (t.clone(), Some(t))
         } else {
             (router.transport(id), None)
@@ -51,6 +53,7 @@ async fn main() {
                 listener,
                 Arc::new(node.clone()),
                 b"secret".as_slice().into(),
+                identity,
                 t.counters.clone(),
             ));
         }

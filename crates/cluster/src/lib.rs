@@ -21,6 +21,7 @@
 pub mod auth;
 mod batch;
 mod frames;
+pub mod identity;
 pub mod linearizability;
 pub mod log_store;
 pub mod network;

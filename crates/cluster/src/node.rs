@@ -22,6 +22,7 @@ use polykv_engine::{Command, Durability, Engine, Outcome, Proposal};
 use serde::Serialize;
 
 use crate::batch::Batcher;
+use crate::identity::ClusterId;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::state_machine::StateMachine;
@@ -84,6 +85,8 @@ pub struct MemberStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
     pub node_id: NodeId,
+    /// The cluster's random id (hex), once this node has one.
+    pub cluster_id: Option<String>,
     pub leader: Option<NodeId>,
     pub term: u64,
     pub last_log_index: Option<u64>,
@@ -250,8 +253,24 @@ impl Node {
         Err(unavailable("no majority of the peers answered"))
     }
 
-    /// Founds a cluster of these voters (once, on one node, with empty logs everywhere).
+    /// The random id of the cluster this node belongs to (drawn by the node that founded it,
+    /// taken from peers in the cluster port's handshake), if it has one yet.
+    pub fn cluster_uid(&self) -> Option<ClusterId> {
+        self.inner.transport.identity().and_then(|i| i.get())
+    }
+
+    /// Founds a cluster of these voters (once, on one node, with empty logs everywhere). A
+    /// transport that checks cluster ids gets this cluster's (drawn now unless this node
+    /// already has one), and its connections handshake again for the peers to take it.
     pub async fn initialize(&self, voters: BTreeMap<NodeId, Member>) -> Result<(), ClusterError> {
+        let founded = self.inner.raft.is_initialized().await.unwrap_or(true);
+        if let Some(identity) = self.inner.transport.identity().filter(|_| !founded) {
+            let drawn = identity
+                .draw()
+                .map_err(|e| ClusterError::Storage(e.to_string()))?;
+            tracing::info!(cluster = %drawn, "cluster id");
+            self.inner.transport.reconnect();
+        }
         match self.inner.raft.initialize(voters).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
@@ -478,6 +497,7 @@ impl Node {
             .collect();
         Status {
             node_id: self.inner.id,
+            cluster_id: self.cluster_uid().map(|id| id.to_hex()),
             leader: metrics.current_leader,
             term: metrics.current_term,
             last_log_index: last_log,

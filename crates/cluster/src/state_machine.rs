@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::snapshot::{self, Reader, Writer};
 use crate::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
+/// The clock was added as the last field without a new format: postcard writes a struct's
+/// fields one after the other, so a binary from before it reads a marker with the clock as
+/// one without (the clock, trailing, is ignored), and this one reads an older marker with a
+/// clock of 0.
 const MARKER_FORMAT: u8 = 1;
 
 /// The position the engine holds: the last entry applied whole, and, while an entry's
@@ -31,6 +35,18 @@ const MARKER_FORMAT: u8 = 1;
 /// proposals are done (a restart in the middle applies only the rest).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Marker {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    partial: Option<(LogId, u32)>,
+    /// The replicated clock: the latest time (ms) an applied proposal carried. Every proposal
+    /// is applied at no earlier time than this, and the engine's expiry reaper is held at it,
+    /// so an entry with a TTL is alive or expired for a proposal alike on every node.
+    clock: u64,
+}
+
+/// A marker as written before the clock.
+#[derive(Serialize, Deserialize)]
+struct MarkerWithoutClock {
     applied: Option<LogId>,
     membership: StoredMembership,
     partial: Option<(LogId, u32)>,
@@ -46,9 +62,35 @@ impl Marker {
 
     fn decode(raw: &[u8]) -> Option<Marker> {
         match raw.split_first() {
-            Some((&MARKER_FORMAT, body)) => postcard::from_bytes(body).ok(),
+            Some((&MARKER_FORMAT, body)) => postcard::from_bytes(body).ok().or_else(|| {
+                let old: MarkerWithoutClock = postcard::from_bytes(body).ok()?;
+                Some(Marker {
+                    applied: old.applied,
+                    membership: old.membership,
+                    partial: old.partial,
+                    clock: 0,
+                })
+            }),
             _ => None,
         }
+    }
+}
+
+/// A snapshot's id: `{term}-{index}-{n}-{clock}`, the replicated clock last, so that a node
+/// that installs it takes the clock with the data (ids without it give a clock of 0).
+fn snapshot_id(applied: Option<LogId>, n: u64, clock: u64) -> String {
+    format!(
+        "{}-{}-{n}-{clock}",
+        applied.map_or(0, |l| l.leader_id.term),
+        applied.map_or(0, |l| l.index),
+    )
+}
+
+fn clock_of_snapshot(id: &str) -> u64 {
+    let parts: Vec<&str> = id.split('-').collect();
+    match parts.as_slice() {
+        [_, _, _, clock] => clock.parse().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -86,6 +128,7 @@ fn import(engine: &Engine, dir: &Path, meta: &SnapshotMeta) -> Result<(), Storag
         applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
         partial: None,
+        clock: clock_of_snapshot(&meta.snapshot_id),
     };
     engine
         .import(
@@ -124,6 +167,7 @@ impl StateMachine {
                     applied: meta.last_log_id,
                     membership: meta.last_membership.clone(),
                     partial: None,
+                    clock: clock_of_snapshot(&meta.snapshot_id),
                 }
             }
             Some(raw) => Marker::decode(raw)
@@ -133,6 +177,7 @@ impl StateMachine {
             marker.applied.map_or(0, |id| id.index + 1),
             Ordering::SeqCst,
         );
+        engine.hold_reaper_at(marker.clock);
         Ok(StateMachine {
             engine,
             dir: dir.to_path_buf(),
@@ -149,6 +194,7 @@ impl StateMachine {
             self.marker.applied.map_or(0, |id| id.index + 1),
             Ordering::SeqCst,
         );
+        self.engine.hold_reaper_at(self.marker.clock);
     }
 
     async fn open_snapshot(
@@ -185,11 +231,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             writer.finish().map_err(snap_err)?;
             // Everything the snapshot holds is on disk before the log behind it is purged.
             let marker = raw.as_deref().and_then(Marker::decode).unwrap_or_default();
-            let id = format!(
-                "{}-{}-{n}",
-                marker.applied.map_or(0, |l| l.leader_id.term),
-                marker.applied.map_or(0, |l| l.index),
-            );
+            let id = snapshot_id(marker.applied, n, marker.clock);
             std::fs::rename(&tmp, snapshot::data_path(&dir, &id)).map_err(snap_err)?;
             let meta = SnapshotMeta {
                 last_log_id: marker.applied,
@@ -244,11 +286,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .apply_committed(None, self.marker.encode())
                     .map_err(|e| StorageIOError::apply(log_id, &e))?;
             }
-            for (i, proposal) in proposals.into_iter().enumerate() {
+            for (i, mut proposal) in proposals.into_iter().enumerate() {
                 if i < done {
                     outcomes.push(None);
                     continue;
                 }
+                // Proposals carry the clock of the node that took them: applied at no earlier
+                // time than any before them, the same on every node.
+                proposal.at_ms = proposal.at_ms.max(self.marker.clock);
+                self.marker.clock = proposal.at_ms;
                 if i + 1 == count {
                     self.marker.applied = Some(log_id);
                     self.marker.partial = None;
@@ -317,6 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             partial: None,
+            clock: clock_of_snapshot(&meta.snapshot_id),
         };
         *self.current.lock() = Some(meta.clone());
         self.publish_applied();
@@ -335,6 +382,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use openraft::{CommittedLeaderId, Entry as RaftEntry};
+    use polykv_engine::clock::ManualClock;
     use polykv_engine::{Command, EngineConfig, Outcome, Value};
 
     use super::*;
@@ -400,5 +448,101 @@ mod tests {
         );
         let (reported, _) = sm.applied_state().await.unwrap();
         assert_eq!(reported, Some(second));
+    }
+
+    /// Each node's expiry reaper runs on its own clock. A node whose clock runs ahead must not
+    /// delete an entry that a later proposal still sees alive, or a conditional write on it
+    /// comes out differently there.
+    #[tokio::test]
+    async fn a_conditional_write_on_a_key_with_a_ttl_is_the_same_on_a_node_whose_clock_runs_ahead()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            reaper_interval: std::time::Duration::from_secs(3600),
+            ..EngineConfig::default()
+        };
+        let mut nodes = Vec::new();
+        for (name, now) in [("behind", 1_000), ("ahead", 100_000)] {
+            let store = Arc::new(polykv_engine::store::MemoryStore::new());
+            let clock = Arc::new(ManualClock::new(now));
+            let engine = Engine::open(store, config.clone(), clock).unwrap();
+            let applied = Arc::new(AtomicU64::new(0));
+            let sm = StateMachine::open(engine.clone(), &dir.path().join(name), applied).unwrap();
+            nodes.push((engine, sm));
+        }
+        let entry = |index: u64, at_ms: u64, command: Command| RaftEntry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                proposals: vec![Proposal { at_ms, command }],
+                sync: true,
+            }),
+        };
+        let with_ttl = Command::Put {
+            ks: 0,
+            key: "k".into(),
+            value: Value::I64(1),
+            expires_at: Some(5_000),
+            owner: None,
+            label: None,
+            condition: polykv_engine::Condition::Always,
+        };
+        let only_if_version_1 = Command::Put {
+            ks: 0,
+            key: "k".into(),
+            value: Value::I64(2),
+            expires_at: None,
+            owner: None,
+            label: None,
+            condition: polykv_engine::Condition::VersionIs(1),
+        };
+        let mut outcomes = Vec::new();
+        for (engine, sm) in &mut nodes {
+            let create = Command::CreateKeyspace { name: "t".into() };
+            sm.apply(vec![entry(1, 1_000, create)]).await.unwrap();
+            sm.apply(vec![entry(2, 1_000, with_ttl.clone())])
+                .await
+                .unwrap();
+            // The reaper passes between the two entries, each node on its own clock.
+            engine.reap_expired().unwrap();
+            // Taken by a node whose clock said 4 000: the entry is alive until 5 000.
+            let conditional = entry(3, 4_000, only_if_version_1.clone());
+            outcomes.push(sm.apply(vec![conditional]).await.unwrap());
+        }
+        assert_eq!(
+            outcomes[0][0].outcomes,
+            vec![Some(Outcome::Written { version: 2 })]
+        );
+        assert_eq!(outcomes[0], outcomes[1], "the nodes disagree");
+        for (engine, _) in &nodes {
+            let got = engine.get(0, b"k").unwrap().unwrap().entry;
+            assert_eq!(got.value, Value::I64(2));
+        }
+    }
+
+    #[test]
+    fn a_marker_written_before_the_clock_reads_with_a_clock_of_0_and_an_older_binary_reads_a_new_one(
+    ) {
+        let applied = Some(LogId::new(CommittedLeaderId::new(2, 1), 9));
+        let old = MarkerWithoutClock {
+            applied,
+            membership: StoredMembership::default(),
+            partial: None,
+        };
+        let mut raw = vec![MARKER_FORMAT];
+        raw.extend(postcard::to_stdvec(&old).unwrap());
+        let back = Marker::decode(&raw).unwrap();
+        assert_eq!((back.applied, back.clock), (applied, 0));
+
+        let new = Marker {
+            applied,
+            clock: 77,
+            ..Marker::default()
+        };
+        let raw = new.encode();
+        assert_eq!(Marker::decode(&raw).unwrap().clock, 77);
+        let older: MarkerWithoutClock = postcard::from_bytes(&raw[1..]).unwrap();
+        assert_eq!(older.applied, applied);
+        assert_eq!(clock_of_snapshot(&snapshot_id(applied, 3, 77)), 77);
+        assert_eq!(clock_of_snapshot("2-9-3"), 0);
     }
 }

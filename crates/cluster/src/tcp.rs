@@ -20,8 +20,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::auth;
+use crate::auth::{self, AuthError};
 use crate::frames::{FrameSender, SendError};
+use crate::identity::Identity;
 use crate::transport::{CallFuture, Handler, Transport, TransportError};
 use crate::wire::{self, Envelope, Reply, Rpc, WireError};
 use crate::NodeId;
@@ -43,6 +44,8 @@ pub struct TcpCounters {
     pub garbage_disconnects: AtomicU64,
     /// Connections closed at once because MAX_CONNECTIONS were open.
     pub refused_over_limit: AtomicU64,
+    /// Handshakes (either side) refused because the peer belongs to another cluster.
+    pub foreign_refusals: AtomicU64,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
@@ -66,6 +69,7 @@ impl Conn {
 pub struct TcpTransport {
     me: NodeId,
     secret: Arc<[u8]>,
+    identity: Arc<Identity>,
     conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
     /// One dial at a time per peer.
     dialing: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
@@ -74,15 +78,23 @@ pub struct TcpTransport {
 }
 
 impl TcpTransport {
-    pub fn new(me: NodeId, secret: &[u8]) -> Arc<TcpTransport> {
+    /// The transport of node `me`, which proves `secret` and checks peers against `identity`
+    /// (the same one [`serve`] gets).
+    pub fn new(me: NodeId, secret: &[u8], identity: Arc<Identity>) -> Arc<TcpTransport> {
         Arc::new(TcpTransport {
             me,
             secret: secret.into(),
+            identity,
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             counters: Arc::default(),
         })
+    }
+
+    /// Closes every outgoing connection (the next call dials again, with a new handshake).
+    fn close_all(&self) {
+        self.conns.lock().clear();
     }
 
     fn live(&self, target: NodeId, addr: &str) -> Option<Arc<Conn>> {
@@ -103,18 +115,43 @@ impl TcpTransport {
             return Ok(conn);
         }
         let unreachable = |why: String| TransportError::Unreachable(target, why);
-        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| unreachable("connect timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        tokio::time::timeout(
+        let connect = || async {
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| unreachable("connect timed out".into()))?
+                .map_err(|e| unreachable(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            Ok::<_, TransportError>(stream)
+        };
+        let handshake_error = |e: AuthError| {
+            if matches!(e, AuthError::Foreign(_)) {
+                self.counters
+                    .foreign_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = target, %addr, error = %e, "cluster peer refused");
+            }
+            unreachable(e.to_string())
+        };
+        let mut stream = connect().await?;
+        let dialed = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            auth::dial(&mut stream, &self.secret, self.me),
+            auth::dial(&mut stream, &self.secret, self.me, &self.identity),
         )
         .await
-        .map_err(|_| unreachable("handshake timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|_| unreachable("handshake timed out".into()))?;
+        if let Err(AuthError::OlderListener) = dialed {
+            // A polykv from before cluster ids: only a node without one gets here.
+            stream = connect().await?;
+            tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                auth::dial_v1(&mut stream, &self.secret, self.me),
+            )
+            .await
+            .map_err(|_| unreachable("handshake timed out".into()))?
+            .map_err(handshake_error)?;
+        } else {
+            dialed.map_err(handshake_error)?;
+        }
         let (read, write) = stream.into_split();
         let (frames, writer) = FrameSender::new(write);
         tokio::spawn(writer);
@@ -192,6 +229,14 @@ async fn read_frame(
 }
 
 impl Transport for TcpTransport {
+    fn identity(&self) -> Option<Arc<Identity>> {
+        Some(self.identity.clone())
+    }
+
+    fn reconnect(&self) {
+        self.close_all();
+    }
+
     fn call<'a>(
         &'a self,
         target: NodeId,
@@ -233,6 +278,7 @@ pub async fn serve(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
     secret: Arc<[u8]>,
+    identity: Arc<Identity>,
     counters: Arc<TcpCounters>,
 ) {
     let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -259,9 +305,10 @@ pub async fn serve(
         };
         let handler = handler.clone();
         let secret = secret.clone();
+        let identity = identity.clone();
         let counters = counters.clone();
         connections.spawn(async move {
-            serve_connection(stream, peer, handler, &secret, &counters).await;
+            serve_connection(stream, peer, handler, &secret, &identity, &counters).await;
             drop(permit);
         });
     }
@@ -272,23 +319,33 @@ async fn serve_connection(
     peer: SocketAddr,
     handler: Arc<dyn Handler>,
     secret: &[u8],
+    identity: &Identity,
     counters: &TcpCounters,
 ) {
     let _ = stream.set_nodelay(true);
-    let from =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::accept(&mut stream, secret)).await {
-            Ok(Ok(from)) => from,
-            Ok(Err(e)) => {
-                counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, error = %e, "cluster port: connection refused");
-                return;
-            }
-            Err(_) => {
-                counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, "cluster port: no handshake in time; connection closed");
-                return;
-            }
-        };
+    let accepted = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        auth::accept(&mut stream, secret, identity),
+    )
+    .await;
+    let from = match accepted {
+        Ok(Ok(from)) => from,
+        Ok(Err(e @ AuthError::Foreign(_))) => {
+            counters.foreign_refusals.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "cluster port: peer of another cluster refused");
+            return;
+        }
+        Ok(Err(e)) => {
+            counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "cluster port: connection refused");
+            return;
+        }
+        Err(_) => {
+            counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "cluster port: no handshake in time; connection closed");
+            return;
+        }
+    };
     let (read, write) = stream.into_split();
     let (frames, writer) = FrameSender::new(write);
     let writer = tokio::spawn(writer);

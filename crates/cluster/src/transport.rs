@@ -5,6 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::identity::Identity;
 use crate::wire::{Reply, Rpc};
 use crate::NodeId;
 
@@ -33,6 +36,16 @@ pub trait Transport: Send + Sync + 'static {
         rpc: Rpc,
         timeout: Duration,
     ) -> CallFuture<'a>;
+
+    /// The cluster id this transport checks peers against, if it checks any (the TCP one
+    /// does, in its handshake; the in-process one of the tests does not).
+    fn identity(&self) -> Option<Arc<Identity>> {
+        None
+    }
+
+    /// Drops the connections to peers, so the next call handshakes again (after this node
+    /// drew a cluster id, for the peers to learn it).
+    fn reconnect(&self) {}
 }
 
 /// What serves the requests that arrive from peers (the node).

@@ -225,6 +225,9 @@ struct Inner {
     expiry: SpaceId,
     closed: AtomicBool,
     reaper: Mutex<Option<JoinHandle<()>>>,
+    /// The reaper deletes only entries that expired at or before this time (`u64::MAX`: no
+    /// limit). A replica holds it at the replicated clock (see `hold_reaper_at`).
+    reap_until: AtomicU64,
 }
 
 /// The engine. Cheap to clone; every clone is the same engine.
@@ -380,6 +383,7 @@ impl Engine {
             config,
             closed: AtomicBool::new(false),
             reaper: Mutex::new(None),
+            reap_until: AtomicU64::new(u64::MAX),
         });
         let reaper = start_reaper(Arc::downgrade(&inner), inner.config.reaper_interval);
         *inner.reaper.lock() = reaper;
@@ -1162,7 +1166,7 @@ fn start_reaper(inner: Weak<Inner>, interval: Duration) -> Option<JoinHandle<()>
 
 /// One reaper pass: deletes entries whose expiry has passed and forgets expired locks.
 fn reap(inner: &Inner, engine: &Engine) -> Result<usize> {
-    let now = engine.now_ms();
+    let now = engine.now_ms().min(inner.reap_until.load(Ordering::SeqCst));
     let end = (now + 1).to_be_bytes();
     let mut removed = 0;
     loop {

@@ -63,6 +63,16 @@ impl Engine {
         self.inner.writer.lock().exact_versions = true;
     }
 
+    /// Holds the expiry reaper at `ms`: it deletes only entries that expired at or before it.
+    /// A replica passes the replicated clock (the latest time its applied proposals carry), so
+    /// that no node deletes an entry a later proposal could still see alive: a conditional
+    /// write then comes out the same on every node, whatever each node's own clock says.
+    pub fn hold_reaper_at(&self, ms: u64) {
+        self.inner
+            .reap_until
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Applies a committed proposal (or, with `None`, only moves the marker: a log entry that
     /// changes no data) and records `marker` with its effects, atomically. The effects reach
     /// the engine's journal as an Async write: the replicated log is what makes them durable.

@@ -10,6 +10,7 @@ use std::os::fd::AsFd;
 
 use crate::runtime::Tasks;
 use crate::upgrade::carry::{CarriedListener, Hub};
+use polykv_cluster::identity::Identity;
 use polykv_cluster::tcp::{self, TcpTransport};
 use polykv_cluster::{Member, Node, NodeConfig, NodeId};
 use polykv_engine::Engine;
@@ -88,7 +89,10 @@ pub async fn start(
     };
     let kept = listener.as_fd().try_clone_to_owned().map_err(bind_error)?;
     tracing::info!(listener = "cluster", addr = %listen, node = c.node_id, "listening");
-    let transport = TcpTransport::new(c.node_id, c.secret.as_bytes());
+    let identity = Identity::open(&raft_dir)
+        .map_err(|e| ServerError::Other(format!("cannot read the cluster id: {e}")))?;
+    let identity = Arc::new(identity);
+    let transport = TcpTransport::new(c.node_id, c.secret.as_bytes(), identity.clone());
     let mut node_config = NodeConfig::new(c.node_id, raft_dir);
     node_config.write_timeout = Duration::from_millis(c.write_timeout_ms);
     node_config.snapshot_every = c.snapshot_entries;
@@ -105,6 +109,7 @@ pub async fn start(
         listener,
         Arc::new(node.clone()),
         c.secret.as_bytes().into(),
+        identity,
         transport.counters.clone(),
     );
     let rpc = tokio::spawn(serve).abort_handle();
