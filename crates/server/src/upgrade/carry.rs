@@ -23,8 +23,6 @@ pub trait ExportState: Send {
 /// after all sessions have stopped, so no write lands between a subscriber's export and the
 /// handover (no push is lost).
 pub struct Stopped {
-    /// Its slot's id (see [`Slot::id`]); none outside the shared session loop.
-    pub id: Option<u64>,
     pub listener: &'static str,
     pub stream: std::net::TcpStream,
     pub input: Vec<u8>,
@@ -95,12 +93,6 @@ pub enum Park {
 }
 
 impl Slot {
-    /// Unique within its hub: how a session whose socket was passed ahead of a handover's stop
-    /// is named after it.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// The slot lets go of the socket (a session that stops itself owns it alone then).
     pub fn release_stream(&self) {
         self.stream.lock().take();
@@ -168,7 +160,6 @@ impl Drop for Accepting {
 /// A session a handover took while it waited: its socket, where it was accepted, and since
 /// when it is idle.
 pub struct TakenSession {
-    pub id: u64,
     pub stream: Arc<TcpStream>,
     pub listener: &'static str,
     pub idle_since: Instant,
@@ -377,7 +368,6 @@ impl Hub {
                 Ok(_) => {
                     if let Some(stream) = slot.stream.lock().take() {
                         taken.push(TakenSession {
-                            id: slot.id,
                             stream,
                             listener: slot.listener,
                             idle_since: slot.idle_since(self),
@@ -394,22 +384,6 @@ impl Hub {
             tracing::warn!(left, "upgrade: sessions still busy at the deadline (a client not reading?); they close with this process");
         }
         taken
-    }
-
-    /// Every session of the shared loop open now, with its socket (shared: the caller must
-    /// let go of them before a handover stops the sessions, which may take them back).
-    pub fn open_sessions(&self) -> Vec<(u64, Arc<TcpStream>)> {
-        self.slots
-            .lock()
-            .values()
-            .filter_map(|slot| Some((slot.id, slot.stream.lock().clone()?)))
-            .collect()
-    }
-
-    /// Sessions of the shared loop still registered: after a handover's stop, the taken ones
-    /// and any left behind at the deadline.
-    pub fn registered(&self) -> usize {
-        self.slots.lock().len()
     }
 
     pub fn deposit(&self, stopped: Stopped) {

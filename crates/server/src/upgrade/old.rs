@@ -12,11 +12,9 @@ use std::time::Duration;
 use polykv_engine::Engine;
 use tokio::sync::watch;
 
-use std::collections::HashSet;
-
 use super::carry::{Carried, Hub, Resumable, TakenSession};
 use super::socket;
-use super::wire::{self, AheadSession, HeldLock, KeptSession, Message, SessionState, MAX_FDS};
+use super::wire::{HeldLock, Message, SessionState, MAX_FDS};
 use crate::runtime::Runtime;
 
 /// How a handover ended.
@@ -76,17 +74,11 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
         let mut child = tokio::process::Command::new(&binary)
             .args(args)
             .env(super::HANDOVER_ENV, &path)
-            .env(super::HANDOVER_VERSION_ENV, wire::VERSION.to_string())
             .stdin(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let greeted = greet(listener, &mut child, timeout).await;
-        let ahead = match greeted {
-            Ok((stream, version)) => pass_ahead(stream, version, &runtime.context.handover).await,
-            Err(reason) => Err(reason),
-        };
-        match ahead {
-            Ok(peer) => Ok((child, peer)),
+        match greet(listener, &mut child, timeout).await {
+            Ok(stream) => Ok((child, stream)),
             Err(reason) => {
                 stop_child(&mut child).await;
                 Err(reason)
@@ -95,7 +87,7 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
     }
     .await;
     let _ = std::fs::remove_file(&path);
-    let (mut child, (stream, version, ahead)) = match greeted {
+    let (mut child, stream) = match greeted {
         Ok(pair) => pair,
         Err(reason) => {
             return Outcome::NotStarted {
@@ -108,11 +100,7 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
 
     // From here until the new process resumes, clients wait: the pause they see.
     let stopping = std::time::Instant::now();
-    let Stopped {
-        carried,
-        stopped_ids,
-        taken,
-    } = stop_and_export(runtime, shutdown).await;
+    let Stopped { carried, taken } = stop_and_export(runtime, shutdown).await;
     let lock = match dir_lock.try_clone() {
         Ok(lock) => lock,
         Err(e) => {
@@ -123,11 +111,10 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
         }
     };
     // The taken sessions' sockets (`taken`) stay open until the end of this function.
-    let Outgoing { kept, sent } = outgoing_sessions(&carried, &stopped_ids, &taken, &ahead);
-    let count = kept.len() + sent.len();
+    let outgoing = outgoing_sessions(&carried, &taken);
+    let count = outgoing.len();
     let conversed = tokio::task::spawn_blocking(move || {
-        let peer = Peer { stream, version };
-        let result = converse(&peer, &carried, &kept, &sent, &lock);
+        let result = converse(&stream, &carried, &outgoing, &lock);
         (result, carried)
     })
     .await;
@@ -171,40 +158,16 @@ fn taken_state(session: &TakenSession) -> SessionState {
     }
 }
 
-/// Every session to pass after the stop.
-struct Outgoing {
-    /// Those whose socket went ahead: their state, by id.
-    kept: Vec<KeptSession>,
-    /// The others: their state and their socket (owned by `carried` or `taken`).
-    sent: Vec<(SessionState, RawFd)>,
-}
-
-fn outgoing_sessions(
-    carried: &Carried,
-    stopped_ids: &[Option<u64>],
-    taken: &[TakenSession],
-    ahead: &HashSet<u64>,
-) -> Outgoing {
+/// Every session to pass: its state and its socket (owned by `carried` or `taken`).
+fn outgoing_sessions(carried: &Carried, taken: &[TakenSession]) -> Vec<(SessionState, RawFd)> {
     let stopped = carried
         .sessions
         .iter()
-        .zip(stopped_ids)
-        .map(|(s, id)| (*id, s.state.clone(), s.fd.as_raw_fd()));
-    let idle = taken.iter().map(|session| {
-        let state = taken_state(session);
-        (Some(session.id), state, session.stream.as_raw_fd())
-    });
-    let mut outgoing = Outgoing {
-        kept: Vec::new(),
-        sent: Vec::new(),
-    };
-    for (id, state, fd) in stopped.chain(idle) {
-        match id.filter(|id| ahead.contains(id)) {
-            Some(id) => outgoing.kept.push(KeptSession { id, state }),
-            None => outgoing.sent.push((state, fd)),
-        }
-    }
-    outgoing
+        .map(|s| (s.state.clone(), s.fd.as_raw_fd()));
+    let idle = taken
+        .iter()
+        .map(|session| (taken_state(session), session.stream.as_raw_fd()));
+    stopped.chain(idle).collect()
 }
 
 /// After a failure: the taken sessions are carried back with the others (their tasks are
@@ -225,13 +188,12 @@ fn take_back(mut carried: Carried, taken: Vec<TakenSession>) -> Carried {
     carried
 }
 
-/// Waits for the new binary to connect and greet; refuses a stranger. Returns the connection
-/// and the handover version of the greeting (the one to speak).
+/// Waits for the new binary to connect and greet; refuses a stranger.
 async fn greet(
     listener: std::os::unix::net::UnixListener,
     child: &mut tokio::process::Child,
     timeout: Duration,
-) -> Result<(UnixStream, u16), String> {
+) -> Result<UnixStream, String> {
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("handover socket: {e}"))?;
@@ -261,10 +223,9 @@ async fn greet(
         .set_nonblocking(false)
         .map_err(|e| format!("handover socket: {e}"))?;
     socket::set_timeout(&stream, timeout).map_err(|e| e.to_string())?;
-    tokio::task::spawn_blocking(move || {
-        match socket::recv_versioned(&stream).map_err(|e| e.to_string())? {
+    tokio::task::spawn_blocking(
+        move || match socket::recv(&stream).map_err(|e| e.to_string())? {
             (
-                handover,
                 Message::Hello {
                     version,
                     pid,
@@ -272,63 +233,14 @@ async fn greet(
                 },
                 fds,
             ) if fds.is_empty() => {
-                tracing::info!(
-                    version,
-                    handover,
-                    pid,
-                    data_format,
-                    "upgrade: the new binary greeted"
-                );
-                socket::send_as(&stream, handover, &Message::Proceed, &[])
-                    .map_err(|e| e.to_string())?;
-                Ok((stream, handover))
+                tracing::info!(version, pid, data_format, "upgrade: the new binary greeted");
+                socket::send(&stream, &Message::Proceed, &[]).map_err(|e| e.to_string())?;
+                Ok(stream)
             }
-            (_, Message::Failed { reason }, _) => Err(format!("the new binary failed: {reason}")),
-            (_, other, _) => Err(format!("expected a greeting, got {other:?}")),
-        }
-    })
-    .await
-    .map_err(|e| format!("handover task failed: {e}"))?
-}
-
-/// The connection to the new process and the handover version it speaks.
-struct Peer {
-    stream: UnixStream,
-    version: u16,
-}
-
-/// Version 2: passes the socket of every open session while this process still serves, so
-/// after the stop only their state (and the sockets of sessions accepted since) cross. Returns
-/// the ids passed. A session that closes meanwhile stays open in the new process until it
-/// learns so (its copy of the socket is dropped then).
-async fn pass_ahead(
-    stream: UnixStream,
-    version: u16,
-    hub: &std::sync::Arc<Hub>,
-) -> Result<(UnixStream, u16, HashSet<u64>), String> {
-    if version < 2 {
-        return Ok((stream, version, HashSet::new()));
-    }
-    let started = std::time::Instant::now();
-    // Shared sockets: they must be let go of before the stop (a stopping session takes its own
-    // back), so the snapshot lives only in this task.
-    let open = hub.open_sessions();
-    tokio::task::spawn_blocking(move || {
-        let mut ids = HashSet::with_capacity(open.len());
-        for batch in open.chunks(MAX_FDS) {
-            let sessions = batch.iter().map(|(id, _)| AheadSession { id: *id });
-            let fds: Vec<_> = batch.iter().map(|(_, s)| s.as_fd()).collect();
-            let message = Message::Ahead(sessions.collect());
-            socket::send_as(&stream, version, &message, &fds).map_err(|e| e.to_string())?;
-            ids.extend(batch.iter().map(|(id, _)| *id));
-        }
-        tracing::info!(
-            sessions = ids.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "upgrade: sessions' sockets passed ahead"
-        );
-        Ok((stream, version, ids))
-    })
+            (Message::Failed { reason }, _) => Err(format!("the new binary failed: {reason}")),
+            (other, _) => Err(format!("expected a greeting, got {other:?}")),
+        },
+    )
     .await
     .map_err(|e| format!("handover task failed: {e}"))?
 }
@@ -342,8 +254,6 @@ async fn stop_child(child: &mut tokio::process::Child) {
 /// taken while idle.
 struct Stopped {
     carried: Carried,
-    /// The session id of each of `carried.sessions` (none outside the shared session loop).
-    stopped_ids: Vec<Option<u64>>,
     taken: Vec<TakenSession>,
 }
 
@@ -363,19 +273,15 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
         )
     );
     let stopped_in = started.elapsed();
-    // The taken sessions' tasks must go (their sockets stay with `taken`), and with them their
-    // hold on the engine: the store's lock is free only once every holder is gone.
+    // The taken sessions' tasks go (their sockets stay with `taken`), and with them their hold
+    // on the engine, which must be released before the new process can open it.
     let mut parked = runtime.tasks.take_sessions();
-    // A session left behind at the deadline gives its locks back as its task goes: that must
-    // happen before the lock table is exported.
-    let left_behind = hub.registered() > taken.len();
-    if left_behind {
-        drop_parked(&mut parked, &hub, limit).await;
-    }
-    let (stopped_ids, sessions) = export_stopped(&hub).into_iter().unzip();
+    parked.abort_all();
+    while parked.join_next().await.is_some() {}
+    hub.wait_dropped(limit).await;
     let mut carried = Carried {
         listeners: std::mem::take(&mut *runtime.bound.lock()),
-        sessions,
+        sessions: export_stopped(&hub),
         ..Carried::default()
     };
     let engine = runtime.engine.clone();
@@ -393,50 +299,20 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
         );
     }
     // Closing syncs everything written (and marks the log's end, so the next open is quick).
-    // It needs no session gone, and dropping the taken tasks touches nothing but memory (they
-    // are stateless and idle): the two run together.
-    let closing = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        engine.close();
-        started.elapsed()
-    });
-    let dropping = std::time::Instant::now();
-    drop_parked(&mut parked, &hub, limit).await;
-    let drop_ms = dropping.elapsed().as_millis() as u64;
-    let close_ms = match closing.await {
-        Ok(took) => took.as_millis() as u64,
-        Err(e) => {
-            tracing::error!(error = %e, "upgrade: closing the store failed");
-            0
-        }
-    };
+    engine.close();
     tracing::info!(
         stopped = carried.sessions.len(),
         taken = taken.len(),
         stop_ms = stopped_in.as_millis() as u64,
         stop_and_export_ms = exported.as_millis() as u64,
-        drop_ms,
-        close_ms,
         with_store_closed_ms = started.elapsed().as_millis() as u64,
         "upgrade: sessions stopped, store closed"
     );
-    Stopped {
-        carried,
-        stopped_ids,
-        taken,
-    }
+    Stopped { carried, taken }
 }
 
-/// Drops the shared session loop's tasks (listeners and the sessions taken or left behind)
-/// and waits until every session is gone.
-async fn drop_parked(parked: &mut tokio::task::JoinSet<()>, hub: &Hub, limit: Duration) {
-    parked.abort_all();
-    while parked.join_next().await.is_some() {}
-    hub.wait_dropped(limit).await;
-}
-
-/// The state of every session that stopped itself (exported now that none runs), by id.
-fn export_stopped(hub: &Hub) -> Vec<(Option<u64>, Resumable)> {
+/// The state of every session that stopped itself (exported now that none runs).
+fn export_stopped(hub: &Hub) -> Vec<Resumable> {
     let mut sessions = Vec::new();
     for mut stopped in hub.take_stopped() {
         let service = match stopped.service.export() {
@@ -446,15 +322,16 @@ fn export_stopped(hub: &Hub) -> Vec<(Option<u64>, Resumable)> {
                 continue;
             }
         };
-        let state = SessionState {
-            listener: stopped.listener.to_string(),
-            input: stopped.input,
-            idle_ms: stopped.idle.as_millis() as u64,
-            partial_ms: stopped.partial.map(|d| d.as_millis() as u64),
-            service,
-        };
-        let fd = stopped.stream.into();
-        sessions.push((stopped.id, Resumable { fd, state }));
+        sessions.push(Resumable {
+            fd: stopped.stream.into(),
+            state: SessionState {
+                listener: stopped.listener.to_string(),
+                input: stopped.input,
+                idle_ms: stopped.idle.as_millis() as u64,
+                partial_ms: stopped.partial.map(|d| d.as_millis() as u64),
+                service,
+            },
+        });
     }
     sessions
 }
@@ -473,14 +350,13 @@ fn export_locks(engine: &Engine) -> Vec<HeldLock> {
 
 /// Sends the state, waits for the new process to be ready, and commits.
 fn converse(
-    peer: &Peer,
+    stream: &UnixStream,
     carried: &Carried,
-    kept: &[KeptSession],
     sessions: &[(SessionState, RawFd)],
     lock: &File,
 ) -> Result<(), String> {
     let send = |message: &Message, fds: &[BorrowedFd<'_>]| {
-        socket::send_as(&peer.stream, peer.version, message, fds).map_err(|e| e.to_string())
+        socket::send(stream, message, fds).map_err(|e| e.to_string())
     };
     send(&Message::DirLock, &[lock.as_fd()])?;
     for l in &carried.listeners {
@@ -495,14 +371,6 @@ fn converse(
         locks: carried.locks.clone(),
     };
     send(&locks, &[])?;
-    let kept: Vec<_> = kept.iter().map(|k| (k.state.clone(), k.id)).collect();
-    for batch in batches(&kept) {
-        let batch = batch.iter().map(|(state, id)| KeptSession {
-            id: *id,
-            state: state.clone(),
-        });
-        send(&Message::Kept(batch.collect()), &[])?;
-    }
     for batch in batches(sessions) {
         let states = batch.iter().map(|(state, _)| state.clone()).collect();
         // SAFETY: every descriptor stays open for the whole conversation (see
@@ -515,10 +383,10 @@ fn converse(
     }
     let sent = Message::Sent {
         listeners: carried.listeners.len() as u32,
-        sessions: (kept.len() + sessions.len()) as u32,
+        sessions: sessions.len() as u32,
     };
     send(&sent, &[])?;
-    match socket::recv(&peer.stream).map_err(|e| format!("waiting for the new process: {e}"))? {
+    match socket::recv(stream).map_err(|e| format!("waiting for the new process: {e}"))? {
         (Message::Ready, fds) if fds.is_empty() => send(&Message::Commit, &[]),
         (Message::Failed { reason }, _) => Err(format!("the new process failed: {reason}")),
         (other, _) => Err(format!("expected ready, got {other:?}")),

@@ -461,7 +461,6 @@ mod carry {
             }
         };
         hub.deposit(Deposit {
-            id: None,
             listener: LISTENER,
             stream,
             input: start.input.to_vec(),
