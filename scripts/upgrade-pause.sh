@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 COUNTS=("$@"); [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(100 1000 5000 10000)
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p polykv --bin polykv --example upgrade_pause
-BIN="$PWD/target/release/polykv"
+BIN="${BIN:-$PWD/target/release/polykv}"   # BIN=... to measure another build
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
