@@ -23,14 +23,7 @@ need_commands etcd:etcd-server
 cargo build --release --locked -q -p polykv
 BIN="$PWD/target/release/polykv"
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib/bench.sh
 
 NMDB=36010; ADMIN=36080; CPORT=36090
 ONLY_NMDB=(--nmdb-port "$NMDB" --nmdb-udp-enabled false --admin-port "$ADMIN" --minority-enabled false

@@ -31,19 +31,7 @@ cargo build --release -q -p polykv --bin polykv --example durable_floor
 BIN="$PWD/target/release/polykv"
 FLOOR="$PWD/target/release/examples/durable_floor"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SERVER_CPU=0
-CLIENT_CPU=1
-[ "$(nproc)" -ge 2 ] || CLIENT_CPU=0
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib/bench.sh
 
 NMDB_PORT=$(free_port); OC_PORT=$(free_port); ADMIN_PORT=$(free_port); MC_PORT=$(free_port); REDIS_PORT=$(free_port)
 AOF_PORT=$(free_port); ALWAYS_PORT=$(free_port); FLOOR_PORT=$(free_port); FLOOR_INLINE_PORT=$(free_port)
@@ -62,7 +50,7 @@ taskset -c $SERVER_CPU redis-server --port "$ALWAYS_PORT" --bind 127.0.0.1 --sav
 taskset -c $SERVER_CPU "$FLOOR" "127.0.0.1:$FLOOR_PORT" "$WORK/floor.log" thread & PIDS+=($!)
 taskset -c $SERVER_CPU "$FLOOR" "127.0.0.1:$FLOOR_INLINE_PORT" "$WORK/floor-inline.log" inline & PIDS+=($!)
 for port in "$NMDB_PORT" "$OC_PORT" "$MC_PORT" "$REDIS_PORT" "$AOF_PORT" "$ALWAYS_PORT" "$FLOOR_PORT" "$FLOOR_INLINE_PORT"; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  wait_port "$port" || true
 done
 
 echo "# polykv vs memcached vs Redis — $(date -u +%Y-%m-%d), $(nproc) cores, servers on CPU $SERVER_CPU, load on CPU $CLIENT_CPU"

@@ -21,19 +21,7 @@ if [ -z "${BIN:-}" ]; then
   BIN="$PWD/target/release/polykv"
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SERVER_CPU=0
-CLIENT_CPU=1
-[ "$(nproc)" -ge 2 ] || CLIENT_CPU=0
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib/bench.sh
 
 NMDB=$(free_port); OC=$(free_port); MIN=$(free_port); JKV=$(free_port); ADMIN=$(free_port)
 taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --admin-port "$ADMIN" --log-level warn \
@@ -42,7 +30,7 @@ taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --admin-port "$ADM
   --jsonkv-udp-enabled false --jsonkv-rpc-enabled false --jsonkv-agent-enabled false \
   2>"$WORK/polykv.log" & PIDS+=($!)
 for port in "$NMDB" "$OC" "$MIN" "$JKV"; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  wait_port "$port" || true
 done
 
 TARGETS=(--target "nmdb=nmdb@127.0.0.1:$NMDB" --target "opencluster=opencluster@127.0.0.1:$OC"

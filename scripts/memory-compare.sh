@@ -13,16 +13,7 @@ ITEMS="${1:-1000000}"
 need_commands memcached:memcached redis-server:redis-server
 cargo build --release -q -p polykv
 BIN="$PWD/target/release/polykv"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+. scripts/lib/bench.sh
 measure() {
   local name=$1 pid=$2 target=$3
   taskset -c 1 "$BIN" bench --target "$target" --keys "$ITEMS" --key-size 16 --value-size 100 \
