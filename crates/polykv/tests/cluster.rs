@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::{client, spawn, spawn_ready, wait_ready, Ports};
+use common::cluster::{assert_every_node_has, client, spawn, spawn_ready, wait_ready, Ports};
 use polykv_client::nmdb::Mode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,16 +109,6 @@ async fn three_processes_survive_a_leader_kill_under_load_without_losing_a_write
         acked.len()
     );
     assert!(acked.len() > 400, "{} writes acknowledged", acked.len());
-    for id in 1..=3 {
-        let mut c = client(id, &ports).await.unwrap();
-        for (key, value) in &acked {
-            let got = c.get(key.as_bytes(), Mode::Normal).await.unwrap();
-            assert_eq!(
-                got.map(|(v, _)| v).as_deref(),
-                Some(value.as_bytes()),
-                "node {id} lost acknowledged write {key}"
-            );
-        }
-    }
+    assert_every_node_has(&ports, &acked).await;
     assert_eq!(nodes.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
 }

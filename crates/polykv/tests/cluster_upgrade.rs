@@ -5,32 +5,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{agreed_leader, client, spawn_ready, wait_ready, Ports};
+use common::cluster::{
+    agreed_leader, assert_every_node_has, client, spawn_ready, wait_ready, Ports,
+};
+use common::{serving_pid, Adopted};
 use polykv_client::nmdb::Mode;
-
-/// A server process started by an upgrade (not our child): stopped when the test ends.
-struct Adopted(i32);
-
-impl Drop for Adopted {
-    fn drop(&mut self) {
-        // SAFETY: kill with a pid read from the node's lock file and a fixed signal.
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
-}
-
-/// The pid serving a data directory (from its lock file).
-fn serving_pid(data_dir: &Path) -> i32 {
-    std::fs::read_to_string(data_dir.join("polykv.lock"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[derive(Default)]
 struct Tally {
@@ -165,15 +148,5 @@ async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
         }
     }
     // Every acknowledged write is on every node.
-    for id in 1..=3 {
-        let mut c = client(id, &ports).await.unwrap();
-        for (key, value) in &acked {
-            let got = c.get(key.as_bytes(), Mode::Normal).await.unwrap();
-            assert_eq!(
-                got.map(|(v, _)| v).as_deref(),
-                Some(value.as_bytes()),
-                "node {id} lost acknowledged write {key}"
-            );
-        }
-    }
+    assert_every_node_has(&ports, &acked).await;
 }

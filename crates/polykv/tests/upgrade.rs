@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{run_cli, Options, Server};
+use common::{run_cli, serving_pid, Adopted, Options, Server};
 use polykv_client::jsonkv::{AgentClient, JsonkvClient, JsonkvUdpClient};
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
@@ -37,24 +37,6 @@ fn upgrade(data_dir: &Path, binary: Option<&Path>) -> (i32, String, String) {
         args.extend(["--binary", b]);
     }
     run_cli(&args, &[])
-}
-
-/// The pid serving the data directory (from its lock file).
-fn serving_pid(data_dir: &Path) -> i32 {
-    std::fs::read_to_string(data_dir.join("polykv.lock"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// A server process started by an upgrade (not our child): stopped when the test ends.
-struct Adopted(i32);
-
-impl Drop for Adopted {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
 }
 
 /// Waits for the old process to exit after handing over; its exit code.

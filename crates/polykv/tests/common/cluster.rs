@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use polykv_client::nmdb::NmdbClient;
+use polykv_client::nmdb::{Mode, NmdbClient};
 
 pub const T: Duration = Duration::from_secs(5);
 pub const SECRET: &str = "end-to-end cluster secret";
@@ -183,4 +183,19 @@ pub async fn client(id: u64, ports: &Ports) -> Option<NmdbClient> {
     NmdbClient::connect_tcp(&format!("{}:{}", host(id), ports.nmdb), T)
         .await
         .ok()
+}
+
+/// Asserts that each of the three nodes holds every acknowledged `(key, value)` write.
+pub async fn assert_every_node_has(ports: &Ports, acked: &[(String, String)]) {
+    for id in 1..=3 {
+        let mut c = client(id, ports).await.unwrap();
+        for (key, value) in acked {
+            let got = c.get(key.as_bytes(), Mode::Normal).await.unwrap();
+            assert_eq!(
+                got.map(|(v, _)| v).as_deref(),
+                Some(value.as_bytes()),
+                "node {id} lost acknowledged write {key}"
+            );
+        }
+    }
 }

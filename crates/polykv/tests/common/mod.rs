@@ -331,3 +331,22 @@ pub async fn exchange(stream: &mut tokio::net::TcpStream, request: &str, want: &
         .expect("reply");
     assert_eq!(got, want, "reply to {request}");
 }
+
+/// A server process started by an upgrade (not the test's child): killed when the test ends.
+pub struct Adopted(pub i32);
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        // SAFETY: kill with a pid read from a data directory's lock file and a fixed signal.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// The pid serving a data directory (from its lock file).
+pub fn serving_pid(data_dir: &std::path::Path) -> i32 {
+    std::fs::read_to_string(data_dir.join("polykv.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
