@@ -24,6 +24,7 @@ cargo build --release --locked -q -p polykv
 BIN="$PWD/target/release/polykv"
 
 . scripts/lib/bench.sh
+. scripts/lib/cluster.sh
 
 NMDB=36010; ADMIN=36080; CPORT=36090
 ONLY_NMDB=(--nmdb-port "$NMDB" --nmdb-udp-enabled false --admin-port "$ADMIN" --minority-enabled false
@@ -49,13 +50,7 @@ for n in 1 2 3; do
   PIDS+=($!)
 done
 
-leader=""
-for _ in $(seq 1 300); do
-  leader=$("$BIN" cluster status --json --admin "127.0.0.1:$ADMIN" 2>/dev/null \
-    | python3 -c 'import json,sys; l=json.load(sys.stdin)["leader"]; print(l if l else "")' 2>/dev/null || true)
-  [ -n "$leader" ] && break
-  sleep 0.2
-done
+leader=$(wait_leader "$BIN" "127.0.0.1:$ADMIN")
 [ -n "$leader" ] || { echo "the polykv cluster elected no leader" >&2; tail "$WORK"/polykv*.log >&2; exit 1; }
 for _ in $(seq 1 300); do
   curl -sf -X POST -d '{"key":"AA=="}' "http://127.0.0.1:32379/v3/kv/range" >/dev/null 2>&1 && break

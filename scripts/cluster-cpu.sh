@@ -11,6 +11,7 @@
 # load generator's own CPU is printed apart. Every process started is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/cluster.sh
 SECONDS_PER_RUN="${1:-8}"
 ROUNDS="${2:-3}"
 shift $(( $# < 2 ? $# : 2 ))
@@ -46,12 +47,7 @@ one_round() {
       > "$work/p$n.log" 2>&1 &
     ROUND_PIDS+=($!)
   done
-  for _ in $(seq 1 300); do
-    leader=$("$bin" cluster status --json --admin "127.0.0.1:$ADMIN" 2>/dev/null \
-      | python3 -c 'import json,sys; l=json.load(sys.stdin)["leader"]; print(l if l else "")' 2>/dev/null || true)
-    [ -n "$leader" ] && break
-    sleep 0.2
-  done
+  leader=$(wait_leader "$bin" "127.0.0.1:$ADMIN")
   [ -n "$leader" ] || { echo "no leader elected" >&2; tail "$work"/p*.log >&2; exit 1; }
   "$bin" bench --connections 64 --depth 1 --get-ratio 0 $SYNC_FLAG --keys 100000 --duration 2 \
     --warmup 0 --threads 1 --target "warm=nmdb@127.0.0.$leader:$NMDB" > /dev/null 2>&1
