@@ -486,6 +486,17 @@ impl Engine {
         self.inner.cache.prefetch(keys);
     }
 
+    /// Starts loading the store's memory that writing `keys` of a keyspace will touch (the log's
+    /// memtable, which a write updates and a read served by the cache never reads). Call it
+    /// with the keys a pipelined batch is about to write, beside [`Engine::prefetch`].
+    pub fn prefetch_writes<'k>(&self, ks: KeyspaceId, keys: impl IntoIterator<Item = &'k [u8]>) {
+        if let Ok(info) = self.info(ks) {
+            self.inner
+                .store
+                .prefetch_writes(info.space, &mut keys.into_iter());
+        }
+    }
+
     /// The cached entry of a key, without going to the store (nmdb CACHE_ONLY reads).
     pub fn get_cached(&self, ks: KeyspaceId, key: &[u8]) -> Option<Entry> {
         let item = self.inner.cache.get(ks, key)?;

@@ -354,6 +354,7 @@ where
             start,
             stopped: None,
             ahead: VecDeque::new(),
+            deferred: Vec::new(),
             refused: None,
         }
     };
@@ -538,6 +539,9 @@ struct Session<C, S: Service> {
     /// Requests decoded ahead of execution (at most [`LOOKAHEAD`]), so the service can
     /// prefetch for all of them; always empty when the session waits for input.
     ahead: VecDeque<S::Request>,
+    /// Replies waiting for their writes' durability, in order; empty between batches, kept so
+    /// that a batch does not allocate it again.
+    deferred: Vec<Waiting<S::Response>>,
     /// Why the input after the decoded-ahead requests was refused: reported once they are
     /// executed.
     refused: Option<Reject>,
@@ -876,7 +880,7 @@ where
     ) -> Result<(usize, bool), Reject> {
         let mut frames = 0;
         let mut answered: Option<Instant> = None;
-        let mut deferred = Vec::new();
+        let mut deferred = std::mem::take(&mut self.deferred);
         let mut close = false;
         while output.len() < self.limits.max_output_bytes && !close {
             if self.ahead.is_empty() {
@@ -923,6 +927,7 @@ where
             }
         }
         resolve(&mut deferred, &*self.codec, output, &self.metrics).await;
+        self.deferred = deferred;
         if close {
             self.ahead.clear();
         }

@@ -639,6 +639,10 @@ impl Store for LogStore {
         Ok(())
     }
 
+    fn prefetch_writes(&self, space: SpaceId, keys: &mut dyn Iterator<Item = &[u8]>) {
+        self.shared.overlay.read().active.prefetch(space, keys);
+    }
+
     fn range(
         &self,
         space: SpaceId,

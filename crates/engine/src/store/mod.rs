@@ -54,6 +54,10 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Bytes>, StoreError>;
     /// Applies every op of the batch atomically.
     fn write_batch(&self, ops: Vec<BatchOp>) -> Result<(), StoreError>;
+    /// Starts loading the memory that writing these keys of a space will touch, so that a
+    /// pipelined batch of writes waits for its cache misses together instead of one after
+    /// another. A hint: it changes nothing, and stores without such memory ignore it.
+    fn prefetch_writes(&self, _space: SpaceId, _keys: &mut dyn Iterator<Item = &[u8]>) {}
     /// Up to `limit` pairs with keys in the range, in ascending unsigned byte order.
     fn range(
         &self,

@@ -351,6 +351,24 @@ impl Service for NmdbService {
                 | Request::Incr { key, .. } => Some((ks, &key[..])),
                 _ => None,
             }));
+        fn written(request: &Request) -> Option<&[u8]> {
+            match request {
+                Request::Set { key, mode, .. }
+                | Request::Del { key, mode, .. }
+                | Request::Cas { key, mode, .. }
+                | Request::Incr { key, mode, .. }
+                    if *mode != Mode::CacheOnly =>
+                {
+                    Some(&key[..])
+                }
+                _ => None,
+            }
+        }
+        if requests.iter().any(|request| written(request).is_some()) {
+            self.shared
+                .engine
+                .prefetch_writes(ks, requests.iter().filter_map(written));
+        }
     }
 
     async fn call(&mut self, request: Request) -> SessionReply<Response> {

@@ -590,20 +590,31 @@ impl Service for OpenClusterService {
     fn prefetch(&self, requests: &[Request]) {
         // The keys live on the stack: a batch's prefetch allocates nothing.
         let mut keys = [[0u8; 8]; PREFETCH_MAX];
+        // Bit i: key i is written (its memtable entry is prefetched too).
+        const _: () = assert!(PREFETCH_MAX <= 32);
+        let mut written = 0u32;
         let mut count = 0;
         let items = requests.iter().filter_map(|request| match request.body {
-            RequestBody::Get { item, .. }
-            | RequestBody::GetType { item }
-            | RequestBody::Set { item, .. } => Some(item),
+            RequestBody::Get { item, .. } | RequestBody::GetType { item } => Some((item, false)),
+            RequestBody::Set { item, .. } => Some((item, true)),
             _ => None,
         });
-        for (slot, item) in keys.iter_mut().zip(items) {
+        for (slot, (item, write)) in keys.iter_mut().zip(items) {
             *slot = item.engine_key();
+            written |= u32::from(write) << count;
             count += 1;
         }
         let ks = self.shared.keyspace;
         self.engine()
             .prefetch(keys[..count].iter().map(|key| (ks, &key[..])));
+        if written != 0 {
+            let writes = keys[..count]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| written & (1 << i) != 0)
+                .map(|(_, key)| &key[..]);
+            self.engine().prefetch_writes(ks, writes);
+        }
     }
 
     fn is_error(response: &Response) -> bool {
