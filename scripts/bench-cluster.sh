@@ -8,8 +8,9 @@
 # the load sent to the leader; one process on 127.0.0.4 with the same settings. etcd: Debian's
 # etcd-server (installed if missing), three processes on 127.0.0.1, .2 and .3 (client port 32379,
 # peer port 32380), driven through its v3 JSON gateway (POST /v3/kv/put, HTTP/1.1 keep-alive) by
-# the same load generator, sent to member 1; every etcd put is fsynced before its answer, and the
-# gateway costs etcd some throughput over gRPC. Load: 64 connections, one request each in flight,
+# the same load generator, sent to etcd's leader (ETCD_FOLLOWER=1: also to a follower); every etcd
+# put is fsynced before its answer, and the gateway costs etcd some throughput over gRPC.
+# PORT_BASE moves every port (for sessions that run it at once). Load: 64 connections, one request each in flight,
 # 100-byte values, writes only (nmdb SYNC). Every target runs ROUNDS rounds in turn and reports
 # its median round. Then scripts/failover-cluster.sh KILLS. Every process started is stopped.
 set -euo pipefail
