@@ -8,8 +8,9 @@
 # the load sent to the leader; one process on 127.0.0.4 with the same settings. etcd: Debian's
 # etcd-server (installed if missing), three processes on 127.0.0.1, .2 and .3 (client port 32379,
 # peer port 32380), driven through its v3 JSON gateway (POST /v3/kv/put, HTTP/1.1 keep-alive) by
-# the same load generator, sent to member 1; every etcd put is fsynced before its answer, and the
-# gateway costs etcd some throughput over gRPC. Load: 64 connections, one request each in flight,
+# the same load generator, sent to etcd's leader (ETCD_FOLLOWER=1: also to a follower); every etcd
+# put is fsynced before its answer, and the gateway costs etcd some throughput over gRPC.
+# PORT_BASE moves every port (for sessions that run it at once). Load: 64 connections, one request each in flight,
 # 100-byte values, writes only (nmdb SYNC). Every target runs ROUNDS rounds in turn and reports
 # its median round. Then scripts/failover-cluster.sh KILLS. Every process started is stopped.
 set -euo pipefail
@@ -26,7 +27,13 @@ BIN="$PWD/target/release/polykv"
 . scripts/lib/bench.sh
 . scripts/lib/cluster.sh
 
-NMDB=36010; ADMIN=36080; CPORT=36090
+# PORT_BASE moves every port (polykv: BASE+10, +80, +90; etcd: BASE+79 client, BASE+81 peer).
+BASE="${PORT_BASE:-}"
+if [ -n "$BASE" ]; then
+  NMDB=$((BASE + 10)); ADMIN=$((BASE + 80)); CPORT=$((BASE + 90)); ETCD_CLIENT=$((BASE + 79)); ETCD_PEER=$((BASE + 81))
+else
+  NMDB=36010; ADMIN=36080; CPORT=36090; ETCD_CLIENT=32379; ETCD_PEER=32380
+fi
 ONLY_NMDB=(--nmdb-port "$NMDB" --nmdb-udp-enabled false --admin-port "$ADMIN" --minority-enabled false
   --opencluster-enabled false --smalld-enabled false --jsonkv-enabled false --jsonkv-udp-enabled false
   --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --log-level warn)
@@ -40,11 +47,11 @@ done
 "$BIN" serve --bind 127.0.0.4 --data-dir "$WORK/single" "${ONLY_NMDB[@]}" > "$WORK/single.log" 2>&1 &
 PIDS+=($!)
 
-ETCD_CLUSTER="n1=http://127.0.0.1:32380,n2=http://127.0.0.2:32380,n3=http://127.0.0.3:32380"
+ETCD_CLUSTER="n1=http://127.0.0.1:$ETCD_PEER,n2=http://127.0.0.2:$ETCD_PEER,n3=http://127.0.0.3:$ETCD_PEER"
 for n in 1 2 3; do
   etcd --name "n$n" --data-dir "$WORK/etcd$n" \
-    --listen-client-urls "http://127.0.0.$n:32379" --advertise-client-urls "http://127.0.0.$n:32379" \
-    --listen-peer-urls "http://127.0.0.$n:32380" --initial-advertise-peer-urls "http://127.0.0.$n:32380" \
+    --listen-client-urls "http://127.0.0.$n:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.$n:$ETCD_CLIENT" \
+    --listen-peer-urls "http://127.0.0.$n:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.$n:$ETCD_PEER" \
     --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new --initial-cluster-token bench \
     > "$WORK/etcd$n.log" 2>&1 &
   PIDS+=($!)
@@ -53,7 +60,7 @@ done
 leader=$(wait_leader "$BIN" "127.0.0.1:$ADMIN")
 [ -n "$leader" ] || { echo "the polykv cluster elected no leader" >&2; tail "$WORK"/polykv*.log >&2; exit 1; }
 for _ in $(seq 1 300); do
-  curl -sf -X POST -d '{"key":"AA=="}' "http://127.0.0.1:32379/v3/kv/range" >/dev/null 2>&1 && break
+  curl -sf -X POST -d '{"key":"AA=="}' "http://127.0.0.1:$ETCD_CLIENT/v3/kv/range" >/dev/null 2>&1 && break
   sleep 0.2
 done
 for _ in $(seq 1 300); do
@@ -61,12 +68,29 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 echo "polykv cluster leader: node $leader (127.0.0.$leader)"
+# etcd's load goes to its leader as well (a follower forwards every put to the leader: one more
+# hop that polykv's load does not take). Member 1 if no leader is found.
+etcd_leader=1
+for _ in $(seq 1 50); do
+  for n in 1 2 3; do
+    curl -sf -X POST -d '{}' "http://127.0.0.$n:$ETCD_CLIENT/v3/maintenance/status" 2>/dev/null \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["leader"] == d["header"]["member_id"] else 1)' \
+      2>/dev/null && { etcd_leader=$n; break 2; }
+  done
+  sleep 0.2
+done
+echo "etcd leader: 127.0.0.$etcd_leader"
+ETCD_TARGETS=(--target "etcd-3=etcd@127.0.0.$etcd_leader:$ETCD_CLIENT")
+# ETCD_FOLLOWER=1: also the load sent to an etcd follower (what this script did before).
+if [ -n "${ETCD_FOLLOWER:-}" ]; then
+  ETCD_TARGETS+=(--target "etcd-3-follower=etcd@127.0.0.$(( etcd_leader % 3 + 1 )):$ETCD_CLIENT")
+fi
 
 "$BIN" bench --connections 64 --depth 1 --get-ratio 0 --sync --keys 100000 \
   --duration "$SECONDS_PER_RUN" --warmup 2 --rounds "$ROUNDS" --threads 1 \
   --target "polykv-3=nmdb@127.0.0.$leader:$NMDB" \
   --target "polykv-1=nmdb@127.0.0.4:$NMDB" \
-  --target "etcd-3=etcd@127.0.0.1:32379"
+  "${ETCD_TARGETS[@]}"
 
 cleanup
 trap - EXIT

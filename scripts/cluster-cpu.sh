@@ -21,7 +21,8 @@ if [ ${#BINS[@]} -eq 0 ]; then
   BINS=("$PWD/target/release/polykv")
 fi
 SYNC_FLAG="${SYNC---sync}"
-NMDB=36110; ADMIN=36180; CPORT=36190
+BASE="${PORT_BASE:-36100}"   # every port moves with it
+NMDB=$((BASE + 10)); ADMIN=$((BASE + 80)); CPORT=$((BASE + 90))
 ONLY=(--nmdb-port "$NMDB" --nmdb-udp-enabled false --admin-port "$ADMIN" --minority-enabled false
   --opencluster-enabled false --smalld-enabled false --jsonkv-enabled false --jsonkv-udp-enabled false
   --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --log-level warn)

@@ -31,6 +31,7 @@ pub mod snapshot;
 pub mod state_file;
 pub mod state_machine;
 pub mod tcp;
+pub mod timing;
 pub mod transport;
 pub mod wire;
 
@@ -84,6 +85,7 @@ openraft::declare_raft_types!(
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
+        Responder = crate::batch::BatchResponder,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
@@ -29,6 +30,7 @@ use parking_lot::Mutex;
 use polykv_engine::log::{Log, MAX_PAYLOAD};
 
 use crate::state_file::{HardState, StateFile};
+use crate::timing::{self, Hop};
 use crate::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const ENTRY_FORMAT: u8 = 1;
@@ -61,6 +63,7 @@ fn needs_sync(entry: &Entry) -> bool {
 
 struct Flush {
     sync: bool,
+    since: Instant,
     done: LogFlushed<TypeConfig>,
 }
 
@@ -154,8 +157,11 @@ fn run_flusher(log: &Log, rx: &mpsc::Receiver<Flush>) {
         let mut group = vec![first];
         group.extend(rx.try_iter());
         let sync = group.iter().any(|f| f.sync);
+        let flushing = Instant::now();
         let result = if sync { log.sync() } else { log.flush() };
+        timing::record(Hop::LogFlush, flushing);
         for flush in group {
+            timing::record(Hop::LogAppend, flush.since);
             flush.done.log_io_completed(
                 result
                     .clone()
@@ -215,6 +221,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let since = Instant::now();
         let mut sync = false;
         let mut first_cluster_id = None;
         {
@@ -263,6 +270,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.flusher
             .send(Flush {
                 sync,
+                since,
                 done: callback,
             })
             .map_err(|_| io_err(Message("the raft log flusher stopped".into())))

@@ -1,7 +1,7 @@
 //! openraft's network over a [`Transport`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -13,6 +13,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
+use crate::timing::{self, Hop};
 use crate::transport::{Transport, TransportError};
 use crate::wire::{Reply, Rpc};
 use crate::{Member, NodeId, TypeConfig};
@@ -78,7 +79,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        match self.call(Rpc::AppendEntries(rpc), &option).await {
+        let since = Instant::now();
+        let answered = self.call(Rpc::AppendEntries(rpc), &option).await;
+        timing::record(Hop::AppendRpc, since);
+        match answered {
             Ok(Reply::AppendEntries(Ok(r))) => Ok(r),
             Ok(Reply::AppendEntries(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))

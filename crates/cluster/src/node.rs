@@ -144,6 +144,7 @@ impl Node {
         engine: Engine,
         transport: Arc<dyn Transport>,
     ) -> Result<Node, ClusterError> {
+        crate::timing::start_log_from_env();
         let storage = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
         let raft_config = Config {
             cluster_name: "polykv".into(),

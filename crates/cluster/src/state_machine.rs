@@ -14,6 +14,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -22,6 +23,7 @@ use polykv_engine::{Engine, Proposal, INSTALLING};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{self, Reader, Writer};
+use crate::timing::{self, Hop};
 use crate::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// The clock was added as the last field without a new format: postcard writes a struct's
@@ -261,6 +263,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let since = Instant::now();
         let mut out = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
@@ -310,6 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             out.push(Response { outcomes });
         }
         self.publish_applied();
+        timing::record(Hop::Apply, since);
         Ok(out)
     }
 

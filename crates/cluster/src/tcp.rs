@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, BufReader};
@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, Semaphore};
 use crate::auth::{self, AuthError};
 use crate::frames::{FrameSender, SendError};
 use crate::identity::Identity;
+use crate::timing::{self, Hop};
 use crate::transport::{CallFuture, Handler, Transport, TransportError};
 use crate::wire::{self, Envelope, Reply, Rpc, WireError};
 use crate::NodeId;
@@ -371,7 +372,9 @@ async fn serve_connection(
         // to another task. Everything else may wait long (a forwarded write waits for its
         // commit) and is served beside the reading.
         if matches!(rpc, Rpc::AppendEntries(_)) {
+            let since = Instant::now();
             answer(&frames, id, handler.handle(from, rpc).await);
+            timing::record(Hop::FollowerAppend, since);
             continue;
         }
         let Ok(slot) = slots.clone().acquire_owned().await else {

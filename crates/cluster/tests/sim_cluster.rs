@@ -597,3 +597,48 @@ async fn a_single_voter_commits_on_its_own_flush_and_keeps_its_writes_across_a_r
     );
     back.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_each_writer_gets_its_own_outcome() {
+    let cluster = TestCluster::new(1, 50_000, 11).await;
+    let node = cluster.nodes[&1].clone();
+    assert_eq!(create_keyspace(&node).await, 0);
+    let before = node.status().last_log_index.unwrap();
+    const WRITERS: u64 = 200;
+    // Even writers put the one key (each gets the version its write made), odd writers delete
+    // a key that does not exist (each gets NotFound): an outcome handed to the wrong writer of
+    // an entry shows.
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let outcome = if i % 2 == 0 {
+                    put(&node, "same", i as i64).await
+                } else {
+                    let command = Command::delete(0, format!("absent{i}"));
+                    node.submit(command, Durability::Sync).await
+                };
+                (i, outcome)
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for writer in writers {
+        match writer.await.unwrap() {
+            (i, Ok(Outcome::Written { version })) if i % 2 == 0 => versions.push(version),
+            (i, Ok(Outcome::NotFound)) if i % 2 == 1 => {}
+            (i, other) => panic!("writer {i}: {other:?}"),
+        }
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=WRITERS / 2).collect::<Vec<_>>());
+    let entries = node.status().last_log_index.unwrap() - before;
+    assert!(
+        entries < WRITERS / 2,
+        "{WRITERS} concurrent writes took {entries} entries"
+    );
+    drop(node);
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}

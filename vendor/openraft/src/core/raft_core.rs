@@ -116,6 +116,25 @@ impl<NID: NodeId, N: Node> ApplyingEntry<NID, N> {
     pub(crate) fn new(log_id: LogId<NID>, membership: Option<Membership<NID, N>>) -> Self {
         Self { log_id, membership }
     }
+
+    /// polykv: the entry's log index.
+    pub(crate) fn index(&self) -> u64 {
+        self.log_id.index
+    }
+}
+
+/// polykv: sends the result of applying a log entry to its client (shared by `RaftCore` and
+/// the state machine worker, which answers clients right after the apply).
+pub(crate) fn send_client_response<C: RaftTypeConfig>(
+    entry: ApplyingEntry<C::NodeId, C::Node>,
+    resp: C::R,
+    tx: ResponderOf<C>,
+) {
+    tx.send(Ok(ClientWriteResponse {
+        log_id: entry.log_id,
+        data: resp,
+        membership: entry.membership,
+    }));
 }
 
 /// The result of applying log entries to state machine.
@@ -791,7 +810,12 @@ where
 
         let last_applied = entries[entries.len() - 1].get_log_id().clone();
 
-        let cmd = sm::Command::apply(entries).with_seq(seq);
+        // polykv: the clients waiting for these entries are answered by the state machine worker.
+        let mut responders = self.client_resp_channels.split_off(&since);
+        let later = responders.split_off(&end);
+        self.client_resp_channels.extend(later);
+        let responders = responders.into_iter().collect();
+        let cmd = sm::Command::apply(entries, responders).with_seq(seq);
         self.sm_handle.send(cmd).map_err(|e| StorageIOError::apply(last_applied, AnyError::error(e)))?;
 
         Ok(())
@@ -803,12 +827,15 @@ where
     pub(crate) fn handle_apply_result(&mut self, res: ApplyResult<C>) {
         tracing::debug!(last_applied = display(res.last_applied), "{}", func_name!());
 
+        // polykv: the worker answered the clients of these entries (their responders went with
+        // the apply command); an entry without results here has no client left to answer.
         let mut results = res.apply_results.into_iter();
         let mut applying_entries = res.applying_entries.into_iter();
 
         for log_index in res.since..res.end {
-            let ent = applying_entries.next().unwrap();
-            let apply_res = results.next().unwrap();
+            let (Some(ent), Some(apply_res)) = (applying_entries.next(), results.next()) else {
+                break;
+            };
             let tx = self.client_resp_channels.remove(&log_index);
 
             Self::send_response(ent, apply_res, tx);

@@ -12,6 +12,7 @@ use crate::raft::responder::OneshotResponder;
 use crate::raft::ClientWriteResponse;
 use crate::summary::MessageSummary;
 use crate::type_config::alias::OneshotReceiverOf;
+use crate::type_config::alias::ResponderOf;
 use crate::AsyncRuntime;
 use crate::ChangeMembers;
 use crate::Raft;
@@ -19,8 +20,13 @@ use crate::RaftTypeConfig;
 
 /// Implement blocking mode write operations those reply on oneshot channel for communication
 /// between Raft core and client.
+///
+/// polykv: for any responder that can be made of a [`OneshotResponder`] (0.9 asks for the
+/// `OneshotResponder` itself), so that a type config may answer its own writes otherwise.
 impl<C> Raft<C>
-where C: RaftTypeConfig<Responder = OneshotResponder<C>>
+where
+    C: RaftTypeConfig,
+    ResponderOf<C>: From<OneshotResponder<C>>,
 {
     /// Propose a cluster configuration change.
     ///
@@ -169,11 +175,14 @@ where C: RaftTypeConfig<Responder = OneshotResponder<C>>
     }
 }
 
-fn oneshot_channel<C>() -> (OneshotResponder<C>, OneshotReceiverOf<C, ClientWriteResult<C>>)
-where C: RaftTypeConfig {
+fn oneshot_channel<C>() -> (ResponderOf<C>, OneshotReceiverOf<C, ClientWriteResult<C>>)
+where
+    C: RaftTypeConfig,
+    ResponderOf<C>: From<OneshotResponder<C>>,
+{
     let (tx, rx) = C::AsyncRuntime::oneshot();
 
-    let tx = OneshotResponder::new(tx);
+    let tx = OneshotResponder::new(tx).into();
 
     (tx, rx)
 }

@@ -679,6 +679,13 @@ where C: RaftTypeConfig
         Ok(rx)
     }
 
+    /// polykv: proposes `app_data` with a responder the caller built (as 0.10's `client_write_ff`
+    /// does), from synchronous code: the request is handed to `RaftCore` at once, and `tx` gets
+    /// the result. Fails (and drops `tx`) only if `RaftCore` has stopped.
+    pub fn client_write_with(&self, app_data: C::D, tx: ResponderOf<C>) -> Result<(), RaftCoreStopped> {
+        self.inner.tx_api.send(RaftMsg::ClientWriteRequest { app_data, tx }).map_err(|_| RaftCoreStopped)
+    }
+
     /// Return `true` if this node is already initialized and can not be initialized again with
     /// [`Raft::initialize`]
     pub async fn is_initialized(&self) -> Result<bool, Fatal<C::NodeId>> {
@@ -907,3 +914,7 @@ where C: RaftTypeConfig
         Ok(())
     }
 }
+
+/// polykv: [`Raft::client_write_with`] found `RaftCore` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftCoreStopped;

@@ -10,11 +10,13 @@ use crate::core::sm::CommandResult;
 use crate::core::sm::CommandSeq;
 use crate::core::sm::Response;
 use crate::core::ApplyResult;
+use crate::core::send_client_response;
 use crate::core::ApplyingEntry;
 use crate::display_ext::DisplayOptionExt;
 use crate::entry::RaftPayload;
 use crate::storage::RaftStateMachine;
 use crate::type_config::alias::JoinHandleOf;
+use crate::type_config::alias::ResponderOf;
 use crate::AsyncRuntime;
 use crate::RaftLogId;
 use crate::RaftSnapshotBuilder;
@@ -117,8 +119,8 @@ where
                     let _ = tx.send(Ok(snapshot_data));
                     // No response to RaftCore
                 }
-                CommandPayload::Apply { entries } => {
-                    let resp = self.apply(entries).await?;
+                CommandPayload::Apply { entries, responders } => {
+                    let resp = self.apply(entries, responders).await?;
                     let res = CommandResult::new(cmd.seq, Ok(Response::Apply(resp)));
                     let _ = self.resp_tx.send(Notify::sm(res));
                 }
@@ -126,7 +128,11 @@ where
         }
     }
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn apply(&mut self, entries: Vec<C::Entry>) -> Result<ApplyResult<C>, StorageError<C::NodeId>> {
+    async fn apply(
+        &mut self,
+        entries: Vec<C::Entry>,
+        responders: Vec<(u64, ResponderOf<C>)>,
+    ) -> Result<ApplyResult<C>, StorageError<C::NodeId>> {
         // TODO: prepare response before apply,
         //       so that an Entry does not need to be Clone,
         //       and no references will be used by apply
@@ -154,12 +160,25 @@ where
             n_entries, n_replies
         );
 
+        // polykv: the waiting clients are answered here, without a round through RaftCore.
+        let mut responders = responders.into_iter().peekable();
+        for (entry, result) in applying_entries.into_iter().zip(apply_results) {
+            while responders.peek().is_some_and(|(index, _)| *index < entry.index()) {
+                responders.next();
+            }
+            if responders.peek().is_some_and(|(index, _)| *index == entry.index()) {
+                if let Some((_, tx)) = responders.next() {
+                    send_client_response::<C>(entry, result, tx);
+                }
+            }
+        }
+
         let resp = ApplyResult {
             since,
             end,
             last_applied,
-            applying_entries,
-            apply_results,
+            applying_entries: Vec::new(),
+            apply_results: Vec::new(),
         };
 
         Ok(resp)
