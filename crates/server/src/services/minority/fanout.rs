@@ -199,6 +199,8 @@ async fn write_loop(fanout: Weak<Fanout>, group: Arc<Group>, codec: MinorityServ
             _ = group.rescan.notified() => {}
         }
         while doorbell.try_recv().is_some() {}
+        // The engine is shutting down: one last pass delivers what its queues hold.
+        let last = doorbell.is_closed();
         let members: Vec<Arc<Member>> = {
             let mut members = group.members.lock();
             members.retain(|m| m.strong_count() > 0);
@@ -212,6 +214,9 @@ async fn write_loop(fanout: Weak<Fanout>, group: Arc<Group>, codec: MinorityServ
         }
         for member in &members {
             deliver(member, &group.ids, &codec, &mut scratch);
+        }
+        if last {
+            return;
         }
     }
 }
