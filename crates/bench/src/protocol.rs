@@ -289,6 +289,51 @@ impl Jsonkv {
         });
         encode_with(jsonkv::JsonkvClientCodec::default(), &request, out);
     }
+
+    /// The request `{"jsonkv":"1.0","operate":OP,"key":KEY[,"value":VALUE],"id":1}` written
+    /// directly, byte for byte what the codec writes, when the key and value are UTF-8 with
+    /// nothing to escape (the workload's always are); false (nothing written) otherwise.
+    fn encode_plain(operate: &str, key: &[u8], value: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
+        let plain = |text: &[u8]| std::str::from_utf8(text).is_ok_and(|t| jsonkv::escapes(t) == 0);
+        if !plain(key) || !value.is_none_or(plain) {
+            return false;
+        }
+        let start = out.len();
+        out.extend_from_slice(&[0; jsonkv::HEADER_LEN]);
+        out.extend_from_slice(b"{\"jsonkv\":\"1.0\",\"operate\":\"");
+        out.extend_from_slice(operate.as_bytes());
+        out.extend_from_slice(b"\",\"key\":\"");
+        out.extend_from_slice(key);
+        if let Some(value) = value {
+            out.extend_from_slice(b"\",\"value\":\"");
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(b"\",\"id\":1}");
+        let length = u32::try_from(out.len() - start).unwrap_or(u32::MAX);
+        out[start + 8..start + 12].copy_from_slice(&length.to_be_bytes());
+        true
+    }
+
+    /// Judges a reply of the server's usual shape, `{"jsonkv":"1.0","result":{"value":…,
+    /// "code":"N",…}…}`, by its code alone, without building the response: a quote cannot
+    /// appear unescaped inside a JSON string, so the first `"code":"` after `"result":{` is the
+    /// member. `None` for any other shape (the full decoder then decides).
+    fn judge_plain(payload: &[u8]) -> Option<bool> {
+        const HEAD: &[u8] = b"{\"jsonkv\":\"1.0\",\"result\":{";
+        const CODE: &[u8] = b"\"code\":\"";
+        let rest = payload.strip_prefix(HEAD)?;
+        let at = rest.windows(CODE.len()).position(|w| w == CODE)?;
+        let code = &rest[at + CODE.len()..];
+        let end = code.iter().position(|b| *b == b'"')?;
+        let code = &code[..end];
+        if !payload.ends_with(b"}") {
+            return None;
+        }
+        Some(
+            code == jsonkv::Code::Success.as_str().as_bytes()
+                || code == jsonkv::Code::KeyNotFound.as_str().as_bytes(),
+        )
+    }
 }
 
 impl LoadProtocol for Jsonkv {
@@ -297,17 +342,30 @@ impl LoadProtocol for Jsonkv {
     }
 
     fn encode_get(&self, key: &[u8], out: &mut Vec<u8>) {
+        if Self::encode_plain("get", key, None, out) {
+            return;
+        }
         let key = String::from_utf8_lossy(key).into_owned();
         Self::encode(jsonkv::Command::get(key), out);
     }
 
     fn encode_set(&self, key: &[u8], value: &[u8], _sync: bool, out: &mut Vec<u8>) {
+        if Self::encode_plain("put", key, Some(value), out) {
+            return;
+        }
         let key = String::from_utf8_lossy(key).into_owned();
         let value = String::from_utf8_lossy(value).into_owned();
         Self::encode(jsonkv::Command::put(key, value), out);
     }
 
     fn decode_reply(&self, buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
+        let frame = jsonkv::split_frame(buf, jsonkv::DEFAULT_CLIENT_MAX_FRAME)
+            .map_err(|reject| reject.reason.to_string())?;
+        if let Decoded::Frame(payload, used) = frame {
+            if let Some(success) = Self::judge_plain(payload) {
+                return Ok(Some((used, success)));
+            }
+        }
         decode_with(
             jsonkv::JsonkvClientCodec::default(),
             buf,
@@ -585,6 +643,78 @@ mod tests {
         assert_eq!(
             Jsonkv.decode_reply(&error).unwrap(),
             Some((error.len(), false))
+        );
+    }
+
+    /// The direct encoding is the codec's, byte for byte; keys or values it cannot write
+    /// plainly go through the codec.
+    #[test]
+    fn jsonkv_plain_requests_are_the_codecs() {
+        let codec = |command: jsonkv::Command| {
+            let mut out = Vec::new();
+            Jsonkv::encode(command, &mut out);
+            out
+        };
+        for key in [
+            "k",
+            "key:000123",
+            "caf\u{e9}",
+            "a\"b",
+            "back\\slash",
+            "tab\t",
+        ] {
+            let mut out = Vec::new();
+            Jsonkv.encode_get(key.as_bytes(), &mut out);
+            assert_eq!(out, codec(jsonkv::Command::get(key)), "get {key:?}");
+            for value in ["", "v", "x\ny"] {
+                let mut out = Vec::new();
+                Jsonkv.encode_set(key.as_bytes(), value.as_bytes(), false, &mut out);
+                assert_eq!(out, codec(jsonkv::Command::put(key, value)), "put {key:?}");
+            }
+        }
+        let mut plain = Vec::new();
+        assert!(Jsonkv::encode_plain("get", b"k", None, &mut plain));
+        assert!(!Jsonkv::encode_plain("get", b"a\"b", None, &mut plain));
+        assert!(!Jsonkv::encode_plain(
+            "put",
+            b"k",
+            Some(&[0xff]),
+            &mut plain
+        ));
+    }
+
+    /// Replies judged by their code alone agree with the full decoder; other shapes go to it.
+    #[test]
+    fn jsonkv_replies_judged_by_their_code() {
+        let frame = |payload: &str| {
+            let mut out = BytesMut::new();
+            jsonkv::encode_frame(&mut out, payload.as_bytes());
+            out
+        };
+        let value = r#"{"jsonkv":"1.0","result":{"value":"a \"code\":\"1\" b","code":"0","message":"get operation success"},"id":1}"#;
+        assert_eq!(Jsonkv::judge_plain(value.as_bytes()), Some(true));
+        let fail = r#"{"jsonkv":"1.0","result":{"value":"","code":"1024","message":"internal error"},"id":1}"#;
+        assert_eq!(Jsonkv::judge_plain(fail.as_bytes()), Some(false));
+        let reordered =
+            r#"{"result":{"code":"0","value":"v","message":"m"},"jsonkv":"1.0","id":1}"#;
+        assert_eq!(Jsonkv::judge_plain(reordered.as_bytes()), None);
+        for payload in [value, fail, reordered] {
+            let reply = frame(payload);
+            let full = jsonkv::JsonkvClientCodec::default().decode_response(&reply);
+            let Ok(Decoded::Frame(jsonkv::ResponsePayload::Single(full), _)) = full else {
+                panic!("{payload}");
+            };
+            let expected = full.is_success() || full.code == "1000";
+            assert_eq!(
+                Jsonkv.decode_reply(&reply).unwrap(),
+                Some((reply.len(), expected)),
+                "{payload}"
+            );
+        }
+        let bad = frame(r#"{"jsonkv":"1.0","result":{"value":"","code":"0""#);
+        assert!(
+            Jsonkv.decode_reply(&bad).is_err(),
+            "not JSON: the decoder refuses it"
         );
     }
 }

@@ -247,6 +247,75 @@ async fn pushes_in_commit_order_under_concurrent_writers() {
     assert!(last.values().all(|v| *v == 199));
 }
 
+/// Subscribers of one key are written by its fan-out writer while they wait and by their own
+/// sessions while they are busy: every subscriber that keeps reading sees every change once, in
+/// order, and its replies intact, whichever wrote; one that stops reading still gets the final
+/// value, and never holds the others back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_one_key_get_every_change_once_in_order_between_their_replies() {
+    const SUBSCRIBERS: usize = 8;
+    const CHANGES: u32 = 2000;
+    let server = Server::start_with(Options {
+        args: [
+            "--minority-async-acks",
+            "true",
+            "--minority-push-queue",
+            "64",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    });
+    let mut stalled = client(&server).await;
+    stalled.notify(b"grp", b"k").await.unwrap();
+    let mut readers = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut c = client(&server).await;
+        let (_, opaque) = c.notify(b"grp", b"k").await.unwrap();
+        readers.push(tokio::spawn(async move {
+            // Requests between pushes: the session answers while the writer also pushes.
+            let mut seen = Vec::new();
+            while seen.last() != Some(&(CHANGES - 1)) {
+                assert_eq!(
+                    c.get(b"grp", b"other").await.unwrap(),
+                    None,
+                    "a reply, intact"
+                );
+                while let Some(p) = c.next_push(Duration::from_millis(1)).await.unwrap() {
+                    assert_eq!((p.opaque, p.datanum_id.as_ref()), (opaque, &b"k"[..]));
+                    seen.push(String::from_utf8_lossy(&p.value).parse::<u32>().unwrap());
+                }
+            }
+            seen
+        }));
+    }
+    let mut writer = client(&server).await;
+    for i in 0..CHANGES {
+        writer
+            .set(b"grp", b"k", i.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    for reader in readers {
+        let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("every change arrives")
+            .unwrap();
+        assert_eq!(
+            seen,
+            (0..CHANGES).collect::<Vec<_>>(),
+            "each change once, in order"
+        );
+    }
+    let mut last = None;
+    while let Some(p) = stalled.next_push(Duration::from_millis(500)).await.unwrap() {
+        let value: u32 = String::from_utf8_lossy(&p.value).parse().unwrap();
+        assert!(last < Some(value), "in order");
+        last = Some(value);
+    }
+    assert_eq!(last, Some(CHANGES - 1), "the final value arrives");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_gets_the_latest_values_and_never_slows_writers() {
     let server = Server::start_with(Options {
@@ -314,7 +383,8 @@ async fn idle_connections_are_closed_and_their_subscriptions_dropped() {
     let mut c = client(&server).await;
     c.notify(b"idle", b"x").await.unwrap();
     let (_, stats) = http(server.admin_port, "GET", "/api/stats", "").unwrap();
-    assert!(stats.contains("\"subscribers\":1"), "{stats}");
+    // The subscription's watch and its key's fan-out writer's.
+    assert!(stats.contains("\"subscribers\":2"), "{stats}");
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert!(
         c.get(b"idle", b"x").await.is_err(),

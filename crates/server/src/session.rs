@@ -132,6 +132,17 @@ pub trait Service: Send + 'static {
         std::future::pending()
     }
 
+    /// The session is about to wait with everything written to `stream`: until
+    /// [`Service::woken`], another task may write to it (minority's fan-out writer, given the
+    /// connection's write right). Default: nothing.
+    fn parked(&mut self, _stream: &Arc<TcpStream>) {}
+
+    /// The session woke: returns once nothing but the session writes to its socket (a push
+    /// another task began is finished). Default: at once.
+    fn woken(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// A message to send when the server shuts down, and how long to wait for the client's
     /// answer (a request for which [`Service::answers_farewell`] holds) or its close. Other
     /// requests received meanwhile are discarded. `None` (the default): close at once.
@@ -625,6 +636,7 @@ where
                 }
                 (None, _) => armed = None,
             }
+            self.service.parked(&self.stream);
             // Waits for readiness, not data: a session taken meanwhile must not consume input.
             let wake = {
                 let readable = self.stream.readable();
@@ -644,6 +656,7 @@ where
             if takeable && !self.wait_serving().await {
                 return "shutting down";
             }
+            self.service.woken().await;
             match wake {
                 Wake::Readable(Ok(())) => match read_available(&self.stream, &mut input) {
                     Ok(0) if input.is_empty() => return "client closed",

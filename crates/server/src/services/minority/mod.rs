@@ -2,6 +2,7 @@
 //! configuration (`config`) and its start-up.
 
 mod config;
+pub mod fanout;
 pub mod keys;
 pub mod service;
 
@@ -38,6 +39,7 @@ impl Protocol for Wing {
             submitter: runtime.submitter.clone(),
             keyspace,
             config: config.clone(),
+            fanout: fanout::Fanout::new(runtime.engine.clone(), keyspace, codec),
         });
         runtime
             .serve_tcp(

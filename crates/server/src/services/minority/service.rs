@@ -4,7 +4,9 @@
 //! Each subscription is one or two engine watches. The connection's push loop takes events from
 //! them only when it can write: while the client does not read, events stay in the engine's
 //! bounded queue, which coalesces to the latest event per key, so writers never wait and the
-//! final value always arrives.
+//! final value always arrives. A subscription to one key (a datanumId given) joins that key's
+//! group instead (`fanout`): while the session waits, the group's writer takes its events and
+//! writes them; while it is awake, the session does as for any other subscription.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use polykv_engine::{
 };
 use polykv_protocols::minority::{op, status, Op, Request, Response};
 
+use super::fanout::{Fanout, Member, Outbox, WriteRight};
 use super::keys::{engine_key, lookup_key, split_key};
 
 use super::MinorityConfig;
@@ -38,12 +41,24 @@ pub struct MinorityShared {
     pub(super) submitter: crate::submit::Submitter,
     pub(super) keyspace: KeyspaceId,
     pub(super) config: MinorityConfig,
+    pub(super) fanout: Arc<Fanout>,
 }
 
-/// One subscription: its opaque and its engine watches.
+/// One subscription: its opaque and its engine watches (its own, or its place in a key's
+/// group).
 struct Subscribed {
     opaque: u32,
     watches: Vec<Subscription>,
+    member: Option<Arc<Member>>,
+}
+
+impl Subscribed {
+    /// Its watches the session may take events from: a group member's only while the session
+    /// holds the write right.
+    fn watches(&self, holding: bool) -> impl Iterator<Item = &Subscription> {
+        let member = self.member.as_ref().filter(|_| holding);
+        self.watches.iter().chain(member.map(|m| &m.watch))
+    }
 }
 
 pub struct MinorityService {
@@ -52,6 +67,10 @@ pub struct MinorityService {
     subscriptions: HashMap<(Bytes, Bytes, bool), Subscribed>,
     /// Snapshot pushes of whole-dataId subscriptions, sent before any change push.
     snapshot: VecDeque<Response>,
+    /// The connection's write right, shared with the groups it joined (once it joined one).
+    outbox: Option<Arc<Outbox>>,
+    /// The write right, while held (always, but while the session waits).
+    right: Option<WriteRight>,
 }
 
 fn reply_to(
@@ -95,7 +114,38 @@ impl MinorityService {
             shared,
             subscriptions: HashMap::new(),
             snapshot: VecDeque::new(),
+            outbox: None,
+            right: None,
         }
+    }
+
+    /// The connection's outbox, made on first use (the session is awake then: the new outbox's
+    /// write right is held).
+    fn outbox(&mut self) -> Arc<Outbox> {
+        if let Some(outbox) = &self.outbox {
+            return outbox.clone();
+        }
+        let (outbox, right) = Outbox::new();
+        self.right = Some(right);
+        self.outbox = Some(outbox.clone());
+        outbox
+    }
+
+    /// A subscription to one key through its group; `None` when the key cannot be grouped
+    /// (or there is no runtime to run its writer), then the caller watches it itself.
+    fn join(
+        &mut self,
+        key: &Bytes,
+        opaque: u32,
+    ) -> polykv_engine::Result<Option<(Arc<Member>, Option<Entry>)>> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Ok(None);
+        }
+        let capacity = self.shared.config.push_queue.max(1) as usize;
+        let outbox = self.outbox();
+        self.shared
+            .fanout
+            .join(key.clone(), opaque, &outbox, capacity)
     }
 
     fn durability(&self) -> Durability {
@@ -168,10 +218,16 @@ impl MinorityService {
             return answer(status::STORE_FAIL, Bytes::new());
         }
         match self.subscribe(opaque, &data_id, &datanum_id) {
-            Ok((watches, current)) => {
+            Ok((watches, member, current)) => {
                 // Replacing drops the old engine watches.
-                self.subscriptions
-                    .insert(id, Subscribed { opaque, watches });
+                self.subscriptions.insert(
+                    id,
+                    Subscribed {
+                        opaque,
+                        watches,
+                        member,
+                    },
+                );
                 answer(
                     status::OK,
                     current.map(|e| e.value.to_bytes()).unwrap_or_default(),
@@ -184,17 +240,24 @@ impl MinorityService {
         }
     }
 
-    /// The engine watches of a subscription and the key's current entry. A whole-dataId
-    /// subscription also watches every key under `dataId ‖ 00` and queues their snapshot.
+    /// The engine watches of a subscription (or its group membership) and the key's current
+    /// entry. A whole-dataId subscription also watches every key under `dataId ‖ 00` and queues
+    /// their snapshot.
+    #[allow(clippy::type_complexity)]
     fn subscribe(
         &mut self,
         opaque: u32,
         data_id: &Bytes,
         datanum_id: &Bytes,
-    ) -> polykv_engine::Result<(Vec<Subscription>, Option<Entry>)> {
+    ) -> polykv_engine::Result<(Vec<Subscription>, Option<Arc<Member>>, Option<Entry>)> {
         let s = self.shared.clone();
         let capacity = Some(s.config.push_queue.max(1) as usize);
         let key = engine_key(data_id, datanum_id);
+        if !datanum_id.is_empty() {
+            if let Some((member, current)) = self.join(&key, opaque)? {
+                return Ok((Vec::new(), Some(member), current));
+            }
+        }
         let (watch, current) = s.engine.watch_key(s.keyspace, key, capacity)?;
         let mut watches = vec![watch];
         if datanum_id.is_empty() {
@@ -217,7 +280,7 @@ impl MinorityService {
                 }
             }
         }
-        Ok((watches, current))
+        Ok((watches, None, current))
     }
 }
 
@@ -332,8 +395,22 @@ impl Service for MinorityService {
             if let Some(push) = self.snapshot.pop_front() {
                 return Some(push);
             }
+            // A group member's events are taken with the write right only (the group's writer
+            // may be writing them while the session waits).
+            if let (Some(outbox), None) = (&self.outbox, &self.right) {
+                let waiting = self
+                    .subscriptions
+                    .values()
+                    .filter_map(|s| s.member.as_ref())
+                    .any(|m| m.watch.pending() > 0);
+                if waiting {
+                    let outbox = outbox.clone();
+                    self.right = Some(outbox.take().await);
+                }
+            }
+            let holding = self.right.is_some();
             for subscribed in self.subscriptions.values() {
-                for watch in &subscribed.watches {
+                for watch in subscribed.watches(holding) {
                     while let Some(event) = watch.try_recv() {
                         if let Some(push) = push_of(event, subscribed.opaque) {
                             return Some(push);
@@ -341,25 +418,48 @@ impl Service for MinorityService {
                     }
                 }
             }
+            let grouped = self
+                .outbox
+                .as_ref()
+                .filter(|_| self.subscriptions.values().any(|s| s.member.is_some()));
             let mut open = self
                 .subscriptions
                 .values()
                 .flat_map(|s| s.watches.iter())
                 .filter(|w| !w.is_closed());
-            match (open.next(), open.next()) {
+            match (grouped, open.next(), open.next()) {
                 // No subscription (or the engine is shutting down): nothing will come.
-                (None, _) => return std::future::pending().await,
-                // The common case, one watch: wait on it without allocating.
-                (Some(only), None) => only.changed().await,
-                (Some(first), Some(second)) => {
-                    let waits: Vec<_> = [first, second]
+                (None, None, _) => return std::future::pending().await,
+                // The common cases, one watch or only groups: wait without allocating.
+                (None, Some(only), None) => only.changed().await,
+                (Some(outbox), None, _) => outbox.left().await,
+                (grouped, first, second) => {
+                    let mut waits: Vec<_> = first
                         .into_iter()
+                        .chain(second)
                         .chain(open)
-                        .map(|w| Box::pin(w.changed()))
+                        .map(|w| Box::pin(w.changed()) as futures_util::future::BoxFuture<'_, ()>)
                         .collect();
+                    if let Some(outbox) = grouped {
+                        waits.push(Box::pin(outbox.left()));
+                    }
                     futures_util::future::select_all(waits).await;
                 }
             }
+        }
+    }
+
+    fn parked(&mut self, stream: &Arc<tokio::net::TcpStream>) {
+        if let Some(outbox) = &self.outbox {
+            outbox.park(stream);
+            self.right = None;
+        }
+    }
+
+    async fn woken(&mut self) {
+        if let (Some(outbox), None) = (&self.outbox, &self.right) {
+            let outbox = outbox.clone();
+            self.right = Some(outbox.take().await);
         }
     }
 
@@ -398,8 +498,10 @@ mod carry {
     pub(super) fn export(service: &mut MinorityService) -> Result<Vec<u8>, String> {
         let mut queued: Vec<Response> = service.snapshot.drain(..).collect();
         let mut subscriptions = Vec::new();
+        // The session has stopped with the write right held, and its socket has left it: no
+        // group writer takes events any more.
         for ((data_id, datanum_id, whole), subscribed) in &service.subscriptions {
-            for watch in &subscribed.watches {
+            for watch in subscribed.watches(true) {
                 while let Some(event) = watch.try_recv() {
                     queued.extend(push_of(event, subscribed.opaque));
                 }
@@ -443,23 +545,38 @@ mod carry {
             let (data_id, datanum_id) = (Bytes::from(data_id), Bytes::from(datanum_id));
             let key = engine_key(&data_id, &datanum_id);
             // The current values were pushed (or queued) before the handover: no snapshot.
-            let (watch, _) = s
-                .engine
-                .watch_key(s.keyspace, key, capacity)
-                .map_err(|e| e.to_string())?;
-            let mut watches = vec![watch];
-            if whole {
-                let mut prefix = data_id.to_vec();
-                prefix.push(0);
-                let (watch, _) = s
-                    .engine
-                    .watch_prefix(s.keyspace, Bytes::from(prefix), capacity, 0)
-                    .map_err(|e| e.to_string())?;
-                watches.push(watch);
-            }
-            service
-                .subscriptions
-                .insert((data_id, datanum_id, whole), Subscribed { opaque, watches });
+            let member = match whole {
+                false => service.join(&key, opaque).map_err(|e| e.to_string())?,
+                true => None,
+            };
+            let (watches, member) = match member {
+                Some((member, _)) => (Vec::new(), Some(member)),
+                None => {
+                    let (watch, _) = s
+                        .engine
+                        .watch_key(s.keyspace, key, capacity)
+                        .map_err(|e| e.to_string())?;
+                    let mut watches = vec![watch];
+                    if whole {
+                        let mut prefix = data_id.to_vec();
+                        prefix.push(0);
+                        let (watch, _) = s
+                            .engine
+                            .watch_prefix(s.keyspace, Bytes::from(prefix), capacity, 0)
+                            .map_err(|e| e.to_string())?;
+                        watches.push(watch);
+                    }
+                    (watches, None)
+                }
+            };
+            service.subscriptions.insert(
+                (data_id, datanum_id, whole),
+                Subscribed {
+                    opaque,
+                    watches,
+                    member,
+                },
+            );
         }
         Ok(())
     }
