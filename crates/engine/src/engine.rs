@@ -1105,8 +1105,30 @@ impl Engine {
 
     /// Stops background work, syncs everything to disk and refuses later writes. Idempotent.
     pub fn close(&self) {
-        if self.inner.closed.swap(true, Ordering::SeqCst) {
-            return;
+        self.shut(false);
+    }
+
+    /// [`Engine::close`], and the store lets go of its files (the directory lock) at once,
+    /// while other handles on this engine may remain: a hot upgrade's new process opens the
+    /// directory without waiting for every session of the old one to drop its handle. Reads
+    /// fail afterwards. Returns whether the store was released (false: see the log).
+    pub fn release(&self) -> bool {
+        self.shut(true)
+    }
+
+    /// Checkpoints everything written so far into the ordered store, when the engine runs on
+    /// the log (otherwise nothing to do): before a hot upgrade stops serving, so the close has
+    /// little left to write and the next open little to replay.
+    pub fn checkpoint(&self) -> Result<()> {
+        match &self.inner.log_store {
+            Some(store) => Ok(store.checkpoint()?),
+            None => Ok(()),
+        }
+    }
+
+    fn shut(&self, release: bool) -> bool {
+        if self.inner.closed.swap(true, Ordering::SeqCst) && !release {
+            return true;
         }
         // Wait for any apply in progress to finish before the final sync.
         drop(self.inner.writer.lock());
@@ -1114,10 +1136,15 @@ impl Engine {
         // closing never waits for its sleep.
         drop(self.inner.reaper.lock().take());
         self.inner.persister.stop();
-        if let Err(e) = self.inner.store.close() {
+        let closed = match release {
+            true => self.inner.store.release(),
+            false => self.inner.store.close(),
+        };
+        if let Err(e) = &closed {
             tracing::error!(error = %e, "closing the store failed");
         }
         self.inner.hub.close_all();
+        closed.is_ok()
     }
 }
 

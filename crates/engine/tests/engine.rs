@@ -637,3 +637,41 @@ async fn a_dataset_four_times_the_cache_reads_back_through_checkpoints_and_a_res
     let engine = Engine::open_dir(dir.path(), config).unwrap();
     check(&engine);
 }
+
+/// A hot upgrade's old process releases the store while its parked sessions still hold engine
+/// handles: the directory opens at once elsewhere (fjall's lock is a file lock, so a second
+/// open in this process stands for the new process), with everything written; the remaining
+/// handles get errors, not panics.
+#[tokio::test]
+async fn a_released_store_opens_again_while_handles_remain() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let ks = engine.keyspace("up").unwrap();
+    engine
+        .set(ks, "before", bytes("checkpointed"), Durability::Sync)
+        .await
+        .unwrap();
+    engine.checkpoint().unwrap();
+    engine
+        .set(ks, "after", bytes("in the log"), Durability::Sync)
+        .await
+        .unwrap();
+    let held = engine.clone();
+    assert!(
+        Engine::open_dir(dir.path(), EngineConfig::default()).is_err(),
+        "held: the directory is locked"
+    );
+
+    assert!(engine.release());
+    drop(engine);
+    let reopened = Engine::open_dir(dir.path(), EngineConfig::default())
+        .expect("released: opens while a handle remains");
+    let ks = reopened.keyspace("up").unwrap();
+    for (key, value) in [("before", "checkpointed"), ("after", "in the log")] {
+        let read = reopened.get(ks, key.as_bytes()).unwrap().expect(key);
+        assert_eq!(read.entry.value, bytes(value));
+    }
+    assert!(held.get(ks, b"never written").is_err());
+    drop(held);
+    reopened.close();
+}

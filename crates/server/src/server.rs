@@ -97,6 +97,8 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
     // A takeover's last step: everything is prepared in the first generation, then the old
     // process is told this one is ready and the commit opens the gate.
     let mut commit = None;
+    // Before a takeover, so that nothing of it waits for this (and the store's open is counted).
+    let prometheus = crate::metrics::install();
     let (lock, mut carried, mut opened) = match &launch.takeover {
         Some(path) => {
             let received = upgrade::new::take_over(&config, path)
@@ -121,7 +123,6 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
             (lock_data_dir(&config.data_dir)?, Carried::default(), None)
         }
     };
-    let prometheus = crate::metrics::install();
     let read_only = Arc::new(ReadOnly::new(config.protocols.nmdb.read_only));
     let started = Instant::now();
 
@@ -229,7 +230,8 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
         let result = match (result, commit.take()) {
             (Ok(()), Some((pending, since))) => {
                 let ms = starting.elapsed().as_millis() as u64;
-                tracing::info!(ms, "upgrade: listeners started");
+                let before_ms = starting.saturating_duration_since(since).as_millis() as u64;
+                tracing::info!(ms, before_ms, "upgrade: listeners started");
                 commit_takeover(pending, since, &lock, &config).await
             }
             (Err(e), Some((pending, _))) => {

@@ -438,15 +438,31 @@ const ROUND: usize = 512;
 /// after it: so the commit waits for neither the thousands of idle connections nor their
 /// preparation, and a client that writes meanwhile is served in the next round.
 fn sort_carried<S: Service>(carried: Vec<Resumable>) -> (Vec<Resumable>, Vec<Resumable>) {
-    let (mut now, idle): (Vec<_>, Vec<_>) = carried
-        .into_iter()
-        .partition(|c| !S::STATELESS || !c.state.input.is_empty() || !c.state.service.is_empty());
-    let mut idle = idle;
-    let waiting = readable_now(&idle);
-    for index in waiting.into_iter().rev() {
-        now.push(idle.swap_remove(index));
+    let (mut now, idle): (Vec<_>, Vec<_>) = carried.into_iter().partition(|c| {
+        !S::STATELESS
+            || !c.state.input.is_empty()
+            || !c.state.service.is_empty()
+            || c.waiting == Some(true)
+    });
+    // Those not looked at yet (after a rollback) are polled here.
+    let (unknown, mut idle): (Vec<_>, Vec<_>) = idle.into_iter().partition(|c| c.waiting.is_none());
+    let mut unknown = unknown;
+    for index in readable_now(&unknown).into_iter().rev() {
+        now.push(unknown.swap_remove(index));
     }
+    idle.append(&mut unknown);
     (now, idle)
+}
+
+/// Records, for each carried connection, whether a request is waiting in its socket now (one
+/// poll(2) over them all), so the listeners need not look again before the commit.
+pub(crate) fn mark_waiting(carried: &mut [Resumable]) {
+    for c in carried.iter_mut() {
+        c.waiting = Some(false);
+    }
+    for index in readable_now(carried) {
+        carried[index].waiting = Some(true);
+    }
 }
 
 /// The next round of idle connections: every one readable now, then up to [`ROUND`] more.
@@ -503,7 +519,7 @@ where
 {
     let mut sessions = Vec::new();
     for carried in carried {
-        let Resumable { fd, state } = carried;
+        let Resumable { fd, state, .. } = carried;
         let mut service = new_service();
         let stream = std::net::TcpStream::from(fd);
         let resumed = service

@@ -12,7 +12,8 @@ use super::{BatchOp, PersistMode, SpaceId, Store};
 use crate::error::StoreError;
 
 pub struct FjallStore {
-    db: Database,
+    /// `None` once released (see [`Store::release`]): fjall's directory lock goes with it.
+    db: RwLock<Option<Database>>,
     dir: PathBuf,
     spaces: RwLock<Vec<(String, Keyspace)>>,
     /// Our own handle on the active journal file, for syncing it without holding fjall's
@@ -20,6 +21,10 @@ pub struct FjallStore {
     journal: Mutex<Option<(PathBuf, File)>>,
     /// Memtable size of spaces created from now on (fjall keeps it with each space).
     memtable_bytes: u64,
+}
+
+fn released() -> StoreError {
+    StoreError::Refused("the store was released".into())
 }
 
 fn io(e: fjall::Error) -> StoreError {
@@ -70,7 +75,7 @@ impl FjallStore {
             .open()
             .map_err(io)?;
         Ok(FjallStore {
-            db,
+            db: RwLock::new(Some(db)),
             dir: path.to_path_buf(),
             spaces: RwLock::new(Vec::new()),
             journal: Mutex::new(None),
@@ -94,6 +99,11 @@ impl FjallStore {
             .ok_or_else(|| StoreError::Refused(format!("no journal in {}", self.dir.display())))
     }
 
+    /// The database, unless it was released.
+    fn db(&self) -> Result<Database, StoreError> {
+        self.db.read().clone().ok_or_else(released)
+    }
+
     fn space(&self, space: SpaceId) -> Result<Keyspace, StoreError> {
         self.spaces
             .read()
@@ -113,7 +123,7 @@ impl Store for FjallStore {
             return Err(StoreError::Refused(format!("invalid space name {name:?}")));
         }
         let keyspace = self
-            .db
+            .db()?
             .keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(self.memtable_bytes)
             })
@@ -135,7 +145,7 @@ impl Store for FjallStore {
                 .map(|(_, ks)| ks)
                 .ok_or_else(|| StoreError::Refused(format!("unknown space {space}")))
         };
-        let mut batch = self.db.batch();
+        let mut batch = self.db()?.batch();
         for op in ops {
             match op {
                 BatchOp::Put { space, key, value } => {
@@ -199,7 +209,7 @@ impl Store for FjallStore {
     /// the next batch while the current one syncs. A journal sealed by rotation was synced by
     /// fjall before the new one was created, so syncing the newest file covers everything.
     fn persist(&self, mode: PersistMode) -> Result<(), StoreError> {
-        self.db.persist(fjall::PersistMode::Buffer).map_err(io)?;
+        self.db()?.persist(fjall::PersistMode::Buffer).map_err(io)?;
         if mode == PersistMode::Buffer {
             return Ok(());
         }
@@ -222,5 +232,21 @@ impl Store for FjallStore {
         self.space(space)
             .map(|ks| ks.approximate_len() as u64)
             .unwrap_or(0)
+    }
+
+    /// Syncs, then drops our handles on the database (each keyspace holds fjall's directory
+    /// lock too): the lock goes with the last of them, not with the last handle on this store.
+    fn release(&self) -> Result<(), StoreError> {
+        if self.db.read().is_none() {
+            return Ok(());
+        }
+        let synced = self.persist(PersistMode::SyncData);
+        // One lock at a time: `write_batch` takes the spaces' and then the database's.
+        let spaces = std::mem::take(&mut *self.spaces.write());
+        let db = self.db.write().take();
+        self.journal.lock().take();
+        drop(spaces);
+        drop(db);
+        synced
     }
 }

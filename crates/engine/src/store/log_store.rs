@@ -740,6 +740,22 @@ impl Store for LogStore {
     fn close(&self) -> Result<(), StoreError> {
         self.stop()
     }
+
+    /// Like [`LogStore::stop`], but the final checkpoint runs on the calling thread and the
+    /// checkpointer is told to go without being waited for (at its lowered priority on a busy
+    /// machine, its next turn can be many milliseconds away); then the inner store lets go of
+    /// its files.
+    fn release(&self) -> Result<(), StoreError> {
+        if let Some(thread) = self.checkpointer.lock().take() {
+            self.shared.control.lock().halt = true;
+            self.shared.wake.notify_one();
+            drop(thread);
+            self.shared.checkpoint()?;
+            self.shared.log.sync()?;
+            self.shared.log.mark_clean()?;
+        }
+        self.shared.inner.release()
+    }
 }
 
 #[cfg(test)]

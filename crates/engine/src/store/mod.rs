@@ -99,6 +99,14 @@ pub trait Store: Send + Sync + 'static {
         self.persist(PersistMode::SyncData)
     }
 
+    /// [`Store::close`], then lets go of the store's files (its directory lock included) at
+    /// once, even while other handles on the store remain: another process can open the same
+    /// directory without waiting for every holder to drop. Nothing is answered afterwards.
+    /// Stores without files only close.
+    fn release(&self) -> Result<(), StoreError> {
+        self.close()
+    }
+
     fn put(&self, space: SpaceId, key: Bytes, value: Bytes) -> Result<(), StoreError> {
         self.write_batch(vec![BatchOp::Put { space, key, value }])
     }

@@ -35,6 +35,10 @@ pub struct Stopped {
 pub struct Resumable {
     pub fd: OwnedFd,
     pub state: SessionState,
+    /// Whether a request was waiting in its socket, if that was looked at already (the new
+    /// process polls every session as they arrive, while its store opens, so the listeners
+    /// need not before the commit); `None`: the listener looks.
+    pub waiting: Option<bool>,
 }
 
 /// A listening socket carried over, by name.
@@ -232,10 +236,13 @@ impl Hub {
             }
             let mut sessions = hub.sessions.lock();
             for s in carried.sessions {
-                sessions
-                    .entry(s.state.listener.clone())
-                    .or_default()
-                    .push(s);
+                // Looked up first: a key is allocated once per listener, not per session.
+                match sessions.get_mut(&s.state.listener) {
+                    Some(list) => list.push(s),
+                    None => {
+                        sessions.insert(s.state.listener.clone(), vec![s]);
+                    }
+                }
             }
         }
         hub
@@ -354,11 +361,13 @@ impl Hub {
     /// boundary and deposit their state) and waits for them, up to `limit`. A session still
     /// busy then (a client that does not read) is left behind and closes with this process.
     pub async fn take_sessions_for_handover(&self, limit: Duration) -> Vec<TakenSession> {
+        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + limit;
         let accepting = self.wait_until(|hub| hub.accepting.load(Ordering::SeqCst) == 0);
         if tokio::time::timeout_at(deadline, accepting).await.is_err() {
             tracing::warn!("upgrade: an accept loop did not stop in time");
         }
+        let accept_stopped_us = started.elapsed().as_micros() as u64;
         let mut taken = Vec::new();
         for slot in self.slots.lock().values() {
             match slot
@@ -378,11 +387,19 @@ impl Hub {
             }
         }
         let count = taken.len();
+        let taken_us = started.elapsed().as_micros() as u64;
         let stopped = self.wait_until(|hub| hub.slots.lock().len() <= count);
         if tokio::time::timeout_at(deadline, stopped).await.is_err() {
             let left = self.slots.lock().len() - count;
             tracing::warn!(left, "upgrade: sessions still busy at the deadline (a client not reading?); they close with this process");
         }
+        tracing::info!(
+            taken = count,
+            accept_stopped_us,
+            taken_us,
+            others_stopped_us = started.elapsed().as_micros() as u64,
+            "upgrade: sessions taken"
+        );
         taken
     }
 

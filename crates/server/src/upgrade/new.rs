@@ -52,6 +52,8 @@ impl Commit {
 
 pub async fn take_over(config: &Config, path: &Path) -> Result<Received, String> {
     let timeout = Duration::from_secs(config.upgrade_timeout_secs.max(1));
+    // Room for every connection and listener the old process may pass, made while it serves.
+    reserve_descriptors(config.max_connections as usize + 1024);
     // The old process stops its sessions between our greeting and its first descriptor.
     let stop_wait = timeout + Duration::from_secs(config.shutdown_timeout_secs);
     let (path, data_dir) = (path.to_path_buf(), config.data_dir.clone());
@@ -96,6 +98,38 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Received, String>
         engine,
         commit: Commit { stream },
     })
+}
+
+/// Grows this process's descriptor table once, now, to hold `wanted` descriptors (capped by
+/// RLIMIT_NOFILE). Left to itself the kernel doubles the table as the passed connections
+/// arrive, and in a process with several threads every doubling waits for an RCU grace
+/// period (`expand_fdtable`): about ten of them for 10 000 connections, each taking
+/// milliseconds to tens of milliseconds on a busy machine, inside the clients' pause. Best
+/// effort: a failure leaves the table to grow as before.
+fn reserve_descriptors(wanted: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass; fcntl(F_DUPFD_CLOEXEC) duplicates stderr
+    // onto the lowest free descriptor at or above `top`, which is closed at once (only the
+    // table's growth is wanted).
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let top = (wanted as u64).min(limit.rlim_cur).saturating_sub(1);
+        let Ok(top) = libc::c_int::try_from(top) else {
+            return;
+        };
+        if top < 1024 {
+            return;
+        }
+        let fd = libc::fcntl(libc::STDERR_FILENO, libc::F_DUPFD_CLOEXEC, top);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -193,12 +227,13 @@ fn receive_sessions(stream: &UnixStream) -> Result<Vec<Resumable>, String> {
     let mut sessions = Vec::new();
     loop {
         match socket::recv(stream).map_err(|e| e.to_string())? {
-            (Message::Sessions(states), fds) if states.len() == fds.len() => sessions.extend(
-                states
-                    .into_iter()
-                    .zip(fds)
-                    .map(|(state, fd)| Resumable { fd, state }),
-            ),
+            (Message::Sessions(states), fds) if states.len() == fds.len() => {
+                sessions.extend(states.into_iter().zip(fds).map(|(state, fd)| Resumable {
+                    fd,
+                    state,
+                    waiting: None,
+                }))
+            }
             (
                 Message::Sent {
                     sessions: count, ..
@@ -211,6 +246,7 @@ fn receive_sessions(stream: &UnixStream) -> Result<Vec<Resumable>, String> {
                         sessions.len()
                     ));
                 }
+                crate::session::mark_waiting(&mut sessions);
                 return Ok(sessions);
             }
             (other, fds) => {

@@ -97,24 +97,29 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
         }
     };
     let pid = child.id().unwrap_or(0);
+    checkpoint_ahead(&runtime.engine).await;
 
     // From here until the new process resumes, clients wait: the pause they see.
     let stopping = std::time::Instant::now();
-    let Stopped { carried, taken } = stop_and_export(runtime, shutdown).await;
+    let Stopped {
+        carried,
+        taken,
+        parked,
+    } = stop_and_export(runtime, shutdown).await;
     let lock = match dir_lock.try_clone() {
         Ok(lock) => lock,
         Err(e) => {
             stop_child(&mut child).await;
             let reason = format!("cannot pass the data directory lock: {e}");
-            let carried = take_back(carried, taken);
+            let carried = take_back(carried, taken, parked).await;
             return Outcome::RolledBack { reason, carried };
         }
     };
     // The taken sessions' sockets (`taken`) stay open until the end of this function.
-    let outgoing = outgoing_sessions(&carried, &taken);
-    let count = outgoing.len();
+    let idle = idle_sessions(&taken);
+    let count = carried.sessions.len() + idle.len();
     let conversed = tokio::task::spawn_blocking(move || {
-        let result = converse(&stream, &carried, &outgoing, &lock);
+        let result = converse(&stream, &carried, &idle, &lock, stopping);
         (result, carried)
     })
     .await;
@@ -124,7 +129,7 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
             // The conversation task panicked: the state it held is gone with it.
             stop_child(&mut child).await;
             let reason = format!("handover task failed: {e}");
-            let carried = take_back(Carried::default(), taken);
+            let carried = take_back(Carried::default(), taken, parked).await;
             return Outcome::RolledBack { reason, carried };
         }
     };
@@ -141,44 +146,84 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
         }
         Err(reason) => {
             stop_child(&mut child).await;
-            let carried = take_back(carried, taken);
+            let carried = take_back(carried, taken, parked).await;
             Outcome::RolledBack { reason, carried }
         }
     }
 }
 
+/// Checkpoints the store while this process still serves, so the close after the stop has
+/// only the last moment's writes to move and the new process little of the log to replay.
+async fn checkpoint_ahead(engine: &Engine) {
+    let engine = engine.clone();
+    let started = std::time::Instant::now();
+    let done = tokio::task::spawn_blocking(move || engine.checkpoint()).await;
+    match done {
+        Ok(Ok(())) => tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "upgrade: store checkpointed ahead of the stop"
+        ),
+        // Not needed for correctness: the close checkpoints anyway.
+        Ok(Err(e)) => tracing::warn!(error = %e, "upgrade: checkpoint ahead of the stop failed"),
+        Err(e) => tracing::warn!(error = %e, "upgrade: checkpoint ahead of the stop failed"),
+    }
+}
+
 /// A taken session's state: idle at a frame boundary, nothing else.
 fn taken_state(session: &TakenSession) -> SessionState {
+    idle_state(session.listener, session.idle_since)
+}
+
+fn idle_state(listener: &str, idle_since: std::time::Instant) -> SessionState {
     SessionState {
-        listener: session.listener.to_string(),
+        listener: listener.to_string(),
         input: Vec::new(),
-        idle_ms: session.idle_since.elapsed().as_millis() as u64,
+        idle_ms: idle_since.elapsed().as_millis() as u64,
         partial_ms: None,
         service: Vec::new(),
     }
 }
 
+/// A taken session, as little as the conversation needs to describe it once the lock table
+/// is sent (its state is built then, not in the pause before).
+struct Idle {
+    listener: &'static str,
+    since: std::time::Instant,
+    fd: RawFd,
+}
+
+fn idle_sessions(taken: &[TakenSession]) -> Vec<Idle> {
+    taken
+        .iter()
+        .map(|session| Idle {
+            listener: session.listener,
+            since: session.idle_since,
+            fd: session.stream.as_raw_fd(),
+        })
+        .collect()
+}
+
 /// Every session to pass: its state and its socket (owned by `carried` or `taken`).
-fn outgoing_sessions(carried: &Carried, taken: &[TakenSession]) -> Vec<(SessionState, RawFd)> {
+fn outgoing_sessions(carried: &Carried, idle: &[Idle]) -> Vec<(SessionState, RawFd)> {
     let stopped = carried
         .sessions
         .iter()
         .map(|s| (s.state.clone(), s.fd.as_raw_fd()));
-    let idle = taken
-        .iter()
-        .map(|session| (taken_state(session), session.stream.as_raw_fd()));
+    let idle = idle.iter().map(|i| (idle_state(i.listener, i.since), i.fd));
     stopped.chain(idle).collect()
 }
 
-/// After a failure: the taken sessions are carried back with the others (their tasks are
-/// gone; the sockets were kept).
-fn take_back(mut carried: Carried, taken: Vec<TakenSession>) -> Carried {
+/// After a failure: the taken sessions are carried back with the others, once their tasks
+/// are gone (the sockets were kept).
+async fn take_back(mut carried: Carried, taken: Vec<TakenSession>, parked: Parked) -> Carried {
+    parked.drop_all().await;
     for session in taken {
         let state = taken_state(&session);
         match session.into_std() {
             Ok(stream) => carried.sessions.push(Resumable {
                 fd: stream.into(),
                 state,
+                waiting: None,
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "upgrade: a taken connection cannot be resumed; closed")
@@ -250,11 +295,30 @@ async fn stop_child(child: &mut tokio::process::Child) {
     let _ = child.wait().await;
 }
 
-/// What the stop leaves: the state of the sessions that stopped themselves, and the sessions
-/// taken while idle.
+/// What the stop leaves: the state of the sessions that stopped themselves, the sessions
+/// taken while idle, and the tasks of those.
 struct Stopped {
     carried: Carried,
     taken: Vec<TakenSession>,
+    parked: Parked,
+}
+
+/// The tasks of the taken sessions (parked for good: they never touch their sockets again).
+/// They still hold engine handles, which no longer matters: the store was released. Dropping
+/// 10 000 of them takes tens of milliseconds, so it is left out of the pause: after the commit
+/// they go with the process; only a rollback waits for them (it needs the sockets back).
+struct Parked {
+    tasks: tokio::task::JoinSet<()>,
+    hub: std::sync::Arc<Hub>,
+    limit: Duration,
+}
+
+impl Parked {
+    async fn drop_all(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.hub.wait_dropped(self.limit).await;
+    }
 }
 
 /// Stops every listener and session (sessions at a frame boundary: idle ones are taken
@@ -266,19 +330,20 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
     hub.start_exporting();
     let _ = shutdown.send(true);
     let limit = Duration::from_secs(runtime.config.shutdown_timeout_secs);
-    let (taken, ()) = tokio::join!(
-        hub.take_sessions_for_handover(limit),
-        runtime.stop_tasks_but_sessions(
-            "upgrade: connections still busy at the deadline (a client not reading?); closing them",
-        )
-    );
+    let (taken, others) = tokio::join!(hub.take_sessions_for_handover(limit), async {
+        runtime
+            .stop_tasks_but_sessions(
+                "upgrade: connections still busy at the deadline (a client not reading?); closing them",
+            )
+            .await;
+        started.elapsed()
+    });
     let stopped_in = started.elapsed();
-    // The taken sessions' tasks go (their sockets stay with `taken`), and with them their hold
-    // on the engine, which must be released before the new process can open it.
-    let mut parked = runtime.tasks.take_sessions();
-    parked.abort_all();
-    while parked.join_next().await.is_some() {}
-    hub.wait_dropped(limit).await;
+    let parked = Parked {
+        tasks: runtime.tasks.take_sessions(),
+        hub: hub.clone(),
+        limit,
+    };
     let mut carried = Carried {
         listeners: std::mem::take(&mut *runtime.bound.lock()),
         sessions: export_stopped(&hub),
@@ -298,17 +363,28 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
             "upgrade: cluster node stopped"
         );
     }
-    // Closing syncs everything written (and marks the log's end, so the next open is quick).
-    engine.close();
+    // Closing syncs everything written (and marks the log's end, so the next open is quick);
+    // releasing lets the new process open the store although the parked sessions still hold
+    // engine handles. A store that could not be released is still held: the new process
+    // waits for it (bounded) and the handover fails or goes on from there.
+    let closing = std::time::Instant::now();
+    let released = engine.release();
     tracing::info!(
         stopped = carried.sessions.len(),
         taken = taken.len(),
+        released,
         stop_ms = stopped_in.as_millis() as u64,
+        other_tasks_ms = others.as_millis() as u64,
         stop_and_export_ms = exported.as_millis() as u64,
+        close_ms = closing.elapsed().as_millis() as u64,
         with_store_closed_ms = started.elapsed().as_millis() as u64,
         "upgrade: sessions stopped, store closed"
     );
-    Stopped { carried, taken }
+    Stopped {
+        carried,
+        taken,
+        parked,
+    }
 }
 
 /// The state of every session that stopped itself (exported now that none runs).
@@ -323,6 +399,7 @@ fn export_stopped(hub: &Hub) -> Vec<Resumable> {
             }
         };
         sessions.push(Resumable {
+            waiting: None,
             fd: stopped.stream.into(),
             state: SessionState {
                 listener: stopped.listener.to_string(),
@@ -352,9 +429,11 @@ fn export_locks(engine: &Engine) -> Vec<HeldLock> {
 fn converse(
     stream: &UnixStream,
     carried: &Carried,
-    sessions: &[(SessionState, RawFd)],
+    idle: &[Idle],
     lock: &File,
+    stopping: std::time::Instant,
 ) -> Result<(), String> {
+    let since_stop = || stopping.elapsed().as_millis() as u64;
     let send = |message: &Message, fds: &[BorrowedFd<'_>]| {
         socket::send(stream, message, fds).map_err(|e| e.to_string())
     };
@@ -371,43 +450,57 @@ fn converse(
         locks: carried.locks.clone(),
     };
     send(&locks, &[])?;
-    for batch in batches(sessions) {
-        let states = batch.iter().map(|(state, _)| state.clone()).collect();
-        // SAFETY: every descriptor stays open for the whole conversation (see
-        // `outgoing_sessions`).
-        let fds: Vec<_> = batch
-            .iter()
-            .map(|(_, fd)| unsafe { BorrowedFd::borrow_raw(*fd) })
+    let locks_sent_ms = since_stop();
+    let sessions = outgoing_sessions(carried, idle);
+    let count = sessions.len();
+    let mut sessions = sessions.into_iter();
+    for size in batch_sizes(sessions.as_slice()) {
+        let (states, fds): (Vec<_>, Vec<_>) = sessions.by_ref().take(size).unzip();
+        // SAFETY: every descriptor stays open for the whole conversation (`carried` here,
+        // `taken` in `hand_over`).
+        let fds: Vec<_> = fds
+            .into_iter()
+            .map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
             .collect();
         send(&Message::Sessions(states), &fds)?;
     }
     let sent = Message::Sent {
         listeners: carried.listeners.len() as u32,
-        sessions: sessions.len() as u32,
+        sessions: count as u32,
     };
     send(&sent, &[])?;
+    let sessions_sent_ms = since_stop();
     match socket::recv(stream).map_err(|e| format!("waiting for the new process: {e}"))? {
-        (Message::Ready, fds) if fds.is_empty() => send(&Message::Commit, &[]),
+        (Message::Ready, fds) if fds.is_empty() => {
+            tracing::info!(
+                locks_sent_ms,
+                sessions_sent_ms,
+                ready_ms = since_stop(),
+                "upgrade: the new process is ready; committing"
+            );
+            send(&Message::Commit, &[])
+        }
         (Message::Failed { reason }, _) => Err(format!("the new process failed: {reason}")),
         (other, _) => Err(format!("expected ready, got {other:?}")),
     }
 }
 
-/// Sessions in frames of at most MAX_FDS connections and about 16 MiB of state.
-fn batches<F>(sessions: &[(SessionState, F)]) -> Vec<&[(SessionState, F)]> {
+/// The sizes of the frames the sessions go in, in order: at most MAX_FDS connections and
+/// about 16 MiB of state each.
+fn batch_sizes<F>(sessions: &[(SessionState, F)]) -> Vec<usize> {
     const BUDGET: usize = 16 << 20;
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, (state, _)) in sessions.iter().enumerate() {
         let size = state.input.len() + state.service.len() + state.listener.len() + 32;
         if i > start && (i - start == MAX_FDS || bytes + size > BUDGET) {
-            out.push(&sessions[start..i]);
+            out.push(i - start);
             (start, bytes) = (i, 0);
         }
         bytes += size;
     }
     if start < sessions.len() {
-        out.push(&sessions[start..]);
+        out.push(sessions.len() - start);
     }
     out
 }
@@ -417,7 +510,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_hold_at_most_max_fds_and_keep_the_order() {
+    fn batches_hold_at_most_max_fds() {
         let sessions: Vec<(SessionState, i32)> = (0..MAX_FDS * 2 + 3)
             .map(|i| {
                 let state = SessionState {
@@ -430,10 +523,7 @@ mod tests {
                 (state, 0)
             })
             .collect();
-        let batched = batches(&sessions);
-        let sizes: Vec<usize> = batched.iter().map(|b| b.len()).collect();
-        assert_eq!(sizes, [MAX_FDS, MAX_FDS, 3]);
-        assert_eq!(batched[1][0].0.listener, format!("l{MAX_FDS}"));
-        assert!(batches::<i32>(&[]).is_empty());
+        assert_eq!(batch_sizes(&sessions), [MAX_FDS, MAX_FDS, 3]);
+        assert!(batch_sizes::<i32>(&[]).is_empty());
     }
 }

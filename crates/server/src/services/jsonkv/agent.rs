@@ -476,7 +476,7 @@ mod carry {
     /// The carried connections, their registrations restored under the same ids.
     pub(super) fn resume(hub: &Hub, registry: &Registry) -> Vec<(TcpStream, Start)> {
         let mut out = Vec::new();
-        for Resumable { fd, state } in hub.take_sessions(LISTENER) {
+        for Resumable { fd, state, .. } in hub.take_sessions(LISTENER) {
             let resumed = postcard::from_bytes::<State>(&state.service)
                 .map_err(|e| e.to_string())
                 .and_then(|carried| {
