@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{
     agreed_leader, assert_every_node_has, client, spawn_ready, wait_ready, Ports,
 };
-use common::{serving_pid, Adopted};
+use common::{pid_after_handover, Adopted};
 use polykv_client::nmdb::Mode;
 
 #[derive(Default)]
@@ -100,7 +100,8 @@ async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
             "upgrade of node {id}: {out}{err}\n{}",
             log.unwrap_or_default()
         );
-        adopted.push(Adopted(serving_pid(&data_dir)));
+        let old_pid = nodes[&id].child.as_ref().unwrap().id() as i32;
+        adopted.push(Adopted(pid_after_handover(&data_dir, old_pid)));
         // The old process hands over and exits 0.
         let old = nodes.get_mut(&id).unwrap().child.as_mut().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
