@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Server};
+use common::Server;
 use polykv_client::jsonkv::JsonkvClient;
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
@@ -19,27 +19,22 @@ use tokio::net::TcpStream;
 const T: Duration = Duration::from_secs(10);
 
 fn hostile_server() -> Server {
-    Server::start_with(Options {
-        args: [
-            "--smalld-secret-key",
-            "7",
-            "--smalld-request-timeout-secs",
-            "2",
-            "--nmdb-partial-frame-timeout-secs",
-            "2",
-            "--minority-partial-frame-timeout-secs",
-            "2",
-            "--opencluster-partial-frame-timeout-secs",
-            "2",
-            "--jsonkv-idle-timeout-secs",
-            "2",
-            "--engine-cache-bytes",
-            "33554432",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    })
+    Server::start_with_args(&[
+        "--smalld-secret-key",
+        "7",
+        "--smalld-request-timeout-secs",
+        "2",
+        "--nmdb-partial-frame-timeout-secs",
+        "2",
+        "--minority-partial-frame-timeout-secs",
+        "2",
+        "--opencluster-partial-frame-timeout-secs",
+        "2",
+        "--jsonkv-idle-timeout-secs",
+        "2",
+        "--engine-cache-bytes",
+        "33554432",
+    ])
 }
 
 /// Every protocol still answers a well-formed request.

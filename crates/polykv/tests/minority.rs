@@ -247,6 +247,17 @@ async fn pushes_in_commit_order_under_concurrent_writers() {
     assert!(last.values().all(|v| *v == 199));
 }
 
+/// A server whose sets are acknowledged without waiting for the disk and whose subscribers'
+/// push queues hold 64 changes, so that a subscriber falls behind quickly.
+fn start_with_short_push_queues() -> Server {
+    Server::start_with_args(&[
+        "--minority-async-acks",
+        "true",
+        "--minority-push-queue",
+        "64",
+    ])
+}
+
 /// Subscribers of one key are written by its fan-out writer while they wait and by their own
 /// sessions while they are busy: every subscriber that keeps reading sees every change once, in
 /// order, and its replies intact, whichever wrote; one that stops reading still gets the final
@@ -255,17 +266,7 @@ async fn pushes_in_commit_order_under_concurrent_writers() {
 async fn subscribers_of_one_key_get_every_change_once_in_order_between_their_replies() {
     const SUBSCRIBERS: usize = 8;
     const CHANGES: u32 = 2000;
-    let server = Server::start_with(Options {
-        args: [
-            "--minority-async-acks",
-            "true",
-            "--minority-push-queue",
-            "64",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    });
+    let server = start_with_short_push_queues();
     let mut stalled = client(&server).await;
     stalled.notify(b"grp", b"k").await.unwrap();
     let mut readers = Vec::new();
@@ -318,17 +319,7 @@ async fn subscribers_of_one_key_get_every_change_once_in_order_between_their_rep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_gets_the_latest_values_and_never_slows_writers() {
-    let server = Server::start_with(Options {
-        args: [
-            "--minority-async-acks",
-            "true",
-            "--minority-push-queue",
-            "64",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    });
+    let server = start_with_short_push_queues();
     let mut slow = client(&server).await;
     slow.notify(b"hot", b"").await.unwrap();
     // The slow client now reads nothing while 100 000 changes to 1 000 keys are written.
@@ -402,12 +393,8 @@ async fn idle_connections_are_closed_and_their_subscriptions_dropped() {
 
 #[tokio::test]
 async fn changes_through_another_protocol_reach_subscribers_in_a_shared_keyspace() {
-    let server = Server::start_with(Options {
-        args: ["--minority-keyspace", "shared", "--nmdb-keyspace", "shared"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let server =
+        Server::start_with_args(&["--minority-keyspace", "shared", "--nmdb-keyspace", "shared"]);
     let mut watcher = client(&server).await;
     watcher.notify(b"app", b"").await.unwrap();
     let mut nmdb = NmdbClient::connect_tcp(&server.nmdb_addr(), T)

@@ -369,19 +369,14 @@ async fn malformed_tcp_input() {
 
 #[tokio::test]
 async fn connection_limit_idle_and_partial_frame_timeouts() {
-    let server = Server::start_with(Options {
-        args: [
-            "--max-connections",
-            "2",
-            "--nmdb-idle-timeout-secs",
-            "1",
-            "--nmdb-partial-frame-timeout-secs",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    });
+    let server = Server::start_with_args(&[
+        "--max-connections",
+        "2",
+        "--nmdb-idle-timeout-secs",
+        "1",
+        "--nmdb-partial-frame-timeout-secs",
+        "1",
+    ]);
     let mut first = tcp(&server).await;
     let mut second = tcp(&server).await;
     first.set(b"a", b"1", Mode::Normal).await.unwrap();
@@ -418,12 +413,7 @@ async fn connection_limit_idle_and_partial_frame_timeouts() {
 /// however long the stream lasts (the timeout counts from the last complete frame).
 #[tokio::test]
 async fn frames_that_keep_completing_are_not_a_stalled_partial_frame() {
-    let server = Server::start_with(Options {
-        args: ["--nmdb-partial-frame-timeout-secs", "2"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let server = Server::start_with_args(&["--nmdb-partial-frame-timeout-secs", "2"]);
     let codec = NmdbClientCodec {
         transport: Transport::Tcp,
     };

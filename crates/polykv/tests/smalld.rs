@@ -186,28 +186,19 @@ async fn hostile_run_names_are_refused() {
 
 #[tokio::test]
 async fn run_can_be_disabled() {
-    let server = Server::start_with(Options {
-        args: ["--smalld-secret-key", "7", "--smalld-run-enabled", "false"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let server =
+        Server::start_with_args(&["--smalld-secret-key", "7", "--smalld-run-enabled", "false"]);
     assert_eq!(client(&server, 7).run(b"hosts").await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn a_silent_client_is_closed_after_the_request_timeout() {
-    let server = Server::start_with(Options {
-        args: [
-            "--smalld-secret-key",
-            "7",
-            "--smalld-request-timeout-secs",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    });
+    let server = Server::start_with_args(&[
+        "--smalld-secret-key",
+        "7",
+        "--smalld-request-timeout-secs",
+        "1",
+    ]);
     for partial in [&[][..], &[0, 0, 0, 7, 0, 1, 0, 0, b'a'][..]] {
         let mut stream = TcpStream::connect(server.smalld_addr()).await.unwrap();
         stream.write_all(partial).await.unwrap();

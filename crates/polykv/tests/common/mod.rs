@@ -60,6 +60,14 @@ impl Server {
         Self::start_with(Options::default())
     }
 
+    /// [`Server::start_with`] these command-line arguments and the default options.
+    pub fn start_with_args(args: &[&str]) -> Server {
+        Self::start_with(Options {
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            ..Options::default()
+        })
+    }
+
     pub fn start_with(options: Options) -> Server {
         let (dir, data_dir) = match options.data_dir {
             Some(path) => (None, path),
