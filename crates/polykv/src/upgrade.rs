@@ -63,6 +63,12 @@ pub fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         if let Some(status) = control::read_status(dir).filter(|s| s.id.as_deref() == Some(&id)) {
             if status.ok {
+                // The new process names itself in the lock file just after the commit, which
+                // can be a moment after the old one reports: return once it has, so that the
+                // lock file names the serving process when this command ends.
+                while lock_pid(&lock) == Some(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 println!("{}", status.message);
                 return Ok(());
             }
@@ -78,4 +84,9 @@ pub fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
         "no outcome within {}s (see the server's log)",
         args.timeout_secs
     )
+}
+
+/// The pid the lock file names, if it holds one (it is rewritten by truncating, then writing).
+fn lock_pid(lock: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(lock).ok()?.trim().parse().ok()
 }

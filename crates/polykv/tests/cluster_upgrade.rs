@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{
     agreed_leader, assert_every_node_has, client, spawn_ready, wait_ready, Ports,
 };
-use common::{pid_after_handover, Adopted};
+use common::{serving_pid, Adopted};
 use polykv_client::nmdb::Mode;
 
 #[derive(Default)]
@@ -101,7 +101,12 @@ async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
             log.unwrap_or_default()
         );
         let old_pid = nodes[&id].child.as_ref().unwrap().id() as i32;
-        adopted.push(Adopted(pid_after_handover(&data_dir, old_pid)));
+        let new_pid = serving_pid(&data_dir);
+        assert_ne!(
+            new_pid, old_pid,
+            "node {id}'s lock file names the new process"
+        );
+        adopted.push(Adopted(new_pid));
         // The old process hands over and exits 0.
         let old = nodes.get_mut(&id).unwrap().child.as_mut().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);

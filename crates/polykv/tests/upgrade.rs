@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{pid_after_handover, run_cli, serving_pid, Adopted, Options, Server};
+use common::{run_cli, serving_pid, Adopted, Options, Server};
 use polykv_client::jsonkv::{AgentClient, JsonkvClient, JsonkvUdpClient};
 use polykv_client::minority::MinorityClient;
 use polykv_client::nmdb::{Mode, NmdbClient};
@@ -267,7 +267,8 @@ async fn upgrade_then_downgrade_under_load_loses_nothing() {
         .unwrap();
     assert_eq!(code, 0, "upgrade: {out}{err}\n{}", server.log_text());
     assert_eq!(old_exits(&mut server), Some(0), "{}", server.log_text());
-    let second_pid = pid_after_handover(&data_dir, first_pid);
+    let second_pid = serving_pid(&data_dir);
+    assert_ne!(second_pid, first_pid, "the lock file names the new process");
     let _second = Adopted(second_pid);
 
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -277,7 +278,8 @@ async fn upgrade_then_downgrade_under_load_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(code, 0, "downgrade: {out}{err}\n{}", server.log_text());
-    let third_pid = pid_after_handover(&data_dir, second_pid);
+    let third_pid = serving_pid(&data_dir);
+    assert_ne!(third_pid, second_pid, "the lock file names the new process");
     let _third = Adopted(third_pid);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -394,7 +396,8 @@ async fn downgrade_across_a_format_change_is_refused_and_rolled_back() {
         .unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(old_exits(&mut server), Some(0));
-    let newer_pid = pid_after_handover(&data_dir, older_pid);
+    let newer_pid = serving_pid(&data_dir);
+    assert_ne!(newer_pid, older_pid, "the lock file names the new process");
     let _newer = Adopted(newer_pid);
     let newer = format(&data_dir);
     assert_ne!(newer, older, "the newer binary records its format");

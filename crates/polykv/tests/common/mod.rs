@@ -358,24 +358,3 @@ pub fn serving_pid(data_dir: &std::path::Path) -> i32 {
         .parse()
         .unwrap()
 }
-
-/// The pid serving a data directory once a handover away from `old` is complete: the new
-/// process writes its pid into the lock file just after the commit, which can be a moment
-/// after `polykv upgrade` returns. Panics if that does not happen within 10 s.
-pub fn pid_after_handover(data_dir: &std::path::Path, old: i32) -> i32 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        // The file is truncated, then written: an empty or partial read is retried.
-        let pid = std::fs::read_to_string(data_dir.join("polykv.lock"))
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok());
-        match pid {
-            Some(pid) if pid != old => return pid,
-            _ => assert!(
-                std::time::Instant::now() < deadline,
-                "the lock file still names pid {old} 10 s after the handover"
-            ),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
