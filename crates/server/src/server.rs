@@ -64,6 +64,8 @@ fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
 pub struct Launch {
     pub args: Vec<OsString>,
     pub takeover: Option<PathBuf>,
+    /// The newest handover format the old process speaks, as it announced (none: 1).
+    pub takeover_version: Option<u16>,
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
@@ -101,7 +103,7 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
     let prometheus = crate::metrics::install();
     let (lock, mut carried, mut opened) = match &launch.takeover {
         Some(path) => {
-            let received = upgrade::new::take_over(&config, path)
+            let received = upgrade::new::take_over(&config, path, launch.takeover_version)
                 .await
                 .map_err(|reason| {
                     ServerError::Other(format!("upgrade: cannot take over: {reason}"))
