@@ -415,11 +415,11 @@ impl Hub {
 
     /// Every session of the shared loop open now, with its socket (shared: the caller must
     /// let go of them before a handover stops the sessions, which may take them back).
-    pub fn open_sessions(&self) -> Vec<(u64, Arc<TcpStream>)> {
+    pub fn open_sessions(&self) -> Vec<(u64, &'static str, Arc<TcpStream>)> {
         self.slots
             .lock()
             .values()
-            .filter_map(|slot| Some((slot.id, slot.stream.lock().clone()?)))
+            .filter_map(|slot| Some((slot.id, slot.listener, slot.stream.lock().clone()?)))
             .collect()
     }
 

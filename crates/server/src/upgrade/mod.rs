@@ -33,6 +33,7 @@ pub mod carry;
 pub mod control;
 pub mod new;
 pub mod old;
+pub mod readiness;
 pub mod socket;
 pub mod wire;
 

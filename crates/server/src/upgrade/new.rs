@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -14,8 +14,9 @@ use std::time::Duration;
 use polykv_engine::Engine;
 
 use super::carry::{Carried, CarriedListener, Resumable};
+use super::readiness::Readiness;
 use super::socket;
-use super::wire::{self, Message};
+use super::wire::{self, Message, SessionState};
 use crate::config::Config;
 
 /// What the new process starts from, before the commit.
@@ -168,12 +169,25 @@ fn one(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, String> {
     }
 }
 
+/// A socket passed ahead, until its state comes.
+struct Ahead {
+    fd: OwnedFd,
+    listener: String,
+}
+
 /// Sessions as they arrive: sockets passed ahead (version 2), by id, until their state comes
-/// ([`Message::Kept`]), and sessions complete with state and socket.
+/// ([`Message::Kept`], [`Message::Idle`]), and sessions complete with state and socket.
 #[derive(Default)]
 struct Incoming {
-    ahead: HashMap<u64, OwnedFd>,
-    sessions: Vec<Resumable>,
+    ahead: HashMap<u64, Ahead>,
+    /// Sessions whose socket went ahead, with their state now, and the id each went under.
+    kept: Vec<(u64, Resumable)>,
+    /// Sessions that came whole (accepted after the sockets went ahead, or version 1).
+    whole: Vec<Resumable>,
+    /// The sockets passed ahead, watched for input from their arrival (see [`Readiness`]);
+    /// `None` if that failed: every session is polled at the end instead.
+    readiness: Option<Readiness>,
+    unwatched: bool,
 }
 
 impl Incoming {
@@ -187,26 +201,55 @@ impl Incoming {
             Message::Ahead(ahead) if ahead.len() == fds.len() => {
                 self.ahead.reserve(ahead.len());
                 for (session, fd) in ahead.into_iter().zip(fds) {
-                    if self.ahead.insert(session.id, fd).is_some() {
+                    self.watch(&fd, session.id);
+                    let listener = session.listener;
+                    if self
+                        .ahead
+                        .insert(session.id, Ahead { fd, listener })
+                        .is_some()
+                    {
                         return Err(format!("session {} passed ahead twice", session.id));
                     }
                 }
             }
             Message::Kept(kept) if fds.is_empty() => {
-                self.sessions.reserve(kept.len());
+                self.kept.reserve(kept.len());
                 for session in kept {
-                    let fd = self.ahead.remove(&session.id).ok_or_else(|| {
-                        format!("session {} kept but not passed ahead", session.id)
-                    })?;
-                    self.sessions.push(Resumable {
-                        fd,
-                        state: session.state,
-                        waiting: None,
-                    });
+                    let fd = self.claim(session.id)?.fd;
+                    let state = session.state;
+                    self.kept.push((
+                        session.id,
+                        Resumable {
+                            fd,
+                            state,
+                            waiting: None,
+                        },
+                    ));
+                }
+            }
+            Message::Idle(idle) if fds.is_empty() => {
+                self.kept.reserve(idle.len());
+                for session in idle {
+                    let Ahead { fd, listener } = self.claim(session.id)?;
+                    let state = SessionState {
+                        listener,
+                        input: Vec::new(),
+                        idle_ms: session.idle_ms,
+                        partial_ms: None,
+                        service: Vec::new(),
+                    };
+                    self.kept.push((
+                        session.id,
+                        Resumable {
+                            fd,
+                            state,
+                            waiting: None,
+                        },
+                    ));
                 }
             }
             Message::Sessions(states) if states.len() == fds.len() => {
-                self.sessions
+                self.whole
                     .extend(states.into_iter().zip(fds).map(|(state, fd)| Resumable {
                         fd,
                         state,
@@ -218,22 +261,82 @@ impl Incoming {
         Ok(None)
     }
 
-    /// Every session, once the old process said how many it sent. Sockets passed ahead and
-    /// not kept belong to connections closed meanwhile: dropped (closed) here.
+    /// Registers a socket passed ahead with the readiness watch (created on the first).
+    fn watch(&mut self, fd: &OwnedFd, id: u64) {
+        if self.unwatched {
+            return;
+        }
+        if self.readiness.is_none() {
+            self.readiness = Readiness::new().ok();
+        }
+        let watched = match &mut self.readiness {
+            Some(readiness) => readiness.watch(fd.as_fd(), id).is_ok(),
+            None => false,
+        };
+        if !watched {
+            tracing::warn!("upgrade: cannot watch the sockets passed ahead; polling them all");
+            (self.readiness, self.unwatched) = (None, true);
+        }
+    }
+
+    fn claim(&mut self, id: u64) -> Result<Ahead, String> {
+        self.ahead
+            .remove(&id)
+            .ok_or_else(|| format!("session {id} kept but not passed ahead"))
+    }
+
+    /// Every session, once the old process said how many it sent, each marked with whether a
+    /// request waits in its socket. Sockets passed ahead and not kept belong to connections
+    /// closed meanwhile: dropped (closed) here.
     fn finish(self, count: u32) -> Result<Vec<Resumable>, String> {
-        if self.sessions.len() != count as usize {
+        let Incoming {
+            ahead,
+            kept,
+            mut whole,
+            readiness,
+            ..
+        } = self;
+        if kept.len() + whole.len() != count as usize {
             return Err(format!(
                 "sent {count} sessions, received {}",
-                self.sessions.len()
+                kept.len() + whole.len()
             ));
         }
-        if !self.ahead.is_empty() {
+        if !ahead.is_empty() {
             tracing::info!(
-                closed = self.ahead.len(),
+                closed = ahead.len(),
                 "upgrade: connections passed ahead and closed before the stop"
             );
         }
-        Ok(self.sessions)
+        let ready = readiness.map(|readiness| {
+            let ready = readiness.ready();
+            // Closing an epoll instance unregisters every socket (about a microsecond each):
+            // done aside, out of the pause.
+            let closing = std::thread::Builder::new().name("polykv-unwatch".into());
+            if let Err(e) = closing.spawn(move || drop(readiness)) {
+                tracing::debug!(error = %e, "upgrade: the readiness watch is closed in place");
+            }
+            ready
+        });
+        let mut sessions: Vec<Resumable> = match ready {
+            Some(Ok(ready)) => {
+                let ready: std::collections::HashSet<u64> = ready.into_iter().collect();
+                kept.into_iter()
+                    .map(|(id, mut session)| {
+                        session.waiting = Some(ready.contains(&id));
+                        session
+                    })
+                    .collect()
+            }
+            _ => {
+                let mut kept: Vec<_> = kept.into_iter().map(|(_, s)| s).collect();
+                crate::session::mark_waiting(&mut kept);
+                kept
+            }
+        };
+        crate::session::mark_waiting(&mut whole);
+        sessions.append(&mut whole);
+        Ok(sessions)
     }
 }
 
@@ -311,13 +414,22 @@ fn receive_first(
 
 /// Receives the sessions, batch by batch, until the count that closes them.
 fn receive_sessions(stream: &UnixStream, mut incoming: Incoming) -> Result<Vec<Resumable>, String> {
+    let started = std::time::Instant::now();
+    let mut first_us = None;
     loop {
         let (message, fds) = socket::recv(stream).map_err(|e| e.to_string())?;
+        first_us.get_or_insert_with(|| started.elapsed().as_micros() as u64);
         match incoming.take(message, fds)? {
             None => {}
             Some((Message::Sent { sessions, .. }, fds)) if fds.is_empty() => {
-                let mut sessions = incoming.finish(sessions)?;
-                crate::session::mark_waiting(&mut sessions);
+                let sent_us = started.elapsed().as_micros() as u64;
+                let sessions = incoming.finish(sessions)?;
+                tracing::info!(
+                    first_us,
+                    sent_us,
+                    polled_us = started.elapsed().as_micros() as u64,
+                    "upgrade: sessions received after the lock table"
+                );
                 return Ok(sessions);
             }
             Some((other, fds)) => {
@@ -332,7 +444,9 @@ fn receive_sessions(stream: &UnixStream, mut incoming: Incoming) -> Result<Vec<R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upgrade::wire::{AheadSession, KeptSession, SessionState};
+    use crate::upgrade::wire::{AheadSession, IdleSession, KeptSession};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
 
     fn state(listener: &str) -> SessionState {
         SessionState {
@@ -351,7 +465,11 @@ mod tests {
     }
 
     fn ahead(ids: &[u64]) -> Message {
-        Message::Ahead(ids.iter().map(|&id| AheadSession { id }).collect())
+        let ahead = ids.iter().map(|&id| AheadSession {
+            id,
+            listener: format!("ahead {id}"),
+        });
+        Message::Ahead(ahead.collect())
     }
 
     fn kept(ids: &[u64]) -> Message {
@@ -362,20 +480,65 @@ mod tests {
         Message::Kept(kept.collect())
     }
 
+    fn idle(ids: &[u64]) -> Message {
+        let idle = ids.iter().map(|&id| IdleSession {
+            id,
+            idle_ms: id * 10,
+        });
+        Message::Idle(idle.collect())
+    }
+
     #[test]
     fn sockets_passed_ahead_are_resumed_when_kept_and_closed_otherwise() {
         let mut incoming = Incoming::default();
-        assert!(incoming.take(ahead(&[1, 2, 3]), fds(3)).unwrap().is_none());
+        assert!(incoming
+            .take(ahead(&[1, 2, 3, 4]), fds(4))
+            .unwrap()
+            .is_none());
         // Accepted after the sockets went ahead: comes whole.
         let whole = Message::Sessions(vec![state("new")]);
         assert!(incoming.take(whole, fds(1)).unwrap().is_none());
-        // 2 closed before the stop: not kept.
+        // 2 closed before the stop: neither kept nor idle.
         assert!(incoming.take(kept(&[3, 1]), Vec::new()).unwrap().is_none());
+        assert!(incoming.take(idle(&[4]), Vec::new()).unwrap().is_none());
         let other = incoming.take(Message::Ready, Vec::new()).unwrap();
         assert!(matches!(other, Some((Message::Ready, _))));
+        let sessions = incoming.finish(4).unwrap();
+        let states: Vec<_> = sessions
+            .iter()
+            .map(|s| (s.state.listener.as_str(), s.state.idle_ms))
+            .collect();
+        // An idle session resumes under the listener it went ahead with.
+        assert_eq!(
+            states,
+            [("kept 3", 0), ("kept 1", 0), ("ahead 4", 40), ("new", 0)]
+        );
+    }
+
+    #[test]
+    fn a_request_waiting_in_a_socket_passed_ahead_is_seen() {
+        let (ours, peers): (Vec<_>, Vec<_>) = (0..3).map(|_| UnixStream::pair().unwrap()).unzip();
+        let mut incoming = Incoming::default();
+        let fds = ours.into_iter().map(OwnedFd::from).collect();
+        assert!(incoming.take(ahead(&[5, 6, 7]), fds).unwrap().is_none());
+        (&peers[1]).write_all(b"request").unwrap();
+        assert!(incoming
+            .take(idle(&[5, 6, 7]), Vec::new())
+            .unwrap()
+            .is_none());
         let sessions = incoming.finish(3).unwrap();
-        let listeners: Vec<_> = sessions.iter().map(|s| s.state.listener.as_str()).collect();
-        assert_eq!(listeners, ["new", "kept 3", "kept 1"]);
+        let waiting: Vec<_> = sessions
+            .iter()
+            .map(|s| (s.state.listener.as_str(), s.waiting))
+            .collect();
+        assert_eq!(
+            waiting,
+            [
+                ("ahead 5", Some(false)),
+                ("ahead 6", Some(true)),
+                ("ahead 7", Some(false))
+            ]
+        );
     }
 
     #[test]
@@ -385,15 +548,27 @@ mod tests {
             incoming.take(kept(&[7]), Vec::new()).is_err(),
             "never ahead"
         );
+        assert!(
+            incoming.take(idle(&[8]), Vec::new()).is_err(),
+            "never ahead"
+        );
         assert!(incoming.take(ahead(&[1]), fds(1)).unwrap().is_none());
         assert!(incoming.take(ahead(&[1]), fds(1)).is_err(), "twice");
         // Descriptors and sessions that do not pair up are not session messages.
         assert!(incoming.take(ahead(&[4, 5]), fds(1)).unwrap().is_some());
         let whole = Message::Sessions(vec![state("a")]);
         assert!(incoming.take(whole, Vec::new()).unwrap().is_some());
+        assert!(
+            incoming.take(idle(&[1]), fds(1)).unwrap().is_some(),
+            "no fds"
+        );
         let mut incoming = Incoming::default();
         assert!(incoming.take(ahead(&[1]), fds(1)).unwrap().is_none());
         assert!(incoming.take(kept(&[1]), Vec::new()).unwrap().is_none());
+        assert!(
+            incoming.take(idle(&[1]), Vec::new()).is_err(),
+            "kept already"
+        );
         assert!(incoming.finish(2).is_err(), "one fewer than announced");
     }
 }

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 
 use super::carry::{Carried, Hub, Resumable, TakenSession};
 use super::socket;
-use super::wire::{self, AheadSession, HeldLock, KeptSession, Message, SessionState, MAX_FDS};
+use super::wire::{
+    self, AheadSession, HeldLock, IdleSession, KeptSession, Message, SessionState, MAX_FDS,
+};
 use crate::runtime::Runtime;
 
 /// How a handover ended.
@@ -236,30 +238,39 @@ struct Outgoing<'a> {
     ahead: &'a HashSet<u64>,
 }
 
-/// Sessions split by whether their socket went ahead: those by id with their state, the
-/// others with their state and socket (owned by `carried` or `taken`).
-type Split = (Vec<KeptSession>, Vec<(SessionState, RawFd)>);
+/// Sessions split by whether their socket went ahead: the stopped ones by id with their
+/// state, the idle ones by id with their idle time, and the others with their state and
+/// socket (owned by `carried` or `taken`).
+struct Split {
+    kept: Vec<KeptSession>,
+    idle: Vec<IdleSession>,
+    sent: Vec<(SessionState, RawFd)>,
+}
 
 impl Outgoing<'_> {
     fn split(&self) -> Split {
-        let stopped = self
-            .carried
-            .sessions
-            .iter()
-            .zip(self.stopped_ids)
-            .map(|(s, id)| (*id, s.state.clone(), s.fd.as_raw_fd()));
-        let idle = self
-            .idle
-            .iter()
-            .map(|i| (Some(i.id), idle_state(i.listener, i.since), i.fd));
-        let (mut kept, mut sent) = (Vec::with_capacity(self.ahead.len()), Vec::new());
-        for (id, state, fd) in stopped.chain(idle) {
+        let mut split = Split {
+            kept: Vec::new(),
+            idle: Vec::with_capacity(self.idle.len()),
+            sent: Vec::new(),
+        };
+        let stopped = self.carried.sessions.iter().zip(self.stopped_ids);
+        for (session, id) in stopped {
+            let state = session.state.clone();
             match id.filter(|id| self.ahead.contains(id)) {
-                Some(id) => kept.push(KeptSession { id, state }),
-                None => sent.push((state, fd)),
+                Some(id) => split.kept.push(KeptSession { id, state }),
+                None => split.sent.push((state, session.fd.as_raw_fd())),
             }
         }
-        (kept, sent)
+        for i in self.idle {
+            if self.ahead.contains(&i.id) {
+                let idle_ms = i.since.elapsed().as_millis() as u64;
+                split.idle.push(IdleSession { id: i.id, idle_ms });
+            } else {
+                split.sent.push((idle_state(i.listener, i.since), i.fd));
+            }
+        }
+        split
     }
 }
 
@@ -375,12 +386,15 @@ async fn pass_ahead(
     tokio::task::spawn_blocking(move || {
         let mut ids = HashSet::with_capacity(open.len());
         for batch in open.chunks(MAX_FDS) {
-            let sessions = batch.iter().map(|(id, _)| AheadSession { id: *id });
-            let fds: Vec<_> = batch.iter().map(|(_, s)| s.as_fd()).collect();
+            let sessions = batch.iter().map(|(id, listener, _)| AheadSession {
+                id: *id,
+                listener: listener.to_string(),
+            });
+            let fds: Vec<_> = batch.iter().map(|(_, _, s)| s.as_fd()).collect();
             let message = Message::Ahead(sessions.collect());
             socket::send_as(&peer.stream, peer.version, &message, &fds)
                 .map_err(|e| e.to_string())?;
-            ids.extend(batch.iter().map(|(id, _)| *id));
+            ids.extend(batch.iter().map(|(id, _, _)| *id));
         }
         tracing::info!(
             sessions = ids.len(),
@@ -559,12 +573,20 @@ fn converse(
     };
     send(&locks, &[])?;
     let locks_sent_ms = since_stop();
-    let (kept, sessions) = outgoing.split();
-    let count = kept.len() + sessions.len();
+    let Split {
+        kept,
+        idle,
+        sent: sessions,
+    } = outgoing.split();
+    let count = kept.len() + idle.len() + sessions.len();
     let mut kept = kept.into_iter();
     for size in batch_sizes(kept.as_slice().iter().map(|k| &k.state), MAX_KEPT) {
         send(&Message::Kept(kept.by_ref().take(size).collect()), &[])?;
     }
+    for batch in idle.chunks(MAX_IDLE) {
+        send(&Message::Idle(batch.to_vec()), &[])?;
+    }
+    let kept_sent_ms = since_stop();
     let mut sessions = sessions.into_iter();
     let states = sessions.as_slice().iter().map(|(state, _)| state);
     for size in batch_sizes(states, MAX_FDS) {
@@ -587,6 +609,7 @@ fn converse(
         (Message::Ready, fds) if fds.is_empty() => {
             tracing::info!(
                 locks_sent_ms,
+                kept_sent_ms,
                 sessions_sent_ms,
                 ready_ms = since_stop(),
                 "upgrade: the new process is ready; committing"
@@ -600,6 +623,8 @@ fn converse(
 
 /// Most sessions in one [`Message::Kept`] (no descriptors: only the byte budget binds).
 const MAX_KEPT: usize = 4096;
+/// Most sessions in one [`Message::Idle`] (at most 20 bytes each).
+const MAX_IDLE: usize = 16384;
 
 /// The sizes of the frames the sessions go in, in order: at most `max` sessions and about
 /// 16 MiB of state each.

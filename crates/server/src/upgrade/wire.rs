@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The handover format this binary speaks. Version 2 adds [`Message::Ahead`] and
-/// [`Message::Kept`]: the old process passes its sessions' sockets while it still serves, and
-/// after the stop only what changed. The new process greets in the newest version both speak
+/// The handover format this binary speaks. Version 2 adds [`Message::Ahead`],
+/// [`Message::Kept`] and [`Message::Idle`]: the old process passes its sessions' sockets while
+/// it still serves, and after the stop only what changed. The new process greets in the newest version both speak
 /// (the old one announces its own in [`super::HANDOVER_VERSION_ENV`]), and the old process
 /// leads the conversation in the version of that greeting.
 pub const VERSION: u16 = 2;
@@ -57,17 +57,31 @@ pub enum Message {
     Commit,
     /// Old → new (version 2), with one fd each, while the old process still serves: the
     /// sockets of its sessions, by session id. Whether each is still open, and its state, come
-    /// after the stop ([`Message::Kept`]); one not kept was closed meanwhile.
+    /// after the stop ([`Message::Kept`], [`Message::Idle`]); one in neither was closed
+    /// meanwhile.
     Ahead(Vec<AheadSession>),
     /// Old → new (version 2), no fds: sessions whose socket went [`Message::Ahead`], with their
     /// state at the stop.
     Kept(Vec<KeptSession>),
+    /// Old → new (version 2), no fds: sessions whose socket went [`Message::Ahead`] and that
+    /// waited idle at the stop with nothing of their own (no input, a stateless service): only
+    /// their idle time crosses, so 10 000 of them make one small frame.
+    Idle(Vec<IdleSession>),
 }
 
-/// A session's socket passed ahead of the stop.
+/// A session's socket passed ahead of the stop, with the listener it was accepted on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AheadSession {
     pub id: u64,
+    pub listener: String,
+}
+
+/// A session passed ahead and idle at the stop: its state is its listener's (from
+/// [`AheadSession`]) and this idle time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleSession {
+    pub id: u64,
+    pub idle_ms: u64,
 }
 
 /// A session passed ahead and still open at the stop, with its state.
@@ -235,7 +249,16 @@ mod tests {
             Message::Ready,
             Message::Failed { reason: "x".into() },
             Message::Commit,
-            Message::Ahead(vec![AheadSession { id: 3 }, AheadSession { id: 1 << 40 }]),
+            Message::Ahead(vec![
+                AheadSession {
+                    id: 3,
+                    listener: "nmdb tcp".into(),
+                },
+                AheadSession {
+                    id: 1 << 40,
+                    listener: "jsonkv tcp".into(),
+                },
+            ]),
             Message::Kept(vec![KeptSession {
                 id: 3,
                 state: SessionState {
@@ -246,6 +269,13 @@ mod tests {
                     service: Vec::new(),
                 },
             }]),
+            Message::Idle(vec![
+                IdleSession { id: 3, idle_ms: 0 },
+                IdleSession {
+                    id: 1 << 40,
+                    idle_ms: 1 << 33,
+                },
+            ]),
         ]
     }
 
@@ -319,7 +349,7 @@ mod tests {
         }
 
         #[test]
-        fn fuzz_body_on_mutated_frames(index in 0usize..13, flip in 0usize..64, byte: u8) {
+        fn fuzz_body_on_mutated_frames(index in 0usize..14, flip in 0usize..64, byte: u8) {
             let frame = encode(&samples()[index]).unwrap();
             let mut data = frame.clone();
             let at = flip % data.len();
