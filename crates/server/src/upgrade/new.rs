@@ -32,20 +32,26 @@ pub struct Commit {
     stream: UnixStream,
     /// The handover version spoken with the old process.
     version: u16,
+    /// Closed once committed, out of the pause (see [`Incoming::finish`]).
+    watch: Option<Readiness>,
 }
 
 impl Commit {
     /// Sends Ready (everything is prepared, nothing served) and waits for the commit.
     pub async fn commit(self) -> Result<(), String> {
-        let (stream, version) = (self.stream, self.version);
-        blocking(move || {
+        let (stream, version, watch) = (self.stream, self.version, self.watch);
+        let committed = blocking(move || {
             socket::send_as(&stream, version, &Message::Ready, &[]).map_err(|e| e.to_string())?;
             match socket::recv(&stream).map_err(|e| e.to_string())? {
                 (Message::Commit, fds) if fds.is_empty() => Ok(()),
                 (other, _) => Err(format!("expected the commit, got {other:?}")),
             }
         })
-        .await
+        .await;
+        if watch.is_some() {
+            tokio::task::spawn_blocking(move || drop(watch));
+        }
+        committed
     }
 
     /// Tells the old process that preparing failed (it rolls back).
@@ -97,7 +103,7 @@ pub async fn take_over(
         }
         (Err(e), _) => Err(e.to_string()),
     };
-    let (engine, sessions) = match received {
+    let (engine, (sessions, watch)) = match received {
         Ok(pair) => pair,
         Err(reason) => {
             let _ = socket::send_as(&stream, version, &failed(&reason), &[]);
@@ -109,7 +115,11 @@ pub async fn take_over(
         dir_lock,
         carried,
         engine,
-        commit: Commit { stream, version },
+        commit: Commit {
+            stream,
+            version,
+            watch,
+        },
     })
 }
 
@@ -168,6 +178,9 @@ fn one(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, String> {
         _ => Err(format!("{what} came with {count} descriptors, not 1")),
     }
 }
+
+/// Every session, and the readiness watch of those passed ahead (to be closed later).
+type Arrived = (Vec<Resumable>, Option<Readiness>);
 
 /// A socket passed ahead, until its state comes.
 struct Ahead {
@@ -288,7 +301,9 @@ impl Incoming {
     /// Every session, once the old process said how many it sent, each marked with whether a
     /// request waits in its socket. Sockets passed ahead and not kept belong to connections
     /// closed meanwhile: dropped (closed) here.
-    fn finish(self, count: u32) -> Result<Vec<Resumable>, String> {
+    /// The readiness watch is given back: closing it unregisters every socket (about a
+    /// microsecond each), which is left until after the commit.
+    fn finish(self, count: u32) -> Result<Arrived, String> {
         let Incoming {
             ahead,
             kept,
@@ -308,16 +323,7 @@ impl Incoming {
                 "upgrade: connections passed ahead and closed before the stop"
             );
         }
-        let ready = readiness.map(|readiness| {
-            let ready = readiness.ready();
-            // Closing an epoll instance unregisters every socket (about a microsecond each):
-            // done aside, out of the pause.
-            let closing = std::thread::Builder::new().name("polykv-unwatch".into());
-            if let Err(e) = closing.spawn(move || drop(readiness)) {
-                tracing::debug!(error = %e, "upgrade: the readiness watch is closed in place");
-            }
-            ready
-        });
+        let ready = readiness.as_ref().map(Readiness::ready);
         let mut sessions: Vec<Resumable> = match ready {
             Some(Ok(ready)) => {
                 let ready: std::collections::HashSet<u64> = ready.into_iter().collect();
@@ -336,7 +342,7 @@ impl Incoming {
         };
         crate::session::mark_waiting(&mut whole);
         sessions.append(&mut whole);
-        Ok(sessions)
+        Ok((sessions, readiness))
     }
 }
 
@@ -413,7 +419,7 @@ fn receive_first(
 }
 
 /// Receives the sessions, batch by batch, until the count that closes them.
-fn receive_sessions(stream: &UnixStream, mut incoming: Incoming) -> Result<Vec<Resumable>, String> {
+fn receive_sessions(stream: &UnixStream, mut incoming: Incoming) -> Result<Arrived, String> {
     let started = std::time::Instant::now();
     let mut first_us = None;
     loop {
@@ -503,7 +509,7 @@ mod tests {
         assert!(incoming.take(idle(&[4]), Vec::new()).unwrap().is_none());
         let other = incoming.take(Message::Ready, Vec::new()).unwrap();
         assert!(matches!(other, Some((Message::Ready, _))));
-        let sessions = incoming.finish(4).unwrap();
+        let (sessions, _) = incoming.finish(4).unwrap();
         let states: Vec<_> = sessions
             .iter()
             .map(|s| (s.state.listener.as_str(), s.state.idle_ms))
@@ -526,7 +532,7 @@ mod tests {
             .take(idle(&[5, 6, 7]), Vec::new())
             .unwrap()
             .is_none());
-        let sessions = incoming.finish(3).unwrap();
+        let (sessions, _) = incoming.finish(3).unwrap();
         let waiting: Vec<_> = sessions
             .iter()
             .map(|s| (s.state.listener.as_str(), s.waiting))
