@@ -7,16 +7,18 @@
 //! old: listen on <data dir>/upgrade.sock (0600), start the new binary with POLYKV_HANDOVER set
 //! new → Hello            (old still serving; a data format it cannot read: Failed instead)
 //! old → Proceed
-//! old → Ahead…           (handover version 2, old still serving) every session's socket, by
-//!                        session id, up to 250 a frame
+//! old → Ahead…           (handover version 2, old still serving, while it checkpoints the
+//!                        store) every session's socket, by session id, up to 250 a frame; the
+//!                        new process watches them for input (`readiness`)
 //! old:                   stops accepting, takes the idle sessions, stops the others at
 //!                        a frame boundary, exports their state, the lock table; (cluster
 //!                        mode: stops the Raft node); syncs and closes the engine
-//! old → DirLock, Listener…, Locks, Kept…, Sessions…, Sent     (descriptors over SCM_RIGHTS,
-//!                        up to 250 a frame); Kept: the state of the sessions whose socket went
-//!                        ahead (one not kept was closed meanwhile); Sessions: those accepted
-//!                        since, with their sockets (version 1: every session). The new
-//!                        process opens the store from Locks on
+//! old → DirLock, Listener…, Locks, Kept…, Idle…, Sessions…, Sent  (descriptors over
+//!                        SCM_RIGHTS, up to 250 a frame); Kept: the state of the stopped
+//!                        sessions whose socket went ahead, Idle: the idle time of the taken
+//!                        ones (an id in neither was closed meanwhile); Sessions: those
+//!                        accepted since, with their sockets (version 1: every session). The
+//!                        new process opens the store from Locks on
 //! new: opens the engine, prepares every listener and the sessions with work waiting, gated
 //!      (cluster mode: nothing: the Raft node must start after the commit) → Ready
 //! old → Commit           and exits 0; the new process opens the gate (cluster mode: starts
@@ -26,8 +28,8 @@
 //! Any failure or timeout before the commit: the old process kills the new one and resumes the
 //! same state itself (rollback): the sessions it stopped go on, the listening sockets were never
 //! closed. `wire` is the message format, `socket` the private socket and descriptor passing,
-//! `carry` the state in a process, `old` and `new` the two sides, `control` the request and
-//! status files of `polykv upgrade`.
+//! `carry` the state in a process, `old` and `new` the two sides, `readiness` the new side's
+//! watch of the sockets passed ahead, `control` the request and status files of `polykv upgrade`.
 
 pub mod carry;
 pub mod control;
