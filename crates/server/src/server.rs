@@ -301,7 +301,12 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 upgrade::old::Outcome::Committed { pid } => {
                     let message = format!("upgraded: pid {pid} serves");
                     control::write_status(&config.data_dir, &status(true, message, pid));
-                    return Ok(());
+                    // Exit at once: the new process serves from now on, and tearing this one's
+                    // runtime down (dropping the parked sessions' tasks: tens of milliseconds
+                    // on every core for 10 000) would compete with its first answers. What must
+                    // last is written: the store was closed and released, the status file is
+                    // in place, the log goes unbuffered to stderr.
+                    std::process::exit(0);
                 }
                 upgrade::old::Outcome::RolledBack {
                     reason,

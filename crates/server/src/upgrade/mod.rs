@@ -8,8 +8,7 @@
 //! new → Hello            (old still serving; a data format it cannot read: Failed instead)
 //! old → Proceed
 //! old → Ahead…           (handover version 2, old still serving, while it checkpoints the
-//!                        store) every session's socket, by session id, up to 250 a frame; the
-//!                        new process watches them for input (`readiness`)
+//!                        store) every session's socket, by session id, up to 250 a frame
 //! old:                   stops accepting, takes the idle sessions, stops the others at
 //!                        a frame boundary, exports their state, the lock table; (cluster
 //!                        mode: stops the Raft node); syncs and closes the engine
@@ -28,14 +27,13 @@
 //! Any failure or timeout before the commit: the old process kills the new one and resumes the
 //! same state itself (rollback): the sessions it stopped go on, the listening sockets were never
 //! closed. `wire` is the message format, `socket` the private socket and descriptor passing,
-//! `carry` the state in a process, `old` and `new` the two sides, `readiness` the new side's
-//! watch of the sockets passed ahead, `control` the request and status files of `polykv upgrade`.
+//! `carry` the state in a process, `old` and `new` the two sides, `control` the request and
+//! status files of `polykv upgrade`.
 
 pub mod carry;
 pub mod control;
 pub mod new;
 pub mod old;
-pub mod readiness;
 pub mod socket;
 pub mod wire;
 

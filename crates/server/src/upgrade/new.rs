@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +14,6 @@ use std::time::Duration;
 use polykv_engine::Engine;
 
 use super::carry::{Carried, CarriedListener, Resumable};
-use super::readiness::Readiness;
 use super::socket;
 use super::wire::{self, Message, SessionState};
 use crate::config::Config;
@@ -32,26 +31,20 @@ pub struct Commit {
     stream: UnixStream,
     /// The handover version spoken with the old process.
     version: u16,
-    /// Closed once committed, out of the pause (see [`Incoming::finish`]).
-    watch: Option<Readiness>,
 }
 
 impl Commit {
     /// Sends Ready (everything is prepared, nothing served) and waits for the commit.
     pub async fn commit(self) -> Result<(), String> {
-        let (stream, version, watch) = (self.stream, self.version, self.watch);
-        let committed = blocking(move || {
+        let (stream, version) = (self.stream, self.version);
+        blocking(move || {
             socket::send_as(&stream, version, &Message::Ready, &[]).map_err(|e| e.to_string())?;
             match socket::recv(&stream).map_err(|e| e.to_string())? {
                 (Message::Commit, fds) if fds.is_empty() => Ok(()),
                 (other, _) => Err(format!("expected the commit, got {other:?}")),
             }
         })
-        .await;
-        if watch.is_some() {
-            tokio::task::spawn_blocking(move || drop(watch));
-        }
-        committed
+        .await
     }
 
     /// Tells the old process that preparing failed (it rolls back).
@@ -103,7 +96,7 @@ pub async fn take_over(
         }
         (Err(e), _) => Err(e.to_string()),
     };
-    let (engine, (sessions, watch)) = match received {
+    let (engine, sessions) = match received {
         Ok(pair) => pair,
         Err(reason) => {
             let _ = socket::send_as(&stream, version, &failed(&reason), &[]);
@@ -115,11 +108,7 @@ pub async fn take_over(
         dir_lock,
         carried,
         engine,
-        commit: Commit {
-            stream,
-            version,
-            watch,
-        },
+        commit: Commit { stream, version },
     })
 }
 
@@ -179,9 +168,6 @@ fn one(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, String> {
     }
 }
 
-/// Every session, and the readiness watch of those passed ahead (to be closed later).
-type Arrived = (Vec<Resumable>, Option<Readiness>);
-
 /// A socket passed ahead, until its state comes.
 struct Ahead {
     fd: OwnedFd,
@@ -193,14 +179,10 @@ struct Ahead {
 #[derive(Default)]
 struct Incoming {
     ahead: HashMap<u64, Ahead>,
-    /// Sessions whose socket went ahead, with their state now, and the id each went under.
-    kept: Vec<(u64, Resumable)>,
+    /// Sessions whose socket went ahead, with their state now.
+    kept: Vec<Resumable>,
     /// Sessions that came whole (accepted after the sockets went ahead, or version 1).
     whole: Vec<Resumable>,
-    /// The sockets passed ahead, watched for input from their arrival (see [`Readiness`]);
-    /// `None` if that failed: every session is polled at the end instead.
-    readiness: Option<Readiness>,
-    unwatched: bool,
 }
 
 impl Incoming {
@@ -214,7 +196,6 @@ impl Incoming {
             Message::Ahead(ahead) if ahead.len() == fds.len() => {
                 self.ahead.reserve(ahead.len());
                 for (session, fd) in ahead.into_iter().zip(fds) {
-                    self.watch(&fd, session.id);
                     let listener = session.listener;
                     if self
                         .ahead
@@ -230,14 +211,11 @@ impl Incoming {
                 for session in kept {
                     let fd = self.claim(session.id)?.fd;
                     let state = session.state;
-                    self.kept.push((
-                        session.id,
-                        Resumable {
-                            fd,
-                            state,
-                            waiting: None,
-                        },
-                    ));
+                    self.kept.push(Resumable {
+                        fd,
+                        state,
+                        waiting: None,
+                    });
                 }
             }
             Message::Idle(idle) if fds.is_empty() => {
@@ -251,14 +229,11 @@ impl Incoming {
                         partial_ms: None,
                         service: Vec::new(),
                     };
-                    self.kept.push((
-                        session.id,
-                        Resumable {
-                            fd,
-                            state,
-                            waiting: None,
-                        },
-                    ));
+                    self.kept.push(Resumable {
+                        fd,
+                        state,
+                        waiting: None,
+                    });
                 }
             }
             Message::Sessions(states) if states.len() == fds.len() => {
@@ -274,24 +249,6 @@ impl Incoming {
         Ok(None)
     }
 
-    /// Registers a socket passed ahead with the readiness watch (created on the first).
-    fn watch(&mut self, fd: &OwnedFd, id: u64) {
-        if self.unwatched {
-            return;
-        }
-        if self.readiness.is_none() {
-            self.readiness = Readiness::new().ok();
-        }
-        let watched = match &mut self.readiness {
-            Some(readiness) => readiness.watch(fd.as_fd(), id).is_ok(),
-            None => false,
-        };
-        if !watched {
-            tracing::warn!("upgrade: cannot watch the sockets passed ahead; polling them all");
-            (self.readiness, self.unwatched) = (None, true);
-        }
-    }
-
     fn claim(&mut self, id: u64) -> Result<Ahead, String> {
         self.ahead
             .remove(&id)
@@ -299,18 +256,10 @@ impl Incoming {
     }
 
     /// Every session, once the old process said how many it sent, each marked with whether a
-    /// request waits in its socket. Sockets passed ahead and not kept belong to connections
-    /// closed meanwhile: dropped (closed) here.
-    /// The readiness watch is given back: closing it unregisters every socket (about a
-    /// microsecond each), which is left until after the commit.
-    fn finish(self, count: u32) -> Result<Arrived, String> {
-        let Incoming {
-            ahead,
-            kept,
-            mut whole,
-            readiness,
-            ..
-        } = self;
+    /// request waits in its socket (one poll(2) over them all). Sockets passed ahead and not
+    /// kept belong to connections closed meanwhile: dropped (closed) here.
+    fn finish(self, count: u32) -> Result<Vec<Resumable>, String> {
+        let Incoming { ahead, kept, whole } = self;
         if kept.len() + whole.len() != count as usize {
             return Err(format!(
                 "sent {count} sessions, received {}",
@@ -323,26 +272,10 @@ impl Incoming {
                 "upgrade: connections passed ahead and closed before the stop"
             );
         }
-        let ready = readiness.as_ref().map(Readiness::ready);
-        let mut sessions: Vec<Resumable> = match ready {
-            Some(Ok(ready)) => {
-                let ready: std::collections::HashSet<u64> = ready.into_iter().collect();
-                kept.into_iter()
-                    .map(|(id, mut session)| {
-                        session.waiting = Some(ready.contains(&id));
-                        session
-                    })
-                    .collect()
-            }
-            _ => {
-                let mut kept: Vec<_> = kept.into_iter().map(|(_, s)| s).collect();
-                crate::session::mark_waiting(&mut kept);
-                kept
-            }
-        };
-        crate::session::mark_waiting(&mut whole);
-        sessions.append(&mut whole);
-        Ok((sessions, readiness))
+        let mut sessions = kept;
+        sessions.extend(whole);
+        crate::session::mark_waiting(&mut sessions);
+        Ok(sessions)
     }
 }
 
@@ -419,7 +352,7 @@ fn receive_first(
 }
 
 /// Receives the sessions, batch by batch, until the count that closes them.
-fn receive_sessions(stream: &UnixStream, mut incoming: Incoming) -> Result<Arrived, String> {
+fn receive_sessions(stream: &UnixStream, mut incoming: Incoming) -> Result<Vec<Resumable>, String> {
     let started = std::time::Instant::now();
     let mut first_us = None;
     loop {
@@ -509,7 +442,7 @@ mod tests {
         assert!(incoming.take(idle(&[4]), Vec::new()).unwrap().is_none());
         let other = incoming.take(Message::Ready, Vec::new()).unwrap();
         assert!(matches!(other, Some((Message::Ready, _))));
-        let (sessions, _) = incoming.finish(4).unwrap();
+        let sessions = incoming.finish(4).unwrap();
         let states: Vec<_> = sessions
             .iter()
             .map(|s| (s.state.listener.as_str(), s.state.idle_ms))
@@ -532,7 +465,7 @@ mod tests {
             .take(idle(&[5, 6, 7]), Vec::new())
             .unwrap()
             .is_none());
-        let (sessions, _) = incoming.finish(3).unwrap();
+        let sessions = incoming.finish(3).unwrap();
         let waiting: Vec<_> = sessions
             .iter()
             .map(|s| (s.state.listener.as_str(), s.waiting))
