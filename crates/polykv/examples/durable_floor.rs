@@ -11,7 +11,9 @@
 //! syncs, once per turn of its loop, covering every connection served in that turn. `uring`: no
 //! second thread and no blocked loop: each group is one `O_DIRECT` write with `RWF_DSYNC`
 //! submitted through io_uring, and its completion arrives on the runtime thread's own event loop
-//! (an eventfd beside the sockets), so no thread is woken per group.
+//! (an eventfd beside the sockets), so no thread is woken per group. `uring-fsync`: the group is
+//! written to the page cache on the runtime thread and its fdatasync submitted through io_uring
+//! (the kernel runs it on one of its own workers), completed the same way.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -118,7 +120,17 @@ impl Log {
             }
             (std::mem::take(&mut pending.buf), pending.appended)
         };
-        ring.write(&self.file, &buf, target);
+        if ring.direct() {
+            ring.write(&self.file, &buf, target);
+        } else {
+            let mut offset = self.offset.lock().expect("offset lock");
+            if *offset + buf.len() as u64 > FILE_BYTES as u64 {
+                *offset = 0;
+            }
+            self.file.write_all_at(&buf, *offset).expect("log write");
+            *offset += buf.len() as u64;
+            ring.fsync(&self.file, target);
+        }
     }
 
     /// Runs on the runtime thread: reaps completed writes, publishes them, submits the next.
@@ -209,12 +221,14 @@ async fn serve(mut stream: TcpStream, log: Arc<Log>) {
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(addr), Some(path)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: durable_floor ADDR FILE [thread|inline]");
+        eprintln!("usage: durable_floor ADDR FILE [thread|inline|uring|uring-fsync]");
         std::process::exit(2);
     };
     let inline = args.get(3).is_some_and(|mode| mode == "inline");
-    let use_uring = args.get(3).is_some_and(|mode| mode == "uring");
-    let (file, ring) = if use_uring {
+    let use_uring = args
+        .get(3)
+        .is_some_and(|mode| mode == "uring" || mode == "uring-fsync");
+    let (file, ring) = if args.get(3).is_some_and(|mode| mode == "uring") {
         let (file, ring) = uring::open(path)?;
         (file, Some(ring))
     } else {
@@ -226,7 +240,8 @@ fn main() -> std::io::Result<()> {
             .open(path)?;
         // SAFETY: preallocating a file this function opened, as polykv's log does.
         unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES) };
-        (file, None)
+        let ring = use_uring.then(uring::Ring::for_fsync).transpose()?;
+        (file, ring)
     };
     let eventfd = ring.as_ref().map(uring::Ring::eventfd).transpose()?;
     let log = Arc::new(Log {
@@ -292,6 +307,8 @@ mod uring {
         /// File offset of the block the next write starts at.
         offset: u64,
         in_flight: Option<u64>,
+        /// `O_DIRECT` writes with `RWF_DSYNC` (else page-cache writes and an fdatasync each).
+        direct: bool,
     }
 
     pub fn open(path: &str) -> std::io::Result<(File, Ring)> {
@@ -316,11 +333,45 @@ mod uring {
             tail: Vec::new(),
             offset: 0,
             in_flight: None,
+            direct: true,
         };
         Ok((file, ring))
     }
 
     impl Ring {
+        /// A ring that only syncs a file written through the page cache.
+        pub fn for_fsync() -> std::io::Result<Ring> {
+            Ok(Ring {
+                ring: IoUring::new(8)?,
+                blocks: Vec::new(),
+                tail: Vec::new(),
+                offset: 0,
+                in_flight: None,
+                direct: false,
+            })
+        }
+
+        pub fn direct(&self) -> bool {
+            self.direct
+        }
+
+        /// Submits an fdatasync of `file` covering `target`.
+        pub fn fsync(&mut self, file: &File, target: u64) {
+            let sync = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(target);
+            // SAFETY: the entry refers to no memory; the file outlives the ring.
+            unsafe {
+                self.ring
+                    .submission()
+                    .push(&sync)
+                    .expect("submission queue")
+            };
+            self.ring.submit().expect("io_uring submit");
+            self.in_flight = Some(target);
+        }
+
         pub fn eventfd(&self) -> std::io::Result<OwnedFd> {
             // SAFETY: a new eventfd; the result is checked before it is owned.
             let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
