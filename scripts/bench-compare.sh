@@ -17,7 +17,7 @@
 # Durable writes are compared with peers that make the same promise: `redis-aof` (appendonly,
 # appendfsync everysec: in the OS buffers at the reply, like polykv's normal writes) and
 # `redis-always` (appendfsync always: fsynced, like nmdb SYNC and OpenCluster full wait). The
-# durable scenario also loads two floors (crates/polykv/examples/durable_floor.rs): servers that
+# durable scenario also loads three floors (crates/polykv/examples/durable_floor.rs): servers that
 # only decode, append, group-commit and answer — `floor-thread` syncing on a persister thread as
 # polykv does, `floor-inline` syncing on the serving thread once per loop turn as Redis does,
 # `floor-uring` with one O_DIRECT + RWF_DSYNC write per group through io_uring, completed on the

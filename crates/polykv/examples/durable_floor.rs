@@ -4,7 +4,7 @@
 //! checkpoints. `scripts/durable-floor.sh` loads it beside polykv and Redis with
 //! `appendfsync always`: what it reaches is what this machine allows a server of this shape.
 //!
-//!   durable_floor ADDR FILE [thread|inline|uring]
+//!   durable_floor ADDR FILE [thread|inline|uring|uring-fsync]
 //!
 //! `thread` (the default, polykv's shape): a persister thread syncs while the runtime thread goes
 //! on serving. `inline` (Redis's `appendfsync always` shape): the runtime thread itself writes and
