@@ -66,7 +66,7 @@ pub fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
                 // The new process names itself in the lock file just after the commit, which
                 // can be a moment after the old one reports: return once it has, so that the
                 // lock file names the serving process when this command ends.
-                while lock_pid(&lock) == Some(pid) && Instant::now() < deadline {
+                while !lock_pid(&lock).is_some_and(|now| now != pid) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 println!("{}", status.message);
@@ -86,7 +86,7 @@ pub fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
     )
 }
 
-/// The pid the lock file names, if it holds one (it is rewritten by truncating, then writing).
+/// The pid the lock file names, if it holds one.
 fn lock_pid(lock: &std::path::Path) -> Option<i32> {
     std::fs::read_to_string(lock).ok()?.trim().parse().ok()
 }
