@@ -17,9 +17,11 @@
 # Durable writes are compared with peers that make the same promise: `redis-aof` (appendonly,
 # appendfsync everysec: in the OS buffers at the reply, like polykv's normal writes) and
 # `redis-always` (appendfsync always: fsynced, like nmdb SYNC and OpenCluster full wait). The
-# durable scenario also loads two floors (crates/polykv/examples/durable_floor.rs): servers that
+# durable scenario also loads three floors (crates/polykv/examples/durable_floor.rs): servers that
 # only decode, append, group-commit and answer — `floor-thread` syncing on a persister thread as
-# polykv does, `floor-inline` syncing on the serving thread once per loop turn as Redis does.
+# polykv does, `floor-inline` syncing on the serving thread once per loop turn as Redis does,
+# `floor-uring` with one O_DIRECT + RWF_DSYNC write per group through io_uring, completed on the
+# serving thread's event loop (no second thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-3}"
@@ -34,7 +36,7 @@ FLOOR="$PWD/target/release/examples/durable_floor"
 . scripts/lib/bench.sh
 
 NMDB_PORT=$(free_port); OC_PORT=$(free_port); ADMIN_PORT=$(free_port); MC_PORT=$(free_port); REDIS_PORT=$(free_port)
-AOF_PORT=$(free_port); ALWAYS_PORT=$(free_port); FLOOR_PORT=$(free_port); FLOOR_INLINE_PORT=$(free_port)
+AOF_PORT=$(free_port); ALWAYS_PORT=$(free_port); FLOOR_PORT=$(free_port); FLOOR_INLINE_PORT=$(free_port); FLOOR_URING_PORT=$(free_port)
 ONLY="${ONLY:-}"
 taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --nmdb-port "$NMDB_PORT" --nmdb-udp-enabled false --smalld-enabled false --minority-enabled false \
   --opencluster-port "$OC_PORT" --jsonkv-enabled false --jsonkv-udp-enabled false --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --admin-port "$ADMIN_PORT" --log-level warn 2>"$WORK/polykv.log" & PIDS+=($!)
@@ -49,7 +51,8 @@ taskset -c $SERVER_CPU redis-server --port "$ALWAYS_PORT" --bind 127.0.0.1 --sav
 # The durable floor: only decode, append, group fdatasync, answer (crates/polykv/examples/durable_floor.rs).
 taskset -c $SERVER_CPU "$FLOOR" "127.0.0.1:$FLOOR_PORT" "$WORK/floor.log" thread & PIDS+=($!)
 taskset -c $SERVER_CPU "$FLOOR" "127.0.0.1:$FLOOR_INLINE_PORT" "$WORK/floor-inline.log" inline & PIDS+=($!)
-for port in "$NMDB_PORT" "$OC_PORT" "$MC_PORT" "$REDIS_PORT" "$AOF_PORT" "$ALWAYS_PORT" "$FLOOR_PORT" "$FLOOR_INLINE_PORT"; do
+taskset -c $SERVER_CPU "$FLOOR" "127.0.0.1:$FLOOR_URING_PORT" "$WORK/floor-uring.log" uring & PIDS+=($!)
+for port in "$NMDB_PORT" "$OC_PORT" "$MC_PORT" "$REDIS_PORT" "$AOF_PORT" "$ALWAYS_PORT" "$FLOOR_PORT" "$FLOOR_INLINE_PORT" "$FLOOR_URING_PORT"; do
   wait_port "$port" || true
 done
 
@@ -77,7 +80,7 @@ done
 run "Durable SET, 64 connections, depth 1 (polykv SYNC / full wait vs Redis appendfsync always)" \
   --target "polykv-sync=nmdb@127.0.0.1:$NMDB_PORT" --target "polykv-oc-sync=opencluster@127.0.0.1:$OC_PORT" \
   --target "redis-always=redis@127.0.0.1:$ALWAYS_PORT" --target "floor-thread=nmdb@127.0.0.1:$FLOOR_PORT" \
-  --target "floor-inline=nmdb@127.0.0.1:$FLOOR_INLINE_PORT" \
+  --target "floor-inline=nmdb@127.0.0.1:$FLOOR_INLINE_PORT" --target "floor-uring=nmdb@127.0.0.1:$FLOOR_URING_PORT" \
   --connections 64 --depth 1 --get-ratio 0 --sync
 for depth in 1 16; do
   run "One connection: GET only, depth $depth" "${TARGETS[@]}" --connections 1 --depth $depth --get-ratio 1 --preload

@@ -24,6 +24,7 @@ mod frames;
 pub mod identity;
 pub mod linearizability;
 pub mod log_store;
+mod merge;
 pub mod network;
 pub mod node;
 pub mod sim;

@@ -44,6 +44,21 @@ pub struct NodeConfig {
     /// Longest a write or a read barrier waits for a leader before it fails.
     pub write_timeout: Duration,
     pub segment_bytes: u64,
+    /// Most AppendEntries requests in flight to one follower at once (1: one at a time).
+    pub pipeline_depth: u64,
+}
+
+/// Requests in flight per follower: a follower serves them in order, so while it fsyncs one
+/// append the next is already on its way (see `vendor/README.md`).
+pub const PIPELINE_DEPTH: u64 = 4;
+
+/// `POLYKV_CLUSTER_PIPELINE=N` overrides the pipeline depth (for measurements).
+fn pipeline_depth_from_env(default: u64) -> u64 {
+    std::env::var("POLYKV_CLUSTER_PIPELINE")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|d| (1..=64).contains(d))
+        .unwrap_or(default)
 }
 
 impl NodeConfig {
@@ -57,6 +72,7 @@ impl NodeConfig {
             snapshot_every: 50_000,
             write_timeout: Duration::from_secs(3),
             segment_bytes: polykv_engine::log::DEFAULT_SEGMENT_BYTES,
+            pipeline_depth: PIPELINE_DEPTH,
         }
     }
 }
@@ -154,6 +170,7 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: 1000.min(config.snapshot_every),
             snapshot_max_chunk_size: 1 << 20,
+            pipeline_depth: pipeline_depth_from_env(config.pipeline_depth),
             ..Config::default()
         }
         .validate()

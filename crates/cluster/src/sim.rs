@@ -31,6 +31,9 @@ struct State {
     /// Directed links that are cut.
     cut: HashSet<(NodeId, NodeId)>,
     faults: Faults,
+    /// AppendEntries requests carrying entries, in flight per directed link, and the most seen.
+    appends_in_flight: HashMap<(NodeId, NodeId), u64>,
+    most_appends_in_flight: u64,
 }
 
 /// The in-process network of a test cluster.
@@ -89,6 +92,12 @@ impl Router {
         self.state.lock().cut.clear();
     }
 
+    /// The most AppendEntries requests carrying entries that were in flight at once on one
+    /// link (a leader that pipelines sends more than one).
+    pub fn most_appends_in_flight(&self) -> u64 {
+        self.state.lock().most_appends_in_flight
+    }
+
     fn roll(&self, p: f64) -> bool {
         p > 0.0 && self.rng.lock().random::<f64>() < p
     }
@@ -105,6 +114,40 @@ impl Router {
 struct SimTransport {
     from: NodeId,
     router: Arc<Router>,
+}
+
+/// Counts an AppendEntries request carrying entries as in flight on its link while it lives.
+struct AppendInFlight<'a> {
+    router: &'a Router,
+    link: (NodeId, NodeId),
+}
+
+impl<'a> AppendInFlight<'a> {
+    fn start(router: &'a Router, link: (NodeId, NodeId), rpc: &Rpc) -> Option<Self> {
+        if !matches!(rpc, Rpc::AppendEntries(req) if !req.entries.is_empty()) {
+            return None;
+        }
+        let mut state = router.state.lock();
+        let now = state.appends_in_flight.entry(link).or_default();
+        *now += 1;
+        let now = *now;
+        state.most_appends_in_flight = state.most_appends_in_flight.max(now);
+        Some(AppendInFlight { router, link })
+    }
+}
+
+impl Drop for AppendInFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(now) = self
+            .router
+            .state
+            .lock()
+            .appends_in_flight
+            .get_mut(&self.link)
+        {
+            *now = now.saturating_sub(1);
+        }
+    }
 }
 
 /// Sends the request through the codec, as TCP would.
@@ -128,6 +171,7 @@ impl Transport for SimTransport {
     ) -> CallFuture<'a> {
         Box::pin(async move {
             let router = &self.router;
+            let _in_flight = AppendInFlight::start(router, (self.from, target), &rpc);
             let (handler, faults, cut) = {
                 let state = router.state.lock();
                 (

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, Semaphore};
 use crate::auth::{self, AuthError};
 use crate::frames::{FrameSender, SendError};
 use crate::identity::Identity;
+use crate::merge;
 use crate::timing::{self, Hop};
 use crate::transport::{CallFuture, Handler, Transport, TransportError};
 use crate::wire::{self, Envelope, Reply, Rpc, WireError};
@@ -353,28 +354,58 @@ async fn serve_connection(
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut read = BufReader::with_capacity(64 << 10, read);
     let mut frame = Vec::new();
+    // A request read while merging appends that is not one of them: served next.
+    let mut carried = None;
     loop {
-        let (id, rpc) = match read_frame(&mut read, &mut frame).await {
-            Ok(Envelope::Call { id, rpc }) => (id, rpc),
-            Ok(Envelope::Answer { .. }) => {
-                counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, node = from, "cluster peer sent a reply unasked; disconnected");
-                break;
-            }
-            Err(ReadError::Wire(e)) => {
-                counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, node = from, error = %e, "cluster peer sent garbage; disconnected");
-                break;
-            }
-            Err(ReadError::Io(_)) => break,
+        let next = match carried.take() {
+            Some(call) => Some(call),
+            None => next_call(&mut read, &mut frame, counters, peer, from).await,
         };
-        // A leader sends a follower one append at a time: served here, without a hand-off
-        // to another task. Everything else may wait long (a forwarded write waits for its
-        // commit) and is served beside the reading.
-        if matches!(rpc, Rpc::AppendEntries(_)) {
+        let Some((id, rpc)) = next else {
+            break;
+        };
+        // A leader pipelines its appends to a follower: served here, in order, without a
+        // hand-off to another task. Everything else may wait long (a forwarded write waits
+        // for its commit) and is served beside the reading.
+        if let Rpc::AppendEntries(first) = rpc {
             let since = Instant::now();
-            answer(&frames, id, handler.handle(from, rpc).await);
+            let mut merged = first;
+            let mut parts = vec![(id, merge::span(&merged))];
+            let mut ended = false;
+            // The appends that came while the previous one was flushed go to the log with
+            // this one: one fsync for all of them.
+            while parts.len() < merge::MAX_MERGED && frame_buffered(&read) {
+                match next_call(&mut read, &mut frame, counters, peer, from).await {
+                    Some((id, Rpc::AppendEntries(next))) if merge::continues(&merged, &next) => {
+                        parts.push((id, merge::span(&next)));
+                        merge::append(&mut merged, next);
+                    }
+                    Some(call) => {
+                        carried = Some(call);
+                        break;
+                    }
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            match handler.handle(from, Rpc::AppendEntries(merged)).await {
+                Reply::AppendEntries(merged_answer) => {
+                    for (id, span) in parts {
+                        let reply = Reply::AppendEntries(merge::answer_for(span, &merged_answer));
+                        answer(&frames, id, reply);
+                    }
+                }
+                other => {
+                    tracing::warn!(node = from, "an append was answered with {other:?}");
+                    break;
+                }
+            }
             timing::record(Hop::FollowerAppend, since);
+            if ended {
+                break;
+            }
             continue;
         }
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -389,6 +420,37 @@ async fn serve_connection(
     }
     drop(frames);
     let _ = writer.await;
+}
+
+/// The next request on an incoming connection, or None when the connection is to end (it
+/// closed, or the peer sent something it should not: logged and counted here).
+async fn next_call(
+    read: &mut BufReader<OwnedReadHalf>,
+    frame: &mut Vec<u8>,
+    counters: &TcpCounters,
+    peer: SocketAddr,
+    from: NodeId,
+) -> Option<(u64, Rpc)> {
+    match read_frame(read, frame).await {
+        Ok(Envelope::Call { id, rpc }) => Some((id, rpc)),
+        Ok(Envelope::Answer { .. }) => {
+            counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, node = from, "cluster peer sent a reply unasked; disconnected");
+            None
+        }
+        Err(ReadError::Wire(e)) => {
+            counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, node = from, error = %e, "cluster peer sent garbage; disconnected");
+            None
+        }
+        Err(ReadError::Io(_)) => None,
+    }
+}
+
+/// Whether a whole frame is already in the read buffer (reading it does not wait).
+fn frame_buffered(read: &BufReader<OwnedReadHalf>) -> bool {
+    let buf = read.buffer();
+    matches!(wire::body_len(buf), Ok(Some(len)) if buf.len() >= 4 + len)
 }
 
 fn answer(frames: &FrameSender, id: u64, reply: Reply) {

@@ -498,6 +498,90 @@ async fn histories_under_partitions_and_a_leader_kill_are_linearizable() {
     }
 }
 
+/// A leader pipelines its appends (several in flight to a follower) while messages are lost,
+/// duplicated and reordered: every acknowledged write is on every node afterwards, with the
+/// same version everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_appends_under_loss_duplication_and_reordering_keep_every_acknowledged_write() {
+    let cluster = TestCluster::new(3, 100, 21).await;
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    cluster.router.set_faults(Faults {
+        drop: 0.02,
+        duplicate: 0.1,
+        max_delay: Duration::from_millis(3),
+    });
+    let node = cluster.nodes[&leader].clone();
+    let writers: Vec<_> = (0..24u64)
+        .map(|w| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for i in 0..15u64 {
+                    let key = format!("w{w}-{i}");
+                    if put(&node, &key, (w * 100 + i) as i64).await.is_ok() {
+                        acknowledged.push(key);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    cluster.router.set_faults(Faults::default());
+    assert!(
+        acknowledged.len() > 100,
+        "only {} writes acknowledged",
+        acknowledged.len()
+    );
+    assert!(
+        cluster.router.most_appends_in_flight() > 1,
+        "the leader never had two appends in flight to a follower"
+    );
+    // Every node applies everything the leader has, then holds each acknowledged write.
+    let last = node.raft().metrics().borrow().last_log_index;
+    for other in cluster.nodes.values() {
+        let mut applied = false;
+        for _ in 0..500 {
+            let now = other
+                .raft()
+                .metrics()
+                .borrow()
+                .last_applied
+                .map(|l| l.index);
+            if now >= last {
+                applied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(applied, "node {} did not apply up to {last:?}", other.id());
+    }
+    for key in &acknowledged {
+        let here = node
+            .engine()
+            .get(0, key.as_bytes())
+            .unwrap()
+            .map(|r| r.entry);
+        assert!(here.is_some(), "{key} lost on the leader");
+        for other in cluster.nodes.values() {
+            let there = other
+                .engine()
+                .get(0, key.as_bytes())
+                .unwrap()
+                .map(|r| r.entry);
+            assert_eq!(here, there, "{key} on node {}", other.id());
+        }
+    }
+    drop(node);
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
 /// A node whose data belongs to another cluster (same id, founded elsewhere) does not take this
 /// cluster's log: it keeps its own history and data, and the cluster goes on without it. (Its
 /// log refuses any truncation of its founding entry, should a leader ever ask.)

@@ -4,11 +4,16 @@
 //! checkpoints. `scripts/durable-floor.sh` loads it beside polykv and Redis with
 //! `appendfsync always`: what it reaches is what this machine allows a server of this shape.
 //!
-//!   durable_floor ADDR FILE [thread|inline]
+//!   durable_floor ADDR FILE [thread|inline|uring|uring-fsync]
 //!
 //! `thread` (the default, polykv's shape): a persister thread syncs while the runtime thread goes
 //! on serving. `inline` (Redis's `appendfsync always` shape): the runtime thread itself writes and
-//! syncs, once per turn of its loop, covering every connection served in that turn.
+//! syncs, once per turn of its loop, covering every connection served in that turn. `uring`: no
+//! second thread and no blocked loop: each group is one `O_DIRECT` write with `RWF_DSYNC`
+//! submitted through io_uring, and its completion arrives on the runtime thread's own event loop
+//! (an eventfd beside the sockets), so no thread is woken per group. `uring-fsync`: the group is
+//! written to the page cache on the runtime thread and its fdatasync submitted through io_uring
+//! (the kernel runs it on one of its own workers), completed the same way.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -34,6 +39,7 @@ struct Pending {
 struct Log {
     file: File,
     inline: bool,
+    uring: Option<Mutex<uring::Ring>>,
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<u64>,
@@ -49,6 +55,17 @@ impl Log {
     }
 
     async fn wait_synced(&self, seq: u64) {
+        if let Some(ring) = &self.uring {
+            let mut synced = self.synced.subscribe();
+            if *synced.borrow() >= seq {
+                return;
+            }
+            // Let every other ready connection append first: one write covers the whole turn.
+            tokio::task::yield_now().await;
+            self.submit_next(ring);
+            let _ = synced.wait_for(|s| *s >= seq).await;
+            return;
+        }
         if self.inline {
             // Let every other ready connection append first: one sync covers the whole turn.
             tokio::task::yield_now().await;
@@ -87,6 +104,52 @@ impl Log {
             0,
             "fdatasync"
         );
+    }
+
+    /// Submits everything appended so far as one durable write, unless a write is in flight (its
+    /// completion submits the next).
+    fn submit_next(&self, ring: &Mutex<uring::Ring>) {
+        let mut ring = ring.lock().expect("ring lock");
+        if ring.busy() {
+            return;
+        }
+        let (buf, target) = {
+            let mut pending = self.pending.lock().expect("log lock");
+            if pending.buf.is_empty() {
+                return;
+            }
+            (std::mem::take(&mut pending.buf), pending.appended)
+        };
+        if ring.direct() {
+            ring.write(&self.file, &buf, target);
+        } else {
+            let mut offset = self.offset.lock().expect("offset lock");
+            if *offset + buf.len() as u64 > FILE_BYTES as u64 {
+                *offset = 0;
+            }
+            self.file.write_all_at(&buf, *offset).expect("log write");
+            *offset += buf.len() as u64;
+            ring.fsync(&self.file, target);
+        }
+    }
+
+    /// Runs on the runtime thread: reaps completed writes, publishes them, submits the next.
+    async fn reap(self: Arc<Self>, eventfd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>) {
+        let Some(ring) = &self.uring else { return };
+        loop {
+            let Ok(mut ready) = eventfd.readable().await else {
+                return;
+            };
+            let mut count = [0u8; 8];
+            // SAFETY: reading the eventfd's 8-byte counter into a buffer of 8 bytes.
+            unsafe { libc::read(eventfd.get_ref().as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+            ready.clear_ready();
+            let done = ring.lock().expect("ring lock").reap();
+            if let Some(target) = done {
+                self.synced.send_replace(target);
+                self.submit_next(ring);
+            }
+        }
     }
 
     /// One group commit after another, each covering every record appended before it began.
@@ -158,27 +221,39 @@ async fn serve(mut stream: TcpStream, log: Arc<Log>) {
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(addr), Some(path)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: durable_floor ADDR FILE [thread|inline]");
+        eprintln!("usage: durable_floor ADDR FILE [thread|inline|uring|uring-fsync]");
         std::process::exit(2);
     };
     let inline = args.get(3).is_some_and(|mode| mode == "inline");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(path)?;
-    // SAFETY: preallocating a file this function opened, as polykv's log does.
-    unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES) };
+    let use_uring = args
+        .get(3)
+        .is_some_and(|mode| mode == "uring" || mode == "uring-fsync");
+    let (file, ring) = if args.get(3).is_some_and(|mode| mode == "uring") {
+        let (file, ring) = uring::open(path)?;
+        (file, Some(ring))
+    } else {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        // SAFETY: preallocating a file this function opened, as polykv's log does.
+        unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES) };
+        let ring = use_uring.then(uring::Ring::for_fsync).transpose()?;
+        (file, ring)
+    };
+    let eventfd = ring.as_ref().map(uring::Ring::eventfd).transpose()?;
     let log = Arc::new(Log {
         file,
         inline,
+        uring: ring.map(Mutex::new),
         pending: Mutex::new(Pending::default()),
         wake: Condvar::new(),
         synced: watch::channel(0).0,
         offset: Mutex::new(0),
     });
-    if !inline {
+    if !inline && !use_uring {
         let persister = log.clone();
         std::thread::Builder::new()
             .name("floor-persister".into())
@@ -188,10 +263,180 @@ fn main() -> std::io::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        if let Some(eventfd) = eventfd {
+            // SAFETY: the eventfd is an `OwnedFd` the `AsyncFd` owns until it is dropped.
+            let eventfd = unsafe { tokio::io::unix::AsyncFd::register(eventfd) }
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            tokio::spawn(log.clone().reap(eventfd));
+        }
         let listener = TcpListener::bind(addr).await?;
         loop {
             let (stream, _) = listener.accept().await?;
             tokio::spawn(serve(stream, log.clone()));
         }
     })
+}
+
+/// The io_uring shape: a file opened with `O_DIRECT`, written in whole 4 KiB blocks (the partial
+/// last block is written again, with more in it, by the next group), each write carrying
+/// `RWF_DSYNC`; one write in flight at a time.
+mod uring {
+    use std::fs::File;
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+
+    use io_uring::{opcode, types, IoUring};
+
+    const BLOCK: usize = 4096;
+    /// Smaller than the other shapes' file: it is written with zeros first, so that a direct
+    /// write never lands on an unwritten extent (whose conversion would need the journal).
+    const FILE_BYTES: u64 = 256 << 20;
+
+    #[repr(C, align(4096))]
+    #[derive(Clone, Copy)]
+    struct Block([u8; BLOCK]);
+
+    pub struct Ring {
+        ring: IoUring,
+        /// The blocks of the write in flight (they must live until it completes).
+        blocks: Vec<Block>,
+        /// Bytes of the last, partial block already written: the next write starts with them.
+        tail: Vec<u8>,
+        /// File offset of the block the next write starts at.
+        offset: u64,
+        in_flight: Option<u64>,
+        /// `O_DIRECT` writes with `RWF_DSYNC` (else page-cache writes and an fdatasync each).
+        direct: bool,
+    }
+
+    pub fn open(path: &str) -> std::io::Result<(File, Ring)> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(FILE_BYTES >> 20) {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)?;
+        let ring = Ring {
+            ring: IoUring::new(8)?,
+            blocks: Vec::new(),
+            tail: Vec::new(),
+            offset: 0,
+            in_flight: None,
+            direct: true,
+        };
+        Ok((file, ring))
+    }
+
+    impl Ring {
+        /// A ring that only syncs a file written through the page cache.
+        pub fn for_fsync() -> std::io::Result<Ring> {
+            Ok(Ring {
+                ring: IoUring::new(8)?,
+                blocks: Vec::new(),
+                tail: Vec::new(),
+                offset: 0,
+                in_flight: None,
+                direct: false,
+            })
+        }
+
+        pub fn direct(&self) -> bool {
+            self.direct
+        }
+
+        /// Submits an fdatasync of `file` covering `target`.
+        pub fn fsync(&mut self, file: &File, target: u64) {
+            let sync = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(target);
+            // SAFETY: the entry refers to no memory; the file outlives the ring.
+            unsafe {
+                self.ring
+                    .submission()
+                    .push(&sync)
+                    .expect("submission queue")
+            };
+            self.ring.submit().expect("io_uring submit");
+            self.in_flight = Some(target);
+        }
+
+        pub fn eventfd(&self) -> std::io::Result<OwnedFd> {
+            // SAFETY: a new eventfd; the result is checked before it is owned.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            self.ring.submitter().register_eventfd(fd)?;
+            // SAFETY: `fd` is a descriptor this function just created and nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+
+        pub fn busy(&self) -> bool {
+            self.in_flight.is_some()
+        }
+
+        /// Submits `data` (appended after the tail) as one durable write covering `target`.
+        pub fn write(&mut self, file: &File, data: &[u8], target: u64) {
+            let mut bytes = std::mem::take(&mut self.tail);
+            bytes.extend_from_slice(data);
+            let blocks = bytes.len().div_ceil(BLOCK);
+            if self.offset + (blocks * BLOCK) as u64 > FILE_BYTES {
+                // A floor keeps nothing: wrap around.
+                self.offset = 0;
+            }
+            self.blocks.clear();
+            self.blocks.resize(blocks, Block([0; BLOCK]));
+            for (block, chunk) in self.blocks.iter_mut().zip(bytes.chunks(BLOCK)) {
+                block.0[..chunk.len()].copy_from_slice(chunk);
+            }
+            let len = (blocks * BLOCK) as u32;
+            let write = opcode::Write::new(
+                types::Fd(file.as_raw_fd()),
+                self.blocks.as_ptr().cast::<u8>(),
+                len,
+            )
+            .offset(self.offset)
+            .rw_flags(libc::RWF_DSYNC)
+            .build()
+            .user_data(target);
+            // SAFETY: the buffer (`self.blocks`) lives, unchanged, until the completion is
+            // reaped: `write` is not called again while `in_flight` is set.
+            unsafe {
+                self.ring
+                    .submission()
+                    .push(&write)
+                    .expect("submission queue")
+            };
+            self.ring.submit().expect("io_uring submit");
+            self.in_flight = Some(target);
+            // The next write rewrites the partial last block with more in it.
+            let full = bytes.len() / BLOCK;
+            self.tail = bytes[full * BLOCK..].to_vec();
+            self.offset += (full * BLOCK) as u64;
+        }
+
+        /// The target of the write that completed, if one did.
+        pub fn reap(&mut self) -> Option<u64> {
+            let entry = self.ring.completion().next()?;
+            assert!(
+                entry.result() >= 0,
+                "durable write failed: {}",
+                entry.result()
+            );
+            self.in_flight = None;
+            Some(entry.user_data())
+        }
+    }
 }

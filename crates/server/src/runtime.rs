@@ -138,14 +138,54 @@ async fn join_within(set: &mut JoinSet<()>, limit: std::time::Duration, why: &st
     }
 }
 
+/// A socket a listener binds, or takes over from a hot upgrade: a TCP listener or a UDP socket.
+trait ListeningSocket: Sized + AsFd {
+    /// The standard-library socket a carried descriptor becomes before tokio takes it.
+    type Std: From<OwnedFd> + AsFd;
+    /// Whether the handover carries it as a datagram socket.
+    const UDP: bool;
+    /// What the log and errors call it.
+    const NOUN: &'static str;
+    fn from_std(socket: Self::Std) -> std::io::Result<Self>;
+    fn bind(addr: String) -> impl Future<Output = std::io::Result<Self>>;
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr>;
+}
+
+impl ListeningSocket for TcpListener {
+    type Std = std::net::TcpListener;
+    const UDP: bool = false;
+    const NOUN: &'static str = "listener";
+    fn from_std(socket: Self::Std) -> std::io::Result<Self> {
+        TcpListener::from_std(socket)
+    }
+    fn bind(addr: String) -> impl Future<Output = std::io::Result<Self>> {
+        TcpListener::bind(addr)
+    }
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        TcpListener::local_addr(self)
+    }
+}
+
+impl ListeningSocket for UdpSocket {
+    type Std = std::net::UdpSocket;
+    const UDP: bool = true;
+    const NOUN: &'static str = "socket";
+    fn from_std(socket: Self::Std) -> std::io::Result<Self> {
+        UdpSocket::from_std(socket)
+    }
+    fn bind(addr: String) -> impl Future<Output = std::io::Result<Self>> {
+        UdpSocket::bind(addr)
+    }
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        UdpSocket::local_addr(self)
+    }
+}
+
 /// A listening socket carried over by a hot upgrade, made ready for tokio.
-fn carried<T, S>(fd: OwnedFd, ready: impl FnOnce(S) -> std::io::Result<T>) -> std::io::Result<T>
-where
-    S: From<OwnedFd> + AsFd,
-{
-    let socket = S::from(fd);
+fn carried<S: ListeningSocket>(fd: OwnedFd) -> std::io::Result<S> {
+    let socket = S::Std::from(fd);
     set_nonblocking(socket.as_fd())?;
-    ready(socket)
+    S::from_std(socket)
 }
 
 /// Sets O_NONBLOCK (tokio needs it; a descriptor passed over keeps the flags of its file).
@@ -162,23 +202,15 @@ fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
 }
 
 /// Binds one listener or socket, logging the address it got (a configured port 0 picks one).
-async fn bind<T, B>(
-    what: &'static str,
-    addr: String,
-    bind: impl FnOnce(String) -> B,
-    local: impl FnOnce(&T) -> std::io::Result<std::net::SocketAddr>,
-) -> Result<T, ServerError>
-where
-    B: Future<Output = std::io::Result<T>>,
-{
-    let bound = bind(addr.clone())
+async fn bind<S: ListeningSocket>(what: &'static str, addr: String) -> Result<S, ServerError> {
+    let bound = S::bind(addr.clone())
         .await
         .map_err(|source| ServerError::Bind {
             what,
             addr: addr.clone(),
             source,
         })?;
-    let local = local(&bound).map(|a| a.to_string()).unwrap_or(addr);
+    let local = bound.local_addr().map(|a| a.to_string()).unwrap_or(addr);
     tracing::info!(listener = what, addr = %local, "listening");
     Ok(bound)
 }
@@ -267,26 +299,7 @@ impl Runtime {
         what: &'static str,
         addr: String,
     ) -> Result<TcpListener, ServerError> {
-        let listener = match self.context.handover.take_listener(what, false) {
-            Some(fd) => carried(fd, |l: std::net::TcpListener| TcpListener::from_std(l)).map_err(
-                |source| ServerError::Bind {
-                    what,
-                    addr: format!("the carried {what} listener"),
-                    source,
-                },
-            )?,
-            None => {
-                bind(
-                    what,
-                    addr,
-                    |a| async move { TcpListener::bind(a).await },
-                    TcpListener::local_addr,
-                )
-                .await?
-            }
-        };
-        self.keep(what, false, listener.as_fd())?;
-        Ok(listener)
+        self.bind_or_take(what, addr).await
     }
 
     /// Binds a UDP socket, or takes the one a hot upgrade carried under the same name.
@@ -295,26 +308,23 @@ impl Runtime {
         what: &'static str,
         addr: String,
     ) -> Result<UdpSocket, ServerError> {
-        let socket =
-            match self.context.handover.take_listener(what, true) {
-                Some(fd) => carried(fd, |s: std::net::UdpSocket| UdpSocket::from_std(s)).map_err(
-                    |source| ServerError::Bind {
-                        what,
-                        addr: format!("the carried {what} socket"),
-                        source,
-                    },
-                )?,
-                None => {
-                    bind(
-                        what,
-                        addr,
-                        |a| async move { UdpSocket::bind(a).await },
-                        UdpSocket::local_addr,
-                    )
-                    .await?
-                }
-            };
-        self.keep(what, true, socket.as_fd())?;
+        self.bind_or_take(what, addr).await
+    }
+
+    async fn bind_or_take<S: ListeningSocket>(
+        &self,
+        what: &'static str,
+        addr: String,
+    ) -> Result<S, ServerError> {
+        let socket = match self.context.handover.take_listener(what, S::UDP) {
+            Some(fd) => carried::<S>(fd).map_err(|source| ServerError::Bind {
+                what,
+                addr: format!("the carried {what} {}", S::NOUN),
+                source,
+            })?,
+            None => bind(what, addr).await?,
+        };
+        self.keep(what, S::UDP, socket.as_fd())?;
         Ok(socket)
     }
 

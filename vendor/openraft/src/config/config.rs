@@ -152,6 +152,14 @@ pub struct Config {
     #[clap(long, default_value = "300")]
     pub max_payload_entries: u64,
 
+    /// polykv: the most AppendEntries requests in flight to one follower at once.
+    ///
+    /// With 1 (0.9's behaviour) the next request waits for the answer to the previous one.
+    /// With more, a leader whose follower's log matches sends new entries at once after the
+    /// requests still in flight; any failure or conflict falls back to one at a time.
+    #[clap(long, default_value = "1")]
+    pub pipeline_depth: u64,
+
     /// The distance behind in log replication a follower must fall before it is considered lagging
     ///
     /// A follower falls behind this index are replicated with snapshot.
@@ -288,7 +296,7 @@ impl Config {
     }
 
     /// Validate the state of this config.
-    pub fn validate(self) -> Result<Config, ConfigError> {
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
         if self.election_timeout_min >= self.election_timeout_max {
             return Err(ConfigError::ElectionTimeout {
                 min: self.election_timeout_min,
@@ -305,6 +313,11 @@ impl Config {
 
         if self.max_payload_entries == 0 {
             return Err(ConfigError::MaxPayloadIs0);
+        }
+
+        // polykv: depth 0 would never send anything.
+        if self.pipeline_depth == 0 {
+            self.pipeline_depth = 1;
         }
 
         Ok(self)

@@ -877,6 +877,13 @@ where
         let membership_log_id = self.engine.state.membership_state.effective().log_id();
         let network = self.network.new_client(target.clone(), target_node).await;
         let snapshot_network = self.network.new_client(target.clone(), target_node).await;
+        // polykv: one more connection per AppendEntries request that may be in flight at once.
+        let mut pipeline_networks = Vec::new();
+        if self.config.pipeline_depth > 1 {
+            for _ in 0..self.config.pipeline_depth {
+                pipeline_networks.push(self.network.new_client(target.clone(), target_node).await);
+            }
+        }
 
         let leader = self.engine.leader.as_ref().unwrap();
 
@@ -890,6 +897,7 @@ where
             progress_entry.matching,
             network,
             snapshot_network,
+            pipeline_networks,
             self.log_store.get_log_reader().await,
             self.sm_handle.new_snapshot_reader(),
             self.tx_notify.clone(),

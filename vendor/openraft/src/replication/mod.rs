@@ -2,16 +2,22 @@
 
 pub(crate) mod callbacks;
 pub(crate) mod hint;
+mod pipeline;
 mod replication_session_id;
 pub(crate) mod request;
 pub(crate) mod request_id;
 pub(crate) mod response;
 
+use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyerror::AnyError;
+use futures::future::BoxFuture;
 use futures::future::FutureExt;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
 pub(crate) use replication_session_id::ReplicationSessionId;
 use request::Data;
 use request::DataWithId;
@@ -145,6 +151,39 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// polykv: payload actions the core sent while `next_action` held one (pipelining).
+    queued: VecDeque<Data<C>>,
+
+    /// polykv: pipelined AppendEntries requests not yet answered, oldest first.
+    pipeline: FuturesOrdered<BoxFuture<'static, pipeline::PipelinedReply<C, N::Network>>>,
+
+    /// polykv: connections free to carry a pipelined request (one per request in flight).
+    spare_networks: Vec<N::Network>,
+
+    /// polykv: the last log id the newest pipelined request sent.
+    pipeline_tail: Option<LogId<C::NodeId>>,
+
+    /// polykv: a heartbeat was asked for while pipelined requests were in flight (they carry
+    /// the committed index too); it goes out once they are answered.
+    heartbeat_deferred: bool,
+
+    /// polykv: the last log id of the newest entries the core asked to send.
+    received_tail: Option<LogId<C::NodeId>>,
+
+    /// polykv: the number of the current chain: entries the core asks to send that start
+    /// where the previous ones end belong to one chain (one pipeline of the core's).
+    chain: u64,
+
+    /// polykv: the chain of each request not yet sent, by request id.
+    chain_of: BTreeMap<u64, u64>,
+
+    /// polykv: the chain of the request being sent or answered.
+    current_chain: Option<u64>,
+
+    /// polykv: the newest chain in which a request failed or conflicted: the core starts again
+    /// from the follower's match, so the requests of that chain not yet sent are dropped.
+    broken_chain: Option<u64>,
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -165,6 +204,7 @@ where
         matching: Option<LogId<C::NodeId>>,
         network: N::Network,
         snapshot_network: N::Network,
+        pipeline_networks: Vec<N::Network>,
         log_reader: LS::LogReader,
         snapshot_reader: SnapshotReader<C>,
         tx_raft_core: mpsc::UnboundedSender<Notify<C>>,
@@ -198,6 +238,16 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            queued: VecDeque::new(),
+            pipeline: FuturesOrdered::new(),
+            spare_networks: pipeline_networks,
+            pipeline_tail: None,
+            heartbeat_deferred: false,
+            received_tail: None,
+            chain: 0,
+            chain_of: BTreeMap::new(),
+            current_chain: None,
+            broken_chain: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -211,12 +261,43 @@ where
     #[tracing::instrument(level="debug", skip(self), fields(session=%self.session_id, target=display(&self.target), cluster=%self.config.cluster_name))]
     async fn main(mut self) -> Result<(), ReplicationClosed> {
         loop {
-            let action = self.next_action.take();
+            // polykv: payload actions may queue behind one another (pipelining).
+            let action = self.next_action.take().or_else(|| self.queued.pop_front());
 
             let Some(d) = action else {
                 self.drain_events_with_backoff().await?;
                 continue;
             };
+
+            // polykv: a request of a chain in which one failed is not sent: the core has
+            // started again (or will, once it learns of the failure) from the match.
+            let chain = match &d {
+                Data::Logs(log) => log.request_id().request_id().and_then(|id| self.chain_of.remove(&id)),
+                _ => None,
+            };
+            if chain.is_some() && chain <= self.broken_chain {
+                tracing::debug!(replication_data = display(&d), "dropped: its chain failed");
+                continue;
+            }
+
+            // polykv: entries that follow the ones in flight go out at once; a heartbeat waits
+            // for the pipelined requests (they carry the committed index); anything else goes
+            // one at a time, as in 0.9, once the pipelined requests are answered.
+            let d = match d {
+                Data::Logs(log) if self.can_pipeline(&log) => {
+                    self.send_pipelined(log, chain).await?;
+                    self.drain_events_with_backoff().await?;
+                    continue;
+                }
+                Data::Heartbeat if !self.pipeline.is_empty() => {
+                    self.heartbeat_deferred = true;
+                    self.drain_events_with_backoff().await?;
+                    continue;
+                }
+                d => d,
+            };
+            self.finish_pipeline().await?;
+            self.current_chain = chain;
 
             // Backup the log data for retrying.
             let mut log_data = None;
@@ -516,6 +597,7 @@ where
     /// Send the error result to RaftCore.
     /// RaftCore will then submit another replication command.
     fn send_progress_error(&mut self, request_id: RequestId, err: RPCError<C::NodeId, C::Node>) {
+        self.broken_chain = self.broken_chain.max(self.current_chain);
         let _ = self.tx_raft_core.send(Notify::Network {
             response: Response::Progress {
                 target: self.target.clone(),
@@ -538,12 +620,16 @@ where
         );
 
         match &replication_result.result {
+            // polykv: with pipelining, the answer to a request sent again after a failure may
+            // be behind a pipelined request answered since: `matching` never goes back.
+            Ok(matching) if *matching < self.matching => {}
             Ok(matching) => {
                 self.validate_matching(matching.clone());
                 self.matching = matching.clone();
             }
             Err(_conflict) => {
                 // Conflict is not allowed to be less than the current matching.
+                self.broken_chain = self.broken_chain.max(self.current_chain);
             }
         }
 
@@ -629,10 +715,26 @@ where
 
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
-        if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
-            self.process_event(event);
+        // polykv: nor for a queued one; with requests in flight, an answer also ends the wait.
+        if self.next_action.is_none() && self.queued.is_empty() {
+            if self.pipeline.is_empty() {
+                let event =
+                    self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                self.process_event(event);
+            } else {
+                let woke = select! {
+                    event = self.rx_event.recv() => Ok(event),
+                    reply = self.pipeline.next() => Err(reply),
+                };
+                match woke {
+                    Ok(event) => {
+                        let event = event.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                        self.process_event(event);
+                    }
+                    Err(Some(reply)) => self.on_pipelined_reply(reply)?,
+                    Err(None) => {}
+                }
+            }
         }
 
         // Returning from process_event(), next_action is never None.
@@ -680,24 +782,32 @@ where
                 self.committed = c;
 
                 // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
+                if self.next_action.is_none() && self.queued.is_empty() {
                     self.next_action = Some(Data::new_heartbeat());
                 }
             }
             Replicate::Heartbeat => {
                 // Never overwrite action with payload.
-                if self.next_action.is_none() {
+                if self.next_action.is_none() && self.queued.is_empty() {
                     self.next_action = Some(Data::new_heartbeat());
                 }
             }
             Replicate::Data(d) => {
-                // TODO: Currently there is at most 1 in flight data. But in future RaftCore may send next data
-                //       actions without waiting for the previous to finish.
-                debug_assert!(
-                    !self.next_action.as_ref().map(|d| d.has_payload()).unwrap_or(false),
-                    "there can not be two actions with payload in flight, curr: {}",
-                    self.next_action.as_ref().map(|d| d.to_string()).display()
-                );
+                if let Data::Logs(log) = &d {
+                    if log.data().prev != self.received_tail {
+                        self.chain += 1;
+                    }
+                    self.received_tail = log.data().last.clone();
+                    if let Some(id) = log.request_id().request_id() {
+                        self.chain_of.insert(id, self.chain);
+                    }
+                }
+                // polykv: with pipelining the core sends the next entries without waiting for
+                // the previous to go: they queue behind the action waiting to be run.
+                if self.next_action.as_ref().is_some_and(|a| a.has_payload()) || !self.queued.is_empty() {
+                    self.queued.push_back(d);
+                    return;
+                }
 
                 if cfg!(debug_assertions) {
                     match &d {

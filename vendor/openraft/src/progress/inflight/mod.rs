@@ -107,6 +107,7 @@ impl<NID: NodeId> Inflight<NID> {
         }
     }
 
+    #[allow(dead_code)]
     pub(crate) fn is_my_id(&self, res_id: RequestId) -> bool {
         match self {
             Inflight::None => false,
@@ -215,8 +216,10 @@ impl<NID: NodeId> Inflight<NID> {
                 id: _,
                 log_id_range: logs,
             } => {
-                // if prev_log_id==None, it will never conflict
-                debug_assert_eq!(Some(conflict), logs.prev.index());
+                // if prev_log_id==None, it will never conflict.
+                // polykv: with pipelining the conflict may be at the start of any request of
+                // the pipeline, not only the first.
+                debug_assert!(logs.prev.index() <= Some(conflict) && Some(conflict) <= logs.last.index());
                 *self = Inflight::None
             }
             Inflight::Snapshot { id: _, last_log_id: _ } => {

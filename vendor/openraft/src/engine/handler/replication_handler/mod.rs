@@ -132,6 +132,16 @@ where C: RaftTypeConfig
 
         let id = request_id.request_id();
 
+        // polykv: an answer to a request of a pipeline that already ended (a request before it
+        // failed or conflicted) says nothing about the current `inflight`.
+        if let Some(id) = id {
+            let prog_entry = self.leader.progress.get(&target);
+            if !prog_entry.is_pending(id) {
+                tracing::debug!(request_id = display(request_id), "answer to a finished pipeline, ignored");
+                return;
+            }
+        }
+
         // If request id is `None`, it means there is not data in the request payload, thus no need to
         // update the matching pointer.
         // But conflict should always be handled, e.g., especially in scenario the follower state reverted.
@@ -296,14 +306,11 @@ where C: RaftTypeConfig
                     // Reset inflight state and it will retry.
                     let p = self.leader.progress.get_mut(&target).unwrap();
 
-                    debug_assert!(
-                        p.inflight.is_my_id(request_id),
-                        "inflight({:?}) id should match: {}",
-                        p.inflight,
-                        request_id
-                    );
-
-                    p.inflight = Inflight::None;
+                    // polykv: with pipelining, the failure of a request of a pipeline that
+                    // already ended is ignored; any other failure ends the pipeline.
+                    if request_id.request_id().is_some_and(|id| p.is_pending(id)) {
+                        p.inflight = Inflight::None;
+                    }
                 }
             }
         };
@@ -317,7 +324,11 @@ where C: RaftTypeConfig
         {
             let p = self.leader.progress.get_mut(&target).unwrap();
 
-            let r = p.next_send(self.state.deref(), self.config.max_payload_entries);
+            let r = p.next_send_pipelined(
+                self.state.deref(),
+                self.config.max_payload_entries,
+                self.config.pipeline_depth,
+            );
             tracing::debug!(next_send_res = debug(&r), "next_send");
 
             if let Ok(inflight) = r {
@@ -359,7 +370,11 @@ where C: RaftTypeConfig
                 continue;
             }
 
-            let t = prog_entry.next_send(self.state, self.config.max_payload_entries);
+            let t = prog_entry.next_send_pipelined(
+                self.state,
+                self.config.max_payload_entries,
+                self.config.pipeline_depth,
+            );
             tracing::debug!(target = display(&*id), send = debug(&t), "next send");
 
             match t {
@@ -461,6 +476,7 @@ where C: RaftTypeConfig
             }
             // TODO: It should be self.state.last_log_id() but None is ok.
             prog_entry.inflight = Inflight::logs(None, upto.clone());
+            prog_entry.pipeline_first_id = 0;
 
             let inflight_id = prog_entry.inflight.get_id().unwrap();
             self.update_matching(id, inflight_id, upto);
