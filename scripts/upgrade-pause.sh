@@ -33,7 +33,7 @@ for count in "${COUNTS[@]}"; do
   PIDS+=($!)
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
   target/release/examples/upgrade_pause "$BIN" "$DATA" "127.0.0.1:$PORT" "$count"
-  grep -E "upgrade: " "$LOG" | sed -E "s/^[^ ]+ +INFO [a-z_:]+: /   /"
+  grep -E "upgrade: " "$LOG" | sed -E "s/^[0-9-]+T([0-9:.]+)Z +INFO [a-z_:]+: /   \1 /"
   # The new process is not our child: stop it by the pid in the lock file.
   NEW=$(cat "$DATA/polykv.lock"); PIDS+=("$NEW")
   kill "$NEW" 2>/dev/null || true

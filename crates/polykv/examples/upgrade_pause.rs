@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use polykv_client::nmdb::{Mode, NmdbClient};
 
@@ -36,13 +36,16 @@ async fn main() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let longest_us = Arc::new(AtomicU64::new(0));
+    // When the longest wait began (µs since the epoch), to place it among the servers' logs.
+    let longest_at = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let mut busy = Vec::new();
     for _ in 0..BUSY {
-        let (addr, stop, longest_us, failed) = (
+        let (addr, stop, longest_us, longest_at, failed) = (
             addr.clone(),
             stop.clone(),
             longest_us.clone(),
+            longest_at.clone(),
             failed.clone(),
         );
         busy.push(tokio::spawn(async move {
@@ -51,11 +54,14 @@ async fn main() {
                 .expect("busy client");
             let mut requests = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
+                let (started, wall) = (Instant::now(), epoch_us());
                 if c.get(b"idle0", Mode::Normal).await.is_err() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
-                longest_us.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let waited = started.elapsed().as_micros() as u64;
+                if waited > longest_us.fetch_max(waited, Ordering::Relaxed) {
+                    longest_at.store(wall, Ordering::Relaxed);
+                }
                 requests += 1;
             }
             requests
@@ -91,12 +97,31 @@ async fn main() {
         }
     }
     println!(
-        "connections {count}: upgrade command {upgrade_ms:.0} ms, longest busy-client wait {:.1} ms, \
-         {requests} busy requests, {} failed, idle connections lost {lost}",
+        "connections {count}: upgrade command {upgrade_ms:.0} ms, longest busy-client wait {:.1} ms \
+         (from {} UTC), {requests} busy requests, {} failed, idle connections lost {lost}",
         longest_us.load(Ordering::Relaxed) as f64 / 1e3,
+        time_of_day(longest_at.load(Ordering::Relaxed)),
         failed.load(Ordering::Relaxed)
     );
     if lost > 0 || failed.load(Ordering::Relaxed) > 0 {
         std::process::exit(1);
     }
+}
+
+fn epoch_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `HH:MM:SS.micros` of a time in µs since the epoch, as the servers' log lines show it.
+fn time_of_day(us: u64) -> String {
+    let (secs, micros) = (us / 1_000_000, us % 1_000_000);
+    let day = secs % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{micros:06}",
+        day / 3600,
+        day / 60 % 60,
+        day % 60
+    )
 }

@@ -81,9 +81,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // The new binary of a hot upgrade is told so by its parent; its own children are not.
             let takeover = std::env::var_os(polykv_server::upgrade::HANDOVER_ENV);
             std::env::remove_var(polykv_server::upgrade::HANDOVER_ENV);
+            let takeover_version = std::env::var(polykv_server::upgrade::HANDOVER_VERSION_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok());
+            std::env::remove_var(polykv_server::upgrade::HANDOVER_VERSION_ENV);
             let launch = polykv_server::server::Launch {
                 args: std::env::args_os().skip(1).collect(),
                 takeover: takeover.map(std::path::PathBuf::from),
+                takeover_version,
             };
             polykv_server::logging::init(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread()

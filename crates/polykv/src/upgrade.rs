@@ -66,7 +66,7 @@ pub fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
                 // The new process names itself in the lock file just after the commit, which
                 // can be a moment after the old one reports: return once it has, so that the
                 // lock file names the serving process when this command ends.
-                while !lock_pid(&lock).is_some_and(|now| now != pid) && Instant::now() < deadline {
+                while lock_pid(&lock).is_none_or(|now| now == pid) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 println!("{}", status.message);

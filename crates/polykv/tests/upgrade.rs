@@ -270,6 +270,12 @@ async fn upgrade_then_downgrade_under_load_loses_nothing() {
     let second_pid = serving_pid(&data_dir);
     assert_ne!(second_pid, first_pid, "the lock file names the new process");
     let _second = Adopted(second_pid);
+    // Handover version 2: the sockets went over while the old process still served.
+    assert!(
+        server.log_text().contains("sockets passed ahead sessions="),
+        "{}",
+        server.log_text()
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Back again: the downgrade path is the same mechanics (the format one is tested apart).
@@ -324,6 +330,61 @@ async fn upgrade_then_downgrade_under_load_loses_nothing() {
         tally.ok.load(Ordering::Relaxed),
         tally.longest_us.load(Ordering::Relaxed) / 1000
     );
+}
+
+/// A new binary that speaks only handover version 1 (here: not told that the old process
+/// speaks 2, as an older binary would not be) is spoken to in version 1, every socket passed
+/// after the stop, and takes over with nothing lost; the same path serves a newer binary
+/// taking over from an older one.
+#[tokio::test]
+async fn a_peer_of_handover_version_1_is_spoken_to_in_it() {
+    let mut server = start(30);
+    let data_dir = server.data_dir.clone();
+    let first_pid = serving_pid(&data_dir);
+    let mut idle = NmdbClient::connect_tcp(&server.nmdb_addr(), T)
+        .await
+        .unwrap();
+    idle.set(b"k", b"v", Mode::Sync).await.unwrap();
+    let mut holder = OpenClusterClient::connect(&server.opencluster_addr(), T)
+        .await
+        .unwrap();
+    holder.hello().await.unwrap();
+    assert!(holder.lock(b"held", 0).await.unwrap());
+    let script = data_dir.with_extension("v1.sh");
+    let body = format!(
+        "#!/bin/sh\nunset {}\nexec {} \"$@\"\n",
+        polykv_server::upgrade::HANDOVER_VERSION_ENV,
+        common::BIN
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = data_dir.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || upgrade(&dir, Some(&script)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "upgrade: {out}{err}\n{}", server.log_text());
+    assert_eq!(old_exits(&mut server), Some(0), "{}", server.log_text());
+    let second_pid = serving_pid(&data_dir);
+    assert_ne!(second_pid, first_pid);
+    let _second = Adopted(second_pid);
+    let log = server.log_text();
+    assert!(log.contains("handover=1"), "{log}");
+    assert!(!log.contains("sockets passed ahead"), "{log}");
+    assert_eq!(
+        idle.get(b"k", Mode::Normal)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .as_ref(),
+        b"v"
+    );
+    let mut other = OpenClusterClient::connect(&server.opencluster_addr(), T)
+        .await
+        .unwrap();
+    other.hello().await.unwrap();
+    assert!(!other.lock(b"held", 0).await.unwrap(), "lock lost");
+    assert!(holder.unlock(b"held").await.unwrap(), "holder lost it");
 }
 
 #[tokio::test]
@@ -519,6 +580,16 @@ async fn malformed_handovers_are_refused_and_the_server_serves_on() {
         assert_ne!(code, 0, "{mode}");
         assert!(err.contains(why), "{mode}: {err}\n{}", server.log_text());
         assert_eq!(serving_pid(&server.data_dir), pid, "{mode}");
+        if mode == "after-proceed" {
+            // Rolled back after the sockets went ahead: the old process kept its own.
+            assert!(
+                server
+                    .log_text()
+                    .contains("sockets passed ahead sessions=2"),
+                "{}",
+                server.log_text()
+            );
+        }
         // The same connections go on; the lock is still held by its connection.
         assert_eq!(
             c.get(b"k", Mode::Normal).await.unwrap().unwrap().0.as_ref(),

@@ -64,6 +64,8 @@ fn lock_data_dir(dir: &Path) -> Result<DirLock, ServerError> {
 pub struct Launch {
     pub args: Vec<OsString>,
     pub takeover: Option<PathBuf>,
+    /// The newest handover format the old process speaks, as it announced (none: 1).
+    pub takeover_version: Option<u16>,
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
@@ -101,7 +103,7 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
     let prometheus = crate::metrics::install();
     let (lock, mut carried, mut opened) = match &launch.takeover {
         Some(path) => {
-            let received = upgrade::new::take_over(&config, path)
+            let received = upgrade::new::take_over(&config, path, launch.takeover_version)
                 .await
                 .map_err(|reason| {
                     ServerError::Other(format!("upgrade: cannot take over: {reason}"))
@@ -299,7 +301,12 @@ pub async fn serve(config: Config, launch: Launch) -> Result<(), ServerError> {
                 upgrade::old::Outcome::Committed { pid } => {
                     let message = format!("upgraded: pid {pid} serves");
                     control::write_status(&config.data_dir, &status(true, message, pid));
-                    return Ok(());
+                    // Exit at once: the new process serves from now on, and tearing this one's
+                    // runtime down (dropping the parked sessions' tasks: tens of milliseconds
+                    // on every core for 10 000) would compete with its first answers. What must
+                    // last is written: the store was closed and released, the status file is
+                    // in place, the log goes unbuffered to stderr.
+                    std::process::exit(0);
                 }
                 upgrade::old::Outcome::RolledBack {
                     reason,

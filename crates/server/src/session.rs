@@ -819,6 +819,7 @@ where
             .and_then(TcpStream::into_std);
         match stream {
             Ok(stream) => handover.deposit(Stopped {
+                id: Some(slot.id()),
                 listener: slot.listener,
                 stream,
                 input: paused.input.to_vec(),

@@ -23,6 +23,8 @@ pub trait ExportState: Send {
 /// after all sessions have stopped, so no write lands between a subscriber's export and the
 /// handover (no push is lost).
 pub struct Stopped {
+    /// Its slot's id (see [`Slot::id`]); none outside the shared session loop.
+    pub id: Option<u64>,
     pub listener: &'static str,
     pub stream: std::net::TcpStream,
     pub input: Vec<u8>,
@@ -97,6 +99,12 @@ pub enum Park {
 }
 
 impl Slot {
+    /// Unique within its hub: how a session whose socket was passed ahead of a handover's stop
+    /// is named after it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The slot lets go of the socket (a session that stops itself owns it alone then).
     pub fn release_stream(&self) {
         self.stream.lock().take();
@@ -164,6 +172,7 @@ impl Drop for Accepting {
 /// A session a handover took while it waited: its socket, where it was accepted, and since
 /// when it is idle.
 pub struct TakenSession {
+    pub id: u64,
     pub stream: Arc<TcpStream>,
     pub listener: &'static str,
     pub idle_since: Instant,
@@ -377,6 +386,7 @@ impl Hub {
                 Ok(_) => {
                     if let Some(stream) = slot.stream.lock().take() {
                         taken.push(TakenSession {
+                            id: slot.id,
                             stream,
                             listener: slot.listener,
                             idle_since: slot.idle_since(self),
@@ -401,6 +411,16 @@ impl Hub {
             "upgrade: sessions taken"
         );
         taken
+    }
+
+    /// Every session of the shared loop open now, with its socket (shared: the caller must
+    /// let go of them before a handover stops the sessions, which may take them back).
+    pub fn open_sessions(&self) -> Vec<(u64, &'static str, Arc<TcpStream>)> {
+        self.slots
+            .lock()
+            .values()
+            .filter_map(|slot| Some((slot.id, slot.listener, slot.stream.lock().clone()?)))
+            .collect()
     }
 
     pub fn deposit(&self, stopped: Stopped) {

@@ -6,11 +6,18 @@
 //! ```text
 //! old: listen on <data dir>/upgrade.sock (0600), start the new binary with POLYKV_HANDOVER set
 //! new → Hello            (old still serving; a data format it cannot read: Failed instead)
-//! old → Proceed          then stops accepting, takes the idle sessions, stops the others at
+//! old → Proceed
+//! old → Ahead…           (handover version 2, old still serving, while it checkpoints the
+//!                        store) every session's socket, by session id, up to 250 a frame
+//! old:                   stops accepting, takes the idle sessions, stops the others at
 //!                        a frame boundary, exports their state, the lock table; (cluster
 //!                        mode: stops the Raft node); syncs and closes the engine
-//! old → DirLock, Listener…, Locks, Sessions…, Sent     (descriptors over SCM_RIGHTS, up to
-//!                        250 a frame); the new process opens the store from Locks on
+//! old → DirLock, Listener…, Locks, Kept…, Idle…, Sessions…, Sent  (descriptors over
+//!                        SCM_RIGHTS, up to 250 a frame); Kept: the state of the stopped
+//!                        sessions whose socket went ahead, Idle: the idle time of the taken
+//!                        ones (an id in neither was closed meanwhile); Sessions: those
+//!                        accepted since, with their sockets (version 1: every session). The
+//!                        new process opens the store from Locks on
 //! new: opens the engine, prepares every listener and the sessions with work waiting, gated
 //!      (cluster mode: nothing: the Raft node must start after the commit) → Ready
 //! old → Commit           and exits 0; the new process opens the gate (cluster mode: starts
@@ -36,6 +43,8 @@ use polykv_engine::{Command, Durability, Engine};
 pub const SOCKET_FILE: &str = "upgrade.sock";
 /// Set (to the socket's path) in the environment of the new binary: take over, do not start.
 pub const HANDOVER_ENV: &str = "POLYKV_HANDOVER";
+/// Set with [`HANDOVER_ENV`]: the newest handover format the old process speaks (absent: 1).
+pub const HANDOVER_VERSION_ENV: &str = "POLYKV_HANDOVER_VERSION";
 
 /// Takes the carried locks again, for the same holders (their connections were carried too).
 pub fn restore_locks(engine: &Engine, locks: &[wire::HeldLock]) {

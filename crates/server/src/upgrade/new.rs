@@ -4,6 +4,7 @@
 //! served and nothing in the data directory is written before the commit, so a failure leaves
 //! the old process free to resume.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -14,7 +15,7 @@ use polykv_engine::Engine;
 
 use super::carry::{Carried, CarriedListener, Resumable};
 use super::socket;
-use super::wire::Message;
+use super::wire::{self, Message, SessionState};
 use crate::config::Config;
 
 /// What the new process starts from, before the commit.
@@ -28,14 +29,16 @@ pub struct Received {
 /// The last step: tell the old process this one is ready, and wait for its go.
 pub struct Commit {
     stream: UnixStream,
+    /// The handover version spoken with the old process.
+    version: u16,
 }
 
 impl Commit {
     /// Sends Ready (everything is prepared, nothing served) and waits for the commit.
     pub async fn commit(self) -> Result<(), String> {
-        let stream = self.stream;
+        let (stream, version) = (self.stream, self.version);
         blocking(move || {
-            socket::send(&stream, &Message::Ready, &[]).map_err(|e| e.to_string())?;
+            socket::send_as(&stream, version, &Message::Ready, &[]).map_err(|e| e.to_string())?;
             match socket::recv(&stream).map_err(|e| e.to_string())? {
                 (Message::Commit, fds) if fds.is_empty() => Ok(()),
                 (other, _) => Err(format!("expected the commit, got {other:?}")),
@@ -46,23 +49,32 @@ impl Commit {
 
     /// Tells the old process that preparing failed (it rolls back).
     pub fn fail(self, reason: &str) {
-        let _ = socket::send(&self.stream, &failed(reason), &[]);
+        let _ = socket::send_as(&self.stream, self.version, &failed(reason), &[]);
     }
 }
 
-pub async fn take_over(config: &Config, path: &Path) -> Result<Received, String> {
+/// Takes over from the old process at `path`, which announced handover version
+/// `peer_version` (none: 1); the conversation is in the newest version both speak.
+pub async fn take_over(
+    config: &Config,
+    path: &Path,
+    peer_version: Option<u16>,
+) -> Result<Received, String> {
+    let version = peer_version
+        .unwrap_or(wire::OLDEST_VERSION)
+        .clamp(wire::OLDEST_VERSION, wire::VERSION);
     let timeout = Duration::from_secs(config.upgrade_timeout_secs.max(1));
     // Room for every connection and listener the old process may pass, made while it serves.
     reserve_descriptors(config.max_connections as usize + 1024);
     // The old process stops its sessions between our greeting and its first descriptor.
     let stop_wait = timeout + Duration::from_secs(config.shutdown_timeout_secs);
     let (path, data_dir) = (path.to_path_buf(), config.data_dir.clone());
-    let (stream, dir_lock, mut carried) =
-        blocking(move || receive_first(&path, &data_dir, timeout, stop_wait)).await?;
+    let (stream, dir_lock, mut carried, incoming) =
+        blocking(move || receive_first(&path, &data_dir, version, timeout, stop_wait)).await?;
     // The lock table comes after the old process closed the store: open it while the
     // sessions arrive.
     let receiving = tokio::task::spawn_blocking(move || {
-        let sessions = receive_sessions(&stream);
+        let sessions = receive_sessions(&stream, incoming);
         (stream, sessions)
     });
     let opening = std::time::Instant::now();
@@ -87,7 +99,7 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Received, String>
     let (engine, sessions) = match received {
         Ok(pair) => pair,
         Err(reason) => {
-            let _ = socket::send(&stream, &failed(&reason), &[]);
+            let _ = socket::send_as(&stream, version, &failed(&reason), &[]);
             return Err(reason);
         }
     };
@@ -96,7 +108,7 @@ pub async fn take_over(config: &Config, path: &Path) -> Result<Received, String>
         dir_lock,
         carried,
         engine,
-        commit: Commit { stream },
+        commit: Commit { stream, version },
     })
 }
 
@@ -156,13 +168,125 @@ fn one(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, String> {
     }
 }
 
-type First = (UnixStream, File, Carried);
+/// A socket passed ahead, until its state comes.
+struct Ahead {
+    fd: OwnedFd,
+    listener: String,
+}
 
-/// Greets the old process and receives up to the lock table: the directory lock and the
-/// listeners.
+/// Sessions as they arrive: sockets passed ahead (version 2), by id, until their state comes
+/// ([`Message::Kept`], [`Message::Idle`]), and sessions complete with state and socket.
+#[derive(Default)]
+struct Incoming {
+    ahead: HashMap<u64, Ahead>,
+    /// Sessions whose socket went ahead, with their state now.
+    kept: Vec<Resumable>,
+    /// Sessions that came whole (accepted after the sockets went ahead, or version 1).
+    whole: Vec<Resumable>,
+}
+
+impl Incoming {
+    /// Takes a message about sessions; any other is given back.
+    fn take(
+        &mut self,
+        message: Message,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Option<(Message, Vec<OwnedFd>)>, String> {
+        match message {
+            Message::Ahead(ahead) if ahead.len() == fds.len() => {
+                self.ahead.reserve(ahead.len());
+                for (session, fd) in ahead.into_iter().zip(fds) {
+                    let listener = session.listener;
+                    if self
+                        .ahead
+                        .insert(session.id, Ahead { fd, listener })
+                        .is_some()
+                    {
+                        return Err(format!("session {} passed ahead twice", session.id));
+                    }
+                }
+            }
+            Message::Kept(kept) if fds.is_empty() => {
+                self.kept.reserve(kept.len());
+                for session in kept {
+                    let fd = self.claim(session.id)?.fd;
+                    let state = session.state;
+                    self.kept.push(Resumable {
+                        fd,
+                        state,
+                        waiting: None,
+                    });
+                }
+            }
+            Message::Idle(idle) if fds.is_empty() => {
+                self.kept.reserve(idle.len());
+                for session in idle {
+                    let Ahead { fd, listener } = self.claim(session.id)?;
+                    let state = SessionState {
+                        listener,
+                        input: Vec::new(),
+                        idle_ms: session.idle_ms,
+                        partial_ms: None,
+                        service: Vec::new(),
+                    };
+                    self.kept.push(Resumable {
+                        fd,
+                        state,
+                        waiting: None,
+                    });
+                }
+            }
+            Message::Sessions(states) if states.len() == fds.len() => {
+                self.whole
+                    .extend(states.into_iter().zip(fds).map(|(state, fd)| Resumable {
+                        fd,
+                        state,
+                        waiting: None,
+                    }))
+            }
+            other => return Ok(Some((other, fds))),
+        }
+        Ok(None)
+    }
+
+    fn claim(&mut self, id: u64) -> Result<Ahead, String> {
+        self.ahead
+            .remove(&id)
+            .ok_or_else(|| format!("session {id} kept but not passed ahead"))
+    }
+
+    /// Every session, once the old process said how many it sent, each marked with whether a
+    /// request waits in its socket (one poll(2) over them all). Sockets passed ahead and not
+    /// kept belong to connections closed meanwhile: dropped (closed) here.
+    fn finish(self, count: u32) -> Result<Vec<Resumable>, String> {
+        let Incoming { ahead, kept, whole } = self;
+        if kept.len() + whole.len() != count as usize {
+            return Err(format!(
+                "sent {count} sessions, received {}",
+                kept.len() + whole.len()
+            ));
+        }
+        if !ahead.is_empty() {
+            tracing::info!(
+                closed = ahead.len(),
+                "upgrade: connections passed ahead and closed before the stop"
+            );
+        }
+        let mut sessions = kept;
+        sessions.extend(whole);
+        crate::session::mark_waiting(&mut sessions);
+        Ok(sessions)
+    }
+}
+
+type First = (UnixStream, File, Carried, Incoming);
+
+/// Greets the old process and receives up to the lock table: the sockets passed ahead, the
+/// directory lock and the listeners.
 fn receive_first(
     path: &Path,
     data_dir: &Path,
+    version: u16,
     timeout: Duration,
     stop_wait: Duration,
 ) -> Result<First, String> {
@@ -178,7 +302,7 @@ fn receive_first(
     }
     socket::set_timeout(&stream, timeout).map_err(|e| e.to_string())?;
     let fail = |reason: String| {
-        let _ = socket::send(&stream, &failed(&reason), &[]);
+        let _ = socket::send_as(&stream, version, &failed(&reason), &[]);
         reason
     };
     // A data directory this binary cannot read: refused before anything is stopped.
@@ -188,7 +312,7 @@ fn receive_first(
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    socket::send(&stream, &hello, &[]).map_err(|e| e.to_string())?;
+    socket::send_as(&stream, version, &hello, &[]).map_err(|e| e.to_string())?;
     match socket::recv(&stream).map_err(|e| e.to_string())? {
         (Message::Proceed, fds) if fds.is_empty() => {}
         (Message::Refused { reason }, _) => return Err(format!("refused: {reason}")),
@@ -199,8 +323,13 @@ fn receive_first(
         .map_err(|e| e.to_string())?;
     let mut dir_lock = None;
     let mut carried = Carried::default();
+    let mut incoming = Incoming::default();
     loop {
-        match socket::recv(&stream).map_err(|e| e.to_string())? {
+        let (message, fds) = socket::recv(&stream).map_err(|e| e.to_string())?;
+        let Some(other) = incoming.take(message, fds).map_err(fail)? else {
+            continue;
+        };
+        match other {
             (Message::DirLock, fds) => {
                 dir_lock = Some(File::from(one(fds, "the lock").map_err(fail)?))
             }
@@ -219,42 +348,166 @@ fn receive_first(
         .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let dir_lock = dir_lock.ok_or_else(|| fail("no data directory lock".into()))?;
-    Ok((stream, dir_lock, carried))
+    Ok((stream, dir_lock, carried, incoming))
 }
 
 /// Receives the sessions, batch by batch, until the count that closes them.
-fn receive_sessions(stream: &UnixStream) -> Result<Vec<Resumable>, String> {
-    let mut sessions = Vec::new();
+fn receive_sessions(stream: &UnixStream, mut incoming: Incoming) -> Result<Vec<Resumable>, String> {
+    let started = std::time::Instant::now();
+    let mut first_us = None;
     loop {
-        match socket::recv(stream).map_err(|e| e.to_string())? {
-            (Message::Sessions(states), fds) if states.len() == fds.len() => {
-                sessions.extend(states.into_iter().zip(fds).map(|(state, fd)| Resumable {
-                    fd,
-                    state,
-                    waiting: None,
-                }))
-            }
-            (
-                Message::Sent {
-                    sessions: count, ..
-                },
-                fds,
-            ) if fds.is_empty() => {
-                if sessions.len() != count as usize {
-                    return Err(format!(
-                        "sent {count} sessions, received {}",
-                        sessions.len()
-                    ));
-                }
-                crate::session::mark_waiting(&mut sessions);
+        let (message, fds) = socket::recv(stream).map_err(|e| e.to_string())?;
+        first_us.get_or_insert_with(|| started.elapsed().as_micros() as u64);
+        match incoming.take(message, fds)? {
+            None => {}
+            Some((Message::Sent { sessions, .. }, fds)) if fds.is_empty() => {
+                let sent_us = started.elapsed().as_micros() as u64;
+                let sessions = incoming.finish(sessions)?;
+                tracing::info!(
+                    first_us,
+                    sent_us,
+                    polled_us = started.elapsed().as_micros() as u64,
+                    "upgrade: sessions received after the lock table"
+                );
                 return Ok(sessions);
             }
-            (other, fds) => {
+            Some((other, fds)) => {
                 return Err(format!(
                     "unexpected {other:?} with {} descriptors",
                     fds.len()
                 ))
             }
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upgrade::wire::{AheadSession, IdleSession, KeptSession};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    fn state(listener: &str) -> SessionState {
+        SessionState {
+            listener: listener.into(),
+            input: Vec::new(),
+            idle_ms: 0,
+            partial_ms: None,
+            service: Vec::new(),
+        }
+    }
+
+    fn fds(count: usize) -> Vec<OwnedFd> {
+        (0..count)
+            .map(|_| OwnedFd::from(std::io::pipe().unwrap().0))
+            .collect()
+    }
+
+    fn ahead(ids: &[u64]) -> Message {
+        let ahead = ids.iter().map(|&id| AheadSession {
+            id,
+            listener: format!("ahead {id}"),
+        });
+        Message::Ahead(ahead.collect())
+    }
+
+    fn kept(ids: &[u64]) -> Message {
+        let kept = ids.iter().map(|&id| KeptSession {
+            id,
+            state: state(&format!("kept {id}")),
+        });
+        Message::Kept(kept.collect())
+    }
+
+    fn idle(ids: &[u64]) -> Message {
+        let idle = ids.iter().map(|&id| IdleSession {
+            id,
+            idle_ms: id * 10,
+        });
+        Message::Idle(idle.collect())
+    }
+
+    #[test]
+    fn sockets_passed_ahead_are_resumed_when_kept_and_closed_otherwise() {
+        let mut incoming = Incoming::default();
+        assert!(incoming
+            .take(ahead(&[1, 2, 3, 4]), fds(4))
+            .unwrap()
+            .is_none());
+        // Accepted after the sockets went ahead: comes whole.
+        let whole = Message::Sessions(vec![state("new")]);
+        assert!(incoming.take(whole, fds(1)).unwrap().is_none());
+        // 2 closed before the stop: neither kept nor idle.
+        assert!(incoming.take(kept(&[3, 1]), Vec::new()).unwrap().is_none());
+        assert!(incoming.take(idle(&[4]), Vec::new()).unwrap().is_none());
+        let other = incoming.take(Message::Ready, Vec::new()).unwrap();
+        assert!(matches!(other, Some((Message::Ready, _))));
+        let sessions = incoming.finish(4).unwrap();
+        let states: Vec<_> = sessions
+            .iter()
+            .map(|s| (s.state.listener.as_str(), s.state.idle_ms))
+            .collect();
+        // An idle session resumes under the listener it went ahead with.
+        assert_eq!(
+            states,
+            [("kept 3", 0), ("kept 1", 0), ("ahead 4", 40), ("new", 0)]
+        );
+    }
+
+    #[test]
+    fn a_request_waiting_in_a_socket_passed_ahead_is_seen() {
+        let (ours, peers): (Vec<_>, Vec<_>) = (0..3).map(|_| UnixStream::pair().unwrap()).unzip();
+        let mut incoming = Incoming::default();
+        let fds = ours.into_iter().map(OwnedFd::from).collect();
+        assert!(incoming.take(ahead(&[5, 6, 7]), fds).unwrap().is_none());
+        (&peers[1]).write_all(b"request").unwrap();
+        assert!(incoming
+            .take(idle(&[5, 6, 7]), Vec::new())
+            .unwrap()
+            .is_none());
+        let sessions = incoming.finish(3).unwrap();
+        let waiting: Vec<_> = sessions
+            .iter()
+            .map(|s| (s.state.listener.as_str(), s.waiting))
+            .collect();
+        assert_eq!(
+            waiting,
+            [
+                ("ahead 5", Some(false)),
+                ("ahead 6", Some(true)),
+                ("ahead 7", Some(false))
+            ]
+        );
+    }
+
+    #[test]
+    fn inconsistent_sessions_are_refused() {
+        let mut incoming = Incoming::default();
+        assert!(
+            incoming.take(kept(&[7]), Vec::new()).is_err(),
+            "never ahead"
+        );
+        assert!(
+            incoming.take(idle(&[8]), Vec::new()).is_err(),
+            "never ahead"
+        );
+        assert!(incoming.take(ahead(&[1]), fds(1)).unwrap().is_none());
+        assert!(incoming.take(ahead(&[1]), fds(1)).is_err(), "twice");
+        // Descriptors and sessions that do not pair up are not session messages.
+        assert!(incoming.take(ahead(&[4, 5]), fds(1)).unwrap().is_some());
+        let whole = Message::Sessions(vec![state("a")]);
+        assert!(incoming.take(whole, Vec::new()).unwrap().is_some());
+        assert!(
+            incoming.take(idle(&[1]), fds(1)).unwrap().is_some(),
+            "no fds"
+        );
+        let mut incoming = Incoming::default();
+        assert!(incoming.take(ahead(&[1]), fds(1)).unwrap().is_none());
+        assert!(incoming.take(kept(&[1]), Vec::new()).unwrap().is_none());
+        assert!(
+            incoming.take(idle(&[1]), Vec::new()).is_err(),
+            "kept already"
+        );
+        assert!(incoming.finish(2).is_err(), "one fewer than announced");
     }
 }

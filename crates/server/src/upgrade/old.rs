@@ -2,6 +2,7 @@
 //! every session at a frame boundary, close the engine, pass everything over, and exit once the
 //! new process is ready, or roll back and serve on from the same state.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -14,7 +15,9 @@ use tokio::sync::watch;
 
 use super::carry::{Carried, Hub, Resumable, TakenSession};
 use super::socket;
-use super::wire::{HeldLock, Message, SessionState, MAX_FDS};
+use super::wire::{
+    self, AheadSession, HeldLock, IdleSession, KeptSession, Message, SessionState, MAX_FDS,
+};
 use crate::runtime::Runtime;
 
 /// How a handover ended.
@@ -74,11 +77,25 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
         let mut child = tokio::process::Command::new(&binary)
             .args(args)
             .env(super::HANDOVER_ENV, &path)
+            .env(super::HANDOVER_VERSION_ENV, wire::VERSION.to_string())
             .stdin(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        match greet(listener, &mut child, timeout).await {
-            Ok(stream) => Ok((child, stream)),
+        let greeted = greet(listener, &mut child, timeout).await;
+        // Still serving: the sessions' sockets go ahead while the store is checkpointed.
+        let ahead = match greeted {
+            Ok((stream, version)) => {
+                let hub = &runtime.context.handover;
+                let (ahead, ()) = tokio::join!(
+                    pass_ahead(stream, version, hub),
+                    checkpoint_ahead(&runtime.engine)
+                );
+                ahead
+            }
+            Err(reason) => Err(reason),
+        };
+        match ahead {
+            Ok(peer) => Ok((child, peer)),
             Err(reason) => {
                 stop_child(&mut child).await;
                 Err(reason)
@@ -87,7 +104,7 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
     }
     .await;
     let _ = std::fs::remove_file(&path);
-    let (mut child, stream) = match greeted {
+    let (mut child, (peer, ahead)) = match greeted {
         Ok(pair) => pair,
         Err(reason) => {
             return Outcome::NotStarted {
@@ -97,12 +114,12 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
         }
     };
     let pid = child.id().unwrap_or(0);
-    checkpoint_ahead(&runtime.engine).await;
 
     // From here until the new process resumes, clients wait: the pause they see.
     let stopping = std::time::Instant::now();
     let Stopped {
         carried,
+        stopped_ids,
         taken,
         parked,
     } = stop_and_export(runtime, shutdown).await;
@@ -119,7 +136,13 @@ pub async fn hand_over(serving: Serving<'_>, requested: Option<PathBuf>) -> Outc
     let idle = idle_sessions(&taken);
     let count = carried.sessions.len() + idle.len();
     let conversed = tokio::task::spawn_blocking(move || {
-        let result = converse(&stream, &carried, &idle, &lock, stopping);
+        let outgoing = Outgoing {
+            carried: &carried,
+            stopped_ids: &stopped_ids,
+            idle: &idle,
+            ahead: &ahead,
+        };
+        let result = converse(&peer, outgoing, &lock, stopping);
         (result, carried)
     })
     .await;
@@ -187,6 +210,7 @@ fn idle_state(listener: &str, idle_since: std::time::Instant) -> SessionState {
 /// A taken session, as little as the conversation needs to describe it once the lock table
 /// is sent (its state is built then, not in the pause before).
 struct Idle {
+    id: u64,
     listener: &'static str,
     since: std::time::Instant,
     fd: RawFd,
@@ -196,6 +220,7 @@ fn idle_sessions(taken: &[TakenSession]) -> Vec<Idle> {
     taken
         .iter()
         .map(|session| Idle {
+            id: session.id,
             listener: session.listener,
             since: session.idle_since,
             fd: session.stream.as_raw_fd(),
@@ -203,14 +228,50 @@ fn idle_sessions(taken: &[TakenSession]) -> Vec<Idle> {
         .collect()
 }
 
-/// Every session to pass: its state and its socket (owned by `carried` or `taken`).
-fn outgoing_sessions(carried: &Carried, idle: &[Idle]) -> Vec<(SessionState, RawFd)> {
-    let stopped = carried
-        .sessions
-        .iter()
-        .map(|s| (s.state.clone(), s.fd.as_raw_fd()));
-    let idle = idle.iter().map(|i| (idle_state(i.listener, i.since), i.fd));
-    stopped.chain(idle).collect()
+/// Every session to pass after the stop, as the conversation sends them.
+struct Outgoing<'a> {
+    carried: &'a Carried,
+    /// The session id of each of `carried.sessions` (none outside the shared session loop).
+    stopped_ids: &'a [Option<u64>],
+    idle: &'a [Idle],
+    /// The ids whose socket went ahead.
+    ahead: &'a HashSet<u64>,
+}
+
+/// Sessions split by whether their socket went ahead: the stopped ones by id with their
+/// state, the idle ones by id with their idle time, and the others with their state and
+/// socket (owned by `carried` or `taken`).
+struct Split {
+    kept: Vec<KeptSession>,
+    idle: Vec<IdleSession>,
+    sent: Vec<(SessionState, RawFd)>,
+}
+
+impl Outgoing<'_> {
+    fn split(&self) -> Split {
+        let mut split = Split {
+            kept: Vec::new(),
+            idle: Vec::with_capacity(self.idle.len()),
+            sent: Vec::new(),
+        };
+        let stopped = self.carried.sessions.iter().zip(self.stopped_ids);
+        for (session, id) in stopped {
+            let state = session.state.clone();
+            match id.filter(|id| self.ahead.contains(id)) {
+                Some(id) => split.kept.push(KeptSession { id, state }),
+                None => split.sent.push((state, session.fd.as_raw_fd())),
+            }
+        }
+        for i in self.idle {
+            if self.ahead.contains(&i.id) {
+                let idle_ms = i.since.elapsed().as_millis() as u64;
+                split.idle.push(IdleSession { id: i.id, idle_ms });
+            } else {
+                split.sent.push((idle_state(i.listener, i.since), i.fd));
+            }
+        }
+        split
+    }
 }
 
 /// After a failure: the taken sessions are carried back with the others, once their tasks
@@ -233,12 +294,13 @@ async fn take_back(mut carried: Carried, taken: Vec<TakenSession>, parked: Parke
     carried
 }
 
-/// Waits for the new binary to connect and greet; refuses a stranger.
+/// Waits for the new binary to connect and greet; refuses a stranger. Returns the connection
+/// and the handover version of the greeting (the one to speak).
 async fn greet(
     listener: std::os::unix::net::UnixListener,
     child: &mut tokio::process::Child,
     timeout: Duration,
-) -> Result<UnixStream, String> {
+) -> Result<(UnixStream, u16), String> {
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("handover socket: {e}"))?;
@@ -268,9 +330,10 @@ async fn greet(
         .set_nonblocking(false)
         .map_err(|e| format!("handover socket: {e}"))?;
     socket::set_timeout(&stream, timeout).map_err(|e| e.to_string())?;
-    tokio::task::spawn_blocking(
-        move || match socket::recv(&stream).map_err(|e| e.to_string())? {
+    tokio::task::spawn_blocking(move || {
+        match socket::recv_versioned(&stream).map_err(|e| e.to_string())? {
             (
+                handover,
                 Message::Hello {
                     version,
                     pid,
@@ -278,14 +341,68 @@ async fn greet(
                 },
                 fds,
             ) if fds.is_empty() => {
-                tracing::info!(version, pid, data_format, "upgrade: the new binary greeted");
-                socket::send(&stream, &Message::Proceed, &[]).map_err(|e| e.to_string())?;
-                Ok(stream)
+                tracing::info!(
+                    version,
+                    handover,
+                    pid,
+                    data_format,
+                    "upgrade: the new binary greeted"
+                );
+                socket::send_as(&stream, handover, &Message::Proceed, &[])
+                    .map_err(|e| e.to_string())?;
+                Ok((stream, handover))
             }
-            (Message::Failed { reason }, _) => Err(format!("the new binary failed: {reason}")),
-            (other, _) => Err(format!("expected a greeting, got {other:?}")),
-        },
-    )
+            (_, Message::Failed { reason }, _) => Err(format!("the new binary failed: {reason}")),
+            (_, other, _) => Err(format!("expected a greeting, got {other:?}")),
+        }
+    })
+    .await
+    .map_err(|e| format!("handover task failed: {e}"))?
+}
+
+/// The connection to the new process and the handover version it speaks.
+struct Peer {
+    stream: UnixStream,
+    version: u16,
+}
+
+/// Version 2: passes the socket of every open session while this process still serves, so
+/// after the stop only their state (and the sockets of sessions accepted since) cross. Returns
+/// the ids passed. A session that closes meanwhile stays open in the new process until it
+/// learns so (its copy of the socket is dropped then).
+async fn pass_ahead(
+    stream: UnixStream,
+    version: u16,
+    hub: &std::sync::Arc<Hub>,
+) -> Result<(Peer, HashSet<u64>), String> {
+    let peer = Peer { stream, version };
+    if version < 2 {
+        return Ok((peer, HashSet::new()));
+    }
+    let started = std::time::Instant::now();
+    // Shared sockets: they must be let go of before the stop (a stopping session takes its own
+    // back), so the snapshot lives only in this task.
+    let open = hub.open_sessions();
+    tokio::task::spawn_blocking(move || {
+        let mut ids = HashSet::with_capacity(open.len());
+        for batch in open.chunks(MAX_FDS) {
+            let sessions = batch.iter().map(|(id, listener, _)| AheadSession {
+                id: *id,
+                listener: listener.to_string(),
+            });
+            let fds: Vec<_> = batch.iter().map(|(_, _, s)| s.as_fd()).collect();
+            let message = Message::Ahead(sessions.collect());
+            socket::send_as(&peer.stream, peer.version, &message, &fds)
+                .map_err(|e| e.to_string())?;
+            ids.extend(batch.iter().map(|(id, _, _)| *id));
+        }
+        tracing::info!(
+            sessions = ids.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "upgrade: sessions' sockets passed ahead"
+        );
+        Ok((peer, ids))
+    })
     .await
     .map_err(|e| format!("handover task failed: {e}"))?
 }
@@ -299,6 +416,8 @@ async fn stop_child(child: &mut tokio::process::Child) {
 /// taken while idle, and the tasks of those.
 struct Stopped {
     carried: Carried,
+    /// The session id of each of `carried.sessions` (none outside the shared session loop).
+    stopped_ids: Vec<Option<u64>>,
     taken: Vec<TakenSession>,
     parked: Parked,
 }
@@ -344,9 +463,10 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
         hub: hub.clone(),
         limit,
     };
+    let (stopped_ids, sessions) = export_stopped(&hub).into_iter().unzip();
     let mut carried = Carried {
         listeners: std::mem::take(&mut *runtime.bound.lock()),
-        sessions: export_stopped(&hub),
+        sessions,
         ..Carried::default()
     };
     let engine = runtime.engine.clone();
@@ -382,13 +502,14 @@ async fn stop_and_export(mut runtime: Runtime, shutdown: &watch::Sender<bool>) -
     );
     Stopped {
         carried,
+        stopped_ids,
         taken,
         parked,
     }
 }
 
-/// The state of every session that stopped itself (exported now that none runs).
-fn export_stopped(hub: &Hub) -> Vec<Resumable> {
+/// The state of every session that stopped itself (exported now that none runs), by id.
+fn export_stopped(hub: &Hub) -> Vec<(Option<u64>, Resumable)> {
     let mut sessions = Vec::new();
     for mut stopped in hub.take_stopped() {
         let service = match stopped.service.export() {
@@ -398,7 +519,7 @@ fn export_stopped(hub: &Hub) -> Vec<Resumable> {
                 continue;
             }
         };
-        sessions.push(Resumable {
+        let resumable = Resumable {
             waiting: None,
             fd: stopped.stream.into(),
             state: SessionState {
@@ -408,7 +529,8 @@ fn export_stopped(hub: &Hub) -> Vec<Resumable> {
                 partial_ms: stopped.partial.map(|d| d.as_millis() as u64),
                 service,
             },
-        });
+        };
+        sessions.push((stopped.id, resumable));
     }
     sessions
 }
@@ -427,16 +549,16 @@ fn export_locks(engine: &Engine) -> Vec<HeldLock> {
 
 /// Sends the state, waits for the new process to be ready, and commits.
 fn converse(
-    stream: &UnixStream,
-    carried: &Carried,
-    idle: &[Idle],
+    peer: &Peer,
+    outgoing: Outgoing<'_>,
     lock: &File,
     stopping: std::time::Instant,
 ) -> Result<(), String> {
     let since_stop = || stopping.elapsed().as_millis() as u64;
     let send = |message: &Message, fds: &[BorrowedFd<'_>]| {
-        socket::send(stream, message, fds).map_err(|e| e.to_string())
+        socket::send_as(&peer.stream, peer.version, message, fds).map_err(|e| e.to_string())
     };
+    let carried = outgoing.carried;
     send(&Message::DirLock, &[lock.as_fd()])?;
     for l in &carried.listeners {
         let message = Message::Listener {
@@ -451,10 +573,23 @@ fn converse(
     };
     send(&locks, &[])?;
     let locks_sent_ms = since_stop();
-    let sessions = outgoing_sessions(carried, idle);
-    let count = sessions.len();
+    let Split {
+        kept,
+        idle,
+        sent: sessions,
+    } = outgoing.split();
+    let count = kept.len() + idle.len() + sessions.len();
+    let mut kept = kept.into_iter();
+    for size in batch_sizes(kept.as_slice().iter().map(|k| &k.state), MAX_KEPT) {
+        send(&Message::Kept(kept.by_ref().take(size).collect()), &[])?;
+    }
+    for batch in idle.chunks(MAX_IDLE) {
+        send(&Message::Idle(batch.to_vec()), &[])?;
+    }
+    let kept_sent_ms = since_stop();
     let mut sessions = sessions.into_iter();
-    for size in batch_sizes(sessions.as_slice()) {
+    let states = sessions.as_slice().iter().map(|(state, _)| state);
+    for size in batch_sizes(states, MAX_FDS) {
         let (states, fds): (Vec<_>, Vec<_>) = sessions.by_ref().take(size).unzip();
         // SAFETY: every descriptor stays open for the whole conversation (`carried` here,
         // `taken` in `hand_over`).
@@ -470,10 +605,11 @@ fn converse(
     };
     send(&sent, &[])?;
     let sessions_sent_ms = since_stop();
-    match socket::recv(stream).map_err(|e| format!("waiting for the new process: {e}"))? {
+    match socket::recv(&peer.stream).map_err(|e| format!("waiting for the new process: {e}"))? {
         (Message::Ready, fds) if fds.is_empty() => {
             tracing::info!(
                 locks_sent_ms,
+                kept_sent_ms,
                 sessions_sent_ms,
                 ready_ms = since_stop(),
                 "upgrade: the new process is ready; committing"
@@ -485,22 +621,28 @@ fn converse(
     }
 }
 
-/// The sizes of the frames the sessions go in, in order: at most MAX_FDS connections and
-/// about 16 MiB of state each.
-fn batch_sizes<F>(sessions: &[(SessionState, F)]) -> Vec<usize> {
+/// Most sessions in one [`Message::Kept`] (no descriptors: only the byte budget binds).
+const MAX_KEPT: usize = 4096;
+/// Most sessions in one [`Message::Idle`] (at most 20 bytes each).
+const MAX_IDLE: usize = 16384;
+
+/// The sizes of the frames the sessions go in, in order: at most `max` sessions and about
+/// 16 MiB of state each.
+fn batch_sizes<'a>(states: impl Iterator<Item = &'a SessionState>, max: usize) -> Vec<usize> {
     const BUDGET: usize = 16 << 20;
     let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, (state, _)) in sessions.iter().enumerate() {
+    let (mut count, mut bytes) = (0, 0);
+    for state in states {
         let size = state.input.len() + state.service.len() + state.listener.len() + 32;
-        if i > start && (i - start == MAX_FDS || bytes + size > BUDGET) {
-            out.push(i - start);
-            (start, bytes) = (i, 0);
+        if count > 0 && (count == max || bytes + size > BUDGET) {
+            out.push(count);
+            (count, bytes) = (0, 0);
         }
+        count += 1;
         bytes += size;
     }
-    if start < sessions.len() {
-        out.push(sessions.len() - start);
+    if count > 0 {
+        out.push(count);
     }
     out
 }
@@ -509,21 +651,23 @@ fn batch_sizes<F>(sessions: &[(SessionState, F)]) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    fn state(i: usize, input: usize) -> SessionState {
+        SessionState {
+            listener: format!("l{i}"),
+            input: vec![0; input],
+            idle_ms: 0,
+            partial_ms: None,
+            service: Vec::new(),
+        }
+    }
+
     #[test]
-    fn batches_hold_at_most_max_fds() {
-        let sessions: Vec<(SessionState, i32)> = (0..MAX_FDS * 2 + 3)
-            .map(|i| {
-                let state = SessionState {
-                    listener: format!("l{i}"),
-                    input: Vec::new(),
-                    idle_ms: 0,
-                    partial_ms: None,
-                    service: Vec::new(),
-                };
-                (state, 0)
-            })
-            .collect();
-        assert_eq!(batch_sizes(&sessions), [MAX_FDS, MAX_FDS, 3]);
-        assert!(batch_sizes::<i32>(&[]).is_empty());
+    fn batches_hold_at_most_max_sessions_and_the_byte_budget() {
+        let sessions: Vec<_> = (0..MAX_FDS * 2 + 3).map(|i| state(i, 0)).collect();
+        assert_eq!(batch_sizes(sessions.iter(), MAX_FDS), [MAX_FDS, MAX_FDS, 3]);
+        assert_eq!(batch_sizes(sessions.iter(), MAX_KEPT), [MAX_FDS * 2 + 3]);
+        assert!(batch_sizes([].iter(), MAX_FDS).is_empty());
+        let large: Vec<_> = (0..3).map(|i| state(i, 10 << 20)).collect();
+        assert_eq!(batch_sizes(large.iter(), MAX_KEPT), [1, 1, 1]);
     }
 }

@@ -115,10 +115,20 @@ pub fn send(
     message: &Message,
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), SocketError> {
+    send_as(stream, wire::VERSION, message, fds)
+}
+
+/// [`send`] in handover format `version` (the peer's).
+pub fn send_as(
+    stream: &UnixStream,
+    version: u16,
+    message: &Message,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), SocketError> {
     if fds.len() > MAX_FDS {
         return Err(SocketError::Descriptors(fds.len()));
     }
-    let frame = wire::encode(message)?;
+    let frame = wire::encode_as(message, version)?;
     let mut sent = 0;
     if !fds.is_empty() {
         let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -169,16 +179,21 @@ fn send_with_fds(stream: &UnixStream, frame: &[u8], fds: &[RawFd]) -> std::io::R
 /// Receives one message and the descriptors that came with it. The header is checked (magic,
 /// version, length bound) before the body is allocated.
 pub fn recv(stream: &UnixStream) -> Result<(Message, Vec<OwnedFd>), SocketError> {
+    recv_versioned(stream).map(|(_, message, fds)| (message, fds))
+}
+
+/// [`recv`], with the handover format the frame came in.
+pub fn recv_versioned(stream: &UnixStream) -> Result<(u16, Message, Vec<OwnedFd>), SocketError> {
     let mut header = [0u8; HEADER_LEN];
     let (n, fds) = recv_with_fds(stream, &mut header)?;
     if n == 0 {
         return Err(SocketError::Closed);
     }
     read_exact(stream, &mut header[n..])?;
-    let len = wire::decode_header(&header)?;
+    let (version, len) = wire::decode_header_versioned(&header)?;
     let mut body = vec![0u8; len];
     read_exact(stream, &mut body)?;
-    Ok((wire::decode_body(&body)?, fds))
+    Ok((version, wire::decode_body(&body)?, fds))
 }
 
 fn read_exact(stream: &UnixStream, buf: &mut [u8]) -> Result<(), SocketError> {

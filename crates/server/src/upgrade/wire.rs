@@ -7,8 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The handover format this binary speaks.
-pub const VERSION: u16 = 1;
+/// The handover format this binary speaks. Version 2 adds [`Message::Ahead`],
+/// [`Message::Kept`] and [`Message::Idle`]: the old process passes its sessions' sockets while
+/// it still serves, and after the stop only what changed. The new process greets in the newest version both speak
+/// (the old one announces its own in [`super::HANDOVER_VERSION_ENV`]), and the old process
+/// leads the conversation in the version of that greeting.
+pub const VERSION: u16 = 2;
 /// The oldest handover format this binary still reads.
 pub const OLDEST_VERSION: u16 = 1;
 /// The first bytes of every frame: a stray client is refused at once.
@@ -51,6 +55,40 @@ pub enum Message {
     Failed { reason: String },
     /// Old → new: go; the old process exits.
     Commit,
+    /// Old → new (version 2), with one fd each, while the old process still serves: the
+    /// sockets of its sessions, by session id. Whether each is still open, and its state, come
+    /// after the stop ([`Message::Kept`], [`Message::Idle`]); one in neither was closed
+    /// meanwhile.
+    Ahead(Vec<AheadSession>),
+    /// Old → new (version 2), no fds: sessions whose socket went [`Message::Ahead`], with their
+    /// state at the stop.
+    Kept(Vec<KeptSession>),
+    /// Old → new (version 2), no fds: sessions whose socket went [`Message::Ahead`] and that
+    /// waited idle at the stop with nothing of their own (no input, a stateless service): only
+    /// their idle time crosses, so 10 000 of them make one small frame.
+    Idle(Vec<IdleSession>),
+}
+
+/// A session's socket passed ahead of the stop, with the listener it was accepted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AheadSession {
+    pub id: u64,
+    pub listener: String,
+}
+
+/// A session passed ahead and idle at the stop: its state is its listener's (from
+/// [`AheadSession`]) and this idle time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleSession {
+    pub id: u64,
+    pub idle_ms: u64,
+}
+
+/// A session passed ahead and still open at the stop, with its state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptSession {
+    pub id: u64,
+    pub state: SessionState,
 }
 
 /// One held lock of the engine's lock table.
@@ -94,6 +132,11 @@ pub enum WireError {
 
 /// A checked header: the body length that follows.
 pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize, WireError> {
+    decode_header_versioned(header).map(|(_, len)| len)
+}
+
+/// A checked header: its version and the body length that follows.
+pub fn decode_header_versioned(header: &[u8; HEADER_LEN]) -> Result<(u16, usize), WireError> {
     if header[..4] != MAGIC {
         return Err(WireError::Magic);
     }
@@ -105,7 +148,7 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize, WireError> {
     if len > MAX_BODY {
         return Err(WireError::TooLarge(len));
     }
-    Ok(len)
+    Ok((version, len))
 }
 
 /// A body decoded; trailing bytes are refused (a frame is exactly one message).
@@ -135,13 +178,18 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
 
 /// The frame of `message`.
 pub fn encode(message: &Message) -> Result<Vec<u8>, WireError> {
+    encode_as(message, VERSION)
+}
+
+/// The frame of `message` in handover format `version` (a peer's older one).
+pub fn encode_as(message: &Message, version: u16) -> Result<Vec<u8>, WireError> {
     let body = postcard::to_allocvec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
     if body.len() > MAX_BODY {
         return Err(WireError::TooLarge(body.len()));
     }
     let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
     frame.extend_from_slice(&MAGIC);
-    frame.extend_from_slice(&VERSION.to_be_bytes());
+    frame.extend_from_slice(&version.to_be_bytes());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
     Ok(frame)
@@ -201,7 +249,52 @@ mod tests {
             Message::Ready,
             Message::Failed { reason: "x".into() },
             Message::Commit,
+            Message::Ahead(vec![
+                AheadSession {
+                    id: 3,
+                    listener: "nmdb tcp".into(),
+                },
+                AheadSession {
+                    id: 1 << 40,
+                    listener: "jsonkv tcp".into(),
+                },
+            ]),
+            Message::Kept(vec![KeptSession {
+                id: 3,
+                state: SessionState {
+                    listener: "nmdb tcp".into(),
+                    input: Vec::new(),
+                    idle_ms: 12,
+                    partial_ms: None,
+                    service: Vec::new(),
+                },
+            }]),
+            Message::Idle(vec![
+                IdleSession { id: 3, idle_ms: 0 },
+                IdleSession {
+                    id: 1 << 40,
+                    idle_ms: 1 << 33,
+                },
+            ]),
         ]
+    }
+
+    /// The frames of version 1 stay what they were: an older binary reads them.
+    #[test]
+    fn version_1_frames_are_unchanged() {
+        let frame = encode_as(
+            &Message::Sent {
+                listeners: 2,
+                sessions: 300,
+            },
+            1,
+        )
+        .unwrap();
+        assert_eq!(frame, b"PKVH\x00\x01\x00\x00\x00\x04\x07\x02\xac\x02");
+        let header = frame[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(decode_header_versioned(header), Ok((1, 4)));
+        let frame = encode(&Message::Commit).unwrap();
+        assert_eq!(frame, b"PKVH\x00\x02\x00\x00\x00\x01\x0a");
     }
 
     #[test]
@@ -256,7 +349,7 @@ mod tests {
         }
 
         #[test]
-        fn fuzz_body_on_mutated_frames(index in 0usize..11, flip in 0usize..64, byte: u8) {
+        fn fuzz_body_on_mutated_frames(index in 0usize..14, flip in 0usize..64, byte: u8) {
             let frame = encode(&samples()[index]).unwrap();
             let mut data = frame.clone();
             let at = flip % data.len();

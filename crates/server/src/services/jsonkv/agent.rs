@@ -461,6 +461,7 @@ mod carry {
             }
         };
         hub.deposit(Deposit {
+            id: None,
             listener: LISTENER,
             stream,
             input: start.input.to_vec(),
