@@ -73,6 +73,8 @@ impl TestCluster {
         config.election_max = Duration::from_millis(400);
         config.write_timeout = Duration::from_secs(2);
         config.snapshot_every = self.snapshot_every;
+        // The in-process tests run the pipelined path (off by default in the server).
+        config.pipeline_depth = 4;
         config.segment_bytes = 64 << 10;
         let node = Node::start(config, engine, self.router.transport(id))
             .await
