@@ -1438,7 +1438,7 @@ fn escapes_counts_every_byte_of_any_length() {
     };
     // Every length around the 32-byte steps, with the special bytes at the start, the end and
     // a step's boundary, and a string made only of the costliest byte.
-    for len in 0..100 {
+    for len in (0..100).chain([799, 800, 801, 816, 817]) {
         let plain = "a".repeat(len);
         assert_eq!(escapes(&plain), 0, "{len}");
         for at in [0, len / 2, len.saturating_sub(1), 31.min(len), 32.min(len)] {
