@@ -148,7 +148,7 @@ pub(super) fn members(text: &[u8]) -> Option<Members<'_>> {
 /// without escapes or control characters, every other value an integer, `true`, `false`,
 /// `null`, or (`nested`) a plain object itself. `None` for anything else, valid or not: the
 /// caller then takes [`members`], which decides. So this accepts only valid JSON and returns
-/// exactly what [`members`] would; a fuzz target checks both. `text` must be UTF-8.
+/// exactly what [`members`] would; a fuzz target checks both. Text that is not UTF-8 is refused.
 pub(super) fn plain_members(text: &[u8], nested: bool) -> Option<Members<'_>> {
     let mut out = Vec::with_capacity(6);
     plain_object(text, nested, |name, value| {
@@ -292,6 +292,12 @@ impl<'a> Plain<'a> {
             .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
         if rest[len] != b'"' {
             return None;
+        }
+        // Outside strings a plain object is ASCII, so checking each string's inside is
+        // checking the whole text: ASCII (the common case) at word speed, anything else in full.
+        let inside = &rest[..len];
+        if !inside.is_ascii() {
+            std::str::from_utf8(inside).ok()?;
         }
         self.at += len + 1;
         self.text.get(start..self.at)

@@ -298,7 +298,7 @@ pub(super) fn decode_plain_request(payload: &[u8], limits: &Limits) -> Option<It
     if limits.max_depth == 0 {
         return None;
     }
-    std::str::from_utf8(payload).ok()?;
+    // The plain reader checks that the text is UTF-8 itself, string by string.
     let fields = RequestFields::plain(trim_ws(payload))?;
     Some(parse_fields(&fields, limits))
 }
@@ -474,7 +474,6 @@ pub(super) fn decode_plain_response(payload: &[u8], max_depth: usize) -> Option<
     if max_depth < 2 {
         return None;
     }
-    std::str::from_utf8(payload).ok()?;
     let outer = plain_members(trim_ws(payload), true)?;
     parse_response_members(outer, |raw| plain_members(raw, false))
 }

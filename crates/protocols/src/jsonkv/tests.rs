@@ -1470,3 +1470,19 @@ fn ids_of_any_length_keep_their_text() {
     let long = format!("\"{}\"", "x".repeat(1000));
     assert_eq!(Id::from_json(&long).unwrap().as_json(), long);
 }
+
+#[test]
+fn plain_reader_checks_utf8_string_by_string() {
+    let truncated = b"{\"jsonkv\":\"1.0\",\"operate\":\"put\",\"key\":\"k\",\"value\":\"a\xc3\"}";
+    assert_eq!(decode_plain_request(truncated, &limits()), None);
+    assert_eq!(
+        decode_request_payload(truncated, &limits()),
+        RequestPayload::Malformed
+    );
+    let outside = b"{\"jsonkv\":\"1.0\",\"operate\":\"get\",\"key\":\"k\"\xff}";
+    assert_eq!(decode_plain_request(outside, &limits()), None);
+    let response =
+        b"{\"jsonkv\":\"1.0\",\"result\":{\"value\":\"\xe2\x82\",\"code\":\"0\",\"message\":\"\"},\"id\":1}";
+    assert_eq!(decode_plain_response(response, DEFAULT_MAX_DEPTH), None);
+    assert_eq!(decode_response_payload(response, DEFAULT_MAX_DEPTH), None);
+}
