@@ -311,10 +311,9 @@ pub(super) fn decode_request_payload_parsed(payload: &[u8], limits: &Limits) -> 
     };
     match doc.first() {
         Some(b'{') => match members(doc) {
-            Some(members) => RequestPayload::Single(parse_fields(
-                &RequestFields::from_members(&members),
-                limits,
-            )),
+            Some(members) => {
+                RequestPayload::Single(parse_fields(&RequestFields::from_members(&members), limits))
+            }
             None => RequestPayload::Malformed,
         },
         Some(b'[') => match elements(doc) {
