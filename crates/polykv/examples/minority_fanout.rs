@@ -79,6 +79,7 @@ async fn redis(addr: String, subscribers: usize, rounds: u32) {
     let mut publisher = TcpStream::connect(&addr).await.expect("publisher connects");
     publisher.set_nodelay(true).expect("nodelay");
     let mut latencies = Vec::new();
+    let mut trace = Trace::default();
     let mut reply = [0u8; 64];
     for round in 0..rounds {
         let sent = Instant::now();
@@ -91,18 +92,60 @@ async fn redis(addr: String, subscribers: usize, rounds: u32) {
             .await
             .expect("publish");
         let _ = publisher.read(&mut reply).await.expect("publish reply");
-        let mut last = sent;
-        let mut arrived = 0;
-        while arrived < subscribers {
-            let (r, at) = rx.recv().await.expect("messages");
-            if r == round {
-                arrived += 1;
-                last = last.max(at);
-            }
-        }
+        let acked = Instant::now();
+        let (first, last) = arrivals(&mut rx, round, subscribers, sent).await;
+        trace.round(sent, acked, first, last);
         latencies.push(last - sent);
     }
     report("redis PUBLISH", subscribers, latencies);
+    trace.write("redis");
+}
+
+/// Waits for every subscriber's copy of `round`: the first and the last arrival.
+async fn arrivals(
+    rx: &mut mpsc::UnboundedReceiver<(u32, Instant)>,
+    round: u32,
+    subscribers: usize,
+    sent: Instant,
+) -> (Instant, Instant) {
+    let (mut first, mut last) = (None::<Instant>, sent);
+    let mut arrived = 0;
+    while arrived < subscribers {
+        let (r, at) = rx.recv().await.expect("pushes");
+        if r == round {
+            arrived += 1;
+            first = Some(first.map_or(at, |f| f.min(at)));
+            last = last.max(at);
+        }
+    }
+    (first.unwrap_or(sent), last)
+}
+
+/// Per-round timings, written to `$FANOUT_TRACE.TARGET` (one line a round, µs after the send:
+/// the set's or PUBLISH's reply, the first and the last subscriber's copy) when that variable
+/// is set: to tell where a slow round lost its time.
+#[derive(Default)]
+struct Trace(Vec<(u128, u128, u128)>);
+
+impl Trace {
+    fn round(&mut self, sent: Instant, acked: Instant, first: Instant, last: Instant) {
+        let us = |at: Instant| at.saturating_duration_since(sent).as_micros();
+        self.0.push((us(acked), us(first), us(last)));
+    }
+
+    fn write(&self, target: &str) {
+        let Ok(path) = std::env::var("FANOUT_TRACE") else {
+            return;
+        };
+        let lines: String = self
+            .0
+            .iter()
+            .map(|(acked, first, last)| format!("{acked} {first} {last}\n"))
+            .collect();
+        if let Err(e) = std::fs::write(format!("{path}.{target}"), lines) {
+            eprintln!("cannot write the trace: {e}");
+        }
+    }
 }
 
 async fn read_line(reader: &mut BufReader<TcpStream>, line: &mut Vec<u8>) {
@@ -127,7 +170,9 @@ async fn main() {
     let subscribers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let rounds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let timeout = Duration::from_secs(30);
+    // Thousands of subscribers connect and subscribe at once: on a shared machine that can take
+    // longer than a client's usual 30 s.
+    let timeout = Duration::from_secs(120);
 
     // Every subscriber reports (round, arrival time) for each push.
     let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Instant)>();
@@ -155,24 +200,20 @@ async fn main() {
         .await
         .expect("writer connects");
     let mut latencies = Vec::new();
+    let mut trace = Trace::default();
     for round in 0..rounds {
         let sent = Instant::now();
         writer
             .set(b"fanout", b"key", round.to_string().as_bytes())
             .await
             .expect("set");
-        let mut last = sent;
-        let mut arrived = 0;
-        while arrived < subscribers {
-            let (r, at) = rx.recv().await.expect("pushes");
-            if r == round {
-                arrived += 1;
-                last = last.max(at);
-            }
-        }
+        let acked = Instant::now();
+        let (first, last) = arrivals(&mut rx, round, subscribers, sent).await;
+        trace.round(sent, acked, first, last);
         latencies.push(last - sent);
     }
     report("polykv minority set", subscribers, latencies);
+    trace.write("polykv");
 
     // Sustained sets to other keys of the same dataId family while the subscribers stay attached,
     // from 8 writers.

@@ -233,7 +233,7 @@ pub enum ResponsePayload {
 /// Validates one request object (steps 1–5 of §3.4).
 pub(super) fn parse_item(raw: &[u8], limits: &Limits) -> Item {
     match members(raw) {
-        Some(members) => parse_members(&members, limits),
+        Some(members) => parse_fields(&RequestFields::from_members(&members), limits),
         None => Item::Invalid {
             code: Code::Malformed,
             id: Id::null(),
@@ -241,39 +241,42 @@ pub(super) fn parse_item(raw: &[u8], limits: &Limits) -> Item {
     }
 }
 
-/// [`parse_item`] of an object already split into its members.
-fn parse_members(members: &Members<'_>, limits: &Limits) -> Item {
-    let id = read_id(members);
+/// [`parse_item`] of an object already reduced to the members it reads.
+fn parse_fields(fields: &RequestFields<'_>, limits: &Limits) -> Item {
+    let id = fields.id.map_or_else(Id::null, Id::from_raw);
     let invalid = |code| Item::Invalid {
         code,
         id: id.clone(),
     };
-    match member_str(members, "jsonkv") {
+    match fields.jsonkv.map(raw_str) {
         None => return invalid(Code::Malformed),
         Some(Some(v)) if v == VERSION => {}
         // Present but not the string "1.0", whatever its type (§3.3 row 800).
         Some(_) => return invalid(Code::UnsupportedVersion),
     }
-    let operate = match member_str(members, "operate") {
+    let operate = match fields.operate.map(raw_str) {
         Some(Some(op)) => op,
         _ => return invalid(Code::Malformed),
     };
     let Some(op) = Operate::parse(&operate) else {
         return invalid(Code::InvalidOperate);
     };
-    let key = match member_string(members, "key") {
-        Some(key) if !key.is_empty() && key.len() <= limits.max_key => key,
+    let key = match fields.key.and_then(raw_str) {
+        Some(key) if !key.is_empty() && key.len() <= limits.max_key => key.into_owned(),
         _ => return invalid(Code::InvalidKey),
     };
     let command = match op {
         Operate::Put => {
-            let Some(value) = member_string(members, "value") else {
+            let Some(value) = fields.value.and_then(raw_str) else {
                 return invalid(Code::Malformed);
             };
             if value.len() > limits.max_value {
                 return invalid(Code::ValueTooLong);
             }
-            Command::Put { key, value }
+            Command::Put {
+                key,
+                value: value.into_owned(),
+            }
         }
         Operate::Get => Command::Get { key },
         Operate::Delete => Command::Delete { key },
@@ -295,10 +298,9 @@ pub(super) fn decode_plain_request(payload: &[u8], limits: &Limits) -> Option<It
     if limits.max_depth == 0 {
         return None;
     }
-    std::str::from_utf8(payload).ok()?;
-    let doc = trim_ws(payload);
-    let members = plain_members(doc, false)?;
-    Some(parse_members(&members, limits))
+    // The plain reader checks that the text is UTF-8 itself, string by string.
+    let fields = RequestFields::plain(trim_ws(payload))?;
+    Some(parse_fields(&fields, limits))
 }
 
 /// [`decode_request_payload`] through the JSON parser: any payload.
@@ -309,7 +311,9 @@ pub(super) fn decode_request_payload_parsed(payload: &[u8], limits: &Limits) -> 
     };
     match doc.first() {
         Some(b'{') => match members(doc) {
-            Some(members) => RequestPayload::Single(parse_members(&members, limits)),
+            Some(members) => {
+                RequestPayload::Single(parse_fields(&RequestFields::from_members(&members), limits))
+            }
             None => RequestPayload::Malformed,
         },
         Some(b'[') => match elements(doc) {
@@ -469,7 +473,6 @@ pub(super) fn decode_plain_response(payload: &[u8], max_depth: usize) -> Option<
     if max_depth < 2 {
         return None;
     }
-    std::str::from_utf8(payload).ok()?;
     let outer = plain_members(trim_ws(payload), true)?;
     parse_response_members(outer, |raw| plain_members(raw, false))
 }

@@ -1424,3 +1424,65 @@ fn plain_reader_takes_responses_as_the_parser_does() {
         );
     }
 }
+
+#[test]
+fn escapes_counts_every_byte_of_any_length() {
+    let naive = |s: &str| -> usize {
+        s.bytes()
+            .map(|b| match b {
+                0..=0x1f => 5,
+                b'"' | b'\\' => 1,
+                _ => 0,
+            })
+            .sum()
+    };
+    // Every length around the 32-byte steps, with the special bytes at the start, the end and
+    // a step's boundary, and a string made only of the costliest byte.
+    for len in (0..100).chain([799, 800, 801, 816, 817]) {
+        let plain = "a".repeat(len);
+        assert_eq!(escapes(&plain), 0, "{len}");
+        for at in [0, len / 2, len.saturating_sub(1), 31.min(len), 32.min(len)] {
+            for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', 'é'] {
+                let mut s: Vec<char> = plain.chars().collect();
+                if at < s.len() {
+                    s[at] = special;
+                }
+                let s: String = s.into_iter().collect();
+                assert_eq!(escapes(&s), naive(&s), "{s:?}");
+            }
+        }
+        let worst = "\u{1}".repeat(len);
+        assert_eq!(escapes(&worst), 5 * len);
+    }
+}
+
+#[test]
+fn ids_of_any_length_keep_their_text() {
+    // 22 bytes are held inline, 23 on the heap: both read back, compare and hash alike.
+    for text in ["1", "\"1234567890123456789\"", "\"12345678901234567890\""] {
+        let id = Id::from_json(text).unwrap();
+        assert_eq!(id.as_json(), text);
+        assert_eq!(id, id.clone());
+        assert!(!id.is_null());
+    }
+    assert_ne!(Id::number(1), Id::number(10));
+    assert!(Id::null().is_null());
+    let long = format!("\"{}\"", "x".repeat(1000));
+    assert_eq!(Id::from_json(&long).unwrap().as_json(), long);
+}
+
+#[test]
+fn plain_reader_checks_utf8_string_by_string() {
+    let truncated = b"{\"jsonkv\":\"1.0\",\"operate\":\"put\",\"key\":\"k\",\"value\":\"a\xc3\"}";
+    assert_eq!(decode_plain_request(truncated, &limits()), None);
+    assert_eq!(
+        decode_request_payload(truncated, &limits()),
+        RequestPayload::Malformed
+    );
+    let outside = b"{\"jsonkv\":\"1.0\",\"operate\":\"get\",\"key\":\"k\"\xff}";
+    assert_eq!(decode_plain_request(outside, &limits()), None);
+    let response =
+        b"{\"jsonkv\":\"1.0\",\"result\":{\"value\":\"\xe2\x82\",\"code\":\"0\",\"message\":\"\"},\"id\":1}";
+    assert_eq!(decode_plain_response(response, DEFAULT_MAX_DEPTH), None);
+    assert_eq!(decode_response_payload(response, DEFAULT_MAX_DEPTH), None);
+}
