@@ -4,10 +4,10 @@
 #
 #   scripts/bench-cluster.sh [SECONDS_PER_RUN [ROUNDS [KILLS]]]     (defaults 10, 3 and 20)
 #
-# polykv: three processes on 127.0.0.1, .2 and .3 (nmdb only, on port 36010; cluster port 36090),
+# polykv: three processes on 127.0.0.1, .2 and .3 (nmdb only, on port 29010; cluster port 29090),
 # the load sent to the leader; one process on 127.0.0.4 with the same settings. etcd: Debian's
-# etcd-server (installed if missing), three processes on 127.0.0.1, .2 and .3 (client port 32379,
-# peer port 32380), driven through its v3 JSON gateway (POST /v3/kv/put, HTTP/1.1 keep-alive) by
+# etcd-server (installed if missing), three processes on 127.0.0.1, .2 and .3 (client port 29379,
+# peer port 29380), driven through its v3 JSON gateway (POST /v3/kv/put, HTTP/1.1 keep-alive) by
 # the same load generator, sent to etcd's leader (ETCD_FOLLOWER=1: also to a follower); every etcd
 # put is fsynced before its answer, and the gateway costs etcd some throughput over gRPC.
 # PORT_BASE moves every port (for sessions that run it at once). Load: 64 connections, one request each in flight,
@@ -32,7 +32,9 @@ BASE="${PORT_BASE:-}"
 if [ -n "$BASE" ]; then
   NMDB=$((BASE + 10)); ADMIN=$((BASE + 80)); CPORT=$((BASE + 90)); ETCD_CLIENT=$((BASE + 79)); ETCD_PEER=$((BASE + 81))
 else
-  NMDB=36010; ADMIN=36080; CPORT=36090; ETCD_CLIENT=32379; ETCD_PEER=32380
+  # Below Linux's ephemeral range (32768–60999): a port there can be taken by any outgoing
+  # connection of the moment, and a listener then cannot bind it.
+  NMDB=29010; ADMIN=29080; CPORT=29090; ETCD_CLIENT=29379; ETCD_PEER=29380
 fi
 ONLY_NMDB=(--nmdb-port "$NMDB" --nmdb-udp-enabled false --admin-port "$ADMIN" --minority-enabled false
   --opencluster-enabled false --smalld-enabled false --jsonkv-enabled false --jsonkv-udp-enabled false

@@ -21,7 +21,7 @@ if [ ${#BINS[@]} -eq 0 ]; then
   BINS=("$PWD/target/release/polykv")
 fi
 SYNC_FLAG="${SYNC---sync}"
-BASE="${PORT_BASE:-36100}"   # every port moves with it
+BASE="${PORT_BASE:-29500}"   # every port moves with it (kept below the ephemeral range)
 NMDB=$((BASE + 10)); ADMIN=$((BASE + 80)); CPORT=$((BASE + 90))
 ONLY=(--nmdb-port "$NMDB" --nmdb-udp-enabled false --admin-port "$ADMIN" --minority-enabled false
   --opencluster-enabled false --smalld-enabled false --jsonkv-enabled false --jsonkv-udp-enabled false
