@@ -218,17 +218,39 @@ async fn serve(mut stream: TcpStream, log: Arc<Log>) {
     }
 }
 
+/// How a group of appended records is made durable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// A persister thread writes and fdatasyncs while the runtime thread serves on.
+    Thread,
+    /// The runtime thread writes and fdatasyncs once per turn of its loop.
+    Inline,
+    /// One `O_DIRECT` + `RWF_DSYNC` write through io_uring, completed on the runtime thread.
+    Uring,
+    /// A page-cache write, then an fdatasync through io_uring (run by a kernel worker).
+    UringFsync,
+}
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(addr), Some(path)) = (args.get(1), args.get(2)) else {
         eprintln!("usage: durable_floor ADDR FILE [thread|inline|uring|uring-fsync]");
         std::process::exit(2);
     };
-    let inline = args.get(3).is_some_and(|mode| mode == "inline");
-    let use_uring = args
-        .get(3)
-        .is_some_and(|mode| mode == "uring" || mode == "uring-fsync");
-    let (file, ring) = if args.get(3).is_some_and(|mode| mode == "uring") {
+    let shape = match args.get(3).map(String::as_str) {
+        None | Some("thread") => Shape::Thread,
+        Some("inline") => Shape::Inline,
+        Some("uring") => Shape::Uring,
+        Some("uring-fsync") => Shape::UringFsync,
+        Some(other) => {
+            eprintln!(
+                "durable_floor: unknown shape {other:?} (thread, inline, uring, uring-fsync)"
+            );
+            std::process::exit(2);
+        }
+    };
+    let inline = shape == Shape::Inline;
+    let (file, ring) = if shape == Shape::Uring {
         let (file, ring) = uring::open(path)?;
         (file, Some(ring))
     } else {
@@ -240,7 +262,9 @@ fn main() -> std::io::Result<()> {
             .open(path)?;
         // SAFETY: preallocating a file this function opened, as polykv's log does.
         unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES) };
-        let ring = use_uring.then(uring::Ring::for_fsync).transpose()?;
+        let ring = (shape == Shape::UringFsync)
+            .then(|| uring::Ring::new(false))
+            .transpose()?;
         (file, ring)
     };
     let eventfd = ring.as_ref().map(uring::Ring::eventfd).transpose()?;
@@ -253,7 +277,7 @@ fn main() -> std::io::Result<()> {
         synced: watch::channel(0).0,
         offset: Mutex::new(0),
     });
-    if !inline && !use_uring {
+    if shape == Shape::Thread {
         let persister = log.clone();
         std::thread::Builder::new()
             .name("floor-persister".into())
@@ -327,27 +351,21 @@ mod uring {
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)?;
-        let ring = Ring {
-            ring: IoUring::new(8)?,
-            blocks: Vec::new(),
-            tail: Vec::new(),
-            offset: 0,
-            in_flight: None,
-            direct: true,
-        };
-        Ok((file, ring))
+        Ok((file, Ring::new(true)?))
     }
 
     impl Ring {
-        /// A ring that only syncs a file written through the page cache.
-        pub fn for_fsync() -> std::io::Result<Ring> {
+        /// `direct`: the file was opened with `O_DIRECT` and each group is written with
+        /// `RWF_DSYNC` ([`Ring::write`]); else it is written through the page cache and synced
+        /// with [`Ring::fsync`].
+        pub fn new(direct: bool) -> std::io::Result<Ring> {
             Ok(Ring {
                 ring: IoUring::new(8)?,
                 blocks: Vec::new(),
                 tail: Vec::new(),
                 offset: 0,
                 in_flight: None,
-                direct: false,
+                direct,
             })
         }
 
