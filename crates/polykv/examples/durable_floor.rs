@@ -4,7 +4,7 @@
 //! checkpoints. `scripts/durable-floor.sh` loads it beside polykv and Redis with
 //! `appendfsync always`: what it reaches is what this machine allows a server of this shape.
 //!
-//!   durable_floor ADDR FILE [thread|inline|uring|uring-fsync]
+//!   durable_floor ADDR FILE [thread|inline|uring|uring-fsync|buffered|uring-async]
 //!
 //! `thread` (the default, polykv's shape): a persister thread syncs while the runtime thread goes
 //! on serving. `inline` (Redis's `appendfsync always` shape): the runtime thread itself writes and
@@ -13,7 +13,11 @@
 //! submitted through io_uring, and its completion arrives on the runtime thread's own event loop
 //! (an eventfd beside the sockets), so no thread is woken per group. `uring-fsync`: the group is
 //! written to the page cache on the runtime thread and its fdatasync submitted through io_uring
-//! (the kernel runs it on one of its own workers), completed the same way.
+//! (the kernel runs it on one of its own workers), completed the same way. Two shapes make no
+//! write durable, as floors of an Async write (one that survives a kill of the process):
+//! `buffered` writes each turn's records to the page cache and answers (polykv's and Redis's
+//! shape); `uring-async` writes them like `uring` but without `RWF_DSYNC`, and answers once the
+//! device has them.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -39,6 +43,8 @@ struct Pending {
 struct Log {
     file: File,
     inline: bool,
+    /// Inline shape without the fdatasync: a page-cache write per turn (an Async write's floor).
+    buffered: bool,
     uring: Option<Mutex<uring::Ring>>,
     pending: Mutex<Pending>,
     wake: Condvar,
@@ -74,7 +80,7 @@ impl Log {
                     let mut pending = self.pending.lock().expect("log lock");
                     (std::mem::take(&mut pending.buf), pending.appended)
                 };
-                self.write_and_sync(&buf);
+                self.write_and_sync(&buf, !self.buffered);
                 self.synced.send_replace(target);
             }
             return;
@@ -91,13 +97,16 @@ impl Log {
         let _ = synced.wait_for(|s| *s >= seq).await;
     }
 
-    fn write_and_sync(&self, buf: &[u8]) {
+    fn write_and_sync(&self, buf: &[u8], sync: bool) {
         let mut offset = self.offset.lock().expect("offset lock");
         if *offset + buf.len() as u64 > FILE_BYTES as u64 {
             *offset = 0;
         }
         self.file.write_all_at(buf, *offset).expect("log write");
         *offset += buf.len() as u64;
+        if !sync {
+            return;
+        }
         // SAFETY: fdatasync on the file descriptor this log owns.
         assert_eq!(
             unsafe { libc::fdatasync(self.file.as_raw_fd()) },
@@ -164,7 +173,7 @@ impl Log {
                 std::mem::swap(&mut pending.buf, &mut spare);
                 (std::mem::take(&mut spare), pending.appended)
             };
-            self.write_and_sync(&buf);
+            self.write_and_sync(&buf, true);
             spare = buf;
             spare.clear();
             self.synced.send_replace(target);
@@ -229,12 +238,19 @@ enum Shape {
     Uring,
     /// A page-cache write, then an fdatasync through io_uring (run by a kernel worker).
     UringFsync,
+    /// Not durable, an Async write's floor: one page-cache write per turn of the loop.
+    Buffered,
+    /// Not durable, an Async write's floor: one `O_DIRECT` write (no `RWF_DSYNC`) through
+    /// io_uring per group, answered once the device has it.
+    UringAsync,
 }
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(addr), Some(path)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: durable_floor ADDR FILE [thread|inline|uring|uring-fsync]");
+        eprintln!(
+            "usage: durable_floor ADDR FILE [thread|inline|uring|uring-fsync|buffered|uring-async]"
+        );
         std::process::exit(2);
     };
     let shape = match args.get(3).map(String::as_str) {
@@ -242,16 +258,19 @@ fn main() -> std::io::Result<()> {
         Some("inline") => Shape::Inline,
         Some("uring") => Shape::Uring,
         Some("uring-fsync") => Shape::UringFsync,
+        Some("buffered") => Shape::Buffered,
+        Some("uring-async") => Shape::UringAsync,
         Some(other) => {
             eprintln!(
-                "durable_floor: unknown shape {other:?} (thread, inline, uring, uring-fsync)"
+                "durable_floor: unknown shape {other:?} \
+                 (thread, inline, uring, uring-fsync, buffered, uring-async)"
             );
             std::process::exit(2);
         }
     };
-    let inline = shape == Shape::Inline;
-    let (file, ring) = if shape == Shape::Uring {
-        let (file, ring) = uring::open(path)?;
+    let inline = matches!(shape, Shape::Inline | Shape::Buffered);
+    let (file, ring) = if matches!(shape, Shape::Uring | Shape::UringAsync) {
+        let (file, ring) = uring::open(path, shape == Shape::Uring)?;
         (file, Some(ring))
     } else {
         let file = std::fs::OpenOptions::new()
@@ -271,6 +290,7 @@ fn main() -> std::io::Result<()> {
     let log = Arc::new(Log {
         file,
         inline,
+        buffered: shape == Shape::Buffered,
         uring: ring.map(Mutex::new),
         pending: Mutex::new(Pending::default()),
         wake: Condvar::new(),
@@ -331,11 +351,13 @@ mod uring {
         /// File offset of the block the next write starts at.
         offset: u64,
         in_flight: Option<u64>,
-        /// `O_DIRECT` writes with `RWF_DSYNC` (else page-cache writes and an fdatasync each).
+        /// `O_DIRECT` writes (else page-cache writes and an fdatasync each).
         direct: bool,
+        /// Direct writes carry `RWF_DSYNC`.
+        dsync: bool,
     }
 
-    pub fn open(path: &str) -> std::io::Result<(File, Ring)> {
+    pub fn open(path: &str, dsync: bool) -> std::io::Result<(File, Ring)> {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -351,7 +373,9 @@ mod uring {
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)?;
-        Ok((file, Ring::new(true)?))
+        let mut ring = Ring::new(true)?;
+        ring.dsync = dsync;
+        Ok((file, ring))
     }
 
     impl Ring {
@@ -366,6 +390,7 @@ mod uring {
                 offset: 0,
                 in_flight: None,
                 direct,
+                dsync: direct,
             })
         }
 
@@ -426,7 +451,7 @@ mod uring {
                 len,
             )
             .offset(self.offset)
-            .rw_flags(libc::RWF_DSYNC)
+            .rw_flags(if self.dsync { libc::RWF_DSYNC } else { 0 })
             .build()
             .user_data(target);
             // SAFETY: the buffer (`self.blocks`) lives, unchanged, until the completion is
