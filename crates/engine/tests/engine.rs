@@ -675,3 +675,41 @@ async fn a_released_store_opens_again_while_handles_remain() {
     drop(held);
     reopened.close();
 }
+
+/// Async writes that are ready together are flushed together: each writer steps behind the
+/// others that are ready, and one `write(2)` of the log covers the group.
+#[tokio::test]
+async fn async_writes_ready_together_share_one_log_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let ks = engine.keyspace("group").unwrap();
+    engine
+        .set(ks, "first", bytes("x"), Durability::Async)
+        .await
+        .unwrap();
+    let log_writes = |engine: &Engine| engine.stats().log.unwrap().log_writes;
+    let before = log_writes(&engine);
+    let writers: Vec<_> = (0..50)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .set(
+                        ks,
+                        format!("k{i}").into_bytes(),
+                        bytes("v"),
+                        Durability::Async,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for writer in writers {
+        assert!(matches!(writer.await.unwrap(), Ok(Outcome::Written { .. })));
+    }
+    let writes = log_writes(&engine) - before;
+    assert!(
+        (1..=2).contains(&writes),
+        "50 writes ready together took {writes} log writes"
+    );
+}
