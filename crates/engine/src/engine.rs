@@ -100,7 +100,7 @@ impl Pending {
     /// until the journal is in the OS buffers; for Sync, until it is on stable storage.
     pub async fn durable(self) -> Result<Outcome> {
         match (self.seq, self.durability) {
-            (Some(seq), Durability::Sync) => self.engine.inner.persister.wait_synced(seq).await?,
+            (Some(seq), Durability::Sync) => self.engine.wait_durable(seq).await?,
             // A Memory write has a number only when it reserved versions in the log.
             (Some(seq), Durability::Async | Durability::Memory) => {
                 self.engine.flush_upto(seq).await?
@@ -127,7 +127,7 @@ impl Pending {
 /// until after the driver is polled: one more `epoll_wait` per turn, and the turn's readiness
 /// split into smaller groups, each waking the clients separately.)
 #[derive(Default)]
-struct BehindReadyTasks {
+pub(crate) struct BehindReadyTasks {
     woken: bool,
 }
 
@@ -246,6 +246,8 @@ struct Inner {
     flushed: AtomicU64,
     flush_lock: Mutex<()>,
     persister: Persister,
+    /// The log's direct mirror, started by the first Sync write ([`crate::log::mirror`]).
+    mirror: std::sync::OnceLock<Option<Arc<crate::log::mirror::Mirror>>>,
     poison: Arc<Poison>,
     meta: SpaceId,
     expiry: SpaceId,
@@ -401,6 +403,7 @@ impl Engine {
             flushed: AtomicU64::new(0),
             flush_lock: Mutex::new(()),
             persister,
+            mirror: std::sync::OnceLock::new(),
             poison,
             meta,
             expiry,
@@ -1070,6 +1073,24 @@ impl Engine {
             return Err(e.into());
         }
         self.inner.flushed.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Waits until write `seq` is on stable storage: through the log's direct mirror where the
+    /// store has one, else through the persister's fdatasync.
+    async fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mirror = self
+            .inner
+            .mirror
+            .get_or_init(|| self.inner.store.start_mirror(self.inner.applied.clone()));
+        let Some(mirror) = mirror else {
+            return self.inner.persister.wait_synced(seq).await;
+        };
+        self.inner.poison.check()?;
+        if let Err(e) = mirror.wait_durable(seq).await {
+            self.inner.poison.set(format!("log mirror failed: {e}"));
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -22,13 +22,14 @@
 //! write batches or, in cluster mode, Raft entries.
 
 mod clean;
+pub mod mirror;
 mod record;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -39,6 +40,10 @@ pub use record::MAX_PAYLOAD;
 
 /// Default size at which a segment is sealed and a new one started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// A place in the log's files: the segment (by the sequence of its first record) and a byte
+/// offset in it. Ordered as the log is written.
+pub type Position = (u64, u64);
 
 /// Counters of the log.
 #[derive(Debug, Default)]
@@ -75,9 +80,36 @@ struct Active {
     /// Set by a failed write or sync: nothing is written after it (the order of what reached
     /// the disk is unknown), and every later call fails with this error.
     failed: Option<StoreError>,
+    /// With a mirror attached: the bytes written to the active segment that neither the mirror
+    /// nor an fdatasync covers yet, and where they start.
+    unmirrored: Vec<u8>,
+    unmirrored_at: Position,
 }
 
 impl Active {
+    fn position(&self) -> Position {
+        (self.segments.last().map_or(0, |s| s.first_seq), self.len)
+    }
+
+    /// Forgets what an fdatasync up to `synced` made durable.
+    fn forget_synced(&mut self, synced: Position) {
+        let (segment, offset) = self.unmirrored_at;
+        if synced.0 > segment {
+            self.unmirrored.clear();
+            self.unmirrored_at = self.position();
+        } else if synced.0 == segment && synced.1 > offset {
+            let covered = ((synced.1 - offset) as usize).min(self.unmirrored.len());
+            self.unmirrored.drain(..covered);
+            self.unmirrored_at = (segment, offset + covered as u64);
+        }
+    }
+
+    /// Starts the unmirrored bytes afresh at the end of the active segment.
+    fn restart_unmirrored(&mut self) {
+        self.unmirrored.clear();
+        self.unmirrored_at = self.position();
+    }
+
     /// The segment being written, for error messages.
     fn current_path(&self) -> PathBuf {
         self.segments
@@ -95,6 +127,10 @@ pub struct Log {
     /// Held while writing to the files: one flush at a time, in order.
     active: Mutex<Active>,
     counters: LogCounters,
+    /// Whether a mirror takes the written bytes ([`Log::take_unmirrored`]).
+    mirrored: AtomicBool,
+    /// Up to where the files are fdatasynced.
+    synced: Mutex<Position>,
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -216,8 +252,12 @@ impl Log {
                 segments,
                 spare: Vec::with_capacity(64 << 10),
                 failed: None,
+                unmirrored: Vec::new(),
+                unmirrored_at: (0, 0),
             }),
             counters: LogCounters::default(),
+            mirrored: AtomicBool::new(false),
+            synced: Mutex::new((0, 0)),
         })
     }
 
@@ -278,6 +318,12 @@ impl Log {
             .file
             .write_all_at(bytes, active.len)
             .map_err(|e| io_error("write", &path, e))?;
+        if self.mirrored.load(Ordering::Relaxed) {
+            if active.unmirrored.is_empty() {
+                active.unmirrored_at = active.position();
+            }
+            active.unmirrored.extend_from_slice(bytes);
+        }
         active.len += bytes.len() as u64;
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -297,9 +343,11 @@ impl Log {
         let path = segment_path(&self.dir, first_seq);
         let file = create_segment(&path, self.segment_bytes)?;
         sync_dir(&self.dir)?;
+        *self.synced.lock() = active.position();
         active.file = Arc::new(file);
         active.len = 0;
         active.segments.push(Segment { first_seq, path });
+        active.restart_unmirrored();
         self.counters
             .segments_sealed
             .fetch_add(1, Ordering::Relaxed);
@@ -309,10 +357,10 @@ impl Log {
     /// Flushes, then fdatasyncs: every record appended before the call is on stable storage
     /// when it returns. The sync runs outside the file lock, so appends and flushes go on.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let file = {
+        let (file, position) = {
             let mut active = self.active.lock();
             self.flush_locked(&mut active)?;
-            active.file.clone()
+            (active.file.clone(), active.position())
         };
         let result = file.sync_data();
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +369,38 @@ impl Log {
             self.active.lock().failed.get_or_insert(error.clone());
             return Err(error);
         }
+        {
+            let mut synced = self.synced.lock();
+            *synced = (*synced).max(position);
+        }
+        self.active.lock().forget_synced(position);
         Ok(())
+    }
+
+    /// Up to where the files are known to be fdatasynced (by [`Log::sync`] or a seal).
+    pub fn synced_position(&self) -> Position {
+        *self.synced.lock()
+    }
+
+    /// From now on keeps the bytes written for [`Log::take_unmirrored`]. What was written
+    /// before is not kept: the caller syncs once after attaching.
+    pub fn attach_mirror(&self) {
+        let mut active = self.active.lock();
+        self.mirrored.store(true, Ordering::Relaxed);
+        active.restart_unmirrored();
+    }
+
+    /// Writes out what is buffered, then moves into `out` (replacing its contents) the bytes
+    /// written to the active segment that neither an fdatasync nor an earlier call covers, and
+    /// returns where they start.
+    pub fn take_unmirrored(&self, out: &mut Vec<u8>) -> Result<Position, StoreError> {
+        let mut active = self.active.lock();
+        self.flush_locked(&mut active)?;
+        let at = active.unmirrored_at;
+        out.clear();
+        std::mem::swap(out, &mut active.unmirrored);
+        active.restart_unmirrored();
+        Ok(at)
     }
 
     /// Records a clean close: where the log ends, so the next open reads only that much of the
@@ -393,6 +472,7 @@ impl Log {
         sync_dir(&self.dir)?;
         active.file = Arc::new(file);
         active.len = offset;
+        active.restart_unmirrored();
         self.buffered.lock().next_seq = seq;
         Ok(())
     }
@@ -420,6 +500,7 @@ impl Log {
         });
         active.file = Arc::new(file);
         active.len = 0;
+        active.restart_unmirrored();
         self.buffered.lock().next_seq = seq;
         sync_dir(&self.dir)?;
         for gone in &doomed {

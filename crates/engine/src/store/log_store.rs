@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,7 +32,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::overlay::{empty_range, merge, Memtable, Overlay, Run};
 use super::{BatchOp, PersistMode, SpaceId, Store};
 use crate::error::StoreError;
-use crate::log::{Log, MAX_PAYLOAD};
+use crate::log::{mirror, Log, MAX_PAYLOAD};
 
 /// See [`LogStoreConfig::checkpoint_bytes`].
 pub const LOG_BYTES_PER_CHECKPOINT: usize = 4;
@@ -113,7 +113,10 @@ struct Control {
 
 struct Shared {
     inner: Arc<dyn Store>,
-    log: Log,
+    log: Arc<Log>,
+    log_dir: PathBuf,
+    /// The generation a mirror of the log starts with ([`crate::log::mirror`]).
+    mirror_generation: u32,
     overlay: RwLock<Overlay>,
     spaces: RwLock<Spaces>,
     meta: SpaceId,
@@ -256,6 +259,8 @@ impl LogStore {
         let mut active = Memtable::default();
         let started = Instant::now();
         let mut replayed = 0u64;
+        // Fragments of the log that only its direct mirror holds go back into the log first.
+        let mirror_generation = mirror::recover(log_dir)?;
         let log = Log::open(log_dir, config.segment_bytes, checkpoint, |_, payload| {
             for (space, key, value) in decode_batch(payload)? {
                 if space as usize >= known {
@@ -278,7 +283,9 @@ impl LogStore {
         let backlog = active.bytes;
         let shared = Arc::new(Shared {
             inner,
-            log,
+            log: Arc::new(log),
+            log_dir: log_dir.to_path_buf(),
+            mirror_generation,
             overlay: RwLock::new(Overlay {
                 active,
                 sealed: Vec::new(),
@@ -728,6 +735,16 @@ impl Store for LogStore {
             PersistMode::Buffer => self.shared.log.flush(),
             PersistMode::SyncData => self.shared.log.sync(),
         }
+    }
+
+    fn start_mirror(&self, applied: Arc<AtomicU64>) -> Option<Arc<mirror::Mirror>> {
+        let shared = &self.shared;
+        mirror::Mirror::start(
+            &shared.log_dir,
+            shared.mirror_generation,
+            shared.log.clone(),
+            applied,
+        )
     }
 
     fn approximate_len(&self, space: SpaceId) -> u64 {

@@ -4,6 +4,8 @@
 //! [`FaultyStore`] (a wrapper that fails or freezes the Nth write or sync).
 
 use std::ops::Bound;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -67,6 +69,14 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, StoreError>;
     fn persist(&self, mode: PersistMode) -> Result<(), StoreError>;
+
+    /// Starts a direct mirror of the store's log, by which Sync writes become durable without
+    /// an fdatasync ([`crate::log::mirror`]); `applied` numbers the writes as the caller waits
+    /// for them. Called once, on the async runtime; `None` where the store has no such log or
+    /// the mirror cannot work here.
+    fn start_mirror(&self, _applied: Arc<AtomicU64>) -> Option<Arc<crate::log::mirror::Mirror>> {
+        None
+    }
     /// Approximate number of keys in the space (for statistics).
     fn approximate_len(&self, space: SpaceId) -> u64;
 
