@@ -51,6 +51,9 @@ pub struct LogStoreConfig {
     pub max_backlog_bytes: usize,
     /// Size at which a log segment is sealed.
     pub segment_bytes: u64,
+    /// Whether Sync writes are made durable through the log's direct mirror
+    /// ([`crate::log::mirror`]) rather than an fdatasync of the log.
+    pub direct_sync: bool,
 }
 
 impl Default for LogStoreConfig {
@@ -60,6 +63,7 @@ impl Default for LogStoreConfig {
             checkpoint_interval: Duration::from_secs(30),
             max_backlog_bytes: 256 << 20,
             segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
+            direct_sync: true,
         }
     }
 }
@@ -739,6 +743,9 @@ impl Store for LogStore {
 
     fn start_mirror(&self, applied: Arc<AtomicU64>) -> Option<Arc<mirror::Mirror>> {
         let shared = &self.shared;
+        if !shared.config.direct_sync {
+            return None;
+        }
         mirror::Mirror::start(
             &shared.log_dir,
             shared.mirror_generation,
@@ -786,6 +793,7 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             max_backlog_bytes: 1 << 20,
             segment_bytes: 8192,
+            direct_sync: true,
         }
     }
 

@@ -134,6 +134,9 @@ crate::settings! {
             polykv_engine::EngineConfig::default().log.max_backlog_bytes as u64,
         /// Size at which a log segment file is sealed and a new one started, at least 1 MiB
         pub log_segment_bytes: u64 = polykv_engine::EngineConfig::default().log.segment_bytes,
+        /// Make Sync writes durable with direct writes to the log's mirror file (io_uring,
+        /// O_DIRECT) rather than an fdatasync of the log; falls back where unavailable
+        pub direct_sync: bool = polykv_engine::EngineConfig::default().log.direct_sync,
     }
 }
 
@@ -152,6 +155,7 @@ impl EngineSection {
                 ),
                 max_backlog_bytes: self.max_backlog_bytes as usize,
                 segment_bytes: self.log_segment_bytes,
+                direct_sync: self.direct_sync,
             },
             ..polykv_engine::EngineConfig::default()
         }
