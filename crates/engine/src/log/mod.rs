@@ -84,7 +84,13 @@ struct Active {
     /// nor an fdatasync covers yet, and where they start.
     unmirrored: Vec<u8>,
     unmirrored_at: Position,
+    /// Set when more than [`MAX_UNMIRRORED`] bytes waited: they were let go, and only an
+    /// fdatasync covers them now.
+    unmirrored_dropped: bool,
 }
+
+/// Unmirrored bytes kept at most (the mirror's whole ring): an fdatasync is the better way past it.
+const MAX_UNMIRRORED: usize = (mirror::BLOCKS as usize - 1) * 4096;
 
 impl Active {
     fn position(&self) -> Position {
@@ -93,6 +99,10 @@ impl Active {
 
     /// Forgets what an fdatasync up to `synced` made durable.
     fn forget_synced(&mut self, synced: Position) {
+        if synced >= self.position() {
+            self.restart_unmirrored();
+            return;
+        }
         let (segment, offset) = self.unmirrored_at;
         if synced.0 > segment {
             self.unmirrored.clear();
@@ -108,6 +118,7 @@ impl Active {
     fn restart_unmirrored(&mut self) {
         self.unmirrored.clear();
         self.unmirrored_at = self.position();
+        self.unmirrored_dropped = false;
     }
 
     /// The segment being written, for error messages.
@@ -254,6 +265,7 @@ impl Log {
                 failed: None,
                 unmirrored: Vec::new(),
                 unmirrored_at: (0, 0),
+                unmirrored_dropped: false,
             }),
             counters: LogCounters::default(),
             mirrored: AtomicBool::new(false),
@@ -318,11 +330,16 @@ impl Log {
             .file
             .write_all_at(bytes, active.len)
             .map_err(|e| io_error("write", &path, e))?;
-        if self.mirrored.load(Ordering::Relaxed) {
-            if active.unmirrored.is_empty() {
-                active.unmirrored_at = active.position();
+        if self.mirrored.load(Ordering::Relaxed) && !active.unmirrored_dropped {
+            if active.unmirrored.len() + bytes.len() > MAX_UNMIRRORED {
+                active.unmirrored = Vec::new();
+                active.unmirrored_dropped = true;
+            } else {
+                if active.unmirrored.is_empty() {
+                    active.unmirrored_at = active.position();
+                }
+                active.unmirrored.extend_from_slice(bytes);
             }
-            active.unmirrored.extend_from_slice(bytes);
         }
         active.len += bytes.len() as u64;
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
@@ -392,15 +409,20 @@ impl Log {
 
     /// Writes out what is buffered, then moves into `out` (replacing its contents) the bytes
     /// written to the active segment that neither an fdatasync nor an earlier call covers, and
-    /// returns where they start.
-    pub fn take_unmirrored(&self, out: &mut Vec<u8>) -> Result<Position, StoreError> {
+    /// returns where they start; `None` when there were too many to keep
+    /// ([`MAX_UNMIRRORED`]): only [`Log::sync`] covers them then.
+    pub fn take_unmirrored(&self, out: &mut Vec<u8>) -> Result<Option<Position>, StoreError> {
         let mut active = self.active.lock();
         self.flush_locked(&mut active)?;
-        let at = active.unmirrored_at;
         out.clear();
+        if active.unmirrored_dropped {
+            active.restart_unmirrored();
+            return Ok(None);
+        }
+        let at = active.unmirrored_at;
         std::mem::swap(out, &mut active.unmirrored);
         active.restart_unmirrored();
-        Ok(at)
+        Ok(Some(at))
     }
 
     /// Records a clean close: where the log ends, so the next open reads only that much of the
@@ -915,6 +937,54 @@ mod tests {
         assert_eq!(seen, vec![(1000, b"first".to_vec())]);
         assert_eq!(log.next_seq(), 1001);
         assert!(log.truncate_from(5).is_err(), "record 5 is gone");
+    }
+
+    #[test]
+    fn unmirrored_bytes_are_handed_over_once_forgotten_when_synced_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 64 << 20, 0, |_, _| Ok(())).unwrap();
+        append_n(&log, 0, 2);
+        log.flush().unwrap();
+        let mut out = Vec::new();
+        log.take_unmirrored(&mut out).unwrap();
+        assert!(out.is_empty(), "nothing is kept before a mirror attaches");
+        log.attach_mirror();
+        let start = log.active.lock().position();
+        append_n(&log, 2, 3);
+        assert_eq!(log.take_unmirrored(&mut out).unwrap(), Some(start));
+        let bytes = std::fs::read(&segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(out, bytes[start.1 as usize..start.1 as usize + out.len()]);
+        assert_eq!(decode_count(&out), 3, "the three records, whole");
+        assert_eq!(
+            log.take_unmirrored(&mut out).unwrap().map(|_| out.len()),
+            Some(0)
+        );
+        // An fdatasync covers what waited.
+        append_n(&log, 5, 1);
+        log.sync().unwrap();
+        log.take_unmirrored(&mut out).unwrap();
+        assert!(out.is_empty());
+        // Past the bound the bytes are let go, and the caller is told to sync.
+        let big = vec![7u8; 1 << 20];
+        for _ in 0..(MAX_UNMIRRORED >> 20) + 1 {
+            log.append(|buf| buf.extend_from_slice(&big));
+            log.flush().unwrap();
+        }
+        assert_eq!(log.take_unmirrored(&mut out).unwrap(), None);
+        append_n(&log, 0, 1);
+        assert!(log.take_unmirrored(&mut out).unwrap().is_some());
+        assert_eq!(decode_count(&out), 1);
+    }
+
+    fn decode_count(mut bytes: &[u8]) -> usize {
+        let mut count = 0;
+        while let Some(record::Decoded::Record { len, .. }) =
+            (!bytes.is_empty()).then(|| record::decode(bytes))
+        {
+            bytes = &bytes[len..];
+            count += 1;
+        }
+        count
     }
 
     #[test]
