@@ -952,7 +952,7 @@ mod tests {
         let start = log.active.lock().position();
         append_n(&log, 2, 3);
         assert_eq!(log.take_unmirrored(&mut out).unwrap(), Some(start));
-        let bytes = std::fs::read(&segment_path(dir.path(), 1)).unwrap();
+        let bytes = std::fs::read(segment_path(dir.path(), 1)).unwrap();
         assert_eq!(out, bytes[start.1 as usize..start.1 as usize + out.len()]);
         assert_eq!(decode_count(&out), 3, "the three records, whole");
         assert_eq!(
