@@ -248,26 +248,34 @@ fn parse_fields(fields: &RequestFields<'_>, limits: &Limits) -> Item {
         code,
         id: id.clone(),
     };
-    match fields.jsonkv.map(raw_str) {
+    match fields.jsonkv {
         None => return invalid(Code::Malformed),
-        Some(Some(v)) if v == VERSION => {}
-        // Present but not the string "1.0", whatever its type (§3.3 row 800).
-        Some(_) => return invalid(Code::UnsupportedVersion),
+        // The usual spelling, compared as it stands.
+        Some(b"\"1.0\"") => {}
+        Some(raw) => match fields.text(raw) {
+            Some(v) if v == VERSION => {}
+            // Present but not the string "1.0", whatever its type (§3.3 row 800).
+            _ => return invalid(Code::UnsupportedVersion),
+        },
     }
-    let operate = match fields.operate.map(raw_str) {
-        Some(Some(op)) => op,
-        _ => return invalid(Code::Malformed),
+    let op = match fields.operate {
+        Some(b"\"get\"") => Operate::Get,
+        Some(b"\"put\"") => Operate::Put,
+        Some(b"\"delete\"") => Operate::Delete,
+        Some(raw) => match fields.text(raw).map(|op| Operate::parse(&op)) {
+            Some(Some(op)) => op,
+            Some(None) => return invalid(Code::InvalidOperate),
+            None => return invalid(Code::Malformed),
+        },
+        None => return invalid(Code::Malformed),
     };
-    let Some(op) = Operate::parse(&operate) else {
-        return invalid(Code::InvalidOperate);
-    };
-    let key = match fields.key.and_then(raw_str) {
+    let key = match fields.key.and_then(|raw| fields.text(raw)) {
         Some(key) if !key.is_empty() && key.len() <= limits.max_key => key.into_owned(),
         _ => return invalid(Code::InvalidKey),
     };
     let command = match op {
         Operate::Put => {
-            let Some(value) = fields.value.and_then(raw_str) else {
+            let Some(value) = fields.value.and_then(|raw| fields.text(raw)) else {
                 return invalid(Code::Malformed);
             };
             if value.len() > limits.max_value {

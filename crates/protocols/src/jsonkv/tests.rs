@@ -1486,3 +1486,49 @@ fn plain_reader_checks_utf8_string_by_string() {
     assert_eq!(decode_plain_response(response, DEFAULT_MAX_DEPTH), None);
     assert_eq!(decode_response_payload(response, DEFAULT_MAX_DEPTH), None);
 }
+
+#[test]
+fn needs_escape_agrees_with_the_count_at_every_length() {
+    for len in 0..40 {
+        let plain = "a".repeat(len);
+        assert!(!needs_escape(plain.as_bytes()), "{len}");
+        for at in 0..len {
+            for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', 'é', '\u{7f}', ' '] {
+                let mut s: Vec<char> = plain.chars().collect();
+                s[at] = special;
+                let s: String = s.into_iter().collect();
+                assert_eq!(needs_escape(s.as_bytes()), escapes(&s) > 0, "{s:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_plain_string_scan_finds_the_closing_quote_and_refuses_escapes() {
+    // The inside starts after the opening quote; text follows the string, as in an object.
+    let scan = |inside: &str| {
+        let text = format!("\"{inside}\",\"next\":\"x\"}}");
+        plain_string_end(text.as_bytes(), 1)
+    };
+    for len in 0..30 {
+        let plain = "k".repeat(len);
+        assert_eq!(scan(&plain), Some((len + 1, true)), "{len}");
+        for at in 0..len {
+            let mut s: Vec<char> = plain.chars().collect();
+            s[at] = 'é';
+            let s: String = s.into_iter().collect();
+            assert_eq!(scan(&s), Some((s.len() + 1, false)), "{s:?}");
+            for refused in ['\\', '\n', '\u{0}', '\u{1f}'] {
+                let mut s: Vec<char> = plain.chars().collect();
+                s[at] = refused;
+                let s: String = s.into_iter().collect();
+                assert_eq!(scan(&s), None, "{s:?}");
+            }
+        }
+    }
+    // Not closed, at every distance from the end of the text.
+    for len in 0..20 {
+        let text = format!("\"{}", "k".repeat(len));
+        assert_eq!(plain_string_end(text.as_bytes(), 1), None, "{len}");
+    }
+}
