@@ -378,7 +378,7 @@ fn string_stop(text: &[u8], mut at: usize) -> Option<usize> {
     let tail = text.get(at..)?;
     let stop = tail
         .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || b >= 0x80)?;
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
     Some(at + stop)
 }
 
@@ -406,7 +406,9 @@ pub fn needs_escape(s: &[u8]) -> bool {
     let mut words = s.chunks_exact(8);
     let mut found = 0;
     for word in &mut words {
-        found |= word.try_into().map_or(0, |w| escape_bytes(u64::from_le_bytes(w)));
+        found |= word
+            .try_into()
+            .map_or(0, |w| escape_bytes(u64::from_le_bytes(w)));
     }
     let rest = words.remainder();
     if rest.is_empty() {

@@ -1540,7 +1540,12 @@ fn the_plain_string_scan_finds_the_closing_quote_and_refuses_escapes() {
 #[test]
 fn canonical_reader_takes_what_the_client_writes_as_the_plain_reader_does() {
     let client = JsonkvClientCodec::default();
-    let ids = [Id::null(), Id::number(0), Id::number(7), Id::number(u64::MAX)];
+    let ids = [
+        Id::null(),
+        Id::number(0),
+        Id::number(7),
+        Id::number(u64::MAX),
+    ];
     for id in ids {
         for command in [
             Command::get("k"),
@@ -1559,7 +1564,10 @@ fn canonical_reader_takes_what_the_client_writes_as_the_plain_reader_does() {
             let text = String::from_utf8_lossy(payload);
             let canonical = decode_canonical_request(payload, &limits())
                 .unwrap_or_else(|| panic!("{text}: not taken by the canonical reader"));
-            assert_eq!(Some(canonical.clone()), decode_plain_request(payload, &limits()));
+            assert_eq!(
+                Some(canonical.clone()),
+                decode_plain_request(payload, &limits())
+            );
             assert_eq!(RequestPayload::Single(canonical), request, "{text}");
         }
     }
