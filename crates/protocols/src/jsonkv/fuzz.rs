@@ -89,8 +89,12 @@ pub fn fuzz_client(data: &[u8]) {
     }
 }
 
-/// A request the plain reader takes decodes the same through the JSON parser.
+/// A request the plain reader takes decodes the same through the JSON parser, and one the
+/// canonical reader takes the same through the plain reader.
 fn same_request_both_ways(payload: &[u8], limits: &Limits) {
+    if let Some(item) = decode_canonical_request(payload, limits) {
+        assert_eq!(Some(item), decode_plain_request(payload, limits));
+    }
     if let Some(item) = decode_plain_request(payload, limits) {
         assert_eq!(
             RequestPayload::Single(item),

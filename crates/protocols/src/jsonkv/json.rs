@@ -181,6 +181,8 @@ pub(super) struct RequestFields<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub id: Option<&'a [u8]>,
+    /// Read by the plain reader: every string is valid UTF-8 without escapes.
+    pub plain: bool,
 }
 
 impl<'a> RequestFields<'a> {
@@ -197,6 +199,18 @@ impl<'a> RequestFields<'a> {
         *slot = Some(raw);
     }
 
+    /// A member's raw value as a string ([`raw_str`]); a plain reader's string is taken as
+    /// it is, without looking for escapes again.
+    pub fn text(&self, raw: &'a [u8]) -> Option<Cow<'a, str>> {
+        if !self.plain {
+            return raw_str(raw);
+        }
+        match raw {
+            [b'"', inner @ .., b'"'] => std::str::from_utf8(inner).ok().map(Cow::Borrowed),
+            _ => None,
+        }
+    }
+
     pub fn from_members(members: &Members<'a>) -> Self {
         let mut fields = RequestFields::default();
         for (name, raw) in members {
@@ -207,7 +221,10 @@ impl<'a> RequestFields<'a> {
 
     /// A plain object's fields ([`plain_members`]), read without collecting its members.
     pub fn plain(text: &'a [u8]) -> Option<Self> {
-        let mut fields = RequestFields::default();
+        let mut fields = RequestFields {
+            plain: true,
+            ..RequestFields::default()
+        };
         plain_object(text, false, |name, raw| {
             fields.set(name, raw);
             Some(())
@@ -286,20 +303,14 @@ impl<'a> Plain<'a> {
     fn string(&mut self) -> Option<&'a [u8]> {
         let start = self.at;
         self.eat(b'"')?;
-        let rest = self.text.get(self.at..)?;
-        let len = rest
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        if rest[len] != b'"' {
-            return None;
-        }
+        let (end, ascii) = plain_string_end(self.text, self.at)?;
         // Outside strings a plain object is ASCII, so checking each string's inside is
-        // checking the whole text: ASCII (the common case) at word speed, anything else in full.
-        let inside = &rest[..len];
-        if !inside.is_ascii() {
-            std::str::from_utf8(inside).ok()?;
+        // checking the whole text: the scan above saw whether it is ASCII (the common case);
+        // anything else is checked in full.
+        if !ascii {
+            std::str::from_utf8(self.text.get(self.at..end)?).ok()?;
         }
-        self.at += len + 1;
+        self.at = end + 1;
         self.text.get(start..self.at)
     }
 
@@ -325,6 +336,88 @@ impl<'a> Plain<'a> {
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at.checked_add(word.len())?;
         (self.text.get(self.at..end)? == word).then(|| self.at = end)
+    }
+}
+
+// Eight bytes at a time (SWAR). Each mask below has the high bit set in the first byte of
+// `word` (little-endian: the lowest) that matches, and maybe in later ones, never in an earlier
+// one: a borrow only runs up from a byte that matched. So "any byte" and "the first byte" are
+// both exact.
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+const HIGH: u64 = ONES * 0x80;
+
+/// The bytes of `word` that are zero.
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & HIGH
+}
+
+/// The bytes of `word` that a JSON string must escape: quote, backslash, control character.
+fn escape_bytes(word: u64) -> u64 {
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+        | below_space
+}
+
+fn word_at(text: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; 8] = text.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+/// The first byte of `text` from `at` that stops a plain string's scan: a byte to escape
+/// (the closing quote among them) or a non-ASCII one.
+fn string_stop(text: &[u8], mut at: usize) -> Option<usize> {
+    // Reading past the string's end is fine: it stops at the closing quote first.
+    while let Some(word) = word_at(text, at) {
+        let found = escape_bytes(word) | (word & HIGH);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = text.get(at..)?;
+    let stop = tail
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
+    Some(at + stop)
+}
+
+/// The closing quote of the plain string whose inside starts at `at` (no escapes, no control
+/// characters), and whether its inside is ASCII; `None` when the string is not plain or not
+/// closed. Non-ASCII bytes are not checked here.
+pub(super) fn plain_string_end(text: &[u8], mut at: usize) -> Option<(usize, bool)> {
+    let mut ascii = true;
+    loop {
+        let stop = string_stop(text, at)?;
+        match text[stop] {
+            b'"' => return Some((stop, ascii)),
+            0x80..=0xff => {
+                ascii = false;
+                at = stop + 1;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Whether `s` has a byte a JSON string must escape (a quote, a backslash, a control
+/// character): one pass, eight bytes at a time, without counting them ([`escapes`]).
+pub fn needs_escape(s: &[u8]) -> bool {
+    let mut words = s.chunks_exact(8);
+    let mut found = 0;
+    for word in &mut words {
+        found |= word
+            .try_into()
+            .map_or(0, |w| escape_bytes(u64::from_le_bytes(w)));
+    }
+    let rest = words.remainder();
+    if rest.is_empty() {
+        return found != 0;
+    }
+    // The last eight bytes, some seen already: harmless for "any".
+    match s.len().checked_sub(8).and_then(|from| word_at(s, from)) {
+        Some(last) => found | escape_bytes(last) != 0,
+        None => found != 0 || rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
     }
 }
 
@@ -455,7 +548,7 @@ pub fn escapes(s: &str) -> usize {
 /// Appends `s` as a JSON string (serde_json escaping: quotes, backslashes and control
 /// characters; non-ASCII stays UTF-8).
 pub(super) fn put_str(out: &mut BytesMut, s: &str) {
-    if escapes(s) == 0 {
+    if !needs_escape(s.as_bytes()) {
         // Nothing to escape: the common case, written without the formatter.
         out.reserve(s.len() + 2);
         out.put_u8(b'"');

@@ -71,7 +71,7 @@ pub use frame::*;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use fuzz::*;
 use json::*;
-pub use json::{escapes, Id};
+pub use json::{escapes, needs_escape, Id};
 pub use kv::*;
 pub use rpc::*;
 

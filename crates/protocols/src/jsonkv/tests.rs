@@ -1486,3 +1486,129 @@ fn plain_reader_checks_utf8_string_by_string() {
     assert_eq!(decode_plain_response(response, DEFAULT_MAX_DEPTH), None);
     assert_eq!(decode_response_payload(response, DEFAULT_MAX_DEPTH), None);
 }
+
+#[test]
+fn needs_escape_agrees_with_the_count_at_every_length() {
+    for len in 0..40 {
+        let plain = "a".repeat(len);
+        assert!(!needs_escape(plain.as_bytes()), "{len}");
+        for at in 0..len {
+            for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', 'é', '\u{7f}', ' '] {
+                let mut s: Vec<char> = plain.chars().collect();
+                s[at] = special;
+                let s: String = s.into_iter().collect();
+                assert_eq!(needs_escape(s.as_bytes()), escapes(&s) > 0, "{s:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_plain_string_scan_finds_the_closing_quote_and_refuses_escapes() {
+    // The inside starts after the opening quote; text follows the string, as in an object.
+    let scan = |inside: &str| {
+        let text = format!("\"{inside}\",\"next\":\"x\"}}");
+        plain_string_end(text.as_bytes(), 1)
+    };
+    for len in 0..30 {
+        let plain = "k".repeat(len);
+        assert_eq!(scan(&plain), Some((len + 1, true)), "{len}");
+        for at in 0..len {
+            let mut s: Vec<char> = plain.chars().collect();
+            s[at] = 'é';
+            let s: String = s.into_iter().collect();
+            assert_eq!(scan(&s), Some((s.len() + 1, false)), "{s:?}");
+            for refused in ['\\', '\n', '\u{0}', '\u{1f}'] {
+                let mut s: Vec<char> = plain.chars().collect();
+                s[at] = refused;
+                let s: String = s.into_iter().collect();
+                assert_eq!(scan(&s), None, "{s:?}");
+            }
+        }
+    }
+    // Not closed, at every distance from the end of the text.
+    for len in 0..20 {
+        let text = format!("\"{}", "k".repeat(len));
+        assert_eq!(plain_string_end(text.as_bytes(), 1), None, "{len}");
+    }
+}
+
+// --- The canonical reader (kv::decode_canonical_request) ---------------------------------------
+
+/// What the client codec writes for plain keys and values is taken by the canonical reader,
+/// with the plain reader's result; anything else is left to it.
+#[test]
+fn canonical_reader_takes_what_the_client_writes_as_the_plain_reader_does() {
+    let client = JsonkvClientCodec::default();
+    let ids = [
+        Id::null(),
+        Id::number(0),
+        Id::number(7),
+        Id::number(u64::MAX),
+    ];
+    for id in ids {
+        for command in [
+            Command::get("k"),
+            Command::get("key-0000000001"),
+            Command::put("k", ""),
+            Command::put("k", "v".repeat(100)),
+            Command::put("k", "x y"),
+        ] {
+            let request = RequestPayload::Single(Item::Command {
+                command,
+                id: id.clone(),
+            });
+            let mut out = BytesMut::new();
+            client.encode_request(&request, &mut out);
+            let payload = &out[HEADER_LEN..];
+            let text = String::from_utf8_lossy(payload);
+            let canonical = decode_canonical_request(payload, &limits())
+                .unwrap_or_else(|| panic!("{text}: not taken by the canonical reader"));
+            assert_eq!(
+                Some(canonical.clone()),
+                decode_plain_request(payload, &limits())
+            );
+            assert_eq!(RequestPayload::Single(canonical), request, "{text}");
+        }
+    }
+    let too_long_key = format!(
+        r#"{{"jsonkv":"1.0","operate":"get","key":"{}","id":1}}"#,
+        "k".repeat(DEFAULT_MAX_KEY + 1)
+    );
+    let too_long_value = format!(
+        r#"{{"jsonkv":"1.0","operate":"put","key":"k","value":"{}"}}"#,
+        "v".repeat(DEFAULT_MAX_VALUE + 1)
+    );
+    for json in [
+        r#"{"jsonkv":"1.0","operate":"get","key":"","id":1}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"é","id":1}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"a\"b","id":1}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":01}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":-}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1.5}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":"x"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1} "#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1}}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","value":"v"}"#,
+        r#"{"jsonkv":"1.0","operate":"put","key":"k"}"#,
+        r#"{"jsonkv":"1.0","operate":"GET","key":"k"}"#,
+        r#"{"jsonkv":"1.0","operate":"delete","key":"k"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k""#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k"#,
+        &too_long_key,
+        &too_long_value,
+    ] {
+        assert_eq!(
+            decode_canonical_request(json.as_bytes(), &limits()),
+            None,
+            "{json}: taken by the canonical reader"
+        );
+        fuzz_server(json.as_bytes());
+    }
+    let none_deep = Limits {
+        max_depth: 0,
+        ..limits()
+    };
+    let get = br#"{"jsonkv":"1.0","operate":"get","key":"k"}"#;
+    assert_eq!(decode_canonical_request(get, &none_deep), None);
+}

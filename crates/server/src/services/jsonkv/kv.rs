@@ -85,6 +85,9 @@ pub struct KvStore {
     durability: Durability,
     /// Value bytes one request (single or batch) may return.
     pub max_response: usize,
+    /// A read needs no barrier first (a single node, or a cluster's stale reads): a get is
+    /// then answered without an await.
+    local_reads: bool,
 }
 
 impl KvStore {
@@ -94,8 +97,17 @@ impl KvStore {
         durability: Durability,
         max_response: usize,
     ) -> Self {
+        let local_reads = matches!(
+            submitter,
+            Submitter::Local(_)
+                | Submitter::Cluster {
+                    stale_reads: true,
+                    ..
+                }
+        );
         KvStore {
             engine: submitter.engine().clone(),
+            local_reads,
             submitter,
             keyspace,
             durability,
@@ -189,7 +201,14 @@ impl KvStore {
 /// An upper bound of the size of `s` as a JSON string: control characters become up to six
 /// bytes, quotes and backslashes two.
 pub fn escaped_len(s: &str) -> usize {
-    s.len() + 2 + polykv_protocols::jsonkv::escapes(s)
+    use polykv_protocols::jsonkv::{escapes, needs_escape};
+    // The check is cheaper than the count, and values seldom need escaping.
+    let escaped = if needs_escape(s.as_bytes()) {
+        escapes(s)
+    } else {
+        0
+    };
+    s.len() + 2 + escaped
 }
 
 /// Whether a response code counts as an error in the metrics (a missing key does not).
@@ -250,6 +269,14 @@ impl Service for JsonkvService {
             }
             RequestPayload::Single(Item::Invalid { code, id }) => {
                 Reply::send(ResponsePayload::Single(Response::error(code, id)))
+            }
+            // The common request, answered without the async layers below.
+            RequestPayload::Single(Item::Command {
+                command: Command::Get { key },
+                id,
+            }) if self.store.local_reads => {
+                let outcome = self.store.get(&key, &mut budget);
+                Reply::send(ResponsePayload::Single(outcome.into_response(id)))
             }
             RequestPayload::Single(Item::Command { command, id }) => {
                 match self.store.apply(command, &mut budget).await {
