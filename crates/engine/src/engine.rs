@@ -188,6 +188,9 @@ pub struct EngineStats {
     pub synced_writes: u64,
     pub sync_seconds_total: f64,
     pub max_sync_batch: u64,
+    /// Direct writes to the log's mirror, and the Sync writes they made durable.
+    pub mirror_writes: u64,
+    pub mirror_synced_writes: u64,
     pub poisoned: Option<String>,
     /// The log and its checkpoints, when the engine runs on them.
     pub log: Option<LogStoreStats>,
@@ -1135,6 +1138,7 @@ impl Engine {
             })
             .collect();
         let sync = self.inner.persister.counters();
+        let mirror = self.inner.mirror.get().and_then(Option::as_ref);
         EngineStats {
             keyspaces,
             cache: self.inner.cache.stats(),
@@ -1145,6 +1149,8 @@ impl Engine {
             synced_writes: sync.synced_writes.load(Ordering::Relaxed),
             sync_seconds_total: sync.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             max_sync_batch: sync.max_batch.load(Ordering::Relaxed),
+            mirror_writes: mirror.map_or(0, |m| m.writes()),
+            mirror_synced_writes: mirror.map_or(0, |m| m.covered()),
             poisoned: self.inner.poison.reason(),
             log: self.inner.log_store.as_ref().map(|store| store.stats()),
         }

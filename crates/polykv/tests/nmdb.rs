@@ -674,3 +674,47 @@ fn bench_verb_drives_every_polykv_protocol() {
         assert_eq!(reports[0]["errors"], 0, "{proto}: {out}");
     }
 }
+
+/// SYNC sets are made durable by direct writes to the log's mirror; with
+/// `--engine-direct-sync false`, by the log's fdatasync.
+#[tokio::test]
+async fn sync_sets_go_through_the_logs_mirror_unless_turned_off() {
+    let journal = |server: &Server| {
+        let (_, body) = http(server.admin_port, "GET", "/api/stats", "").unwrap();
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let field = |name: &str| stats["journal"][name].as_u64().unwrap();
+        (
+            field("mirror_writes"),
+            field("mirror_synced_writes"),
+            field("syncs"),
+        )
+    };
+    let server = Server::start();
+    let mut c = tcp(&server).await;
+    for i in 0..20 {
+        c.set(format!("k{i}").as_bytes(), b"v", Mode::Sync)
+            .await
+            .unwrap();
+    }
+    // The first SYNC set starts the mirror, whose start syncs the log: it covers the other 19.
+    let (writes, covered, _) = journal(&server);
+    assert!(
+        writes >= 1 && covered >= 19,
+        "{writes} mirror writes covered {covered}"
+    );
+
+    let server = Server::start_with_args(&["--engine-direct-sync", "false"]);
+    let mut c = tcp(&server).await;
+    let (_, _, syncs_before) = journal(&server);
+    for i in 0..20 {
+        c.set(format!("k{i}").as_bytes(), b"v", Mode::Sync)
+            .await
+            .unwrap();
+    }
+    let (writes, _, syncs) = journal(&server);
+    assert_eq!(writes, 0);
+    assert!(
+        syncs > syncs_before,
+        "fdatasyncs: {syncs_before} then {syncs}"
+    );
+}

@@ -262,6 +262,7 @@ pub struct Mirror {
     state: Mutex<State>,
     durable: watch::Sender<Durable>,
     writes: AtomicU64,
+    covered: AtomicU64,
 }
 
 impl Mirror {
@@ -343,6 +344,7 @@ impl Mirror {
             })
             .0,
             writes: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
         });
         runtime.spawn(complete(Arc::downgrade(&mirror), eventfd));
         tracing::info!(file = %mirror.path.display(), "log mirror: Sync writes are made durable with direct writes");
@@ -352,6 +354,11 @@ impl Mirror {
     /// Direct writes made so far.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Writes (in the caller's numbering) made durable by them.
+    pub fn covered(&self) -> u64 {
+        self.covered.load(Ordering::Relaxed)
     }
 
     /// Waits until write number `seq` is durable.
@@ -491,7 +498,11 @@ impl Mirror {
         };
         match finished {
             (result, target, len) if usize::try_from(result) == Ok(len) => {
-                self.durable.send_modify(|d| d.upto = d.upto.max(target));
+                self.durable.send_modify(|d| {
+                    self.covered
+                        .fetch_add(target.saturating_sub(d.upto), Ordering::Relaxed);
+                    d.upto = d.upto.max(target);
+                });
                 self.submit_next();
             }
             (result, _, len) => {

@@ -453,7 +453,8 @@ pub async fn stats(State(state): State<AdminState>) -> Response {
         "cache": { "entries": s.cache.entries, "bytes": s.cache.bytes, "budget": s.cache.budget,
                    "hits": s.cache.hits, "misses": s.cache.misses, "evictions": s.cache.evictions },
         "journal": { "applied_writes": s.applied_writes, "syncs": s.syncs, "synced_writes": s.synced_writes,
-                     "sync_seconds_total": s.sync_seconds_total, "max_sync_batch": s.max_sync_batch },
+                     "sync_seconds_total": s.sync_seconds_total, "max_sync_batch": s.max_sync_batch,
+                     "mirror_writes": s.mirror_writes, "mirror_synced_writes": s.mirror_synced_writes },
         "log": s.log.as_ref().map(|l| json!({
             "checkpoints": l.checkpoints, "checkpoint_seconds_total": l.checkpoint_seconds_total,
             "checkpoint_seq": l.checkpoint_seq, "backlog_bytes": l.backlog_bytes,

@@ -158,7 +158,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 /// Engine figures, read at scrape time, written with the exporter's own formatting.
 fn render_engine(engine: &Engine, out: &mut String) {
     let s = engine.stats();
-    let figures: [(&str, &str, &str, f64); 15] = [
+    let figures: [(&str, &str, &str, f64); 17] = [
         (
             "polykv_cache_entries",
             "gauge",
@@ -218,6 +218,18 @@ fn render_engine(engine: &Engine, out: &mut String) {
             "counter",
             "Time spent in fdatasync",
             s.sync_seconds_total,
+        ),
+        (
+            "polykv_journal_mirror_writes_total",
+            "counter",
+            "Direct writes to the log's mirror (one per group of Sync writes)",
+            s.mirror_writes as f64,
+        ),
+        (
+            "polykv_journal_mirror_synced_writes_total",
+            "counter",
+            "Sync writes made durable by the log's mirror",
+            s.mirror_synced_writes as f64,
         ),
         (
             "polykv_journal_sync_batch_max",
