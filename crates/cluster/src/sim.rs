@@ -88,6 +88,12 @@ impl Router {
         }
     }
 
+    /// Cuts one direction of one link: `from`'s requests to `to`, and `to`'s replies to
+    /// `from`, are lost (what `to` is sent still arrives, and it acts on it).
+    pub fn cut_link(&self, from: NodeId, to: NodeId) {
+        self.state.lock().cut.insert((from, to));
+    }
+
     pub fn heal(&self) {
         self.state.lock().cut.clear();
     }
