@@ -11,7 +11,7 @@ if [ -n "${2:-}" ]; then export POLYKV_CLUSTER_PIPELINE="$2"; fi
 cargo test --locked -p polykv --test cluster --no-run 2>/dev/null
 for i in $(seq 1 "$runs"); do
   if out=$(cargo test --locked -p polykv --test cluster -- --nocapture 2>&1); then
-    echo "run $i: $(grep -E 'writes acknowledged' <<<"$out" || echo ok)"
+    echo "run $i: $(grep -oE '[0-9]+ writes acknowledged.*' <<<"$out" || echo ok)"
   else
     echo "run $i FAILED"
     grep -E "panicked|lost|assert" <<<"$out" | head -20
