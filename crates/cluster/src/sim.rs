@@ -88,8 +88,8 @@ impl Router {
         }
     }
 
-    /// Cuts one direction of one link: `from`'s requests to `to`, and `to`'s replies to
-    /// `from`, are lost (what `to` is sent still arrives, and it acts on it).
+    /// Cuts one direction of one link: whatever `from` sends `to` is lost, its requests and
+    /// its replies to `to`'s requests (which still reach `from`, and `from` acts on them).
     pub fn cut_link(&self, from: NodeId, to: NodeId) {
         self.state.lock().cut.insert((from, to));
     }
