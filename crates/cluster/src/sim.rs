@@ -88,6 +88,12 @@ impl Router {
         }
     }
 
+    /// Cuts one direction of one link: whatever `from` sends `to` is lost, its requests and
+    /// its replies to `to`'s requests (which still reach `from`, and `from` acts on them).
+    pub fn cut_link(&self, from: NodeId, to: NodeId) {
+        self.state.lock().cut.insert((from, to));
+    }
+
     pub fn heal(&self) {
         self.state.lock().cut.clear();
     }

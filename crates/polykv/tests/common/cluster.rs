@@ -185,17 +185,26 @@ pub async fn client(id: u64, ports: &Ports) -> Option<NmdbClient> {
         .ok()
 }
 
-/// Asserts that each of the three nodes holds every acknowledged `(key, value)` write.
+/// Asserts that each of the three nodes holds every acknowledged `(key, value)` write. A
+/// failure says which nodes do hold the write (the lost one of the seventh session was on the
+/// node that took it only).
 pub async fn assert_every_node_has(ports: &Ports, acked: &[(String, String)]) {
     for id in 1..=3 {
         let mut c = client(id, ports).await.unwrap();
         for (key, value) in acked {
             let got = c.get(key.as_bytes(), Mode::Normal).await.unwrap();
-            assert_eq!(
-                got.map(|(v, _)| v).as_deref(),
-                Some(value.as_bytes()),
-                "node {id} lost acknowledged write {key}"
-            );
+            if got.map(|(v, _)| v).as_deref() != Some(value.as_bytes()) {
+                let mut holders = Vec::new();
+                for other in 1..=3 {
+                    let Some(mut o) = client(other, ports).await else {
+                        continue;
+                    };
+                    if let Ok(Some((v, _))) = o.get(key.as_bytes(), Mode::Normal).await {
+                        holders.push(format!("node {other}: {:?}", String::from_utf8_lossy(&v)));
+                    }
+                }
+                panic!("node {id} lost acknowledged write {key} ({value:?}); held by {holders:?}");
+            }
         }
     }
 }

@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,17 +153,22 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
-        if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
+        // polykv: a node whose vote says it led is not restored as the leader of that term; it
+        // campaigns at once for the next. A leader hands its entries to the followers while its
+        // own log writes them (the append does not block the core, see `AppendInputEntries`),
+        // so a crash can take from its log entries the followers hold. Leading the same term
+        // again, it would give their log ids to other entries: a follower that has the
+        // original takes the new one for it (same id), and a write in it would be answered
+        // once that id is committed, without being on any other node. A new term gives new
+        // ids; the election also brings back what the followers hold.
+        if self.state.is_leader(&self.config.id)
+            && self.state.membership_state.effective().is_voter(&self.config.id)
+        {
+            self.elect();
+            tracing::info!(
+                "startup done: id={} led before the restart; campaigns for a new term",
+                self.config.id
+            );
             return;
         }
 
