@@ -318,10 +318,12 @@ impl Mirror {
                 StoreError::io("register eventfd", std::io::Error::other(e.to_string()))
             })?
         };
-        // What was written before now is made durable once, by the log's own sync.
+        // What was written before now is made durable once, by the log's own sync. `applied`
+        // is read before the sync: a write numbered after it may not be in what the sync
+        // covers, and the mirror takes it instead.
         log.attach_mirror();
-        log.sync()?;
         let start = applied.load(Ordering::SeqCst);
+        log.sync()?;
         let mirror = Arc::new(Mirror {
             log,
             applied,
