@@ -325,11 +325,11 @@ impl Log {
         if active.len >= self.segment_bytes {
             self.seal_and_start(active, first_seq)?;
         }
-        let path = active.current_path();
+        // The path is only named in an error: no allocation per write.
         active
             .file
             .write_all_at(bytes, active.len)
-            .map_err(|e| io_error("write", &path, e))?;
+            .map_err(|e| io_error("write", &active.current_path(), e))?;
         if self.mirrored.load(Ordering::Relaxed) && !active.unmirrored_dropped {
             if active.unmirrored.len() + bytes.len() > MAX_UNMIRRORED {
                 active.unmirrored = Vec::new();
