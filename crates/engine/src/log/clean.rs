@@ -52,6 +52,16 @@ pub(super) fn take(dir: &Path) -> Result<Option<Mark>, StoreError> {
     Ok(mark)
 }
 
+/// Whether a well-formed mark is there (without taking it).
+pub(super) fn is_marked(dir: &Path) -> bool {
+    let path = dir.join(FILE);
+    std::fs::metadata(&path).is_ok_and(|meta| meta.len() <= MAX_BYTES)
+        && std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| parse(&text))
+            .is_some()
+}
+
 fn parse(text: &str) -> Option<Mark> {
     let mut numbers = text.split_whitespace().map(str::parse::<u64>);
     let mark = Mark {

@@ -135,17 +135,47 @@ fn intact_end(bytes: &[u8]) -> usize {
 /// gets generation 1 when one is first made.
 pub fn recover(dir: &Path) -> Result<u32, StoreError> {
     let path = dir.join(FILE_NAME);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
+    let file = match File::open(&path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(1),
-        Err(e) => return Err(io_error("read", &path, e)),
+        Err(e) => return Err(io_error("open", &path, e)),
     };
-    let Some(generation) = bytes.get(..BLOCK).and_then(parse_header) else {
-        // No intact header: nothing in the file was ever acknowledged through it (the header
-        // is written, and synced, before any fragment).
-        tracing::warn!(file = %path.display(), "log mirror without a valid header: ignored");
-        return Ok(1);
-    };
+    let mut header = [0u8; BLOCK];
+    let generation = file
+        .read_exact_at(&mut header, 0)
+        .ok()
+        .and_then(|()| parse_header(&header));
+    let next = match generation {
+        // A log closed cleanly was synced after its last write: no fragment holds anything it
+        // lacks, and the mirror need not be read (a hot upgrade's new process opens at once).
+        Some(generation) if super::clean::is_marked(dir) => generation,
+        Some(generation) => {
+            let bytes = std::fs::read(&path).map_err(|e| io_error("read", &path, e))?;
+            restore(dir, &bytes, generation)?;
+            generation
+        }
+        None => {
+            // No intact header: nothing in the file was acknowledged through it (the header is
+            // written, and synced, before any fragment). The next generation is one no block in
+            // the file carries, so that none of them is ever taken for a current one.
+            tracing::warn!(file = %path.display(), "log mirror without a valid header: ignored");
+            let bytes = std::fs::read(&path).map_err(|e| io_error("read", &path, e))?;
+            bytes
+                .chunks_exact(BLOCK)
+                .filter(|block| block.starts_with(FRAGMENT_MAGIC))
+                .filter_map(|block| Some(u32::from_le_bytes(block.get(4..8)?.try_into().ok()?)))
+                .max()
+                .unwrap_or(0)
+        }
+    }
+    .wrapping_add(1)
+    .max(1);
+    write_header(&path, next)?;
+    Ok(next)
+}
+
+/// Writes the fragments of `generation` found in the mirror's `bytes` back into their segments.
+fn restore(dir: &Path, bytes: &[u8], generation: u32) -> Result<(), StoreError> {
     let mut fragments: Vec<Fragment> = bytes
         .chunks_exact(BLOCK)
         .skip(1)
@@ -162,9 +192,7 @@ pub fn recover(dir: &Path) -> Result<u32, StoreError> {
             "log mirror: bytes written back into the log that its own sync had not covered"
         );
     }
-    let next = generation.wrapping_add(1).max(1);
-    write_header(&path, next)?;
-    Ok(next)
+    Ok(())
 }
 
 /// Writes one segment's fragments back where they continue its intact records; returns the
@@ -692,8 +720,35 @@ mod tests {
         let mut bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
         bytes[5] ^= 1;
         std::fs::write(dir.path().join(FILE_NAME), bytes).unwrap();
-        assert_eq!(recover(dir.path()).unwrap(), 1);
+        assert_eq!(
+            recover(dir.path()).unwrap(),
+            3,
+            "a generation above every fragment's"
+        );
         assert_eq!(replayed(dir.path()), 3);
+    }
+
+    #[test]
+    fn after_a_clean_close_the_fragments_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (three, six, path) = six_records(dir.path());
+        let start = intact_end(&three);
+        std::fs::write(&path, &three).unwrap();
+        write_mirror(
+            dir.path(),
+            4,
+            &[(start as u64, &six[start..intact_end(&six)])],
+        );
+        super::super::clean::write(
+            dir.path(),
+            super::super::clean::Mark {
+                first_seq: 1,
+                len: start as u64,
+            },
+        )
+        .unwrap();
+        assert_eq!(recover(dir.path()).unwrap(), 5);
+        assert_eq!(std::fs::read(&path).unwrap(), three, "nothing written back");
     }
 
     #[test]
