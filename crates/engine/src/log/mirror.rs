@@ -215,10 +215,10 @@ fn restore_segment(dir: &Path, fragments: &[Fragment]) -> Result<usize, StoreErr
         let Ok(offset) = usize::try_from(fragment.offset) else {
             break;
         };
-        let fragment_end = offset + fragment.bytes.len();
         if offset > covered {
             break;
         }
+        let fragment_end = offset + fragment.bytes.len();
         if fragment_end <= covered {
             continue;
         }
