@@ -344,13 +344,17 @@ mod uring {
 
     pub struct Ring {
         ring: IoUring,
-        /// The blocks of the write in flight (they must live until it completes).
-        blocks: Vec<Block>,
+        /// The writes in flight, oldest first: the target each covers, whether it completed,
+        /// and its blocks (they must live until it completes).
+        in_flight: std::collections::VecDeque<(u64, bool, Vec<Block>)>,
+        /// Most writes in flight at once (`FLOOR_IN_FLIGHT`, default 1). With more than one,
+        /// each group starts at a block of its own (no partial block is rewritten while an
+        /// earlier write may still carry it).
+        max_in_flight: usize,
         /// Bytes of the last, partial block already written: the next write starts with them.
         tail: Vec<u8>,
         /// File offset of the block the next write starts at.
         offset: u64,
-        in_flight: Option<u64>,
         /// `O_DIRECT` writes (else page-cache writes and an fdatasync each).
         direct: bool,
         /// Direct writes carry `RWF_DSYNC`.
@@ -383,12 +387,17 @@ mod uring {
         /// `RWF_DSYNC` ([`Ring::write`]); else it is written through the page cache and synced
         /// with [`Ring::fsync`].
         pub fn new(direct: bool) -> std::io::Result<Ring> {
+            let max_in_flight = std::env::var("FLOOR_IN_FLIGHT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1usize)
+                .clamp(1, 4);
             Ok(Ring {
                 ring: IoUring::new(8)?,
-                blocks: Vec::new(),
+                in_flight: std::collections::VecDeque::new(),
+                max_in_flight,
                 tail: Vec::new(),
                 offset: 0,
-                in_flight: None,
                 direct,
                 dsync: direct,
             })
@@ -412,7 +421,7 @@ mod uring {
                     .expect("submission queue")
             };
             self.ring.submit().expect("io_uring submit");
-            self.in_flight = Some(target);
+            self.in_flight.push_back((target, false, Vec::new()));
         }
 
         pub fn eventfd(&self) -> std::io::Result<OwnedFd> {
@@ -427,7 +436,7 @@ mod uring {
         }
 
         pub fn busy(&self) -> bool {
-            self.in_flight.is_some()
+            self.in_flight.len() >= self.max_in_flight
         }
 
         /// Submits `data` (appended after the tail) as one durable write covering `target`.
@@ -439,23 +448,22 @@ mod uring {
                 // A floor keeps nothing: wrap around.
                 self.offset = 0;
             }
-            self.blocks.clear();
-            self.blocks.resize(blocks, Block([0; BLOCK]));
-            for (block, chunk) in self.blocks.iter_mut().zip(bytes.chunks(BLOCK)) {
+            let mut buffer = vec![Block([0; BLOCK]); blocks];
+            for (block, chunk) in buffer.iter_mut().zip(bytes.chunks(BLOCK)) {
                 block.0[..chunk.len()].copy_from_slice(chunk);
             }
             let len = (blocks * BLOCK) as u32;
             let write = opcode::Write::new(
                 types::Fd(file.as_raw_fd()),
-                self.blocks.as_ptr().cast::<u8>(),
+                buffer.as_ptr().cast::<u8>(),
                 len,
             )
             .offset(self.offset)
             .rw_flags(if self.dsync { libc::RWF_DSYNC } else { 0 })
             .build()
             .user_data(target);
-            // SAFETY: the buffer (`self.blocks`) lives, unchanged, until the completion is
-            // reaped: `write` is not called again while `in_flight` is set.
+            // SAFETY: the buffer lives, unchanged (a `Vec`'s heap block does not move when the
+            // `Vec` is moved), in `in_flight` until its completion is reaped.
             unsafe {
                 self.ring
                     .submission()
@@ -463,23 +471,41 @@ mod uring {
                     .expect("submission queue")
             };
             self.ring.submit().expect("io_uring submit");
-            self.in_flight = Some(target);
-            // The next write rewrites the partial last block with more in it.
-            let full = bytes.len() / BLOCK;
-            self.tail = bytes[full * BLOCK..].to_vec();
-            self.offset += (full * BLOCK) as u64;
+            self.in_flight.push_back((target, false, buffer));
+            if self.max_in_flight == 1 {
+                // The next write rewrites the partial last block with more in it.
+                let full = bytes.len() / BLOCK;
+                self.tail = bytes[full * BLOCK..].to_vec();
+                self.offset += (full * BLOCK) as u64;
+            } else {
+                self.offset += (blocks * BLOCK) as u64;
+            }
         }
 
-        /// The target of the write that completed, if one did.
+        /// The highest target every write up to which has completed, if a completion moved it.
         pub fn reap(&mut self) -> Option<u64> {
-            let entry = self.ring.completion().next()?;
-            assert!(
-                entry.result() >= 0,
-                "durable write failed: {}",
-                entry.result()
-            );
-            self.in_flight = None;
-            Some(entry.user_data())
+            let finished: Vec<u64> = self
+                .ring
+                .completion()
+                .map(|entry| {
+                    assert!(
+                        entry.result() >= 0,
+                        "durable write failed: {}",
+                        entry.result()
+                    );
+                    entry.user_data()
+                })
+                .collect();
+            for target in finished {
+                if let Some(write) = self.in_flight.iter_mut().find(|w| w.0 == target) {
+                    write.1 = true;
+                }
+            }
+            let mut done = None;
+            while self.in_flight.front().is_some_and(|w| w.1) {
+                done = self.in_flight.pop_front().map(|w| w.0);
+            }
+            done
         }
     }
 }

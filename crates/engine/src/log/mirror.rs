@@ -40,6 +40,12 @@ pub const FILE_NAME: &str = "mirror.blocks";
 /// Blocks in the file, the header included (8 MiB).
 pub const BLOCKS: u64 = 2048;
 
+/// Direct writes in flight at once. With one, a group's processing and the device's write of
+/// the group before it take turns; with two they overlap (the do-nothing `durable_floor`
+/// server: +18–46 % durable writes/s). A waiter is released only once every earlier write has
+/// completed too, so a write that completes before an earlier one acknowledges nothing early.
+const MAX_IN_FLIGHT: usize = 2;
+
 const BLOCK: usize = 4096;
 const FRAGMENT_HEADER: usize = 32;
 /// Log bytes one block carries.
@@ -261,15 +267,28 @@ struct Durable {
     failed: Option<String>,
 }
 
+/// A direct write submitted and not yet reaped.
+struct InFlight {
+    /// Its `user_data`.
+    id: u64,
+    /// The ring block it starts at.
+    start: u64,
+    /// The caller's number up to which it (with every earlier write) makes writes durable.
+    target: u64,
+    /// Its blocks: they stay where they are (a `Vec`'s buffer does not move with the `Vec`)
+    /// until it completes.
+    blocks: Vec<Block>,
+    /// Its result, once reaped while an earlier write is still in flight.
+    result: Option<i32>,
+}
+
 struct State {
     ring: IoUring,
-    /// The blocks of the write in flight: they stay where they are until it completes.
-    blocks: Vec<Block>,
     /// The log bytes of the next write, taken from the log.
     taken: Vec<u8>,
-    in_flight: Option<u64>,
-    /// Bytes the write in flight must write.
-    in_flight_len: usize,
+    /// Oldest first.
+    in_flight: std::collections::VecDeque<InFlight>,
+    next_id: u64,
     /// The highest number a waiter asked for.
     wanted: u64,
     /// The ring's next block (1 ..= BLOCKS - 1).
@@ -360,10 +379,9 @@ impl Mirror {
             generation,
             state: Mutex::new(State {
                 ring,
-                blocks: Vec::new(),
                 taken: Vec::new(),
-                in_flight: None,
-                in_flight_len: 0,
+                in_flight: std::collections::VecDeque::new(),
+                next_id: 0,
                 wanted: 0,
                 next_block: 1,
                 lap_end: (0, 0),
@@ -400,7 +418,7 @@ impl Mirror {
         let idle = {
             let mut state = self.state.lock();
             state.wanted = state.wanted.max(seq);
-            state.in_flight.is_none()
+            state.in_flight.len() < MAX_IN_FLIGHT
         };
         if idle {
             // Step behind the tasks that are ready, so that one write covers their writes too.
@@ -417,12 +435,16 @@ impl Mirror {
         }
     }
 
-    /// Writes everything not yet durable as one direct write, unless one is in flight (its
-    /// completion starts the next) or nobody waits.
+    /// Writes everything not yet in a mirror write as one direct write, unless
+    /// [`MAX_IN_FLIGHT`] are in flight (a completion starts the next) or nobody waits for more
+    /// than they cover.
     fn submit_next(&self) {
         let mut state = self.state.lock();
-        let durable = self.durable.borrow().upto;
-        if state.in_flight.is_some() || state.wanted <= durable {
+        let covered = match state.in_flight.back() {
+            Some(last) => last.target,
+            None => self.durable.borrow().upto,
+        };
+        if state.in_flight.len() >= MAX_IN_FLIGHT || state.wanted <= covered {
             return;
         }
         let target = self.applied.load(Ordering::SeqCst);
@@ -438,10 +460,8 @@ impl Mirror {
         let result = match self.log.take_unmirrored(&mut taken) {
             Ok(Some(at)) => self.write_taken(state, &taken, at, target),
             // More waited than the ring holds (a long sync interval under a heavy Async load):
-            // the log's own fdatasync covers it, once.
-            Ok(None) => self.log.sync().map(|()| {
-                self.durable.send_modify(|d| d.upto = d.upto.max(target));
-            }),
+            // the log's own fdatasync covers it, once (and what is in flight with it).
+            Ok(None) => self.log.sync().map(|()| self.synced_upto(state, target)),
             Err(e) => Err(e),
         };
         state.taken = taken;
@@ -456,29 +476,38 @@ impl Mirror {
         target: u64,
     ) -> Result<(), StoreError> {
         if taken.is_empty() {
-            // Everything up to `target` is already in a completed mirror write or synced.
-            self.durable.send_modify(|d| d.upto = d.upto.max(target));
+            // Everything up to `target` is already in a mirror write or synced: durable now,
+            // or once the writes in flight complete (the last of them covers it).
+            match state.in_flight.back_mut() {
+                Some(last) => last.target = last.target.max(target),
+                None => self.durable.send_modify(|d| d.upto = d.upto.max(target)),
+            }
             return Ok(());
         }
         let count = taken.len().div_ceil(FRAGMENT_BYTES) as u64;
         if count > BLOCKS - 1 {
             // Larger than the whole ring: the log's own fdatasync is the cheaper way.
             self.log.sync()?;
-            self.durable.send_modify(|d| d.upto = d.upto.max(target));
+            self.synced_upto(state, target);
             return Ok(());
         }
         if state.next_block + count > BLOCKS {
-            // The ring wraps: the blocks about to be reused must be covered by the log's sync.
+            // The ring wraps. A write in flight that lies in the blocks about to be reused (it
+            // went in right after the last wrap): the log's fdatasync covers this group and it.
+            if state.in_flight.iter().any(|w| w.start < 1 + count) {
+                self.log.sync()?;
+                self.synced_upto(state, target);
+                return Ok(());
+            }
+            // The blocks about to be reused must be covered by the log's sync.
             if self.log.synced_position() < state.lap_end {
                 self.log.sync()?;
             }
             state.next_block = 1;
             state.lap_end = (0, 0);
         }
-        state.blocks.clear();
-        state.blocks.resize(count as usize, Block([0; BLOCK]));
-        for (i, (block, chunk)) in state
-            .blocks
+        let mut blocks = vec![Block([0; BLOCK]); count as usize];
+        for (i, (block, chunk)) in blocks
             .iter_mut()
             .zip(taken.chunks(FRAGMENT_BYTES))
             .enumerate()
@@ -487,17 +516,20 @@ impl Mirror {
             encode_fragment(block, self.generation, at.0, offset, chunk);
         }
         state.lap_end = state.lap_end.max((at.0, at.1 + taken.len() as u64));
+        let id = state.next_id;
+        state.next_id += 1;
         let write = opcode::Write::new(
             types::Fd(self.file.as_raw_fd()),
-            state.blocks.as_ptr().cast::<u8>(),
+            blocks.as_ptr().cast::<u8>(),
             (count as usize * BLOCK) as u32,
         )
         .offset(state.next_block * BLOCK as u64)
         .rw_flags(libc::RWF_DSYNC)
         .build()
-        .user_data(target);
-        // SAFETY: the buffer (`state.blocks`) is neither changed nor moved until the completion
-        // is reaped: `in_flight` is set, and nothing writes while it is.
+        .user_data(id);
+        // SAFETY: the buffer (`blocks`) is neither changed nor freed until the completion is
+        // reaped: it moves into `in_flight` (its heap allocation stays where it is) and is
+        // dropped only by `reap`, or by `Drop` after waiting for every write in flight.
         unsafe {
             state
                 .ring
@@ -505,59 +537,97 @@ impl Mirror {
                 .push(&write)
                 .map_err(|_| StoreError::Refused("io_uring submission queue full".into()))?;
         }
+        state.in_flight.push_back(InFlight {
+            id,
+            start: state.next_block,
+            target,
+            blocks,
+            result: None,
+        });
         state
             .ring
             .submit()
             .map_err(|e| StoreError::io("io_uring submit", e))?;
         state.next_block += count;
-        state.in_flight = Some(target);
-        state.in_flight_len = count as usize * BLOCK;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Takes a finished write, if one finished: publishes it, then starts the next.
+    /// Everything up to `target` was made durable by the log's own fdatasync, which also
+    /// covers the writes in flight: they release nobody any more when they complete.
+    fn synced_upto(&self, state: &mut State, target: u64) {
+        for write in &mut state.in_flight {
+            write.target = 0;
+        }
+        self.durable.send_modify(|d| d.upto = d.upto.max(target));
+    }
+
+    /// Takes the writes that finished: publishes what every write up to them made durable,
+    /// then starts the next.
     fn reap(&self) {
-        let finished = {
+        let (released, failure) = {
             let mut state = self.state.lock();
-            let Some(entry) = state.ring.completion().next() else {
-                return;
-            };
-            state.in_flight = None;
-            (entry.result(), entry.user_data(), state.in_flight_len)
-        };
-        match finished {
-            (result, target, len) if usize::try_from(result) == Ok(len) => {
-                self.durable.send_modify(|d| {
-                    self.covered
-                        .fetch_add(target.saturating_sub(d.upto), Ordering::Relaxed);
-                    d.upto = d.upto.max(target);
-                });
-                self.submit_next();
+            let finished: Vec<(u64, i32)> = state
+                .ring
+                .completion()
+                .map(|entry| (entry.user_data(), entry.result()))
+                .collect();
+            for (id, result) in finished {
+                if let Some(write) = state.in_flight.iter_mut().find(|w| w.id == id) {
+                    write.result = Some(result);
+                }
             }
-            (result, _, len) => {
-                let reason = if result < 0 {
-                    let e = std::io::Error::from_raw_os_error(-result);
-                    format!("log mirror write to {} failed: {e}", self.path.display())
-                } else {
-                    format!(
-                        "log mirror write to {} was short: {result} of {len} bytes",
-                        self.path.display()
-                    )
+            let mut released = None;
+            let mut failure = None;
+            while let Some(result) = state.in_flight.front().and_then(|w| w.result) {
+                let Some(write) = state.in_flight.pop_front() else {
+                    break;
                 };
+                let len = write.blocks.len() * BLOCK;
+                if usize::try_from(result) == Ok(len) {
+                    released = Some(released.unwrap_or(0).max(write.target));
+                } else {
+                    failure = Some(if result < 0 {
+                        let e = std::io::Error::from_raw_os_error(-result);
+                        format!("log mirror write to {} failed: {e}", self.path.display())
+                    } else {
+                        format!(
+                            "log mirror write to {} was short: {result} of {len} bytes",
+                            self.path.display()
+                        )
+                    });
+                    break;
+                }
+            }
+            (released, failure)
+        };
+        if let Some(target) = released {
+            self.durable.send_modify(|d| {
+                self.covered
+                    .fetch_add(target.saturating_sub(d.upto), Ordering::Relaxed);
+                d.upto = d.upto.max(target);
+            });
+        }
+        match failure {
+            Some(reason) => {
                 tracing::error!(%reason);
                 self.durable.send_modify(|d| d.failed = Some(reason));
             }
+            None => self.submit_next(),
         }
     }
 }
 
 impl Drop for Mirror {
     fn drop(&mut self) {
-        // The kernel reads the in-flight write's blocks until it completes: wait for it.
-        let state = self.state.lock();
-        if state.in_flight.is_some() {
-            let _ = state.ring.submit_and_wait(1);
+        // The kernel reads the blocks of the writes in flight until they complete: wait for them.
+        let mut state = self.state.lock();
+        while !state.in_flight.is_empty() {
+            if state.ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            let finished: Vec<u64> = state.ring.completion().map(|e| e.user_data()).collect();
+            state.in_flight.retain(|w| !finished.contains(&w.id));
         }
     }
 }
