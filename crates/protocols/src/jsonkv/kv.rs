@@ -330,7 +330,7 @@ pub(super) fn decode_canonical_request(payload: &[u8], limits: &Limits) -> Optio
         b"}" => Id::null(),
         _ => {
             let number = rest.strip_prefix(b",\"id\":")?.strip_suffix(b"}")?;
-            is_integer(number).then(|| Id::from_raw(number))?
+            is_integer(number).then(|| Id::from_integer(number))?
         }
     };
     if key.is_empty() || key.len() > limits.max_key {
@@ -402,7 +402,7 @@ pub(super) fn put_item(out: &mut BytesMut, item: &Item, limits: &Limits) {
     let put_id = |out: &mut BytesMut, id: &Id, first: bool| {
         if !id.is_null() {
             out.put_slice(if first { b"\"id\":" } else { b",\"id\":" });
-            out.put_slice(id.as_json().as_bytes());
+            out.put_slice(id.json_bytes());
         }
     };
     match item {
@@ -465,7 +465,7 @@ pub(super) fn put_response(out: &mut BytesMut, r: &Response) {
     out.put_slice(b",\"message\":");
     put_str(out, &r.message);
     out.put_slice(b"},\"id\":");
-    out.put_slice(r.id.as_json().as_bytes());
+    out.put_slice(r.id.json_bytes());
     out.put_u8(b'}');
 }
 
@@ -581,20 +581,20 @@ impl JsonkvServerCodec {
 
     /// Appends the reply datagram. A reply over 65 507 bytes is replaced by the single 1024
     /// object of §2.2.
-    pub fn encode_datagram_response(&self, response: &ResponsePayload, out: &mut BytesMut) {
+    pub fn encode_datagram_response(&self, response: &ServerReply, out: &mut BytesMut) {
         let start = out.len();
         self.encode_response(response, out);
         if out.len() - start > MAX_UDP_DATAGRAM {
             out.truncate(start);
             let too_large = Response::error_with(Code::Internal, TOO_LARGE_FOR_UDP, Id::null());
-            self.encode_response(&ResponsePayload::Single(too_large), out);
+            self.encode_response(&ResponsePayload::Single(too_large).into(), out);
         }
     }
 }
 
 impl ServerCodec for JsonkvServerCodec {
     type Request = RequestPayload;
-    type Response = ResponsePayload;
+    type Response = ServerReply;
 
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<RequestPayload>, Reject> {
         Ok(match split_frame(buf, self.limits.max_frame)? {
@@ -605,8 +605,13 @@ impl ServerCodec for JsonkvServerCodec {
         })
     }
 
-    fn encode_response(&self, response: &ResponsePayload, out: &mut BytesMut) {
-        put_frame(out, |out| encode_response_payload(out, response));
+    fn encode_response(&self, response: &ServerReply, out: &mut BytesMut) {
+        match response {
+            ServerReply::Payload(payload) => {
+                put_frame(out, |out| encode_response_payload(out, payload))
+            }
+            ServerReply::Got { value, id } => put_got_frame(out, value, id),
+        }
     }
 }
 
