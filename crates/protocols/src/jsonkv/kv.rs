@@ -309,19 +309,19 @@ pub fn decode_request_payload(payload: &[u8], limits: &Limits) -> RequestPayload
 /// walking the members; valid and in limits, else `None` and the plain reader decides. A fuzz
 /// check holds it to the plain reader's result.
 pub(super) fn decode_canonical_request(payload: &[u8], limits: &Limits) -> Option<Item> {
-    const HEAD: &[u8] = b"{\"jsonkv\":\"1.0\",\"operate\":\"";
+    const HEAD: &[u8; 27] = b"{\"jsonkv\":\"1.0\",\"operate\":\"";
     if limits.max_depth == 0 {
         return None;
     }
-    let rest = payload.strip_prefix(HEAD)?;
-    let (op, rest) = match rest.strip_prefix(b"get\",\"key\":\"") {
+    let rest = after(payload, HEAD)?;
+    let (op, rest) = match after(rest, b"get\",\"key\":\"") {
         Some(rest) => (Operate::Get, rest),
-        None => (Operate::Put, rest.strip_prefix(b"put\",\"key\":\"")?),
+        None => (Operate::Put, after(rest, b"put\",\"key\":\"")?),
     };
     let (key, rest) = canonical_string(rest)?;
     let (value, rest) = match op {
         Operate::Put => {
-            let (value, rest) = canonical_string(rest.strip_prefix(b",\"value\":\"")?)?;
+            let (value, rest) = canonical_string(after(rest, b",\"value\":\"")?)?;
             (Some(value), rest)
         }
         _ => (None, rest),
@@ -329,7 +329,7 @@ pub(super) fn decode_canonical_request(payload: &[u8], limits: &Limits) -> Optio
     let id = match rest {
         b"}" => Id::null(),
         _ => {
-            let number = rest.strip_prefix(b",\"id\":")?.strip_suffix(b"}")?;
+            let number = after(rest, b",\"id\":")?.strip_suffix(b"}")?;
             is_integer(number).then(|| Id::from_integer(number))?
         }
     };
@@ -342,6 +342,14 @@ pub(super) fn decode_canonical_request(payload: &[u8], limits: &Limits) -> Optio
         None => Command::get(key),
     };
     Some(Item::Command { command, id })
+}
+
+/// `text` after `prefix`, if it starts so. A fixed-size compare: the compiler inlines it,
+/// where `strip_prefix` called `memcmp` (3 % of the server per jsonkv GET).
+#[inline(always)]
+fn after<'a, const N: usize>(text: &'a [u8], prefix: &[u8; N]) -> Option<&'a [u8]> {
+    let (head, rest) = text.split_first_chunk::<N>()?;
+    (head == prefix).then_some(rest)
 }
 
 /// The inside of an ASCII string without escapes that starts `text` (after its opening
