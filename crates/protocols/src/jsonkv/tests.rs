@@ -1616,7 +1616,14 @@ fn canonical_reader_takes_what_the_client_writes_as_the_plain_reader_does() {
 #[test]
 fn got_reply_is_the_general_encoders_bytes() {
     let long_id = format!("\"{}\"", "i".repeat(40));
-    let values = ["", "v", "0123456789abcdef0123", "é€😀 text", "~\u{7f} del", "x".repeat(100).leak()];
+    let values = [
+        "",
+        "v",
+        "0123456789abcdef0123",
+        "é€😀 text",
+        "~\u{7f} del",
+        "x".repeat(100).leak(),
+    ];
     let ids = ["1", "-12", "null", "\"a b\"", "1.5e3", long_id.as_str()];
     for value in values {
         for id_json in ids {
@@ -1629,7 +1636,11 @@ fn got_reply_is_the_general_encoders_bytes() {
             SERVER.encode_response(&got, &mut out);
             let general =
                 ResponsePayload::Single(Response::success(Operate::Get, value.into(), id(id_json)));
-            assert_eq!(out.to_vec(), encode_response(&general), "{value:?} {id_json}");
+            assert_eq!(
+                out.to_vec(),
+                encode_response(&general),
+                "{value:?} {id_json}"
+            );
             assert_eq!(got.to_payload(), general);
         }
     }
