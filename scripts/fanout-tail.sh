@@ -7,8 +7,8 @@
 # A subscriber whose push its own session sent (it was awake) or finished (a partial write) has
 # one system call more or less and is left out of the server columns ("N subscriber sockets seen").
 # Tracing every system call slows the server a little: compare the two targets, not these
-# figures with bench-minority.sh's. (At 10 000 subscribers the traced server reset some
-# connections while they subscribed: use it up to a few thousand.)
+# figures with bench-minority.sh's. (The example joins its subscribers 1 000 at a time: a
+# 10 000-connection burst overflowed the accept queue, traced or not.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUBSCRIBERS="${1:-1000}"

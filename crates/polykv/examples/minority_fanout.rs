@@ -28,6 +28,13 @@ fn report(what: &str, subscribers: usize, mut latencies: Vec<Duration>) {
     );
 }
 
+/// Subscribers connecting and subscribing at once. 10 000 connects in one burst overflowed
+/// the server's accept queue (somaxconn 4096): some connections were then reset, and the run
+/// waited for ever at its barrier. Both targets join the same way.
+fn joining() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(1000))
+}
+
 fn resp(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", parts.len()).into_bytes();
     for part in parts {
@@ -42,9 +49,12 @@ fn resp(parts: &[&[u8]]) -> Vec<u8> {
 async fn redis(addr: String, subscribers: usize, rounds: u32) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Instant)>();
     let ready = Arc::new(tokio::sync::Barrier::new(subscribers + 1));
+    let joining = joining();
     for _ in 0..subscribers {
         let (addr, tx, ready) = (addr.clone(), tx.clone(), ready.clone());
+        let joining = joining.clone();
         tokio::spawn(async move {
+            let permit = joining.acquire_owned().await.expect("never closed");
             let mut s = TcpStream::connect(&addr)
                 .await
                 .expect("subscriber connects");
@@ -58,6 +68,7 @@ async fn redis(addr: String, subscribers: usize, rounds: u32) {
             for _ in 0..6 {
                 read_line(&mut reader, &mut line).await;
             }
+            drop(permit);
             ready.wait().await;
             loop {
                 // *3, $7, message, $6, fanout, $N, payload
@@ -177,13 +188,17 @@ async fn main() {
     // Every subscriber reports (round, arrival time) for each push.
     let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Instant)>();
     let ready = Arc::new(tokio::sync::Barrier::new(subscribers + 1));
+    let joining = joining();
     for _ in 0..subscribers {
         let (addr, tx, ready) = (addr.clone(), tx.clone(), ready.clone());
+        let joining = joining.clone();
         tokio::spawn(async move {
+            let permit = joining.acquire_owned().await.expect("never closed");
             let mut c = MinorityClient::connect(&addr, timeout)
                 .await
                 .expect("subscriber connects");
             c.notify(b"fanout", b"key").await.expect("notify");
+            drop(permit);
             ready.wait().await;
             while let Ok(Some(push)) = c.next_push(Duration::from_secs(3600)).await {
                 let round = String::from_utf8_lossy(&push.value)

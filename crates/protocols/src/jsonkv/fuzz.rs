@@ -60,7 +60,8 @@ pub fn fuzz_client(data: &[u8]) {
         }
         assert!(used >= HEADER_LEN && used <= rest.len());
         let mut out = BytesMut::new();
-        server.encode_response(&response, &mut out);
+        server.encode_response(&response.clone().into(), &mut out);
+        same_bytes_as_got(&response, &out);
         assert_eq!(
             client.decode_response(&out),
             Ok(Decoded::Frame(response, out.len()))
@@ -69,7 +70,7 @@ pub fn fuzz_client(data: &[u8]) {
     }
     if let Some(response) = client.decode_datagram(data) {
         let mut out = BytesMut::new();
-        server.encode_response(&response, &mut out);
+        server.encode_response(&response.clone().into(), &mut out);
         assert_eq!(client.decode_datagram(&out), Some(response));
     }
     if let Some(response) = decode_rpc_response(data, DEFAULT_MAX_DEPTH) {
@@ -101,6 +102,29 @@ fn same_request_both_ways(payload: &[u8], limits: &Limits) {
             decode_request_payload_parsed(payload, limits)
         );
     }
+}
+
+/// A get's success whose value is plain text is written by [`ServerReply::Got`] to exactly the
+/// bytes `framed` holds, which the general encoder wrote for it.
+fn same_bytes_as_got(response: &ResponsePayload, framed: &[u8]) {
+    let ResponsePayload::Single(r) = response else {
+        return;
+    };
+    let success = Response::success(Operate::Get, r.value.clone(), r.id.clone());
+    if *r != success {
+        return;
+    }
+    let Ok(value) = PlainText::new(bytes::Bytes::from(r.value.clone().into_bytes())) else {
+        return;
+    };
+    let got = ServerReply::Got {
+        value,
+        id: r.id.clone(),
+    };
+    let mut out = BytesMut::new();
+    JsonkvServerCodec::default().encode_response(&got, &mut out);
+    assert_eq!(&out[..], framed);
+    assert_eq!(got.to_payload(), *response);
 }
 
 /// A response the plain reader takes decodes the same through the JSON parser.

@@ -403,12 +403,29 @@ pub(super) fn plain_string_end(text: &[u8], mut at: usize) -> Option<(usize, boo
 /// Whether `s` has a byte a JSON string must escape (a quote, a backslash, a control
 /// character): one pass, eight bytes at a time, without counting them ([`escapes`]).
 pub fn needs_escape(s: &[u8]) -> bool {
+    any_byte(s, escape_bytes, |b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// [`needs_escape`], or a byte of 0x80 or more: false for the usual value, which is then
+/// known to be plain UTF-8 text without a second pass.
+pub(super) fn needs_escape_or_non_ascii(s: &[u8]) -> bool {
+    any_byte(
+        s,
+        |word| escape_bytes(word) | (word & HIGH),
+        |b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x80,
+    )
+}
+
+/// Whether some byte of `s` is one that `in_word` marks in a word (or `is_one` tells of a
+/// byte, for an input shorter than a word).
+#[inline(always)]
+fn any_byte(s: &[u8], in_word: impl Fn(u64) -> u64, is_one: impl Fn(u8) -> bool) -> bool {
     let mut words = s.chunks_exact(8);
     let mut found = 0;
     for word in &mut words {
         found |= word
             .try_into()
-            .map_or(0, |w| escape_bytes(u64::from_le_bytes(w)));
+            .map_or(0, |w| in_word(u64::from_le_bytes(w)));
     }
     let rest = words.remainder();
     if rest.is_empty() {
@@ -416,8 +433,8 @@ pub fn needs_escape(s: &[u8]) -> bool {
     }
     // The last eight bytes, some seen already: harmless for "any".
     match s.len().checked_sub(8).and_then(|from| word_at(s, from)) {
-        Some(last) => found | escape_bytes(last) != 0,
-        None => found != 0 || rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
+        Some(last) => found | in_word(last) != 0,
+        None => found != 0 || rest.iter().any(|&b| is_one(b)),
     }
 }
 
@@ -609,6 +626,19 @@ impl Id {
         }
     }
 
+    /// An integer's text (`-?[0-9]+`, checked by the caller): ASCII, so it needs no UTF-8
+    /// check or white-space pass.
+    pub(super) fn from_integer(digits: &[u8]) -> Id {
+        match u8::try_from(digits.len()) {
+            Ok(len) if digits.len() <= INLINE_ID && digits.is_ascii() => {
+                let mut bytes = [0; INLINE_ID];
+                bytes[..digits.len()].copy_from_slice(digits);
+                Id(IdText::Inline { len, bytes })
+            }
+            _ => Id::from_raw(digits),
+        }
+    }
+
     /// `text` is compact JSON.
     fn from_text(text: &str) -> Id {
         Id(match u8::try_from(text.len()) {
@@ -622,7 +652,16 @@ impl Id {
     }
 
     pub fn is_null(&self) -> bool {
-        self.as_json() == "null"
+        self.json_bytes() == b"null"
+    }
+
+    /// The compact JSON text's bytes, as they are written (no UTF-8 check: they came from a
+    /// `&str`).
+    pub fn json_bytes(&self) -> &[u8] {
+        match &self.0 {
+            IdText::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IdText::Heap(text) => text.as_bytes(),
+        }
     }
 
     /// The compact JSON text.
@@ -639,7 +678,7 @@ impl Id {
 
 impl PartialEq for Id {
     fn eq(&self, other: &Id) -> bool {
-        self.as_json() == other.as_json()
+        self.json_bytes() == other.json_bytes()
     }
 }
 

@@ -64,6 +64,7 @@ mod frame;
 mod fuzz;
 mod json;
 mod kv;
+mod reply;
 mod rpc;
 
 pub use agent::*;
@@ -73,6 +74,7 @@ pub use fuzz::*;
 use json::*;
 pub use json::{escapes, needs_escape, Id};
 pub use kv::*;
+pub use reply::*;
 pub use rpc::*;
 
 #[cfg(test)]

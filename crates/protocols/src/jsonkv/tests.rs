@@ -41,7 +41,7 @@ fn payload(json: &str) -> RequestPayload {
 
 fn encode_response(response: &ResponsePayload) -> Vec<u8> {
     let mut out = BytesMut::new();
-    SERVER.encode_response(response, &mut out);
+    SERVER.encode_response(&response.clone().into(), &mut out);
     out.to_vec()
 }
 
@@ -627,7 +627,7 @@ fn udp_reply_too_large_is_replaced() {
     let mut out = BytesMut::new();
     let fits = "v".repeat(MAX_UDP_DATAGRAM - 200);
     let response = ResponsePayload::Single(Response::success(Operate::Get, fits, Id::number(1)));
-    SERVER.encode_datagram_response(&response, &mut out);
+    SERVER.encode_datagram_response(&response.clone().into(), &mut out);
     assert!(out.len() <= MAX_UDP_DATAGRAM);
     assert_eq!(
         JsonkvClientCodec::default().decode_datagram(&out),
@@ -640,7 +640,7 @@ fn udp_reply_too_large_is_replaced() {
         "v".repeat(MAX_UDP_DATAGRAM),
         Id::number(1),
     ));
-    SERVER.encode_datagram_response(&big, &mut out);
+    SERVER.encode_datagram_response(&big.into(), &mut out);
     assert_eq!(
         out.to_vec(),
         frame(
@@ -1611,4 +1611,70 @@ fn canonical_reader_takes_what_the_client_writes_as_the_plain_reader_does() {
     };
     let get = br#"{"jsonkv":"1.0","operate":"get","key":"k"}"#;
     assert_eq!(decode_canonical_request(get, &none_deep), None);
+}
+
+#[test]
+fn got_reply_is_the_general_encoders_bytes() {
+    let long_id = format!("\"{}\"", "i".repeat(40));
+    let values = [
+        "",
+        "v",
+        "0123456789abcdef0123",
+        "é€😀 text",
+        "~\u{7f} del",
+        "x".repeat(100).leak(),
+    ];
+    let ids = ["1", "-12", "null", "\"a b\"", "1.5e3", long_id.as_str()];
+    for value in values {
+        for id_json in ids {
+            let plain = PlainText::new(bytes::Bytes::from(value.to_owned())).expect(value);
+            let got = ServerReply::Got {
+                value: plain,
+                id: id(id_json),
+            };
+            let mut out = BytesMut::new();
+            SERVER.encode_response(&got, &mut out);
+            let general =
+                ResponsePayload::Single(Response::success(Operate::Get, value.into(), id(id_json)));
+            assert_eq!(
+                out.to_vec(),
+                encode_response(&general),
+                "{value:?} {id_json}"
+            );
+            assert_eq!(got.to_payload(), general);
+        }
+    }
+    let mut out = BytesMut::new();
+    let got = ServerReply::Got {
+        value: PlainText::new(bytes::Bytes::from_static(b"abc")).unwrap(),
+        id: Id::number(7),
+    };
+    SERVER.encode_response(&got, &mut out);
+    assert_eq!(
+        out.to_vec(),
+        frame(
+            r#"{"jsonkv":"1.0","result":{"value":"abc","code":"0","message":"get operation success"},"id":7}"#
+        )
+    );
+}
+
+#[test]
+fn plain_text_refuses_what_needs_escaping_or_is_not_utf8() {
+    let bad: [&[u8]; 5] = [b"\"", b"\\", b"\n", b"\x1f", b"\xff"];
+    // Every position, in inputs shorter than a word and longer than several.
+    for len in [1usize, 5, 8, 9, 17, 40] {
+        for at in 0..len {
+            for b in bad {
+                let mut value = vec![b'a'; len];
+                value.splice(at..at + 1, b.iter().copied());
+                let bytes = bytes::Bytes::from(value.clone());
+                assert_eq!(PlainText::new(bytes.clone()), Err(bytes), "{value:?}");
+            }
+        }
+    }
+    // A UTF-8 sequence cut short, or a lone continuation byte.
+    for value in [&b"ab\xc3"[..], b"\xa9abcdefghij", b"abcdefgh\xe2\x82"] {
+        assert!(PlainText::new(bytes::Bytes::copy_from_slice(value)).is_err());
+    }
+    assert!(PlainText::new(bytes::Bytes::from("é".repeat(9))).is_ok());
 }

@@ -6,8 +6,8 @@ use polykv_engine::{
     Command as EngineCommand, Durability, Engine, KeyspaceId, Outcome as EngineOutcome, Value,
 };
 use polykv_protocols::jsonkv::{
-    Code, Command, Id, Item, JsonkvServerCodec, Operate, RequestPayload, Response, ResponsePayload,
-    NOT_UTF8_MESSAGE,
+    Code, Command, Id, Item, JsonkvServerCodec, Operate, PlainText, RequestPayload, Response,
+    ResponsePayload, ServerReply, NOT_UTF8_MESSAGE,
 };
 use polykv_protocols::{Decoded, Reject, ServerCodec};
 
@@ -154,33 +154,39 @@ impl KvStore {
     }
 
     fn get(&self, key: &str, budget: &mut usize) -> Outcome {
-        let read = match self.engine.get(self.keyspace, key.as_bytes()) {
-            Ok(Some(read)) => read,
-            Ok(None) => return Outcome::failure(Code::KeyNotFound),
+        match self.read(key) {
+            Ok(value) => text_outcome(value, budget),
+            Err(failure) => failure,
+        }
+    }
+
+    /// A single get's reply: a plain value (the usual one) is written straight from the
+    /// engine's bytes, checked once; anything else goes through [`Outcome`] as in a batch.
+    fn get_reply(&self, key: &str, id: Id) -> ServerReply {
+        let mut budget = self.max_response;
+        let outcome = match self.read(key) {
+            Ok(value) => match PlainText::new(value) {
+                // Plain text is its own JSON string, between two quotes.
+                Ok(value) if value.len().saturating_add(2) <= budget => {
+                    return ServerReply::Got { value, id };
+                }
+                Ok(_) => too_large(),
+                Err(value) => text_outcome(value, &mut budget),
+            },
+            Err(failure) => failure,
+        };
+        ServerReply::Payload(ResponsePayload::Single(outcome.into_response(id)))
+    }
+
+    /// The stored bytes of `key`, or the failure to answer.
+    fn read(&self, key: &str) -> Result<Bytes, Outcome> {
+        match self.engine.get(self.keyspace, key.as_bytes()) {
+            Ok(Some(read)) => Ok(read.entry.value.into_bytes()),
+            Ok(None) => Err(Outcome::failure(Code::KeyNotFound)),
             Err(e) => {
                 tracing::warn!(error = %e, "jsonkv get failed in the engine");
-                return Outcome::failure(Code::Internal);
+                Err(Outcome::failure(Code::Internal))
             }
-        };
-        // A shared keyspace can hold bytes another protocol wrote; JSON strings cannot carry them.
-        // `Vec::from` takes over the copied-out value's buffer instead of copying it again.
-        let Ok(value) = String::from_utf8(Vec::from(read.entry.value.into_bytes())) else {
-            return Outcome::Failure {
-                code: Code::Internal,
-                message: NOT_UTF8_MESSAGE,
-            };
-        };
-        let cost = escaped_len(&value);
-        if cost > *budget {
-            return Outcome::Failure {
-                code: Code::Internal,
-                message: RESPONSE_TOO_LARGE,
-            };
-        }
-        *budget -= cost;
-        Outcome::Success {
-            op: Operate::Get,
-            value: Some(value),
         }
     }
 
@@ -195,6 +201,35 @@ impl KvStore {
                 Step::Done(Outcome::failure(Code::Internal))
             }
         }
+    }
+}
+
+/// A get's outcome for stored bytes that may need escaping, or not be text at all.
+fn text_outcome(value: Bytes, budget: &mut usize) -> Outcome {
+    // A shared keyspace can hold bytes another protocol wrote; JSON strings cannot carry them.
+    // `Vec::from` takes over the copied-out value's buffer instead of copying it again.
+    let Ok(value) = String::from_utf8(Vec::from(value)) else {
+        return Outcome::Failure {
+            code: Code::Internal,
+            message: NOT_UTF8_MESSAGE,
+        };
+    };
+    let cost = escaped_len(&value);
+    if cost > *budget {
+        return too_large();
+    }
+    *budget -= cost;
+    Outcome::Success {
+        op: Operate::Get,
+        value: Some(value),
+    }
+}
+
+/// A get refused because its request already returns too many value bytes.
+fn too_large() -> Outcome {
+    Outcome::Failure {
+        code: Code::Internal,
+        message: RESPONSE_TOO_LARGE,
     }
 }
 
@@ -229,7 +264,7 @@ impl JsonkvService {
 
 impl Service for JsonkvService {
     type Request = RequestPayload;
-    type Response = ResponsePayload;
+    type Response = ServerReply;
     /// Nothing per connection to carry, no pushes: an idle connection is handed over as is.
     const STATELESS: bool = true;
 
@@ -242,10 +277,13 @@ impl Service for JsonkvService {
         }
     }
 
-    fn is_error(response: &ResponsePayload) -> bool {
+    fn is_error(response: &ServerReply) -> bool {
         match response {
-            ResponsePayload::Single(r) => is_error_code(&r.code),
-            ResponsePayload::Batch(rs) => rs.iter().any(|r| is_error_code(&r.code)),
+            ServerReply::Got { .. } => false,
+            ServerReply::Payload(ResponsePayload::Single(r)) => is_error_code(&r.code),
+            ServerReply::Payload(ResponsePayload::Batch(rs)) => {
+                rs.iter().any(|r| is_error_code(&r.code))
+            }
         }
     }
 
@@ -261,33 +299,27 @@ impl Service for JsonkvService {
         }));
     }
 
-    async fn call(&mut self, request: RequestPayload) -> Reply<ResponsePayload> {
+    async fn call(&mut self, request: RequestPayload) -> Reply<ServerReply> {
+        let single = |response| ServerReply::Payload(ResponsePayload::Single(response));
         let mut budget = self.store.max_response;
         match request {
-            RequestPayload::Malformed => {
-                Reply::send(ResponsePayload::Single(Response::malformed()))
-            }
+            RequestPayload::Malformed => Reply::send(single(Response::malformed())),
             RequestPayload::Single(Item::Invalid { code, id }) => {
-                Reply::send(ResponsePayload::Single(Response::error(code, id)))
+                Reply::send(single(Response::error(code, id)))
             }
             // The common request, answered without the async layers below.
             RequestPayload::Single(Item::Command {
                 command: Command::Get { key },
                 id,
-            }) if self.store.local_reads => {
-                let outcome = self.store.get(&key, &mut budget);
-                Reply::send(ResponsePayload::Single(outcome.into_response(id)))
-            }
+            }) if self.store.local_reads => Reply::send(self.store.get_reply(&key, id)),
             RequestPayload::Single(Item::Command { command, id }) => {
                 match self.store.apply(command, &mut budget).await {
-                    Step::Done(outcome) => {
-                        Reply::send(ResponsePayload::Single(outcome.into_response(id)))
-                    }
+                    Step::Done(outcome) => Reply::send(single(outcome.into_response(id))),
                     // Deferred, so pipelined writes share one group commit.
                     Step::Durable { op, pending } => Reply::after(
                         pending,
-                        ResponsePayload::Single(Response::success(op, String::new(), id.clone())),
-                        ResponsePayload::Single(Response::error(Code::Internal, id)),
+                        single(Response::success(op, String::new(), id.clone())),
+                        single(Response::error(Code::Internal, id)),
                     ),
                 }
             }
@@ -307,7 +339,7 @@ impl Service for JsonkvService {
                 for (step, id) in steps {
                     responses.push(step.finish().await.into_response(id));
                 }
-                Reply::send(ResponsePayload::Batch(responses))
+                Reply::send(ServerReply::Payload(ResponsePayload::Batch(responses)))
             }
         }
     }
@@ -319,7 +351,7 @@ pub struct UdpCodec(pub JsonkvServerCodec);
 
 impl ServerCodec for UdpCodec {
     type Request = RequestPayload;
-    type Response = ResponsePayload;
+    type Response = ServerReply;
 
     fn decode_request(&self, buf: &[u8]) -> Result<Decoded<RequestPayload>, Reject> {
         self.0
@@ -330,7 +362,7 @@ impl ServerCodec for UdpCodec {
             ))
     }
 
-    fn encode_response(&self, response: &ResponsePayload, out: &mut BytesMut) {
+    fn encode_response(&self, response: &ServerReply, out: &mut BytesMut) {
         self.0.encode_datagram_response(response, out);
     }
 }

@@ -16,6 +16,7 @@ pub use service::{MinorityService, MinorityShared};
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::{Runtime, ServerError};
 use crate::services::Protocol;
+use crate::submit::Submitter;
 
 /// minority, for the protocol list.
 pub struct Wing;
@@ -40,6 +41,14 @@ impl Protocol for Wing {
             keyspace,
             config: config.clone(),
             fanout: fanout::Fanout::new(runtime.engine.clone(), keyspace, codec),
+            local_reads: matches!(
+                runtime.submitter,
+                Submitter::Local(_)
+                    | Submitter::Cluster {
+                        stale_reads: true,
+                        ..
+                    }
+            ),
         });
         runtime
             .serve_tcp(
