@@ -17,7 +17,8 @@
 //! write durable, as floors of an Async write (one that survives a kill of the process):
 //! `buffered` writes each turn's records to the page cache and answers (polykv's and Redis's
 //! shape); `uring-async` writes them like `uring` but without `RWF_DSYNC`, and answers once the
-//! device has them.
+//! device has them. The io_uring shapes keep one write in flight; `FLOOR_IN_FLIGHT=N` (up to 4)
+//! lets N overlap, each group then starting at a block of its own.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
