@@ -49,8 +49,11 @@ pub struct NodeConfig {
 }
 
 /// Requests in flight per follower (pipelined appends, `vendor/README.md`).
-/// `POLYKV_CLUSTER_PIPELINE` overrides it (1 is openraft 0.9's one request at a time).
-pub const PIPELINE_DEPTH: u64 = 4;
+/// `POLYKV_CLUSTER_PIPELINE` overrides it (1 is openraft 0.9's one request at a time). 1 since
+/// the Raft log's direct mirror (eighth session): with the follower's flush shorter, depth 4
+/// costs 2–8 µs more CPU per write (more, smaller requests) and brought no throughput
+/// (`docs/performance.md`, "Cluster, eighth session"). The in-process tests run depth 4.
+pub const PIPELINE_DEPTH: u64 = 1;
 
 /// `POLYKV_CLUSTER_PIPELINE=N` overrides the pipeline depth (for measurements).
 fn pipeline_depth_from_env(default: u64) -> u64 {
