@@ -180,6 +180,7 @@ impl Node {
         .map_err(|e| storage(&e))?;
         let applied = Arc::new(AtomicU64::new(0));
         let log = LogStore::open(
+            config.id,
             &config.dir.join("log"),
             config.segment_bytes,
             applied.clone(),
