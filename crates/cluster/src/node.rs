@@ -55,6 +55,20 @@ pub struct NodeConfig {
 /// (`docs/performance.md`, "Cluster, eighth session"). The in-process tests run depth 4.
 pub const PIPELINE_DEPTH: u64 = 1;
 
+/// How long (µs) a committed index waits for the next entries to carry it to a follower before
+/// it goes in a heartbeat of its own (`vendor/README.md`). `POLYKV_CLUSTER_COMMIT_DELAY_US`
+/// overrides it (0 is openraft 0.9's call at once).
+pub const COMMIT_DELAY_US: u64 = 1000;
+
+/// `POLYKV_CLUSTER_COMMIT_DELAY_US=N` overrides the commit delay (for measurements).
+fn commit_delay_from_env() -> u64 {
+    std::env::var("POLYKV_CLUSTER_COMMIT_DELAY_US")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|d| *d <= 100_000)
+        .unwrap_or(COMMIT_DELAY_US)
+}
+
 /// `POLYKV_CLUSTER_PIPELINE=N` overrides the pipeline depth (for measurements).
 fn pipeline_depth_from_env(default: u64) -> u64 {
     std::env::var("POLYKV_CLUSTER_PIPELINE")
@@ -174,6 +188,7 @@ impl Node {
             max_in_snapshot_log_to_keep: 1000.min(config.snapshot_every),
             snapshot_max_chunk_size: 1 << 20,
             pipeline_depth: pipeline_depth_from_env(config.pipeline_depth),
+            commit_delay_us: commit_delay_from_env(),
             ..Config::default()
         }
         .validate()
