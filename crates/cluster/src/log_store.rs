@@ -5,10 +5,20 @@
 //! bounds how many that are (the log is purged behind every snapshot).
 //!
 //! Appends go to the log's buffer at once (so they are readable); one flusher thread then
-//! writes them out and reports them persisted, in order: with an fdatasync if any entry of the
-//! group asks for one (Sync writes, membership, leader blanks), else with the `write(2)` alone
-//! (Async writes: committed on a majority, in its OS buffers). One sync covers every append
-//! that arrived while the previous one ran: group commit.
+//! writes them out and reports them persisted, in order: made durable if any entry of the
+//! group asks for it (Sync writes, membership, leader blanks), else with the `write(2)` alone
+//! (Async writes: committed on a majority, in its OS buffers). One durable write covers every
+//! append that arrived while the previous one ran: group commit. A follower (the vote saved is
+//! not this node's) makes its append durable on the caller's thread instead when nothing waits
+//! at the flusher: its core waits for the flush before answering anyway, and the hand-off to
+//! the flusher and back costs two wake-ups per append.
+//!
+//! Durable means written a second time into the log's direct mirror
+//! ([`BlockingMirror`]: one `O_DIRECT` + `RWF_DSYNC` write of the group's bytes), as the
+//! engine's Sync writes are, or, where the mirror cannot work (no io_uring, no `O_DIRECT`),
+//! the log's fdatasync. Opening the log first writes the mirror's fragments back into it. A
+//! follower that cuts its log back first syncs it and starts a new mirror generation, so a
+//! fragment of the entries it cut is never written back.
 //!
 //! The vote and the last purged id live in a small state file ([`crate::state_file`]). The
 //! committed index is not stored: the state machine stores its applied position atomically with
@@ -19,7 +29,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,11 +37,12 @@ use std::time::Instant;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
+use polykv_engine::log::mirror::{self, BlockingMirror};
 use polykv_engine::log::{Log, MAX_PAYLOAD};
 
 use crate::state_file::{HardState, StateFile};
 use crate::timing::{self, Hop};
-use crate::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 const ENTRY_FORMAT: u8 = 1;
 
@@ -61,14 +72,69 @@ fn needs_sync(entry: &Entry) -> bool {
     }
 }
 
+/// What the flusher calls once a group is written (and durable when asked).
+type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
+
 struct Flush {
     sync: bool,
     since: Instant,
-    done: LogFlushed<TypeConfig>,
+    done: Done,
+}
+
+/// How the flusher makes a group durable.
+struct Durability {
+    log: Arc<Log>,
+    /// `None` where the mirror cannot work: fdatasync then.
+    mirror: Mutex<Option<BlockingMirror>>,
+    direct_writes: AtomicU64,
+}
+
+impl Durability {
+    fn make_durable(&self) -> Result<(), polykv_engine::StoreError> {
+        let mut mirror = self.mirror.lock();
+        match mirror.as_mut() {
+            Some(mirror) => {
+                let result = mirror.make_durable();
+                self.direct_writes.store(mirror.writes(), Ordering::Relaxed);
+                result
+            }
+            None => self.log.sync(),
+        }
+    }
+
+    /// Runs `cut` (which cuts the log back) after a new mirror generation, holding the mirror
+    /// so that nothing is made durable in between.
+    fn cut_back(
+        &self,
+        cut: impl FnOnce() -> Result<(), polykv_engine::StoreError>,
+    ) -> Result<(), polykv_engine::StoreError> {
+        let mut mirror = self.mirror.lock();
+        if let Some(mirror) = mirror.as_mut() {
+            mirror.new_generation()?;
+        }
+        cut()
+    }
+}
+
+/// Whether the Raft log uses the direct mirror (`POLYKV_CLUSTER_LOG_MIRROR=0` turns it off,
+/// for measurements).
+fn mirror_wanted() -> bool {
+    std::env::var("POLYKV_CLUSTER_LOG_MIRROR").map_or(true, |v| v != "0")
 }
 
 struct Shared {
     log: Arc<Log>,
+    durability: Arc<Durability>,
+    /// This node's id.
+    me: NodeId,
+    /// Whether the vote last saved is this node's own (a candidate or a leader): its appends
+    /// are then its own entries, which the core replicates while they are flushed.
+    own_vote: AtomicBool,
+    /// Groups handed to the flusher and not yet reported.
+    pending: Arc<AtomicUsize>,
+    /// Whether a follower's append may be made durable on the caller's thread
+    /// (`POLYKV_CLUSTER_INLINE_FLUSH=0` turns it off, for measurements).
+    inline: bool,
     entries: Mutex<BTreeMap<u64, Entry>>,
     encoded: Mutex<Vec<u8>>,
     hard: Mutex<HardState>,
@@ -93,9 +159,10 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError {
 struct Message(String);
 
 impl LogStore {
-    /// Opens the Raft log in `dir` (segments and the state file). `applied` is the state
-    /// machine's applied index + 1: entries at or below it are never truncated.
+    /// Opens the Raft log of node `me` in `dir` (segments and the state file). `applied` is the
+    /// state machine's applied index + 1: entries at or below it are never truncated.
     pub fn open(
+        me: NodeId,
         dir: &Path,
         segment_bytes: u64,
         applied: Arc<AtomicU64>,
@@ -103,7 +170,10 @@ impl LogStore {
         let (state_file, hard) = StateFile::open(dir).map_err(io_err)?;
         let after = hard.last_purged.map_or(0, |id| id.index + 1);
         let mut entries = BTreeMap::new();
-        let log = Log::open(&dir.join("log"), segment_bytes, after, |seq, payload| {
+        let log_dir = dir.join("log");
+        // Fragments of the log that only its direct mirror holds go back into the log first.
+        let generation = mirror::recover(&log_dir).map_err(io_err)?;
+        let log = Log::open(&log_dir, segment_bytes, after, |seq, payload| {
             let entry = decode_entry(payload)
                 .map_err(|why| polykv_engine::StoreError::Corrupt(format!("raft entry: {why}")))?;
             if entry.log_id.index + 1 != seq {
@@ -117,15 +187,33 @@ impl LogStore {
         })
         .map_err(io_err)?;
         let log = Arc::new(log);
+        let mirror = if mirror_wanted() {
+            BlockingMirror::start(&log_dir, generation, log.clone())
+        } else {
+            None
+        };
+        let durability = Arc::new(Durability {
+            log: log.clone(),
+            mirror: Mutex::new(mirror),
+            direct_writes: AtomicU64::new(0),
+        });
         let (tx, rx) = mpsc::channel::<Flush>();
-        let flush_log = log.clone();
+        let flush_durability = durability.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let flush_pending = pending.clone();
         std::thread::Builder::new()
             .name("polykv-raft-log".into())
-            .spawn(move || run_flusher(&flush_log, &rx))
+            .spawn(move || run_flusher(&flush_durability, &flush_pending, &rx))
             .map_err(io_err)?;
+        let own_vote = AtomicBool::new(is_own(me, hard.vote.as_ref()));
         Ok(LogStore {
             shared: Arc::new(Shared {
                 log,
+                durability,
+                me,
+                own_vote,
+                pending,
+                inline: std::env::var("POLYKV_CLUSTER_INLINE_FLUSH").map_or(true, |v| v != "0"),
                 entries: Mutex::new(entries),
                 encoded: Mutex::new(Vec::new()),
                 hard: Mutex::new(hard),
@@ -141,6 +229,21 @@ impl LogStore {
         self.shared.hard.lock().cluster
     }
 
+    /// Whether Sync groups are made durable through the direct mirror (else fdatasync).
+    pub fn uses_mirror(&self) -> bool {
+        self.shared.durability.mirror.lock().is_some()
+    }
+
+    /// Direct writes into the mirror so far.
+    pub fn direct_writes(&self) -> u64 {
+        self.shared.durability.direct_writes.load(Ordering::Relaxed)
+    }
+
+    /// fdatasyncs of the log so far.
+    pub fn log_syncs(&self) -> u64 {
+        self.shared.log.counters().syncs.load(Ordering::Relaxed)
+    }
+
     fn save_hard(&self, change: impl FnOnce(&mut HardState)) -> Result<(), StorageError> {
         let mut hard = self.shared.hard.lock();
         let mut next = hard.clone();
@@ -151,24 +254,35 @@ impl LogStore {
     }
 }
 
-/// Writes (and syncs when asked) what was appended, then reports each group persisted in order.
-fn run_flusher(log: &Log, rx: &mpsc::Receiver<Flush>) {
+/// Writes (and makes durable when asked) what was appended, then reports each group persisted
+/// in order.
+fn run_flusher(durability: &Durability, pending: &AtomicUsize, rx: &mpsc::Receiver<Flush>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
         let sync = group.iter().any(|f| f.sync);
         let flushing = Instant::now();
-        let result = if sync { log.sync() } else { log.flush() };
+        let result = if sync {
+            durability.make_durable()
+        } else {
+            durability.log.flush()
+        };
         timing::record(Hop::LogFlush, flushing);
         for flush in group {
             timing::record(Hop::LogAppend, flush.since);
-            flush.done.log_io_completed(
+            (flush.done)(
                 result
                     .clone()
                     .map_err(|e| std::io::Error::other(e.to_string())),
             );
+            pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
+}
+
+/// Whether `vote` is node `me`'s own.
+fn is_own(me: NodeId, vote: Option<&Vote>) -> bool {
+    vote.is_some_and(|v| v.leader_id().voted_for() == Some(me))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -205,7 +319,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let vote = *vote;
         self.save_hard(|hard| hard.vote = Some(vote))
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        self.shared
+            .own_vote
+            .store(is_own(self.shared.me, Some(&vote)), Ordering::Release);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -220,6 +338,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
+    {
+        self.append_then(entries, move |result| callback.log_io_completed(result))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.truncate_from(log_id)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Recorded first: a crash after it opens the log past the purged records.
+        self.save_hard(|hard| hard.last_purged = Some(log_id))?;
+        let mut entries = self.shared.entries.lock();
+        let kept = entries.split_off(&(log_id.index + 1));
+        *entries = kept;
+        drop(entries);
+        self.shared.log.purge_upto(log_id.index + 1).map_err(io_err)
+    }
+}
+
+impl LogStore {
+    /// Appends `entries` (which must continue the log) and calls `done` once they are written,
+    /// and durable if any asks for it, in the order of the calls: what
+    /// [`RaftLogStorage::append`] does with openraft's callback.
+    pub fn append_then<I>(
+        &self,
+        entries: I,
+        done: impl FnOnce(Result<(), std::io::Error>) + Send + 'static,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
     {
         let since = Instant::now();
         let mut sync = false;
@@ -239,7 +387,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             entry.log_id.index
                         ))));
                     }
-                    self.shared.log.restart_at(seq).map_err(io_err)?;
+                    let log = &self.shared.log;
+                    self.shared
+                        .durability
+                        .cut_back(|| log.restart_at(seq))
+                        .map_err(io_err)?;
                 }
                 // One buffer for every append, reused: no allocation per entry.
                 let mut encoded = self.shared.encoded.lock();
@@ -267,16 +419,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 self.save_hard(|hard| hard.cluster = Some(id))?;
             }
         }
+        // A follower's append (the entries of another node's leadership) is made durable here,
+        // on the core's thread, when nothing waits at the flusher (so that groups are still
+        // reported in order): the core waits for it before it answers anyway, and the hand-off
+        // to the flusher thread and back costs two wake-ups. A leader's own appends go to the
+        // flusher, so that the core replicates them while they are flushed.
+        let shared = &self.shared;
+        if shared.inline
+            && !shared.own_vote.load(Ordering::Acquire)
+            && shared.pending.load(Ordering::Acquire) == 0
+        {
+            let flushing = Instant::now();
+            let result = if sync {
+                shared.durability.make_durable()
+            } else {
+                shared.log.flush()
+            };
+            timing::record(Hop::LogFlush, flushing);
+            timing::record(Hop::LogAppend, since);
+            done(result.map_err(|e| std::io::Error::other(e.to_string())));
+            return Ok(());
+        }
+        shared.pending.fetch_add(1, Ordering::AcqRel);
         self.flusher
             .send(Flush {
                 sync,
                 since,
-                done: callback,
+                done: Box::new(done),
             })
             .map_err(|_| io_err(Message("the raft log flusher stopped".into())))
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    /// Removes the entries from `log_id` on (a follower's conflicting suffix): what
+    /// [`RaftLogStorage::truncate`] does.
+    pub fn truncate_from(&self, log_id: LogId) -> Result<(), StorageError> {
         // Entry 0 is the membership the cluster was founded with: a leader whose log differs
         // there leads another cluster, and this node's data is not to be thrown away for it.
         if log_id.index == 0 && self.cluster_id().is_some() {
@@ -299,21 +475,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 applied - 1
             ))));
         }
+        let log = &self.shared.log;
         self.shared
-            .log
-            .truncate_from(log_id.index + 1)
+            .durability
+            .cut_back(|| log.truncate_from(log_id.index + 1))
             .map_err(io_err)?;
         self.shared.entries.lock().split_off(&log_id.index);
         Ok(())
-    }
-
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Recorded first: a crash after it opens the log past the purged records.
-        self.save_hard(|hard| hard.last_purged = Some(log_id))?;
-        let mut entries = self.shared.entries.lock();
-        let kept = entries.split_off(&(log_id.index + 1));
-        *entries = kept;
-        drop(entries);
-        self.shared.log.purge_upto(log_id.index + 1).map_err(io_err)
     }
 }

@@ -49,8 +49,25 @@ pub struct NodeConfig {
 }
 
 /// Requests in flight per follower (pipelined appends, `vendor/README.md`).
-/// `POLYKV_CLUSTER_PIPELINE` overrides it (1 is openraft 0.9's one request at a time).
-pub const PIPELINE_DEPTH: u64 = 4;
+/// `POLYKV_CLUSTER_PIPELINE` overrides it (1 is openraft 0.9's one request at a time). 1 since
+/// the Raft log's direct mirror (eighth session): with the follower's flush shorter, depth 4
+/// costs 2–8 µs more CPU per write (more, smaller requests) and brought no throughput
+/// (`docs/performance.md`, "Cluster, eighth session"). The in-process tests run depth 4.
+pub const PIPELINE_DEPTH: u64 = 1;
+
+/// How long (µs) a committed index waits for the next entries to carry it to a follower before
+/// it goes in a heartbeat of its own (`vendor/README.md`). `POLYKV_CLUSTER_COMMIT_DELAY_US`
+/// overrides it (0 is openraft 0.9's call at once).
+pub const COMMIT_DELAY_US: u64 = 1000;
+
+/// `POLYKV_CLUSTER_COMMIT_DELAY_US=N` overrides the commit delay (for measurements).
+fn commit_delay_from_env() -> u64 {
+    std::env::var("POLYKV_CLUSTER_COMMIT_DELAY_US")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|d| *d <= 100_000)
+        .unwrap_or(COMMIT_DELAY_US)
+}
 
 /// `POLYKV_CLUSTER_PIPELINE=N` overrides the pipeline depth (for measurements).
 fn pipeline_depth_from_env(default: u64) -> u64 {
@@ -171,12 +188,14 @@ impl Node {
             max_in_snapshot_log_to_keep: 1000.min(config.snapshot_every),
             snapshot_max_chunk_size: 1 << 20,
             pipeline_depth: pipeline_depth_from_env(config.pipeline_depth),
+            commit_delay_us: commit_delay_from_env(),
             ..Config::default()
         }
         .validate()
         .map_err(|e| storage(&e))?;
         let applied = Arc::new(AtomicU64::new(0));
         let log = LogStore::open(
+            config.id,
             &config.dir.join("log"),
             config.segment_bytes,
             applied.clone(),

@@ -632,6 +632,186 @@ impl Drop for Mirror {
     }
 }
 
+/// A mirror written from one thread that waits for each direct write (the Raft log's flusher,
+/// which already runs on a thread of its own), with the same file, ring and recovery as
+/// [`Mirror`]. A log that is cut back (a Raft follower's conflicting suffix) first starts a new
+/// generation ([`BlockingMirror::new_generation`]), so that no fragment of the bytes it cuts is
+/// ever written back.
+pub struct BlockingMirror {
+    log: Arc<Log>,
+    file: File,
+    path: PathBuf,
+    generation: u32,
+    ring: IoUring,
+    /// The blocks of the write being made (aligned for `O_DIRECT`).
+    blocks: Vec<Block>,
+    /// The log bytes of the write being made, taken from the log.
+    taken: Vec<u8>,
+    /// The ring's next block (1 ..= BLOCKS - 1).
+    next_block: u64,
+    /// The furthest log position the blocks written since the ring last wrapped hold.
+    lap_end: Position,
+    writes: u64,
+}
+
+impl BlockingMirror {
+    /// Opens (creating and zero-filling if needed) the mirror of `log` in `dir`, headed by
+    /// `generation` (from [`recover`]). `None`, with the reason logged, where this cannot work
+    /// (no io_uring, no `O_DIRECT` on this file system): the caller syncs the log instead.
+    pub fn start(dir: &Path, generation: u32, log: Arc<Log>) -> Option<BlockingMirror> {
+        match Self::try_start(dir, generation, log) {
+            Ok(mirror) => Some(mirror),
+            Err(e) => {
+                tracing::info!(error = %e, "log mirror not used: the log is made durable with fdatasync");
+                None
+            }
+        }
+    }
+
+    fn try_start(dir: &Path, generation: u32, log: Arc<Log>) -> Result<BlockingMirror, StoreError> {
+        let path = dir.join(FILE_NAME);
+        prepare_file(&path, generation)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .map_err(|e| io_error("open (O_DIRECT)", &path, e))?;
+        let ring = IoUring::new(2).map_err(|e| StoreError::io("io_uring setup", e))?;
+        let mut mirror = BlockingMirror {
+            log,
+            file,
+            path,
+            generation,
+            ring,
+            blocks: Vec::new(),
+            taken: Vec::new(),
+            next_block: 1,
+            lap_end: (0, 0),
+            writes: 0,
+        };
+        // One direct write of the header, so that a file system that takes `O_DIRECT` at open
+        // but refuses the writes is found now, not at the first durable write.
+        mirror.blocks.push(header_block(generation));
+        mirror.write_blocks(0)?;
+        // What was written before now is made durable once, by the log's own sync.
+        mirror.log.attach_mirror();
+        mirror.log.sync()?;
+        tracing::info!(file = %mirror.path.display(), "log mirror: the log is made durable with direct writes");
+        Ok(mirror)
+    }
+
+    /// Direct writes made so far.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Makes every record appended to the log before the call durable: writes out what is
+    /// buffered, then writes the bytes no fdatasync covers into the ring with one direct write
+    /// and waits for it (or syncs the log, where that is the cheaper way).
+    pub fn make_durable(&mut self) -> Result<(), StoreError> {
+        let mut taken = std::mem::take(&mut self.taken);
+        let result = match self.log.take_unmirrored(&mut taken) {
+            Ok(Some(at)) => self.write_taken(&taken, at),
+            // More waited than the ring holds: the log's own fdatasync covers it, once.
+            Ok(None) => self.log.sync(),
+            Err(e) => Err(e),
+        };
+        self.taken = taken;
+        result
+    }
+
+    /// Starts a new generation: syncs the log (so that everything written so far is durable in
+    /// the log itself), then makes a header with the next generation durable. Fragments written
+    /// before are ignored from then on. Call before cutting the log back, with nothing made
+    /// durable in between.
+    pub fn new_generation(&mut self) -> Result<(), StoreError> {
+        self.log.sync()?;
+        let next = self.generation.wrapping_add(1).max(1);
+        self.blocks.clear();
+        self.blocks.push(header_block(next));
+        self.write_blocks(0)?;
+        self.generation = next;
+        self.next_block = 1;
+        self.lap_end = (0, 0);
+        Ok(())
+    }
+
+    fn write_taken(&mut self, taken: &[u8], at: Position) -> Result<(), StoreError> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let count = taken.len().div_ceil(FRAGMENT_BYTES) as u64;
+        if count > BLOCKS - 1 {
+            return self.log.sync();
+        }
+        if self.next_block + count > BLOCKS {
+            // The ring wraps: the blocks about to be reused must be covered by the log's sync.
+            if self.log.synced_position() < self.lap_end {
+                self.log.sync()?;
+            }
+            self.next_block = 1;
+            self.lap_end = (0, 0);
+        }
+        self.blocks.clear();
+        self.blocks.resize(count as usize, Block([0; BLOCK]));
+        for (i, (block, chunk)) in self
+            .blocks
+            .iter_mut()
+            .zip(taken.chunks(FRAGMENT_BYTES))
+            .enumerate()
+        {
+            let offset = at.1 + (i * FRAGMENT_BYTES) as u64;
+            encode_fragment(block, self.generation, at.0, offset, chunk);
+        }
+        self.lap_end = self.lap_end.max((at.0, at.1 + taken.len() as u64));
+        let first = self.next_block;
+        self.next_block += count;
+        self.write_blocks(first)
+    }
+
+    /// Writes `self.blocks` at block `first` with `O_DIRECT` and `RWF_DSYNC`, and waits.
+    fn write_blocks(&mut self, first: u64) -> Result<(), StoreError> {
+        let len = self.blocks.len() * BLOCK;
+        let write = opcode::Write::new(
+            types::Fd(self.file.as_raw_fd()),
+            self.blocks.as_ptr().cast::<u8>(),
+            len as u32,
+        )
+        .offset(first * BLOCK as u64)
+        .rw_flags(libc::RWF_DSYNC)
+        .build();
+        // SAFETY: the buffer (`self.blocks`) is neither changed nor moved until the completion
+        // is reaped below: this method holds `&mut self` until then.
+        unsafe {
+            self.ring
+                .submission()
+                .push(&write)
+                .map_err(|_| StoreError::Refused("io_uring submission queue full".into()))?;
+        }
+        let result = loop {
+            if let Some(entry) = self.ring.completion().next() {
+                break entry.result();
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                // A signal ended the wait, not the write: wait again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io("io_uring submit", e)),
+            }
+        };
+        self.writes += 1;
+        if usize::try_from(result) == Ok(len) {
+            return Ok(());
+        }
+        let e = if result < 0 {
+            std::io::Error::from_raw_os_error(-result)
+        } else {
+            std::io::Error::other(format!("short write: {result} of {len} bytes"))
+        };
+        Err(io_error("direct write to", &self.path, e))
+    }
+}
+
 /// Reads completions as the eventfd reports them, on the runtime's event loop.
 async fn complete(mirror: std::sync::Weak<Mirror>, eventfd: AsyncFd<OwnedFd>) {
     loop {

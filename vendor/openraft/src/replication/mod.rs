@@ -171,6 +171,10 @@ where
     /// polykv: the last log id of the newest entries the core asked to send.
     received_tail: Option<LogId<C::NodeId>>,
 
+    /// polykv: when a heartbeat goes out for a committed index no request has carried yet
+    /// (`Config::commit_delay_us`), unless a request with entries carries it first.
+    commit_due: Option<InstantOf<C>>,
+
     /// polykv: the number of the current chain: entries the core asks to send that start
     /// where the previous ones end belong to one chain (one pipeline of the core's).
     chain: u64,
@@ -184,6 +188,13 @@ where
     /// polykv: the newest chain in which a request failed or conflicted: the core starts again
     /// from the follower's match, so the requests of that chain not yet sent are dropped.
     broken_chain: Option<u64>,
+}
+
+/// polykv: what ended a wait of the replication stream.
+enum Woke<E, R> {
+    Event(Option<E>),
+    Reply(Option<R>),
+    CommitDue,
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -244,6 +255,7 @@ where
             pipeline_tail: None,
             heartbeat_deferred: false,
             received_tail: None,
+            commit_due: None,
             chain: 0,
             chain_of: BTreeMap::new(),
             current_chain: None,
@@ -524,6 +536,8 @@ where
             leader_commit: self.committed.clone(),
             entries: logs,
         };
+        // polykv: the committed index goes with this request.
+        self.commit_due = None;
 
         // Send the payload.
         tracing::debug!(
@@ -716,23 +730,40 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         // polykv: nor for a queued one; with requests in flight, an answer also ends the wait.
+        // polykv: and a committed index not yet sent goes out in a heartbeat once due.
         if self.next_action.is_none() && self.queued.is_empty() {
-            if self.pipeline.is_empty() {
-                let event =
-                    self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
-                self.process_event(event);
-            } else {
-                let woke = select! {
-                    event = self.rx_event.recv() => Ok(event),
-                    reply = self.pipeline.next() => Err(reply),
-                };
-                match woke {
-                    Ok(event) => {
-                        let event = event.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
-                        self.process_event(event);
+            let commit_in = self.commit_due.map(|due| {
+                let now = C::now();
+                if due > now {
+                    due - now
+                } else {
+                    Duration::ZERO
+                }
+            });
+            let commit_timer = async move {
+                match commit_in {
+                    Some(wait) => C::sleep(wait).await,
+                    None => futures::future::pending::<()>().await,
+                }
+            };
+            let pipelined = !self.pipeline.is_empty();
+            let woke = select! {
+                event = self.rx_event.recv() => Woke::Event(event),
+                reply = self.pipeline.next(), if pipelined => Woke::Reply(reply),
+                _ = commit_timer => Woke::CommitDue,
+            };
+            match woke {
+                Woke::Event(event) => {
+                    let event = event.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                    self.process_event(event);
+                }
+                Woke::Reply(Some(reply)) => self.on_pipelined_reply(reply)?,
+                Woke::Reply(None) => {}
+                Woke::CommitDue => {
+                    self.commit_due = None;
+                    if self.next_action.is_none() && self.queued.is_empty() {
+                        self.next_action = Some(Data::new_heartbeat());
                     }
-                    Err(Some(reply)) => self.on_pipelined_reply(reply)?,
-                    Err(None) => {}
                 }
             }
         }
@@ -782,8 +813,14 @@ where
                 self.committed = c;
 
                 // If there is no action, fill in an heartbeat action to send committed index.
+                // polykv: with `commit_delay_us`, only once that long passed without a request
+                // with entries to carry it (under load the next one does: no call of its own).
                 if self.next_action.is_none() && self.queued.is_empty() {
-                    self.next_action = Some(Data::new_heartbeat());
+                    if self.config.commit_delay_us == 0 {
+                        self.next_action = Some(Data::new_heartbeat());
+                    } else if self.commit_due.is_none() {
+                        self.commit_due = Some(C::now() + Duration::from_micros(self.config.commit_delay_us));
+                    }
                 }
             }
             Replicate::Heartbeat => {

@@ -115,6 +115,8 @@ where
             leader_commit: self.committed.clone(),
             entries: logs,
         };
+        // The committed index goes with this request.
+        self.commit_due = None;
         let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
         let timeout = Timeout {
             action: RPCTypes::AppendEntries,
