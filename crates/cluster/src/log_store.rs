@@ -116,10 +116,10 @@ impl Durability {
     }
 }
 
-/// Whether the Raft log uses the direct mirror (`POLYKV_CLUSTER_LOG_MIRROR=0` turns it off,
-/// for measurements).
-fn mirror_wanted() -> bool {
-    std::env::var("POLYKV_CLUSTER_LOG_MIRROR").map_or(true, |v| v != "0")
+/// Whether the Raft log uses the direct mirror: `direct_sync` (the engine's setting), unless
+/// `POLYKV_CLUSTER_LOG_MIRROR=0` turns it off (for measurements).
+fn mirror_wanted(direct_sync: bool) -> bool {
+    direct_sync && std::env::var("POLYKV_CLUSTER_LOG_MIRROR").map_or(true, |v| v != "0")
 }
 
 struct Shared {
@@ -160,12 +160,15 @@ struct Message(String);
 
 impl LogStore {
     /// Opens the Raft log of node `me` in `dir` (segments and the state file). `applied` is the
-    /// state machine's applied index + 1: entries at or below it are never truncated.
+    /// state machine's applied index + 1: entries at or below it are never truncated. The log
+    /// is made durable through its direct mirror (where this machine allows one) unless
+    /// `direct_sync` is false: then by fdatasync.
     pub fn open(
         me: NodeId,
         dir: &Path,
         segment_bytes: u64,
         applied: Arc<AtomicU64>,
+        direct_sync: bool,
     ) -> Result<LogStore, StorageError> {
         let (state_file, hard) = StateFile::open(dir).map_err(io_err)?;
         let after = hard.last_purged.map_or(0, |id| id.index + 1);
@@ -187,7 +190,7 @@ impl LogStore {
         })
         .map_err(io_err)?;
         let log = Arc::new(log);
-        let mirror = if mirror_wanted() {
+        let mirror = if mirror_wanted(direct_sync) {
             BlockingMirror::start(&log_dir, generation, log.clone())
         } else {
             None

@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// Most AppendEntries requests in flight to one follower at once (1: one at a time).
     pub pipeline_depth: u64,
+    /// Whether the Raft log is made durable through its direct mirror (`engine.direct_sync`)
+    /// rather than fdatasync.
+    pub direct_sync: bool,
 }
 
 /// Requests in flight per follower (pipelined appends, `vendor/README.md`).
@@ -90,6 +93,7 @@ impl NodeConfig {
             write_timeout: Duration::from_secs(3),
             segment_bytes: polykv_engine::log::DEFAULT_SEGMENT_BYTES,
             pipeline_depth: PIPELINE_DEPTH,
+            direct_sync: true,
         }
     }
 }
@@ -199,6 +203,7 @@ impl Node {
             &config.dir.join("log"),
             config.segment_bytes,
             applied.clone(),
+            config.direct_sync,
         )
         .map_err(|e| storage(&e))?;
         let sm = StateMachine::open(

@@ -19,7 +19,7 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 fn open(dir: &Path) -> LogStore {
-    let store = LogStore::open(1, dir, SEGMENT_BYTES, Arc::new(AtomicU64::new(0))).unwrap();
+    let store = LogStore::open(1, dir, SEGMENT_BYTES, Arc::new(AtomicU64::new(0)), true).unwrap();
     assert!(
         store.uses_mirror(),
         "the mirror needs io_uring and O_DIRECT, which this machine image has"

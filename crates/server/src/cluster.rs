@@ -99,6 +99,7 @@ pub async fn start(
     node_config.heartbeat = Duration::from_millis(c.heartbeat_ms);
     node_config.election_min = Duration::from_millis(c.election_timeout_ms);
     node_config.election_max = Duration::from_millis(2 * c.election_timeout_ms);
+    node_config.direct_sync = config.engine.direct_sync;
     let node = Node::start(node_config, engine.clone(), transport.clone())
         .await
         .map_err(|e| ServerError::Other(format!("cannot start the cluster node: {e}")))?;

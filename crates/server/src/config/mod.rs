@@ -135,7 +135,8 @@ crate::settings! {
         /// Size at which a log segment file is sealed and a new one started, at least 1 MiB
         pub log_segment_bytes: u64 = polykv_engine::EngineConfig::default().log.segment_bytes,
         /// Make Sync writes durable with direct writes to the log's mirror file (io_uring,
-        /// O_DIRECT) rather than an fdatasync of the log; falls back where unavailable
+        /// O_DIRECT) rather than an fdatasync of the log (in a cluster, the Raft log's too); falls
+        /// back where unavailable
         pub direct_sync: bool = polykv_engine::EngineConfig::default().log.direct_sync,
     }
 }
