@@ -440,10 +440,18 @@ impl Mirror {
     /// than they cover.
     fn submit_next(&self) {
         let mut state = self.state.lock();
-        let covered = match state.in_flight.back() {
-            Some(last) => last.target,
-            None => self.durable.borrow().upto,
+        let (durable, failed) = {
+            let d = self.durable.borrow();
+            (d.upto, d.failed.is_some())
         };
+        // After a failure nothing is written: a later write must not release anyone.
+        if failed {
+            return;
+        }
+        let covered = state
+            .in_flight
+            .back()
+            .map_or(durable, |w| w.target.max(durable));
         if state.in_flight.len() >= MAX_IN_FLIGHT || state.wanted <= covered {
             return;
         }
@@ -601,7 +609,7 @@ impl Mirror {
             }
             (released, failure)
         };
-        if let Some(target) = released {
+        if let Some(target) = released.filter(|_| self.durable.borrow().failed.is_none()) {
             self.durable.send_modify(|d| {
                 self.covered
                     .fetch_add(target.saturating_sub(d.upto), Ordering::Relaxed);
