@@ -259,6 +259,66 @@ fn write_header(path: &Path, generation: u32) -> Result<(), StoreError> {
         .map_err(|e| io_error("write header of", path, e))
 }
 
+/// Where a mirror's next fragments go in its ring, shared by [`Mirror`] and [`BlockingMirror`].
+struct RingCursor {
+    /// The ring's next block (1 ..= BLOCKS - 1).
+    next_block: u64,
+    /// The furthest log position the blocks written since the ring last wrapped hold.
+    lap_end: Position,
+}
+
+impl RingCursor {
+    fn new() -> RingCursor {
+        RingCursor {
+            next_block: 1,
+            lap_end: (0, 0),
+        }
+    }
+
+    /// Encodes `taken` (log bytes starting at `at`) into `blocks` as fragments of `generation`
+    /// for the ring's next blocks, and returns the first of them. `None` where the log's own
+    /// fdatasync is the way instead (the caller syncs): more than the ring holds, or a wrap
+    /// onto blocks that `busy` says are still being written (given the end of the blocks the
+    /// wrap reuses). Before a wrap, the blocks it reuses are covered by the log's sync.
+    fn place(
+        &mut self,
+        log: &Log,
+        generation: u32,
+        taken: &[u8],
+        at: Position,
+        busy: impl Fn(u64) -> bool,
+        blocks: &mut Vec<Block>,
+    ) -> Result<Option<u64>, StoreError> {
+        let count = taken.len().div_ceil(FRAGMENT_BYTES) as u64;
+        if count > BLOCKS - 1 {
+            return Ok(None);
+        }
+        if self.next_block + count > BLOCKS {
+            if busy(1 + count) {
+                return Ok(None);
+            }
+            if log.synced_position() < self.lap_end {
+                log.sync()?;
+            }
+            *self = RingCursor::new();
+        }
+        blocks.clear();
+        blocks.resize(count as usize, Block([0; BLOCK]));
+        for (i, (block, chunk)) in blocks
+            .iter_mut()
+            .zip(taken.chunks(FRAGMENT_BYTES))
+            .enumerate()
+        {
+            let offset = at.1 + (i * FRAGMENT_BYTES) as u64;
+            encode_fragment(block, generation, at.0, offset, chunk);
+        }
+        self.lap_end = self.lap_end.max((at.0, at.1 + taken.len() as u64));
+        let first = self.next_block;
+        self.next_block += count;
+        Ok(Some(first))
+    }
+}
+
 /// What a Sync waiter sees.
 #[derive(Debug, Clone, Default)]
 struct Durable {
@@ -291,10 +351,7 @@ struct State {
     next_id: u64,
     /// The highest number a waiter asked for.
     wanted: u64,
-    /// The ring's next block (1 ..= BLOCKS - 1).
-    next_block: u64,
-    /// The furthest log position the blocks written since the ring last wrapped hold.
-    lap_end: Position,
+    cursor: RingCursor,
 }
 
 /// The running mirror of one log: see the module's documentation.
@@ -383,8 +440,7 @@ impl Mirror {
                 in_flight: std::collections::VecDeque::new(),
                 next_id: 0,
                 wanted: 0,
-                next_block: 1,
-                lap_end: (0, 0),
+                cursor: RingCursor::new(),
             }),
             durable: watch::channel(Durable {
                 upto: start,
@@ -492,38 +548,24 @@ impl Mirror {
             }
             return Ok(());
         }
-        let count = taken.len().div_ceil(FRAGMENT_BYTES) as u64;
-        if count > BLOCKS - 1 {
-            // Larger than the whole ring: the log's own fdatasync is the cheaper way.
+        // A write in flight that lies in the blocks a wrap reuses (it went in right after the
+        // last wrap) makes the log's fdatasync the way, as does a group larger than the ring.
+        let in_flight = &state.in_flight;
+        let mut blocks = Vec::new();
+        let placed = state.cursor.place(
+            &self.log,
+            self.generation,
+            taken,
+            at,
+            |end| in_flight.iter().any(|w| w.start < end),
+            &mut blocks,
+        )?;
+        let Some(first) = placed else {
             self.log.sync()?;
             self.synced_upto(state, target);
             return Ok(());
-        }
-        if state.next_block + count > BLOCKS {
-            // The ring wraps. A write in flight that lies in the blocks about to be reused (it
-            // went in right after the last wrap): the log's fdatasync covers this group and it.
-            if state.in_flight.iter().any(|w| w.start < 1 + count) {
-                self.log.sync()?;
-                self.synced_upto(state, target);
-                return Ok(());
-            }
-            // The blocks about to be reused must be covered by the log's sync.
-            if self.log.synced_position() < state.lap_end {
-                self.log.sync()?;
-            }
-            state.next_block = 1;
-            state.lap_end = (0, 0);
-        }
-        let mut blocks = vec![Block([0; BLOCK]); count as usize];
-        for (i, (block, chunk)) in blocks
-            .iter_mut()
-            .zip(taken.chunks(FRAGMENT_BYTES))
-            .enumerate()
-        {
-            let offset = at.1 + (i * FRAGMENT_BYTES) as u64;
-            encode_fragment(block, self.generation, at.0, offset, chunk);
-        }
-        state.lap_end = state.lap_end.max((at.0, at.1 + taken.len() as u64));
+        };
+        let count = blocks.len() as u64;
         let id = state.next_id;
         state.next_id += 1;
         let write = opcode::Write::new(
@@ -531,7 +573,7 @@ impl Mirror {
             blocks.as_ptr().cast::<u8>(),
             (count as usize * BLOCK) as u32,
         )
-        .offset(state.next_block * BLOCK as u64)
+        .offset(first * BLOCK as u64)
         .rw_flags(libc::RWF_DSYNC)
         .build()
         .user_data(id);
@@ -547,7 +589,7 @@ impl Mirror {
         }
         state.in_flight.push_back(InFlight {
             id,
-            start: state.next_block,
+            start: first,
             target,
             blocks,
             result: None,
@@ -556,7 +598,6 @@ impl Mirror {
             .ring
             .submit()
             .map_err(|e| StoreError::io("io_uring submit", e))?;
-        state.next_block += count;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -655,10 +696,7 @@ pub struct BlockingMirror {
     blocks: Vec<Block>,
     /// The log bytes of the write being made, taken from the log.
     taken: Vec<u8>,
-    /// The ring's next block (1 ..= BLOCKS - 1).
-    next_block: u64,
-    /// The furthest log position the blocks written since the ring last wrapped hold.
-    lap_end: Position,
+    cursor: RingCursor,
     writes: u64,
 }
 
@@ -693,8 +731,7 @@ impl BlockingMirror {
             ring,
             blocks: Vec::new(),
             taken: Vec::new(),
-            next_block: 1,
-            lap_end: (0, 0),
+            cursor: RingCursor::new(),
             writes: 0,
         };
         // One direct write of the header, so that a file system that takes `O_DIRECT` at open
@@ -739,8 +776,7 @@ impl BlockingMirror {
         self.blocks.push(header_block(next));
         self.write_blocks(0)?;
         self.generation = next;
-        self.next_block = 1;
-        self.lap_end = (0, 0);
+        self.cursor = RingCursor::new();
         Ok(())
     }
 
@@ -748,33 +784,18 @@ impl BlockingMirror {
         if taken.is_empty() {
             return Ok(());
         }
-        let count = taken.len().div_ceil(FRAGMENT_BYTES) as u64;
-        if count > BLOCKS - 1 {
-            return self.log.sync();
+        let placed = self.cursor.place(
+            &self.log,
+            self.generation,
+            taken,
+            at,
+            |_| false,
+            &mut self.blocks,
+        )?;
+        match placed {
+            Some(first) => self.write_blocks(first),
+            None => self.log.sync(),
         }
-        if self.next_block + count > BLOCKS {
-            // The ring wraps: the blocks about to be reused must be covered by the log's sync.
-            if self.log.synced_position() < self.lap_end {
-                self.log.sync()?;
-            }
-            self.next_block = 1;
-            self.lap_end = (0, 0);
-        }
-        self.blocks.clear();
-        self.blocks.resize(count as usize, Block([0; BLOCK]));
-        for (i, (block, chunk)) in self
-            .blocks
-            .iter_mut()
-            .zip(taken.chunks(FRAGMENT_BYTES))
-            .enumerate()
-        {
-            let offset = at.1 + (i * FRAGMENT_BYTES) as u64;
-            encode_fragment(block, self.generation, at.0, offset, chunk);
-        }
-        self.lap_end = self.lap_end.max((at.0, at.1 + taken.len() as u64));
-        let first = self.next_block;
-        self.next_block += count;
-        self.write_blocks(first)
     }
 
     /// Writes `self.blocks` at block `first` with `O_DIRECT` and `RWF_DSYNC`, and waits.
@@ -871,6 +892,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ring_wraps_to_its_first_block_unless_that_is_still_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 1 << 20, 0, |_, _| Ok(())).unwrap();
+        let mut cursor = RingCursor::new();
+        let mut blocks = Vec::new();
+        let group = vec![7u8; FRAGMENT_BYTES * 1000];
+        let len = group.len() as u64;
+        let mut place = |cursor: &mut RingCursor, at: u64, busy: bool| {
+            cursor
+                .place(&log, 1, &group, (1, at), |end| busy && end > 1, &mut blocks)
+                .unwrap()
+        };
+        assert_eq!(place(&mut cursor, 0, false), Some(1));
+        assert_eq!(place(&mut cursor, len, false), Some(1001));
+        // 2 001 + 1 000 blocks pass the ring's end: the next group goes to block 1, unless the
+        // blocks there are still being written.
+        assert_eq!(place(&mut cursor, 2 * len, true), None);
+        assert_eq!(place(&mut cursor, 2 * len, false), Some(1));
+        assert_eq!(place(&mut cursor, 3 * len, false), Some(1001));
+        assert_eq!(blocks.len(), 1000);
+        let whole_ring = vec![0u8; FRAGMENT_BYTES * BLOCKS as usize];
+        assert_eq!(
+            cursor
+                .place(&log, 1, &whole_ring, (1, 0), |_| false, &mut blocks)
+                .unwrap(),
+            None,
+            "a group larger than the ring"
+        );
+    }
+
+    #[test]
     fn a_fragment_reads_back_only_in_its_generation_and_intact() {
         let mut block = Block([0; BLOCK]);
         encode_fragment(&mut block, 7, 42, 4000, b"some log bytes");
@@ -915,6 +967,20 @@ mod tests {
         }
         bytes.resize(BLOCKS as usize * BLOCK, 0);
         std::fs::write(dir.join(FILE_NAME), bytes).unwrap();
+    }
+
+    /// A log of six records of which the segment holds the first three (its page cache lost)
+    /// and a mirror of `generation` the other three; the three on disk and the segment's path.
+    fn records_4_to_6_only_in_the_mirror(dir: &Path, generation: u32) -> (Vec<u8>, PathBuf) {
+        let (three, six, path) = six_records(dir);
+        let start = intact_end(&three);
+        std::fs::write(&path, &three).unwrap();
+        write_mirror(
+            dir,
+            generation,
+            &[(start as u64, &six[start..intact_end(&six)])],
+        );
+        (three, path)
     }
 
     fn replayed(dir: &Path) -> usize {
@@ -967,14 +1033,7 @@ mod tests {
     #[test]
     fn a_mirror_without_a_valid_header_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let (three, six, path) = six_records(dir.path());
-        let start = intact_end(&three);
-        std::fs::write(&path, &three).unwrap();
-        write_mirror(
-            dir.path(),
-            2,
-            &[(start as u64, &six[start..intact_end(&six)])],
-        );
+        records_4_to_6_only_in_the_mirror(dir.path(), 2);
         let mut bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
         bytes[5] ^= 1;
         std::fs::write(dir.path().join(FILE_NAME), bytes).unwrap();
@@ -989,19 +1048,12 @@ mod tests {
     #[test]
     fn after_a_clean_close_the_fragments_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let (three, six, path) = six_records(dir.path());
-        let start = intact_end(&three);
-        std::fs::write(&path, &three).unwrap();
-        write_mirror(
-            dir.path(),
-            4,
-            &[(start as u64, &six[start..intact_end(&six)])],
-        );
+        let (three, path) = records_4_to_6_only_in_the_mirror(dir.path(), 4);
         super::super::clean::write(
             dir.path(),
             super::super::clean::Mark {
                 first_seq: 1,
-                len: start as u64,
+                len: intact_end(&three) as u64,
             },
         )
         .unwrap();
