@@ -288,6 +288,10 @@ impl Service for JsonkvService {
     }
 
     fn prefetch(&self, requests: &[RequestPayload]) {
+        // Only reads are prefetched, and a lone request's lookups follow at once.
+        if requests.len() < 2 {
+            return;
+        }
         let items = requests.iter().flat_map(|request| match request {
             RequestPayload::Single(item) => std::slice::from_ref(item),
             RequestPayload::Batch(items) => &items[..],
