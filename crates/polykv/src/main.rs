@@ -1,5 +1,6 @@
 //! The `polykv` binary: parses arguments and calls into the crates.
 
+mod allocator;
 mod bench;
 mod cluster;
 mod upgrade;
@@ -13,7 +14,7 @@ use polykv_server::cli::ConfigArgs;
 /// answered 9–15 % more nmdb GETs and SETs at depth 1. `MIMALLOC_ALLOW_LARGE_OS_PAGES=1` in the
 /// environment also backs the heap with transparent huge pages (docs/operations.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
 
 #[derive(Parser)]
 #[command(
