@@ -1808,3 +1808,28 @@ proptest! {
         prop_assert_eq!(server.into_payload(), decode_request_payload_parsed(&text, &limits));
     }
 }
+
+/// The value check finds a byte to escape or a non-ASCII byte at every position of inputs
+/// around the vector width, and passes plain ASCII, as the byte-wise rule says.
+#[test]
+fn escape_or_non_ascii_check_finds_every_stop() {
+    let stops = |s: &[u8]| {
+        s.iter()
+            .any(|&b| b < 0x20 || b >= 0x80 || b == b'"' || b == b'\\')
+    };
+    for len in 0..70 {
+        let plain: Vec<u8> = (0..len).map(|i| b' ' + (i % 95) as u8).collect();
+        let plain: Vec<u8> = plain
+            .into_iter()
+            .map(|b| if b == b'"' || b == b'\\' { b'x' } else { b })
+            .collect();
+        assert!(!needs_escape_or_non_ascii(&plain), "{len}");
+        for at in 0..len {
+            for b in [0u8, 0x1f, b'"', b'\\', 0x80, 0xff, 0x7f, b' ', b'~'] {
+                let mut s = plain.clone();
+                s[at] = b;
+                assert_eq!(needs_escape_or_non_ascii(&s), stops(&s), "{len} {at} {b}");
+            }
+        }
+    }
+}
