@@ -1815,7 +1815,7 @@ proptest! {
 fn escape_or_non_ascii_check_finds_every_stop() {
     let stops = |s: &[u8]| {
         s.iter()
-            .any(|&b| b < 0x20 || b >= 0x80 || b == b'"' || b == b'\\')
+            .any(|&b| !(0x20..0x80).contains(&b) || b == b'"' || b == b'\\')
     };
     for len in 0..70 {
         let plain: Vec<u8> = (0..len).map(|i| b' ' + (i % 95) as u8).collect();
