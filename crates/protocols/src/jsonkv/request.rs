@@ -22,9 +22,9 @@ pub struct GetKey {
 }
 
 impl GetKey {
-    /// The key that ends `text` and is `len` bytes long, already known to be plain
-    /// ASCII: only its length is checked. When `text` has [`GET_KEY_INLINE`] bytes up to `end`,
-    /// they are copied as one fixed-size block (a few wide moves, where a `memcpy` of the key's
+    /// The key that ends `text` and is `len` bytes long, already known to be plain ASCII:
+    /// only its length is checked. When `text` has at least [`GET_KEY_INLINE`] bytes, its last
+    /// ones are copied as one fixed-size block (a few wide moves, where a `memcpy` of the key's
     /// length wrote bytes that the request's later moves read back as words, and stalled).
     fn ending_at(text: &[u8], len: usize) -> Option<GetKey> {
         let start = end_minus(text, len)?;
