@@ -29,8 +29,17 @@ use crate::{Raft, Request, TypeConfig};
 
 /// Most proposals in one entry.
 const MAX_BATCH: usize = 1024;
-/// Entries proposed and not yet answered at once.
+/// Entries proposed and not yet answered at once. `POLYKV_CLUSTER_ENTRY_SLOTS=N` overrides it
+/// (for measurements).
 const IN_FLIGHT: usize = 4;
+
+fn in_flight_from_env() -> usize {
+    std::env::var("POLYKV_CLUSTER_ENTRY_SLOTS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(IN_FLIGHT)
+}
 /// Proposals waiting for an entry (bounded: over it, a write is refused as unavailable).
 const QUEUE: usize = 16 * 1024;
 
@@ -58,6 +67,8 @@ struct State {
 struct Shared {
     raft: Raft,
     timeout: Duration,
+    /// Entries proposed and not yet answered at once.
+    in_flight: usize,
     state: Mutex<State>,
 }
 
@@ -73,6 +84,7 @@ impl Batcher {
             shared: Arc::new(Shared {
                 raft,
                 timeout,
+                in_flight: in_flight_from_env(),
                 state: Mutex::new(State {
                     queue: Vec::new(),
                     flights: Vec::new(),
@@ -125,7 +137,7 @@ impl Shared {
             state
                 .flights
                 .retain(|f| !f.answered.load(Ordering::Acquire) && f.deadline > now);
-            if state.flights.len() >= IN_FLIGHT {
+            if state.flights.len() >= self.in_flight {
                 return;
             }
             let take = state.queue.len().min(MAX_BATCH);

@@ -63,9 +63,9 @@ impl Slot {
 }
 
 /// Bytes a slot costs beyond its key and encoding: the slot itself (48), its table entry (5 to
-/// 10, with the table's spare room), the record's shared-buffer header (24) and allocator
-/// rounding.
-const SLOT_OVERHEAD: usize = 88;
+/// 10, with the table's spare room), the reference count and length the record's allocation
+/// starts with (12) and allocator rounding.
+const SLOT_OVERHEAD: usize = 76;
 
 /// Most keys [`Cache::prefetch`] takes at once: a pipelined batch's worth. More would evict
 /// the first ones' lines before they are read.

@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod locks;
 pub mod log;
 mod persist;
+mod record;
 pub mod store;
 pub mod value;
 pub mod watch;

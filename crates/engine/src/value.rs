@@ -112,12 +112,15 @@ impl Entry {
     /// at the encoding's tail: the cache keeps the record whole, the log's overlay keeps slices
     /// of it, and neither holds on to the buffer the request arrived in.
     pub fn encode_keyed(&mut self, key: &[u8]) -> KeyedEntry {
-        // Exactly sized: the cache keeps this allocation for as long as the key is cached.
-        let mut out = BytesMut::with_capacity(key.len() + self.encoded_len());
-        out.put_slice(key);
-        self.encode_into(&mut out);
+        // Exactly sized, with its reference count in the same allocation: the cache keeps it
+        // for as long as the key is cached.
+        let bytes = crate::record::build(key.len() + self.encoded_len(), |mut out| {
+            out.put_slice(key);
+            self.encode_into(&mut out);
+            debug_assert!(out.is_empty(), "encoded_len disagrees with encode_into");
+        });
         let record = KeyedEntry {
-            bytes: out.freeze(),
+            bytes,
             key_len: key.len() as u32,
         };
         if let Value::Bytes(value) = &mut self.value {
@@ -135,7 +138,7 @@ impl Entry {
         fixed + expiry + owner + label + self.value.len()
     }
 
-    fn encode_into(&self, out: &mut BytesMut) {
+    fn encode_into(&self, out: &mut impl BufMut) {
         out.put_u8(ENTRY_FORMAT);
         let mut flags = 0u8;
         if self.expires_at.is_some() {
@@ -294,11 +297,12 @@ pub struct KeyedEntry {
 impl KeyedEntry {
     /// Copies a key and an encoding into one record.
     pub fn new(key: &[u8], encoded: &[u8]) -> KeyedEntry {
-        let mut out = BytesMut::with_capacity(key.len() + encoded.len());
-        out.put_slice(key);
-        out.put_slice(encoded);
+        let bytes = crate::record::build(key.len() + encoded.len(), |out| {
+            out[..key.len()].copy_from_slice(key);
+            out[key.len()..].copy_from_slice(encoded);
+        });
         KeyedEntry {
-            bytes: out.freeze(),
+            bytes,
             key_len: key.len() as u32,
         }
     }

@@ -123,8 +123,11 @@ pub trait Service: Send + 'static {
         request: Self::Request,
     ) -> impl Future<Output = Reply<Self::Response>> + Send;
 
-    /// Called with the requests of a pipelined batch (two or more) before they are executed one by one:
-    /// a service starts loading what they will read (see `Engine::prefetch`). Default: nothing.
+    /// Called with the decoded requests (one or more) before they are executed one by one: a
+    /// service starts loading what they will read (see `Engine::prefetch`), so that the cache
+    /// misses of a pipelined batch overlap. A lone read is looked up at once, so there is
+    /// nothing to overlap: services prefetch a lone request only when it writes, whose lookups
+    /// come after the record's encoding and the log append. Default: nothing.
     fn prefetch(&self, _requests: &[Self::Request]) {}
 
     /// A message the server sends unasked (watch pushes). Never resolves by default.
@@ -918,9 +921,7 @@ where
                 if self.ahead.is_empty() {
                     break;
                 }
-                if self.ahead.len() > 1 {
-                    self.service.prefetch(self.ahead.make_contiguous());
-                }
+                self.service.prefetch(self.ahead.make_contiguous());
             }
             let Some(request) = self.ahead.pop_front() else {
                 break;

@@ -292,6 +292,10 @@ impl Service for JsonkvService {
     }
 
     fn prefetch(&self, requests: &[ServerRequest]) {
+        // Only reads are prefetched, and a lone request's lookups follow at once.
+        if requests.len() < 2 {
+            return;
+        }
         let keys = requests.iter().flat_map(|request| {
             let (get, items) = match request {
                 ServerRequest::Get { key, .. } => (Some(key.as_bytes()), &[][..]),

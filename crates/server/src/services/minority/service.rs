@@ -335,6 +335,10 @@ impl Service for MinorityService {
     }
 
     fn prefetch(&self, requests: &[Request]) {
+        // Only reads are prefetched, and a lone request's lookups follow at once.
+        if requests.len() < 2 {
+            return;
+        }
         let frames = requests.iter().filter_map(|request| match request {
             Request::Frame {
                 data_id,

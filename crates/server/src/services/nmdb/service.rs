@@ -340,6 +340,11 @@ impl Service for NmdbService {
     }
 
     fn prefetch(&self, requests: &[Request]) {
+        if let [lone] = requests {
+            if written(lone).is_none() {
+                return;
+            }
+        }
         let ks = self.shared.keyspace;
         self.shared
             .engine

@@ -588,6 +588,11 @@ impl Service for OpenClusterService {
     }
 
     fn prefetch(&self, requests: &[Request]) {
+        if let [lone] = requests {
+            if !matches!(lone.body, RequestBody::Set { .. }) {
+                return;
+            }
+        }
         // The keys live on the stack: a batch's prefetch allocates nothing.
         let mut keys = [[0u8; 8]; PREFETCH_MAX];
         // Bit i: key i is written (its memtable entry is prefetched too).
