@@ -26,6 +26,16 @@ pub enum Decoded<T> {
     Incomplete,
 }
 
+impl<T> Decoded<T> {
+    /// The same result with the message mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Decoded<U> {
+        match self {
+            Decoded::Frame(message, used) => Decoded::Frame(f(message), used),
+            Decoded::Incomplete => Decoded::Incomplete,
+        }
+    }
+}
+
 /// The stream cannot go on: the connection must be closed, without a reply.
 ///
 /// Protocol errors that are answered with an error reply are not `Reject`s: they are decoded as

@@ -16,12 +16,15 @@ pub fn fuzz_server(data: &[u8]) {
             same_request_both_ways(payload, &limits);
         }
         assert!(used >= HEADER_LEN && used <= rest.len());
+        let request = request.into_payload();
         let mut out = BytesMut::new();
         client.encode_request(&request, &mut out);
         // The canonical encoding can be longer than the input (`1` becomes `{}`).
         if out.len() <= limits.max_frame {
             assert_eq!(
-                server.decode_request(&out),
+                server
+                    .decode_request(&out)
+                    .map(|decoded| decoded.map(ServerRequest::into_payload)),
                 Ok(Decoded::Frame(request, out.len()))
             );
         }
@@ -90,9 +93,18 @@ pub fn fuzz_client(data: &[u8]) {
     }
 }
 
-/// A request the plain reader takes decodes the same through the JSON parser, and one the
-/// canonical reader takes the same through the plain reader.
+/// A request the plain reader takes decodes the same through the JSON parser, one the
+/// canonical reader takes the same through the plain reader, and one the fast get takes the
+/// same through the JSON parser; the server's reading is always the general reader's.
 fn same_request_both_ways(payload: &[u8], limits: &Limits) {
+    assert_eq!(
+        decode_server_request(payload, limits).into_payload(),
+        decode_request_payload(payload, limits)
+    );
+    if let Some((key, id)) = decode_fast_get(payload, limits) {
+        let get = ServerRequest::Get { key, id }.into_payload();
+        assert_eq!(get, decode_request_payload_parsed(payload, limits));
+    }
     if let Some(item) = decode_canonical_request(payload, limits) {
         assert_eq!(Some(item), decode_plain_request(payload, limits));
     }

@@ -628,9 +628,21 @@ impl Id {
 
     /// An integer's text (`-?[0-9]+`, checked by the caller): ASCII, so it needs no UTF-8
     /// check or white-space pass.
+    #[inline(always)]
     pub(super) fn from_integer(digits: &[u8]) -> Id {
         match u8::try_from(digits.len()) {
-            Ok(len) if digits.len() <= INLINE_ID && digits.is_ascii() => {
+            Ok(len) if digits.len() <= 16 => {
+                // Gathered in a register and stored as one word: a `memcpy` of the digits
+                // wrote bytes that the id's next move read back as a word, and stalled.
+                let word = digits
+                    .iter()
+                    .rev()
+                    .fold(0u128, |word, &digit| (word << 8) | u128::from(digit));
+                let mut bytes = [0; INLINE_ID];
+                bytes[..16].copy_from_slice(&word.to_le_bytes());
+                Id(IdText::Inline { len, bytes })
+            }
+            Ok(len) if digits.len() <= INLINE_ID => {
                 let mut bytes = [0; INLINE_ID];
                 bytes[..digits.len()].copy_from_slice(digits);
                 Id(IdText::Inline { len, bytes })
@@ -657,6 +669,7 @@ impl Id {
 
     /// The compact JSON text's bytes, as they are written (no UTF-8 check: they came from a
     /// `&str`).
+    #[inline]
     pub fn json_bytes(&self) -> &[u8] {
         match &self.0 {
             IdText::Inline { len, bytes } => &bytes[..usize::from(*len)],

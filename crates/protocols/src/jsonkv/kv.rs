@@ -347,7 +347,7 @@ pub(super) fn decode_canonical_request(payload: &[u8], limits: &Limits) -> Optio
 /// `text` after `prefix`, if it starts so. A fixed-size compare: the compiler inlines it,
 /// where `strip_prefix` called `memcmp` (3 % of the server per jsonkv GET).
 #[inline(always)]
-fn after<'a, const N: usize>(text: &'a [u8], prefix: &[u8; N]) -> Option<&'a [u8]> {
+pub(super) fn after<'a, const N: usize>(text: &'a [u8], prefix: &[u8; N]) -> Option<&'a [u8]> {
     let (head, rest) = text.split_first_chunk::<N>()?;
     (head == prefix).then_some(rest)
 }
@@ -363,7 +363,7 @@ fn canonical_string(text: &[u8]) -> Option<(&str, &[u8])> {
 }
 
 /// `-?(0|[1-9][0-9]*)`, all of `text`.
-fn is_integer(text: &[u8]) -> bool {
+pub(super) fn is_integer(text: &[u8]) -> bool {
     let digits = text.strip_prefix(b"-").unwrap_or(text);
     match digits {
         [b'0'] => true,
@@ -601,13 +601,13 @@ impl JsonkvServerCodec {
 }
 
 impl ServerCodec for JsonkvServerCodec {
-    type Request = RequestPayload;
+    type Request = ServerRequest;
     type Response = ServerReply;
 
-    fn decode_request(&self, buf: &[u8]) -> Result<Decoded<RequestPayload>, Reject> {
+    fn decode_request(&self, buf: &[u8]) -> Result<Decoded<ServerRequest>, Reject> {
         Ok(match split_frame(buf, self.limits.max_frame)? {
             Decoded::Frame(payload, used) => {
-                Decoded::Frame(decode_request_payload(payload, &self.limits), used)
+                Decoded::Frame(decode_server_request(payload, &self.limits), used)
             }
             Decoded::Incomplete => Decoded::Incomplete,
         })

@@ -65,6 +65,7 @@ mod fuzz;
 mod json;
 mod kv;
 mod reply;
+mod request;
 mod rpc;
 
 pub use agent::*;
@@ -75,6 +76,7 @@ use json::*;
 pub use json::{escapes, needs_escape, Id};
 pub use kv::*;
 pub use reply::*;
+pub use request::*;
 pub use rpc::*;
 
 #[cfg(test)]

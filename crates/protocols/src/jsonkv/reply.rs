@@ -76,18 +76,19 @@ impl ServerReply {
 /// [`put_response`] of `Response::success(Operate::Get, value, id)`, with the length known
 /// before the first byte is written.
 pub(super) fn put_got_frame(out: &mut BytesMut, value: &PlainText, id: &Id) {
-    const HEAD: &[u8] = b"{\"jsonkv\":\"1.0\",\"result\":{\"value\":\"";
-    const TAIL: &[u8] = b"\",\"code\":\"0\",\"message\":\"get operation success\"},\"id\":";
+    const HEAD: &[u8; 35] = b"{\"jsonkv\":\"1.0\",\"result\":{\"value\":\"";
+    const TAIL: &[u8; 53] = b"\",\"code\":\"0\",\"message\":\"get operation success\"},\"id\":";
     let id = id.json_bytes();
     let length = HEADER_LEN + HEAD.len() + value.len() + TAIL.len() + id.len() + 1;
     out.reserve(length);
-    let mut header = [0u8; HEADER_LEN];
+    // The header and the head as one fixed-size copy.
+    let mut head = [0u8; HEADER_LEN + HEAD.len()];
     // Frames over 4 GiB cannot be described; a peer would reject the saturated length.
-    header[8..12].copy_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
-    out.put_slice(&header);
-    out.put_slice(HEAD);
-    out.put_slice(value.as_bytes());
-    out.put_slice(TAIL);
-    out.put_slice(id);
-    out.put_u8(b'}');
+    head[8..12].copy_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
+    head[HEADER_LEN..].copy_from_slice(HEAD);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(TAIL);
+    out.extend_from_slice(id);
+    out.extend_from_slice(b"}");
 }

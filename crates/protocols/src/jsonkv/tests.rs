@@ -29,7 +29,7 @@ fn decode(bytes: &[u8]) -> RequestPayload {
     match SERVER.decode_request(bytes) {
         Ok(Decoded::Frame(request, used)) => {
             assert_eq!(used, bytes.len());
-            request
+            request.into_payload()
         }
         other => panic!("expected a frame, got {other:?}"),
     }
@@ -294,7 +294,7 @@ fn pipelined_frames_in_one_buffer() {
     let mut rest = &buf[..];
     let mut seen = Vec::new();
     while let Ok(Decoded::Frame(request, used)) = SERVER.decode_request(rest) {
-        seen.push(request);
+        seen.push(request.into_payload());
         rest = &rest[used..];
     }
     assert_eq!(
@@ -1233,7 +1233,10 @@ proptest! {
         let client = JsonkvClientCodec::default();
         let mut out = BytesMut::new();
         client.encode_request(&request, &mut out);
-        prop_assert_eq!(SERVER.decode_request(&out), Ok(Decoded::Frame(request.clone(), out.len())));
+        prop_assert_eq!(
+            SERVER.decode_request(&out).map(|d| d.map(ServerRequest::into_payload)),
+            Ok(Decoded::Frame(request.clone(), out.len()))
+        );
         prop_assert_eq!(SERVER.decode_datagram(&out), Some(request));
     }
 
@@ -1677,4 +1680,156 @@ fn plain_text_refuses_what_needs_escaping_or_is_not_utf8() {
         assert!(PlainText::new(bytes::Bytes::copy_from_slice(value)).is_err());
     }
     assert!(PlainText::new(bytes::Bytes::from("é".repeat(9))).is_ok());
+}
+
+// --- The server's fast get (request::decode_fast_get) -----------------------------------------
+
+/// What the client codec writes for a get of a plain ASCII key is read by the fast path, as the
+/// same request the general reader makes of it; a near miss is left to the general reader.
+#[test]
+fn fast_get_takes_the_client_s_get_and_nothing_else() {
+    let client = JsonkvClientCodec::default();
+    for key in [
+        "k",
+        "user:0000000001",
+        &"x".repeat(GET_KEY_INLINE),
+        "a b~\u{7f}",
+    ] {
+        for id in [
+            Id::null(),
+            Id::number(1),
+            Id::number(u64::MAX),
+            id("-3"),
+            id("0"),
+        ] {
+            let request = RequestPayload::Single(cmd(Command::get(key), id.as_json()));
+            let mut out = BytesMut::new();
+            client.encode_request(&request, &mut out);
+            let Ok(Decoded::Frame(read, _)) = SERVER.decode_request(&out) else {
+                panic!("{key:?}: no frame");
+            };
+            assert!(
+                matches!(read, ServerRequest::Get { .. }),
+                "{key:?} {id:?}: not fast"
+            );
+            assert_eq!(read.into_payload(), request);
+        }
+    }
+    let misses = [
+        r#"{"jsonkv":"1.0","operate":"get","key":""}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"é"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"a\"b"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"a\u0062"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":01}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1.0}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":"1"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":-}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1} "#,
+        r#" {"jsonkv":"1.0","operate":"get","key":"k"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","key":"j"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1,"id":2}"#,
+        r#"{"jsonkv":"1.0","operate":"GET","key":"k"}"#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k""#,
+        r#"{"jsonkv":"1.0","operate":"get","key":"k","id":1"#,
+    ];
+    let long = format!(
+        r#"{{"jsonkv":"1.0","operate":"get","key":"{}"}}"#,
+        "x".repeat(GET_KEY_INLINE + 1)
+    );
+    for json in misses.iter().copied().chain([long.as_str()]) {
+        let read = decode_server_request(json.as_bytes(), &limits());
+        assert!(matches!(read, ServerRequest::Payload(_)), "{json}: fast");
+        assert_eq!(read.into_payload(), payload(json), "{json}");
+    }
+    // Limits: a key over max_key, a document deeper than max_depth.
+    let get = br#"{"jsonkv":"1.0","operate":"get","key":"abc"}"#;
+    for limits in [
+        Limits {
+            max_key: 2,
+            ..limits()
+        },
+        Limits {
+            max_depth: 0,
+            ..limits()
+        },
+    ] {
+        assert_eq!(decode_fast_get(get, &limits), None);
+        assert_eq!(
+            decode_server_request(get, &limits).into_payload(),
+            decode_request_payload_parsed(get, &limits)
+        );
+    }
+}
+
+/// A get as the client writes it, with a key and an id from sets that include what the fast
+/// path must refuse (quotes, escapes, non-ASCII, control characters, leading zeros, fractions).
+fn fast_get_candidate() -> impl Strategy<Value = Vec<u8>> {
+    let key = prop_oneof![
+        "[a-z0-9:]{1,20}",
+        "[ -~]{0,50}",
+        "[a-z\"\\\\é\u{1}\u{7f}]{0,8}",
+        Just("x".repeat(GET_KEY_INLINE)),
+        Just("x".repeat(GET_KEY_INLINE + 1)),
+    ];
+    let id = prop_oneof![
+        Just(String::new()),
+        "-?[0-9]{1,25}".prop_map(|n| format!(",\"id\":{n}")),
+        "[-0-9.eE\"a ]{0,6}".prop_map(|n| format!(",\"id\":{n}")),
+    ];
+    (key, id).prop_map(|(key, id)| {
+        format!(r#"{{"jsonkv":"1.0","operate":"get","key":"{key}"{id}}}"#).into_bytes()
+    })
+}
+
+proptest! {
+    /// The server reads every payload as the general readers do, whether the fast path takes
+    /// it or not: generated gets, and the same with one byte changed, inserted or removed,
+    /// or cut short.
+    #[test]
+    fn fast_get_reads_what_the_general_reader_reads(
+        mut text in fast_get_candidate(),
+        edit in 0usize..4,
+        at in any::<prop::sample::Index>(),
+        byte in prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), Just(b'}'), Just(b' ')],
+        max_key in prop_oneof![Just(DEFAULT_MAX_KEY), 1usize..20],
+    ) {
+        let at = at.index(text.len() + 1);
+        match edit {
+            1 => text.insert(at, byte),
+            2 if at < text.len() => text[at] = byte,
+            3 if at < text.len() => {
+                text.remove(at);
+            }
+            _ => {}
+        }
+        let limits = Limits { max_key, ..limits() };
+        let server = decode_server_request(&text, &limits);
+        prop_assert_eq!(server.clone().into_payload(), decode_request_payload(&text, &limits));
+        prop_assert_eq!(server.into_payload(), decode_request_payload_parsed(&text, &limits));
+    }
+}
+
+/// The value check finds a byte to escape or a non-ASCII byte at every position of inputs
+/// around the vector width, and passes plain ASCII, as the byte-wise rule says.
+#[test]
+fn escape_or_non_ascii_check_finds_every_stop() {
+    let stops = |s: &[u8]| {
+        s.iter()
+            .any(|&b| !(0x20..0x80).contains(&b) || b == b'"' || b == b'\\')
+    };
+    for len in 0..70 {
+        let plain: Vec<u8> = (0..len).map(|i| b' ' + (i % 95) as u8).collect();
+        let plain: Vec<u8> = plain
+            .into_iter()
+            .map(|b| if b == b'"' || b == b'\\' { b'x' } else { b })
+            .collect();
+        assert!(!needs_escape_or_non_ascii(&plain), "{len}");
+        for at in 0..len {
+            for b in [0u8, 0x1f, b'"', b'\\', 0x80, 0xff, 0x7f, b' ', b'~'] {
+                let mut s = plain.clone();
+                s[at] = b;
+                assert_eq!(needs_escape_or_non_ascii(&s), stops(&s), "{len} {at} {b}");
+            }
+        }
+    }
 }
