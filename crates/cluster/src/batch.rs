@@ -33,13 +33,6 @@ const MAX_BATCH: usize = 1024;
 /// (for measurements).
 const IN_FLIGHT: usize = 4;
 
-fn in_flight_from_env() -> usize {
-    std::env::var("POLYKV_CLUSTER_ENTRY_SLOTS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|n| (1..=64).contains(n))
-        .unwrap_or(IN_FLIGHT)
-}
 /// Proposals waiting for an entry (bounded: over it, a write is refused as unavailable).
 const QUEUE: usize = 16 * 1024;
 
@@ -84,7 +77,7 @@ impl Batcher {
             shared: Arc::new(Shared {
                 raft,
                 timeout,
-                in_flight: in_flight_from_env(),
+                in_flight: crate::tuning::number("POLYKV_CLUSTER_ENTRY_SLOTS", 1..=64, IN_FLIGHT),
                 state: Mutex::new(State {
                     queue: Vec::new(),
                     flights: Vec::new(),

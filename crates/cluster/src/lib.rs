@@ -34,6 +34,7 @@ pub mod state_machine;
 pub mod tcp;
 pub mod timing;
 pub mod transport;
+mod tuning;
 pub mod wire;
 
 use std::fmt;

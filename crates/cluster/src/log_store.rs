@@ -119,7 +119,7 @@ impl Durability {
 /// Whether the Raft log uses the direct mirror: `direct_sync` (the engine's setting), unless
 /// `POLYKV_CLUSTER_LOG_MIRROR=0` turns it off (for measurements).
 fn mirror_wanted(direct_sync: bool) -> bool {
-    direct_sync && std::env::var("POLYKV_CLUSTER_LOG_MIRROR").map_or(true, |v| v != "0")
+    direct_sync && crate::tuning::switch("POLYKV_CLUSTER_LOG_MIRROR")
 }
 
 struct Shared {
@@ -216,7 +216,7 @@ impl LogStore {
                 me,
                 own_vote,
                 pending,
-                inline: std::env::var("POLYKV_CLUSTER_INLINE_FLUSH").map_or(true, |v| v != "0"),
+                inline: crate::tuning::switch("POLYKV_CLUSTER_INLINE_FLUSH"),
                 entries: Mutex::new(entries),
                 encoded: Mutex::new(Vec::new()),
                 hard: Mutex::new(hard),

@@ -63,24 +63,6 @@ pub const PIPELINE_DEPTH: u64 = 1;
 /// overrides it (0 is openraft 0.9's call at once).
 pub const COMMIT_DELAY_US: u64 = 1000;
 
-/// `POLYKV_CLUSTER_COMMIT_DELAY_US=N` overrides the commit delay (for measurements).
-fn commit_delay_from_env() -> u64 {
-    std::env::var("POLYKV_CLUSTER_COMMIT_DELAY_US")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|d| *d <= 100_000)
-        .unwrap_or(COMMIT_DELAY_US)
-}
-
-/// `POLYKV_CLUSTER_PIPELINE=N` overrides the pipeline depth (for measurements).
-fn pipeline_depth_from_env(default: u64) -> u64 {
-    std::env::var("POLYKV_CLUSTER_PIPELINE")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|d| (1..=64).contains(d))
-        .unwrap_or(default)
-}
-
 impl NodeConfig {
     pub fn new(id: NodeId, dir: PathBuf) -> NodeConfig {
         NodeConfig {
@@ -191,8 +173,16 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: 1000.min(config.snapshot_every),
             snapshot_max_chunk_size: 1 << 20,
-            pipeline_depth: pipeline_depth_from_env(config.pipeline_depth),
-            commit_delay_us: commit_delay_from_env(),
+            pipeline_depth: crate::tuning::number(
+                "POLYKV_CLUSTER_PIPELINE",
+                1..=64,
+                config.pipeline_depth,
+            ),
+            commit_delay_us: crate::tuning::number(
+                "POLYKV_CLUSTER_COMMIT_DELAY_US",
+                0..=100_000,
+                COMMIT_DELAY_US,
+            ),
             ..Config::default()
         }
         .validate()
