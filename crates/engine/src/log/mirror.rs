@@ -348,6 +348,8 @@ struct State {
     taken: Vec<u8>,
     /// Oldest first.
     in_flight: std::collections::VecDeque<InFlight>,
+    /// Block buffers of completed writes, kept for the next ones (at most [`MAX_IN_FLIGHT`]).
+    spare: Vec<Vec<Block>>,
     next_id: u64,
     /// The highest number a waiter asked for.
     wanted: u64,
@@ -438,6 +440,7 @@ impl Mirror {
                 ring,
                 taken: Vec::new(),
                 in_flight: std::collections::VecDeque::new(),
+                spare: Vec::new(),
                 next_id: 0,
                 wanted: 0,
                 cursor: RingCursor::new(),
@@ -550,8 +553,8 @@ impl Mirror {
         }
         // A write in flight that lies in the blocks a wrap reuses (it went in right after the
         // last wrap) makes the log's fdatasync the way, as does a group larger than the ring.
+        let mut blocks = state.spare.pop().unwrap_or_default();
         let in_flight = &state.in_flight;
-        let mut blocks = Vec::new();
         let placed = state.cursor.place(
             &self.log,
             self.generation,
@@ -616,14 +619,14 @@ impl Mirror {
     fn reap(&self) {
         let (released, failure) = {
             let mut state = self.state.lock();
-            let finished: Vec<(u64, i32)> = state
-                .ring
-                .completion()
-                .map(|entry| (entry.user_data(), entry.result()))
-                .collect();
-            for (id, result) in finished {
-                if let Some(write) = state.in_flight.iter_mut().find(|w| w.id == id) {
-                    write.result = Some(result);
+            let state = &mut *state;
+            for entry in state.ring.completion() {
+                if let Some(write) = state
+                    .in_flight
+                    .iter_mut()
+                    .find(|w| w.id == entry.user_data())
+                {
+                    write.result = Some(entry.result());
                 }
             }
             let mut released = None;
@@ -633,6 +636,9 @@ impl Mirror {
                     break;
                 };
                 let len = write.blocks.len() * BLOCK;
+                if state.spare.len() < MAX_IN_FLIGHT {
+                    state.spare.push(write.blocks);
+                }
                 if usize::try_from(result) == Ok(len) {
                     released = Some(released.unwrap_or(0).max(write.target));
                 } else {
