@@ -18,26 +18,32 @@ const BLOCK_ALIGN: usize = std::mem::size_of::<usize>();
 
 pub struct Mimalloc;
 
+/// Whether a plain mimalloc call already gives `layout`'s alignment.
+#[inline(always)]
+fn plain(layout: &Layout) -> bool {
+    layout.align() <= BLOCK_ALIGN
+}
+
 // SAFETY: each method returns memory from mimalloc with at least the layout's size and
 // alignment (plain calls only where `BLOCK_ALIGN` covers the alignment), or null on failure,
 // and frees only pointers mimalloc returned.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= BLOCK_ALIGN {
-            mi::mi_malloc(layout.size()).cast()
-        } else {
-            mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+        match plain(&layout) {
+            true => mi::mi_malloc(layout.size()),
+            false => mi::mi_malloc_aligned(layout.size(), layout.align()),
         }
+        .cast()
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= BLOCK_ALIGN {
-            mi::mi_zalloc(layout.size()).cast()
-        } else {
-            mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+        match plain(&layout) {
+            true => mi::mi_zalloc(layout.size()),
+            false => mi::mi_zalloc_aligned(layout.size(), layout.align()),
         }
+        .cast()
     }
 
     #[inline]
@@ -47,11 +53,12 @@ unsafe impl GlobalAlloc for Mimalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= BLOCK_ALIGN {
-            mi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
-        } else {
-            mi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
+        let ptr = ptr.cast::<c_void>();
+        match plain(&layout) {
+            true => mi::mi_realloc(ptr, new_size),
+            false => mi::mi_realloc_aligned(ptr, new_size, layout.align()),
         }
+        .cast()
     }
 }
 
