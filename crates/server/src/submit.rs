@@ -135,8 +135,20 @@ impl Submitter {
         ))
     }
 
-    /// Returns once a read of this node's state is linearizable (at once on a single node, or
-    /// with `cluster.stale_reads`).
+    /// Whether a read of this node's state needs no barrier first: a single node, or a
+    /// cluster with `cluster.stale_reads` (services then answer a read without an await).
+    pub fn reads_locally(&self) -> bool {
+        !matches!(
+            self,
+            Submitter::Cluster {
+                stale_reads: false,
+                ..
+            }
+        )
+    }
+
+    /// Returns once a read of this node's state is linearizable (at once where
+    /// [`Submitter::reads_locally`]).
     pub async fn read_barrier(&self) -> polykv_engine::Result<()> {
         match self {
             Submitter::Cluster {

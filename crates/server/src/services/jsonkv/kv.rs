@@ -98,14 +98,7 @@ impl KvStore {
         durability: Durability,
         max_response: usize,
     ) -> Self {
-        let local_reads = matches!(
-            submitter,
-            Submitter::Local(_)
-                | Submitter::Cluster {
-                    stale_reads: true,
-                    ..
-                }
-        );
+        let local_reads = submitter.reads_locally();
         KvStore {
             engine: submitter.engine().clone(),
             local_reads,

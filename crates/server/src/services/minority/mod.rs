@@ -16,7 +16,6 @@ pub use service::{MinorityService, MinorityShared};
 use crate::metrics::ProtocolMetrics;
 use crate::runtime::{Runtime, ServerError};
 use crate::services::Protocol;
-use crate::submit::Submitter;
 
 /// minority, for the protocol list.
 pub struct Wing;
@@ -41,14 +40,7 @@ impl Protocol for Wing {
             keyspace,
             config: config.clone(),
             fanout: fanout::Fanout::new(runtime.engine.clone(), keyspace, codec),
-            local_reads: matches!(
-                runtime.submitter,
-                Submitter::Local(_)
-                    | Submitter::Cluster {
-                        stale_reads: true,
-                        ..
-                    }
-            ),
+            local_reads: runtime.submitter.reads_locally(),
         });
         runtime
             .serve_tcp(
