@@ -17,6 +17,7 @@ pub mod config;
 pub mod format;
 pub mod logging;
 pub mod metrics;
+mod raw_socket;
 pub mod runtime;
 pub mod secret;
 pub mod server;

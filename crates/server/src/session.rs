@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -724,7 +725,7 @@ where
             // Decode and execute every complete frame; write whenever the output cap is passed.
             let mut progressed = false;
             loop {
-                let (frames, close) = match self.execute_batch(&mut input, &mut output).await {
+                let (frames, close, answered) = match self.execute_batch(&mut input, &mut output).await {
                     Ok(result) => result,
                     Err(reject) => {
                         self.service.rejected(&reject);
@@ -734,7 +735,8 @@ where
                     }
                 };
                 if frames > 0 {
-                    last_frame = Instant::now();
+                    // The clock read of the batch's last answer, when there is one.
+                    last_frame = answered.unwrap_or_else(Instant::now);
                     progressed = true;
                 }
                 if !output.is_empty() {
@@ -905,12 +907,13 @@ where
     }
 
     /// Executes complete frames until the input runs out or the output passes its cap. Returns
-    /// how many frames were executed and whether the connection must close.
+    /// how many frames were executed, whether the connection must close, and when the last
+    /// reply answered at once was composed.
     async fn execute_batch(
         &mut self,
         input: &mut BytesMut,
         output: &mut BytesMut,
-    ) -> Result<(usize, bool), Reject> {
+    ) -> Result<(usize, bool, Option<Instant>), Reject> {
         let mut frames = 0;
         let mut answered: Option<Instant> = None;
         let mut deferred = std::mem::take(&mut self.deferred);
@@ -962,7 +965,7 @@ where
         if close {
             self.ahead.clear();
         }
-        Ok((frames, close))
+        Ok((frames, close, answered))
     }
 
     /// Decodes up to [`LOOKAHEAD`] complete frames into `ahead`. Input the codec refuses is
@@ -996,9 +999,17 @@ where
 /// before the read, and a new arrival is a new edge.
 fn read_available(stream: &TcpStream, input: &mut BytesMut) -> std::io::Result<usize> {
     let mut short = None;
+    if input.capacity() == input.len() {
+        // A zero-length read would look like the end of the stream.
+        input.reserve(4096);
+    }
+    let fd = stream.as_raw_fd();
     let result = stream.try_io(tokio::io::Interest::READABLE, || {
         let room = input.capacity() - input.len();
-        match stream.try_read_buf(input)? {
+        let n = crate::raw_socket::recv(fd, input.spare_capacity_mut())?;
+        // SAFETY: the kernel initialized the first `n` bytes of the spare room.
+        unsafe { input.set_len(input.len() + n) };
+        match n {
             n if n > 0 && n < room => {
                 short = Some(n);
                 Err(std::io::ErrorKind::WouldBlock.into())
@@ -1017,9 +1028,12 @@ fn read_available(stream: &TcpStream, input: &mut BytesMut) -> std::io::Result<u
 async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         // Write first, wait only when the socket is full: most writes go out at once, and
-        // `try_write` itself returns WouldBlock without a system call while tokio knows the
+        // `try_io` itself returns WouldBlock without a system call while tokio knows the
         // socket is not writable.
-        match stream.try_write(buf) {
+        let fd = stream.as_raw_fd();
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            crate::raw_socket::send(fd, buf)
+        }) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.writable().await?,
