@@ -10,8 +10,10 @@
 # flight (etcd: a put through its v3 JSON gateway), 100-byte values, sent to the leader. Each
 # target, each round: a 2 s unmeasured warm-up, then SECONDS measured; "CPU" is the user+sys time
 # of all of the target's server processes over the measured run, per write. The table gives each
-# target's median round (by writes/s). FLOOR_SHAPES lists the floors as GROUPS:WRITES (groups in
-# flight per follower : each node's own durable writes in flight), default "1:1 1:2 4:4".
+# target's median round (by writes/s) and the median of its rounds' ratios to etcd's in the same
+# round. FLOOR_SHAPES lists the floors as GROUPS:WRITES[:LEADER_US:FOLLOWER_US] (groups in flight
+# per follower : each node's own durable writes in flight : CPU the leader and each follower
+# burn per write on top, `--busy-us-per-write`), default "1:1 1:2 4:4".
 # First the device alone: 1 and 3 writers of O_DIRECT + RWF_DSYNC 4 KiB writes, 3 s each.
 # PORT_BASE moves every port (default 29600; polykv BASE+10, +80, +90; etcd +79, +81; floors
 # +20.. and +40..). Every process started is stopped; loopback only.
@@ -42,18 +44,21 @@ rm -f "$WORK"/disk.*
 LABELS=(); ADDRS=(); TARGET_PIDS=(); FLOOR_LEADERS=()
 i=0
 for shape in $FLOOR_SHAPES; do
-  groups=${shape%%:*}; writes=${shape#*:}
+  IFS=: read -r groups writes leader_us follower_us <<< "$shape"
+  leader_us=${leader_us:-0}; follower_us=${follower_us:-0}
   client=$((BASE + 20 + i)); link=$((BASE + 40 + i)); first=${#PIDS[@]}
   mkdir -p "$WORK/floor$i"
   for n in 2 3; do
     "$FLOOR" follower "127.0.0.$n:$link" "$WORK/floor$i/f$n" --writes-in-flight "$writes" \
+      --busy-us-per-write "$follower_us" \
       2> "$WORK/floor$i/f$n.log" &
     PIDS+=($!)
   done
   "$FLOOR" leader "127.0.0.1:$client" "$WORK/floor$i/leader" "127.0.0.2:$link" "127.0.0.3:$link" \
-    --groups-in-flight "$groups" --writes-in-flight "$writes" 2> "$WORK/floor$i/leader.log" &
+    --groups-in-flight "$groups" --writes-in-flight "$writes" --busy-us-per-write "$leader_us" \
+    2> "$WORK/floor$i/leader.log" &
   PIDS+=($!); FLOOR_LEADERS+=($!)
-  LABELS+=("floor-$groups:$writes"); ADDRS+=("127.0.0.1:$client"); TARGET_PIDS+=("${PIDS[*]:$first:3}")
+  LABELS+=("floor-$shape"); ADDRS+=("127.0.0.1:$client"); TARGET_PIDS+=("${PIDS[*]:$first:3}")
   i=$((i + 1))
 done
 
@@ -111,20 +116,20 @@ done
 echo
 python3 - "$WORK/results" <<'PY'
 import sys
-rows = {}
+rows, etcd_by_round = {}, {}
 for line in open(sys.argv[1]):
-    label, _, ops, p50, p99, cpu, errors, each, gen = line.rstrip("\n").split("\t")
-    rows.setdefault(label, []).append((float(ops), float(p50), float(p99), float(cpu), int(errors), each, gen))
-etcd = None
-if "etcd-3" in rows:
-    r = sorted(rows["etcd-3"])
-    etcd = r[(len(r) - 1) // 2][0]
-print("| target | rounds (writes/s) | median writes/s | p50 µs | p99 µs | server CPU µs/write (each node) | load generator CPU µs/write | × etcd-3 |")
+    label, round_, ops, p50, p99, cpu, errors, each, gen = line.rstrip("\n").split("\t")
+    rows.setdefault(label, []).append((float(ops), float(p50), float(p99), float(cpu), int(errors), each, gen, round_))
+    if label == "etcd-3":
+        etcd_by_round[round_] = float(ops)
+median = lambda xs: sorted(xs)[(len(xs) - 1) // 2]
+print("| target | rounds (writes/s) | median writes/s | p50 µs | p99 µs | server CPU µs/write (each node) | load generator CPU µs/write | × etcd-3 (median of the rounds' ratios) |")
 print("|---|---|---|---|---|---|---|---|")
 for label, r in rows.items():
     rounds = " / ".join(f"{x[0]:,.0f}".replace(",", " ") for x in r)
-    ops, p50, p99, cpu, _, each, gen = sorted(r)[(len(r) - 1) // 2]
-    ratio = f"{ops / etcd:.1f}×" if etcd else "–"
+    ops, p50, p99, cpu, _, each, gen, _ = median(r)
+    ratios = [x[0] / etcd_by_round[x[7]] for x in r if etcd_by_round.get(x[7])]
+    ratio = f"{median(ratios):.1f}×" if ratios else "–"
     print(f"| {label} | {rounds} | {ops:,.0f} | {p50:,.0f} | {p99:,.0f} | {cpu:.1f} ({each}) | {gen} | {ratio} |".replace(",", " "))
 errors = sum(x[4] for r in rows.values() for x in r)
 if errors:

@@ -9,13 +9,16 @@
 //! log mirror. `scripts/cluster-floor.sh` loads it beside polykv's cluster and etcd.
 //!
 //!   cluster_floor leader ADDR FILE FOLLOWER FOLLOWER [--groups-in-flight N] [--writes-in-flight N]
-//!   cluster_floor follower ADDR FILE [--writes-in-flight N]
+//!                 [--busy-us-per-write US]
+//!   cluster_floor follower ADDR FILE [--writes-in-flight N] [--busy-us-per-write US]
 //!   cluster_floor disk FILE_PREFIX WRITERS SECONDS [BYTES]
 //!
 //! `--groups-in-flight`: groups sent to a follower and not yet acked (1, the default, is
 //! openraft's replication today: one AppendEntries in flight per follower; more is pipelined).
 //! `--writes-in-flight`: the process's own durable writes in flight (default 1; polykv's mirror
-//! keeps 2). `disk`: the device alone: WRITERS threads, each writing BYTES (default 4096) with
+//! keeps 2). `--busy-us-per-write`: CPU the node burns per write it takes (the leader per SET,
+//! a follower per record of a group), to see what a design's CPU per write costs in throughput
+//! on this machine (default 0). `disk`: the device alone: WRITERS threads, each writing BYTES (default 4096) with
 //! `O_DIRECT` + `RWF_DSYNC` to its own file, one write at a time, for SECONDS; prints each
 //! writer's writes/s and latency.
 //!
@@ -203,7 +206,7 @@ impl Leader {
     }
 }
 
-async fn serve_client(mut stream: TcpStream, leader: Rc<RefCell<Leader>>) {
+async fn serve_client(mut stream: TcpStream, leader: Rc<RefCell<Leader>>, busy: Duration) {
     let codec = NmdbServerCodec::tcp();
     let _ = stream.set_nodelay(true);
     let mut committed = leader.borrow().committed.subscribe();
@@ -226,6 +229,7 @@ async fn serve_client(mut stream: TcpStream, leader: Rc<RefCell<Leader>>) {
             let body = match request {
                 Request::Set { .. } => {
                     last = leader.borrow_mut().append(&input[..used]);
+                    burn(busy);
                     ResponseBody::Ok
                 }
                 _ => ResponseBody::NotIn,
@@ -337,9 +341,13 @@ async fn run_leader(
     addr: &str,
     path: &str,
     followers: [&str; 2],
-    groups_in_flight: usize,
-    writes_in_flight: usize,
+    settings: Settings,
 ) -> std::io::Result<()> {
+    let Settings {
+        groups_in_flight,
+        writes_in_flight,
+        ..
+    } = settings;
     let (log, eventfd) = DiskLog::open(path, writes_in_flight)?;
     let log = Rc::new(RefCell::new(log));
     let link = || Link {
@@ -377,7 +385,7 @@ async fn run_leader(
     let accept = async {
         loop {
             let (stream, _) = listener.accept().await?;
-            tokio::task::spawn_local(serve_client(stream, leader.clone()));
+            tokio::task::spawn_local(serve_client(stream, leader.clone(), settings.busy));
         }
     };
     let result: std::io::Result<()> = tokio::select! {
@@ -399,8 +407,8 @@ async fn run_leader(
 // ---------------------------------------------------------------------------------------------
 // Follower
 
-async fn run_follower(addr: &str, path: &str, writes_in_flight: usize) -> std::io::Result<()> {
-    let (log, eventfd) = DiskLog::open(path, writes_in_flight)?;
+async fn run_follower(addr: &str, path: &str, settings: Settings) -> std::io::Result<()> {
+    let (log, eventfd) = DiskLog::open(path, settings.writes_in_flight)?;
     let log = Rc::new(RefCell::new(log));
     let listener = TcpListener::bind(addr).await?;
     let stream = tokio::select! {
@@ -420,7 +428,7 @@ async fn run_follower(addr: &str, path: &str, writes_in_flight: usize) -> std::i
     tokio::task::spawn_local(reap_loop(eventfd, log.clone(), on_durable));
     tokio::task::spawn_local(send_acks(write, durable.subscribe()));
     let result = tokio::select! {
-        r = receive_groups(read, log.clone()) => r,
+        r = receive_groups(read, log.clone(), settings.busy) => r,
         () = shutdown() => Ok(()),
     };
     eprintln!("{PROGRAM} follower: {} durable writes", log.borrow().writes);
@@ -431,6 +439,7 @@ async fn run_follower(addr: &str, path: &str, writes_in_flight: usize) -> std::i
 async fn receive_groups(
     mut stream: OwnedReadHalf,
     log: Rc<RefCell<DiskLog>>,
+    busy: Duration,
 ) -> std::io::Result<()> {
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut last_target = 0;
@@ -458,6 +467,7 @@ async fn receive_groups(
                     "group target {target} is not past the last one, {last_target}"
                 )));
             }
+            burn(busy * (target - last_target).min(1 << 20) as u32);
             last_target = target;
             let mut log = log.borrow_mut();
             log.pending
@@ -563,6 +573,46 @@ fn disk_writer(file: &File, blocks: usize, until: Instant) -> std::io::Result<Ve
 
 // ---------------------------------------------------------------------------------------------
 
+#[derive(Clone, Copy)]
+struct Settings {
+    groups_in_flight: usize,
+    writes_in_flight: usize,
+    /// CPU burnt per write taken.
+    busy: Duration,
+}
+
+/// Burns `cpu` of this thread's CPU time (time preempted does not count).
+fn burn(cpu: Duration) {
+    if cpu.is_zero() {
+        return;
+    }
+    let now = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let until = now() + cpu;
+    while now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// The value of `--busy-us-per-write US` in `args` (0 if absent), at most 1 000 µs.
+fn busy_flag(args: &[String]) -> Duration {
+    let name = "--busy-us-per-write";
+    let Some(at) = args.iter().position(|a| a == name) else {
+        return Duration::ZERO;
+    };
+    match args.get(at + 1).and_then(|v| v.parse::<f64>().ok()) {
+        Some(us) if (0.0..=1000.0).contains(&us) => Duration::from_secs_f64(us / 1e6),
+        _ => fatal(format_args!("{name} takes microseconds from 0 to 1000")),
+    }
+}
+
 /// The value of `--NAME N` in `args` (1 if absent), checked to be 1..=MAX_IN_FLIGHT.
 fn in_flight_flag(args: &[String], name: &str) -> usize {
     let Some(at) = args.iter().position(|a| a == name) else {
@@ -578,8 +628,8 @@ fn in_flight_flag(args: &[String], name: &str) -> usize {
 }
 
 const USAGE: &str = "usage: cluster_floor leader ADDR FILE FOLLOWER FOLLOWER \
-[--groups-in-flight N] [--writes-in-flight N]
-       cluster_floor follower ADDR FILE [--writes-in-flight N]
+[--groups-in-flight N] [--writes-in-flight N] [--busy-us-per-write US]
+       cluster_floor follower ADDR FILE [--writes-in-flight N] [--busy-us-per-write US]
        cluster_floor disk FILE_PREFIX WRITERS SECONDS [BYTES]";
 
 fn main() -> std::io::Result<()> {
@@ -603,21 +653,21 @@ fn main() -> std::io::Result<()> {
         }
         return disk(prefix, writers, seconds, bytes);
     }
-    let writes_in_flight = in_flight_flag(&args, "--writes-in-flight");
+    let settings = Settings {
+        groups_in_flight: in_flight_flag(&args, "--groups-in-flight"),
+        writes_in_flight: in_flight_flag(&args, "--writes-in-flight"),
+        busy: busy_flag(&args),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
     match (arg(0), arg(1), arg(2), arg(3), arg(4)) {
         (Some("leader"), Some(addr), Some(path), Some(f1), Some(f2)) => {
-            let groups_in_flight = in_flight_flag(&args, "--groups-in-flight");
-            local.block_on(
-                &runtime,
-                run_leader(addr, path, [f1, f2], groups_in_flight, writes_in_flight),
-            )
+            local.block_on(&runtime, run_leader(addr, path, [f1, f2], settings))
         }
         (Some("follower"), Some(addr), Some(path), ..) => {
-            local.block_on(&runtime, run_follower(addr, path, writes_in_flight))
+            local.block_on(&runtime, run_follower(addr, path, settings))
         }
         _ => fatal(USAGE),
     }
