@@ -448,25 +448,14 @@ async fn receive_groups(
             eprintln!("{PROGRAM} follower: the leader closed the link");
             return Ok(());
         }
-        while input.len() >= HEADER {
-            let length = u32::from_le_bytes([input[0], input[1], input[2], input[3]]) as usize;
-            if length > MAX_GROUP {
-                return Err(std::io::Error::other(format!(
-                    "a group of {length} bytes is over the link's {MAX_GROUP}"
-                )));
-            }
-            if input.len() < HEADER + length {
-                input.reserve(HEADER + length - input.len());
-                break;
-            }
-            let mut target = [0u8; 8];
-            target.copy_from_slice(&input[4..HEADER]);
-            let target = u64::from_le_bytes(target);
-            if target <= last_target {
-                return Err(std::io::Error::other(format!(
-                    "group target {target} is not past the last one, {last_target}"
-                )));
-            }
+        loop {
+            let (target, length) = match next_group(&input, last_target)? {
+                Group::Whole { target, length } => (target, length),
+                Group::Partial { needs } => {
+                    input.reserve(needs.saturating_sub(input.len()));
+                    break;
+                }
+            };
             burn(busy * (target - last_target).min(1 << 20) as u32);
             last_target = target;
             let mut log = log.borrow_mut();
@@ -477,6 +466,45 @@ async fn receive_groups(
         }
         log.borrow_mut().submit();
     }
+}
+
+/// What the start of a follower's input holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Group {
+    /// A whole group: its target and its length (after the header).
+    Whole { target: u64, length: usize },
+    /// Not yet a whole group: `needs` bytes make the next one (at least a header's).
+    Partial { needs: usize },
+}
+
+/// Reads the group at the start of `input`, checking its length before anything is allocated
+/// for it and that its target is past `last_target`.
+fn next_group(input: &[u8], last_target: u64) -> std::io::Result<Group> {
+    let Some(header) = input.get(..HEADER) else {
+        return Ok(Group::Partial { needs: HEADER });
+    };
+    let mut length = [0u8; 4];
+    length.copy_from_slice(&header[..4]);
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_GROUP {
+        return Err(std::io::Error::other(format!(
+            "a group of {length} bytes is over the link's {MAX_GROUP}"
+        )));
+    }
+    let mut target = [0u8; 8];
+    target.copy_from_slice(&header[4..]);
+    let target = u64::from_le_bytes(target);
+    if target <= last_target {
+        return Err(std::io::Error::other(format!(
+            "group target {target} is not past the last one, {last_target}"
+        )));
+    }
+    if input.len() < HEADER + length {
+        return Ok(Group::Partial {
+            needs: HEADER + length,
+        });
+    }
+    Ok(Group::Whole { target, length })
 }
 
 async fn send_acks(mut stream: OwnedWriteHalf, mut durable: watch::Receiver<u64>) {
@@ -670,5 +698,59 @@ fn main() -> std::io::Result<()> {
             local.block_on(&runtime, run_follower(addr, path, settings))
         }
         _ => fatal(USAGE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(length: u32, target: u64, body: &[u8]) -> Vec<u8> {
+        let mut bytes = length.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&target.to_le_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn a_whole_group_is_read_with_its_target_and_length() {
+        let bytes = frame(3, 7, b"abcXYZ");
+        let group = next_group(&bytes, 4).expect("a valid group");
+        assert_eq!(
+            group,
+            Group::Whole {
+                target: 7,
+                length: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_partial_group_asks_for_the_bytes_it_lacks() {
+        assert_eq!(
+            next_group(&[1, 0], 0).expect("valid so far"),
+            Group::Partial { needs: HEADER }
+        );
+        let bytes = frame(100, 1, b"only part");
+        assert_eq!(
+            next_group(&bytes, 0).expect("valid so far"),
+            Group::Partial {
+                needs: HEADER + 100
+            }
+        );
+    }
+
+    #[test]
+    fn an_oversized_group_is_refused_from_its_header_alone() {
+        let bytes = frame(MAX_GROUP as u32 + 1, 1, b"");
+        let error = next_group(&bytes, 0).expect_err("over the limit");
+        assert!(error.to_string().contains("over the link's"), "{error}");
+    }
+
+    #[test]
+    fn a_group_that_does_not_move_the_target_is_refused() {
+        let bytes = frame(1, 5, b"x");
+        let error = next_group(&bytes, 5).expect_err("not past the last target");
+        assert!(error.to_string().contains("not past"), "{error}");
     }
 }
