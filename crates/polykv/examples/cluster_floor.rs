@@ -18,9 +18,9 @@
 //! `--writes-in-flight`: the process's own durable writes in flight (default 1; polykv's mirror
 //! keeps 2). `--busy-us-per-write`: CPU the node burns per write it takes (the leader per SET,
 //! a follower per record of a group), to see what a design's CPU per write costs in throughput
-//! on this machine (default 0). `disk`: the device alone: WRITERS threads, each writing BYTES (default 4096) with
-//! `O_DIRECT` + `RWF_DSYNC` to its own file, one write at a time, for SECONDS; prints each
-//! writer's writes/s and latency.
+//! on this machine (default 0). `disk`: the device alone: WRITERS threads, each writing BYTES
+//! (default 4096) with `O_DIRECT` + `RWF_DSYNC` to its own file, one write at a time, for
+//! SECONDS; prints each writer's writes/s and latency.
 //!
 //! Link frames: leader → follower `[u32 length][u64 target][length bytes]` (the target: how many
 //! records the leader has appended up to this group's end); follower → leader `[u64 target]`,
