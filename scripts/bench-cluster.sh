@@ -36,51 +36,18 @@ else
   # connection of the moment, and a listener then cannot bind it.
   NMDB=29010; ADMIN=29080; CPORT=29090; ETCD_CLIENT=29379; ETCD_PEER=29380
 fi
-ONLY_NMDB=(--nmdb-port "$NMDB" --nmdb-udp-enabled false --admin-port "$ADMIN" --minority-enabled false
-  --opencluster-enabled false --smalld-enabled false --jsonkv-enabled false --jsonkv-udp-enabled false
-  --jsonkv-rpc-enabled false --jsonkv-agent-enabled false --log-level warn)
-PEERS="1=127.0.0.1:$CPORT,2=127.0.0.2:$CPORT,3=127.0.0.3:$CPORT"
-for n in 1 2 3; do
-  "$BIN" serve --bind "127.0.0.$n" --data-dir "$WORK/polykv$n" "${ONLY_NMDB[@]}" --cluster-port "$CPORT" \
-    --cluster-node-id "$n" --cluster-peers "$PEERS" --cluster-secret bench-cluster-secret \
-    > "$WORK/polykv$n.log" 2>&1 &
-  PIDS+=($!)
-done
-"$BIN" serve --bind 127.0.0.4 --data-dir "$WORK/single" "${ONLY_NMDB[@]}" > "$WORK/single.log" 2>&1 &
+start_polykv_cluster "$BIN" "$WORK" "$NMDB" "$ADMIN" "$CPORT" bench-cluster-secret
+"$BIN" serve --bind 127.0.0.4 --data-dir "$WORK/single" "${NMDB_ONLY[@]}" > "$WORK/single.log" 2>&1 &
 PIDS+=($!)
-
-ETCD_CLUSTER="n1=http://127.0.0.1:$ETCD_PEER,n2=http://127.0.0.2:$ETCD_PEER,n3=http://127.0.0.3:$ETCD_PEER"
-for n in 1 2 3; do
-  etcd --name "n$n" --data-dir "$WORK/etcd$n" \
-    --listen-client-urls "http://127.0.0.$n:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.$n:$ETCD_CLIENT" \
-    --listen-peer-urls "http://127.0.0.$n:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.$n:$ETCD_PEER" \
-    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new --initial-cluster-token bench \
-    > "$WORK/etcd$n.log" 2>&1 &
-  PIDS+=($!)
-done
+start_etcd_cluster "$WORK" "$ETCD_CLIENT" "$ETCD_PEER"
 
 leader=$(wait_leader "$BIN" "127.0.0.1:$ADMIN")
 [ -n "$leader" ] || { echo "the polykv cluster elected no leader" >&2; tail "$WORK"/polykv*.log >&2; exit 1; }
-for _ in $(seq 1 300); do
-  curl -sf -X POST -d '{"key":"AA=="}' "http://127.0.0.1:$ETCD_CLIENT/v3/kv/range" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-for _ in $(seq 1 300); do
-  (exec 3<>"/dev/tcp/127.0.0.4/$NMDB") 2>/dev/null && break
-  sleep 0.2
-done
+wait_listener 127.0.0.4 "$NMDB" || true
 echo "polykv cluster leader: node $leader (127.0.0.$leader)"
 # etcd's load goes to its leader as well (a follower forwards every put to the leader: one more
 # hop that polykv's load does not take). Member 1 if no leader is found.
-etcd_leader=1
-for _ in $(seq 1 50); do
-  for n in 1 2 3; do
-    curl -sf -X POST -d '{}' "http://127.0.0.$n:$ETCD_CLIENT/v3/maintenance/status" 2>/dev/null \
-      | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["leader"] == d["header"]["member_id"] else 1)' \
-      2>/dev/null && { etcd_leader=$n; break 2; }
-  done
-  sleep 0.2
-done
+etcd_leader=$(etcd_leader "$ETCD_CLIENT")
 echo "etcd leader: 127.0.0.$etcd_leader"
 ETCD_TARGETS=(--target "etcd-3=etcd@127.0.0.$etcd_leader:$ETCD_CLIENT")
 # ETCD_FOLLOWER=1: also the load sent to an etcd follower (what this script did before).

@@ -32,7 +32,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+#[path = "floor/uring.rs"]
+mod uring;
+
 const FILE_BYTES: i64 = 1 << 30;
+/// The io_uring shape's file: smaller, as it is written with zeros first.
+const URING_FILE_BYTES: u64 = 256 << 20;
+
+/// Most io_uring writes in flight: `FLOOR_IN_FLIGHT` (1 to 4), default 1.
+fn in_flight() -> usize {
+    std::env::var("FLOOR_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize)
+        .clamp(1, 4)
+}
 
 #[derive(Default)]
 struct Pending {
@@ -131,7 +145,9 @@ impl Log {
             (std::mem::take(&mut pending.buf), pending.appended)
         };
         if ring.direct() {
-            ring.write(&self.file, &buf, target);
+            if let Err(e) = ring.write(&self.file, &buf, target) {
+                uring::fatal("durable_floor", format_args!("durable write: {e}"));
+            }
         } else {
             let mut offset = self.offset.lock().expect("offset lock");
             if *offset + buf.len() as u64 > FILE_BYTES as u64 {
@@ -139,7 +155,9 @@ impl Log {
             }
             self.file.write_all_at(&buf, *offset).expect("log write");
             *offset += buf.len() as u64;
-            ring.fsync(&self.file, target);
+            if let Err(e) = ring.fsync(&self.file, target) {
+                uring::fatal("durable_floor", format_args!("fdatasync: {e}"));
+            }
         }
     }
 
@@ -150,11 +168,12 @@ impl Log {
             let Ok(mut ready) = eventfd.readable().await else {
                 return;
             };
-            let mut count = [0u8; 8];
-            // SAFETY: reading the eventfd's 8-byte counter into a buffer of 8 bytes.
-            unsafe { libc::read(eventfd.get_ref().as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+            uring::drain_eventfd(eventfd.get_ref());
             ready.clear_ready();
             let done = ring.lock().expect("ring lock").reap();
+            let done = done.unwrap_or_else(|e| {
+                uring::fatal("durable_floor", format_args!("durable write failed: {e}"))
+            });
             if let Some(target) = done {
                 self.synced.send_replace(target);
                 self.submit_next(ring);
@@ -271,7 +290,7 @@ fn main() -> std::io::Result<()> {
     };
     let inline = matches!(shape, Shape::Inline | Shape::Buffered);
     let (file, ring) = if matches!(shape, Shape::Uring | Shape::UringAsync) {
-        let (file, ring) = uring::open(path, shape == Shape::Uring)?;
+        let (file, ring) = uring::open(path, URING_FILE_BYTES, shape == Shape::Uring, in_flight())?;
         (file, Some(ring))
     } else {
         let file = std::fs::OpenOptions::new()
@@ -283,7 +302,7 @@ fn main() -> std::io::Result<()> {
         // SAFETY: preallocating a file this function opened, as polykv's log does.
         unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES) };
         let ring = (shape == Shape::UringFsync)
-            .then(|| uring::Ring::new(false))
+            .then(|| uring::Ring::new(false, in_flight()))
             .transpose()?;
         (file, ring)
     };
@@ -320,193 +339,4 @@ fn main() -> std::io::Result<()> {
             tokio::spawn(serve(stream, log.clone()));
         }
     })
-}
-
-/// The io_uring shape: a file opened with `O_DIRECT`, written in whole 4 KiB blocks (the partial
-/// last block is written again, with more in it, by the next group), each write carrying
-/// `RWF_DSYNC`; one write in flight at a time.
-mod uring {
-    use std::fs::File;
-    use std::io::Write;
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-
-    use io_uring::{opcode, types, IoUring};
-
-    const BLOCK: usize = 4096;
-    /// Smaller than the other shapes' file: it is written with zeros first, so that a direct
-    /// write never lands on an unwritten extent (whose conversion would need the journal).
-    const FILE_BYTES: u64 = 256 << 20;
-
-    #[repr(C, align(4096))]
-    #[derive(Clone, Copy)]
-    struct Block([u8; BLOCK]);
-
-    pub struct Ring {
-        ring: IoUring,
-        /// The writes in flight, oldest first: the target each covers, whether it completed,
-        /// and its blocks (they must live until it completes).
-        in_flight: std::collections::VecDeque<(u64, bool, Vec<Block>)>,
-        /// Most writes in flight at once (`FLOOR_IN_FLIGHT`, default 1). With more than one,
-        /// each group starts at a block of its own (no partial block is rewritten while an
-        /// earlier write may still carry it).
-        max_in_flight: usize,
-        /// Bytes of the last, partial block already written: the next write starts with them.
-        tail: Vec<u8>,
-        /// File offset of the block the next write starts at.
-        offset: u64,
-        /// `O_DIRECT` writes (else page-cache writes and an fdatasync each).
-        direct: bool,
-        /// Direct writes carry `RWF_DSYNC`.
-        dsync: bool,
-    }
-
-    pub fn open(path: &str, dsync: bool) -> std::io::Result<(File, Ring)> {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(path)?;
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..(FILE_BYTES >> 20) {
-            file.write_all(&zeros)?;
-        }
-        file.sync_all()?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)?;
-        let mut ring = Ring::new(true)?;
-        ring.dsync = dsync;
-        Ok((file, ring))
-    }
-
-    impl Ring {
-        /// `direct`: the file was opened with `O_DIRECT` and each group is written with
-        /// `RWF_DSYNC` ([`Ring::write`]); else it is written through the page cache and synced
-        /// with [`Ring::fsync`].
-        pub fn new(direct: bool) -> std::io::Result<Ring> {
-            let max_in_flight = std::env::var("FLOOR_IN_FLIGHT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1usize)
-                .clamp(1, 4);
-            Ok(Ring {
-                ring: IoUring::new(8)?,
-                in_flight: std::collections::VecDeque::new(),
-                max_in_flight,
-                tail: Vec::new(),
-                offset: 0,
-                direct,
-                dsync: direct,
-            })
-        }
-
-        pub fn direct(&self) -> bool {
-            self.direct
-        }
-
-        /// Submits an fdatasync of `file` covering `target`.
-        pub fn fsync(&mut self, file: &File, target: u64) {
-            let sync = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .user_data(target);
-            // SAFETY: the entry refers to no memory; the file outlives the ring.
-            unsafe {
-                self.ring
-                    .submission()
-                    .push(&sync)
-                    .expect("submission queue")
-            };
-            self.ring.submit().expect("io_uring submit");
-            self.in_flight.push_back((target, false, Vec::new()));
-        }
-
-        pub fn eventfd(&self) -> std::io::Result<OwnedFd> {
-            // SAFETY: a new eventfd; the result is checked before it is owned.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            self.ring.submitter().register_eventfd(fd)?;
-            // SAFETY: `fd` is a descriptor this function just created and nothing else owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
-
-        pub fn busy(&self) -> bool {
-            self.in_flight.len() >= self.max_in_flight
-        }
-
-        /// Submits `data` (appended after the tail) as one durable write covering `target`.
-        pub fn write(&mut self, file: &File, data: &[u8], target: u64) {
-            let mut bytes = std::mem::take(&mut self.tail);
-            bytes.extend_from_slice(data);
-            let blocks = bytes.len().div_ceil(BLOCK);
-            if self.offset + (blocks * BLOCK) as u64 > FILE_BYTES {
-                // A floor keeps nothing: wrap around.
-                self.offset = 0;
-            }
-            let mut buffer = vec![Block([0; BLOCK]); blocks];
-            for (block, chunk) in buffer.iter_mut().zip(bytes.chunks(BLOCK)) {
-                block.0[..chunk.len()].copy_from_slice(chunk);
-            }
-            let len = (blocks * BLOCK) as u32;
-            let write = opcode::Write::new(
-                types::Fd(file.as_raw_fd()),
-                buffer.as_ptr().cast::<u8>(),
-                len,
-            )
-            .offset(self.offset)
-            .rw_flags(if self.dsync { libc::RWF_DSYNC } else { 0 })
-            .build()
-            .user_data(target);
-            // SAFETY: the buffer lives, unchanged (a `Vec`'s heap block does not move when the
-            // `Vec` is moved), in `in_flight` until its completion is reaped.
-            unsafe {
-                self.ring
-                    .submission()
-                    .push(&write)
-                    .expect("submission queue")
-            };
-            self.ring.submit().expect("io_uring submit");
-            self.in_flight.push_back((target, false, buffer));
-            if self.max_in_flight == 1 {
-                // The next write rewrites the partial last block with more in it.
-                let full = bytes.len() / BLOCK;
-                self.tail = bytes[full * BLOCK..].to_vec();
-                self.offset += (full * BLOCK) as u64;
-            } else {
-                self.offset += (blocks * BLOCK) as u64;
-            }
-        }
-
-        /// The highest target every write up to which has completed, if a completion moved it.
-        pub fn reap(&mut self) -> Option<u64> {
-            let finished: Vec<u64> = self
-                .ring
-                .completion()
-                .map(|entry| {
-                    assert!(
-                        entry.result() >= 0,
-                        "durable write failed: {}",
-                        entry.result()
-                    );
-                    entry.user_data()
-                })
-                .collect();
-            for target in finished {
-                if let Some(write) = self.in_flight.iter_mut().find(|w| w.0 == target) {
-                    write.1 = true;
-                }
-            }
-            let mut done = None;
-            while self.in_flight.front().is_some_and(|w| w.1) {
-                done = self.in_flight.pop_front().map(|w| w.0);
-            }
-            done
-        }
-    }
 }
