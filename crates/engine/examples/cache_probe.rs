@@ -1,4 +1,9 @@
-//! Times cache lookups for keys shaped like the load generator's: `cache_probe N`.
+//! Times cache lookups for keys shaped like the load generator's: `cache_probe N [LINES]`.
+//!
+//! With LINES, every lookup is preceded by reads of that many random cache lines of a 64 MiB
+//! buffer, as a server's other work (the network stack, other connections' buffers) pushes the
+//! cache's lines out of the CPU's caches between two requests; the time of those reads alone is
+//! measured apart and taken off.
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -29,13 +34,36 @@ fn main() {
             },
         );
     }
-    let started = Instant::now();
+    let lines: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let noise = vec![1u64; (64 << 20) / 8];
+    let mut position = 0x9e37_79b9_7f4a_7c15u64;
+    let mut pollute = |sum: &mut u64| {
+        for _ in 0..lines {
+            position = position
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            *sum = sum.wrapping_add(noise[((position >> 20) % noise.len() as u64) as usize & !7]);
+        }
+    };
     let rounds = 2_000_000u64;
+    let mut sum = 0u64;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        pollute(&mut sum);
+    }
+    let noise_ns = started.elapsed().as_nanos() as f64 / rounds as f64;
     let mut hits = 0;
+    let started = Instant::now();
     for i in 0..rounds {
+        pollute(&mut sum);
         let key = &keys[((i * 7919) % n) as usize];
         hits += u64::from(cache.get(0, key).is_some());
     }
-    let ns = started.elapsed().as_nanos() as f64 / rounds as f64;
-    println!("{n} keys: {ns:.1} ns per get, {hits} hits");
+    let ns = started.elapsed().as_nanos() as f64 / rounds as f64 - noise_ns;
+    println!(
+        "{n} keys, {lines} lines read between lookups: {ns:.1} ns per get, {hits} hits ({sum})"
+    );
 }

@@ -66,7 +66,10 @@ mod tests {
         assert_eq!(send(a.as_raw_fd(), b"hello").unwrap(), 5);
         let mut buf = [std::mem::MaybeUninit::uninit(); 16];
         let n = recv(b.as_raw_fd(), &mut buf).unwrap();
-        let got: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let got: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
         assert_eq!(got, b"hello");
         // Nothing more: the call would block, and says so instead.
         let err = recv(b.as_raw_fd(), &mut buf).unwrap_err();

@@ -725,15 +725,16 @@ where
             // Decode and execute every complete frame; write whenever the output cap is passed.
             let mut progressed = false;
             loop {
-                let (frames, close, answered) = match self.execute_batch(&mut input, &mut output).await {
-                    Ok(result) => result,
-                    Err(reject) => {
-                        self.service.rejected(&reject);
-                        self.metrics.rejected_frames.increment(1);
-                        let _ = write_all(&self.stream, &output).await;
-                        return reject.reason;
-                    }
-                };
+                let (frames, close, answered) =
+                    match self.execute_batch(&mut input, &mut output).await {
+                        Ok(result) => result,
+                        Err(reject) => {
+                            self.service.rejected(&reject);
+                            self.metrics.rejected_frames.increment(1);
+                            let _ = write_all(&self.stream, &output).await;
+                            return reject.reason;
+                        }
+                    };
                 if frames > 0 {
                     // The clock read of the batch's last answer, when there is one.
                     last_frame = answered.unwrap_or_else(Instant::now);
