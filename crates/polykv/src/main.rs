@@ -50,6 +50,7 @@ enum Commands {
 }
 
 fn main() -> std::process::ExitCode {
+    allocator::purge_at_once();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
