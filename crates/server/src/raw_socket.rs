@@ -66,6 +66,7 @@ mod tests {
         assert_eq!(send(a.as_raw_fd(), b"hello").unwrap(), 5);
         let mut buf = [std::mem::MaybeUninit::uninit(); 16];
         let n = recv(b.as_raw_fd(), &mut buf).unwrap();
+        // SAFETY: recv initialized the first `n` bytes.
         let got: Vec<u8> = buf[..n]
             .iter()
             .map(|b| unsafe { b.assume_init() })
