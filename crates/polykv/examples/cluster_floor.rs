@@ -35,14 +35,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use polykv_protocols::nmdb::{NmdbServerCodec, Request, Response, ResponseBody};
-use polykv_protocols::{Decoded, ServerCodec};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
+#[path = "floor/clients.rs"]
+mod clients;
 #[allow(dead_code)] // the page-cache + fdatasync shape is durable_floor's only
 #[path = "floor/uring.rs"]
 mod uring;
@@ -206,56 +206,43 @@ impl Leader {
     }
 }
 
-async fn serve_client(mut stream: TcpStream, leader: Rc<RefCell<Leader>>, busy: Duration) {
-    let codec = NmdbServerCodec::tcp();
-    let _ = stream.set_nodelay(true);
-    let mut committed = leader.borrow().committed.subscribe();
-    let mut input = BytesMut::with_capacity(16 * 1024);
-    let mut output = BytesMut::with_capacity(16 * 1024);
-    let mut answers = Vec::new();
-    loop {
-        match stream.read_buf(&mut input).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut last = 0;
-        loop {
-            let (request, used) = match codec.decode_request(&input) {
-                Ok(Decoded::Frame(request, used)) => (request, used),
-                Ok(Decoded::Incomplete) => break,
-                // A floor answers only what it understands: a bad frame ends the connection.
-                Err(_) => return,
-            };
-            let body = match request {
-                Request::Set { .. } => {
-                    last = leader.borrow_mut().append(&input[..used]);
-                    burn(busy);
-                    ResponseBody::Ok
-                }
-                _ => ResponseBody::NotIn,
-            };
-            answers.push(Response {
-                id: request.id(),
-                body,
-            });
-            input.advance(used);
-        }
-        if last > 0 {
-            // Let every other ready connection append first: one group covers the whole turn.
-            tokio::task::yield_now().await;
-            leader.borrow().kick();
-            if committed.wait_for(|c| *c >= last).await.is_err() {
-                return;
-            }
-        }
-        for answer in answers.drain(..) {
-            codec.encode_response(&answer, &mut output);
-        }
-        if stream.write_all(&output).await.is_err() {
-            return;
-        }
-        output.clear();
+/// A client's view of the leader: its SETs appended to the next group (each burning the CPU
+/// the settings ask for), answered once a majority holds them.
+struct ClientLog {
+    leader: Rc<RefCell<Leader>>,
+    committed: watch::Receiver<u64>,
+    busy: Duration,
+}
+
+impl clients::FloorLog for ClientLog {
+    fn append(&mut self, frame: &[u8]) -> u64 {
+        let last = self.leader.borrow_mut().append(frame);
+        burn(self.busy);
+        last
     }
+
+    async fn wait_durable(&mut self, last: u64) -> bool {
+        // Let every other ready connection append first: one group covers the whole turn.
+        tokio::task::yield_now().await;
+        self.leader.borrow().kick();
+        self.committed.wait_for(|c| *c >= last).await.is_ok()
+    }
+}
+
+fn serve_client(
+    stream: TcpStream,
+    leader: Rc<RefCell<Leader>>,
+    busy: Duration,
+) -> impl std::future::Future<Output = ()> {
+    let committed = leader.borrow().committed.subscribe();
+    clients::serve_sets(
+        stream,
+        ClientLog {
+            leader,
+            committed,
+            busy,
+        },
+    )
 }
 
 /// Sends each follower what is pending whenever it has room for another group.

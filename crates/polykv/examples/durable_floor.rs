@@ -25,13 +25,11 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 
-use bytes::{Buf, BytesMut};
-use polykv_protocols::nmdb::{NmdbServerCodec, Request, Response, ResponseBody};
-use polykv_protocols::{Decoded, ServerCodec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+#[path = "floor/clients.rs"]
+mod clients;
 #[path = "floor/uring.rs"]
 mod uring;
 
@@ -201,49 +199,14 @@ impl Log {
     }
 }
 
-async fn serve(mut stream: TcpStream, log: Arc<Log>) {
-    let codec = NmdbServerCodec::tcp();
-    let _ = stream.set_nodelay(true);
-    let mut input = BytesMut::with_capacity(16 * 1024);
-    let mut output = BytesMut::with_capacity(16 * 1024);
-    let mut answers = Vec::new();
-    loop {
-        match stream.read_buf(&mut input).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut last = 0;
-        while let Ok(Decoded::Frame(request, used)) = codec.decode_request(&input) {
-            let answer = match request {
-                Request::Set { id, .. } => {
-                    last = log.append(&input[..used]);
-                    Response {
-                        id,
-                        body: ResponseBody::Ok,
-                    }
-                }
-                Request::Get { id, .. } => Response {
-                    id,
-                    body: ResponseBody::NotIn,
-                },
-                _ => Response {
-                    id: 0,
-                    body: ResponseBody::NotIn,
-                },
-            };
-            answers.push(answer);
-            input.advance(used);
-        }
-        if last > 0 {
-            log.wait_synced(last).await;
-        }
-        for answer in answers.drain(..) {
-            codec.encode_response(&answer, &mut output);
-        }
-        if stream.write_all(&output).await.is_err() {
-            return;
-        }
-        output.clear();
+impl clients::FloorLog for Arc<Log> {
+    fn append(&mut self, frame: &[u8]) -> u64 {
+        Log::append(self, frame)
+    }
+
+    async fn wait_durable(&mut self, last: u64) -> bool {
+        self.wait_synced(last).await;
+        true
     }
 }
 
@@ -336,7 +299,7 @@ fn main() -> std::io::Result<()> {
         let listener = TcpListener::bind(addr).await?;
         loop {
             let (stream, _) = listener.accept().await?;
-            tokio::spawn(serve(stream, log.clone()));
+            tokio::spawn(clients::serve_sets(stream, log.clone()));
         }
     })
 }
