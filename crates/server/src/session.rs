@@ -370,6 +370,7 @@ where
             stopped: None,
             ahead: VecDeque::new(),
             deferred: Vec::new(),
+            held: BytesMut::new(),
             refused: None,
         }
     };
@@ -573,6 +574,8 @@ struct Session<C, S: Service> {
     /// Replies waiting for their writes' durability, in order; empty between batches, kept so
     /// that a batch does not allocate it again.
     deferred: Vec<Waiting<S::Response>>,
+    /// Replies encoded while writes before them in the batch wait (see [`Waiting::Ready`]).
+    held: BytesMut,
     /// Why the input after the decoded-ahead requests was refused: reported once they are
     /// executed.
     refused: Option<Reject>,
@@ -918,8 +921,9 @@ where
         let mut frames = 0;
         let mut answered: Option<Instant> = None;
         let mut deferred = std::mem::take(&mut self.deferred);
+        let mut held = std::mem::take(&mut self.held);
         let mut close = false;
-        while output.len() < self.limits.max_output_bytes && !close {
+        while output.len() + held.len() < self.limits.max_output_bytes && !close {
             if self.ahead.is_empty() {
                 self.decode_ahead(input)?;
                 if self.ahead.is_empty() {
@@ -943,25 +947,64 @@ where
                     answered = Some(now);
                     self.metrics
                         .record(op, S::is_error(&response), now - started);
-                    // Replies must stay in order: anything deferred is resolved first.
-                    resolve(&mut deferred, &*self.codec, output, &self.metrics).await;
-                    self.codec.encode_response(&response, output);
+                    // Replies stay in order: behind writes still waiting, this one is encoded
+                    // aside and goes out after them. Waiting for them here instead would cost a
+                    // wait (and a second poll of this task) for every write followed by a read
+                    // in a pipelined batch, where the batch's end needs only one.
+                    let out = if deferred.is_empty() {
+                        &mut *output
+                    } else {
+                        &mut held
+                    };
+                    self.codec.encode_response(&response, out);
                     for message in &reply.then {
-                        self.codec.encode_response(message, output);
+                        self.codec.encode_response(message, out);
+                    }
+                    if !deferred.is_empty() {
+                        deferred.push(Waiting::Ready { end: held.len() });
                     }
                 }
-                Some(Deferred::AfterSync { pending, ok, err }) => deferred.push(Waiting {
-                    op,
-                    started,
-                    pending,
-                    ok,
-                    err,
-                    then: reply.then,
-                }),
-                None => resolve(&mut deferred, &*self.codec, output, &self.metrics).await,
+                Some(Deferred::AfterSync { pending, ok, err }) => {
+                    deferred.push(Waiting::Durable {
+                        op,
+                        started,
+                        pending,
+                        ok,
+                        err,
+                        then: reply.then,
+                    });
+                    if deferred.len() >= MAX_DEFERRED {
+                        resolve(
+                            &mut deferred,
+                            &mut held,
+                            &*self.codec,
+                            output,
+                            &self.metrics,
+                        )
+                        .await;
+                    }
+                }
+                None => {
+                    resolve(
+                        &mut deferred,
+                        &mut held,
+                        &*self.codec,
+                        output,
+                        &self.metrics,
+                    )
+                    .await
+                }
             }
         }
-        resolve(&mut deferred, &*self.codec, output, &self.metrics).await;
+        resolve(
+            &mut deferred,
+            &mut held,
+            &*self.codec,
+            output,
+            &self.metrics,
+        )
+        .await;
+        self.held = held;
         self.deferred = deferred;
         if close {
             self.ahead.clear();
@@ -1044,41 +1087,69 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A reply waiting for its write to become durable.
-struct Waiting<R> {
-    op: &'static str,
-    started: Instant,
-    pending: Pending,
-    ok: R,
-    err: R,
-    then: Vec<R>,
+/// A reply held back until the writes before it in its batch are durable.
+enum Waiting<R> {
+    /// A write's reply: `ok` once the write is as durable as it asked, else `err`.
+    Durable {
+        op: &'static str,
+        started: Instant,
+        pending: Pending,
+        ok: R,
+        err: R,
+        then: Vec<R>,
+    },
+    /// A reply that was ready at once but follows a write still waiting: encoded into the
+    /// held-back bytes, up to `end`.
+    Ready { end: usize },
 }
+
+/// Writes a batch holds back at most before it waits for them (each keeps its reply's parts).
+const MAX_DEFERRED: usize = 256;
 
 /// Waits for deferred writes in order (the first wait usually covers them all: one group
 /// commit) and encodes their replies.
 async fn resolve<C, R>(
     deferred: &mut Vec<Waiting<R>>,
+    held: &mut BytesMut,
     codec: &C,
     output: &mut BytesMut,
     metrics: &ProtocolMetrics,
 ) where
     C: ServerCodec<Response = R>,
 {
+    let mut held_from = 0;
     for waiting in deferred.drain(..) {
-        let op = waiting.op;
-        let (response, failed) = match waiting.pending.durable().await {
-            Ok(_) => (waiting.ok, false),
-            Err(e) => {
-                tracing::error!(protocol = metrics.name, op, error = %e, "durable write failed");
-                (waiting.err, true)
+        let (response, then) = match waiting {
+            Waiting::Durable {
+                op,
+                started,
+                pending,
+                ok,
+                err,
+                then,
+            } => {
+                let (response, failed) = match pending.durable().await {
+                    Ok(_) => (ok, false),
+                    Err(e) => {
+                        tracing::error!(protocol = metrics.name, op, error = %e, "durable write failed");
+                        (err, true)
+                    }
+                };
+                metrics.record(op, failed, started.elapsed());
+                (response, then)
+            }
+            Waiting::Ready { end } => {
+                output.extend_from_slice(&held[held_from..end]);
+                held_from = end;
+                continue;
             }
         };
-        metrics.record(op, failed, waiting.started.elapsed());
         codec.encode_response(&response, output);
-        for message in &waiting.then {
+        for message in &then {
             codec.encode_response(message, output);
         }
     }
+    held.clear();
 }
 
 /// Serves one datagram socket: one datagram in, at most one out.
