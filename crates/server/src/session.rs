@@ -968,10 +968,11 @@ where
                     deferred.push(Waiting::Durable {
                         op,
                         started,
-                        pending,
+                        pending: Some(pending),
                         ok,
                         err,
                         then: reply.then,
+                        failed: false,
                     });
                     if deferred.len() >= MAX_DEFERRED {
                         resolve(
@@ -1093,10 +1094,12 @@ enum Waiting<R> {
     Durable {
         op: &'static str,
         started: Instant,
-        pending: Pending,
+        /// Taken when waited for.
+        pending: Option<Pending>,
         ok: R,
         err: R,
         then: Vec<R>,
+        failed: bool,
     },
     /// A reply that was ready at once but follows a write still waiting: encoded into the
     /// held-back bytes, up to `end`.
@@ -1106,8 +1109,9 @@ enum Waiting<R> {
 /// Writes a batch holds back at most before it waits for them (each keeps its reply's parts).
 const MAX_DEFERRED: usize = 256;
 
-/// Waits for deferred writes in order (the first wait usually covers them all: one group
-/// commit) and encodes their replies.
+/// Waits for the deferred writes (the first wait usually covers them all: one group commit),
+/// then encodes every held-back reply in order. The replies go out together, so each write's
+/// time is counted up to then, with one clock read for the batch.
 async fn resolve<C, R>(
     deferred: &mut Vec<Waiting<R>>,
     held: &mut BytesMut,
@@ -1117,36 +1121,48 @@ async fn resolve<C, R>(
 ) where
     C: ServerCodec<Response = R>,
 {
+    if deferred.is_empty() {
+        return;
+    }
+    for waiting in deferred.iter_mut() {
+        if let Waiting::Durable {
+            op,
+            pending,
+            failed,
+            ..
+        } = waiting
+        {
+            if let Some(pending) = pending.take() {
+                if let Err(e) = pending.durable().await {
+                    tracing::error!(protocol = metrics.name, op = *op, error = %e, "durable write failed");
+                    *failed = true;
+                }
+            }
+        }
+    }
+    let now = Instant::now();
     let mut held_from = 0;
     for waiting in deferred.drain(..) {
-        let (response, then) = match waiting {
+        match waiting {
             Waiting::Durable {
                 op,
                 started,
-                pending,
                 ok,
                 err,
                 then,
+                failed,
+                ..
             } => {
-                let (response, failed) = match pending.durable().await {
-                    Ok(_) => (ok, false),
-                    Err(e) => {
-                        tracing::error!(protocol = metrics.name, op, error = %e, "durable write failed");
-                        (err, true)
-                    }
-                };
-                metrics.record(op, failed, started.elapsed());
-                (response, then)
+                metrics.record(op, failed, now - started);
+                codec.encode_response(if failed { &err } else { &ok }, output);
+                for message in &then {
+                    codec.encode_response(message, output);
+                }
             }
             Waiting::Ready { end } => {
                 output.extend_from_slice(&held[held_from..end]);
                 held_from = end;
-                continue;
             }
-        };
-        codec.encode_response(&response, output);
-        for message in &then {
-            codec.encode_response(message, output);
         }
     }
     held.clear();
