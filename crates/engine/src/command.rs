@@ -164,9 +164,11 @@ pub enum Outcome {
     /// The key does not exist (delete of an absent key, conditional write on an absent key,
     /// incr of an absent key).
     NotFound,
-    /// The condition did not hold; `current` is the state that was found.
+    /// The condition did not hold; `current` is the state that was found. Boxed: a rare
+    /// outcome that would otherwise make every outcome (and every write's reply, moved along
+    /// the request path) as large as an entry.
     Mismatch {
-        current: Option<Entry>,
+        current: Option<Box<Entry>>,
     },
     Incremented {
         value: i64,

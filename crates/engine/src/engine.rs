@@ -1210,22 +1210,19 @@ impl Drop for Inner {
 
 /// Checks a condition against the current entry; `Some` is the failing outcome.
 fn check(condition: &Condition, current: Option<Entry>) -> Option<Outcome> {
+    let mismatch = |entry| Outcome::Mismatch {
+        current: Some(Box::new(entry)),
+    };
     match (condition, current) {
         (Condition::Always, _) => None,
         (Condition::Absent, None) => None,
-        (Condition::Absent, Some(entry)) => Some(Outcome::Mismatch {
-            current: Some(entry),
-        }),
+        (Condition::Absent, Some(entry)) => Some(mismatch(entry)),
         (Condition::ValueIs(_) | Condition::VersionIs(_), None) => Some(Outcome::NotFound),
         (Condition::ValueIs(expected), Some(entry)) => {
-            (entry.value != *expected).then_some(Outcome::Mismatch {
-                current: Some(entry),
-            })
+            (entry.value != *expected).then(|| mismatch(entry))
         }
         (Condition::VersionIs(expected), Some(entry)) => {
-            (entry.version != *expected).then_some(Outcome::Mismatch {
-                current: Some(entry),
-            })
+            (entry.version != *expected).then(|| mismatch(entry))
         }
     }
 }
