@@ -88,8 +88,10 @@ impl Submitter {
             Submitter::Cluster { engine, .. } if durability == Durability::Memory => {
                 engine.submit(command, durability).map(Submitted::Local)
             }
-            Submitter::Cluster { node, .. } => node
-                .submit(command, durability)
+            // Boxed: the Raft write's future is large, and every future that awaits this one
+            // (every protocol's request) would otherwise be as large and be copied that much
+            // per request on a single node too.
+            Submitter::Cluster { node, .. } => Box::pin(node.submit(command, durability))
                 .await
                 .map(Submitted::Done)
                 .map_err(cluster_error),
@@ -104,16 +106,30 @@ impl Submitter {
         ks: KeyspaceId,
         key: Bytes,
         durability: Durability,
-        mut change: impl FnMut(Option<&Entry>) -> Option<Value>,
+        change: impl FnMut(Option<&Entry>) -> Option<Value>,
     ) -> polykv_engine::Result<(Option<Entry>, Option<Submitted>)> {
-        let node = match self {
-            Submitter::Cluster { node, .. } if durability != Durability::Memory => node,
+        match self {
+            Submitter::Cluster { node, .. } if durability != Durability::Memory => {
+                // Boxed for the reason given in `submit`.
+                Box::pin(self.update_through_raft(node, ks, key, durability, change)).await
+            }
             _ => {
                 let (current, pending) =
                     self.engine().submit_update(ks, key, durability, change)?;
-                return Ok((current, pending.map(Submitted::Local)));
+                Ok((current, pending.map(Submitted::Local)))
             }
-        };
+        }
+    }
+
+    /// [`Submitter::submit_update`] in cluster mode.
+    async fn update_through_raft(
+        &self,
+        node: &Node,
+        ks: KeyspaceId,
+        key: Bytes,
+        durability: Durability,
+        mut change: impl FnMut(Option<&Entry>) -> Option<Value>,
+    ) -> polykv_engine::Result<(Option<Entry>, Option<Submitted>)> {
         for _ in 0..UPDATE_ATTEMPTS {
             node.read_barrier().await.map_err(cluster_error)?;
             let current = self.engine().get(ks, &key)?.map(|read| read.entry);
@@ -155,7 +171,7 @@ impl Submitter {
                 node,
                 stale_reads: false,
                 ..
-            } => node.read_barrier().await.map_err(cluster_error),
+            } => Box::pin(node.read_barrier()).await.map_err(cluster_error),
             _ => Ok(()),
         }
     }
