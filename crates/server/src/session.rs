@@ -370,7 +370,6 @@ where
             stopped: None,
             ahead: VecDeque::new(),
             deferred: Vec::new(),
-            held: BytesMut::new(),
             refused: None,
         }
     };
@@ -574,8 +573,6 @@ struct Session<C, S: Service> {
     /// Replies waiting for their writes' durability, in order; empty between batches, kept so
     /// that a batch does not allocate it again.
     deferred: Vec<Waiting<S::Response>>,
-    /// Replies encoded while writes before them in the batch wait (see [`Waiting::Ready`]).
-    held: BytesMut,
     /// Why the input after the decoded-ahead requests was refused: reported once they are
     /// executed.
     refused: Option<Reject>,
@@ -921,7 +918,8 @@ where
         let mut frames = 0;
         let mut answered: Option<Instant> = None;
         let mut deferred = std::mem::take(&mut self.deferred);
-        let mut held = std::mem::take(&mut self.held);
+        // Allocated only when a reply must wait behind a write (see `Waiting::Ready`).
+        let mut held = BytesMut::new();
         let mut close = false;
         while output.len() + held.len() < self.limits.max_output_bytes && !close {
             if self.ahead.is_empty() {
@@ -985,7 +983,7 @@ where
                         .await;
                     }
                 }
-                None => {
+                None if !deferred.is_empty() => {
                     resolve(
                         &mut deferred,
                         &mut held,
@@ -995,17 +993,20 @@ where
                     )
                     .await
                 }
+                None => {}
             }
         }
-        resolve(
-            &mut deferred,
-            &mut held,
-            &*self.codec,
-            output,
-            &self.metrics,
-        )
-        .await;
-        self.held = held;
+        // Most batches (every read-only one) have nothing deferred: no future to build then.
+        if !deferred.is_empty() {
+            resolve(
+                &mut deferred,
+                &mut held,
+                &*self.codec,
+                output,
+                &self.metrics,
+            )
+            .await;
+        }
         self.deferred = deferred;
         if close {
             self.ahead.clear();
@@ -1121,9 +1122,6 @@ async fn resolve<C, R>(
 ) where
     C: ServerCodec<Response = R>,
 {
-    if deferred.is_empty() {
-        return;
-    }
     for waiting in deferred.iter_mut() {
         if let Waiting::Durable {
             op,
