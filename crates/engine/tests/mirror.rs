@@ -176,7 +176,7 @@ async fn acknowledged_sync_writes_survive_a_power_cut_across_segment_changes() {
     for _ in 0..600 {
         sync_write(&log, &mut write).await.unwrap();
         // The persister's sync, now and then: it makes the next segment ahead.
-        if write % 7 == 0 {
+        if write.is_multiple_of(7) {
             log.sync().unwrap();
         }
         if counter(&log.counters().syncs) != syncs {

@@ -1352,7 +1352,7 @@ mod tests {
             for round in 0..200 {
                 append_n(&log, round * 10, 10);
                 log.flush().unwrap();
-                if round % sync_every == 0 {
+                if round.is_multiple_of(sync_every) {
                     log.sync().unwrap();
                 }
             }
