@@ -1,6 +1,8 @@
 //! The log's direct mirror on a real file system and io_uring: Sync writes are made durable
 //! without an fdatasync of the log, in groups, and survive the loss of the log's page cache.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -134,4 +136,95 @@ async fn acknowledged_sync_writes_from_concurrent_writers_survive_with_writes_in
         .collect();
     expected.sort();
     assert_eq!(payloads, expected);
+}
+
+/// The `.log` files in `dir` with their contents.
+fn segment_files(dir: &std::path::Path) -> HashMap<PathBuf, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn acknowledged_sync_writes_survive_a_power_cut_across_segment_changes() {
+    const SMALL: u64 = 4096;
+    let dir = tempdir();
+    let log = Arc::new(Log::open(dir.path(), SMALL, 0, |_, _| Ok(())).unwrap());
+    let applied = Arc::new(AtomicU64::new(0));
+    let mirror = start(dir.path(), &log, &applied);
+    let counter = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    // What the disk holds: each segment as the last sync of the log left it. The writes are one
+    // at a time, so a file read right after a sync holds exactly what the sync covered.
+    let mut durable = segment_files(dir.path());
+    let mut syncs = counter(&log.counters().syncs);
+    let mut write = 0u64;
+    let sync_write = |log: &Arc<Log>, write: &mut u64| {
+        *write += 1;
+        let i = *write;
+        log.append(|buf| {
+            buf.extend_from_slice(format!("write {i:04} {}", "x".repeat(40)).as_bytes())
+        });
+        applied.store(i, Ordering::SeqCst);
+        mirror.wait_durable(i)
+    };
+    for _ in 0..600 {
+        sync_write(&log, &mut write).await.unwrap();
+        // The persister's sync, now and then: it makes the next segment ahead.
+        if write.is_multiple_of(7) {
+            log.sync().unwrap();
+        }
+        if counter(&log.counters().syncs) != syncs {
+            syncs = counter(&log.counters().syncs);
+            durable = segment_files(dir.path());
+        }
+    }
+    // End right after a change to a segment made ahead, with two Sync writes in the new segment.
+    let sealed = counter(&log.counters().segments_sealed);
+    while counter(&log.counters().segments_sealed) == sealed {
+        sync_write(&log, &mut write).await.unwrap();
+    }
+    for _ in 0..2 {
+        sync_write(&log, &mut write).await.unwrap();
+    }
+    if counter(&log.counters().syncs) != syncs {
+        durable = segment_files(dir.path());
+    }
+    let (sealed, inline) = (
+        counter(&log.counters().segments_sealed),
+        counter(&log.counters().rotations_inline),
+    );
+    assert!(sealed > 5, "{sealed} segment changes");
+    assert!(inline < sealed / 2, "{inline} of {sealed} changes inline");
+    assert!(mirror.writes() > 400, "{} direct writes", mirror.writes());
+    drop(mirror);
+    drop(log);
+    // A power cut: every file loses what no sync of the log covered (a segment no sync named or
+    // wrote, and the segment made ahead, hold only zeros).
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let is_segment = path
+            .extension()
+            .is_some_and(|e| e == "log" || e == "segment");
+        if is_segment {
+            let bytes = durable.get(&path).cloned().unwrap_or_default();
+            std::fs::write(&path, &bytes).unwrap();
+        }
+    }
+    mirror::recover(dir.path()).unwrap();
+    let mut payloads = Vec::new();
+    Log::open(dir.path(), SMALL, 0, |_, payload| {
+        payloads.push(payload.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(payloads.len() as u64, write);
+    for (i, payload) in payloads.iter().enumerate() {
+        assert!(payload.starts_with(format!("write {:04} ", i + 1).as_bytes()));
+    }
 }

@@ -11,8 +11,20 @@
 //! Files: `<dir>/<first sequence, 20 digits>.log`. A segment is allocated at its full size when
 //! it is created (fallocate), so an fdatasync only has to write data, not the file's growing size
 //! (0.14 ms against 0.19 ms here); the zeros after the last record are the end of the log. A
-//! segment is sealed (and fdatasynced) once it passes the segment size; [`Log::purge_upto`]
-//! removes sealed segments a checkpoint covers.
+//! segment is sealed once it passes the segment size; [`Log::purge_upto`] removes sealed
+//! segments a checkpoint covers.
+//!
+//! The segment change stays off the request path: [`Log::sync`] (the persister's) makes the next
+//! segment ahead, as `next.segment` (a name the segment list ignores), once the active one is half
+//! full. The change itself only swaps the file handle; the next [`Log::sync`] fdatasyncs the
+//! sealed segment, renames `next.segment` to its segment name, fsyncs the directory and only then
+//! counts any of it as synced. The rename waits for the sealed segment's sync so that a segment
+//! name on disk always means that every record before it reached the disk: after a power cut the
+//! log is never left with a gap before a named segment. Until that sync the new segment's
+//! records are in `next.segment`, which the open takes on as the newest segment where its first
+//! record continues the log (a process killed in between) and removes otherwise (nothing in it
+//! was ever acknowledged as durable). With no segment made ahead, or a change still waiting for
+//! its sync, the change does the work inline as before ([`LogCounters::rotations_inline`]).
 //!
 //! Opening is strict: a record cut short at the very end of the newest segment (a crash in the
 //! middle of a write) is cut off with a warning; any other damage, or a gap in the numbering,
@@ -54,7 +66,14 @@ pub struct LogCounters {
     pub syncs: AtomicU64,
     pub segments_sealed: AtomicU64,
     pub segments_purged: AtomicU64,
+    /// Segment changes that synced and created files on the request path: no segment was made
+    /// ahead, or the change before was still waiting for its sync.
+    pub rotations_inline: AtomicU64,
 }
+
+/// The segment made ahead of the change, in the log's directory (not a `.log` name: the segment
+/// list never reads it as a segment).
+const NEXT_SEGMENT: &str = "next.segment";
 
 struct Buffered {
     bytes: Vec<u8>,
@@ -87,6 +106,25 @@ struct Active {
     /// Set when more than [`MAX_UNMIRRORED`] bytes waited: they were let go, and only an
     /// fdatasync covers them now.
     unmirrored_dropped: bool,
+    /// The next segment, made ahead by [`Log::sync`] as [`NEXT_SEGMENT`].
+    ready: Option<File>,
+    /// Set while a [`Log::sync`] makes the next segment, outside the lock.
+    preparing: bool,
+    /// The last segment change, until a [`Log::sync`] has covered it. The active file is
+    /// [`NEXT_SEGMENT`] until it is renamed.
+    sealing: Option<Sealing>,
+}
+
+/// A segment change that no sync has covered yet.
+struct Sealing {
+    /// The sequence of the new segment's first record (its name once renamed).
+    first_seq: u64,
+    /// The sealed segment: its tail may not be on disk yet.
+    sealed: Arc<File>,
+    sealed_path: PathBuf,
+    /// Whether [`NEXT_SEGMENT`] has been renamed to the new segment's name (not yet durable
+    /// before the directory's fsync).
+    renamed: bool,
 }
 
 /// Unmirrored bytes kept at most (the mirror's whole ring): an fdatasync is the better way past it.
@@ -123,10 +161,15 @@ impl Active {
 
     /// The segment being written, for error messages.
     fn current_path(&self) -> PathBuf {
-        self.segments
+        let path = self
+            .segments
             .last()
             .map(|s| s.path.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        match &self.sealing {
+            Some(sealing) if !sealing.renamed => path.with_file_name(NEXT_SEGMENT),
+            _ => path,
+        }
     }
 }
 
@@ -182,6 +225,73 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, StoreError> {
     Ok(segments)
 }
 
+/// What [`NEXT_SEGMENT`] held at open.
+enum NextSegment {
+    None,
+    /// Made ahead and never written (found after a clean close): used for the next change.
+    Ready(File),
+    /// Written after a change that no sync covered, and continuing the log: renamed to its
+    /// segment name, to be read as the newest segment.
+    Adopted(Segment),
+}
+
+/// Deals with a [`NEXT_SEGMENT`] left in `dir`. Its records were never acknowledged as durable
+/// (a sync renames it before it counts, and the mirror takes none of its bytes), so it is kept
+/// only where its first record continues the log (`expected`, or within the checkpoint's reach
+/// when no segment is left): the process died after the change, and the segment before it is
+/// whole. Otherwise (a power cut took the sealed segment's tail, or it was never written) it is
+/// removed, unless a clean close left it unwritten at the size segments are made.
+fn take_next_segment(
+    dir: &Path,
+    expected: Option<u64>,
+    after: u64,
+    clean: bool,
+    segment_bytes: u64,
+) -> Result<NextSegment, StoreError> {
+    let path = dir.join(NEXT_SEGMENT);
+    let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NextSegment::None),
+        Err(e) => return Err(io_error("open", &path, e)),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| io_error("stat", &path, e))?
+        .len();
+    let mut header = [0u8; record::HEADER_LEN];
+    let written = size >= header.len() as u64
+        && file
+            .read_exact_at(&mut header, 0)
+            .map_err(|e| io_error("read", &path, e))
+            .map(|()| header.iter().any(|b| *b != 0))?;
+    // After a clean close the last sync came after the last change: the file was never written.
+    if clean && !written && size == segment_bytes {
+        return Ok(NextSegment::Ready(file));
+    }
+    if written {
+        let bytes = std::fs::read(&path).map_err(|e| io_error("read", &path, e))?;
+        if let record::Decoded::Record { seq, .. } = record::decode(&bytes) {
+            let continues = expected.map_or(seq <= after + 1, |expected| seq == expected);
+            if continues {
+                let named = segment_path(dir, seq);
+                std::fs::rename(&path, &named).map_err(|e| io_error("rename", &path, e))?;
+                sync_dir(dir)?;
+                tracing::info!(file = %named.display(), "log: took on the segment started before a crash");
+                return Ok(NextSegment::Adopted(Segment {
+                    first_seq: seq,
+                    path: named,
+                }));
+            }
+        }
+        tracing::warn!(
+            file = %path.display(),
+            "log: removing a segment whose records do not continue the log (never synced)"
+        );
+    }
+    std::fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
+    Ok(NextSegment::None)
+}
+
 impl Log {
     /// Opens (creating if needed) the log in `dir` and replays it: `replay` is called, in order,
     /// for every intact record with a sequence above `after` (what a checkpoint already holds).
@@ -228,6 +338,18 @@ impl Log {
             next_seq = next_seq.max(next);
             newest_end = end;
         }
+        let segment_bytes = segment_bytes.max(4096);
+        let ready = match take_next_segment(dir, expected, after, clean.is_some(), segment_bytes)? {
+            NextSegment::Ready(file) => Some(file),
+            NextSegment::Adopted(segment) => {
+                let (last, end) = replay_segment(&segment, true, after, None, &mut replay)?;
+                next_seq = next_seq.max(last.map_or(segment.first_seq, |last| last + 1));
+                newest_end = end;
+                segments.push(segment);
+                None
+            }
+            NextSegment::None => None,
+        };
 
         // Write on in the newest segment if there is one, else start the first.
         let (file, len) = match segments.last() {
@@ -251,7 +373,7 @@ impl Log {
         };
         Ok(Log {
             dir: dir.to_path_buf(),
-            segment_bytes: segment_bytes.max(4096),
+            segment_bytes,
             buffered: Mutex::new(Buffered {
                 bytes: Vec::with_capacity(64 << 10),
                 next_seq,
@@ -266,6 +388,9 @@ impl Log {
                 unmirrored: Vec::new(),
                 unmirrored_at: (0, 0),
                 unmirrored_dropped: false,
+                ready,
+                preparing: false,
+                sealing: None,
             }),
             counters: LogCounters::default(),
             mirrored: AtomicBool::new(false),
@@ -323,7 +448,7 @@ impl Log {
         first_seq: u64,
     ) -> Result<(), StoreError> {
         if active.len >= self.segment_bytes {
-            self.seal_and_start(active, first_seq)?;
+            self.change_segment(active, first_seq)?;
         }
         // The path is only named in an error: no allocation per write.
         active
@@ -349,8 +474,42 @@ impl Log {
         Ok(())
     }
 
+    /// Seals the active segment and starts a new one whose first record is `first_seq`: with a
+    /// segment made ahead, by swapping the file handle (the sealed segment's sync and the rename
+    /// wait for [`Log::sync`]); otherwise inline, as [`Log::seal_and_start`].
+    fn change_segment(&self, active: &mut Active, first_seq: u64) -> Result<(), StoreError> {
+        let ready = active.ready.take();
+        let Some(file) = ready.filter(|_| active.sealing.is_none()) else {
+            self.counters
+                .rotations_inline
+                .fetch_add(1, Ordering::Relaxed);
+            self.settle(active)?;
+            return self.seal_and_start(active, first_seq);
+        };
+        let sealed_path = active.current_path();
+        let sealed = std::mem::replace(&mut active.file, Arc::new(file));
+        active.sealing = Some(Sealing {
+            first_seq,
+            sealed,
+            sealed_path,
+            renamed: false,
+        });
+        active.len = 0;
+        active.segments.push(Segment {
+            first_seq,
+            path: segment_path(&self.dir, first_seq),
+        });
+        // The sealed tail's bytes are let go: the sync that covers the change covers them, and
+        // until then the mirror takes nothing (see [`Log::take_unmirrored`]).
+        active.restart_unmirrored();
+        self.counters
+            .segments_sealed
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Seals the active segment (fdatasync, so a later sync of the newest file covers it) and
-    /// starts a new one whose first record is `first_seq`.
+    /// starts a new one whose first record is `first_seq`, on the calling thread.
     fn seal_and_start(&self, active: &mut Active, first_seq: u64) -> Result<(), StoreError> {
         let old = active.current_path();
         active
@@ -371,18 +530,50 @@ impl Log {
         Ok(())
     }
 
+    /// Completes a segment change that no sync has covered, on the calling thread: the sealed
+    /// segment's fdatasync, the rename, the directory's fsync. A failure poisons the log.
+    fn settle(&self, active: &mut Active) -> Result<(), StoreError> {
+        let Some(sealing) = active.sealing.take() else {
+            return Ok(());
+        };
+        let result = sealing
+            .sealed
+            .sync_data()
+            .map_err(|e| io_error("fdatasync", &sealing.sealed_path, e))
+            .and_then(|()| match sealing.renamed {
+                true => Ok(()),
+                false => self.rename_next(sealing.first_seq),
+            })
+            .and_then(|()| sync_dir(&self.dir));
+        if let Err(e) = &result {
+            active.failed.get_or_insert(e.clone());
+        }
+        result
+    }
+
+    fn rename_next(&self, first_seq: u64) -> Result<(), StoreError> {
+        let from = self.dir.join(NEXT_SEGMENT);
+        std::fs::rename(&from, segment_path(&self.dir, first_seq))
+            .map_err(|e| io_error("rename", &from, e))
+    }
+
     /// Flushes, then fdatasyncs: every record appended before the call is on stable storage
-    /// when it returns. The sync runs outside the file lock, so appends and flushes go on.
+    /// when it returns. A segment change not yet covered is completed first (the sealed
+    /// segment's fdatasync, the rename, the directory's fsync). The syncs run outside the file
+    /// lock, so appends and flushes go on. Then makes the next segment ahead where it is due.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let (file, position) = {
+        let (file, position, sealing) = {
             let mut active = self.active.lock();
             self.flush_locked(&mut active)?;
-            (active.file.clone(), active.position())
+            let sealing = active
+                .sealing
+                .as_ref()
+                .map(|s| (s.first_seq, s.sealed.clone(), s.sealed_path.clone()));
+            (active.file.clone(), active.position(), sealing)
         };
-        let result = file.sync_data();
+        let result = self.sync_files(&file, sealing.as_ref());
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = result {
-            let error = StoreError::io("log fdatasync", e);
+        if let Err(error) = result {
             self.active.lock().failed.get_or_insert(error.clone());
             return Err(error);
         }
@@ -390,11 +581,81 @@ impl Log {
             let mut synced = self.synced.lock();
             *synced = (*synced).max(position);
         }
-        self.active.lock().forget_synced(position);
+        {
+            let mut active = self.active.lock();
+            if let Some((first_seq, ..)) = sealing {
+                if active
+                    .sealing
+                    .as_ref()
+                    .is_some_and(|s| s.first_seq == first_seq)
+                {
+                    active.sealing = None;
+                }
+            }
+            active.forget_synced(position);
+        }
+        self.prepare_next();
         Ok(())
     }
 
-    /// Up to where the files are known to be fdatasynced (by [`Log::sync`] or a seal).
+    /// The syncs of [`Log::sync`], in the order a power cut needs: the sealed segment, then its
+    /// successor's name (so a name on disk never follows a lost tail), then the active file.
+    fn sync_files(
+        &self,
+        file: &File,
+        sealing: Option<&(u64, Arc<File>, PathBuf)>,
+    ) -> Result<(), StoreError> {
+        if let Some((first_seq, sealed, sealed_path)) = sealing {
+            sealed
+                .sync_data()
+                .map_err(|e| io_error("fdatasync", sealed_path, e))?;
+            {
+                // Under the lock: a change done inline meanwhile may have renamed it already.
+                let mut active = self.active.lock();
+                if let Some(s) = active
+                    .sealing
+                    .as_mut()
+                    .filter(|s| s.first_seq == *first_seq && !s.renamed)
+                {
+                    self.rename_next(*first_seq)?;
+                    s.renamed = true;
+                }
+            }
+            sync_dir(&self.dir)?;
+        }
+        file.sync_data()
+            .map_err(|e| StoreError::io("log fdatasync", e))
+    }
+
+    /// Makes the next segment ahead (created, allocated) once the active one is half full, so
+    /// that the change finds it ready. Not made durable: nothing relies on it before the sync
+    /// that renames it, whose directory fsync covers its creation too. A failure only leaves
+    /// the change to make it inline.
+    fn prepare_next(&self) {
+        {
+            let mut active = self.active.lock();
+            if active.preparing
+                || active.ready.is_some()
+                || active.sealing.is_some()
+                || active.failed.is_some()
+                || active.len < self.segment_bytes / 2
+            {
+                return;
+            }
+            active.preparing = true;
+        }
+        let path = self.dir.join(NEXT_SEGMENT);
+        let created = create_segment(&path, self.segment_bytes);
+        let mut active = self.active.lock();
+        active.preparing = false;
+        match created {
+            Ok(file) => active.ready = Some(file),
+            Err(e) => tracing::warn!(error = %e, "log: the next segment could not be made ahead"),
+        }
+    }
+
+    /// Up to where the files are known to be fdatasynced (by [`Log::sync`] or a change done
+    /// inline). Never past a sealed segment whose tail no sync has covered yet.
     pub fn synced_position(&self) -> Position {
         *self.synced.lock()
     }
@@ -410,12 +671,14 @@ impl Log {
     /// Writes out what is buffered, then moves into `out` (replacing its contents) the bytes
     /// written to the active segment that neither an fdatasync nor an earlier call covers, and
     /// returns where they start; `None` when there were too many to keep
-    /// ([`MAX_UNMIRRORED`]): only [`Log::sync`] covers them then.
+    /// ([`MAX_UNMIRRORED`]), or after a segment change that no sync has covered yet: only
+    /// [`Log::sync`] covers them then. (The sealed segment's tail is in no fragment, and a
+    /// fragment of the new segment is no use where a power cut loses the segment's name.)
     pub fn take_unmirrored(&self, out: &mut Vec<u8>) -> Result<Option<Position>, StoreError> {
         let mut active = self.active.lock();
         self.flush_locked(&mut active)?;
         out.clear();
-        if active.unmirrored_dropped {
+        if active.unmirrored_dropped || active.sealing.is_some() {
             active.restart_unmirrored();
             return Ok(None);
         }
@@ -429,6 +692,10 @@ impl Log {
     /// newest segment. Call after the last [`Log::sync`], with nothing written after it.
     pub fn mark_clean(&self) -> Result<(), StoreError> {
         let active = self.active.lock();
+        // A change no sync covered: no mark, and the open reads everything as after a crash.
+        if active.sealing.is_some() {
+            return Ok(());
+        }
         let Some(newest) = active.segments.last() else {
             return Ok(());
         };
@@ -470,6 +737,8 @@ impl Log {
         if seq >= next {
             return Ok(());
         }
+        // Every segment under its own name first.
+        self.settle(&mut active)?;
         let Some(keep) = active.segments.iter().rposition(|s| s.first_seq <= seq) else {
             return Err(StoreError::Refused(format!(
                 "cannot truncate the log from record {seq}: it is purged"
@@ -513,6 +782,7 @@ impl Log {
                 next - 1
             )));
         }
+        self.settle(&mut active)?;
         let path = segment_path(&self.dir, seq);
         let file = create_segment(&path, self.segment_bytes)?;
         let doomed: Vec<Segment> = std::mem::take(&mut active.segments);
@@ -985,6 +1255,249 @@ mod tests {
             count += 1;
         }
         count
+    }
+
+    fn sealed(log: &Log) -> u64 {
+        log.counters.segments_sealed.load(Ordering::Relaxed)
+    }
+
+    fn inline(log: &Log) -> u64 {
+        log.counters.rotations_inline.load(Ordering::Relaxed)
+    }
+
+    /// Appends and flushes records one at a time from "record `from`" until the log changes
+    /// segment; returns the next record's number. The last record written is the new segment's
+    /// first (its sequence is the returned number).
+    fn write_until_change(log: &Log, from: u64) -> u64 {
+        let before = sealed(log);
+        let mut i = from;
+        while sealed(log) == before {
+            append_n(log, i, 1);
+            log.flush().unwrap();
+            i += 1;
+        }
+        i
+    }
+
+    /// A log in 4096-byte segments, its first segment past half full and synced, so that the next
+    /// segment is made ahead; the number of records ("record 0" on).
+    fn next_segment_ready(dir: &Path) -> (Log, u64) {
+        let (log, _) = collect(dir, 0).unwrap();
+        let mut n = 0;
+        while log.active.lock().len < 2048 {
+            append_n(&log, n, 1);
+            log.flush().unwrap();
+            n += 1;
+        }
+        assert!(!dir.join(NEXT_SEGMENT).exists(), "made only once half full");
+        log.sync().unwrap();
+        assert!(dir.join(NEXT_SEGMENT).exists(), "made ahead by the sync");
+        (log, n)
+    }
+
+    fn assert_records(seen: &Replayed, n: u64) {
+        assert_eq!(seen.len() as u64, n);
+        for (i, (seq, payload)) in seen.iter().enumerate() {
+            assert_eq!(*seq, i as u64 + 1);
+            assert_eq!(payload, format!("record {i}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_change_to_a_segment_made_ahead_leaves_its_syncs_to_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, n) = next_segment_ready(dir.path());
+        log.attach_mirror();
+        let synced = log.synced_position();
+        let mut n = write_until_change(&log, n);
+        let first = n;
+        assert_eq!(inline(&log), 0, "nothing done on the request path");
+        // The new segment's records are in the file made ahead, not yet under its name.
+        assert!(dir.path().join(NEXT_SEGMENT).exists());
+        assert!(!segment_path(dir.path(), first).exists());
+        assert_eq!(
+            log.synced_position(),
+            synced,
+            "the sealed segment's tail is not counted as synced"
+        );
+        let mut out = Vec::new();
+        assert_eq!(log.take_unmirrored(&mut out).unwrap(), None);
+        append_n(&log, n, 1);
+        n += 1;
+        assert_eq!(
+            log.take_unmirrored(&mut out).unwrap(),
+            None,
+            "the mirror takes nothing until a sync covers the change"
+        );
+        log.sync().unwrap();
+        assert!(segment_path(dir.path(), first).exists());
+        assert!(!dir.path().join(NEXT_SEGMENT).exists());
+        assert_eq!(log.synced_position(), log.active.lock().position());
+        let end = log.active.lock().position();
+        append_n(&log, n, 1);
+        n += 1;
+        assert_eq!(log.take_unmirrored(&mut out).unwrap(), Some(end));
+        assert_eq!((end.0, decode_count(&out)), (first, 1));
+        log.sync().unwrap();
+        drop(log);
+        let (_, seen) = collect(dir.path(), 0).unwrap();
+        assert_records(&seen, n);
+    }
+
+    #[test]
+    fn records_come_back_across_many_changes_with_and_without_segments_made_ahead() {
+        for sync_every in [1, 3, 1000] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, _) = collect(dir.path(), 0).unwrap();
+            for round in 0..200 {
+                append_n(&log, round * 10, 10);
+                log.flush().unwrap();
+                if round.is_multiple_of(sync_every) {
+                    log.sync().unwrap();
+                }
+            }
+            log.sync().unwrap();
+            let (changes, inline) = (sealed(&log), inline(&log));
+            assert!(changes > 10, "{changes} changes");
+            match sync_every {
+                1 => assert_eq!(inline, 0, "a sync between any two changes"),
+                1000 => assert_eq!(inline, changes, "never a segment made ahead"),
+                _ => assert!(inline < changes, "{inline} of {changes} inline"),
+            }
+            drop(log);
+            let (log, seen) = collect(dir.path(), 0).unwrap();
+            assert_records(&seen, 2000);
+            assert_eq!(log.next_seq(), 2001);
+        }
+    }
+
+    #[test]
+    fn a_crash_after_the_change_keeps_the_records_of_the_segment_made_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, n) = next_segment_ready(dir.path());
+        let first = write_until_change(&log, n);
+        append_n(&log, first, 5);
+        log.flush().unwrap();
+        // Killed before any sync: the page cache holds everything, under the names of the moment.
+        drop(log);
+        let (log, seen) = collect(dir.path(), 0).unwrap();
+        assert_records(&seen, first + 5);
+        assert!(segment_path(dir.path(), first).exists(), "taken on");
+        assert!(!dir.path().join(NEXT_SEGMENT).exists());
+        append_n(&log, first + 5, 1);
+        log.flush().unwrap();
+        drop(log);
+        let (_, seen) = collect(dir.path(), 0).unwrap();
+        assert_records(&seen, first + 6);
+    }
+
+    #[test]
+    fn a_power_cut_after_the_change_loses_only_what_no_sync_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, synced_records) = next_segment_ready(dir.path());
+        let (segment, synced_len) = log.synced_position();
+        let first = write_until_change(&log, synced_records);
+        append_n(&log, first, 5);
+        log.flush().unwrap();
+        drop(log);
+        // The sealed segment's tail was never fdatasynced: the disk lost it.
+        let path = segment_path(dir.path(), segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[synced_len as usize..].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, seen) = collect(dir.path(), 0).unwrap();
+        assert_records(&seen, synced_records);
+        assert!(
+            !dir.path().join(NEXT_SEGMENT).exists(),
+            "records after a gap are dropped, never read"
+        );
+        assert!(!segment_path(dir.path(), first).exists());
+        assert_eq!(log.next_seq(), synced_records + 1);
+        append_n(&log, synced_records, 1);
+        log.flush().unwrap();
+        drop(log);
+        let (_, seen) = collect(dir.path(), 0).unwrap();
+        assert_records(&seen, synced_records + 1);
+    }
+
+    #[test]
+    fn a_segment_made_ahead_is_used_after_a_clean_close_and_removed_after_a_crash() {
+        for clean in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, n) = next_segment_ready(dir.path());
+            if clean {
+                log.mark_clean().unwrap();
+            }
+            drop(log);
+            let (log, seen) = collect(dir.path(), 0).unwrap();
+            assert_records(&seen, n);
+            assert_eq!(dir.path().join(NEXT_SEGMENT).exists(), clean);
+            let n = write_until_change(&log, n);
+            assert_eq!(inline(&log), u64::from(!clean), "clean: {clean}");
+            log.sync().unwrap();
+            drop(log);
+            let (_, seen) = collect(dir.path(), 0).unwrap();
+            assert_records(&seen, n);
+        }
+    }
+
+    #[test]
+    fn a_leftover_next_segment_that_does_not_continue_the_log_is_never_replayed() {
+        let (dir, _) = three_records();
+        let mut stray = Vec::new();
+        record::encode(&mut stray, 9, |buf| buf.extend_from_slice(b"never synced"));
+        stray.resize(4096, 0);
+        std::fs::write(dir.path().join(NEXT_SEGMENT), &stray).unwrap();
+        let (log, seen) = collect(dir.path(), 0).unwrap();
+        assert_records(&seen, 3);
+        assert_eq!(log.next_seq(), 4);
+        assert!(!dir.path().join(NEXT_SEGMENT).exists());
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_second_change_before_a_sync_completes_the_first_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, n) = next_segment_ready(dir.path());
+        let first = write_until_change(&log, n);
+        let synced = log.synced_position();
+        let second = write_until_change(&log, first);
+        assert_eq!(inline(&log), 1);
+        assert!(segment_path(dir.path(), first).exists(), "renamed inline");
+        assert!(segment_path(dir.path(), second).exists());
+        assert!(
+            log.synced_position() > synced,
+            "synced up to the second segment"
+        );
+        assert_eq!(log.synced_position().0, first);
+        drop(log);
+        let (_, seen) = collect(dir.path(), 0).unwrap();
+        assert_records(&seen, second);
+    }
+
+    #[test]
+    fn truncation_and_restart_complete_a_change_no_sync_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, n) = next_segment_ready(dir.path());
+        let first = write_until_change(&log, n);
+        append_n(&log, first, 3);
+        log.truncate_from(first + 2).unwrap();
+        drop(log);
+        let (log, seen) = collect(dir.path(), 0).unwrap();
+        assert_records(&seen, first + 1);
+        assert!(segment_path(dir.path(), first).exists());
+        drop(log);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (log, n) = next_segment_ready(dir.path());
+        write_until_change(&log, n);
+        log.restart_at(5000).unwrap();
+        log.append(|buf| buf.extend_from_slice(b"first"));
+        log.flush().unwrap();
+        drop(log);
+        let (_, seen) = collect(dir.path(), 4999).unwrap();
+        assert_eq!(seen, vec![(5000, b"first".to_vec())]);
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct LogStoreStats {
     pub log_bytes_written: u64,
     pub log_syncs: u64,
     pub log_disk_bytes: u64,
+    /// Log segments sealed, and the changes of segment done on the request path (no segment
+    /// made ahead, or the change before still waiting for its sync).
+    pub log_segments_sealed: u64,
+    pub log_rotations_inline: u64,
     /// Sequence of the last record the store holds.
     pub checkpoint_seq: u64,
 }
@@ -338,6 +342,8 @@ impl LogStore {
             log_bytes_written: log.bytes_written.load(Ordering::Relaxed),
             log_syncs: log.syncs.load(Ordering::Relaxed),
             log_disk_bytes: s.log.disk_bytes(),
+            log_segments_sealed: log.segments_sealed.load(Ordering::Relaxed),
+            log_rotations_inline: log.rotations_inline.load(Ordering::Relaxed),
             checkpoint_seq: s.checkpoint_seq.load(Ordering::Relaxed),
         }
     }

@@ -460,6 +460,7 @@ pub async fn stats(State(state): State<AdminState>) -> Response {
             "checkpoint_seq": l.checkpoint_seq, "backlog_bytes": l.backlog_bytes,
             "write_stalls": l.write_stalls, "writes": l.log_writes,
             "bytes_written": l.log_bytes_written, "syncs": l.log_syncs, "disk_bytes": l.log_disk_bytes,
+            "segments_sealed": l.log_segments_sealed, "rotations_inline": l.log_rotations_inline,
         })),
         "watch": { "subscribers": s.watch.subscribers, "queued_events": s.watch.queued_events },
         "locks": s.locks,

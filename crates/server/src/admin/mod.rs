@@ -262,7 +262,24 @@ fn render_engine(engine: &Engine, out: &mut String) {
             f64::from(u8::from(s.poisoned.is_some())),
         ),
     ];
-    for (name, kind, help, value) in figures {
+    // The log-first store's log, where the engine has one.
+    let log = s.log.as_ref().map(|l| {
+        [
+            (
+                "polykv_log_segments_sealed_total",
+                "counter",
+                "Log segments sealed",
+                l.log_segments_sealed as f64,
+            ),
+            (
+                "polykv_log_rotations_inline_total",
+                "counter",
+                "Log segment changes done on the request path (no segment made ahead)",
+                l.log_rotations_inline as f64,
+            ),
+        ]
+    });
+    for (name, kind, help, value) in figures.into_iter().chain(log.into_iter().flatten()) {
         formatting::write_help_line(out, name, help);
         formatting::write_type_line(out, name, kind);
         formatting::write_metric_line::<&str, f64>(out, name, None, &[], None, value, None);
