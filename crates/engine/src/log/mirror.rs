@@ -297,8 +297,10 @@ impl RingCursor {
             if busy(1 + count) {
                 return Ok(None);
             }
+            // The blocks it reuses must be covered by the log's own sync first: the caller
+            // syncs (off the request path, for the async mirror), and the next call wraps.
             if log.synced_position() < self.lap_end {
-                log.sync()?;
+                return Ok(None);
             }
             *self = RingCursor::new();
         }
@@ -354,10 +356,16 @@ struct State {
     /// The highest number a waiter asked for.
     wanted: u64,
     cursor: RingCursor,
+    /// Set while the log's own fdatasync runs on a blocking thread in place of a direct write
+    /// (see [`Mirror::sync_behind`]): nothing else is written until it is done.
+    syncing: bool,
 }
 
 /// The running mirror of one log: see the module's documentation.
 pub struct Mirror {
+    /// Itself, for the blocking thread a sync runs on.
+    me: std::sync::Weak<Mirror>,
+    runtime: tokio::runtime::Handle,
     log: Arc<Log>,
     /// The caller's numbering of writes: everything numbered up to its value is in the log
     /// (buffered at least) when it is read.
@@ -430,7 +438,10 @@ impl Mirror {
         log.attach_mirror();
         let start = applied.load(Ordering::SeqCst);
         log.sync()?;
-        let mirror = Arc::new(Mirror {
+        let spawn_on = runtime.clone();
+        let mirror = Arc::new_cyclic(|me| Mirror {
+            me: me.clone(),
+            runtime: spawn_on,
             log,
             applied,
             file,
@@ -444,6 +455,7 @@ impl Mirror {
                 next_id: 0,
                 wanted: 0,
                 cursor: RingCursor::new(),
+                syncing: false,
             }),
             durable: watch::channel(Durable {
                 upto: start,
@@ -511,7 +523,7 @@ impl Mirror {
             .in_flight
             .back()
             .map_or(durable, |w| w.target.max(durable));
-        if state.in_flight.len() >= MAX_IN_FLIGHT || state.wanted <= covered {
+        if state.syncing || state.in_flight.len() >= MAX_IN_FLIGHT || state.wanted <= covered {
             return;
         }
         let target = self.applied.load(Ordering::SeqCst);
@@ -526,9 +538,10 @@ impl Mirror {
         let mut taken = std::mem::take(&mut state.taken);
         let result = match self.log.take_unmirrored(&mut taken) {
             Ok(Some(at)) => self.write_taken(state, &taken, at, target),
-            // More waited than the ring holds (a long sync interval under a heavy Async load):
-            // the log's own fdatasync covers it, once (and what is in flight with it).
-            Ok(None) => self.log.sync().map(|()| self.synced_upto(state, target)),
+            // More waited than the ring holds (a long sync interval under a heavy Async load), or
+            // a segment change that no sync has covered yet: the log's own fdatasync covers it,
+            // once (and what is in flight with it).
+            Ok(None) => self.sync_behind(state, target),
             Err(e) => Err(e),
         };
         state.taken = taken;
@@ -564,9 +577,8 @@ impl Mirror {
             &mut blocks,
         )?;
         let Some(first) = placed else {
-            self.log.sync()?;
-            self.synced_upto(state, target);
-            return Ok(());
+            state.spare.push(blocks);
+            return self.sync_behind(state, target);
         };
         let count = blocks.len() as u64;
         let id = state.next_id;
@@ -602,6 +614,35 @@ impl Mirror {
             .submit()
             .map_err(|e| StoreError::io("io_uring submit", e))?;
         self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes everything up to `target` durable with the log's own fdatasync, on a blocking
+    /// thread: the worker that asked goes on serving every other request meanwhile (a sync
+    /// takes from a fraction of a millisecond to tens of them), and no direct write is made
+    /// until it is done. Then it releases the waiters and starts the next write.
+    fn sync_behind(&self, state: &mut State, target: u64) -> Result<(), StoreError> {
+        let Some(me) = self.me.upgrade() else {
+            return Err(StoreError::Refused("the log mirror has stopped".into()));
+        };
+        state.syncing = true;
+        self.runtime.spawn_blocking(move || {
+            let result = me.log.sync();
+            {
+                let mut state = me.state.lock();
+                state.syncing = false;
+                match result {
+                    Ok(()) => me.synced_upto(&mut state, target),
+                    Err(e) => {
+                        let reason = format!("log fdatasync for the mirror failed: {e}");
+                        tracing::error!(file = %me.path.display(), %reason);
+                        me.durable.send_modify(|d| d.failed = Some(reason));
+                        return;
+                    }
+                }
+            }
+            me.submit_next();
+        });
         Ok(())
     }
 
@@ -913,8 +954,16 @@ mod tests {
         assert_eq!(place(&mut cursor, 0, false), Some(1));
         assert_eq!(place(&mut cursor, len, false), Some(1001));
         // 2 001 + 1 000 blocks pass the ring's end: the next group goes to block 1, unless the
-        // blocks there are still being written.
+        // blocks there are still being written, and only once the log's own sync covers what
+        // they held (the caller syncs when told `None`).
         assert_eq!(place(&mut cursor, 2 * len, true), None);
+        assert_eq!(place(&mut cursor, 2 * len, false), None);
+        // Synced into the next segment: past every position of segment 1.
+        for _ in 0..20 {
+            log.append(|buf| buf.extend_from_slice(&[1u8; 64 << 10]));
+            log.sync().unwrap();
+        }
+        assert!(log.synced_position() > (1, 3 * len));
         assert_eq!(place(&mut cursor, 2 * len, false), Some(1));
         assert_eq!(place(&mut cursor, 3 * len, false), Some(1001));
         assert_eq!(blocks.len(), 1000);
