@@ -1295,6 +1295,13 @@ mod tests {
         (log, n)
     }
 
+    /// Reopens the log in `dir` and checks that it holds records 1 to `n` as `append_n` wrote them.
+    fn reopen_holding(dir: &Path, n: u64) -> Log {
+        let (log, seen) = collect(dir, 0).unwrap();
+        assert_records(&seen, n);
+        log
+    }
+
     fn assert_records(seen: &Replayed, n: u64) {
         assert_eq!(seen.len() as u64, n);
         for (i, (seq, payload)) in seen.iter().enumerate() {
@@ -1340,8 +1347,7 @@ mod tests {
         assert_eq!((end.0, decode_count(&out)), (first, 1));
         log.sync().unwrap();
         drop(log);
-        let (_, seen) = collect(dir.path(), 0).unwrap();
-        assert_records(&seen, n);
+        reopen_holding(dir.path(), n);
     }
 
     #[test]
@@ -1365,8 +1371,7 @@ mod tests {
                 _ => assert!(inline < changes, "{inline} of {changes} inline"),
             }
             drop(log);
-            let (log, seen) = collect(dir.path(), 0).unwrap();
-            assert_records(&seen, 2000);
+            let log = reopen_holding(dir.path(), 2000);
             assert_eq!(log.next_seq(), 2001);
         }
     }
@@ -1380,15 +1385,13 @@ mod tests {
         log.flush().unwrap();
         // Killed before any sync: the page cache holds everything, under the names of the moment.
         drop(log);
-        let (log, seen) = collect(dir.path(), 0).unwrap();
-        assert_records(&seen, first + 5);
+        let log = reopen_holding(dir.path(), first + 5);
         assert!(segment_path(dir.path(), first).exists(), "taken on");
         assert!(!dir.path().join(NEXT_SEGMENT).exists());
         append_n(&log, first + 5, 1);
         log.flush().unwrap();
         drop(log);
-        let (_, seen) = collect(dir.path(), 0).unwrap();
-        assert_records(&seen, first + 6);
+        reopen_holding(dir.path(), first + 6);
     }
 
     #[test]
@@ -1405,8 +1408,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[synced_len as usize..].fill(0);
         std::fs::write(&path, &bytes).unwrap();
-        let (log, seen) = collect(dir.path(), 0).unwrap();
-        assert_records(&seen, synced_records);
+        let log = reopen_holding(dir.path(), synced_records);
         assert!(
             !dir.path().join(NEXT_SEGMENT).exists(),
             "records after a gap are dropped, never read"
@@ -1416,8 +1418,7 @@ mod tests {
         append_n(&log, synced_records, 1);
         log.flush().unwrap();
         drop(log);
-        let (_, seen) = collect(dir.path(), 0).unwrap();
-        assert_records(&seen, synced_records + 1);
+        reopen_holding(dir.path(), synced_records + 1);
     }
 
     #[test]
@@ -1429,15 +1430,13 @@ mod tests {
                 log.mark_clean().unwrap();
             }
             drop(log);
-            let (log, seen) = collect(dir.path(), 0).unwrap();
-            assert_records(&seen, n);
+            let log = reopen_holding(dir.path(), n);
             assert_eq!(dir.path().join(NEXT_SEGMENT).exists(), clean);
             let n = write_until_change(&log, n);
             assert_eq!(inline(&log), u64::from(!clean), "clean: {clean}");
             log.sync().unwrap();
             drop(log);
-            let (_, seen) = collect(dir.path(), 0).unwrap();
-            assert_records(&seen, n);
+            reopen_holding(dir.path(), n);
         }
     }
 
@@ -1448,8 +1447,7 @@ mod tests {
         record::encode(&mut stray, 9, |buf| buf.extend_from_slice(b"never synced"));
         stray.resize(4096, 0);
         std::fs::write(dir.path().join(NEXT_SEGMENT), &stray).unwrap();
-        let (log, seen) = collect(dir.path(), 0).unwrap();
-        assert_records(&seen, 3);
+        let log = reopen_holding(dir.path(), 3);
         assert_eq!(log.next_seq(), 4);
         assert!(!dir.path().join(NEXT_SEGMENT).exists());
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
@@ -1471,8 +1469,7 @@ mod tests {
         );
         assert_eq!(log.synced_position().0, first);
         drop(log);
-        let (_, seen) = collect(dir.path(), 0).unwrap();
-        assert_records(&seen, second);
+        reopen_holding(dir.path(), second);
     }
 
     #[test]
@@ -1483,8 +1480,7 @@ mod tests {
         append_n(&log, first, 3);
         log.truncate_from(first + 2).unwrap();
         drop(log);
-        let (log, seen) = collect(dir.path(), 0).unwrap();
-        assert_records(&seen, first + 1);
+        let log = reopen_holding(dir.path(), first + 1);
         assert!(segment_path(dir.path(), first).exists());
         drop(log);
 
