@@ -231,6 +231,45 @@ async fn iteration_in_key_order() {
     );
 }
 
+/// A pipelined batch holds back at most 256 writes' replies before it waits for them: at the
+/// limit, one past it and well past it (writes, then a read that must follow them), every
+/// reply comes back in order and every write is there.
+#[tokio::test]
+async fn pipelined_writes_at_and_past_the_held_back_limit_are_answered_in_order() {
+    let server = Server::start();
+    for count in [256u32, 257, 600] {
+        let mut c = tcp(&server).await;
+        let conn = c.tcp().unwrap();
+        for i in 0..count {
+            let key = bytes::Bytes::from(format!("held{count}-{i}"));
+            conn.queue(&Request::Set {
+                id: i + 1,
+                mode: Mode::Normal,
+                key: key.clone(),
+                value: key,
+            });
+        }
+        let last = bytes::Bytes::from(format!("held{count}-{}", count - 1));
+        conn.queue(&Request::Get {
+            id: count + 1,
+            mode: Mode::Normal,
+            key: last.clone(),
+        });
+        conn.flush().await.unwrap();
+        for i in 0..count {
+            let set = conn.receive().await.unwrap();
+            assert_eq!(
+                (set.id, set.body),
+                (i + 1, ResponseBody::Ok),
+                "{count} writes"
+            );
+        }
+        let get = conn.receive().await.unwrap();
+        assert_eq!(get.id, count + 1);
+        assert_eq!(get.body, ResponseBody::CacheHit(last));
+    }
+}
+
 #[tokio::test]
 async fn hundreds_of_pipelined_frames_answered_in_order() {
     let server = Server::start();

@@ -939,7 +939,8 @@ where
             let started = answered.unwrap_or_else(Instant::now);
             let reply = self.service.call(request).await;
             close = reply.close;
-            match reply.response {
+            // Whether the writes held back must be waited for before the next request.
+            let wait_now = match reply.response {
                 Some(Deferred::Ready(response)) => {
                     let now = Instant::now();
                     answered = Some(now);
@@ -949,18 +950,16 @@ where
                     // aside and goes out after them. Waiting for them here instead would cost a
                     // wait (and a second poll of this task) for every write followed by a read
                     // in a pipelined batch, where the batch's end needs only one.
-                    let out = if deferred.is_empty() {
-                        &mut *output
-                    } else {
-                        &mut held
-                    };
+                    let behind = !deferred.is_empty();
+                    let out = if behind { &mut held } else { &mut *output };
                     self.codec.encode_response(&response, out);
                     for message in &reply.then {
                         self.codec.encode_response(message, out);
                     }
-                    if !deferred.is_empty() {
+                    if behind {
                         deferred.push(Waiting::Ready { end: held.len() });
                     }
+                    false
                 }
                 Some(Deferred::AfterSync { pending, ok, err }) => {
                     deferred.push(Waiting::Durable {
@@ -972,28 +971,19 @@ where
                         then: reply.then,
                         failed: false,
                     });
-                    if deferred.len() >= MAX_DEFERRED {
-                        resolve(
-                            &mut deferred,
-                            &mut held,
-                            &*self.codec,
-                            output,
-                            &self.metrics,
-                        )
-                        .await;
-                    }
+                    deferred.len() >= MAX_DEFERRED
                 }
-                None if !deferred.is_empty() => {
-                    resolve(
-                        &mut deferred,
-                        &mut held,
-                        &*self.codec,
-                        output,
-                        &self.metrics,
-                    )
-                    .await
-                }
-                None => {}
+                None => !deferred.is_empty(),
+            };
+            if wait_now {
+                resolve(
+                    &mut deferred,
+                    &mut held,
+                    &*self.codec,
+                    output,
+                    &self.metrics,
+                )
+                .await;
             }
         }
         // Most batches (every read-only one) have nothing deferred: no future to build then.
