@@ -75,6 +75,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// The keyspace and key of a data command (a put, delete, incr or expire), whose apply
+    /// reads and writes that key's cache and memtable entries.
+    pub fn data_key(&self) -> Option<(KeyspaceId, &[u8])> {
+        match self {
+            Command::Put { ks, key, .. }
+            | Command::Delete { ks, key, .. }
+            | Command::Incr { ks, key, .. }
+            | Command::Expire { ks, key, .. } => Some((*ks, &key[..])),
+            _ => None,
+        }
+    }
+
     /// A put that applies only while the key is as `current` says (absent, or at its version):
     /// the write of a read-modify-write.
     pub fn put_unchanged(
@@ -191,6 +203,57 @@ pub enum Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_commands_name_their_key_and_others_none() {
+        let key = Bytes::from("k");
+        let data = [
+            Command::Put {
+                ks: 2,
+                key: key.clone(),
+                value: Value::Str("v".into()),
+                expires_at: None,
+                owner: None,
+                label: None,
+                condition: Condition::Always,
+            },
+            Command::Delete {
+                ks: 2,
+                key: key.clone(),
+                condition: Condition::Always,
+            },
+            Command::Incr {
+                ks: 2,
+                key: key.clone(),
+                delta: 1,
+            },
+            Command::Expire {
+                ks: 2,
+                key: key.clone(),
+                expires_at: 5,
+            },
+        ];
+        for command in &data {
+            assert_eq!(command.data_key(), Some((2, &b"k"[..])), "{command:?}");
+        }
+        let others = [
+            Command::CreateKeyspace { name: "s".into() },
+            Command::Lock {
+                name: key.clone(),
+                holder: 1,
+                deadline: None,
+            },
+            Command::Unlock {
+                name: key,
+                holder: 1,
+            },
+            Command::ReleaseHolder { holder: 1 },
+            Command::ExpireLocks,
+        ];
+        for command in &others {
+            assert_eq!(command.data_key(), None, "{command:?}");
+        }
+    }
 
     #[test]
     fn proposals_round_trip_with_a_format_tag() {

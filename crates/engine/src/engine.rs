@@ -529,6 +529,19 @@ impl Engine {
         }
     }
 
+    /// Starts loading the cache and memtable memory that applying `proposals` will touch (at
+    /// most [`crate::cache::PREFETCH_MAX`] of them): a replica applies a committed entry's
+    /// proposals one after another, and without this each waits for its own cache misses.
+    pub fn prefetch_proposals(&self, proposals: &[Proposal]) {
+        let keys = || proposals.iter().filter_map(|p| p.command.data_key());
+        self.prefetch(keys());
+        // The memtable is per space: its prefetch takes the keys of one keyspace, the first's
+        // (an entry's proposals almost always share one).
+        if let Some((ks, _)) = keys().next() {
+            self.prefetch_writes(ks, keys().filter(|&(k, _)| k == ks).map(|(_, key)| key));
+        }
+    }
+
     /// The cached entry of a key, without going to the store (nmdb CACHE_ONLY reads).
     pub fn get_cached(&self, ks: KeyspaceId, key: &[u8]) -> Option<Entry> {
         let item = self.inner.cache.get(ks, key)?;
