@@ -110,6 +110,27 @@ impl Pending {
         Ok(self.outcome)
     }
 
+    /// The outcome at once, where the write's durability costs no waiting: nothing to flush
+    /// (`None`), or an Async write whose flush is a copy into the mapped log: the
+    /// [`FlushDue`] then, which the caller makes before it sends the acknowledgement (one
+    /// for a batch of writes: the last covers them all). Otherwise the write back, to be
+    /// awaited with [`Pending::durable`].
+    pub fn flush_due(self) -> std::result::Result<(Outcome, Option<FlushDue>), Pending> {
+        match (self.seq, self.durability) {
+            (None, _) => Ok((self.outcome, None)),
+            (Some(seq), Durability::Async | Durability::Memory)
+                if self.engine.inner.store.flushes_in_place() =>
+            {
+                let due = FlushDue {
+                    engine: self.engine,
+                    seq,
+                };
+                Ok((self.outcome, Some(due)))
+            }
+            _ => Err(self),
+        }
+    }
+
     /// Whether awaiting [`Pending::durable`] will wait for a sync.
     pub fn needs_sync(&self) -> bool {
         self.seq.is_some() && self.durability == Durability::Sync
@@ -118,6 +139,30 @@ impl Pending {
     /// Whether awaiting [`Pending::durable`] has anything to do (a flush or a sync).
     pub fn needs_wait(&self) -> bool {
         self.seq.is_some()
+    }
+}
+
+/// The flush an Async write still owes before it is acknowledged ([`Pending::flush_due`]).
+#[must_use = "a write is acknowledged only once its flush is made"]
+pub struct FlushDue {
+    engine: Engine,
+    seq: u64,
+}
+
+impl FlushDue {
+    /// Makes the flush, on the calling thread (a copy into the mapped log, or a `write(2)`
+    /// where the log stopped being mapped meanwhile). It covers every write before this one.
+    pub fn flush(self) -> Result<()> {
+        self.engine.flush_now(self.seq)
+    }
+
+    /// The later of two flushes due (the one that covers both).
+    pub fn later(self, other: FlushDue) -> FlushDue {
+        if other.seq > self.seq {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -1068,14 +1113,23 @@ impl Engine {
             .held_by(holder, self.now_ms())
     }
 
-    /// Makes sure journal write `seq` is in the OS buffers. The caller first steps behind the
-    /// tasks that are ready, so that other sessions run and add their writes: one flush then
-    /// covers them all (group flush, the OS-buffer twin of group commit).
+    /// Makes sure journal write `seq` is in the OS buffers. Where a flush is a `write(2)`, the
+    /// caller first steps behind the tasks that are ready, so that other sessions run and add
+    /// their writes: one flush then covers them all (group flush, the OS-buffer twin of group
+    /// commit). Where it is a copy into the mapped log, it flushes at once: gathering would
+    /// save little and cost every writing session a second poll.
     async fn flush_upto(&self, seq: u64) -> Result<()> {
         if self.inner.flushed.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
-        BehindReadyTasks::default().await;
+        if !self.inner.store.flushes_in_place() {
+            BehindReadyTasks::default().await;
+        }
+        self.flush_now(seq)
+    }
+
+    /// Flushes the journal up to write `seq` on the calling thread, unless done already.
+    fn flush_now(&self, seq: u64) -> Result<()> {
         if self.inner.flushed.load(Ordering::Acquire) >= seq {
             return Ok(());
         }

@@ -27,8 +27,8 @@ pub type KeyspaceId = u32;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use command::{Command, Condition, Outcome, Proposal};
 pub use engine::{
-    valid_keyspace_name, Durability, Engine, EngineConfig, EngineStats, Exported, KeyspaceStats,
-    Pending, Read, Source, INSTALLING, MAX_KEY_LEN,
+    valid_keyspace_name, Durability, Engine, EngineConfig, EngineStats, Exported, FlushDue,
+    KeyspaceStats, Pending, Read, Source, INSTALLING, MAX_KEY_LEN,
 };
 pub use error::{Error, Result, StoreError};
 pub use locks::LockOutcome;

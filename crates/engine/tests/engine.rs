@@ -680,8 +680,17 @@ async fn a_released_store_opens_again_while_handles_remain() {
 /// others that are ready, and one `write(2)` of the log covers the group.
 #[tokio::test]
 async fn async_writes_ready_together_share_one_log_write() {
+    // Where the log is written with write(2) (its segment not mapped), ready writers gather
+    // into one flush.
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path());
+    let config = EngineConfig {
+        log: polykv_engine::store::LogStoreConfig {
+            mapped_log: false,
+            ..Default::default()
+        },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open_dir(dir.path(), config).unwrap();
     let ks = engine.keyspace("group").unwrap();
     engine
         .set(ks, "first", bytes("x"), Durability::Async)
@@ -712,4 +721,67 @@ async fn async_writes_ready_together_share_one_log_write() {
         (1..=2).contains(&writes),
         "50 writes ready together took {writes} log writes"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_writes_into_the_mapped_log_need_no_log_write_and_no_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let ks = engine.keyspace("mapped").unwrap();
+    let stats = |engine: &Engine| engine.stats().log.unwrap();
+    let before = stats(&engine);
+    for i in 0..50 {
+        let pending = engine
+            .submit(
+                polykv_engine::Command::Put {
+                    ks,
+                    key: format!("k{i}").into(),
+                    value: bytes("v"),
+                    expires_at: None,
+                    owner: None,
+                    label: None,
+                    condition: polykv_engine::Condition::Always,
+                },
+                Durability::Async,
+            )
+            .unwrap();
+        // Answered at once, with the flush it owes: a copy, not a write(2).
+        let (outcome, due) = match pending.flush_due() {
+            Ok(ready) => ready,
+            Err(_) => panic!("an Async write into the mapped log waited"),
+        };
+        assert!(matches!(outcome, Outcome::Written { .. }));
+        due.expect("a write owes its flush").flush().unwrap();
+    }
+    let after = stats(&engine);
+    assert_eq!(
+        after.log_writes, before.log_writes,
+        "no write(2) for the records"
+    );
+    assert!(after.log_copies >= before.log_copies + 50);
+    // Everything flushed is in the log's files: a second engine on a copy of them reads it.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    drop(engine);
+    let reopened = open(copy.path());
+    let ks = reopened.keyspace("mapped").unwrap();
+    for i in 0..50 {
+        assert!(reopened
+            .get(ks, format!("k{i}").as_bytes())
+            .unwrap()
+            .is_some());
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
-use polykv_engine::Pending;
+use polykv_engine::{FlushDue, Pending};
 use polykv_protocols::{Decoded, Reject, ServerCodec};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -45,6 +45,9 @@ pub struct Reply<R> {
     pub then: Vec<R>,
     /// Close the connection after sending the response.
     pub close: bool,
+    /// The flush an Async write owes before the response goes out ([`FlushDue`]): a copy into
+    /// the mapped log, made once for a batch of requests.
+    pub flush: Option<FlushDue>,
 }
 
 impl<R> Reply<R> {
@@ -53,6 +56,7 @@ impl<R> Reply<R> {
             response: Some(Deferred::Ready(response)),
             then: Vec::new(),
             close: false,
+            flush: None,
         }
     }
 
@@ -62,6 +66,7 @@ impl<R> Reply<R> {
             response: Some(Deferred::Ready(response)),
             then,
             close: false,
+            flush: None,
         }
     }
 
@@ -70,21 +75,22 @@ impl<R> Reply<R> {
             response: Some(Deferred::Ready(response)),
             then: Vec::new(),
             close: true,
+            flush: None,
         }
     }
 
     /// Sends `ok` once the write is as durable as it asked (in the OS buffers for Async, on
     /// disk for Sync), `err` if it cannot be made so.
     pub fn after_sync(pending: Pending, ok: R, err: R) -> Self {
-        let response = if pending.needs_wait() {
-            Deferred::AfterSync { pending, ok, err }
-        } else {
-            Deferred::Ready(ok)
+        let (response, flush) = match pending.flush_due() {
+            Ok((_, flush)) => (Deferred::Ready(ok), flush),
+            Err(pending) => (Deferred::AfterSync { pending, ok, err }, None),
         };
         Reply {
             response: Some(response),
             then: Vec::new(),
             close: false,
+            flush,
         }
     }
 
@@ -102,6 +108,7 @@ impl<R> Reply<R> {
             response: None,
             then: Vec::new(),
             close: false,
+            flush: None,
         }
     }
 }
@@ -921,6 +928,9 @@ where
         // Allocated only when a reply must wait behind a write (see `Waiting::Ready`).
         let mut held = BytesMut::new();
         let mut close = false;
+        // The flush the batch's Async writes owe before any reply goes out (the last covers
+        // them all).
+        let mut flush_due: Option<FlushDue> = None;
         while output.len() + held.len() < self.limits.max_output_bytes && !close {
             if self.ahead.is_empty() {
                 self.decode_ahead(input)?;
@@ -939,6 +949,14 @@ where
             let started = answered.unwrap_or_else(Instant::now);
             let reply = self.service.call(request).await;
             close = reply.close;
+            // An Async write whose flush is a copy is answered as a read is: the batch makes
+            // its one flush before anything goes out.
+            if let Some(due) = reply.flush {
+                flush_due = Some(match flush_due.take() {
+                    Some(earlier) => earlier.later(due),
+                    None => due,
+                });
+            }
             // Whether the writes held back must be waited for before the next request.
             let wait_now = match reply.response {
                 Some(Deferred::Ready(response)) => {
@@ -998,6 +1016,15 @@ where
             .await;
         }
         self.deferred = deferred;
+        if let Some(due) = flush_due {
+            if let Err(e) = due.flush() {
+                // Nothing of this batch is acknowledged: its writes may not survive a crash.
+                tracing::error!(protocol = self.metrics.name, error = %e,
+                    "journal flush failed: closing the connection without its replies");
+                output.clear();
+                close = true;
+            }
+        }
         if close {
             self.ahead.clear();
         }
@@ -1202,6 +1229,12 @@ pub async fn serve_udp<C, S>(
                 Err(_) => err,
             },
         };
+        if let Some(due) = reply.flush {
+            if let Err(e) = due.flush() {
+                tracing::error!(protocol = metrics.name, error = %e, "journal flush failed");
+                continue;
+            }
+        }
         metrics.record(op, S::is_error(&response), started.elapsed());
         output.clear();
         codec.encode_response(&response, &mut output);

@@ -1,8 +1,11 @@
 //! The engine's append-only log: numbered, checksummed records in segment files.
 //!
 //! Writers append records to one in-memory buffer ([`Log::append`], no system call); one
-//! [`Log::flush`] writes everything buffered with a single `write(2)` (the group flush that makes
-//! an Async write survive a process kill), and [`Log::sync`] adds an fdatasync (group commit).
+//! [`Log::flush`] moves everything buffered into the active segment (what makes an Async write
+//! survive a process kill), and [`Log::sync`] adds an fdatasync (group commit). The active
+//! segment is mapped where that is safe ([`map`]): the flush is then a copy into the file's
+//! pages in the page cache, with no system call, cheap enough for every writer to flush its own
+//! write at once; otherwise it is one `write(2)`, gathered over the ready writers.
 //! Records are numbered by a sequence that never goes backwards, also across restarts and
 //! purges, so a checkpoint can say "everything up to N" and a reader can start after it. The
 //! one exception is for a Raft log: [`Log::truncate_from`] removes a conflicting suffix and
@@ -34,6 +37,7 @@
 //! write batches or, in cluster mode, Raft entries.
 
 mod clean;
+mod map;
 pub mod mirror;
 mod record;
 
@@ -62,6 +66,8 @@ pub type Position = (u64, u64);
 pub struct LogCounters {
     /// `write(2)` calls that carried records.
     pub writes: AtomicU64,
+    /// Flushes that copied their records into the mapped segment instead.
+    pub copies: AtomicU64,
     pub bytes_written: AtomicU64,
     pub syncs: AtomicU64,
     pub segments_sealed: AtomicU64,
@@ -90,6 +96,9 @@ struct Segment {
 
 struct Active {
     file: Arc<File>,
+    /// The active segment mapped, where that is safe ([`map::SegmentMap`]): a flush copies
+    /// into it rather than making a `write(2)`.
+    map: Option<map::SegmentMap>,
     /// End of the records in the active segment: where the next write goes.
     len: u64,
     /// Every segment on disk, oldest first; the last one is being written.
@@ -177,6 +186,8 @@ impl Active {
 pub struct Log {
     dir: PathBuf,
     segment_bytes: u64,
+    /// Whether segments are mapped for writing ([`mapping_wanted`], [`Log::stop_mapping`]).
+    mapped: AtomicBool,
     buffered: Mutex<Buffered>,
     /// Held while writing to the files: one flush at a time, in order.
     active: Mutex<Active>,
@@ -355,6 +366,7 @@ impl Log {
         let (file, len) = match segments.last() {
             Some(newest) => {
                 let file = OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .open(&newest.path)
                     .map_err(|e| io_error("open", &newest.path, e))?;
@@ -371,9 +383,14 @@ impl Log {
                 (file, 0)
             }
         };
+        let mapped = mapping_wanted();
+        let map = mapped
+            .then(|| map::SegmentMap::new(&file, segment_bytes, len))
+            .flatten();
         Ok(Log {
             dir: dir.to_path_buf(),
             segment_bytes,
+            mapped: AtomicBool::new(mapped),
             buffered: Mutex::new(Buffered {
                 bytes: Vec::with_capacity(64 << 10),
                 next_seq,
@@ -381,6 +398,7 @@ impl Log {
             }),
             active: Mutex::new(Active {
                 file: Arc::new(file),
+                map,
                 len,
                 segments,
                 spare: Vec::with_capacity(64 << 10),
@@ -450,11 +468,20 @@ impl Log {
         if active.len >= self.segment_bytes {
             self.change_segment(active, first_seq)?;
         }
-        // The path is only named in an error: no allocation per write.
-        active
-            .file
-            .write_all_at(bytes, active.len)
-            .map_err(|e| io_error("write", &active.current_path(), e))?;
+        let copied = match active.map.as_mut() {
+            Some(map) => map.write_at(active.len, bytes),
+            None => false,
+        };
+        if copied {
+            self.counters.copies.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // The path is only named in an error: no allocation per write.
+            active
+                .file
+                .write_all_at(bytes, active.len)
+                .map_err(|e| io_error("write", &active.current_path(), e))?;
+            self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        }
         if self.mirrored.load(Ordering::Relaxed) && !active.unmirrored_dropped {
             if active.unmirrored.len() + bytes.len() > MAX_UNMIRRORED {
                 active.unmirrored = Vec::new();
@@ -467,7 +494,6 @@ impl Log {
             }
         }
         active.len += bytes.len() as u64;
-        self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_written
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -487,6 +513,7 @@ impl Log {
             return self.seal_and_start(active, first_seq);
         };
         let sealed_path = active.current_path();
+        active.map = self.map(&file, 0);
         let sealed = std::mem::replace(&mut active.file, Arc::new(file));
         active.sealing = Some(Sealing {
             first_seq,
@@ -520,6 +547,7 @@ impl Log {
         let file = create_segment(&path, self.segment_bytes)?;
         sync_dir(&self.dir)?;
         *self.synced.lock() = active.position();
+        active.map = self.map(&file, 0);
         active.file = Arc::new(file);
         active.len = 0;
         active.segments.push(Segment { first_seq, path });
@@ -744,6 +772,8 @@ impl Log {
                 "cannot truncate the log from record {seq}: it is purged"
             )));
         };
+        // Never shorten a mapped file (an access past its end is SIGBUS): the map goes first.
+        active.map = None;
         // Whole segments after the one holding `seq` go; that one is cut at the record.
         let doomed: Vec<Segment> = active.segments.drain(keep + 1..).collect();
         let segment = &active.segments[keep];
@@ -761,6 +791,7 @@ impl Log {
             std::fs::remove_file(&gone.path).map_err(|e| io_error("remove", &gone.path, e))?;
         }
         sync_dir(&self.dir)?;
+        active.map = self.map(&file, offset);
         active.file = Arc::new(file);
         active.len = offset;
         active.restart_unmirrored();
@@ -785,6 +816,7 @@ impl Log {
         self.settle(&mut active)?;
         let path = segment_path(&self.dir, seq);
         let file = create_segment(&path, self.segment_bytes)?;
+        active.map = self.map(&file, 0);
         let doomed: Vec<Segment> = std::mem::take(&mut active.segments);
         active.segments.push(Segment {
             first_seq: seq,
@@ -799,6 +831,28 @@ impl Log {
             std::fs::remove_file(&gone.path).map_err(|e| io_error("remove", &gone.path, e))?;
         }
         sync_dir(&self.dir)
+    }
+
+    /// `file` (a segment whose records end at `written`) mapped for writing, where this log
+    /// maps its segments and the file allows it.
+    fn map(&self, file: &File, written: u64) -> Option<map::SegmentMap> {
+        if !self.mapped.load(Ordering::Relaxed) {
+            return None;
+        }
+        map::SegmentMap::new(file, self.segment_bytes, written)
+    }
+
+    /// From now on writes every flush with `write(2)`: no segment is mapped any more.
+    pub fn stop_mapping(&self) {
+        let mut active = self.active.lock();
+        self.mapped.store(false, Ordering::Relaxed);
+        active.map = None;
+    }
+
+    /// Whether a flush now copies into the mapped segment (no system call) rather than making
+    /// a `write(2)`: a flush per write then costs about what gathering them would.
+    pub fn flushes_in_place(&self) -> bool {
+        self.active.lock().map.is_some()
     }
 
     /// Bytes in the segment files on disk (approximate: sealed sizes are read from the files).
@@ -820,10 +874,18 @@ impl Log {
     }
 }
 
+/// Whether segments are mapped for writing: yes, unless `POLYKV_LOG_MAP=0` (a measurement
+/// switch: every flush is a `write(2)` then).
+fn mapping_wanted() -> bool {
+    std::env::var("POLYKV_LOG_MAP").map_or(true, |v| v != "0")
+}
+
 /// Creates a segment file allocated at its full size (where the file system can).
 fn create_segment(path: &Path, size: u64) -> Result<File, StoreError> {
+    // Readable too: a shared mapping needs it.
     let file = OpenOptions::new()
         .create_new(true)
+        .read(true)
         .write(true)
         .open(path)
         .map_err(|e| io_error("create", path, e))?;
@@ -999,6 +1061,46 @@ mod tests {
         drop(log);
         let path = list_segments(dir.path()).unwrap()[0].path.clone();
         (dir, path)
+    }
+
+    #[test]
+    fn a_flush_copies_into_the_mapped_segment_and_the_file_holds_it_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = collect(dir.path(), 0).unwrap();
+        assert!(log.flushes_in_place(), "a new, allocated segment is mapped");
+        // Enough records for several 4 KiB segments: each change maps the next one.
+        for from in (0..400).step_by(10) {
+            append_n(&log, from, 10);
+            log.flush().unwrap();
+        }
+        let counters = log.counters();
+        assert!(counters.copies.load(Ordering::Relaxed) >= 30);
+        assert!(list_segments(dir.path()).unwrap().len() > 2);
+        // The process goes away without closing anything (as a kill leaves it): what was
+        // flushed is in the files already.
+        std::mem::forget(log);
+        let (_reopened, seen) = collect(dir.path(), 0).unwrap();
+        assert_eq!(seen.len(), 400);
+        for (i, (seq, payload)) in seen.iter().enumerate() {
+            assert_eq!(*seq, i as u64 + 1);
+            assert_eq!(payload, format!("record {i}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_segment_cut_back_is_no_longer_mapped_and_writes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = collect(dir.path(), 0).unwrap();
+        append_n(&log, 0, 10);
+        log.flush().unwrap();
+        log.truncate_from(6).unwrap();
+        append_n(&log, 5, 3);
+        log.flush().unwrap();
+        drop(log);
+        let (_log, seen) = collect(dir.path(), 0).unwrap();
+        let payloads: Vec<_> = seen.iter().map(|(_, p)| p.clone()).collect();
+        let expected: Vec<Vec<u8>> = (0..8).map(|i| format!("record {i}").into_bytes()).collect();
+        assert_eq!(payloads, expected);
     }
 
     #[test]

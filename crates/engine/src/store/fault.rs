@@ -118,6 +118,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.persist(mode)
     }
 
+    fn flushes_in_place(&self) -> bool {
+        self.inner.flushes_in_place()
+    }
+
     fn approximate_len(&self, space: SpaceId) -> u64 {
         self.inner.approximate_len(space)
     }

@@ -54,6 +54,9 @@ pub struct LogStoreConfig {
     /// Whether Sync writes are made durable through the log's direct mirror
     /// ([`crate::log::mirror`]) rather than an fdatasync of the log.
     pub direct_sync: bool,
+    /// Whether the log's active segment is mapped, so that a flush is a copy rather than a
+    /// `write(2)` ([`crate::log`]; `POLYKV_LOG_MAP=0` turns it off too).
+    pub mapped_log: bool,
 }
 
 impl Default for LogStoreConfig {
@@ -64,6 +67,7 @@ impl Default for LogStoreConfig {
             max_backlog_bytes: 256 << 20,
             segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
             direct_sync: true,
+            mapped_log: true,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct LogStoreStats {
     /// Writes that waited for a checkpoint because the backlog was full.
     pub write_stalls: u64,
     pub log_writes: u64,
+    /// Flushes that copied into the mapped segment instead of a `write(2)`.
+    pub log_copies: u64,
     pub log_bytes_written: u64,
     pub log_syncs: u64,
     pub log_disk_bytes: u64,
@@ -280,6 +286,9 @@ impl LogStore {
             Ok(())
         })?;
         active.last_seq = log.next_seq() - 1;
+        if !config.mapped_log {
+            log.stop_mapping();
+        }
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
@@ -339,6 +348,7 @@ impl LogStore {
             backlog_bytes: s.backlog.load(Ordering::Relaxed) as u64,
             write_stalls: s.write_stalls.load(Ordering::Relaxed),
             log_writes: log.writes.load(Ordering::Relaxed),
+            log_copies: log.copies.load(Ordering::Relaxed),
             log_bytes_written: log.bytes_written.load(Ordering::Relaxed),
             log_syncs: log.syncs.load(Ordering::Relaxed),
             log_disk_bytes: s.log.disk_bytes(),
@@ -747,6 +757,10 @@ impl Store for LogStore {
         }
     }
 
+    fn flushes_in_place(&self) -> bool {
+        self.shared.log.flushes_in_place()
+    }
+
     fn start_mirror(&self, applied: Arc<AtomicU64>) -> Option<Arc<mirror::Mirror>> {
         let shared = &self.shared;
         if !shared.config.direct_sync {
@@ -800,6 +814,7 @@ mod tests {
             max_backlog_bytes: 1 << 20,
             segment_bytes: 8192,
             direct_sync: true,
+            mapped_log: true,
         }
     }
 

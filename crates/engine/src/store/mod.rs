@@ -69,6 +69,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, StoreError>;
     fn persist(&self, mode: PersistMode) -> Result<(), StoreError>;
+    /// Whether `persist(Buffer)` costs no system call now (the log's segment is mapped): a
+    /// writer then flushes its own write at once instead of gathering the ready tasks' writes
+    /// into one flush.
+    fn flushes_in_place(&self) -> bool {
+        false
+    }
 
     /// Starts a direct mirror of the store's log, by which Sync writes become durable without
     /// an fdatasync ([`crate::log::mirror`]); `applied` numbers the writes as the caller waits

@@ -458,7 +458,7 @@ pub async fn stats(State(state): State<AdminState>) -> Response {
         "log": s.log.as_ref().map(|l| json!({
             "checkpoints": l.checkpoints, "checkpoint_seconds_total": l.checkpoint_seconds_total,
             "checkpoint_seq": l.checkpoint_seq, "backlog_bytes": l.backlog_bytes,
-            "write_stalls": l.write_stalls, "writes": l.log_writes,
+            "write_stalls": l.write_stalls, "writes": l.log_writes, "copies": l.log_copies,
             "bytes_written": l.log_bytes_written, "syncs": l.log_syncs, "disk_bytes": l.log_disk_bytes,
             "segments_sealed": l.log_segments_sealed, "rotations_inline": l.log_rotations_inline,
         })),

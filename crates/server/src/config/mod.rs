@@ -157,6 +157,7 @@ impl EngineSection {
                 max_backlog_bytes: self.max_backlog_bytes as usize,
                 segment_bytes: self.log_segment_bytes,
                 direct_sync: self.direct_sync,
+                ..polykv_engine::store::LogStoreConfig::default()
             },
             ..polykv_engine::EngineConfig::default()
         }
