@@ -189,6 +189,11 @@ impl LogStore {
             Ok(())
         })
         .map_err(io_err)?;
+        // Written with write(2), not through a mapped segment: its groups are flushed off the
+        // request path (the flusher thread, or a follower's core before it answers), where a
+        // system call per group costs nothing a client waits for, and an A/B of three nodes
+        // showed the mapped Raft log no cheaper (docs/performance.md, 2026-12-02).
+        log.stop_mapping();
         let log = Arc::new(log);
         let mirror = if mirror_wanted(direct_sync) {
             BlockingMirror::start(&log_dir, generation, log.clone())
