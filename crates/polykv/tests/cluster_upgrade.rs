@@ -126,7 +126,10 @@ async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
         wait_ready(id, &ports, dir.path());
         assert!(
             tally.wait_for(before + 100).await,
-            "writes flow after node {id}'s upgrade"
+            "writes flow after node {id}'s upgrade (acknowledged {} in all; writers that \
+             stopped: {:?})",
+            tally.acked(),
+            tally.failures.lock().unwrap()
         );
     }
     stop.store(true, Ordering::Relaxed);

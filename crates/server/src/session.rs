@@ -933,7 +933,17 @@ where
         let mut flush_due: Option<FlushDue> = None;
         while output.len() + held.len() < self.limits.max_output_bytes && !close {
             if self.ahead.is_empty() {
-                self.decode_ahead(input)?;
+                if let Err(reject) = self.decode_ahead(input) {
+                    // The replies before the refused input go out: their writes' flush first.
+                    if let Some(due) = flush_due.take() {
+                        if let Err(e) = due.flush() {
+                            tracing::error!(protocol = self.metrics.name, error = %e,
+                                "journal flush failed: closing the connection without its replies");
+                            output.clear();
+                        }
+                    }
+                    return Err(reject);
+                }
                 if self.ahead.is_empty() {
                     break;
                 }
