@@ -936,11 +936,7 @@ where
                 if let Err(reject) = self.decode_ahead(input) {
                     // The replies before the refused input go out: their writes' flush first.
                     if let Some(due) = flush_due.take() {
-                        if let Err(e) = due.flush() {
-                            tracing::error!(protocol = self.metrics.name, error = %e,
-                                "journal flush failed: closing the connection without its replies");
-                            output.clear();
-                        }
+                        flush_before_replies(due, output, self.metrics.name);
                     }
                     return Err(reject);
                 }
@@ -1027,13 +1023,7 @@ where
         }
         self.deferred = deferred;
         if let Some(due) = flush_due {
-            if let Err(e) = due.flush() {
-                // Nothing of this batch is acknowledged: its writes may not survive a crash.
-                tracing::error!(protocol = self.metrics.name, error = %e,
-                    "journal flush failed: closing the connection without its replies");
-                output.clear();
-                close = true;
-            }
+            close |= !flush_before_replies(due, output, self.metrics.name);
         }
         if close {
             self.ahead.clear();
@@ -1132,6 +1122,21 @@ enum Waiting<R> {
     /// A reply that was ready at once but follows a write still waiting: encoded into the
     /// held-back bytes, up to `end`.
     Ready { end: usize },
+}
+
+/// Makes the flush a batch's Async writes owe before its replies go out. If it fails, nothing
+/// of the batch is acknowledged (its writes may not survive a crash): the replies are dropped
+/// and false returned, for the caller to close the connection.
+fn flush_before_replies(due: FlushDue, output: &mut BytesMut, protocol: &str) -> bool {
+    match due.flush() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(protocol, error = %e,
+                "journal flush failed: closing the connection without its replies");
+            output.clear();
+            false
+        }
+    }
 }
 
 /// Writes a batch holds back at most before it waits for them (each keeps its reply's parts).

@@ -97,14 +97,18 @@ mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
-    fn allocated(len: u64) -> (tempfile::TempDir, File) {
-        let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::OpenOptions::new()
+    fn new_file(dir: &tempfile::TempDir, name: &str) -> File {
+        std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(dir.path().join("segment"))
-            .unwrap();
+            .open(dir.path().join(name))
+            .unwrap()
+    }
+
+    fn allocated(len: u64) -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = new_file(&dir, "segment");
         // SAFETY: a file descriptor this test owns.
         let result =
             unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, len as i64) };
@@ -141,12 +145,7 @@ mod tests {
     #[test]
     fn a_sparse_or_short_file_is_not_mapped() {
         let dir = tempfile::tempdir().unwrap();
-        let sparse = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(dir.path().join("sparse"))
-            .unwrap();
+        let sparse = new_file(&dir, "sparse");
         sparse.set_len(1 << 20).unwrap();
         assert!(SegmentMap::new(&sparse, 1 << 20, 0).is_none());
         let (_dir, short) = allocated(4096);
