@@ -33,4 +33,4 @@ pub use engine::{
 pub use error::{Error, Result, StoreError};
 pub use locks::LockOutcome;
 pub use value::{Entry, KeyedEntry, Value};
-pub use watch::{Change, Event, Selector, Subscription};
+pub use watch::{recv_oldest, Change, Event, Selector, Subscription};

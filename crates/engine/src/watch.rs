@@ -101,6 +101,15 @@ impl Subscriber {
         queue.coalesced.remove(&oldest)
     }
 
+    /// The version of the event [`Subscriber::pop`] would return.
+    fn next_version(&self) -> Option<u64> {
+        let queue = self.queue.lock();
+        match queue.events.front() {
+            Some(event) => Some(event.version),
+            None => queue.coalesced_order.keys().next().copied(),
+        }
+    }
+
     fn pending(&self) -> usize {
         let queue = self.queue.lock();
         queue.events.len() + queue.coalesced.len()
@@ -152,6 +161,11 @@ impl Subscription {
         self.subscriber.pending()
     }
 
+    /// The version of the event [`Subscription::try_recv`] would return now.
+    pub fn next_version(&self) -> Option<u64> {
+        self.subscriber.next_version()
+    }
+
     /// How many events were replaced by a later one for the same key while coalescing.
     pub fn coalesced(&self) -> u64 {
         self.subscriber.coalesced_events.load(Ordering::Relaxed)
@@ -168,6 +182,28 @@ impl Drop for Subscription {
             hub.remove(&self.subscriber);
         }
     }
+}
+
+/// Takes the oldest event queued in any of `watches` (subscriptions of one keyspace, each
+/// tagged), so that a client with several subscriptions gets their events in commit order,
+/// not one subscription's queue after another's.
+///
+/// Two looks, because a queue found empty may receive an older event before a later queue is
+/// looked at. Events are published in version order, so once the first look has seen version
+/// `v` anywhere, every event older than `v` is already queued, and the second look sees it.
+pub fn recv_oldest<T: Copy>(watches: &[(T, &Subscription)]) -> Option<(T, Event)> {
+    let oldest = |watches: &[(T, &Subscription)]| {
+        watches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, w))| w.next_version().map(|v| (v, i)))
+            .min()
+    };
+    oldest(watches)?;
+    let (_, index) = oldest(watches)?;
+    let (tag, watch) = watches[index];
+    // Only this task takes from these queues, so the event looked at is still the first.
+    watch.try_recv().map(|event| (tag, event))
 }
 
 #[derive(Default)]
@@ -361,6 +397,37 @@ mod tests {
         assert_eq!(prefix.try_recv().map(|e| e.version), Some(2));
         assert!(prefix.try_recv().is_none());
         assert!(other.try_recv().is_none(), "other keyspace");
+    }
+
+    #[test]
+    fn several_subscriptions_are_taken_from_in_version_order() {
+        let hub = WatchHub::new();
+        let root = hub.subscribe(0, Selector::Key("app".into()), 16);
+        let children = hub.subscribe(0, Selector::Prefix("app/".into()), 2);
+        hub.publish(set("app/db", 1));
+        hub.publish(set("app/cache", 2));
+        hub.publish(set("app", 3));
+        // Past the prefix queue's capacity: coalesced events keep their versions too.
+        hub.publish(set("app/db", 4));
+        hub.publish(set("app", 5));
+        hub.publish(set("app/x", 6));
+        let watches = [("root", &root), ("children", &children)];
+        let mut taken = Vec::new();
+        while let Some((tag, event)) = recv_oldest(&watches) {
+            taken.push((tag, event.version));
+        }
+        assert_eq!(
+            taken,
+            [
+                ("children", 1),
+                ("children", 2),
+                ("root", 3),
+                ("children", 4),
+                ("root", 5),
+                ("children", 6)
+            ]
+        );
+        assert!(recv_oldest::<u8>(&[]).is_none());
     }
 
     #[test]

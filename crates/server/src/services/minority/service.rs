@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use polykv_engine::{
-    Change, Command, Durability, Engine, Entry, Event, KeyspaceId, Outcome, Subscription, Value,
+    recv_oldest, Change, Command, Durability, Engine, Entry, Event, KeyspaceId, Outcome,
+    Subscription, Value,
 };
 use polykv_protocols::minority::{op, status, Op, Request, Response};
 
@@ -446,16 +447,20 @@ impl Service for MinorityService {
                     self.right = Some(outbox.take().await);
                 }
             }
+            // Every subscription's events in commit order, the oldest first (one queue after
+            // another would push a whole dataId's children ahead of its root's older change).
             let holding = self.right.is_some();
-            for subscribed in self.subscriptions.values() {
-                for watch in subscribed.watches(holding) {
-                    while let Some(event) = watch.try_recv() {
-                        if let Some(push) = push_of(event, subscribed.opaque) {
-                            return Some(push);
-                        }
-                    }
+            let watches: Vec<(u32, &Subscription)> = self
+                .subscriptions
+                .values()
+                .flat_map(|s| s.watches(holding).map(|w| (s.opaque, w)))
+                .collect();
+            while let Some((opaque, event)) = recv_oldest(&watches) {
+                if let Some(push) = push_of(event, opaque) {
+                    return Some(push);
                 }
             }
+            drop(watches);
             let grouped = self
                 .outbox
                 .as_ref()
