@@ -124,13 +124,23 @@ async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
         nodes.get_mut(&id).unwrap().child = None;
         // The upgraded node rejoins, and writes go on everywhere.
         wait_ready(id, &ports, dir.path());
-        assert!(
-            tally.wait_for(before + 100).await,
-            "writes flow after node {id}'s upgrade (acknowledged {} in all; writers that \
-             stopped: {:?})",
-            tally.acked(),
-            tally.failures.lock().unwrap()
-        );
+        if !tally.wait_for(before + 100).await {
+            let logs: String = (1..=3)
+                .map(|n| {
+                    let log = std::fs::read_to_string(dir.path().join(format!("node{n}.log")))
+                        .unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                    format!("--- node{n}.log, last lines ---\n{tail}\n")
+                })
+                .collect();
+            panic!(
+                "writes flow after node {id}'s upgrade (acknowledged {} in all; writers that \
+                 stopped: {:?})\n{logs}",
+                tally.acked(),
+                tally.failures.lock().unwrap()
+            );
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
