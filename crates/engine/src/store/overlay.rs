@@ -15,18 +15,20 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 
 use super::SpaceId;
-use crate::cache::{prefetch, PREFETCH_MAX};
+use crate::cache::{hash_tag, prefetch, tag_hash, PREFETCH_MAX};
 
-/// Bytes an entry is charged beyond its key and value (table slot, `Bytes` handles).
-const ENTRY_OVERHEAD: usize = 48;
+/// Bytes an entry is charged beyond its key and value (table slot with its hash tag, `Bytes`
+/// handles).
+const ENTRY_OVERHEAD: usize = 56;
 
-/// Entries of one space by key. A table rather than a map so that an overwrite replaces the
+/// Entries of one space by key, each with its hash tag (so the table grows without reading
+/// a key: see [`tag_hash`]). A table rather than a map so that an overwrite replaces the
 /// stored key too: it then points into the newest record, the one the cache holds, and the next
 /// write of the key compares against memory the cache's lookup has just touched.
-type Map = HashTable<(Bytes, Option<Bytes>)>;
+type Map = HashTable<(u32, Bytes, Option<Bytes>)>;
 
-fn hash_key(key: &[u8]) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x006f_7665_726c_6179).hash_one(key)
+fn tag_of(key: &[u8]) -> u32 {
+    hash_tag(foldhash::fast::FixedState::with_seed(0x006f_7665_726c_6179).hash_one(key))
 }
 
 /// Entries of one space in ascending key order; `None` is a delete.
@@ -80,10 +82,11 @@ impl Memtable {
     }
 
     pub fn lookup(&self, space: SpaceId, key: &[u8]) -> Option<&Option<Bytes>> {
+        let tag = tag_of(key);
         self.spaces
             .get(space as usize)?
-            .find(hash_key(key), |(k, _)| k.as_ref() == key)
-            .map(|(_, value)| value)
+            .find(tag_hash(tag), |(t, k, _)| *t == tag && k.as_ref() == key)
+            .map(|(_, _, value)| value)
     }
 
     /// Starts loading the table entries that writing these keys will compare (at most
@@ -94,8 +97,11 @@ impl Memtable {
             return;
         };
         for key in keys.take(PREFETCH_MAX) {
-            map.find(hash_key(key), |entry| {
-                prefetch(entry as *const (Bytes, Option<Bytes>));
+            let tag = tag_of(key);
+            map.find(tag_hash(tag), |entry| {
+                if entry.0 == tag {
+                    prefetch(entry as *const (u32, Bytes, Option<Bytes>));
+                }
                 false
             });
         }
@@ -110,15 +116,15 @@ impl Memtable {
         let charge = |value: &Option<Bytes>| key_len + value.as_ref().map_or(0, Bytes::len);
         let added = charge(&value) + ENTRY_OVERHEAD;
         let map = &mut self.spaces[index];
-        let hash = hash_key(&key);
-        match map.find_mut(hash, |(k, _)| *k == key) {
+        let tag = tag_of(&key);
+        match map.find_mut(tag_hash(tag), |(t, k, _)| *t == tag && *k == key) {
             Some(stored) => {
-                let (_, old) = std::mem::replace(stored, (key, value));
+                let (_, _, old) = std::mem::replace(stored, (tag, key, value));
                 // `bytes` includes the replaced entry's charge, so this cannot underflow.
                 self.bytes = self.bytes + added - (charge(&old) + ENTRY_OVERHEAD);
             }
             None => {
-                map.insert_unique(hash, (key, value), |(k, _)| hash_key(k));
+                map.insert_unique(tag_hash(tag), (tag, key, value), |(t, _, _)| tag_hash(*t));
                 self.bytes += added;
             }
         }
@@ -138,8 +144,8 @@ impl Memtable {
         };
         let mut out: Run = map
             .iter()
-            .filter(|(k, _)| above_lower(k, lower) && below_upper(k, upper))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(_, k, _)| above_lower(k, lower) && below_upper(k, upper))
+            .map(|(_, k, v)| (k.clone(), v.clone()))
             .collect();
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out.truncate(limit);
@@ -150,7 +156,7 @@ impl Memtable {
         self.spaces
             .iter()
             .map(|map| {
-                let mut run: Run = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let mut run: Run = map.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
                 run.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 run
             })
@@ -231,6 +237,13 @@ impl Overlay {
         let last_seq = self.active.last_seq;
         let memtable = std::mem::take(&mut self.active);
         self.active.last_seq = last_seq;
+        // The next memtable likely takes as many keys: sized for them now, it never doubles
+        // (and rehashes) while requests wait.
+        self.active.spaces = memtable
+            .spaces
+            .iter()
+            .map(|map| Map::with_capacity(map.len()))
+            .collect();
         self.sealed.push(Arc::new(Frozen {
             memtable,
             sorted: OnceLock::new(),
@@ -294,6 +307,21 @@ mod tests {
         assert_eq!(m.lookup(0, b"b"), Some(&None));
         assert_eq!(m.lookup(0, b"missing"), None);
         assert_eq!(m.len_of(0), 2);
+    }
+
+    #[test]
+    fn a_sealed_memtable_leaves_its_successor_sized_for_as_many_keys() {
+        let mut overlay = Overlay::default();
+        for k in 0..5_000 {
+            overlay.active.apply(1, b(&format!("k{k}")), Some(b("v")));
+        }
+        overlay.seal();
+        assert!(overlay.active.is_empty());
+        assert!(overlay.active.spaces[1].capacity() >= 5_000);
+        assert_eq!(overlay.active.spaces[0].capacity(), 0);
+        // It grew from tags alone before: every key is still found, in order once sealed.
+        assert_eq!(overlay.lookup(1, b"k4999"), Some(Some(b("v"))));
+        assert_eq!(overlay.sealed[0].runs()[1].len(), 5_000);
     }
 
     #[test]
