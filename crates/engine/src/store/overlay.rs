@@ -45,17 +45,6 @@ impl Space {
         }
     }
 
-    /// An empty space sized for as many entries per part as `other` holds.
-    fn sized_like(other: &Space) -> Space {
-        Space {
-            parts: other
-                .parts
-                .iter()
-                .map(|m| Map::with_capacity(m.len()))
-                .collect(),
-        }
-    }
-
     fn part(&self, tag: u32) -> &Map {
         &self.parts[(tag >> 20) as usize % PARTS]
     }
@@ -74,11 +63,6 @@ impl Space {
 
     fn entries(&self) -> impl Iterator<Item = &(u32, Bytes, Option<Bytes>)> {
         self.parts.iter().flat_map(Map::iter)
-    }
-
-    #[cfg(test)]
-    fn capacity(&self) -> usize {
-        self.parts.iter().map(Map::capacity).sum()
     }
 }
 
@@ -296,9 +280,6 @@ impl Overlay {
         let last_seq = self.active.last_seq;
         let memtable = std::mem::take(&mut self.active);
         self.active.last_seq = last_seq;
-        // The next memtable likely takes as many keys: sized for them now, it never doubles
-        // (and rehashes) while requests wait.
-        self.active.spaces = memtable.spaces.iter().map(Space::sized_like).collect();
         self.sealed.push(Arc::new(Frozen {
             memtable,
             sorted: OnceLock::new(),
@@ -365,18 +346,34 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_memtable_leaves_its_successor_sized_for_as_many_keys() {
+    fn a_space_spreads_over_every_part_and_still_finds_and_orders_every_key() {
         let mut overlay = Overlay::default();
         for k in 0..5_000 {
-            overlay.active.apply(1, b(&format!("k{k}")), Some(b("v")));
+            overlay
+                .active
+                .apply(1, b(&format!("k{k:05}")), Some(b("v")));
         }
+        let parts = &overlay.active.spaces[1].parts;
+        assert!(
+            parts.iter().all(|part| part.len() > 200),
+            "every part takes a share"
+        );
+        assert_eq!(overlay.active.len_of(1), 5_000);
+        assert_eq!(overlay.active.len_of(0), 0);
+        // The tables grew from tags alone: every key is still found, and in order once sealed.
         overlay.seal();
         assert!(overlay.active.is_empty());
-        assert!(overlay.active.spaces[1].capacity() >= 5_000);
-        assert_eq!(overlay.active.spaces[0].capacity(), 0);
-        // It grew from tags alone before: every key is still found, in order once sealed.
-        assert_eq!(overlay.lookup(1, b"k4999"), Some(Some(b("v"))));
-        assert_eq!(overlay.sealed[0].runs()[1].len(), 5_000);
+        for k in 0..5_000 {
+            let key = format!("k{k:05}");
+            assert_eq!(
+                overlay.lookup(1, key.as_bytes()),
+                Some(Some(b("v"))),
+                "{key}"
+            );
+        }
+        let run = &overlay.sealed[0].runs()[1];
+        assert_eq!(run.len(), 5_000);
+        assert!(run.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
