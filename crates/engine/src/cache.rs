@@ -93,7 +93,8 @@ pub(crate) fn hash_tag(hash: u64) -> u32 {
 
 /// The hash a table is probed and grown with, made from the tag alone. A table that grows then
 /// rehashes from its own entries instead of reading every key: a cache miss per entry, which
-/// stalled the request path for 10–20 ms each time a table of 100 000 keys doubled. The tag
+/// stalled the request path for 10–20 ms each time the log memtable's table of 100 000 keys
+/// doubled (the cache's shards are smaller, but grow the same way). The tag
 /// gives both the bucket (low bits) and hashbrown's 7-bit control byte (top bits, here bits
 /// 25–31 of the tag); the cache's shard is chosen by bits the tag does not hold.
 #[inline]
