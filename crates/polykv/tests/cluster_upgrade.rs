@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    agreed_leader, assert_every_node_has, client, spawn_ready, wait_ready, Ports,
+    agreed_leader, assert_every_node_has, client, spawn_ready_with, wait_ready, Ports,
 };
 use common::{serving_pid, Adopted};
 use polykv_client::nmdb::Mode;
@@ -46,7 +46,17 @@ impl Tally {
 async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ports = Ports::free();
-    let (mut nodes, _) = spawn_ready(dir.path(), &ports);
+    // What this test asks is that an upgrade loses and refuses nothing. The default timing
+    // (30 ms heartbeats, 100 ms elections, 2 s for a write to find a leader) is tuned for fast
+    // failover and assumes pauses well under 100 ms; with the whole suite running in parallel
+    // on two cores, debug builds paused longer, every RPC timed out, elections churned and
+    // Sync writes failed with ERR_DB. The timing is set to what such a machine needs.
+    let timing = [
+        "--cluster-heartbeat-ms=100",
+        "--cluster-election-timeout-ms=1000",
+        "--cluster-write-timeout-ms=10000",
+    ];
+    let (mut nodes, _) = spawn_ready_with(dir.path(), &ports, &timing);
     let leader = agreed_leader(&ports);
 
     // Two writers per node, each on one connection for the whole test: an error (a failed

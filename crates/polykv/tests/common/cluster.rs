@@ -48,7 +48,19 @@ pub struct ClusterNode {
 /// Nodes 1, 2 and 3 (nmdb over TCP only), once each is ready; with the leader the last of them
 /// reported.
 pub fn spawn_ready(dir: &Path, ports: &Ports) -> (BTreeMap<u64, ClusterNode>, u64) {
-    let nodes = (1..=3).map(|id| (id, spawn(id, dir, ports))).collect();
+    spawn_ready_with(dir, ports, &[])
+}
+
+/// [`spawn_ready`] with `settings` added to every node's flags (nmdb over TCP only).
+pub fn spawn_ready_with(
+    dir: &Path,
+    ports: &Ports,
+    settings: &[&str],
+) -> (BTreeMap<u64, ClusterNode>, u64) {
+    let flags: Vec<&str> = NMDB_ONLY.iter().chain(settings).copied().collect();
+    let nodes = (1..=3)
+        .map(|id| (id, spawn_with(id, dir, ports, &flags)))
+        .collect();
     let mut leader = 0;
     for id in 1..=3 {
         leader = wait_ready(id, ports, dir);
