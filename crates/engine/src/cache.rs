@@ -62,10 +62,10 @@ impl Slot {
     }
 }
 
-/// Bytes a slot costs beyond its key and encoding: the slot itself (48), its table entry (9 to
-/// 18 with the table's spare room: slot number, hash tag, control byte), the reference count
-/// and length the record's allocation starts with (12) and allocator rounding.
-const SLOT_OVERHEAD: usize = 80;
+/// Bytes a slot costs beyond its key and encoding: the slot itself (48), its table entry (5 to
+/// 10, with the table's spare room), the reference count and length the record's allocation
+/// starts with (12) and allocator rounding.
+const SLOT_OVERHEAD: usize = 76;
 
 /// Most keys [`Cache::prefetch`] takes at once: a pipelined batch's worth. More would evict
 /// the first ones' lines before they are read.
@@ -85,27 +85,10 @@ pub(crate) fn prefetch<T>(at: *const T) {
     let _ = at;
 }
 
-/// The part of a key's hash a table entry keeps beside it (its low half).
-#[inline]
-pub(crate) fn hash_tag(hash: u64) -> u32 {
-    hash as u32
-}
-
-/// The hash a table is probed and grown with, made from the tag alone. A table that grows then
-/// rehashes from its own entries instead of reading every key: a cache miss per entry, which
-/// stalled the request path for 10–20 ms each time the log memtable's table of 100 000 keys
-/// doubled (the cache's shards are smaller, but grow the same way). The tag
-/// gives both the bucket (low bits) and hashbrown's 7-bit control byte (top bits, here bits
-/// 25–31 of the tag); the cache's shard is chosen by bits the tag does not hold.
-#[inline]
-pub(crate) fn tag_hash(tag: u32) -> u64 {
-    (u64::from(tag) << 32) | u64::from(tag)
-}
-
 #[derive(Default)]
 struct Shard {
-    /// Slot numbers with their hash tags, hashed by (keyspace, key).
-    table: HashTable<(u32, u32)>,
+    /// Slot numbers, hashed by (keyspace, key).
+    table: HashTable<u32>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     hand: usize,
@@ -121,16 +104,14 @@ struct Shard {
 impl Shard {
     fn find(&self, hash: u64, ks: KeyspaceId, key: &[u8]) -> Option<u32> {
         let slots = &self.slots;
-        let tag = hash_tag(hash);
         self.table
-            .find(tag_hash(tag), |&(index, t)| {
-                t == tag
-                    && slots
-                        .get(index as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|s| s.ks == ks && s.record.key() == key)
+            .find(hash, |&index| {
+                slots
+                    .get(index as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.ks == ks && s.record.key() == key)
             })
-            .map(|&(index, _)| index)
+            .copied()
     }
 
     fn slot_mut(&mut self, index: u32) -> Option<&mut Slot> {
@@ -223,11 +204,10 @@ impl Cache {
             let shard = self.shards[shard_no].lock();
             let slots = shard.slots.as_ptr();
             let slot_count = shard.slots.len();
-            let tag = hash_tag(hash);
-            let candidate = shard.table.find(tag_hash(tag), |&(index, t)| {
-                t == tag && (index as usize) < slot_count
-            });
-            if let Some(&(index, _)) = candidate {
+            let candidate = shard
+                .table
+                .find(hash, |&index| (index as usize) < slot_count);
+            if let Some(&index) = candidate {
                 prefetch(slots.wrapping_add(index as usize));
                 found[count] = (shard_no as u32, index);
                 count += 1;
@@ -290,17 +270,15 @@ impl Cache {
 
     fn remove_locked(shard: &mut Shard, hash: u64, ks: KeyspaceId, key: &[u8]) -> Option<Slot> {
         let Shard { table, slots, .. } = shard;
-        let tag = hash_tag(hash);
         let found = table
-            .find_entry(tag_hash(tag), |&(index, t)| {
-                t == tag
-                    && slots
-                        .get(index as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|s| s.ks == ks && s.record.key() == key)
+            .find_entry(hash, |&index| {
+                slots
+                    .get(index as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.ks == ks && s.record.key() == key)
             })
             .ok()?;
-        let ((index, _), _) = found.remove();
+        let (index, _) = found.remove();
         Self::free_slot(shard, index)
     }
 
@@ -356,10 +334,19 @@ impl Cache {
                 (shard.slots.len() - 1) as u32
             }
         };
-        let tag = hash_tag(hash);
-        shard
-            .table
-            .insert_unique(tag_hash(tag), (index, tag), |&(_, t)| tag_hash(t));
+        let Shard { table, slots, .. } = shard;
+        let hasher = &self.hasher;
+        table.insert_unique(hash, index, |&i| {
+            slots
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| {
+                    hasher.hash_one(Probe {
+                        ks: s.ks,
+                        key: s.record.key(),
+                    })
+                })
+        });
         shard.bytes += size;
         true
     }
@@ -384,10 +371,7 @@ impl Cache {
             };
             // The table entry holding this slot's number: found by number, no key compare.
             let index = hand as u32;
-            if let Ok(found) = shard
-                .table
-                .find_entry(tag_hash(hash_tag(hash)), |&(i, _)| i == index)
-            {
+            if let Ok(found) = shard.table.find_entry(hash, |&i| i == index) {
                 found.remove();
             }
             Self::free_slot(shard, index);
@@ -459,7 +443,7 @@ mod tests {
     }
 
     #[test]
-    fn tables_that_grew_from_tags_alone_find_every_key() {
+    fn a_cache_that_grew_and_shrank_finds_every_key() {
         let cache = Cache::new(64 << 20, 2);
         let key = |k: u32| format!("key-{k}").into_bytes();
         for k in 0..20_000 {

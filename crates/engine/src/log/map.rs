@@ -47,13 +47,6 @@ impl SegmentMap {
         // it is mapped (every cut drops the map first); the file is allocated over the whole
         // mapping, so no fault on it needs a block from the disk.
         let map = unsafe { MmapOptions::new().len(len).map_mut(file) }.ok()?;
-        // No read-ahead on a fault: the pages ahead are fallocated, unwritten blocks, and the
-        // kernel "reads" them by zeroing. With read-ahead one fault zeroed a whole window of
-        // large folios (26–39 ms on the request path, the slowest request of a SET run); one
-        // page at a time costs the same in all, spread evenly.
-        if let Err(e) = map.advise(memmap2::Advice::Random) {
-            tracing::debug!(error = %e, "log: could not turn read-ahead off for the mapping");
-        }
         let released = usize::try_from(written).map_or(0, |w| w.min(len) / PAGE * PAGE);
         Some(SegmentMap { map, released })
     }

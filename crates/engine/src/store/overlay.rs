@@ -15,22 +15,22 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 
 use super::SpaceId;
-use crate::cache::{hash_tag, prefetch, tag_hash, PREFETCH_MAX};
+use crate::cache::{prefetch, PREFETCH_MAX};
 
-/// Bytes an entry is charged beyond its key and value (table slot with its hash tag, `Bytes`
-/// handles).
-const ENTRY_OVERHEAD: usize = 56;
+/// Bytes an entry is charged beyond its key and value (table slot, `Bytes` handles).
+const ENTRY_OVERHEAD: usize = 48;
 
-/// Entries of one space by key, each with its hash tag (so the table grows without reading
-/// a key: see [`tag_hash`]). A table rather than a map so that an overwrite replaces the
+/// Entries of one space by key. A table rather than a map so that an overwrite replaces the
 /// stored key too: it then points into the newest record, the one the cache holds, and the next
-/// write of the key compares against memory the cache's lookup has just touched.
-type Map = HashTable<(u32, Bytes, Option<Bytes>)>;
+/// write of the key compares against memory the cache's lookup has just touched. An entry is 64
+/// bytes, one cache line: a hash tag beside it (so that growing needs no key) made it 72, two
+/// lines for most entries, and SET at depth 16 cost about 10 % more CPU.
+type Map = HashTable<(Bytes, Option<Bytes>)>;
 
-/// Tables a space's entries are spread over (by bits 20–23 of the tag, which neither the
-/// bucket of a table under a million entries nor the control byte uses): each one doubles in
-/// turn, so a growing memtable stops the request path for a sixteenth of the time at once (a
-/// single table of 100 000 keys took 40 ms to move into fresh pages).
+/// Tables a space's entries are spread over (by bits 48–51 of the hash, which neither a
+/// table's buckets nor its control bytes use): each one doubles in turn, moving and rehashing
+/// a sixteenth of the entries at once (a single table of 100 000 keys held the request path
+/// 40 ms when it doubled).
 const PARTS: usize = 16;
 
 /// One space's entries.
@@ -45,12 +45,12 @@ impl Space {
         }
     }
 
-    fn part(&self, tag: u32) -> &Map {
-        &self.parts[(tag >> 20) as usize % PARTS]
+    fn part(&self, hash: u64) -> &Map {
+        &self.parts[(hash >> 48) as usize % PARTS]
     }
 
-    fn part_mut(&mut self, tag: u32) -> &mut Map {
-        &mut self.parts[(tag >> 20) as usize % PARTS]
+    fn part_mut(&mut self, hash: u64) -> &mut Map {
+        &mut self.parts[(hash >> 48) as usize % PARTS]
     }
 
     fn len(&self) -> usize {
@@ -61,13 +61,13 @@ impl Space {
         self.parts.iter().all(Map::is_empty)
     }
 
-    fn entries(&self) -> impl Iterator<Item = &(u32, Bytes, Option<Bytes>)> {
+    fn entries(&self) -> impl Iterator<Item = &(Bytes, Option<Bytes>)> {
         self.parts.iter().flat_map(Map::iter)
     }
 }
 
-fn tag_of(key: &[u8]) -> u32 {
-    hash_tag(foldhash::fast::FixedState::with_seed(0x006f_7665_726c_6179).hash_one(key))
+fn hash_key(key: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x006f_7665_726c_6179).hash_one(key)
 }
 
 /// Entries of one space in ascending key order; `None` is a delete.
@@ -121,12 +121,12 @@ impl Memtable {
     }
 
     pub fn lookup(&self, space: SpaceId, key: &[u8]) -> Option<&Option<Bytes>> {
-        let tag = tag_of(key);
+        let hash = hash_key(key);
         self.spaces
             .get(space as usize)?
-            .part(tag)
-            .find(tag_hash(tag), |(t, k, _)| *t == tag && k.as_ref() == key)
-            .map(|(_, _, value)| value)
+            .part(hash)
+            .find(hash, |(k, _)| k.as_ref() == key)
+            .map(|(_, value)| value)
     }
 
     /// Starts loading the table entries that writing these keys will compare (at most
@@ -137,11 +137,9 @@ impl Memtable {
             return;
         };
         for key in keys.take(PREFETCH_MAX) {
-            let tag = tag_of(key);
-            entries.part(tag).find(tag_hash(tag), |entry| {
-                if entry.0 == tag {
-                    prefetch(entry as *const (u32, Bytes, Option<Bytes>));
-                }
+            let hash = hash_key(key);
+            entries.part(hash).find(hash, |entry| {
+                prefetch(entry as *const (Bytes, Option<Bytes>));
                 false
             });
         }
@@ -155,16 +153,16 @@ impl Memtable {
         let key_len = key.len();
         let charge = |value: &Option<Bytes>| key_len + value.as_ref().map_or(0, Bytes::len);
         let added = charge(&value) + ENTRY_OVERHEAD;
-        let tag = tag_of(&key);
-        let map = self.spaces[index].part_mut(tag);
-        match map.find_mut(tag_hash(tag), |(t, k, _)| *t == tag && *k == key) {
+        let hash = hash_key(&key);
+        let map = self.spaces[index].part_mut(hash);
+        match map.find_mut(hash, |(k, _)| *k == key) {
             Some(stored) => {
-                let (_, _, old) = std::mem::replace(stored, (tag, key, value));
+                let (_, old) = std::mem::replace(stored, (key, value));
                 // `bytes` includes the replaced entry's charge, so this cannot underflow.
                 self.bytes = self.bytes + added - (charge(&old) + ENTRY_OVERHEAD);
             }
             None => {
-                map.insert_unique(tag_hash(tag), (tag, key, value), |(t, _, _)| tag_hash(*t));
+                map.insert_unique(hash, (key, value), |(k, _)| hash_key(k));
                 self.bytes += added;
             }
         }
@@ -184,8 +182,8 @@ impl Memtable {
         };
         let mut out: Run = entries
             .entries()
-            .filter(|(_, k, _)| above_lower(k, lower) && below_upper(k, upper))
-            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .filter(|(k, _)| above_lower(k, lower) && below_upper(k, upper))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out.truncate(limit);
@@ -198,7 +196,7 @@ impl Memtable {
             .map(|entries| {
                 let mut run: Run = entries
                     .entries()
-                    .map(|(_, k, v)| (k.clone(), v.clone()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 run.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 run
@@ -360,7 +358,7 @@ mod tests {
         );
         assert_eq!(overlay.active.len_of(1), 5_000);
         assert_eq!(overlay.active.len_of(0), 0);
-        // The tables grew from tags alone: every key is still found, and in order once sealed.
+        // Every key is still found after the tables grew, and in order once sealed.
         overlay.seal();
         assert!(overlay.active.is_empty());
         for k in 0..5_000 {
