@@ -16,12 +16,8 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-3}"
 ROUNDS="${2:-3}"
 DEPTHS="${3:-16 1}"
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p polykv --bin polykv
-  BIN="$PWD/target/release/polykv"
-fi
-
 . scripts/lib/bench.sh
+release_bin
 
 NMDB=$(free_port); OC=$(free_port); MIN=$(free_port); JKV=$(free_port); ADMIN=$(free_port)
 taskset -c $SERVER_CPU "$BIN" serve --data-dir "$WORK/polykv" --admin-port "$ADMIN" --log-level warn \

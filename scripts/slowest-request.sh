@@ -14,11 +14,8 @@ cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
 KEYS="${2:-100000}"
 SECONDS_EACH="${3:-5}"
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p polykv
-  BIN="$PWD/target/release/polykv"
-fi
 . scripts/lib/bench.sh
+release_bin
 echo "| run | ops/s | p99 µs | p99.9 µs | max µs | server CPU µs/op |"
 echo "|---|---|---|---|---|---|"
 for round in $(seq "$ROUNDS"); do

@@ -2,6 +2,15 @@
 # the servers and the load generator are pinned to, and a work directory whose processes (their
 # pids appended to PIDS) are stopped, and which is removed, when the script exits.
 
+# Sets BIN to the polykv binary to measure: BIN from the environment when given (another build),
+# else the release build of this checkout, made now.
+release_bin() {
+  if [ -z "${BIN:-}" ]; then
+    cargo build --release -q -p polykv --bin polykv
+    BIN="$PWD/target/release/polykv"
+  fi
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Waits up to 10 s for a listener on 127.0.0.1:PORT; fails if none comes.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    agreed_leader, assert_every_node_has, client, spawn_ready_with, wait_ready, Ports,
+    agreed_leader, assert_every_node_has, client, log_tails, spawn_ready_with, wait_ready, Ports,
 };
 use common::{serving_pid, Adopted};
 use polykv_client::nmdb::Mode;
@@ -135,20 +135,12 @@ async fn rolling_upgrade_followers_then_leader_under_load_loses_nothing() {
         // The upgraded node rejoins, and writes go on everywhere.
         wait_ready(id, &ports, dir.path());
         if !tally.wait_for(before + 100).await {
-            let logs: String = (1..=3)
-                .map(|n| {
-                    let log = std::fs::read_to_string(dir.path().join(format!("node{n}.log")))
-                        .unwrap_or_default();
-                    let lines: Vec<&str> = log.lines().collect();
-                    let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-                    format!("--- node{n}.log, last lines ---\n{tail}\n")
-                })
-                .collect();
             panic!(
                 "writes flow after node {id}'s upgrade (acknowledged {} in all; writers that \
-                 stopped: {:?})\n{logs}",
+                 stopped: {:?})\n{}",
                 tally.acked(),
-                tally.failures.lock().unwrap()
+                tally.failures.lock().unwrap(),
+                log_tails(dir.path(), 60)
             );
         }
     }

@@ -45,12 +45,16 @@ impl Space {
         }
     }
 
+    fn part_of(hash: u64) -> usize {
+        (hash >> 48) as usize % PARTS
+    }
+
     fn part(&self, hash: u64) -> &Map {
-        &self.parts[(hash >> 48) as usize % PARTS]
+        &self.parts[Self::part_of(hash)]
     }
 
     fn part_mut(&mut self, hash: u64) -> &mut Map {
-        &mut self.parts[(hash >> 48) as usize % PARTS]
+        &mut self.parts[Self::part_of(hash)]
     }
 
     fn len(&self) -> usize {

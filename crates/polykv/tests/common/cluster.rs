@@ -174,6 +174,19 @@ pub fn agreed_leader(ports: &Ports) -> u64 {
     panic!("the three nodes do not agree on a leader");
 }
 
+/// The last `lines` lines of every node's log, each under a heading (for failure messages).
+pub fn log_tails(dir: &Path, lines: usize) -> String {
+    (1..=3)
+        .map(|id| {
+            let log =
+                std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default();
+            let all: Vec<&str> = log.lines().collect();
+            let tail = all[all.len().saturating_sub(lines)..].join("\n");
+            format!("--- node{id}.log, last lines ---\n{tail}\n")
+        })
+        .collect()
+}
+
 /// Waits (bounded) until the node serves its protocols and knows a leader; returns the leader.
 pub fn wait_ready(id: u64, ports: &Ports, dir: &Path) -> u64 {
     let admin = format!("{}:{}", host(id), ports.admin);

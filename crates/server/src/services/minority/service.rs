@@ -460,7 +460,6 @@ impl Service for MinorityService {
                     return Some(push);
                 }
             }
-            drop(watches);
             let grouped = self
                 .outbox
                 .as_ref()
