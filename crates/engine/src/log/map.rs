@@ -17,7 +17,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
+use memmap2::{Advice, MmapMut, MmapOptions, UncheckedAdvice};
 
 /// The pages behind the write position are let go in steps of this many bytes.
 const RELEASE_STEP: usize = 1 << 20;
@@ -89,6 +89,41 @@ impl SegmentMap {
             tracing::debug!(error = %e, "log: could not release the mapped pages behind the writes");
         }
         self.released = upto;
+    }
+}
+
+/// Brings `len` bytes of `file` from `offset` (a page boundary) into the page cache now, so that
+/// a writer's fault there finds its page. A read fault's read-ahead (`MADV_POPULATE_READ` on a
+/// mapping of the range, dropped at once) fills the page cache with large folios, as the
+/// writer's own fault would have, and a write fault maps a whole folio. `POSIX_FADV_WILLNEED`,
+/// the fallback before Linux 5.14, fills it with single pages, which cost the writer a fault
+/// each. Only advice: a failure leaves the writer's faults to do it.
+pub(super) fn warm(file: &File, offset: u64, len: u64) {
+    let Ok(len_bytes) = usize::try_from(len) else {
+        return;
+    };
+    // SAFETY: nothing reads or writes through this mapping: it only has the kernel fault the
+    // range in, and MADV_POPULATE_READ reports a page past the end of the file (cut meanwhile)
+    // as an error, not as SIGBUS.
+    let populated = unsafe { MmapOptions::new().offset(offset).len(len_bytes).map(file) }
+        .and_then(|map| map.advise(Advice::PopulateRead));
+    if populated.is_ok() {
+        return;
+    }
+    // SAFETY: fadvise on a file descriptor the caller holds open; no pointers.
+    let result = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(
+            error = result,
+            "log: could not bring the pages ahead into the page cache"
+        );
     }
 }
 
