@@ -23,6 +23,9 @@ pub struct Faults {
     pub duplicate: f64,
     /// Each message waits a random time up to this.
     pub max_delay: Duration,
+    /// Every AppendEntries request carrying entries waits this long before it is delivered (a
+    /// follower slow to append and flush).
+    pub slow_appends: Duration,
 }
 
 #[derive(Default)]
@@ -177,7 +180,7 @@ impl Transport for SimTransport {
     ) -> CallFuture<'a> {
         Box::pin(async move {
             let router = &self.router;
-            let _in_flight = AppendInFlight::start(router, (self.from, target), &rpc);
+            let in_flight = AppendInFlight::start(router, (self.from, target), &rpc);
             let (handler, faults, cut) = {
                 let state = router.state.lock();
                 (
@@ -196,6 +199,9 @@ impl Transport for SimTransport {
             };
             if router.roll(faults.drop) {
                 return lost(router).await;
+            }
+            if in_flight.is_some() {
+                tokio::time::sleep(faults.slow_appends).await;
             }
             let rpc = through_codec(rpc)?;
             tokio::time::sleep(router.delay(faults.max_delay)).await;

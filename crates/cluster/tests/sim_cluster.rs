@@ -228,6 +228,7 @@ async fn a_cut_off_leader_refuses_writes_in_bounded_time_and_the_majority_goes_o
         drop: 0.02,
         duplicate: 0.05,
         max_delay: Duration::from_millis(3),
+        ..Faults::default()
     });
     let leader = cluster.leader().await;
     create_keyspace(&cluster.nodes[&leader]).await;
@@ -384,6 +385,7 @@ async fn histories_under_partitions_and_a_leader_kill_are_linearizable() {
         drop: 0.01,
         duplicate: 0.05,
         max_delay: Duration::from_millis(2),
+        ..Faults::default()
     });
     let leader = cluster.leader().await;
     create_keyspace(&cluster.nodes[&leader]).await;
@@ -512,6 +514,7 @@ async fn pipelined_appends_under_loss_duplication_and_reordering_keep_every_ackn
         drop: 0.02,
         duplicate: 0.1,
         max_delay: Duration::from_millis(3),
+        ..Faults::default()
     });
     let node = cluster.nodes[&leader].clone();
     let writers: Vec<_> = (0..24u64)
@@ -651,6 +654,31 @@ async fn a_node_with_another_clusters_data_refuses_to_join() {
     assert_eq!(kept.value, Value::I64(7));
     assert!(intruder.engine().get(0, b"ours").unwrap().is_none());
     intruder.shutdown().await;
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
+/// Followers slower to take an append than the heartbeat interval (a loaded machine) still
+/// commit writes: an AppendEntries is given half the shortest election timeout (vendor/openraft,
+/// `Config::append_entries_timeout`), not the heartbeat interval after which every such request
+/// failed and was sent again, so that no write ever committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_slower_than_the_heartbeat_still_commit_writes() {
+    let cluster = TestCluster::new(3, 50_000, 8).await;
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    // The test nodes' heartbeat is 50 ms and their shortest election timeout 200 ms.
+    cluster.router.set_faults(Faults {
+        slow_appends: Duration::from_millis(75),
+        ..Faults::default()
+    });
+    for i in 0..5 {
+        put_eventually(&cluster.nodes[&leader], "slow", i).await;
+    }
+    for node in cluster.nodes.values() {
+        assert_eq!(read_eventually(node, "slow").await, Some(4));
+    }
     for node in cluster.nodes.values() {
         node.shutdown().await;
     }

@@ -274,6 +274,15 @@ impl Config {
         RT::thread_rng().gen_range(self.election_timeout_min..self.election_timeout_max)
     }
 
+    /// polykv: how long an AppendEntries request may take before it counts as failed. 0.9 waits
+    /// only the heartbeat interval, so on a loaded machine a follower that took a little longer
+    /// to append and flush a large request had every request fail and be sent again, and writes
+    /// stalled; half the shortest election timeout is still well inside what a follower waits
+    /// for its leader.
+    pub fn append_entries_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval.max(self.election_timeout_min / 2))
+    }
+
     /// Get the timeout for sending and installing the last snapshot segment.
     pub fn install_snapshot_timeout(&self) -> Duration {
         Duration::from_millis(self.install_snapshot_timeout)

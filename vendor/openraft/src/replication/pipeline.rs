@@ -117,7 +117,8 @@ where
         };
         // The committed index goes with this request.
         self.commit_due = None;
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
+        // polykv: not the heartbeat interval (see `Config::append_entries_timeout`).
+        let the_timeout = self.config.append_entries_timeout();
         let timeout = Timeout {
             action: RPCTypes::AppendEntries,
             id: self.session_id.vote_ref().leader_id().voted_for().unwrap(),
