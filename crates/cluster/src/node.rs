@@ -310,6 +310,17 @@ impl Node {
         }
     }
 
+    /// Whether `id` is a voter or a learner of this node's membership (the newest it knows).
+    fn is_member(&self, id: NodeId) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
     fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
@@ -603,7 +614,7 @@ impl Node {
 }
 
 impl Handler for Node {
-    fn handle(&self, _from: NodeId, rpc: Rpc) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
+    fn handle(&self, from: NodeId, rpc: Rpc) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
         Box::pin(async move {
             let raft = &self.inner.raft;
             match rpc {
@@ -611,6 +622,17 @@ impl Handler for Node {
                 Rpc::Vote(req) => Reply::Vote(raft.vote(req).await),
                 Rpc::InstallSnapshot(req) => {
                     Reply::InstallSnapshot(raft.install_snapshot(req).await)
+                }
+                // Only members write and read through this node. A node of another cluster
+                // whose data carries no cluster id (from before ids, or a test's transport
+                // without the handshake) can take this node for its leader once it has seen
+                // this node's vote; its clients' writes must not land in this cluster.
+                Rpc::Forward(_) | Rpc::ReadIndex if !self.is_member(from) => {
+                    tracing::warn!(peer = from, "refused a forwarded request: not a member");
+                    match rpc {
+                        Rpc::Forward(_) => Reply::Forward(Err(ForwardError::NotLeader(None))),
+                        _ => Reply::ReadIndex(Err(ForwardError::NotLeader(None))),
+                    }
                 }
                 Rpc::Forward(request) => Reply::Forward(self.propose(request).await),
                 Rpc::ReadIndex => Reply::ReadIndex(self.read_index_here().await),

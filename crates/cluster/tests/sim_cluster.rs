@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use polykv_cluster::linearizability::{self, Event, Op, Verdict};
 use polykv_cluster::sim::{Faults, Router};
+use polykv_cluster::wire::{ForwardError, Reply, Rpc};
 use polykv_cluster::{ClusterError, Member, Node, NodeConfig, NodeId};
 use polykv_engine::{
-    Command, Condition, Durability, Engine, EngineConfig, KeyspaceId, Outcome, Value,
+    Command, Condition, Durability, Engine, EngineConfig, KeyspaceId, Outcome, Proposal, Value,
 };
 
 struct TestCluster {
@@ -678,6 +679,53 @@ async fn followers_slower_than_the_heartbeat_still_commit_writes() {
     }
     for node in cluster.nodes.values() {
         assert_eq!(read_eventually(node, "slow").await, Some(4));
+    }
+    for node in cluster.nodes.values() {
+        node.shutdown().await;
+    }
+}
+
+/// A node outside the membership (another cluster's, whose data has no cluster id to be told
+/// apart by in a handshake) cannot write or read through a member: its forwarded requests are
+/// answered "not the leader", and nothing it sent is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_requests_from_a_node_outside_the_membership_are_refused() {
+    let cluster = TestCluster::new(3, 50_000, 9).await;
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    let stranger = cluster.router.transport(9);
+    let request = polykv_cluster::Request {
+        proposals: vec![Proposal {
+            at_ms: 1,
+            command: Command::put(0, "stranger".to_string(), Value::I64(1)),
+        }],
+        sync: true,
+    };
+    let timeout = Duration::from_secs(2);
+    let forwarded = stranger
+        .call(leader, "sim-9", Rpc::Forward(request), timeout)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            forwarded,
+            Reply::Forward(Err(ForwardError::NotLeader(None)))
+        ),
+        "{forwarded:?}"
+    );
+    let read = stranger
+        .call(leader, "sim-9", Rpc::ReadIndex, timeout)
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Reply::ReadIndex(Err(ForwardError::NotLeader(None)))),
+        "{read:?}"
+    );
+    // A member's write after it is applied; the stranger's never was.
+    put_eventually(&cluster.nodes[&leader], "member", 1).await;
+    for node in cluster.nodes.values() {
+        assert_eq!(read_eventually(node, "member").await, Some(1));
+        assert_eq!(read_eventually(node, "stranger").await, None);
     }
     for node in cluster.nodes.values() {
         node.shutdown().await;
