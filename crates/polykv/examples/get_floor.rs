@@ -1,0 +1,63 @@
+//! The depth-1 floor of a tokio server: nmdb GETs answered with a fixed 100-byte value by one
+//! task per connection on a current-thread runtime, one read and one write per turn, nothing
+//! else. What polykv's session adds per request is the difference between the two.
+//!
+//!   cargo run --release -p polykv --example get_floor -- PORT
+
+use bytes::{Buf, Bytes, BytesMut};
+use polykv_protocols::nmdb::{NmdbServerCodec, Request, Response, ResponseBody};
+use polykv_protocols::{Decoded, ServerCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn main() -> std::io::Result<()> {
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(26010);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let value = Bytes::from(vec![b'v'; 100]);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            tokio::spawn(serve(stream, value.clone()));
+        }
+    })
+}
+
+async fn serve(mut stream: TcpStream, value: Bytes) {
+    let codec = NmdbServerCodec::tcp();
+    let _ = stream.set_nodelay(true);
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    loop {
+        match stream.read_buf(&mut input).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            let (request, used) = match codec.decode_request(&input) {
+                Ok(Decoded::Frame(request, used)) => (request, used),
+                Ok(Decoded::Incomplete) => break,
+                Err(_) => return,
+            };
+            let body = match request {
+                Request::Get { .. } => ResponseBody::CacheHit(value.clone()),
+                _ => ResponseBody::Ok,
+            };
+            let answer = Response {
+                id: request.id(),
+                body,
+            };
+            codec.encode_response(&answer, &mut output);
+            input.advance(used);
+        }
+        if stream.write_all(&output).await.is_err() {
+            return;
+        }
+        output.clear();
+    }
+}
