@@ -648,7 +648,7 @@ impl Log {
             if active.failed.is_some() || active.warmed >= active.len + WARM_AHEAD / 2 {
                 return;
             }
-            let to = (active.len + WARM_AHEAD).min(self.segment_bytes);
+            let to = ((active.len + WARM_AHEAD) / PAGE * PAGE).min(self.segment_bytes);
             let from = active.warmed.max(active.len / PAGE * PAGE);
             if from >= to {
                 return;
