@@ -22,7 +22,7 @@ use memmap2::{Advice, MmapMut, MmapOptions, UncheckedAdvice};
 /// The pages behind the write position are let go in steps of this many bytes.
 const RELEASE_STEP: usize = 1 << 20;
 
-const PAGE: usize = 4096;
+pub(super) const PAGE: usize = 4096;
 
 /// A segment file mapped for writing.
 pub(super) struct SegmentMap {

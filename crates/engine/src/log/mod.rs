@@ -930,7 +930,7 @@ fn mapping_wanted() -> bool {
 /// ([`Log::warm_ahead`]): well over what the writers add between two of the persister's syncs.
 const WARM_AHEAD: u64 = 8 << 20;
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = map::PAGE as u64;
 
 /// Creates a segment file allocated at its full size (where the file system can).
 fn create_segment(path: &Path, size: u64) -> Result<File, StoreError> {
@@ -1395,6 +1395,7 @@ mod tests {
     /// Whether the page of `file` at `offset` is in the page cache (`mincore` on a mapping that
     /// is never touched, so asking does not bring it in).
     fn in_page_cache(file: &File, offset: u64) -> bool {
+        // SAFETY: the mapping is only asked about with mincore, never read or written.
         let map = unsafe { memmap2::MmapOptions::new().map(file) }.unwrap();
         let page = offset as usize / 4096 * 4096;
         let mut resident = [0u8; 1];
