@@ -613,6 +613,12 @@ impl Node {
     }
 }
 
+/// The answer to a forwarded request from a node outside the membership, logged.
+fn refuse_non_member(from: NodeId) -> ForwardError {
+    tracing::warn!(peer = from, "refused a forwarded request: not a member");
+    ForwardError::NotLeader(None)
+}
+
 impl Handler for Node {
     fn handle(&self, from: NodeId, rpc: Rpc) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
         Box::pin(async move {
@@ -627,12 +633,11 @@ impl Handler for Node {
                 // whose data carries no cluster id (from before ids, or a test's transport
                 // without the handshake) can take this node for its leader once it has seen
                 // this node's vote; its clients' writes must not land in this cluster.
-                Rpc::Forward(_) | Rpc::ReadIndex if !self.is_member(from) => {
-                    tracing::warn!(peer = from, "refused a forwarded request: not a member");
-                    match rpc {
-                        Rpc::Forward(_) => Reply::Forward(Err(ForwardError::NotLeader(None))),
-                        _ => Reply::ReadIndex(Err(ForwardError::NotLeader(None))),
-                    }
+                Rpc::Forward(_) if !self.is_member(from) => {
+                    Reply::Forward(Err(refuse_non_member(from)))
+                }
+                Rpc::ReadIndex if !self.is_member(from) => {
+                    Reply::ReadIndex(Err(refuse_non_member(from)))
                 }
                 Rpc::Forward(request) => Reply::Forward(self.propose(request).await),
                 Rpc::ReadIndex => Reply::ReadIndex(self.read_index_here().await),

@@ -200,6 +200,7 @@ impl Transport for SimTransport {
             if router.roll(faults.drop) {
                 return lost(router).await;
             }
+            // Counted in flight: an AppendEntries carrying entries.
             if in_flight.is_some() {
                 tokio::time::sleep(faults.slow_appends).await;
             }
