@@ -111,6 +111,13 @@ impl TestCluster {
         panic!("no single leader");
     }
 
+    /// Shuts every live node down.
+    async fn shutdown(&self) {
+        for node in self.nodes.values() {
+            node.shutdown().await;
+        }
+    }
+
     fn follower(&self, leader: NodeId) -> Node {
         self.nodes
             .values()
@@ -217,9 +224,7 @@ async fn three_nodes_replicate_writes_from_any_node_and_survive_the_loss_of_the_
     let back = cluster.start(leader).await;
     assert_eq!(read_eventually(&back, "after").await, Some(1));
     assert_eq!(read_eventually(&back, "k0").await, Some(0));
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,9 +265,7 @@ async fn a_cut_off_leader_refuses_writes_in_bounded_time_and_the_majority_goes_o
     cluster.kill(others[3]).await;
     cluster.kill(others[2]).await;
     put_eventually(&cluster.nodes[&leader], "x", 4).await;
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,9 +300,7 @@ async fn a_lagging_node_catches_up_by_snapshot_after_the_log_was_purged() {
     cluster.kill(lagging).await;
     let again = cluster.start(lagging).await;
     assert_eq!(read_eventually(&again, "k0").await, Some(-1));
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,9 +373,7 @@ async fn a_watcher_on_a_node_that_catches_up_by_snapshot_sees_what_the_snapshot_
         events,
         [("w/gone".to_string(), None), ("w/new".to_string(), Some(3))]
     );
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 /// Concurrent clients on a few keys through random nodes while the leader is cut off and
@@ -498,9 +497,7 @@ async fn histories_under_partitions_and_a_leader_kill_are_linearizable() {
             "key {key}: {events:#?}"
         );
     }
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 /// A leader pipelines its appends (several in flight to a follower) while messages are lost,
@@ -583,9 +580,7 @@ async fn pipelined_appends_under_loss_duplication_and_reordering_keep_every_ackn
         }
     }
     drop(node);
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 /// A node whose data belongs to another cluster (same id, founded elsewhere) does not take this
@@ -655,9 +650,7 @@ async fn a_node_with_another_clusters_data_refuses_to_join() {
     assert_eq!(kept.value, Value::I64(7));
     assert!(intruder.engine().get(0, b"ours").unwrap().is_none());
     intruder.shutdown().await;
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 /// Followers slower to take an append than the heartbeat interval (a loaded machine) still
@@ -680,9 +673,7 @@ async fn followers_slower_than_the_heartbeat_still_commit_writes() {
     for node in cluster.nodes.values() {
         assert_eq!(read_eventually(node, "slow").await, Some(4));
     }
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 /// A node outside the membership (another cluster's, whose data has no cluster id to be told
@@ -727,9 +718,7 @@ async fn forwarded_requests_from_a_node_outside_the_membership_are_refused() {
         assert_eq!(read_eventually(node, "member").await, Some(1));
         assert_eq!(read_eventually(node, "stranger").await, None);
     }
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 /// A leader's own log append does not hold up its core (vendor/openraft): it counts in the
@@ -800,9 +789,7 @@ async fn concurrent_writes_share_entries_and_each_writer_gets_its_own_outcome() 
         "{WRITERS} concurrent writes took {entries} entries"
     );
     drop(node);
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 /// Whether node `id` has applied up to `index` (waiting, bounded).
@@ -925,7 +912,5 @@ async fn a_leader_restarted_after_losing_its_unflushed_entries_does_not_reuse_th
     }
     drop(back);
     drop(leader);
-    for node in cluster.nodes.values() {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
