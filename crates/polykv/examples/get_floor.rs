@@ -4,11 +4,15 @@
 //!
 //!   cargo run --release -p polykv --example get_floor -- PORT
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use polykv_protocols::nmdb::{NmdbServerCodec, Request, Response, ResponseBody};
-use polykv_protocols::{Decoded, ServerCodec};
+use polykv_protocols::ServerCodec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+#[allow(dead_code)] // the SET path and its log are the durable floors'
+#[path = "floor/clients.rs"]
+mod clients;
 
 fn main() -> std::io::Result<()> {
     let port: u16 = std::env::args()
@@ -38,12 +42,7 @@ async fn serve(mut stream: TcpStream, value: Bytes) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        loop {
-            let (request, used) = match codec.decode_request(&input) {
-                Ok(Decoded::Frame(request, used)) => (request, used),
-                Ok(Decoded::Incomplete) => break,
-                Err(_) => return,
-            };
+        let decoded = clients::each_frame(&codec, &mut input, |request, _| {
             let body = match request {
                 Request::Get { .. } => ResponseBody::CacheHit(value.clone()),
                 _ => ResponseBody::Ok,
@@ -53,7 +52,9 @@ async fn serve(mut stream: TcpStream, value: Bytes) {
                 body,
             };
             codec.encode_response(&answer, &mut output);
-            input.advance(used);
+        });
+        if !decoded {
+            return;
         }
         if stream.write_all(&output).await.is_err() {
             return;

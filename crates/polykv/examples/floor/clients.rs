@@ -32,15 +32,10 @@ pub async fn serve_sets(mut stream: TcpStream, mut log: impl FloorLog) {
             Ok(_) => {}
         }
         let mut last = 0;
-        loop {
-            let (request, used) = match codec.decode_request(&input) {
-                Ok(Decoded::Frame(request, used)) => (request, used),
-                Ok(Decoded::Incomplete) => break,
-                Err(_) => return,
-            };
+        let decoded = each_frame(&codec, &mut input, |request, frame| {
             let body = match request {
                 Request::Set { .. } => {
-                    last = log.append(&input[..used]);
+                    last = log.append(frame);
                     ResponseBody::Ok
                 }
                 _ => ResponseBody::NotIn,
@@ -49,7 +44,9 @@ pub async fn serve_sets(mut stream: TcpStream, mut log: impl FloorLog) {
                 id: request.id(),
                 body,
             });
-            input.advance(used);
+        });
+        if !decoded {
+            return;
         }
         if last > 0 && !log.wait_durable(last).await {
             return;
@@ -61,5 +58,24 @@ pub async fn serve_sets(mut stream: TcpStream, mut log: impl FloorLog) {
             return;
         }
         output.clear();
+    }
+}
+
+/// Hands every complete frame at the front of `input` to `each` with its bytes, and takes it
+/// off. False when the codec refused a frame (the floor ends the connection).
+pub fn each_frame(
+    codec: &NmdbServerCodec,
+    input: &mut BytesMut,
+    mut each: impl FnMut(&Request, &[u8]),
+) -> bool {
+    loop {
+        match codec.decode_request(input) {
+            Ok(Decoded::Frame(request, used)) => {
+                each(&request, &input[..used]);
+                input.advance(used);
+            }
+            Ok(Decoded::Incomplete) => return true,
+            Err(_) => return false,
+        }
     }
 }
