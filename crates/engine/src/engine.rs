@@ -14,6 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::cache::{Cache, CacheStats, CachedItem};
 use crate::clock::{Clock, SystemClock};
 use crate::command::{Command, Condition, Outcome, Proposal};
+use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::locks::LockTable;
 use crate::persist::{Persister, Poison};
@@ -192,15 +193,29 @@ impl std::future::Future for BehindReadyTasks {
     }
 }
 
-/// Counters of one keyspace.
-#[derive(Debug, Default)]
-struct KeyspaceCounters {
-    cache_hits: AtomicU64,
-    store_hits: AtomicU64,
-    misses: AtomicU64,
-    writes: AtomicU64,
-    deletes: AtomicU64,
-    expired: AtomicU64,
+/// Counters of one keyspace, bumped on every request ([`Counters`]: no locked instruction).
+#[derive(Default)]
+struct KeyspaceCounters(Counters<6>);
+
+/// Which of a keyspace's counters.
+#[derive(Clone, Copy)]
+enum Count {
+    CacheHits,
+    StoreHits,
+    Misses,
+    Writes,
+    Deletes,
+    Expired,
+}
+
+impl KeyspaceCounters {
+    fn bump(&self, which: Count) {
+        self.0.add(which as usize, 1);
+    }
+
+    fn get(&self, which: Count) -> u64 {
+        self.0.get(which as usize)
+    }
 }
 
 /// Statistics of one keyspace.
@@ -286,7 +301,9 @@ struct Inner {
     hub: WatchHub,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
-    keyspaces: RwLock<Vec<Arc<KeyspaceInfo>>>,
+    /// Indexed by keyspace id. Append-only and read without a lock: every request looks its
+    /// keyspace up, and a lock (or a reference count) there is two atomic operations per request.
+    keyspaces: boxcar::Vec<KeyspaceInfo>,
     names: RwLock<HashMap<String, KeyspaceId>>,
     writer: Mutex<WriterState>,
     applied: Arc<AtomicU64>,
@@ -401,7 +418,7 @@ impl Engine {
             }
         }
         found.sort();
-        let mut keyspaces = Vec::new();
+        let keyspaces = boxcar::Vec::new();
         let mut names = HashMap::new();
         let mut versions = Vec::new();
         for (expected, (id, name)) in found.into_iter().enumerate() {
@@ -419,11 +436,11 @@ impl Engine {
             // Everything below the reserved mark may have been handed out before the restart.
             versions.push((reserved, reserved));
             names.insert(name.clone(), id);
-            keyspaces.push(Arc::new(KeyspaceInfo {
+            keyspaces.push(KeyspaceInfo {
                 name,
                 space,
                 counters: KeyspaceCounters::default(),
-            }));
+            });
         }
 
         let poison = Arc::new(Poison::default());
@@ -438,7 +455,7 @@ impl Engine {
             cache: Cache::new(config.cache_bytes, config.cache_shards),
             hub: WatchHub::new(),
             clock,
-            keyspaces: RwLock::new(keyspaces),
+            keyspaces,
             names: RwLock::new(names),
             writer: Mutex::new(WriterState {
                 versions,
@@ -490,19 +507,15 @@ impl Engine {
     pub fn keyspaces(&self) -> Vec<(KeyspaceId, String)> {
         self.inner
             .keyspaces
-            .read()
             .iter()
-            .enumerate()
             .map(|(id, info)| (id as KeyspaceId, info.name.clone()))
             .collect()
     }
 
-    fn info(&self, ks: KeyspaceId) -> Result<Arc<KeyspaceInfo>> {
+    fn info(&self, ks: KeyspaceId) -> Result<&KeyspaceInfo> {
         self.inner
             .keyspaces
-            .read()
             .get(ks as usize)
-            .cloned()
             .ok_or(Error::UnknownKeyspace(ks))
     }
 
@@ -526,14 +539,14 @@ impl Engine {
         let counters = &info.counters;
         match self.inner.cache.get(ks, key) {
             Some(item) if !self.expired(&item.entry) => {
-                counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                counters.bump(Count::CacheHits);
                 return Ok(Some(Read {
                     entry: item.entry,
                     source: Source::Cache,
                 }));
             }
             Some(item) if item.durable => {
-                counters.misses.fetch_add(1, Ordering::Relaxed);
+                counters.bump(Count::Misses);
                 return Ok(None);
             }
             // An expired memory-only entry no longer hides what the store holds.
@@ -541,15 +554,15 @@ impl Engine {
         }
         let epoch = self.inner.cache.epoch(ks, key);
         let Some(raw) = self.inner.store.get(info.space, key)? else {
-            counters.misses.fetch_add(1, Ordering::Relaxed);
+            counters.bump(Count::Misses);
             return Ok(None);
         };
         let entry = Entry::decode_shared(&raw)?;
         if self.expired(&entry) {
-            counters.misses.fetch_add(1, Ordering::Relaxed);
+            counters.bump(Count::Misses);
             return Ok(None);
         }
-        counters.store_hits.fetch_add(1, Ordering::Relaxed);
+        counters.bump(Count::StoreHits);
         self.inner.cache.fill(ks, key, &raw, epoch);
         Ok(Some(Read {
             entry,
@@ -711,7 +724,7 @@ impl Engine {
         let mut writer = self.lock_writer()?;
         let at = self.now_ms();
         let info = self.info(ks)?;
-        let current = self.current(&info, ks, &key, durability, at)?;
+        let current = self.current(info, ks, &key, durability, at)?;
         let Some(value) = change(current.as_ref()) else {
             return Ok((current, None));
         };
@@ -739,7 +752,7 @@ impl Engine {
     ) -> Result<(Subscription, Option<Entry>)> {
         let info = self.info(ks)?;
         let _writer = self.inner.writer.lock();
-        let current = self.current(&info, ks, &key, Durability::Async, self.now_ms())?;
+        let current = self.current(info, ks, &key, Durability::Async, self.now_ms())?;
         let capacity = capacity.unwrap_or(self.inner.config.watch_queue);
         let subscription = self.inner.hub.subscribe(ks, Selector::Key(key), capacity);
         Ok((subscription, current))
@@ -870,7 +883,9 @@ impl Engine {
                 if let Some(id) = self.inner.names.read().get(&name) {
                     return Ok((Outcome::KeyspaceCreated(*id), None));
                 }
-                let id = self.inner.keyspaces.read().len() as KeyspaceId;
+                // Keyspaces are made only here, under the writer lock: the next one pushed gets
+                // this id.
+                let id = self.inner.keyspaces.count() as KeyspaceId;
                 let space = self.inner.store.open_space(&format!("data.{name}"))?;
                 let seq = self.commit(
                     writer,
@@ -881,11 +896,12 @@ impl Engine {
                     }],
                 )?;
                 writer.versions.push((0, 0));
-                self.inner.keyspaces.write().push(Arc::new(KeyspaceInfo {
+                let pushed = self.inner.keyspaces.push(KeyspaceInfo {
                     name: name.clone(),
                     space,
                     counters: KeyspaceCounters::default(),
-                }));
+                });
+                debug_assert_eq!(pushed, id as usize);
                 self.inner.names.write().insert(name, id);
                 Ok((Outcome::KeyspaceCreated(id), wait(seq)))
             }
@@ -901,7 +917,7 @@ impl Engine {
                 let info = self.info(ks)?;
                 // An unconditional put does not need the current state (a store read saved).
                 if condition != Condition::Always {
-                    let current = self.current(&info, ks, &key, durability, at)?;
+                    let current = self.current(info, ks, &key, durability, at)?;
                     if let Some(failed) = check(&condition, current) {
                         return Ok((failed, None));
                     }
@@ -959,7 +975,7 @@ impl Engine {
                     });
                 }
                 let seq = self.commit(writer, ops)?;
-                info.counters.writes.fetch_add(1, Ordering::Relaxed);
+                info.counters.bump(Count::Writes);
                 let key = record.key_bytes();
                 self.inner.cache.insert_keyed(ks, record, true);
                 self.inner.hub.publish(Event {
@@ -972,7 +988,7 @@ impl Engine {
             }
             Command::Delete { ks, key, condition } => {
                 let info = self.info(ks)?;
-                let current = self.current(&info, ks, &key, durability, at)?;
+                let current = self.current(info, ks, &key, durability, at)?;
                 if current.is_none() {
                     // Nothing to delete; still drop memory-only data for the key.
                     if durability != Durability::Memory {
@@ -994,7 +1010,7 @@ impl Engine {
                     key: key.clone(),
                 });
                 let seq = self.commit(writer, ops)?;
-                info.counters.deletes.fetch_add(1, Ordering::Relaxed);
+                info.counters.bump(Count::Deletes);
                 self.inner.cache.remove(ks, &key);
                 self.inner.hub.publish(Event {
                     keyspace: ks,
@@ -1006,7 +1022,7 @@ impl Engine {
             }
             Command::Incr { ks, key, delta } => {
                 let info = self.info(ks)?;
-                let Some(current) = self.current(&info, ks, &key, durability, at)? else {
+                let Some(current) = self.current(info, ks, &key, durability, at)? else {
                     return Ok((Outcome::NotFound, None));
                 };
                 let (value, result) = match current.value {
@@ -1064,7 +1080,7 @@ impl Engine {
                 }
                 let seq = self.commit(writer, ops)?;
                 if due {
-                    info.counters.expired.fetch_add(1, Ordering::Relaxed);
+                    info.counters.bump(Count::Expired);
                     if self
                         .inner
                         .cache
@@ -1176,14 +1192,14 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
-        let keyspaces = self.inner.keyspaces.read().clone();
         let (versions, locks) = {
             let writer = self.inner.writer.lock();
             (writer.versions.clone(), writer.locks.len())
         };
-        let keyspaces = keyspaces
+        let keyspaces = self
+            .inner
+            .keyspaces
             .iter()
-            .enumerate()
             .map(|(id, info)| {
                 let c = &info.counters;
                 KeyspaceStats {
@@ -1191,15 +1207,13 @@ impl Engine {
                     name: info.name.clone(),
                     keys: self.inner.store.approximate_len(info.space),
                     // Every get ends as exactly one of the three (one atomic add per get).
-                    gets: c.cache_hits.load(Ordering::Relaxed)
-                        + c.store_hits.load(Ordering::Relaxed)
-                        + c.misses.load(Ordering::Relaxed),
-                    cache_hits: c.cache_hits.load(Ordering::Relaxed),
-                    store_hits: c.store_hits.load(Ordering::Relaxed),
-                    misses: c.misses.load(Ordering::Relaxed),
-                    writes: c.writes.load(Ordering::Relaxed),
-                    deletes: c.deletes.load(Ordering::Relaxed),
-                    expired: c.expired.load(Ordering::Relaxed),
+                    gets: c.get(Count::CacheHits) + c.get(Count::StoreHits) + c.get(Count::Misses),
+                    cache_hits: c.get(Count::CacheHits),
+                    store_hits: c.get(Count::StoreHits),
+                    misses: c.get(Count::Misses),
+                    writes: c.get(Count::Writes),
+                    deletes: c.get(Count::Deletes),
+                    expired: c.get(Count::Expired),
                     version: versions.get(id).map_or(0, |v| v.0),
                 }
             })

@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod clock;
 pub mod command;
+pub mod counters;
 mod engine;
 pub mod error;
 pub mod fuzz;

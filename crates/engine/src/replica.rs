@@ -116,15 +116,15 @@ impl Engine {
     /// wait until it returns), and returns the marker of that point.
     pub fn export(&self, mut each: impl FnMut(Exported) -> Result<()>) -> Result<Option<Bytes>> {
         let writer = self.lock_writer()?;
-        let keyspaces = self.inner.keyspaces.read().clone();
-        for (id, info) in keyspaces.iter().enumerate() {
+        let keyspaces = &self.inner.keyspaces;
+        for (id, info) in keyspaces.iter() {
             each(Exported::Keyspace {
                 id: id as KeyspaceId,
                 name: info.name.clone(),
                 version: writer.versions.get(id).map_or(0, |v| v.0),
             })?;
         }
-        for (id, info) in keyspaces.iter().enumerate() {
+        for (id, info) in keyspaces.iter() {
             let mut after: Option<Bytes> = None;
             loop {
                 let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
@@ -194,7 +194,7 @@ impl Engine {
                 }
             }
         }
-        let local = self.inner.keyspaces.read().len();
+        let local = self.inner.keyspaces.count();
         if local > keyspaces {
             return Err(StoreError::Corrupt(format!(
                 "this node has {local} keyspaces, the snapshot {keyspaces}: \
@@ -284,9 +284,7 @@ impl Engine {
         let mut spaces: Vec<(Option<KeyspaceId>, u32)> = self
             .inner
             .keyspaces
-            .read()
             .iter()
-            .enumerate()
             .map(|(id, info)| (Some(id as KeyspaceId), info.space))
             .collect();
         spaces.push((None, self.inner.expiry));
@@ -331,7 +329,7 @@ impl Engine {
             }
             Some(_) => {}
             None => {
-                if self.inner.keyspaces.read().len() != id as usize {
+                if self.inner.keyspaces.count() != id as usize {
                     return Err(StoreError::Corrupt(format!(
                         "snapshot keyspace {name} ({id}) does not follow this node's keyspaces: \
                          the data belongs to another cluster"

@@ -9,15 +9,15 @@
 //!
 //! Request durations and counts are recorded on every request, so they do not go through the
 //! exporter (whose histograms keep every sample until the next scrape, behind two atomic
-//! operations and a shared list): each (protocol, op) has fixed buckets of its own, one relaxed
-//! add each, rendered at scrape time ([`render_requests`]).
+//! operations and a shared list): each (protocol, op) has fixed buckets of its own, bumped in
+//! the recording thread's own stripe, rendered at scrape time ([`render_requests`]).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use polykv_engine::counters::Counters;
 
 use metrics::{counter, gauge, Counter, Gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -74,14 +74,16 @@ const DURATION_BUCKETS_NANOS: [u64; 16] = [
     1_000_000_000,
 ];
 
-/// Requests of one (protocol, op): how many took how long, and how many failed.
+/// Duration buckets: the last one is above every bound.
+const BUCKETS: usize = DURATION_BUCKETS_NANOS.len() + 1;
+/// Where the total time and the failures are counted, after the buckets.
+const NANOS: usize = BUCKETS;
+const ERRORS: usize = BUCKETS + 1;
+
+/// Requests of one (protocol, op): how many took how long (not cumulative), their total time,
+/// and how many failed. Bumped without a locked instruction ([`Counters`]).
 #[derive(Default)]
-struct OpMetrics {
-    /// Requests per bucket (not cumulative); the last one is above every bound.
-    buckets: [AtomicU64; DURATION_BUCKETS_NANOS.len() + 1],
-    nanos: AtomicU64,
-    errors: AtomicU64,
-}
+struct OpMetrics(Counters<{ BUCKETS + 2 }>);
 
 impl OpMetrics {
     fn record(&self, error: bool, elapsed: Duration) {
@@ -91,11 +93,15 @@ impl OpMetrics {
             .iter()
             .map(|&bound| usize::from(bound < nanos))
             .sum::<usize>();
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.0.add(bucket, 1);
+        self.0.add(NANOS, nanos);
         if error {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.0.add(ERRORS, 1);
         }
+    }
+
+    fn bucket(&self, bucket: usize) -> u64 {
+        self.0.get(bucket)
     }
 }
 
@@ -122,12 +128,12 @@ pub fn render_requests(out: &mut String) {
     let labels = |p: &str, o: &str| format!("protocol=\"{p}\",op=\"{o}\"");
     let _ = writeln!(out, "# TYPE polykv_requests_total counter");
     for (p, o, m) in registry.iter() {
-        let count: u64 = m.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+        let count: u64 = (0..BUCKETS).map(|b| m.bucket(b)).sum();
         let _ = writeln!(out, "polykv_requests_total{{{}}} {count}", labels(p, o));
     }
     let _ = writeln!(out, "# TYPE polykv_request_errors_total counter");
     for (p, o, m) in registry.iter() {
-        let errors = m.errors.load(Ordering::Relaxed);
+        let errors = m.0.get(ERRORS);
         let _ = writeln!(
             out,
             "polykv_request_errors_total{{{}}} {errors}",
@@ -138,19 +144,19 @@ pub fn render_requests(out: &mut String) {
     for (p, o, m) in registry.iter() {
         let labels = labels(p, o);
         let mut cumulative = 0;
-        for (bucket, bound) in m.buckets.iter().zip(DURATION_BUCKETS_SECONDS) {
-            cumulative += bucket.load(Ordering::Relaxed);
+        for (bucket, bound) in DURATION_BUCKETS_SECONDS.iter().enumerate() {
+            cumulative += m.bucket(bucket);
             let _ = writeln!(
                 out,
                 "polykv_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
             );
         }
-        cumulative += m.buckets[DURATION_BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
+        cumulative += m.bucket(DURATION_BUCKETS_SECONDS.len());
         let _ = writeln!(
             out,
             "polykv_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
         );
-        let seconds = m.nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let seconds = m.0.get(NANOS) as f64 / 1e9;
         let _ = writeln!(
             out,
             "polykv_request_duration_seconds_sum{{{labels}}} {seconds}"
