@@ -726,7 +726,14 @@ async fn async_writes_ready_together_share_one_log_write() {
 #[tokio::test(flavor = "current_thread")]
 async fn async_writes_into_the_mapped_log_need_no_log_write_and_no_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path());
+    let config = EngineConfig {
+        log: polykv_engine::store::LogStoreConfig {
+            mapped_log: true,
+            ..Default::default()
+        },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open_dir(dir.path(), config).unwrap();
     let ks = engine.keyspace("mapped").unwrap();
     let stats = |engine: &Engine| engine.stats().log.unwrap();
     let before = stats(&engine);

@@ -55,7 +55,10 @@ pub struct LogStoreConfig {
     /// ([`crate::log::mirror`]) rather than an fdatasync of the log.
     pub direct_sync: bool,
     /// Whether the log's active segment is mapped, so that a flush is a copy rather than a
-    /// `write(2)` ([`crate::log`]; `POLYKV_LOG_MAP=0` turns it off too).
+    /// `write(2)` ([`crate::log`]; `POLYKV_LOG_MAP=0` turns it off too). Off by default: on a
+    /// machine with cheap system calls one `write(2)` per batch of ready writers costs less
+    /// than the mapping's page faults and zeroing, and its slowest requests are half as slow
+    /// (docs/performance.md, seventeenth session).
     pub mapped_log: bool,
 }
 
@@ -67,7 +70,7 @@ impl Default for LogStoreConfig {
             max_backlog_bytes: 256 << 20,
             segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
             direct_sync: true,
-            mapped_log: true,
+            mapped_log: false,
         }
     }
 }

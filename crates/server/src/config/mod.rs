@@ -138,6 +138,9 @@ crate::settings! {
         /// O_DIRECT) rather than an fdatasync of the log (in a cluster, the Raft log's too); falls
         /// back where unavailable
         pub direct_sync: bool = polykv_engine::EngineConfig::default().log.direct_sync,
+        /// Write the log's active segment through a shared mapping (a flush is a copy) rather
+        /// than with write(2) (one per batch of ready writers); see docs/performance.md
+        pub log_mapped: bool = polykv_engine::EngineConfig::default().log.mapped_log,
     }
 }
 
@@ -157,7 +160,7 @@ impl EngineSection {
                 max_backlog_bytes: self.max_backlog_bytes as usize,
                 segment_bytes: self.log_segment_bytes,
                 direct_sync: self.direct_sync,
-                ..polykv_engine::store::LogStoreConfig::default()
+                mapped_log: self.log_mapped,
             },
             ..polykv_engine::EngineConfig::default()
         }
