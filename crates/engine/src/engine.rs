@@ -1206,7 +1206,7 @@ impl Engine {
                     id: id as KeyspaceId,
                     name: info.name.clone(),
                     keys: self.inner.store.approximate_len(info.space),
-                    // Every get ends as exactly one of the three (one atomic add per get).
+                    // Every get ends as exactly one of the three (one count per get).
                     gets: c.get(Count::CacheHits) + c.get(Count::StoreHits) + c.get(Count::Misses),
                     cache_hits: c.get(Count::CacheHits),
                     store_hits: c.get(Count::StoreHits),

@@ -15,6 +15,19 @@ fn open(dir: &std::path::Path) -> Engine {
     Engine::open_dir(dir, EngineConfig::default()).unwrap()
 }
 
+/// An engine whose log is written through a mapped segment or with `write(2)`, whatever the
+/// default.
+fn open_with_mapped_log(dir: &std::path::Path, mapped_log: bool) -> Engine {
+    let config = EngineConfig {
+        log: polykv_engine::store::LogStoreConfig {
+            mapped_log,
+            ..Default::default()
+        },
+        ..EngineConfig::default()
+    };
+    Engine::open_dir(dir, config).unwrap()
+}
+
 fn bytes(v: &str) -> Value {
     Value::Bytes(Bytes::copy_from_slice(v.as_bytes()))
 }
@@ -683,14 +696,7 @@ async fn async_writes_ready_together_share_one_log_write() {
     // Where the log is written with write(2) (its segment not mapped), ready writers gather
     // into one flush.
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        log: polykv_engine::store::LogStoreConfig {
-            mapped_log: false,
-            ..Default::default()
-        },
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open_dir(dir.path(), config).unwrap();
+    let engine = open_with_mapped_log(dir.path(), false);
     let ks = engine.keyspace("group").unwrap();
     engine
         .set(ks, "first", bytes("x"), Durability::Async)
@@ -726,14 +732,7 @@ async fn async_writes_ready_together_share_one_log_write() {
 #[tokio::test(flavor = "current_thread")]
 async fn async_writes_into_the_mapped_log_need_no_log_write_and_no_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        log: polykv_engine::store::LogStoreConfig {
-            mapped_log: true,
-            ..Default::default()
-        },
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open_dir(dir.path(), config).unwrap();
+    let engine = open_with_mapped_log(dir.path(), true);
     let ks = engine.keyspace("mapped").unwrap();
     let stats = |engine: &Engine| engine.stats().log.unwrap();
     let before = stats(&engine);

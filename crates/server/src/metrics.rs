@@ -100,8 +100,9 @@ impl OpMetrics {
         }
     }
 
-    fn bucket(&self, bucket: usize) -> u64 {
-        self.0.get(bucket)
+    /// A bucket's count, or [`NANOS`] or [`ERRORS`].
+    fn get(&self, which: usize) -> u64 {
+        self.0.get(which)
     }
 }
 
@@ -128,12 +129,12 @@ pub fn render_requests(out: &mut String) {
     let labels = |p: &str, o: &str| format!("protocol=\"{p}\",op=\"{o}\"");
     let _ = writeln!(out, "# TYPE polykv_requests_total counter");
     for (p, o, m) in registry.iter() {
-        let count: u64 = (0..BUCKETS).map(|b| m.bucket(b)).sum();
+        let count: u64 = (0..BUCKETS).map(|b| m.get(b)).sum();
         let _ = writeln!(out, "polykv_requests_total{{{}}} {count}", labels(p, o));
     }
     let _ = writeln!(out, "# TYPE polykv_request_errors_total counter");
     for (p, o, m) in registry.iter() {
-        let errors = m.0.get(ERRORS);
+        let errors = m.get(ERRORS);
         let _ = writeln!(
             out,
             "polykv_request_errors_total{{{}}} {errors}",
@@ -145,18 +146,18 @@ pub fn render_requests(out: &mut String) {
         let labels = labels(p, o);
         let mut cumulative = 0;
         for (bucket, bound) in DURATION_BUCKETS_SECONDS.iter().enumerate() {
-            cumulative += m.bucket(bucket);
+            cumulative += m.get(bucket);
             let _ = writeln!(
                 out,
                 "polykv_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
             );
         }
-        cumulative += m.bucket(DURATION_BUCKETS_SECONDS.len());
+        cumulative += m.get(DURATION_BUCKETS_SECONDS.len());
         let _ = writeln!(
             out,
             "polykv_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
         );
-        let seconds = m.0.get(NANOS) as f64 / 1e9;
+        let seconds = m.get(NANOS) as f64 / 1e9;
         let _ = writeln!(
             out,
             "polykv_request_duration_seconds_sum{{{labels}}} {seconds}"
