@@ -5,8 +5,10 @@
 //! back from the store, and Memory data is a cache by definition (nmdb CACHE_ONLY).
 //!
 //! An entry is kept in its stored encoding (the same bytes the log's memtable holds, shared)
-//! and decoded on the way out, which costs a few nanoseconds and keeps a slot at about 80 bytes
-//! where a decoded entry took twice that; the hash table holds only slot numbers.
+//! and decoded on the way out, which costs a few nanoseconds and keeps a slot at 48 bytes where
+//! a decoded entry took twice that. The slots live in the hash table itself: a lookup reads the
+//! table's control bytes, the slot and the record, three places one after another, each a
+//! likely CPU cache miss (a table of slot numbers beside a vector of slots was a fourth).
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,9 +64,9 @@ impl Slot {
     }
 }
 
-/// Bytes a slot costs beyond its key and encoding: the slot itself (48), its table entry (5 to
-/// 10, with the table's spare room), the reference count and length the record's allocation
-/// starts with (12) and allocator rounding.
+/// Bytes a slot costs beyond its key and encoding: the slot itself in the table (48, and its
+/// control byte) with the table's spare room (the table is 44 % to 87 % full: 16 more on
+/// average), the reference count and length the record's allocation starts with (12).
 const SLOT_OVERHEAD: usize = 76;
 
 /// Most keys [`Cache::prefetch`] takes at once: a pipelined batch's worth. More would evict
@@ -87,10 +89,9 @@ pub(crate) fn prefetch<T>(at: *const T) {
 
 #[derive(Default)]
 struct Shard {
-    /// Slot numbers, hashed by (keyspace, key).
-    table: HashTable<u32>,
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
+    /// The slots, hashed by (keyspace, key).
+    table: HashTable<Slot>,
+    /// The CLOCK hand: a bucket number of the table.
     hand: usize,
     bytes: usize,
     /// Bumped by every write to this shard, so a reader that filled the cache from the store can
@@ -101,21 +102,15 @@ struct Shard {
     misses: u64,
 }
 
-impl Shard {
-    fn find(&self, hash: u64, ks: KeyspaceId, key: &[u8]) -> Option<u32> {
-        let slots = &self.slots;
-        self.table
-            .find(hash, |&index| {
-                slots
-                    .get(index as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|s| s.ks == ks && s.record.key() == key)
-            })
-            .copied()
+impl Slot {
+    fn holds(&self, ks: KeyspaceId, key: &[u8]) -> bool {
+        self.ks == ks && self.record.key() == key
     }
+}
 
-    fn slot_mut(&mut self, index: u32) -> Option<&mut Slot> {
-        self.slots.get_mut(index as usize)?.as_mut()
+impl Shard {
+    fn find(&self, hash: u64, ks: KeyspaceId, key: &[u8]) -> Option<&Slot> {
+        self.table.find(hash, |s| s.holds(ks, key))
     }
 }
 
@@ -174,11 +169,13 @@ impl Cache {
     pub fn get(&self, ks: KeyspaceId, key: &[u8]) -> Option<CachedItem> {
         let hash = self.hash(ks, key);
         let mut shard = self.shard(hash).lock();
-        let item = shard.find(hash, ks, key).and_then(|index| {
-            let slot = shard.slot_mut(index)?;
-            slot.referenced = true;
-            slot.item()
-        });
+        let item = shard
+            .table
+            .find_mut(hash, |s| s.holds(ks, key))
+            .and_then(|slot| {
+                slot.referenced = true;
+                slot.item()
+            });
         if item.is_some() {
             shard.hits += 1;
         } else {
@@ -189,34 +186,34 @@ impl Cache {
 
     /// Starts loading the memory that looking up `keys` will read (at most [`PREFETCH_MAX`] of
     /// them), so that the lookups that follow find it in the CPU cache. A lookup reads three
-    /// places one after another (the table, the slot, the record), each a likely cache miss
+    /// places one after another (the control bytes, the slot, the record), each a likely miss
     /// once the cache is larger than the CPU's: one key at a time, a pipelined batch waits for
     /// every miss in turn; this way the misses of the whole batch overlap. Changes nothing; a
     /// key that is not cached costs a table probe.
     pub fn prefetch<'k>(&self, keys: impl IntoIterator<Item = (KeyspaceId, &'k [u8])>) {
-        let mut found = [(0u32, 0u32); PREFETCH_MAX];
+        let mut found = [(0u32, 0usize); PREFETCH_MAX];
         let mut count = 0;
-        // First the table: the slot number of the first entry whose hash tag matches (the key
+        // First the control bytes: the bucket of the first slot whose hash tag matches (the key
         // itself is not compared, which would wait for the slot and the record), and the slot.
         for (ks, key) in keys.into_iter().take(PREFETCH_MAX) {
             let hash = self.hash(ks, key);
             let shard_no = self.shard_index(hash);
             let shard = self.shards[shard_no].lock();
-            let slots = shard.slots.as_ptr();
-            let slot_count = shard.slots.len();
-            let candidate = shard
-                .table
-                .find(hash, |&index| (index as usize) < slot_count);
-            if let Some(&index) = candidate {
-                prefetch(slots.wrapping_add(index as usize));
-                found[count] = (shard_no as u32, index);
-                count += 1;
+            // Taking a reference to a slot does not read it.
+            let candidate = shard.table.find_bucket_index(hash, |_| true);
+            if let Some(bucket) = candidate {
+                if let Some(slot) = shard.table.get_bucket(bucket) {
+                    prefetch(slot as *const Slot);
+                    found[count] = (shard_no as u32, bucket);
+                    count += 1;
+                }
             }
         }
-        // Then each record, now that its slot is on its way.
-        for &(shard_no, index) in &found[..count] {
+        // Then each record, now that its slot is on its way. The table may have changed in
+        // between: then this is a useless hint, never a wrong read.
+        for &(shard_no, bucket) in &found[..count] {
             let shard = self.shards[shard_no as usize].lock();
-            if let Some(Some(slot)) = shard.slots.get(index as usize) {
+            if let Some(slot) = shard.table.get_bucket(bucket) {
                 slot.record.prefetch();
             }
         }
@@ -227,8 +224,7 @@ impl Cache {
     pub fn peek(&self, ks: KeyspaceId, key: &[u8]) -> Option<CachedItem> {
         let hash = self.hash(ks, key);
         let shard = self.shard(hash).lock();
-        let index = shard.find(hash, ks, key)?;
-        shard.slots.get(index as usize)?.as_ref()?.item()
+        shard.find(hash, ks, key)?.item()
     }
 
     /// Inserts or replaces. Returns false when the item alone exceeds a shard's budget (it is
@@ -269,23 +265,9 @@ impl Cache {
     }
 
     fn remove_locked(shard: &mut Shard, hash: u64, ks: KeyspaceId, key: &[u8]) -> Option<Slot> {
-        let Shard { table, slots, .. } = shard;
-        let found = table
-            .find_entry(hash, |&index| {
-                slots
-                    .get(index as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|s| s.ks == ks && s.record.key() == key)
-            })
-            .ok()?;
-        let (index, _) = found.remove();
-        Self::free_slot(shard, index)
-    }
-
-    fn free_slot(shard: &mut Shard, index: u32) -> Option<Slot> {
-        let slot = shard.slots.get_mut(index as usize)?.take()?;
+        let found = shard.table.find_entry(hash, |s| s.holds(ks, key)).ok()?;
+        let (slot, _) = found.remove();
         shard.bytes -= slot.size();
-        shard.free.push(index);
         Some(slot)
     }
 
@@ -300,17 +282,14 @@ impl Cache {
         let size = SLOT_OVERHEAD + record.len();
         // Overwriting a cached key with something that fits without evicting: replace the entry
         // in its slot (one hash lookup; the key and the slot are reused).
-        if let Some(index) = shard.find(hash, ks, record.key()) {
-            let bytes = shard.bytes;
-            let budget = self.shard_budget;
-            if let Some(slot) = shard.slot_mut(index) {
-                let new_total = bytes - slot.size() + size;
-                if new_total <= budget {
-                    slot.record = record;
-                    slot.durable = durable;
-                    shard.bytes = new_total;
-                    return true;
-                }
+        let Shard { table, bytes, .. } = shard;
+        if let Some(slot) = table.find_mut(hash, |s| s.holds(ks, record.key())) {
+            let new_total = *bytes - slot.size() + size;
+            if new_total <= self.shard_budget {
+                slot.record = record;
+                slot.durable = durable;
+                *bytes = new_total;
+                return true;
             }
         }
         Self::remove_locked(shard, hash, ks, record.key());
@@ -324,57 +303,40 @@ impl Cache {
             durable,
             referenced: false,
         };
-        let index = match shard.free.pop() {
-            Some(index) => {
-                shard.slots[index as usize] = Some(slot);
-                index
-            }
-            None => {
-                shard.slots.push(Some(slot));
-                (shard.slots.len() - 1) as u32
-            }
-        };
-        let Shard { table, slots, .. } = shard;
         let hasher = &self.hasher;
-        table.insert_unique(hash, index, |&i| {
-            slots
-                .get(i as usize)
-                .and_then(Option::as_ref)
-                .map_or(0, |s| {
-                    hasher.hash_one(Probe {
-                        ks: s.ks,
-                        key: s.record.key(),
-                    })
-                })
+        shard.table.insert_unique(hash, slot, |s| {
+            hasher.hash_one(Probe {
+                ks: s.ks,
+                key: s.record.key(),
+            })
         });
         shard.bytes += size;
         true
     }
 
-    /// CLOCK: sweep the hand, giving referenced entries a second chance, until `size` fits.
+    /// CLOCK over the table's buckets: sweep the hand, giving referenced entries a second
+    /// chance, until `size` fits.
     fn evict_for(&self, shard: &mut Shard, size: usize) {
-        let mut budget_steps = shard.slots.len() * 2 + 1;
+        // Removing never shrinks the table: the bucket count holds for the whole sweep.
+        let buckets = shard.table.num_buckets();
+        let mut budget_steps = buckets * 2 + 1;
         while shard.bytes + size > self.shard_budget && budget_steps > 0 {
             budget_steps -= 1;
-            if shard.slots.is_empty() {
+            if shard.table.is_empty() {
                 return;
             }
-            let hand = shard.hand % shard.slots.len();
+            let hand = shard.hand % buckets;
             shard.hand = hand + 1;
-            let hash = match &mut shard.slots[hand] {
-                None => continue,
-                Some(slot) if slot.referenced => {
-                    slot.referenced = false;
-                    continue;
-                }
-                Some(slot) => self.hash(slot.ks, slot.record.key()),
+            let Ok(mut found) = shard.table.get_bucket_entry(hand) else {
+                continue;
             };
-            // The table entry holding this slot's number: found by number, no key compare.
-            let index = hand as u32;
-            if let Ok(found) = shard.table.find_entry(hash, |&i| i == index) {
-                found.remove();
+            let slot = found.get_mut();
+            if slot.referenced {
+                slot.referenced = false;
+                continue;
             }
-            Self::free_slot(shard, index);
+            let (slot, _) = found.remove();
+            shard.bytes -= slot.size();
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -404,8 +366,9 @@ impl Cache {
     }
 }
 
-// A slot is 48 bytes; a larger one costs a million-key cache 8 MB more per 8 bytes.
-const _: () = assert!(std::mem::size_of::<Option<Slot>>() == 48);
+// A slot is 48 bytes; a larger one costs a million-key cache 8 MB more per 8 bytes (more with
+// the table's spare room).
+const _: () = assert!(std::mem::size_of::<Slot>() == 48);
 
 #[cfg(test)]
 mod tests {
