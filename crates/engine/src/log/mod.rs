@@ -165,6 +165,24 @@ impl Active {
         }
     }
 
+    /// Makes `file` the segment written from now on, its records ending at `len`, with its
+    /// map and how far its pages are warm; returns the file written until now. The segment list
+    /// must already end with it: the unmirrored bytes start afresh at its position.
+    fn write_to(
+        &mut self,
+        file: File,
+        map: Option<map::SegmentMap>,
+        len: u64,
+        warmed: u64,
+    ) -> Arc<File> {
+        self.map = map;
+        self.len = len;
+        self.warmed = warmed;
+        let before = std::mem::replace(&mut self.file, Arc::new(file));
+        self.restart_unmirrored();
+        before
+    }
+
     /// Starts the unmirrored bytes afresh at the end of the active segment.
     fn restart_unmirrored(&mut self) {
         self.unmirrored.clear();
@@ -519,23 +537,21 @@ impl Log {
             return self.seal_and_start(active, first_seq);
         };
         let sealed_path = active.current_path();
-        active.map = self.map(&file, 0);
-        active.warmed = std::mem::take(&mut active.ready_warmed);
-        let sealed = std::mem::replace(&mut active.file, Arc::new(file));
+        active.segments.push(Segment {
+            first_seq,
+            path: segment_path(&self.dir, first_seq),
+        });
+        let map = self.map(&file, 0);
+        let warmed = std::mem::take(&mut active.ready_warmed);
+        // The sealed tail's bytes are let go: the sync that covers the change covers them, and
+        // until then the mirror takes nothing (see [`Log::take_unmirrored`]).
+        let sealed = active.write_to(file, map, 0, warmed);
         active.sealing = Some(Sealing {
             first_seq,
             sealed,
             sealed_path,
             renamed: false,
         });
-        active.len = 0;
-        active.segments.push(Segment {
-            first_seq,
-            path: segment_path(&self.dir, first_seq),
-        });
-        // The sealed tail's bytes are let go: the sync that covers the change covers them, and
-        // until then the mirror takes nothing (see [`Log::take_unmirrored`]).
-        active.restart_unmirrored();
         self.counters
             .segments_sealed
             .fetch_add(1, Ordering::Relaxed);
@@ -554,12 +570,9 @@ impl Log {
         let file = create_segment(&path, self.segment_bytes)?;
         sync_dir(&self.dir)?;
         *self.synced.lock() = active.position();
-        active.map = self.map(&file, 0);
-        active.file = Arc::new(file);
-        active.len = 0;
-        active.warmed = 0;
         active.segments.push(Segment { first_seq, path });
-        active.restart_unmirrored();
+        let map = self.map(&file, 0);
+        active.write_to(file, map, 0, 0);
         self.counters
             .segments_sealed
             .fetch_add(1, Ordering::Relaxed);
@@ -845,11 +858,8 @@ impl Log {
             std::fs::remove_file(&gone.path).map_err(|e| io_error("remove", &gone.path, e))?;
         }
         sync_dir(&self.dir)?;
-        active.map = self.map(&file, offset);
-        active.file = Arc::new(file);
-        active.len = offset;
-        active.warmed = 0;
-        active.restart_unmirrored();
+        let map = self.map(&file, offset);
+        active.write_to(file, map, offset, 0);
         self.buffered.lock().next_seq = seq;
         Ok(())
     }
@@ -871,16 +881,13 @@ impl Log {
         self.settle(&mut active)?;
         let path = segment_path(&self.dir, seq);
         let file = create_segment(&path, self.segment_bytes)?;
-        active.map = self.map(&file, 0);
         let doomed: Vec<Segment> = std::mem::take(&mut active.segments);
         active.segments.push(Segment {
             first_seq: seq,
             path,
         });
-        active.file = Arc::new(file);
-        active.len = 0;
-        active.warmed = 0;
-        active.restart_unmirrored();
+        let map = self.map(&file, 0);
+        active.write_to(file, map, 0, 0);
         self.buffered.lock().next_seq = seq;
         sync_dir(&self.dir)?;
         for gone in &doomed {
