@@ -203,7 +203,11 @@ impl Cache {
             let candidate = shard.table.find_bucket_index(hash, |_| true);
             if let Some(bucket) = candidate {
                 if let Some(slot) = shard.table.get_bucket(bucket) {
-                    prefetch(slot as *const Slot);
+                    // Both ends: a 48-byte slot crosses a line boundary every other bucket, and
+                    // the lookup compares the keyspace at its end.
+                    let at = (slot as *const Slot).cast::<u8>();
+                    prefetch(at);
+                    prefetch(at.wrapping_add(std::mem::size_of::<Slot>() - 1));
                     found[count] = (shard_no as u32, bucket);
                     count += 1;
                 }
