@@ -38,7 +38,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
 use polykv_engine::log::mirror::{self, BlockingMirror};
-use polykv_engine::log::{Log, MAX_PAYLOAD};
+use polykv_engine::log::{Log, SegmentWrites, MAX_PAYLOAD};
 
 use crate::state_file::{HardState, StateFile};
 use crate::timing::{self, Hop};
@@ -176,7 +176,12 @@ impl LogStore {
         let log_dir = dir.join("log");
         // Fragments of the log that only its direct mirror holds go back into the log first.
         let generation = mirror::recover(&log_dir).map_err(io_err)?;
-        let log = Log::open(&log_dir, segment_bytes, after, |seq, payload| {
+        // Written with write(2), not through a mapped segment: its groups are flushed off the
+        // request path (the flusher thread, or a follower's core before it answers), where a
+        // system call per group costs nothing a client waits for, and an A/B of three nodes
+        // showed the mapped Raft log no cheaper (docs/performance.md, 2026-12-02).
+        let writes = SegmentWrites::Calls;
+        let log = Log::open_with(&log_dir, segment_bytes, after, writes, |seq, payload| {
             let entry = decode_entry(payload)
                 .map_err(|why| polykv_engine::StoreError::Corrupt(format!("raft entry: {why}")))?;
             if entry.log_id.index + 1 != seq {
@@ -189,11 +194,6 @@ impl LogStore {
             Ok(())
         })
         .map_err(io_err)?;
-        // Written with write(2), not through a mapped segment: its groups are flushed off the
-        // request path (the flusher thread, or a follower's core before it answers), where a
-        // system call per group costs nothing a client waits for, and an A/B of three nodes
-        // showed the mapped Raft log no cheaper (docs/performance.md, 2026-12-02).
-        log.stop_mapping();
         let log = Arc::new(log);
         let mirror = if mirror_wanted(direct_sync) {
             BlockingMirror::start(&log_dir, generation, log.clone())

@@ -49,6 +49,10 @@ struct Slot {
 }
 
 impl Slot {
+    fn holds(&self, ks: KeyspaceId, key: &[u8]) -> bool {
+        self.ks == ks && self.record.key() == key
+    }
+
     /// Bytes charged to the budget.
     fn size(&self) -> usize {
         SLOT_OVERHEAD + self.record.len()
@@ -100,12 +104,6 @@ struct Shard {
     /// Counted under the shard's lock, which a lookup holds anyway: no atomic per lookup.
     hits: u64,
     misses: u64,
-}
-
-impl Slot {
-    fn holds(&self, ks: KeyspaceId, key: &[u8]) -> bool {
-        self.ks == ks && self.record.key() == key
-    }
 }
 
 impl Shard {

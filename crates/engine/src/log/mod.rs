@@ -208,8 +208,9 @@ impl Active {
 pub struct Log {
     dir: PathBuf,
     segment_bytes: u64,
-    /// Whether segments are mapped for writing ([`mapping_wanted`], [`Log::stop_mapping`]).
-    mapped: AtomicBool,
+    /// Whether segments are mapped for writing ([`SegmentWrites`]), decided when the log
+    /// opens.
+    mapped: bool,
     buffered: Mutex<Buffered>,
     /// Held while writing to the files: one flush at a time, in order.
     active: Mutex<Active>,
@@ -325,14 +326,36 @@ fn take_next_segment(
     Ok(NextSegment::None)
 }
 
+/// How a log writes its active segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentWrites {
+    /// Through a shared mapping where the file allows it: a flush is a copy. `POLYKV_LOG_MAP=0`
+    /// (a measurement switch) makes it [`SegmentWrites::Calls`].
+    Mapped,
+    /// With one `write(2)` per flush.
+    Calls,
+}
+
 impl Log {
-    /// Opens (creating if needed) the log in `dir` and replays it: `replay` is called, in order,
-    /// for every intact record with a sequence above `after` (what a checkpoint already holds).
-    /// New records are numbered from above both the last record and `after`.
+    /// [`Log::open_with`] segments mapped.
     pub fn open(
         dir: &Path,
         segment_bytes: u64,
         after: u64,
+        replay: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<Log, StoreError> {
+        Self::open_with(dir, segment_bytes, after, SegmentWrites::Mapped, replay)
+    }
+
+    /// Opens (creating if needed) the log in `dir` and replays it: `replay` is called, in order,
+    /// for every intact record with a sequence above `after` (what a checkpoint already holds).
+    /// New records are numbered from above both the last record and `after`; the active
+    /// segment is written as `writes` says.
+    pub fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        after: u64,
+        writes: SegmentWrites,
         mut replay: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
     ) -> Result<Log, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
@@ -405,14 +428,14 @@ impl Log {
                 (file, 0)
             }
         };
-        let mapped = mapping_wanted();
+        let mapped = writes == SegmentWrites::Mapped && mapping_wanted();
         let map = mapped
             .then(|| map::SegmentMap::new(&file, segment_bytes, len))
             .flatten();
         Ok(Log {
             dir: dir.to_path_buf(),
             segment_bytes,
-            mapped: AtomicBool::new(mapped),
+            mapped,
             buffered: Mutex::new(Buffered {
                 bytes: Vec::with_capacity(64 << 10),
                 next_seq,
@@ -731,9 +754,10 @@ impl Log {
         let created = create_segment(&path, self.segment_bytes);
         // The start of the segment in the page cache too, for the writer's first faults (only
         // where segments are mapped: see `warm_ahead`).
-        let warmed = match self.mapped.load(Ordering::Relaxed) {
-            true => WARM_AHEAD.min(self.segment_bytes),
-            false => 0,
+        let warmed = if self.mapped {
+            WARM_AHEAD.min(self.segment_bytes)
+        } else {
+            0
         };
         if let (Ok(file), true) = (&created, warmed > 0) {
             map::warm(file, 0, warmed);
@@ -899,17 +923,10 @@ impl Log {
     /// `file` (a segment whose records end at `written`) mapped for writing, where this log
     /// maps its segments and the file allows it.
     fn map(&self, file: &File, written: u64) -> Option<map::SegmentMap> {
-        if !self.mapped.load(Ordering::Relaxed) {
+        if !self.mapped {
             return None;
         }
         map::SegmentMap::new(file, self.segment_bytes, written)
-    }
-
-    /// From now on writes every flush with `write(2)`: no segment is mapped any more.
-    pub fn stop_mapping(&self) {
-        let mut active = self.active.lock();
-        self.mapped.store(false, Ordering::Relaxed);
-        active.map = None;
     }
 
     /// Whether a flush now copies into the mapped segment (no system call) rather than making
@@ -1452,8 +1469,14 @@ mod tests {
     #[test]
     fn a_log_written_with_write_calls_is_not_warmed_ahead() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), 4 * WARM_AHEAD, 0, |_, _| Ok(())).unwrap();
-        log.stop_mapping();
+        let log = Log::open_with(
+            dir.path(),
+            4 * WARM_AHEAD,
+            0,
+            SegmentWrites::Calls,
+            |_, _| Ok(()),
+        )
+        .unwrap();
         append_n(&log, 0, 100);
         log.flush().unwrap();
         let file = log.active.lock().file.clone();

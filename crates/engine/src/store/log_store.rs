@@ -32,7 +32,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::overlay::{empty_range, merge, Memtable, Overlay, Run};
 use super::{BatchOp, PersistMode, SpaceId, Store};
 use crate::error::StoreError;
-use crate::log::{mirror, Log, MAX_PAYLOAD};
+use crate::log::{mirror, Log, SegmentWrites, MAX_PAYLOAD};
 
 /// See [`LogStoreConfig::checkpoint_bytes`].
 pub const LOG_BYTES_PER_CHECKPOINT: usize = 4;
@@ -55,7 +55,7 @@ pub struct LogStoreConfig {
     /// ([`crate::log::mirror`]) rather than an fdatasync of the log.
     pub direct_sync: bool,
     /// Whether the log's active segment is mapped, so that a flush is a copy rather than a
-    /// `write(2)` ([`crate::log`]; `POLYKV_LOG_MAP=0` turns it off too). Off by default: on a
+    /// `write(2)` ([`crate::log::SegmentWrites`]; `POLYKV_LOG_MAP=0` turns it off too). Off by default: on a
     /// machine with cheap system calls one `write(2)` per batch of ready writers costs less
     /// than the mapping's page faults and zeroing, and its slowest requests are half as slow
     /// (docs/performance.md, seventeenth session).
@@ -278,20 +278,28 @@ impl LogStore {
         let mut replayed = 0u64;
         // Fragments of the log that only its direct mirror holds go back into the log first.
         let mirror_generation = mirror::recover(log_dir)?;
-        let log = Log::open(log_dir, config.segment_bytes, checkpoint, |_, payload| {
-            for (space, key, value) in decode_batch(payload)? {
-                if space as usize >= known {
-                    return Err(corrupt("batch record names an unknown space"));
+        let writes = if config.mapped_log {
+            SegmentWrites::Mapped
+        } else {
+            SegmentWrites::Calls
+        };
+        let log = Log::open_with(
+            log_dir,
+            config.segment_bytes,
+            checkpoint,
+            writes,
+            |_, payload| {
+                for (space, key, value) in decode_batch(payload)? {
+                    if space as usize >= known {
+                        return Err(corrupt("batch record names an unknown space"));
+                    }
+                    active.apply(space, key, value);
                 }
-                active.apply(space, key, value);
-            }
-            replayed += 1;
-            Ok(())
-        })?;
+                replayed += 1;
+                Ok(())
+            },
+        )?;
         active.last_seq = log.next_seq() - 1;
-        if !config.mapped_log {
-            log.stop_mapping();
-        }
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
