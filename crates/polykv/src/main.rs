@@ -50,7 +50,7 @@ enum Commands {
 }
 
 fn main() -> std::process::ExitCode {
-    allocator::purge_at_once();
+    allocator::configure();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -80,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Serve(args) => {
             let config = args.load()?;
+            allocator::start_trimmer().context("starting the allocator's trimmer thread")?;
             // The new binary of a hot upgrade is told so by its parent; its own children are not.
             let takeover = std::env::var_os(polykv_server::upgrade::HANDOVER_ENV);
             std::env::remove_var(polykv_server::upgrade::HANDOVER_ENV);
