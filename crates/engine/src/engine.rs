@@ -274,6 +274,8 @@ struct WriterState {
     exact_versions: bool,
     /// Written with the next batch committed: a replicated log's position (see `replica`).
     marker: Option<Bytes>,
+    /// The ops of the write being applied: one buffer, reused (see [`Store::write_ops`]).
+    ops: Vec<BatchOp>,
 }
 
 /// Versions are reserved in the store a block at a time, so they keep increasing across restarts
@@ -463,6 +465,7 @@ impl Engine {
                 seq: 0,
                 exact_versions: false,
                 marker: None,
+                ops: Vec::with_capacity(4),
             }),
             applied,
             flushed: AtomicU64::new(0),
@@ -851,7 +854,10 @@ impl Engine {
                 value: marker,
             });
         }
-        if let Err(e) = self.inner.store.write_batch(ops) {
+        let written = self.inner.store.write_ops(&mut ops);
+        ops.clear();
+        writer.ops = ops;
+        if let Err(e) = written {
             self.inner.poison.set(format!("store write failed: {e}"));
             return Err(e.into());
         }
@@ -922,7 +928,7 @@ impl Engine {
                         return Ok((failed, None));
                     }
                 }
-                let mut ops = Vec::with_capacity(2);
+                let mut ops = std::mem::take(&mut writer.ops);
                 // A replica's memory-only write stays on that node: it must not take a version
                 // the replicated writes would then get differently on every node.
                 let version = if durability == Durability::Memory && writer.exact_versions {
@@ -942,6 +948,7 @@ impl Engine {
                     // the log like an Async one, so no version is ever handed out twice, even
                     // across a crash.
                     let reserved = if ops.is_empty() {
+                        writer.ops = ops;
                         None
                     } else {
                         Some(self.commit(writer, ops)?)
@@ -1003,7 +1010,7 @@ impl Engine {
                     self.inner.cache.remove(ks, &key);
                     return Ok((Outcome::Deleted { version: 0 }, None));
                 }
-                let mut ops = Vec::with_capacity(2);
+                let mut ops = std::mem::take(&mut writer.ops);
                 let version = self.next_version(writer, ks, &mut ops);
                 ops.push(BatchOp::Delete {
                     space: info.space,

@@ -620,12 +620,16 @@ impl Store for LogStore {
         self.shared.inner.get(inner, key)
     }
 
-    fn write_batch(&self, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+    fn write_batch(&self, mut ops: Vec<BatchOp>) -> Result<(), StoreError> {
+        self.write_ops(&mut ops)
+    }
+
+    fn write_ops(&self, ops: &mut Vec<BatchOp>) -> Result<(), StoreError> {
         let s = &self.shared;
         s.check_failed()?;
         let known = s.spaces.read().names.len();
         let mut size = 5;
-        for op in &ops {
+        for op in ops.iter() {
             let (space, key, value) = op_parts(op);
             if space as usize >= known {
                 return Err(StoreError::Refused(format!("unknown space {space}")));
@@ -645,9 +649,9 @@ impl Store for LogStore {
             // The log append and the overlay change happen under one lock, so a sealed memtable
             // holds exactly the records up to its `last_seq`.
             let mut overlay = s.overlay.write();
-            let seq = s.log.append(|buf| encode_batch(&ops, buf));
+            let seq = s.log.append(|buf| encode_batch(ops, buf));
             before = overlay.active.bytes;
-            for op in ops {
+            for op in ops.drain(..) {
                 match op {
                     BatchOp::Put { space, key, value } => {
                         overlay.active.apply(space, key, Some(value))
@@ -903,6 +907,29 @@ mod tests {
         let a = store.open_space("a").unwrap();
         let keys: Vec<Bytes> = all(&store, a).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![Bytes::from("k2"), Bytes::from("k3")]);
+    }
+
+    #[test]
+    fn write_ops_takes_the_ops_and_leaves_the_buffer_for_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = LogStore::open(inner.clone(), dir.path(), config()).unwrap();
+        let a = store.open_space("a").unwrap();
+        let mut ops = vec![put(a, "k1", "1"), put(a, "k2", "2")];
+        let capacity = ops.capacity();
+        store.write_ops(&mut ops).unwrap();
+        assert!(ops.is_empty());
+        assert_eq!(ops.capacity(), capacity, "the buffer is kept, not replaced");
+        ops.push(delete(a, "k1"));
+        store.write_ops(&mut ops).unwrap();
+        assert!(ops.is_empty());
+        assert_eq!(store.get(a, b"k1").unwrap(), None);
+        assert_eq!(store.get(a, b"k2").unwrap(), Some(Bytes::from("2")));
+        store.persist(PersistMode::Buffer).unwrap();
+        std::mem::forget(store);
+        let store = LogStore::open(inner, dir.path(), config()).unwrap();
+        let a = store.open_space("a").unwrap();
+        assert_eq!(all(&store, a), vec![(Bytes::from("k2"), Bytes::from("2"))]);
     }
 
     #[test]
