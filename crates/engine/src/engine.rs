@@ -278,6 +278,9 @@ struct WriterState {
     ops: Vec<BatchOp>,
 }
 
+/// Most ops the writer's reused buffer keeps room for (a write makes a handful at most).
+const REUSED_OPS_CAPACITY: usize = 16;
+
 /// Versions are reserved in the store a block at a time, so they keep increasing across restarts
 /// without a metadata write per mutation.
 const VERSION_BLOCK: u64 = 1 << 16;
@@ -855,8 +858,11 @@ impl Engine {
             });
         }
         let written = self.inner.store.write_ops(&mut ops);
-        ops.clear();
-        writer.ops = ops;
+        // Kept for the next write, unless a large batch (a snapshot's import) grew it.
+        if ops.capacity() <= REUSED_OPS_CAPACITY {
+            ops.clear();
+            writer.ops = ops;
+        }
         if let Err(e) = written {
             self.inner.poison.set(format!("store write failed: {e}"));
             return Err(e.into());
