@@ -932,7 +932,8 @@ impl Log {
     /// Whether a flush now copies into the mapped segment (no system call) rather than making
     /// a `write(2)`: a flush per write then costs about what gathering them would.
     pub fn flushes_in_place(&self) -> bool {
-        self.active.lock().map.is_some()
+        // A log that does not map its segments never holds a map: nothing to lock for.
+        self.mapped && self.active.lock().map.is_some()
     }
 
     /// Bytes in the segment files on disk (approximate: sealed sizes are read from the files).
@@ -1477,6 +1478,7 @@ mod tests {
             |_, _| Ok(()),
         )
         .unwrap();
+        assert!(!log.flushes_in_place(), "a flush is a write(2)");
         append_n(&log, 0, 100);
         log.flush().unwrap();
         let file = log.active.lock().file.clone();
