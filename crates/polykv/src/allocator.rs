@@ -68,12 +68,17 @@ fn trim() {
 
 /// CPU time of every thread of the process.
 fn process_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// A CPU-time clock's reading (zero if the clock cannot be read).
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `now` is a valid timespec for the call to fill.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) } != 0 {
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
         return Duration::ZERO;
     }
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
@@ -152,20 +157,10 @@ mod tests {
 
     #[test]
     fn the_process_cpu_clock_counts_this_thread_s_work() {
-        let thread_cpu = || {
-            let mut now = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `now` is a valid timespec for the call to fill.
-            assert_eq!(
-                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) },
-                0
-            );
-            Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-        };
+        let thread_cpu = || cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID);
         let before = process_cpu();
         let thread_before = thread_cpu();
+        assert!(thread_before > Duration::ZERO, "the thread's CPU clock reads");
         let started = std::time::Instant::now();
         let mut spin = 0u64;
         while thread_cpu() - thread_before < Duration::from_millis(20)
