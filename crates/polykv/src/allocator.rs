@@ -160,7 +160,10 @@ mod tests {
         let thread_cpu = || cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID);
         let before = process_cpu();
         let thread_before = thread_cpu();
-        assert!(thread_before > Duration::ZERO, "the thread's CPU clock reads");
+        assert!(
+            thread_before > Duration::ZERO,
+            "the thread's CPU clock reads"
+        );
         let started = std::time::Instant::now();
         let mut spin = 0u64;
         while thread_cpu() - thread_before < Duration::from_millis(20)

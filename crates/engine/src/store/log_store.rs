@@ -848,6 +848,13 @@ mod tests {
         }
     }
 
+    /// The store in `dir` over `inner`, with the settings of these tests, and its space "a".
+    fn open_a(inner: &Arc<dyn Store>, dir: &Path) -> (LogStore, SpaceId) {
+        let store = LogStore::open(inner.clone(), dir, config()).unwrap();
+        let a = store.open_space("a").unwrap();
+        (store, a)
+    }
+
     fn all(store: &dyn Store, space: SpaceId) -> Vec<(Bytes, Bytes)> {
         store
             .range(space, Bound::Unbounded, Bound::Unbounded, usize::MAX)
@@ -885,8 +892,7 @@ mod tests {
     fn reads_see_writes_before_and_after_checkpoints_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let store = LogStore::open(inner.clone(), dir.path(), config()).unwrap();
-        let a = store.open_space("a").unwrap();
+        let (store, a) = open_a(&inner, dir.path());
         store
             .write_batch(vec![put(a, "k1", "1"), put(a, "k2", "2")])
             .unwrap();
@@ -903,8 +909,7 @@ mod tests {
         store.persist(PersistMode::Buffer).unwrap();
         // Dropped without a checkpoint of the second batch, as after a crash: the log replays it.
         std::mem::forget(store);
-        let store = LogStore::open(inner, dir.path(), config()).unwrap();
-        let a = store.open_space("a").unwrap();
+        let (store, a) = open_a(&inner, dir.path());
         let keys: Vec<Bytes> = all(&store, a).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![Bytes::from("k2"), Bytes::from("k3")]);
     }
@@ -913,8 +918,7 @@ mod tests {
     fn write_ops_takes_the_ops_and_leaves_the_buffer_for_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let store = LogStore::open(inner.clone(), dir.path(), config()).unwrap();
-        let a = store.open_space("a").unwrap();
+        let (store, a) = open_a(&inner, dir.path());
         let mut ops = vec![put(a, "k1", "1"), put(a, "k2", "2")];
         let capacity = ops.capacity();
         store.write_ops(&mut ops).unwrap();
@@ -927,8 +931,7 @@ mod tests {
         assert_eq!(store.get(a, b"k2").unwrap(), Some(Bytes::from("2")));
         store.persist(PersistMode::Buffer).unwrap();
         std::mem::forget(store);
-        let store = LogStore::open(inner, dir.path(), config()).unwrap();
-        let a = store.open_space("a").unwrap();
+        let (store, a) = open_a(&inner, dir.path());
         assert_eq!(all(&store, a), vec![(Bytes::from("k2"), Bytes::from("2"))]);
     }
 
@@ -998,8 +1001,7 @@ mod tests {
     fn large_writes_checkpoint_by_themselves_and_purge_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let store = LogStore::open(inner.clone(), dir.path(), config()).unwrap();
-        let a = store.open_space("a").unwrap();
+        let (store, a) = open_a(&inner, dir.path());
         for i in 0..2000 {
             store
                 .write_batch(vec![put(a, &format!("key{i:05}"), &"v".repeat(50))])
@@ -1024,8 +1026,7 @@ mod tests {
     fn one_key_written_over_and_over_checkpoints_by_log_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let store = LogStore::open(inner.clone(), dir.path(), config()).unwrap();
-        let a = store.open_space("a").unwrap();
+        let (store, a) = open_a(&inner, dir.path());
         // The memtable holds one small entry throughout; only the log grows (about 80 bytes a
         // write, so 1 000 writes pass 4 x 4096 bytes several times).
         for i in 0..1000 {
@@ -1055,8 +1056,7 @@ mod tests {
     fn range_merges_overlay_and_store_with_every_page_size() {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let store = LogStore::open(inner, dir.path(), config()).unwrap();
-        let a = store.open_space("a").unwrap();
+        let (store, a) = open_a(&inner, dir.path());
         let mut model = BTreeMap::new();
         // Even keys checkpointed; then every third deleted and odd ones written, in the overlay.
         for i in (0..200).step_by(2) {
