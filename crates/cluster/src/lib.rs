@@ -35,6 +35,7 @@ pub mod tcp;
 pub mod timing;
 pub mod transport;
 mod tuning;
+mod window;
 pub mod wire;
 
 use std::fmt;

@@ -1,8 +1,9 @@
 //! openraft's log storage on the engine's segmented log.
 //!
-//! Raft entry `i` is log record `i + 1` (the log numbers from 1, Raft from 0). Every entry that
-//! is not purged is also kept in memory, so reads never touch the disk; the snapshot policy
-//! bounds how many that are (the log is purged behind every snapshot).
+//! Raft entry `i` is log record `i + 1` (the log numbers from 1, Raft from 0). The newest
+//! entries are also kept in memory ([`Window`]: every entry not yet applied, and applied ones up
+//! to a byte budget), so replication and the apply read memory; an older entry (for a follower
+//! that lags behind, or a restart's apply) is read back from the log's files.
 //!
 //! Appends go to the log's buffer at once (so they are readable); one flusher thread then
 //! writes them out and reports them persisted, in order: made durable if any entry of the
@@ -25,9 +26,8 @@
 //! its effects, which is what a restart needs; what is committed beyond it is learnt again from
 //! the leader.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -38,10 +38,11 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
 use polykv_engine::log::mirror::{self, BlockingMirror};
-use polykv_engine::log::{Log, SegmentWrites, MAX_PAYLOAD};
+use polykv_engine::log::{Log, ReadCursor, SegmentWrites, MAX_PAYLOAD};
 
 use crate::state_file::{HardState, StateFile};
 use crate::timing::{self, Hop};
+use crate::window::{Window, WINDOW_BYTES};
 use crate::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 const ENTRY_FORMAT: u8 = 1;
@@ -135,7 +136,10 @@ struct Shared {
     /// Whether a follower's append may be made durable on the caller's thread
     /// (`POLYKV_CLUSTER_INLINE_FLUSH=0` turns it off, for measurements).
     inline: bool,
-    entries: Mutex<BTreeMap<u64, Entry>>,
+    window: Mutex<Window>,
+    /// Where the last read of entries from the files stopped: replication reads one range
+    /// after the next.
+    read_cursor: Mutex<ReadCursor>,
     encoded: Mutex<Vec<u8>>,
     hard: Mutex<HardState>,
     state_file: StateFile,
@@ -152,6 +156,10 @@ pub struct LogStore {
 
 fn io_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(&e).into()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +180,7 @@ impl LogStore {
     ) -> Result<LogStore, StorageError> {
         let (state_file, hard) = StateFile::open(dir).map_err(io_err)?;
         let after = hard.last_purged.map_or(0, |id| id.index + 1);
-        let mut entries = BTreeMap::new();
+        let mut window = Window::new(WINDOW_BYTES);
         let log_dir = dir.join("log");
         // Fragments of the log that only its direct mirror holds go back into the log first.
         let generation = mirror::recover(&log_dir).map_err(io_err)?;
@@ -190,7 +198,7 @@ impl LogStore {
                     entry.log_id.index
                 )));
             }
-            entries.insert(entry.log_id.index, entry);
+            window.push(entry, payload.len());
             Ok(())
         })
         .map_err(io_err)?;
@@ -222,7 +230,8 @@ impl LogStore {
                 own_vote,
                 pending,
                 inline: crate::tuning::switch("POLYKV_CLUSTER_INLINE_FLUSH"),
-                entries: Mutex::new(entries),
+                window: Mutex::new(window),
+                read_cursor: Mutex::new(ReadCursor::default()),
                 encoded: Mutex::new(Vec::new()),
                 hard: Mutex::new(hard),
                 state_file,
@@ -298,8 +307,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let entries = self.shared.entries.lock();
-        Ok(entries.range(range).map(|(_, e)| e.clone()).collect())
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read_entries(start, end)
     }
 }
 
@@ -308,12 +326,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.shared.hard.lock().last_purged;
-        let last = self
-            .shared
-            .entries
-            .lock()
-            .last_key_value()
-            .map(|(_, e)| e.log_id);
+        let last = self.shared.window.lock().last_log_id();
         Ok(LogState {
             last_purged_log_id,
             last_log_id: last.or(last_purged_log_id),
@@ -357,10 +370,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Recorded first: a crash after it opens the log past the purged records.
         self.save_hard(|hard| hard.last_purged = Some(log_id))?;
-        let mut entries = self.shared.entries.lock();
-        let kept = entries.split_off(&(log_id.index + 1));
-        *entries = kept;
-        drop(entries);
+        self.shared.window.lock().purge_upto(log_id.index);
         self.shared.log.purge_upto(log_id.index + 1).map_err(io_err)
     }
 }
@@ -381,7 +391,7 @@ impl LogStore {
         let mut sync = false;
         let mut first_cluster_id = None;
         {
-            let mut kept = self.shared.entries.lock();
+            let mut window = self.shared.window.lock();
             for entry in entries {
                 let seq = entry.log_id.index + 1;
                 let next = self.shared.log.next_seq();
@@ -389,7 +399,7 @@ impl LogStore {
                     // Only after a snapshot newer than the whole log: everything below is
                     // covered by the purge openraft recorded.
                     let purged = self.shared.hard.lock().last_purged.map_or(0, |id| id.index);
-                    if !(kept.is_empty() && seq > next && purged + 1 == entry.log_id.index) {
+                    if !(window.is_empty() && seq > next && purged + 1 == entry.log_id.index) {
                         return Err(io_err(Message(format!(
                             "raft entry {} does not follow the log (next record {next})",
                             entry.log_id.index
@@ -419,8 +429,9 @@ impl LogStore {
                 if entry.log_id.index == 0 {
                     first_cluster_id = Some(entry.log_id);
                 }
-                kept.insert(entry.log_id.index, entry);
+                window.push(entry, encoded.len());
             }
+            window.evict(self.shared.applied.load(Ordering::Acquire));
         }
         if let Some(id) = first_cluster_id {
             if self.cluster_id().is_none() {
@@ -488,7 +499,80 @@ impl LogStore {
             .durability
             .cut_back(|| log.truncate_from(log_id.index + 1))
             .map_err(io_err)?;
-        self.shared.entries.lock().split_off(&log_id.index);
+        self.shared.window.lock().cut_from(log_id.index);
         Ok(())
+    }
+
+    /// Lets applied entries beyond the window's budget go from memory: after the state
+    /// machine has opened (it publishes the applied index), so that a restarted node does not
+    /// keep its whole log in memory.
+    pub fn trim(&self) {
+        let applied = self.shared.applied.load(Ordering::Acquire);
+        self.shared.window.lock().evict(applied);
+    }
+
+    /// Changes how many bytes of applied entries stay in memory (at most), and lets go of what
+    /// is over it now.
+    pub fn set_window_bytes(&self, bytes: usize) {
+        self.shared.window.lock().set_budget(bytes);
+        self.trim();
+    }
+
+    /// The entries kept in memory, and their encoded bytes.
+    pub fn in_memory(&self) -> (usize, usize) {
+        let window = self.shared.window.lock();
+        (window.len(), window.bytes())
+    }
+
+    /// Copies of the entries in `start..end` that the log holds: those below the window from
+    /// the files (written out first if still buffered), the rest from memory.
+    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        // Purged entries may still be in a segment that holds later ones too.
+        let purged = self.shared.hard.lock().last_purged;
+        let mut next = start.max(purged.map_or(0, |id| id.index + 1));
+        let mut read = Vec::new();
+        loop {
+            let window = self.shared.window.lock();
+            let first_kept = window.first_index().unwrap_or(u64::MAX);
+            if next >= first_kept || next >= end {
+                read.extend(window.copy(next..end));
+                return Ok(read);
+            }
+            drop(window);
+            // Entries that left memory were applied, so appended; the flush writes any still
+            // in the buffer (a leader applies what a majority of followers holds).
+            self.shared.log.flush().map_err(read_err)?;
+            let before = read.len();
+            let mut cursor = self.shared.read_cursor.lock();
+            self.shared
+                .log
+                .read_range(
+                    next + 1,
+                    end.min(first_kept).saturating_add(1),
+                    &mut cursor,
+                    |seq, payload| {
+                        let entry = decode_entry(payload).map_err(|why| {
+                            polykv_engine::StoreError::Corrupt(format!("raft entry: {why}"))
+                        })?;
+                        if entry.log_id.index + 1 != seq {
+                            return Err(polykv_engine::StoreError::Corrupt(format!(
+                                "record {seq} holds raft entry {}",
+                                entry.log_id.index
+                            )));
+                        }
+                        read.push(entry);
+                        Ok(())
+                    },
+                )
+                .map_err(read_err)?;
+            drop(cursor);
+            // On from where the files' entries stop; memory then holds the rest, unless the
+            // window moved on meanwhile (then round again). None found: purged meanwhile,
+            // and the log holds entries from the window's first on.
+            next = match read[before..].last() {
+                Some(last) => last.log_id.index + 1,
+                None => first_kept,
+            };
+        }
     }
 }

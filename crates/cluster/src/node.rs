@@ -49,6 +49,9 @@ pub struct NodeConfig {
     /// Whether the Raft log is made durable through its direct mirror (`engine.direct_sync`)
     /// rather than fdatasync.
     pub direct_sync: bool,
+    /// Bytes of applied Raft entries kept in memory at most (older ones are read from the
+    /// log's files); `POLYKV_CLUSTER_LOG_WINDOW_BYTES` overrides the default.
+    pub log_window_bytes: usize,
 }
 
 /// Requests in flight per follower (pipelined appends, `vendor/README.md`).
@@ -76,6 +79,11 @@ impl NodeConfig {
             segment_bytes: polykv_engine::log::DEFAULT_SEGMENT_BYTES,
             pipeline_depth: PIPELINE_DEPTH,
             direct_sync: true,
+            log_window_bytes: crate::tuning::number(
+                "POLYKV_CLUSTER_LOG_WINDOW_BYTES",
+                0..=usize::MAX,
+                crate::window::WINDOW_BYTES,
+            ),
         }
     }
 }
@@ -202,6 +210,9 @@ impl Node {
             applied.clone(),
         )
         .map_err(|e| storage(&e))?;
+        // The state machine has published what it applied: the log lets go of what it need not
+        // keep in memory.
+        log.set_window_bytes(config.log_window_bytes);
         let network = Network {
             transport: transport.clone(),
         };

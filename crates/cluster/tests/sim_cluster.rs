@@ -20,6 +20,7 @@ struct TestCluster {
     dir: tempfile::TempDir,
     nodes: BTreeMap<NodeId, Node>,
     snapshot_every: u64,
+    log_window_bytes: usize,
 }
 
 fn member(id: NodeId) -> Member {
@@ -30,11 +31,23 @@ fn member(id: NodeId) -> Member {
 
 impl TestCluster {
     async fn new(size: u64, snapshot_every: u64, seed: u64) -> TestCluster {
+        let window = NodeConfig::new(0, PathBuf::new()).log_window_bytes;
+        Self::with_log_window(size, snapshot_every, seed, window).await
+    }
+
+    /// A cluster whose nodes keep at most `log_window_bytes` of applied entries in memory.
+    async fn with_log_window(
+        size: u64,
+        snapshot_every: u64,
+        seed: u64,
+        log_window_bytes: usize,
+    ) -> TestCluster {
         let mut cluster = TestCluster {
             router: Router::new(seed),
             dir: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
             snapshot_every,
+            log_window_bytes,
         };
         for id in 1..=size {
             cluster.start(id).await;
@@ -77,6 +90,7 @@ impl TestCluster {
         // The in-process tests run the pipelined path (off by default in the server).
         config.pipeline_depth = 4;
         config.segment_bytes = 64 << 10;
+        config.log_window_bytes = self.log_window_bytes;
         let node = Node::start(config, engine, self.router.transport(id))
             .await
             .unwrap();
@@ -300,6 +314,44 @@ async fn a_lagging_node_catches_up_by_snapshot_after_the_log_was_purged() {
     cluster.kill(lagging).await;
     let again = cluster.start(lagging).await;
     assert_eq!(read_eventually(&again, "k0").await, Some(-1));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_catches_up_from_entries_the_leader_reads_back_from_its_files() {
+    // No applied entry stays in memory beyond the last: a lagging follower's entries come from
+    // the leader's log files.
+    let mut cluster = TestCluster::with_log_window(3, 100_000, 5, 0).await;
+    let leader = cluster.leader().await;
+    create_keyspace(&cluster.nodes[&leader]).await;
+    let lagging = cluster.follower(leader).id();
+    cluster.kill(lagging).await;
+    let node = cluster.nodes[&leader].clone();
+    for i in 0..300 {
+        put(&node, &format!("k{i}"), i).await.unwrap();
+    }
+    let back = cluster.start(lagging).await;
+    assert_eq!(read_eventually(&back, "k299").await, Some(299));
+    for i in [0, 1, 150, 298] {
+        assert_eq!(read_eventually(&back, &format!("k{i}")).await, Some(i));
+        let a = back
+            .engine()
+            .get(0, format!("k{i}").as_bytes())
+            .unwrap()
+            .unwrap()
+            .entry;
+        let b = node
+            .engine()
+            .get(0, format!("k{i}").as_bytes())
+            .unwrap()
+            .unwrap()
+            .entry;
+        assert_eq!(a, b, "the same versions on both");
+    }
+    assert!(
+        back.raft().metrics().borrow().snapshot.is_none(),
+        "caught up from the log, not by a snapshot"
+    );
     cluster.shutdown().await;
 }
 

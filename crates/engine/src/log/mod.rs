@@ -39,6 +39,7 @@
 mod clean;
 mod map;
 pub mod mirror;
+mod read;
 mod record;
 
 use std::fs::{File, OpenOptions};
@@ -52,6 +53,7 @@ use parking_lot::Mutex;
 
 use crate::error::StoreError;
 
+pub use read::ReadCursor;
 pub use record::MAX_PAYLOAD;
 
 /// Default size at which a segment is sealed and a new one started.
@@ -869,7 +871,9 @@ impl Log {
         let doomed: Vec<Segment> = active.segments.drain(keep + 1..).collect();
         let segment = &active.segments[keep];
         let offset = record_offset(segment, seq)?;
+        // Readable too: a mapping needs it, and so does reading records back.
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&segment.path)
             .map_err(|e| io_error("open", &segment.path, e))?;
