@@ -121,6 +121,10 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// Writes this node forwarded to a leader.
     pub forwards: u64,
+    /// Raft entries this node keeps in memory (every unapplied one, the newest applied ones up
+    /// to `log_window_bytes`), and their encoded bytes.
+    pub log_entries_in_memory: usize,
+    pub log_bytes_in_memory: usize,
 }
 
 struct Inner {
@@ -549,6 +553,7 @@ impl Node {
                 }
             })
             .collect();
+        let (log_entries_in_memory, log_bytes_in_memory) = self.inner.log.in_memory();
         Status {
             node_id: self.inner.id,
             cluster_id: self.cluster_uid().map(|id| id.to_hex()),
@@ -558,6 +563,8 @@ impl Node {
             last_applied: metrics.last_applied.map(|l| l.index),
             members,
             forwards: self.inner.forwards.load(Ordering::Relaxed),
+            log_entries_in_memory,
+            log_bytes_in_memory,
         }
     }
 

@@ -330,6 +330,12 @@ async fn a_lagging_node_catches_up_from_entries_the_leader_reads_back_from_its_f
     for i in 0..300 {
         put(&node, &format!("k{i}"), i).await.unwrap();
     }
+    // Nothing but unapplied entries and the last applied one stays in the leader's memory.
+    let status = node.status();
+    assert!(
+        status.log_entries_in_memory <= 2 && status.log_bytes_in_memory < 1000,
+        "{status:?}"
+    );
     let back = cluster.start(lagging).await;
     assert_eq!(read_eventually(&back, "k299").await, Some(299));
     for i in [0, 1, 150, 298] {

@@ -166,6 +166,9 @@ async fn export_metrics(node: Node, mut shutdown: watch::Receiver<bool>) {
         metrics::gauge!("polykv_cluster_applied_index")
             .set(status.last_applied.unwrap_or(0) as f64);
         metrics::counter!("polykv_cluster_forwards_total").absolute(status.forwards);
+        metrics::gauge!("polykv_cluster_log_memory_entries")
+            .set(status.log_entries_in_memory as f64);
+        metrics::gauge!("polykv_cluster_log_memory_bytes").set(status.log_bytes_in_memory as f64);
         for member in &status.members {
             if let Some(lag) = member.lag {
                 metrics::gauge!("polykv_cluster_follower_lag", "node" => member.id.to_string())
